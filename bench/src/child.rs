@@ -1,0 +1,189 @@
+//! Consumer children: the parent re-executes this binary as `ringq-bench __child SPEC`,
+//! so each client's consumer is alone in its process and the kernel's CPU accounting of
+//! that process (`wait4`'s rusage: user + system time of all its threads) is the
+//! consumer's cost and nothing else's.
+//!
+//! Protocol on the child's stdout: a `ready` line once connected and consuming, then one
+//! JSON [`ChildReport`] line. Its stderr is collected and shown when it fails. A child
+//! gets `PR_SET_PDEATHSIG`, so it dies if the parent does.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use crate::clients;
+use crate::error::{Error, Result};
+use crate::spec::{ChildReport, ChildSpec, READY_LINE};
+use crate::CHILD_SUBCOMMAND;
+
+/// What the parent learns from one child.
+#[derive(Debug)]
+pub struct ChildOutcome {
+    /// The child's own report.
+    pub report: ChildReport,
+    /// User + system CPU time of the child process, from `wait4`.
+    pub cpu: Duration,
+}
+
+/// Runs one consumer child for `spec`. `on_ready` runs in the parent once the child says
+/// it is consuming (the latency producer goes there); the child's report follows.
+///
+/// # Errors
+/// The child cannot be spawned, fails (its stderr is quoted), or reports garbage.
+pub fn run(spec: &ChildSpec, on_ready: impl FnOnce() -> Result<()>) -> Result<ChildOutcome> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding ringq-bench itself", e))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(CHILD_SUBCOMMAND)
+        .arg(serde_json::to_string(spec)?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe and touches only the new process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("starting a consumer child", e))?;
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.take();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_string(&mut text);
+        }
+        text
+    });
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::new("child stdout missing"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut report = None;
+    let mut failure = None;
+    let mut on_ready = Some(on_ready);
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        if line == READY_LINE {
+            let Some(ready) = on_ready.take() else {
+                continue;
+            };
+            if let Err(e) = ready() {
+                failure = Some(e);
+                let _ = child.kill();
+                break;
+            }
+        } else if let Ok(r) = serde_json::from_str::<ChildReport>(&line) {
+            report = Some(r);
+        }
+    }
+    drop(lines);
+    let (status, cpu) = wait4(pid)?;
+    // The Child handle must not wait again: the process is reaped.
+    std::mem::forget(child);
+    let stderr_text = stderr_reader.join().unwrap_or_default();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let last_words = || {
+        let t = stderr_text.trim();
+        if t.is_empty() {
+            String::new()
+        } else {
+            format!(": {t}")
+        }
+    };
+    if !status_ok(status) {
+        return Err(Error::new(format!(
+            "the {} child failed ({}){}",
+            spec.client.name(),
+            describe_status(status),
+            last_words()
+        )));
+    }
+    let report = report.ok_or_else(|| {
+        Error::new(format!(
+            "the {} child exited without a report{}",
+            spec.client.name(),
+            last_words()
+        ))
+    })?;
+    if !stderr_text.trim().is_empty() {
+        eprint!("{stderr_text}");
+    }
+    Ok(ChildOutcome { report, cpu })
+}
+
+/// Reaps `pid` and returns its wait status and CPU time (user + system).
+fn wait4(pid: libc::pid_t) -> Result<(libc::c_int, Duration)> {
+    let mut status = 0;
+    // SAFETY: all-zero is a valid `rusage`.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `ru` are valid for writes; `pid` is our unreaped child.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if rc == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::io("waiting for a consumer child", e));
+        }
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok((status, tv(ru.ru_utime) + tv(ru.ru_stime)))
+}
+
+fn status_ok(status: libc::c_int) -> bool {
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
+
+fn describe_status(status: libc::c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("wait status {status}")
+    }
+}
+
+/// The child's `main`: parses the spec, runs the client, prints the report.
+pub fn child_main(spec: Option<OsString>) -> ExitCode {
+    let result = spec
+        .ok_or_else(|| Error::new("missing child spec"))
+        .and_then(|s| serde_json::from_str::<ChildSpec>(&s.to_string_lossy()).map_err(Error::from))
+        .and_then(|spec| clients::run(&spec));
+    match result {
+        Ok(report) => {
+            let line = serde_json::to_string(&report).unwrap_or_default();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            // Blocked pops of baselines may still be pending: leave without waiting.
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Tells the parent this child is consuming.
+pub fn signal_ready() {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{READY_LINE}");
+    let _ = out.flush();
+}

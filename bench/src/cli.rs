@@ -1,0 +1,200 @@
+//! The command line: `ringq-bench SCENARIO [--url URL] [options] [--json PATH]`.
+//!
+//! One flat set of options shared by all scenarios (each scenario reads the ones it
+//! needs), so a suite script can pass the same workload flags everywhere.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+const LONG_ABOUT: &str = "\
+Benchmarks ringq against baseline Redis consumers on the same workload, in the same run, and
+load-tests a broker.
+
+Each client's consumer runs in its own child process, so its CPU time (user + system, as the
+kernel accounts it with wait4) is the consumer's alone; filling the queues and producing
+messages happen in the parent process and are not counted.
+
+CLIENTS
+  ringq        this engine: io_uring, one pinned shard thread per --shards
+  redis-rs     the `redis` crate on tokio (multiplexed connection; --pipeline concurrent
+               BRPOP or BLMPOP COUNT commands per connection)
+  tokio-uring  a straightforward tokio-uring consumer: writes --pipeline pops, reads replies
+               into a buffer and decodes them with ringq-resp's Decoder
+  limit        the raw limit probe: a blocking socket pipelining RPOP key [count], only
+               counting elements — what the server can deliver with the least client work
+  ping         (latency only, always run) PING round trips at the same rate: the floor
+
+SCENARIOS
+  drain        fill --queues lists with --messages messages of --size bytes, then consume
+               them all; --pop single is one message per BRPOP, --pop batch uses COUNT
+  latency      a producer pushes --rate messages per second for --duration seconds, each
+               carrying its intended send time; latency is measured from that time to the
+               consumer's handler (coordinated-omission corrected, as wrk2 does)
+  pubsub, reliable
+               not available yet
+
+OUTPUT
+  A markdown table on stdout: msgs/s, CPU µs per message, latency percentiles (latency
+  scenario), and ratios to the best baseline (redis-rs, tokio-uring) and to the limit probe.
+  --json PATH writes {\"scenario\", \"clients\": [{\"name\", \"messages\", \"seconds\",
+  \"msgs_per_sec\", \"cpu_us_per_msg\", \"p50_us\", \"p99_us\", \"p999_us\", \"max_us\"}]}
+  (latency fields null where not measured) and, for the latency scenario, an SVG
+  percentile plot next to it (PATH with the extension .svg).
+
+SERVER
+  Without --url, a private redis-server (from $REDIS_SERVER, else PATH, /usr/bin, ...)
+  starts on a free port in a temp dir and is stopped afterwards. With --url, any RESP
+  server: Redis, Valkey (REDIS_SERVER=/path/to/valkey-server for the embedded one). Only
+  keys named ringq-bench:* are written and deleted.
+
+EXAMPLES
+  ringq-bench drain --pop batch --messages 1000000
+  ringq-bench drain --pop single --messages 200000 --clients ringq,redis-rs
+  ringq-bench latency --rate 10000 --duration 10 --json target/ringq-bench/latency.json
+  ringq-bench drain --url redis://127.0.0.1:6379 --queues 4 --connections 2 --shards 2";
+
+/// `ringq-bench`'s command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringq-bench",
+    version,
+    about = "Benchmarks ringq against baseline Redis consumers, in the same run",
+    long_about = LONG_ABOUT
+)]
+pub struct Cli {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+
+    /// Server URL (redis://[user:pass@]host[:port][/db] or unix:///path); without it, a
+    /// private redis-server is started and stopped.
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// Messages to drain (drain).
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: u64,
+
+    /// Payload bytes per message (latency payloads are at least 16: the time stamp and a
+    /// sequence number).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+
+    /// Number of list queues; messages are spread evenly over them.
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
+
+    /// Connections per client (each queue is served by one connection; at most --queues
+    /// are used).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+
+    /// ringq shard threads; the tokio-based baselines get as many runtime threads, the
+    /// limit probe one thread per connection.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+
+    /// How messages are popped: one per BRPOP, or batches (LMPOP/BLMPOP COUNT).
+    #[arg(long, value_enum, default_value_t = PopMode::Batch)]
+    pub pop: PopMode,
+
+    /// COUNT of batch pops.
+    #[arg(long, default_value_t = 256)]
+    pub batch: u32,
+
+    /// Pops in flight per connection while there is backlog (every client uses the same).
+    #[arg(long, default_value_t = 4)]
+    pub pipeline: u32,
+
+    /// Messages per second (latency).
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u32,
+
+    /// Seconds of producing (latency).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Clients to measure, comma-separated, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ringq,redis-rs,tokio-uring,limit"
+    )]
+    pub clients: Vec<ClientKind>,
+
+    /// Pin ringq's shard threads to cores (the engine's default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin_cores: bool,
+
+    /// Write the results as JSON here (and the latency plot next to it, as .svg).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The scenarios of the `ringq-bench` contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Pre-fill, then consume everything.
+    Drain,
+    /// Fixed-rate producer, coordinated-omission-corrected latency.
+    Latency,
+    /// Pub/sub fan-out (not available yet: the engine has no listen mode yet).
+    Pubsub,
+    /// At-least-once BLMOVE delivery (not available yet: the engine has no reliable mode yet).
+    Reliable,
+}
+
+/// One message per command, or batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum PopMode {
+    /// One message per BRPOP (RPOP for the limit probe).
+    Single,
+    /// LMPOP/BLMPOP with COUNT (`RPOP key count` for the limit probe).
+    Batch,
+}
+
+/// The consumers a run can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize, Deserialize)]
+pub enum ClientKind {
+    /// This engine.
+    Ringq,
+    /// redis-rs on tokio.
+    #[value(name = "redis-rs")]
+    RedisRs,
+    /// A straightforward tokio-uring consumer.
+    #[value(name = "tokio-uring")]
+    TokioUring,
+    /// The raw limit probe.
+    Limit,
+    /// PING round trips (the latency floor; not a consumer).
+    Ping,
+}
+
+impl ClientKind {
+    /// The name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientKind::Ringq => "ringq",
+            ClientKind::RedisRs => "redis-rs",
+            ClientKind::TokioUring => "tokio-uring",
+            ClientKind::Limit => "limit",
+            ClientKind::Ping => "ping",
+        }
+    }
+
+    /// Whether this client is one of the baselines ringq is compared with.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, ClientKind::RedisRs | ClientKind::TokioUring)
+    }
+}
+
+impl Cli {
+    /// `--duration` as a `Duration` (at least 1 ms).
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration.max(0.001))
+    }
+}

@@ -1,0 +1,294 @@
+//! The consumers a run measures, each run inside a child process, and the per-message
+//! work they all do ([`Sink`]), so they differ only in how they get messages.
+//!
+//! - `ringq_client`: the engine, with a [`ringq::Handler`] feeding the sink per batch.
+//! - `redis_rs`: redis-rs on tokio; `--pipeline` tasks per multiplexed connection.
+//! - `tokio_uring`: one tokio-uring runtime per thread, a task per connection.
+//! - `limit`: blocking sockets, the least client work; `ping`: the latency floor.
+//!
+//! The work per message ("the handler") is the same everywhere: in `drain`, look at the
+//! payload's length; in `latency`, read the payload's intended send time and record
+//! now − intended into a histogram (one lock per reply, not per message).
+
+mod limit;
+mod ping;
+mod redis_rs;
+mod ringq_client;
+mod tokio_uring;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::cli::ClientKind;
+use crate::error::{Error, Result};
+use crate::latency;
+use crate::spec::{ChildReport, ChildSpec};
+
+/// Runs the client `spec` names and reports what it measured.
+///
+/// # Errors
+/// The client failed, or did not consume every expected message before its deadline.
+pub fn run(spec: &ChildSpec) -> Result<ChildReport> {
+    let sink = Arc::new(Sink::new(spec));
+    let note = match spec.client {
+        ClientKind::Ringq => ringq_client::run(spec, &sink)?,
+        ClientKind::RedisRs => redis_rs::run(spec, &sink)?,
+        ClientKind::TokioUring => tokio_uring::run(spec, &sink)?,
+        ClientKind::Limit => limit::run(spec, &sink)?,
+        ClientKind::Ping => ping::run(spec, &sink)?,
+    };
+    sink.report(note)
+}
+
+/// The shared per-message work and the tally: counts messages, notes when the last one
+/// arrived, and records latencies.
+pub struct Sink {
+    expected: u64,
+    latency: bool,
+    count: AtomicU64,
+    /// Payload bytes seen: the drain "handler" looks at every payload.
+    bytes: AtomicU64,
+    start_ns: AtomicU64,
+    end_ns: AtomicU64,
+    histogram: Mutex<Histogram<u64>>,
+    error: Mutex<Option<String>>,
+    /// Woken when the last message is counted, or on failure.
+    done: tokio::sync::Notify,
+}
+
+impl Sink {
+    fn new(spec: &ChildSpec) -> Self {
+        Self {
+            expected: spec.expected,
+            latency: spec.latency,
+            count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            start_ns: AtomicU64::new(latency::mono_ns()),
+            end_ns: AtomicU64::new(0),
+            histogram: Mutex::new(latency::new_histogram()),
+            error: Mutex::new(None),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Says the client is connected and consuming: prints `ready` for the parent, and
+    /// in the latency scenario starts the clock (in drain it started before connecting).
+    pub fn ready(&self) {
+        if self.latency {
+            self.start_ns.store(latency::mono_ns(), Ordering::Relaxed);
+        }
+        crate::child::signal_ready();
+    }
+
+    /// Handles the messages of one reply. Returns true once every expected message has
+    /// been counted.
+    pub fn consume<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        let mut n = 0u64;
+        if self.latency {
+            let mut h = self
+                .histogram
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for p in payloads {
+                if let Some(intended) = latency::intended_ns(p) {
+                    latency::record(&mut h, intended, latency::mono_ns());
+                }
+                n += 1;
+            }
+        } else {
+            let mut bytes = 0;
+            for p in payloads {
+                bytes += p.len() as u64;
+                n += 1;
+            }
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        self.add(n)
+    }
+
+    /// Records one latency sample (the ping prober) and counts it.
+    pub fn sample(&self, intended_ns: u64, now_ns: u64) -> bool {
+        {
+            let mut h = self
+                .histogram
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            latency::record(&mut h, intended_ns, now_ns);
+        }
+        self.add(1)
+    }
+
+    /// Counts `n` messages without looking at them (the limit probe). Returns true once
+    /// every expected message has been counted.
+    pub fn add(&self, n: u64) -> bool {
+        if n == 0 {
+            return self.is_done();
+        }
+        let total = self.count.fetch_add(n, Ordering::AcqRel) + n;
+        if total >= self.expected {
+            if total - n < self.expected {
+                self.end_ns.store(latency::mono_ns(), Ordering::Release);
+                self.done.notify_waiters();
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Whether every expected message was counted, or the client failed.
+    pub fn is_done(&self) -> bool {
+        self.count.load(Ordering::Acquire) >= self.expected || self.failed()
+    }
+
+    fn failed(&self) -> bool {
+        self.error.lock().map(|e| e.is_some()).unwrap_or(true)
+    }
+
+    /// Records a failure (the first one wins) and wakes whoever waits for the end.
+    pub fn fail(&self, message: impl Into<String>) {
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert_with(|| message.into());
+        }
+        self.done.notify_waiters();
+    }
+
+    /// Waits (async) until done or failed.
+    pub async fn finished(&self) {
+        loop {
+            // Registered before the check, so a wake-up between the two is not lost.
+            let mut notified = std::pin::pin!(self.done.notified());
+            notified.as_mut().enable();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Messages counted so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Fails the sink after `deadline` unless it finished: a consumer that loses messages
+    /// must not hang the suite.
+    pub fn watchdog(
+        self: &Arc<Self>,
+        deadline: Duration,
+        on_expiry: impl FnOnce() + Send + 'static,
+    ) {
+        let sink = self.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline);
+            if !sink.is_done() {
+                sink.fail(format!(
+                    "timed out after {:.1}s with {} of {} messages",
+                    deadline.as_secs_f64(),
+                    sink.count(),
+                    sink.expected
+                ));
+                on_expiry();
+            }
+        });
+    }
+
+    fn report(&self, note: Option<String>) -> Result<ChildReport> {
+        if let Ok(Some(e)) = self.error.lock().map(|e| e.clone()) {
+            return Err(Error::new(e));
+        }
+        let messages = self.count();
+        if messages != self.expected {
+            return Err(Error::new(format!(
+                "counted {messages} messages, expected {}",
+                self.expected
+            )));
+        }
+        let start = self.start_ns.load(Ordering::Relaxed);
+        let end = self.end_ns.load(Ordering::Acquire).max(start);
+        let latency = if self.latency {
+            let h = self
+                .histogram
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Some(latency::summarize(&h))
+        } else {
+            None
+        };
+        Ok(ChildReport {
+            messages,
+            seconds: (end - start) as f64 / 1e9,
+            latency,
+            note,
+        })
+    }
+}
+
+/// The per-client deadline: the spec's, as a `Duration`.
+pub fn deadline(spec: &ChildSpec) -> Duration {
+    Duration::from_secs_f64(spec.deadline_secs.max(1.0))
+}
+
+/// The message elements of a decoded pop reply — BRPOP `[key, value]`, LMPOP/BLMPOP
+/// `[key, [values]]`, or null — as a slice of bulk-string frames.
+///
+/// # Errors
+/// A server error reply, or a reply of another shape.
+pub fn pop_values(frame: &ringq_resp::Frame) -> Result<&[ringq_resp::Frame]> {
+    use ringq_resp::Frame;
+    match frame {
+        Frame::Null => Ok(&[]),
+        Frame::Array(items) if items.len() == 2 => match &items[1] {
+            Frame::BulkString(_) => Ok(&items[1..]),
+            Frame::Array(vs) => Ok(vs),
+            other => Err(Error::new(format!(
+                "unexpected pop reply element: {other:?}"
+            ))),
+        },
+        Frame::SimpleError(m) | Frame::BulkError(m) => Err(Error::new(format!(
+            "pop failed: {}",
+            String::from_utf8_lossy(m)
+        ))),
+        other => Err(Error::new(format!("unexpected pop reply: {other:?}"))),
+    }
+}
+
+/// The payload bytes of bulk-string frames (others are skipped).
+pub fn bulk_bytes(values: &[ringq_resp::Frame]) -> impl Iterator<Item = &[u8]> {
+    values.iter().filter_map(|v| match v {
+        ringq_resp::Frame::BulkString(b) => Some(&b[..]),
+        _ => None,
+    })
+}
+
+/// Block timeout of every blocking pop, in seconds (as the server reads it).
+pub const BLOCK_SECS: &str = "1";
+
+/// Appends one blocking pop for `keys`: `BRPOP keys… 1` (single) or
+/// `BLMPOP 1 numkeys keys… RIGHT COUNT batch` (batch).
+pub fn encode_blocking_pop(
+    out: &mut bytes::BytesMut,
+    pop: crate::cli::PopMode,
+    keys: &[String],
+    batch: u32,
+) {
+    use ringq_resp::CommandWriter;
+    match pop {
+        crate::cli::PopMode::Single => CommandWriter::new(out, 2 + keys.len())
+            .arg("BRPOP")
+            .args(keys)
+            .arg(BLOCK_SECS)
+            .finish(),
+        crate::cli::PopMode::Batch => CommandWriter::new(out, 6 + keys.len())
+            .arg("BLMPOP")
+            .arg(BLOCK_SECS)
+            .arg_int(keys.len() as i64)
+            .args(keys)
+            .arg("RIGHT")
+            .arg("COUNT")
+            .arg_int(i64::from(batch))
+            .finish(),
+    }
+}

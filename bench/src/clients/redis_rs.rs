@@ -1,0 +1,108 @@
+//! The common Rust choice: redis-rs on tokio. One multiplexed connection per lane, and
+//! `--pipeline` tasks per connection each looping on a blocking pop — `BRPOP keys… 1`
+//! (single) or `BLMPOP 1 n keys… RIGHT COUNT batch` (batch) — with replies decoded into
+//! owned `Vec<u8>` values, as application code typically does. The multiplexer pipelines
+//! the tasks' commands on the connection, so `--pipeline` pops are in flight, as for
+//! ringq. The runtime is current-thread for one shard, multi-thread with `--shards`
+//! workers otherwise. Response timeout: block timeout + 2 s (the default 500 ms would cut
+//! blocking pops short).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use super::{Sink, BLOCK_SECS};
+use crate::cli::PopMode;
+use crate::error::{Error, Result};
+use crate::spec::ChildSpec;
+
+pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
+    let rt = if spec.shards <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(spec.shards)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| Error::io("building the tokio runtime", e))?;
+    sink.watchdog(super::deadline(spec), || {});
+    rt.block_on(async {
+        let client = redis::Client::open(redis_url(&spec.url))?;
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(3)));
+        for lane in 0..spec.lanes() {
+            let con = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let keys = spec.lane_queues(lane);
+            for _ in 0..spec.pipeline.max(1) {
+                let sink = sink.clone();
+                let con = con.clone();
+                let keys = keys.clone();
+                let (pop, batch) = (spec.pop, spec.batch);
+                tokio::spawn(async move {
+                    if let Err(e) = pop_loop(con, keys, pop, batch, &sink).await {
+                        sink.fail(format!("redis-rs: {e}"));
+                    }
+                });
+            }
+        }
+        sink.ready();
+        sink.finished().await;
+        Ok::<_, Error>(())
+    })?;
+    // Tasks still blocked in pops are dropped with the runtime; the process exits next.
+    std::mem::forget(rt);
+    Ok(None)
+}
+
+async fn pop_loop(
+    mut con: MultiplexedConnection,
+    keys: Vec<String>,
+    pop: PopMode,
+    batch: u32,
+    sink: &Sink,
+) -> redis::RedisResult<()> {
+    while !sink.is_done() {
+        match pop {
+            PopMode::Single => {
+                let reply: Option<(Vec<u8>, Vec<u8>)> = redis::cmd("BRPOP")
+                    .arg(&keys)
+                    .arg(BLOCK_SECS)
+                    .query_async(&mut con)
+                    .await?;
+                if let Some((_key, value)) = reply {
+                    sink.consume([&value[..]]);
+                }
+            }
+            PopMode::Batch => {
+                let reply: Option<(Vec<u8>, Vec<Vec<u8>>)> = redis::cmd("BLMPOP")
+                    .arg(BLOCK_SECS)
+                    .arg(keys.len())
+                    .arg(&keys)
+                    .arg("RIGHT")
+                    .arg("COUNT")
+                    .arg(batch)
+                    .query_async(&mut con)
+                    .await?;
+                if let Some((_key, values)) = reply {
+                    sink.consume(values.iter().map(Vec::as_slice));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// redis-rs spells Unix sockets `redis+unix://`; ringq's `unix://path?db=N` maps onto it.
+fn redis_url(url: &str) -> String {
+    match url.strip_prefix("unix://") {
+        Some(rest) => format!("redis+unix://{rest}"),
+        None => url.to_owned(),
+    }
+}

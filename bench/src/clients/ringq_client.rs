@@ -1,0 +1,80 @@
+//! ringq itself: one engine with `--shards` shard threads and `--connections` connections
+//! in all, `PopStrategy::Single` (one message per BRPOP, pipelined while there is backlog)
+//! or `Adaptive` (LMPOP COUNT while there is backlog, BLMPOP when dry), and
+//! `PopConsumer::limit` so it pops exactly the expected number of messages and stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringq::{EngineBuilder, Handler, Message, Outcome, PopConsumer, PopStrategy};
+
+use super::Sink;
+use crate::cli::PopMode;
+use crate::error::Result;
+use crate::spec::ChildSpec;
+
+/// The benchmark handler: feeds each batch to the sink, acks everything.
+#[derive(Clone)]
+struct SinkHandler(Arc<Sink>);
+
+impl Handler for SinkHandler {
+    fn handle(&mut self, msg: &Message) -> Outcome {
+        self.0.consume([&msg.payload()[..]]);
+        Outcome::Ack
+    }
+
+    fn handle_batch(&mut self, batch: &[Message], outcomes: &mut Vec<Outcome>) {
+        self.0.consume(batch.iter().map(|m| &m.payload()[..]));
+        outcomes.extend(std::iter::repeat_n(Outcome::Ack, batch.len()));
+    }
+}
+
+pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
+    let strategy = match spec.pop {
+        PopMode::Single => PopStrategy::Single,
+        PopMode::Batch => PopStrategy::Adaptive,
+    };
+    let per_pop = match spec.pop {
+        PopMode::Single => 1,
+        PopMode::Batch => spec.batch,
+    };
+    let shards = spec.shards.max(1);
+    let lanes = spec.lanes();
+    let consumer = PopConsumer::new(spec.queues.clone())
+        .strategy(strategy)
+        .batch(spec.batch)
+        .pipeline(spec.pipeline)
+        // Enough credit for every lane's full pipeline, twice over (one in flight, one
+        // being handled).
+        .prefetch(
+            per_pop
+                .saturating_mul(spec.pipeline)
+                .saturating_mul(2 * lanes as u32),
+        )
+        .block_timeout(Duration::from_secs(1))
+        .limit(spec.expected);
+    let running = EngineBuilder::new(&spec.url)
+        .shards(shards)
+        .connections_per_shard(lanes.div_ceil(shards))
+        .pin_cores(spec.pin_cores)
+        .client_name("ringq-bench")
+        .start(consumer, SinkHandler(sink.clone()))?;
+    let stop = running.shutdown_handle();
+    sink.watchdog(super::deadline(spec), move || stop.shutdown());
+    if spec.latency {
+        // The producer starts on `ready`: every connection must be up and blocked first.
+        while running.stats().connections_ready < lanes as u64 && !running.is_stopping() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sink.ready();
+    let stats = running.wait()?;
+    Ok((stats.messages != sink.count()).then(|| {
+        format!(
+            "engine counted {} messages, handler {}",
+            stats.messages,
+            sink.count()
+        )
+    }))
+}

@@ -1,0 +1,196 @@
+//! The parent's load generators, never part of a consumer's CPU figures:
+//! - [`fill`]: pre-fills queues for `drain` with pipelined multi-value LPUSH;
+//! - [`produce`]: the paced producer for `latency`, one LPUSH per message sent at its
+//!   intended time (an absolute sleep on `CLOCK_MONOTONIC` with 1 ns timer slack), or all
+//!   at once for every message already due when the producer falls behind.
+//!
+//! Both write from one thread and count the replies on another, so the writer never waits
+//! for a round trip.
+
+use std::thread;
+
+use bytes::BytesMut;
+use indicatif::ProgressBar;
+use ringq_resp::{CommandWriter, Frame};
+
+use crate::conn::RawConn;
+use crate::error::{Error, Result};
+use crate::latency::{self, STAMP_LEN};
+
+/// Values per LPUSH when filling.
+const FILL_VALUES_PER_COMMAND: u64 = 1000;
+/// Bytes of commands buffered before a write when filling.
+const FILL_WRITE_BYTES: usize = 1 << 20;
+/// Most messages the producer sends in one write when catching up.
+const PRODUCE_MAX_BURST: u64 = 1000;
+
+/// Counts `expected` replies on a reply-only connection; an error reply fails.
+fn count_replies(mut conn: RawConn, expected: u64) -> Result<()> {
+    for _ in 0..expected {
+        match conn.read_frame()? {
+            Frame::SimpleError(m) | Frame::BulkError(m) => {
+                return Err(Error::new(format!(
+                    "LPUSH failed: {}",
+                    String::from_utf8_lossy(&m)
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `keys` (one DEL).
+///
+/// # Errors
+/// Connection and server errors.
+pub fn delete(url: &str, keys: &[String]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut conn = RawConn::connect(url)?;
+    let mut args: Vec<&str> = vec!["DEL"];
+    args.extend(keys.iter().map(String::as_str));
+    conn.command_ok(args)?;
+    Ok(())
+}
+
+/// Sum of `LLEN` over `keys`.
+///
+/// # Errors
+/// Connection and server errors.
+pub fn total_len(url: &str, keys: &[String]) -> Result<u64> {
+    let mut conn = RawConn::connect(url)?;
+    let mut total = 0;
+    for k in keys {
+        match conn.command_ok(["LLEN", k.as_str()])? {
+            Frame::Integer(n) => total += n.max(0) as u64,
+            f => return Err(Error::new(format!("unexpected LLEN reply: {f:?}"))),
+        }
+    }
+    Ok(total)
+}
+
+/// Replaces each of `queues` with `per_queue` messages of `size` bytes.
+///
+/// # Errors
+/// Connection and server errors (an out-of-memory server, a wrong key type).
+pub fn fill(
+    url: &str,
+    queues: &[String],
+    per_queue: u64,
+    size: usize,
+    pb: &ProgressBar,
+) -> Result<()> {
+    delete(url, queues)?;
+    let mut conn = RawConn::connect(url)?;
+    let commands_per_queue = per_queue.div_ceil(FILL_VALUES_PER_COMMAND);
+    let expected = commands_per_queue * queues.len() as u64;
+    let reader = RawConn::from_stream(conn.try_clone_stream()?);
+    let payload = vec![b'x'; size];
+    thread::scope(|s| {
+        let replies = s.spawn(move || count_replies(reader, expected));
+        let mut out = BytesMut::with_capacity(FILL_WRITE_BYTES + 64 * 1024);
+        let mut pushed = 0;
+        let mut write = || -> Result<()> {
+            for q in queues {
+                let mut left = per_queue;
+                while left > 0 {
+                    let n = left.min(FILL_VALUES_PER_COMMAND);
+                    let mut w = CommandWriter::new(&mut out, 2 + n as usize)
+                        .arg("LPUSH")
+                        .arg(q);
+                    for _ in 0..n {
+                        w = w.arg(&payload);
+                    }
+                    w.finish();
+                    left -= n;
+                    pushed += n;
+                    if out.len() >= FILL_WRITE_BYTES {
+                        conn.write_all(&out)?;
+                        out.clear();
+                        pb.set_position(pushed);
+                    }
+                }
+            }
+            conn.write_all(&out)
+        };
+        let written = write();
+        if written.is_err() {
+            // Unblock the reader: the replies it waits for will never come.
+            conn.shutdown();
+        }
+        let counted = replies
+            .join()
+            .unwrap_or_else(|_| Err(Error::new("the reply reader panicked")));
+        pb.set_position(pushed);
+        written.and(counted)
+    })
+}
+
+/// What the producer did.
+#[derive(Debug, Clone, Copy)]
+pub struct Produced {
+    /// Largest delay between a message's intended and actual send time, in ns.
+    pub max_late_ns: u64,
+}
+
+/// Sends `count` messages of `size` bytes (at least [`STAMP_LEN`]) at `rate` per second,
+/// round-robin over `queues`, each stamped with its intended send time.
+///
+/// # Errors
+/// Connection and server errors.
+pub fn produce(
+    url: &str,
+    queues: &[String],
+    rate: u32,
+    count: u64,
+    size: usize,
+    pb: &ProgressBar,
+) -> Result<Produced> {
+    let mut conn = RawConn::connect(url)?;
+    let reader = RawConn::from_stream(conn.try_clone_stream()?);
+    let interval_ns = 1e9 / f64::from(rate.max(1));
+    let mut payload = vec![b'x'; size.max(STAMP_LEN)];
+    thread::scope(|s| {
+        let replies = s.spawn(move || count_replies(reader, count));
+        latency::tighten_timer_slack();
+        let start = latency::mono_ns() + 1_000_000;
+        let due = |i: u64| start + (i as f64 * interval_ns) as u64;
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        let mut i = 0u64;
+        let mut max_late_ns = 0;
+        let sent = (|| -> Result<()> {
+            while i < count {
+                latency::sleep_until_ns(due(i));
+                let now = latency::mono_ns();
+                max_late_ns = max_late_ns.max(now.saturating_sub(due(i)));
+                out.clear();
+                let burst_end = (i + PRODUCE_MAX_BURST).min(count);
+                while i < burst_end && due(i) <= now {
+                    latency::stamp(&mut payload, due(i), i);
+                    let q = &queues[(i % queues.len() as u64) as usize];
+                    CommandWriter::new(&mut out, 3)
+                        .arg("LPUSH")
+                        .arg(q)
+                        .arg(&payload)
+                        .finish();
+                    i += 1;
+                }
+                conn.write_all(&out)?;
+                if i.is_multiple_of(256) || i == count {
+                    pb.set_position(i);
+                }
+            }
+            Ok(())
+        })();
+        if sent.is_err() {
+            conn.shutdown();
+        }
+        let counted = replies
+            .join()
+            .unwrap_or_else(|_| Err(Error::new("the reply reader panicked")));
+        sent.and(counted)?;
+        Ok(Produced { max_late_ns })
+    })
+}

@@ -1,0 +1,63 @@
+//! `ringq-bench`: ringq's benchmark suite and broker load tester.
+//!
+//! Every run measures ringq *and* its baselines on the same workload, against the same
+//! server, one after the other, and reports ratios against the best baseline. Each
+//! client's consumer runs in its own child process (this binary re-executed with a hidden
+//! subcommand), so the CPU time the kernel accounts to that child is the consumer's alone;
+//! filling the queues and producing messages happen in the parent and are not counted.
+//!
+//! # Layout
+//! - `cli`: the command line (clap) and its help text.
+//! - `scenario`: the parent's side of `drain` and `latency`: prepare the server, run each
+//!   client's child, collect results.
+//! - `child`: spawning a consumer child, the `ready` handshake on its stdout, its report,
+//!   and its CPU time from `wait4`.
+//! - `spec`: what the parent tells a child (`ChildSpec`) and what it answers
+//!   (`ChildReport`), as JSON.
+//! - `clients`: the consumers measured — `ringq`, `redis-rs`, `tokio-uring`, the raw
+//!   `limit` probe, and the `ping` reference — and the per-message work they all share.
+//! - `load`: the parent's load generators: queue filling and the paced producer; the
+//!   monotonic clock and absolute sleeps they use.
+//! - `conn`: a small blocking RESP connection (connect, AUTH, SELECT, pipelined writes).
+//! - `server`: the embedded `redis-server` (or the one at `--url`) and its version.
+//! - `latency`: payload time stamps and histogram summaries.
+//! - `report`: the table, the JSON file, the targets; `plot`: the SVG percentile plot.
+//! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
+//! - `error`: [`error::Error`].
+
+mod child;
+mod cli;
+mod clients;
+mod conn;
+mod error;
+mod latency;
+mod load;
+mod plot;
+mod progress;
+mod report;
+mod scenario;
+mod server;
+mod spec;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The hidden subcommand a parent uses to start a consumer child: `ringq-bench
+/// __child '<ChildSpec as JSON>'`.
+pub(crate) const CHILD_SUBCOMMAND: &str = "__child";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == CHILD_SUBCOMMAND) {
+        return child::child_main(args.next());
+    }
+    let cli = cli::Cli::parse();
+    match scenario::run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringq-bench: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The latency percentile plot, as a self-contained SVG (no plotting crate): x is the
+//! percentile on HdrHistogram's log axis, 1/(1−p) (so 90 %, 99 %, 99.9 % … are evenly
+//! spaced), y is latency in µs on a log axis (a tail three decades above the median stays
+//! readable). One line per client.
+
+use std::fmt::Write as _;
+
+const WIDTH: f64 = 900.0;
+const HEIGHT: f64 = 540.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 190.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 60.0;
+const COLORS: [&str; 6] = [
+    "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f", "#ff7f0e",
+];
+
+/// x position of percentile `p` (in %): log10(1 / (1 − p/100)).
+fn x_of(p: f64) -> f64 {
+    let rest = (1.0 - p / 100.0).max(1e-9);
+    (1.0 / rest).log10()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Renders the plot: `series` is (client name, [(percentile %, µs)]).
+pub fn percentile_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let points = series.iter().flat_map(|(_, c)| c.iter());
+    let (mut xmax, mut ymin, mut ymax) = (1.0f64, f64::MAX, f64::MIN);
+    for &(p, us) in points {
+        xmax = xmax.max(x_of(p));
+        let us = us.max(0.1);
+        ymin = ymin.min(us);
+        ymax = ymax.max(us);
+    }
+    if ymin > ymax {
+        (ymin, ymax) = (1.0, 10.0);
+    }
+    let xmax = xmax.ceil().max(2.0);
+    let (ylo, yhi) = (
+        ymin.log10().floor(),
+        ymax.log10().ceil().max(ymin.log10().floor() + 1.0),
+    );
+    let pw = WIDTH - LEFT - RIGHT;
+    let ph = HEIGHT - TOP - BOTTOM;
+    let px = |p: f64| LEFT + x_of(p) / xmax * pw;
+    let py = |us: f64| TOP + ph - (us.max(0.1).log10() - ylo) / (yhi - ylo) * ph;
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="28" text-anchor="middle" font-size="15">{}</text>"#,
+        LEFT + pw / 2.0,
+        escape(title)
+    );
+    // Grid and axis labels: one vertical line per decade of 1/(1-p).
+    for k in 0..=xmax as u32 {
+        let x = LEFT + f64::from(k) / xmax * pw;
+        let label = if k == 0 {
+            "0%".to_owned()
+        } else {
+            let p = 100.0 * (1.0 - 10f64.powi(-(k as i32)));
+            let decimals = k.saturating_sub(2) as usize;
+            format!("{p:.decimals$}%")
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
+            TOP + ph,
+            TOP + ph + 18.0
+        );
+    }
+    for e in ylo as i32..=yhi as i32 {
+        let us = 10f64.powi(e);
+        let y = py(us);
+        let label = if us >= 1000.0 {
+            format!("{} ms", us / 1000.0)
+        } else {
+            format!("{us} µs")
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
+            LEFT + pw,
+            LEFT - 6.0,
+            y + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile (log scale of 1/(1−p))</text>"#,
+        LEFT + pw / 2.0,
+        HEIGHT - 14.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(18,{:.1}) rotate(-90)" text-anchor="middle">latency (log scale)</text>"#,
+        TOP + ph / 2.0
+    );
+    for (i, (name, curve)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = curve
+            .iter()
+            .map(|&(p, us)| format!("{:.1},{:.1}", px(p), py(us)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        let ly = TOP + 10.0 + 20.0 * i as f64;
+        let lx = LEFT + pw + 16.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+            lx + 24.0,
+            lx + 30.0,
+            ly + 4.0,
+            escape(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

@@ -1,0 +1,273 @@
+//! Results: one row per client, the markdown table on stdout, the targets of issue 5, and
+//! the `--json` file in the contract's shape:
+//! `{"scenario", "clients": [{"name", "messages", "seconds", "msgs_per_sec",
+//! "cpu_us_per_msg", "p50_us", "p99_us", "p999_us", "max_us"}]}` — latency fields are
+//! `null` where not measured (every client in `drain`). Clients that failed are left out
+//! of the JSON and shown in the table with the reason.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::cli::{ClientKind, PopMode};
+use crate::error::{Error, Result};
+use crate::spec::LatencySummary;
+
+/// One client's figures, exactly as the JSON contract spells them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientRow {
+    /// Client name (`ringq`, `redis-rs`, `tokio-uring`, `limit`, `ping`).
+    pub name: String,
+    /// Messages consumed (pings, for `ping`).
+    pub messages: u64,
+    /// Seconds from start to the last message.
+    pub seconds: f64,
+    /// `messages / seconds`.
+    pub msgs_per_sec: f64,
+    /// Consumer CPU (user + system, whole child process) per message, µs.
+    pub cpu_us_per_msg: f64,
+    /// Latency median, µs (null when not measured).
+    pub p50_us: Option<f64>,
+    /// Latency 99th percentile, µs.
+    pub p99_us: Option<f64>,
+    /// Latency 99.9th percentile, µs.
+    pub p999_us: Option<f64>,
+    /// Latency maximum, µs.
+    pub max_us: Option<f64>,
+}
+
+/// What happened to one client in a run.
+#[derive(Debug, Clone)]
+pub struct ClientResult {
+    /// Which client.
+    pub kind: ClientKind,
+    /// Its figures, or why there are none.
+    pub outcome: std::result::Result<ClientRow, String>,
+    /// The latency curve, for the plot.
+    pub latency: Option<LatencySummary>,
+    /// A remark for the table's footnotes.
+    pub note: Option<String>,
+}
+
+/// A finished scenario.
+#[derive(Debug, Clone)]
+pub struct ScenarioReport {
+    /// The contract's scenario name (`drain`, `latency`).
+    pub scenario: &'static str,
+    /// Pop mode (drain targets depend on it).
+    pub pop: PopMode,
+    /// One line describing the workload and the server.
+    pub title: String,
+    /// Every client, in run order.
+    pub results: Vec<ClientResult>,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    scenario: &'a str,
+    clients: Vec<&'a ClientRow>,
+}
+
+impl ScenarioReport {
+    fn row(&self, kind: ClientKind) -> Option<&ClientRow> {
+        self.results
+            .iter()
+            .find(|r| r.kind == kind)
+            .and_then(|r| r.outcome.as_ref().ok())
+    }
+
+    fn baselines(&self) -> impl Iterator<Item = &ClientRow> {
+        self.results
+            .iter()
+            .filter(|r| r.kind.is_baseline())
+            .filter_map(|r| r.outcome.as_ref().ok())
+    }
+
+    /// Highest msgs/s among the baselines.
+    pub fn best_baseline_rate(&self) -> Option<f64> {
+        self.baselines().map(|r| r.msgs_per_sec).reduce(f64::max)
+    }
+
+    /// Lowest CPU per message among the baselines.
+    pub fn best_baseline_cpu(&self) -> Option<f64> {
+        self.baselines().map(|r| r.cpu_us_per_msg).reduce(f64::min)
+    }
+
+    fn is_latency(&self) -> bool {
+        self.scenario == "latency"
+    }
+
+    /// The markdown table, its footnotes and the targets.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "### {}\n", self.title);
+        let lat = self.is_latency();
+        let mut header = vec!["client", "messages", "seconds", "msgs/s", "CPU µs/msg"];
+        if lat {
+            header.extend(["p50 µs", "p99 µs", "p99.9 µs", "max µs", "p99 ÷ ping p99"]);
+        }
+        header.extend(["msgs/s ÷ best baseline", "CPU ÷ best baseline"]);
+        if !lat {
+            header.push("msgs/s ÷ limit");
+        }
+        let _ = writeln!(s, "| {} |", header.join(" | "));
+        let _ = writeln!(
+            s,
+            "|{}",
+            header
+                .iter()
+                .enumerate()
+                .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+                .collect::<String>()
+        );
+        let best_rate = self.best_baseline_rate();
+        let best_cpu = self.best_baseline_cpu();
+        let limit_rate = self.row(ClientKind::Limit).map(|r| r.msgs_per_sec);
+        let ping_p99 = self.row(ClientKind::Ping).and_then(|r| r.p99_us);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "–".into(),
+        };
+        let opt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+        for r in &self.results {
+            let row = match &r.outcome {
+                Ok(row) => row,
+                Err(why) => {
+                    let blanks = " |".repeat(header.len() - 2);
+                    let why = why.replace('|', "/").replace('\n', " ");
+                    let _ = writeln!(s, "| {} | **failed**: {why} |{blanks}", r.kind.name());
+                    continue;
+                }
+            };
+            let mut cells = vec![
+                row.name.clone(),
+                row.messages.to_string(),
+                format!("{:.3}", row.seconds),
+                format!("{:.0}", row.msgs_per_sec),
+                format!("{:.3}", row.cpu_us_per_msg),
+            ];
+            let comparable = r.kind != ClientKind::Ping;
+            if lat {
+                cells.extend([
+                    opt(row.p50_us),
+                    opt(row.p99_us),
+                    opt(row.p999_us),
+                    opt(row.max_us),
+                    ratio(row.p99_us, ping_p99),
+                ]);
+            }
+            if comparable {
+                cells.push(ratio(Some(row.msgs_per_sec), best_rate));
+                cells.push(ratio(Some(row.cpu_us_per_msg), best_cpu));
+            } else {
+                cells.extend(["–".into(), "–".into()]);
+            }
+            if !lat {
+                cells.push(ratio(Some(row.msgs_per_sec), limit_rate));
+            }
+            let _ = writeln!(s, "| {} |", cells.join(" | "));
+        }
+        let notes: Vec<String> = self
+            .results
+            .iter()
+            .filter_map(|r| r.note.as_ref().map(|n| format!("- {}: {n}", r.kind.name())))
+            .collect();
+        if !notes.is_empty() {
+            let _ = writeln!(s, "\n{}", notes.join("\n"));
+        }
+        let targets = self.targets();
+        if !targets.is_empty() {
+            let _ = writeln!(s, "\nTargets (issue 5, reported, not asserted):");
+            for t in targets {
+                let _ = writeln!(s, "- {t}");
+            }
+        }
+        s
+    }
+
+    /// The targets that apply to this scenario, each with its measured value and verdict.
+    pub fn targets(&self) -> Vec<String> {
+        let Some(ringq) = self.row(ClientKind::Ringq) else {
+            return Vec::new();
+        };
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let mut out = Vec::new();
+        let mut check = |what: &str, value: Option<f64>, goal: f64, at_least: bool| {
+            let line = match value {
+                Some(v) => {
+                    let ok = if at_least { v >= goal } else { v <= goal };
+                    let op = if at_least { "≥" } else { "≤" };
+                    format!("{what}: {v:.2}× (target {op} {goal}×) — {}", verdict(ok))
+                }
+                None => format!("{what}: not measured (a client it needs did not run)"),
+            };
+            out.push(line);
+        };
+        let div = |a: f64, b: Option<f64>| b.filter(|b| *b > 0.0).map(|b| a / b);
+        match (self.scenario, self.pop) {
+            ("drain", PopMode::Batch) => {
+                check(
+                    "batch drain, ringq msgs/s ÷ best baseline",
+                    div(ringq.msgs_per_sec, self.best_baseline_rate()),
+                    1.5,
+                    true,
+                );
+                check(
+                    "batch drain, ringq msgs/s ÷ limit probe",
+                    div(
+                        ringq.msgs_per_sec,
+                        self.row(ClientKind::Limit).map(|r| r.msgs_per_sec),
+                    ),
+                    0.8,
+                    true,
+                );
+            }
+            ("drain", PopMode::Single) => check(
+                "one-per-BRPOP, ringq CPU per message ÷ best baseline",
+                div(ringq.cpu_us_per_msg, self.best_baseline_cpu()),
+                0.2,
+                false,
+            ),
+            ("latency", _) => check(
+                "latency, ringq p99 ÷ PING p99",
+                ringq
+                    .p99_us
+                    .and_then(|p| div(p, self.row(ClientKind::Ping).and_then(|r| r.p99_us))),
+                1.2,
+                false,
+            ),
+            _ => {}
+        }
+        out
+    }
+
+    /// Writes the contract JSON to `path` (creating its directory).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let report = JsonReport {
+            scenario: self.scenario,
+            clients: self
+                .results
+                .iter()
+                .filter_map(|r| r.outcome.as_ref().ok())
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&report)?;
+        write_file(path, &text)
+    }
+}
+
+/// Writes `text` to `path`, creating missing directories.
+///
+/// # Errors
+/// I/O errors, naming the path.
+pub fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}

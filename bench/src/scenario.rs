@@ -1,0 +1,299 @@
+//! The parent's side of each scenario: prepare the server for one client, run that
+//! client's consumer child (producing in the parent for `latency`), turn its report and
+//! CPU time into a row, and move on to the next client on a clean slate.
+//!
+//! Clients run one after another, never at once: on a small machine they would otherwise
+//! compete for the same cores and for the server.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::child::{self, ChildOutcome};
+use crate::cli::{Cli, ClientKind, PopMode, Scenario};
+use crate::error::{Error, Result};
+use crate::load;
+use crate::plot;
+use crate::progress;
+use crate::report::{self, ClientResult, ClientRow, ScenarioReport};
+use crate::server::Broker;
+use crate::spec::ChildSpec;
+
+/// Runs the scenario `cli` names, prints its table, writes `--json` (and the plot).
+///
+/// # Errors
+/// An unavailable scenario, bad options, a server that cannot be started or reached, or
+/// an output file that cannot be written. A client that fails is a row in the table, not
+/// an error.
+pub fn run(cli: &Cli) -> Result<()> {
+    match cli.scenario {
+        Scenario::Pubsub => {
+            return Err(Error::unavailable(
+                "scenario 'pubsub' is not available yet: the engine has no listen mode yet \
+                 (available now: drain, latency)",
+            ))
+        }
+        Scenario::Reliable => {
+            return Err(Error::unavailable(
+                "scenario 'reliable' is not available yet: the engine has no reliable mode \
+                 yet (available now: drain, latency)",
+            ))
+        }
+        Scenario::Drain | Scenario::Latency => {}
+    }
+    if cli.queues == 0 || cli.connections == 0 || cli.shards == 0 {
+        return Err(Error::new(
+            "--queues, --connections and --shards must be at least 1",
+        ));
+    }
+    if cli.clients.is_empty() {
+        return Err(Error::new("--clients names no client"));
+    }
+    let broker = Broker::open(cli.url.as_deref())?;
+    if cli.pop == PopMode::Batch && !broker.has_lmpop {
+        return Err(Error::new(format!(
+            "{} has no LMPOP/BLMPOP (Redis 7+): use --pop single",
+            broker.version
+        )));
+    }
+    let queues: Vec<String> = (0..cli.queues)
+        .map(|i| format!("ringq-bench:q{i}"))
+        .collect();
+    let report = match cli.scenario {
+        Scenario::Latency => latency(cli, &broker, &queues),
+        _ => drain(cli, &broker, &queues),
+    };
+    // Leave nothing behind on a shared server, whatever happened.
+    let _ = load::delete(&broker.url, &queues);
+    let report = report?;
+    print!("{}", report.render());
+    if let Some(path) = &cli.json {
+        report.write_json(path)?;
+        eprintln!("wrote {}", path.display());
+        let series: Vec<(String, Vec<(f64, f64)>)> = report
+            .results
+            .iter()
+            .filter(|r| r.outcome.is_ok())
+            .filter_map(|r| Some((r.kind.name().to_owned(), r.latency.as_ref()?.curve.clone())))
+            .collect();
+        if !series.is_empty() {
+            let svg_path = path.with_extension("svg");
+            report::write_file(&svg_path, &plot::percentile_svg(&report.title, &series))?;
+            eprintln!("wrote {}", svg_path.display());
+        }
+    }
+    Ok(())
+}
+
+fn server_label(broker: &Broker) -> String {
+    let place = if broker.is_embedded() {
+        "embedded"
+    } else {
+        "--url"
+    };
+    format!("{} ({place})", broker.version)
+}
+
+fn pop_label(pop: PopMode) -> &'static str {
+    match pop {
+        PopMode::Single => "single",
+        PopMode::Batch => "batch",
+    }
+}
+
+fn base_spec(cli: &Cli, broker: &Broker, queues: &[String], client: ClientKind) -> ChildSpec {
+    ChildSpec {
+        client,
+        url: broker.url.clone(),
+        queues: queues.to_vec(),
+        pop: cli.pop,
+        batch: cli.batch.max(1),
+        pipeline: cli.pipeline.max(1),
+        connections: cli.connections,
+        shards: cli.shards,
+        pin_cores: cli.pin_cores,
+        expected: 0,
+        latency: false,
+        rate: cli.rate,
+        deadline_secs: 60.0,
+    }
+}
+
+fn to_result(
+    kind: ClientKind,
+    outcome: Result<ChildOutcome>,
+    note: Option<String>,
+) -> ClientResult {
+    match outcome {
+        Ok(ChildOutcome { report, cpu }) => {
+            let messages = report.messages;
+            let seconds = report.seconds.max(1e-9);
+            let lat = report.latency.clone();
+            let note = match (note, report.note) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            };
+            ClientResult {
+                kind,
+                outcome: Ok(ClientRow {
+                    name: kind.name().to_owned(),
+                    messages,
+                    seconds: report.seconds,
+                    msgs_per_sec: messages as f64 / seconds,
+                    cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / messages.max(1) as f64,
+                    p50_us: lat.as_ref().map(|l| l.p50_us),
+                    p99_us: lat.as_ref().map(|l| l.p99_us),
+                    p999_us: lat.as_ref().map(|l| l.p999_us),
+                    max_us: lat.as_ref().map(|l| l.max_us),
+                }),
+                latency: lat,
+                note,
+            }
+        }
+        Err(e) => {
+            eprintln!("ringq-bench: {}: {e}", kind.name());
+            ClientResult {
+                kind,
+                outcome: Err(e.to_string()),
+                latency: None,
+                note,
+            }
+        }
+    }
+}
+
+fn drain(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioReport> {
+    let per_queue = (cli.messages / queues.len() as u64).max(1);
+    let total = per_queue * queues.len() as u64;
+    let title = format!(
+        "drain, --pop {}: {total} messages of {} B in {} queue(s); {} connection(s), {} shard(s), batch {}, pipeline {}; {}",
+        pop_label(cli.pop),
+        cli.size,
+        queues.len(),
+        cli.connections,
+        cli.shards,
+        cli.batch,
+        cli.pipeline,
+        server_label(broker)
+    );
+    eprintln!("{title}");
+    let mut results = Vec::new();
+    for &kind in &cli.clients {
+        if kind == ClientKind::Ping {
+            eprintln!("ringq-bench: ping runs in the latency scenario only; skipped");
+            continue;
+        }
+        let pb = progress::bar(total, &format!("filling for {}", kind.name()));
+        load::fill(&broker.url, queues, per_queue, cli.size, &pb)?;
+        pb.finish_and_clear();
+        let mut spec = base_spec(cli, broker, queues, kind);
+        spec.expected = total;
+        // Generous: a consumer at 2k msg/s still finishes; a lost message fails the row.
+        spec.deadline_secs = 60.0 + total as f64 / 2000.0;
+        let pb = progress::bar(total, &format!("draining: {}", kind.name()));
+        let outcome = with_drain_progress(&broker.url, queues, total, &pb, || {
+            child::run(&spec, || Ok(()))
+        });
+        pb.finish_and_clear();
+        let left = load::total_len(&broker.url, queues)?;
+        let note = (left > 0).then(|| format!("{left} messages left in the queues"));
+        results.push(to_result(kind, outcome, note));
+    }
+    Ok(ScenarioReport {
+        scenario: "drain",
+        pop: cli.pop,
+        title,
+        results,
+    })
+}
+
+/// Runs `f` while a thread moves `pb` by polling the queues' length — only when the bar
+/// is visible, so a logged run sends the server nothing extra.
+fn with_drain_progress<T>(
+    url: &str,
+    queues: &[String],
+    total: u64,
+    pb: &indicatif::ProgressBar,
+    f: impl FnOnce() -> T,
+) -> T {
+    if pb.is_hidden() {
+        return f();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let stop2 = stop.clone();
+        s.spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(left) = load::total_len(url, queues) {
+                    pb.set_position(total.saturating_sub(left));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        let r = f();
+        stop.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioReport> {
+    let rate = cli.rate.max(1);
+    let count = ((f64::from(rate) * cli.duration().as_secs_f64()).round() as u64).max(1);
+    let size = cli.size.max(crate::latency::STAMP_LEN);
+    let title = format!(
+        "latency, --pop {}: {rate} msg/s for {:.1} s ({count} messages of {size} B) over {} queue(s); {} connection(s), {} shard(s), batch {}, pipeline {}; {}",
+        pop_label(cli.pop),
+        cli.duration().as_secs_f64(),
+        queues.len(),
+        cli.connections,
+        cli.shards,
+        cli.batch,
+        cli.pipeline,
+        server_label(broker)
+    );
+    eprintln!("{title}");
+    let deadline = cli.duration().as_secs_f64() + 30.0;
+    let mut results = Vec::new();
+
+    // The floor first: PING round trips on the same schedule.
+    let mut spec = base_spec(cli, broker, queues, ClientKind::Ping);
+    spec.expected = count;
+    spec.latency = true;
+    spec.rate = rate;
+    spec.deadline_secs = deadline;
+    eprintln!("measuring PING round trips at {rate}/s ...");
+    results.push(to_result(
+        ClientKind::Ping,
+        child::run(&spec, || Ok(())),
+        None,
+    ));
+
+    for &kind in cli.clients.iter().filter(|&&k| k != ClientKind::Ping) {
+        load::delete(&broker.url, queues)?;
+        let mut spec = base_spec(cli, broker, queues, kind);
+        spec.expected = count;
+        spec.latency = true;
+        spec.deadline_secs = deadline;
+        let pb = progress::bar(count, &format!("producing for {}", kind.name()));
+        let mut late = 0;
+        let outcome = child::run(&spec, || {
+            let p = load::produce(&broker.url, queues, rate, count, size, &pb)?;
+            late = p.max_late_ns;
+            Ok(())
+        });
+        pb.finish_and_clear();
+        let note = (late > 1_000_000).then(|| {
+            format!(
+                "the producer fell behind its schedule by up to {:.1} ms (counted as latency)",
+                late as f64 / 1e6
+            )
+        });
+        results.push(to_result(kind, outcome, note));
+    }
+    Ok(ScenarioReport {
+        scenario: "latency",
+        pop: cli.pop,
+        title,
+        results,
+    })
+}

@@ -1,0 +1,77 @@
+//! The broker under test: the server at `--url`, or the embedded default — a private
+//! `redis-server` (or `$REDIS_SERVER`, e.g. a `valkey-server`) on a free port in a temp
+//! dir, started through the `ringq-tests` harness, which kills it when the run ends (even
+//! if ringq-bench itself is killed).
+
+use ringq_resp::Frame;
+use ringq_tests::RedisServer;
+
+use crate::conn::RawConn;
+use crate::error::{Error, Result};
+
+/// The server a run talks to.
+pub struct Broker {
+    /// Its URL.
+    pub url: String,
+    /// "redis 7.0.15", "valkey 9.0.0 (redis_version 7.2.4)", …
+    pub version: String,
+    /// Whether the server has LMPOP/BLMPOP (Redis ≥ 7 and its forks).
+    pub has_lmpop: bool,
+    /// The embedded server, stopped on drop.
+    embedded: Option<RedisServer>,
+}
+
+impl Broker {
+    /// Connects to `url`, or starts the embedded server when there is none.
+    ///
+    /// # Errors
+    /// No `redis-server` found (the message says to run `scripts/setup.sh` or set
+    /// `REDIS_SERVER`), a server that does not start, or one that cannot be reached.
+    pub fn open(url: Option<&str>) -> Result<Self> {
+        let (url, embedded) = match url {
+            Some(u) => (u.to_owned(), None),
+            None => {
+                let server = RedisServer::builder()
+                    // Queues of a few million messages must fit; no eviction, no saving.
+                    .arg("--maxmemory", "0")
+                    .start()?;
+                (server.url(), Some(server))
+            }
+        };
+        let mut conn = RawConn::connect(&url).map_err(|e| e.context("checking the server"))?;
+        let info = match conn.command_ok(["INFO", "server"])? {
+            Frame::BulkString(b) | Frame::SimpleString(b) => {
+                String::from_utf8_lossy(&b).into_owned()
+            }
+            Frame::VerbatimString { text, .. } => String::from_utf8_lossy(&text).into_owned(),
+            f => return Err(Error::new(format!("unexpected INFO reply: {f:?}"))),
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        let redis_version = field("redis_version").unwrap_or_else(|| "unknown".into());
+        let version = match (field("server_name"), field("valkey_version")) {
+            (_, Some(v)) => format!("valkey {v} (redis_version {redis_version})"),
+            (Some(name), None) => format!("{name} {redis_version}"),
+            (None, None) => format!("redis {redis_version}"),
+        };
+        let major: u32 = redis_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        Ok(Self {
+            url,
+            version,
+            has_lmpop: major >= 7,
+            embedded,
+        })
+    }
+
+    /// Whether this is the embedded server.
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+}

@@ -1,0 +1,88 @@
+//! The parent ↔ child protocol, as JSON: the parent passes a [`ChildSpec`] as the child's
+//! argument; the child prints `ready` on a line of its own once it is connected and
+//! waiting for messages, then one [`ChildReport`] line when it has counted them all.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{ClientKind, PopMode};
+
+/// The stdout line a child prints once it is connected and consuming.
+pub const READY_LINE: &str = "ready";
+
+/// What one consumer child does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildSpec {
+    /// Which client to run.
+    pub client: ClientKind,
+    /// The server.
+    pub url: String,
+    /// The list keys to consume; queue `q` goes to connection `q mod connections`.
+    pub queues: Vec<String>,
+    /// One message per pop, or batches.
+    pub pop: PopMode,
+    /// COUNT of batch pops.
+    pub batch: u32,
+    /// Pops in flight per connection while there is backlog.
+    pub pipeline: u32,
+    /// Connections (at most one per queue is used).
+    pub connections: usize,
+    /// Threads: ringq shards, tokio worker threads, tokio-uring runtimes.
+    pub shards: usize,
+    /// Pin ringq's shards to cores.
+    pub pin_cores: bool,
+    /// Messages to consume before stopping (pings to send for `ping`).
+    pub expected: u64,
+    /// Payloads carry intended send times: record latency.
+    pub latency: bool,
+    /// Pings per second (`ping` only).
+    pub rate: u32,
+    /// Give up (and fail) after this many seconds.
+    pub deadline_secs: f64,
+}
+
+impl ChildSpec {
+    /// Connections actually used: one per queue at most.
+    pub fn lanes(&self) -> usize {
+        self.connections.clamp(1, self.queues.len().max(1))
+    }
+
+    /// The queues of connection `lane`.
+    pub fn lane_queues(&self, lane: usize) -> Vec<String> {
+        let lanes = self.lanes();
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(q, _)| q % lanes == lane)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+/// What a child measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildReport {
+    /// Messages consumed (pings answered for `ping`).
+    pub messages: u64,
+    /// From the start of consuming (connecting, for drain; the `ready` line, for latency)
+    /// to the last message.
+    pub seconds: f64,
+    /// Latency percentiles, when payloads carried time stamps.
+    pub latency: Option<LatencySummary>,
+    /// Anything the reader of the table should know (a server that lacks a command…).
+    pub note: Option<String>,
+}
+
+/// A latency histogram boiled down to what the report needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// 99.9th percentile, µs.
+    pub p999_us: f64,
+    /// Maximum, µs.
+    pub max_us: f64,
+    /// (percentile in %, µs) points for the percentile plot, percentile ascending.
+    pub curve: Vec<(f64, f64)>,
+}

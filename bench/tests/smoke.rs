@@ -1,0 +1,197 @@
+//! Scenario smoke tests: the real `ringq-bench` binary, tiny workloads, the embedded
+//! redis-server. They check the JSON contract's shape and that every client counted every
+//! message; they assert nothing about speed (that is what the suite is for).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringq-bench");
+const CONTRACT_FIELDS: [&str; 9] = [
+    "name",
+    "messages",
+    "seconds",
+    "msgs_per_sec",
+    "cpu_us_per_msg",
+    "p50_us",
+    "p99_us",
+    "p999_us",
+    "max_us",
+];
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("ringq-bench runs");
+    eprintln!("--- stdout\n{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("--- stderr\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("the JSON file was written");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// Checks the contract shape and returns the clients by name.
+fn clients(report: &Value, scenario: &str) -> Vec<(String, serde_json::Map<String, Value>)> {
+    let top = report.as_object().expect("a JSON object");
+    let mut keys: Vec<&str> = top.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["clients", "scenario"]);
+    assert_eq!(top["scenario"], scenario);
+    top["clients"]
+        .as_array()
+        .expect("clients is an array")
+        .iter()
+        .map(|c| {
+            let c = c.as_object().expect("a client is an object").clone();
+            let mut keys: Vec<&str> = c.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            let mut want = CONTRACT_FIELDS;
+            want.sort_unstable();
+            assert_eq!(keys, want, "exactly the contract's fields");
+            let name = c["name"].as_str().expect("name is a string").to_owned();
+            for f in ["seconds", "msgs_per_sec", "cpu_us_per_msg"] {
+                assert!(
+                    c[f].as_f64().is_some_and(|v| v >= 0.0),
+                    "{name}.{f}: {}",
+                    c[f]
+                );
+            }
+            (name, c)
+        })
+        .collect()
+}
+
+fn names(clients: &[(String, serde_json::Map<String, Value>)]) -> Vec<&str> {
+    clients.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[test]
+fn batch_drain_counts_every_message_for_every_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("drain.json");
+    let out = run(&[
+        "drain",
+        "--pop",
+        "batch",
+        "--messages",
+        "2000",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| client |"), "a table on stdout");
+    let report = read_json(&json);
+    let clients = clients(&report, "drain");
+    assert_eq!(
+        names(&clients),
+        ["ringq", "redis-rs", "tokio-uring", "limit"]
+    );
+    for (name, c) in &clients {
+        assert_eq!(c["messages"], 2000, "{name} counted every message");
+        for f in ["p50_us", "p99_us", "p999_us", "max_us"] {
+            assert!(c[f].is_null(), "{name}.{f} is not measured in drain");
+        }
+    }
+    assert!(
+        !dir.path().join("drain.svg").exists(),
+        "no plot without latencies"
+    );
+}
+
+#[test]
+fn single_drain_over_several_queues_and_connections_counts_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("single.json");
+    let out = run(&[
+        "drain",
+        "--pop",
+        "single",
+        "--messages",
+        "2000",
+        "--queues",
+        "3",
+        "--connections",
+        "2",
+        "--shards",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let clients = clients(&read_json(&json), "drain");
+    assert_eq!(
+        names(&clients),
+        ["ringq", "redis-rs", "tokio-uring", "limit"]
+    );
+    // 2000 over 3 queues: 666 each.
+    for (name, c) in &clients {
+        assert_eq!(c["messages"], 1998, "{name} counted every message");
+    }
+}
+
+#[test]
+fn latency_records_percentiles_for_every_client_and_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("latency.json");
+    let out = run(&[
+        "latency",
+        "--rate",
+        "500",
+        "--duration",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let clients = clients(&read_json(&json), "latency");
+    assert_eq!(
+        names(&clients),
+        ["ping", "ringq", "redis-rs", "tokio-uring", "limit"]
+    );
+    for (name, c) in &clients {
+        assert_eq!(c["messages"], 500, "{name} counted every message");
+        let p = |f: &str| {
+            c[f].as_f64()
+                .unwrap_or_else(|| panic!("{name}.{f} measured"))
+        };
+        assert!(p("p50_us") > 0.0);
+        assert!(p("p50_us") <= p("p99_us") && p("p99_us") <= p("p999_us"));
+        assert!(p("p999_us") <= p("max_us"));
+    }
+    let svg = std::fs::read_to_string(dir.path().join("latency.svg")).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("ringq") && svg.contains("ping"));
+}
+
+#[test]
+fn clients_option_selects_and_orders_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("two.json");
+    let out = run(&[
+        "drain",
+        "--messages",
+        "2000",
+        "--clients",
+        "limit,ringq",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let clients = clients(&read_json(&json), "drain");
+    assert_eq!(names(&clients), ["limit", "ringq"]);
+}
+
+#[test]
+fn scenarios_not_built_yet_say_so() {
+    for scenario in ["pubsub", "reliable"] {
+        let out = run(&[scenario]);
+        assert_eq!(out.status.code(), Some(2), "{scenario}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not available yet"), "{scenario}: {stderr}");
+    }
+}

@@ -1,0 +1,450 @@
+//! The public entry point: [`EngineBuilder`] → [`Running`] → [`Stats`].
+//!
+//! Start-up is synchronous where it can fail for a reason the caller must see at once
+//! (bad URL, io_uring unavailable): [`EngineBuilder::start`] waits until every shard has
+//! built its ring. Connection problems after that are handled by the shards (reconnect
+//! with backoff), and the ones retrying cannot fix (bad password, malformed replies, a
+//! server that cannot be reached at all at start) stop the engine and come back from
+//! [`Running::wait`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::conn::ConnConfig;
+use crate::dispatch::{start_pool, Dispatch, ShardDispatch, ShardWaker};
+use crate::error::{Error, ErrorKind};
+use crate::handler::Handler;
+use crate::pop::{Budget, PopConsumer};
+use crate::ring::{sys, RingConfig, RingFeatures};
+use crate::shard::{self, HandlerSide, Periodic, ShardSpec, Shared};
+use crate::stats::{ShardStats, Stats};
+use crate::url::ConnectionInfo;
+
+type PeriodicFactory = (
+    Duration,
+    Arc<dyn Fn() -> Box<dyn FnMut() + Send> + Send + Sync>,
+);
+
+/// Configures and starts an engine.
+///
+/// ```no_run
+/// use ringq::{EngineBuilder, Outcome, PopConsumer};
+///
+/// let running = EngineBuilder::new("redis://127.0.0.1:6379")
+///     .shards(2)
+///     .start(PopConsumer::new(["emails", "reports"]).batch(64), |msg: &ringq::Message| {
+///         println!("{:?}: {:?}", msg.queue(), msg.payload());
+///         Outcome::Ack
+///     })?;
+/// let stop = running.shutdown_handle();
+/// // ... later, from any thread: stop.shutdown();
+/// # stop.shutdown();
+/// let stats = running.wait()?;
+/// println!("{} messages", stats.messages);
+/// # Ok::<(), ringq::Error>(())
+/// ```
+pub struct EngineBuilder {
+    url: String,
+    shards: usize,
+    connections_per_shard: usize,
+    pin_cores: bool,
+    ring: RingConfig,
+    connect_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    start_attempts: u32,
+    client_name: String,
+    periodic: Vec<PeriodicFactory>,
+    dispatch: Dispatch,
+}
+
+impl EngineBuilder {
+    /// An engine for the server at `url` (`redis://[user:pass@]host[:port][/db]` or
+    /// `unix:///path`), with one shard, one connection per shard, cores pinned.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            shards: 1,
+            connections_per_shard: 1,
+            pin_cores: true,
+            ring: RingConfig {
+                entries: 256,
+                recv_buffers: 64,
+                recv_buffer_size: 64 * 1024,
+            },
+            connect_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            start_attempts: 3,
+            client_name: "ringq".into(),
+            periodic: Vec::new(),
+            dispatch: Dispatch::inline(),
+        }
+    }
+
+    /// Where handlers run: [`Dispatch::inline`] (default), [`Dispatch::workers`],
+    /// [`Dispatch::orderly`]. With workers, the handler is cloned once per worker thread.
+    pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.dispatch = dispatch;
+        self
+    }
+
+    /// Number of shard threads, each with its own ring (default 1). Shards that would get
+    /// no queue are not started.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n.max(1);
+        self
+    }
+
+    /// Connections per shard (default 1). Queues are spread over all connections; each
+    /// queue is popped by exactly one, which keeps its messages in order.
+    pub fn connections_per_shard(mut self, n: usize) -> Self {
+        self.connections_per_shard = n.max(1);
+        self
+    }
+
+    /// Pin shard `i` to core `i mod cores` (default on).
+    pub fn pin_cores(mut self, on: bool) -> Self {
+        self.pin_cores = on;
+        self
+    }
+
+    /// Submission-queue entries per ring (default 256; completion queue is 4×).
+    pub fn ring_entries(mut self, n: u32) -> Self {
+        self.ring.entries = n.clamp(8, 32768);
+        self
+    }
+
+    /// Provided receive buffers per shard: `count` (a power of two) of `size` bytes
+    /// (default 64 × 64 KiB).
+    pub fn recv_buffers(mut self, count: u16, size: usize) -> Self {
+        self.ring.recv_buffers = count.max(1).next_power_of_two();
+        self.ring.recv_buffer_size = size.max(512);
+        self
+    }
+
+    /// Deadline for connecting plus the handshake (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Reconnect backoff: doubles from `min` up to `max`, with jitter (default 50 ms – 5 s).
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min.max(Duration::from_millis(1));
+        self.backoff_max = max.max(self.backoff_min);
+        self
+    }
+
+    /// Connection attempts before giving up on a server that was never reachable (default
+    /// 3). Once a connection has worked, it is re-established for as long as it takes.
+    pub fn start_attempts(mut self, n: u32) -> Self {
+        self.start_attempts = n.max(1);
+        self
+    }
+
+    /// Prefix of the connection names set with `CLIENT SETNAME` (default `ringq`); each
+    /// connection is named `<prefix>-s<shard>-c<n>`.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// Calls `f` every `period` on every shard thread, from inside its loop (Kombu's
+    /// `call_repeatedly`). Keep it short: it runs between I/O completions.
+    pub fn every<F>(mut self, period: Duration, f: F) -> Self
+    where
+        F: FnMut() + Clone + Send + Sync + 'static,
+    {
+        let period = period.max(Duration::from_millis(1));
+        self.periodic.push((
+            period,
+            Arc::new(move || Box::new(f.clone()) as Box<dyn FnMut() + Send>),
+        ));
+        self
+    }
+
+    /// Starts the shards and begins consuming.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for a bad URL or empty queue list, [`ErrorKind::UringUnavailable`]
+    /// when io_uring cannot be used here (the message says why and what to do).
+    pub fn start<H>(self, consumer: PopConsumer, handler: H) -> Result<Running, Error>
+    where
+        H: Handler + Clone,
+    {
+        let info = ConnectionInfo::parse(&self.url)?;
+        if consumer.queues.is_empty() {
+            return Err(Error::config("no queues to consume: give at least one"));
+        }
+        let addr = info.resolve()?;
+        let conn_cfg = Arc::new(ConnConfig {
+            info,
+            addr,
+            connect_timeout: self.connect_timeout,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            start_attempts: self.start_attempts,
+            client_name: self.client_name.clone(),
+        });
+        // Lanes: queue q goes to lane q mod L; lane l runs on shard l mod S.
+        let total_conns = self.shards * self.connections_per_shard;
+        let nlanes = total_conns.min(consumer.queues.len());
+        let nshards = self.shards.min(nlanes);
+        let mut lanes_per_shard: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
+        for l in 0..nlanes {
+            let queues = (0..consumer.queues.len())
+                .filter(|q| q % nlanes == l)
+                .map(|q| q as u32)
+                .collect();
+            lanes_per_shard[l % nshards].push(queues);
+        }
+        let mut wake_fds = Vec::with_capacity(nshards);
+        for _ in 0..nshards {
+            match sys::eventfd() {
+                Ok(fd) => wake_fds.push(fd),
+                Err(e) => {
+                    for fd in wake_fds {
+                        sys::close(fd);
+                    }
+                    return Err(Error::io("eventfd", e));
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            wake_fds,
+        });
+        let queue_names: Vec<String> = consumer
+            .queues
+            .iter()
+            .map(|q| String::from_utf8_lossy(q.name()).into_owned())
+            .collect();
+        let cores = if self.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let budget = consumer.limit.map(|n| Arc::new(Budget::new(n)));
+        if consumer.limit == Some(0) {
+            shared.stop_all();
+        }
+        let epoch = Instant::now();
+        let max_share = (u64::from(consumer.prefetch) / nshards as u64 + 1) as usize;
+        let mut sides: Vec<Option<ShardDispatch>> = (0..nshards).map(|_| None).collect();
+        let mut workers = Vec::new();
+        let mut worker_latency = Vec::new();
+        if self.dispatch.worker_count() > 0 {
+            let wakers: Vec<Arc<ShardWaker>> = shared
+                .wake_fds
+                .iter()
+                .map(|&fd| Arc::new(ShardWaker::new(fd)))
+                .collect();
+            let sh = shared.clone();
+            let on_fatal: Arc<dyn Fn(Error) + Send + Sync> = Arc::new(move |e| sh.fail(e));
+            let pool = start_pool(
+                &self.dispatch,
+                &handler,
+                &wakers,
+                max_share,
+                epoch,
+                on_fatal,
+            )?;
+            workers = pool.threads;
+            worker_latency = pool.latency;
+            for (slot, side) in sides.iter_mut().zip(pool.shard_sides) {
+                *slot = Some(side);
+            }
+        }
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(nshards);
+        let mut shard_stats = Vec::with_capacity(nshards);
+        for (i, lanes) in lanes_per_shard.into_iter().enumerate() {
+            let share = |total: u64| {
+                (total / nshards as u64 + u64::from((i as u64) < total % nshards as u64)).max(1)
+            };
+            let stats = Arc::new(ShardStats::new(consumer.queues.len()));
+            shard_stats.push(stats.clone());
+            let periodic: Vec<Periodic> = self.periodic.iter().map(|(p, f)| (*p, f())).collect();
+            let spec = ShardSpec {
+                index: i,
+                core: if cores.is_empty() {
+                    None
+                } else {
+                    Some(cores[i % cores.len()])
+                },
+                lanes,
+                credits: share(u64::from(consumer.prefetch)) as u32,
+                credit_bytes: share(consumer.prefetch_bytes),
+                conn: conn_cfg.clone(),
+                consumer: consumer.clone(),
+                budget: budget.clone(),
+                ring: self.ring,
+                handler: match sides[i].take() {
+                    Some(side) => HandlerSide::Workers(side),
+                    None => HandlerSide::Inline(Box::new(handler.clone())),
+                },
+                epoch,
+                stats,
+                shared: shared.clone(),
+                wake_fd: shared.wake_fds[i],
+                periodic,
+            };
+            let tx = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("ringq-shard-{i}"))
+                .spawn(move || shard::run(spec, tx))
+                .map_err(|e| Error::io("spawning a shard thread", e))?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let mut features = None;
+        let mut first_err = None;
+        for _ in 0..nshards {
+            match ready_rx.recv() {
+                Ok(Ok(f)) => features = Some(f),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(Error::new(
+                        ErrorKind::Io,
+                        "a shard thread died during start-up",
+                    ));
+                }
+            }
+        }
+        let running = Running {
+            workers,
+            worker_latency,
+            shared,
+            threads,
+            stats: shard_stats,
+            queue_names,
+            features,
+        };
+        if let Some(e) = first_err {
+            running.shared.stop_all();
+            let _ = running.join();
+            return Err(e);
+        }
+        Ok(running)
+    }
+}
+
+/// A started engine.
+pub struct Running {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    worker_latency: Vec<Arc<Mutex<Histogram<u64>>>>,
+    threads: Vec<JoinHandle<Result<(), Error>>>,
+    stats: Vec<Arc<ShardStats>>,
+    queue_names: Vec<String>,
+    features: Option<RingFeatures>,
+}
+
+/// Stops an engine from any thread (signal handlers included: it only stores a flag and
+/// writes to eventfds).
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Shared>);
+
+impl ShutdownHandle {
+    /// Asks every shard to stop fetching, finish what is in flight and exit.
+    pub fn shutdown(&self) {
+        self.0.stop_all();
+    }
+}
+
+impl Running {
+    /// The counters so far, summed over shards.
+    pub fn stats(&self) -> Stats {
+        Stats::sum(&self.stats, &self.worker_latency, &self.queue_names)
+    }
+
+    /// What the kernel offered the rings (flags, multishot recv).
+    pub fn features(&self) -> Option<&RingFeatures> {
+        self.features.as_ref()
+    }
+
+    /// A handle that stops the engine.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shared.clone())
+    }
+
+    /// Whether the engine has been asked to stop (by a handle or a fatal error).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Stops the engine and waits for it: no new pops, every reply in flight is handled.
+    ///
+    /// # Errors
+    /// The fatal error that stopped the engine earlier, if any.
+    pub fn shutdown(self) -> Result<Stats, Error> {
+        self.shared.stop_all();
+        self.wait()
+    }
+
+    /// Waits until the engine stops (a [`ShutdownHandle`] or a fatal error).
+    ///
+    /// # Errors
+    /// The fatal error that stopped it: authentication, a malformed reply, a server that
+    /// could not be reached at start, a ring failure.
+    pub fn wait(self) -> Result<Stats, Error> {
+        let stats = self.stats.clone();
+        let names = self.queue_names.clone();
+        let latency = self.worker_latency.clone();
+        self.join()?;
+        Ok(Stats::sum(&stats, &latency, &names))
+    }
+
+    fn join(mut self) -> Result<(), Error> {
+        let mut thread_err = None;
+        for t in std::mem::take(&mut self.threads) {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    thread_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    thread_err.get_or_insert(Error::new(
+                        ErrorKind::Io,
+                        "a shard thread panicked (in a handler?)",
+                    ));
+                }
+            }
+        }
+        // Shards are gone, so their rings are abandoned: workers finish and exit.
+        for t in std::mem::take(&mut self.workers) {
+            if t.join().is_err() {
+                thread_err
+                    .get_or_insert(Error::new(ErrorKind::Handler, "a worker thread panicked"));
+            }
+        }
+        let fatal = self.shared.fatal.lock().ok().and_then(|mut f| f.take());
+        match fatal.or(thread_err) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A dropped handle must not leave threads consuming in the background.
+        if !self.threads.is_empty() {
+            self.shared.stop_all();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+            for t in self.workers.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! ringq: an io_uring, thread-per-core consumer engine for Redis-protocol brokers.
+//!
+//! Each shard thread owns one io_uring and speaks RESP directly over its sockets. This
+//! release consumes list queues in `pop` mode (at-most-once): BRPOP, or BLMPOP/LMPOP with
+//! COUNT, over many queues with a fair rotation, priority levels and a prefetch limit.
+//!
+//! # Layout
+//! - `ring`: the only code that builds SQEs — [`Driver`](ring) with the op lifecycle,
+//!   the provided-buffer ring, the kernel feature probe, and the few plain syscalls.
+//! - `timer`: deadlines and periodic callbacks inside the loop.
+//! - `conn`: the connection state machine (connect, HELLO/AUTH/SELECT handshake, replies
+//!   in order, close, backoff).
+//! - `pop`: the pop pipeline — [`Queue`], [`PopConsumer`], lanes, credits, reply parsing.
+//! - `shard`: the per-core loop tying them together.
+//! - `handler`: [`Message`], [`Outcome`], [`Handler`].
+//! - `dispatch`: [`Dispatch`] — inline, or worker threads fed by SPSC rings, orderly or not.
+//! - `engine`: [`EngineBuilder`], [`Running`], [`ShutdownHandle`].
+//! - `stats`, `url`, `error`: [`Stats`], [`ConnectionInfo`], [`Error`].
+//!
+//! # Example
+//! ```no_run
+//! use ringq::{EngineBuilder, Message, Outcome, PopConsumer, PopStrategy};
+//!
+//! let consumer = PopConsumer::new(["jobs:high", "jobs:low"])
+//!     .strategy(PopStrategy::Adaptive)
+//!     .batch(128)
+//!     .prefetch(4096);
+//! let running = EngineBuilder::new("redis://127.0.0.1:6379")
+//!     .shards(2)
+//!     .start(consumer, |m: &Message| {
+//!         let _ = m.payload();
+//!         Outcome::Ack
+//!     })?;
+//! std::thread::sleep(std::time::Duration::from_secs(1));
+//! let stats = running.shutdown()?;
+//! println!("{} messages, {} pops", stats.messages, stats.pops);
+//! # Ok::<(), ringq::Error>(())
+//! ```
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod conn;
+mod dispatch;
+mod engine;
+mod error;
+mod handler;
+mod intern;
+mod pop;
+mod ring;
+mod shard;
+mod stats;
+mod timer;
+mod url;
+
+pub use dispatch::{bench_support, Dispatch, KeyFn};
+pub use engine::{EngineBuilder, Running, ShutdownHandle};
+pub use error::{Error, ErrorKind};
+pub use handler::{Handler, Message, Outcome};
+pub use pop::{PopConsumer, PopStrategy, Queue};
+pub use ring::{probe, RingFeatures};
+pub use stats::Stats;
+pub use url::{Address, ConnectionInfo};

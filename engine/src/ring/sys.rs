@@ -1,0 +1,75 @@
+//! The few plain system calls the engine makes outside the ring: creating sockets and
+//! eventfds, socket options, close. Rare (per connection attempt, per shard), so they stay
+//! synchronous; everything per message goes through the ring.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use super::SockAddr;
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A new stream socket for `addr`'s family, close-on-exec, with TCP_NODELAY and
+/// SO_KEEPALIVE on TCP.
+pub(crate) fn stream_socket(addr: &SockAddr) -> io::Result<RawFd> {
+    let family = addr.family();
+    // SAFETY: plain syscall with constant arguments; returns a new fd or -1.
+    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    if family == libc::AF_INET || family == libc::AF_INET6 {
+        let on: libc::c_int = 1;
+        for (level, opt) in [
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+            (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        ] {
+            // SAFETY: `fd` is our open socket; `on` outlives the call and its size is passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    level,
+                    opt,
+                    std::ptr::addr_of!(on).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if let Err(e) = cvt(rc) {
+                close(fd);
+                return Err(e);
+            }
+        }
+    }
+    Ok(fd)
+}
+
+/// Shuts both directions of a socket so every operation on it ends promptly.
+pub(crate) fn shutdown(fd: RawFd) {
+    // SAFETY: `fd` is an open socket owned by the caller; errors (ENOTCONN) are harmless.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Closes an fd the caller owns and no in-flight operation uses any more.
+pub(crate) fn close(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: the caller owns `fd` and never uses it again.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// A non-blocking eventfd for waking a shard.
+pub(crate) fn eventfd() -> io::Result<RawFd> {
+    // SAFETY: plain syscall; returns a new fd or -1.
+    cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+}
+
+/// Adds 1 to an eventfd, waking whoever reads it. Safe to call from any thread.
+pub(crate) fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd the engine keeps open while any
+    // handle that can signal it exists. EAGAIN (counter saturated) still leaves it readable.
+    unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+}

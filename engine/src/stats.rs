@@ -1,0 +1,160 @@
+//! Counters and the pop-to-handler latency histogram.
+//!
+//! Each shard counts into its own [`ShardStats`]: relaxed atomic adds once per reply (not
+//! per message), and a shard-local histogram merged into the shared one on a timer, so
+//! the hot path takes no lock. [`Stats`] is the sum over shards at one moment.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+
+/// Highest latency the histogram tracks: 60 s in nanoseconds.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    // Constant, valid bounds: this cannot fail; auto-resize is the fallback all the same.
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).unwrap_or_else(|_| {
+        let mut h = Histogram::new_with_max(2, 1).expect("constant histogram bounds");
+        h.auto(true);
+        h
+    })
+}
+
+/// One shard's counters, shared with `Running::stats`.
+pub(crate) struct ShardStats {
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    pub pops: AtomicU64,
+    pub empty_pops: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub connections_ready: AtomicU64,
+    pub acked: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub max_in_flight: AtomicU64,
+    pub enobufs: AtomicU64,
+    pub per_queue: Vec<AtomicU64>,
+    pub latency: Mutex<Histogram<u64>>,
+}
+
+impl ShardStats {
+    pub(crate) fn new(queues: usize) -> Self {
+        Self {
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            pops: AtomicU64::new(0),
+            empty_pops: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connections_ready: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            enobufs: AtomicU64::new(0),
+            per_queue: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            latency: Mutex::new(new_histogram()),
+        }
+    }
+
+    pub(crate) fn add(&self, c: &AtomicU64, n: u64) {
+        if n != 0 {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub(crate) fn merge_latency(&self, local: &mut Histogram<u64>) {
+        if local.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.latency.lock() {
+            let _ = h.add(&*local);
+        }
+        local.reset();
+    }
+}
+
+/// A snapshot of the engine's counters, summed over shards.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Messages handed to handlers.
+    pub messages: u64,
+    /// Payload bytes handed to handlers.
+    pub bytes: u64,
+    /// Pop commands answered (including empty answers).
+    pub pops: u64,
+    /// Pop commands answered with nothing (a blocking pop timed out, or queues were empty).
+    pub empty_pops: u64,
+    /// Connections re-established after a loss.
+    pub reconnects: u64,
+    /// Connections currently past their handshake.
+    pub connections_ready: u64,
+    /// Outcomes: acknowledged.
+    pub acked: u64,
+    /// Outcomes: retry requested (no server-side effect in `pop` mode).
+    pub retried: u64,
+    /// Outcomes: dead-lettered (no server-side effect in `pop` mode).
+    pub dead: u64,
+    /// Highest number of messages in flight (requested by pops or not yet handled) seen on
+    /// any one shard; never above that shard's share of the prefetch limit.
+    pub max_in_flight: u64,
+    /// Multishot receives that ran out of provided buffers and were re-armed.
+    pub enobufs: u64,
+    /// Messages per queue, in the consumer's queue order.
+    pub per_queue: Vec<(String, u64)>,
+    /// Pop-to-handler latency in nanoseconds: from the reply's arrival to the handler call.
+    pub latency_ns: Histogram<u64>,
+}
+
+impl Stats {
+    pub(crate) fn sum(
+        shards: &[std::sync::Arc<ShardStats>],
+        workers: &[std::sync::Arc<Mutex<Histogram<u64>>>],
+        queue_names: &[String],
+    ) -> Self {
+        let total = |f: fn(&ShardStats) -> &AtomicU64| {
+            shards.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
+        };
+        let mut latency = new_histogram();
+        let hists = shards
+            .iter()
+            .map(|s| &s.latency)
+            .chain(workers.iter().map(|w| &**w));
+        for h in hists {
+            if let Ok(h) = h.lock() {
+                let _ = latency.add(&*h);
+            }
+        }
+        Self {
+            messages: total(|s| &s.messages),
+            bytes: total(|s| &s.bytes),
+            pops: total(|s| &s.pops),
+            empty_pops: total(|s| &s.empty_pops),
+            reconnects: total(|s| &s.reconnects),
+            connections_ready: total(|s| &s.connections_ready),
+            acked: total(|s| &s.acked),
+            retried: total(|s| &s.retried),
+            dead: total(|s| &s.dead),
+            max_in_flight: shards
+                .iter()
+                .map(|s| s.max_in_flight.load(Relaxed))
+                .max()
+                .unwrap_or(0),
+            enobufs: total(|s| &s.enobufs),
+            per_queue: queue_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    (
+                        n.clone(),
+                        shards
+                            .iter()
+                            .map(|s| s.per_queue.get(i).map_or(0, |c| c.load(Relaxed)))
+                            .sum(),
+                    )
+                })
+                .collect(),
+            latency_ns: latency,
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Server addresses: `redis://[user[:password]@]host[:port][/db]` and
+//! `unix:///path/to/socket[?db=N]`, with percent-decoding of the credentials.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use crate::error::Error;
+
+/// Where a server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A TCP host and port (resolved when the engine starts).
+    Tcp {
+        /// Host name or IP literal.
+        host: String,
+        /// Port, 6379 by default.
+        port: u16,
+    },
+    /// A Unix domain socket path.
+    Unix(PathBuf),
+}
+
+/// A parsed server URL: address, credentials and database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Where to connect.
+    pub address: Address,
+    /// ACL user name; `None` means the `default` user.
+    pub username: Option<String>,
+    /// Password, if any.
+    pub password: Option<String>,
+    /// Logical database selected after the handshake.
+    pub db: u32,
+}
+
+impl fmt::Debug for ConnectionInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionInfo")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl fmt::Display for ConnectionInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.address {
+            Address::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Address::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl ConnectionInfo {
+    /// Parses a `redis://` or `unix://` URL.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::Config`] saying what part of the URL is wrong.
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::config(format!("invalid server URL '{}': {why}", redact(url)));
+        if let Some(rest) = url.strip_prefix("unix://") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if path.is_empty() {
+                return Err(bad("no socket path"));
+            }
+            let mut db = 0;
+            for kv in query.split('&').filter(|s| !s.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("db", v)) => db = v.parse().map_err(|_| bad("db must be a number"))?,
+                    _ => return Err(bad("unknown query parameter (only db=N is understood)")),
+                }
+            }
+            return Ok(Self {
+                address: Address::Unix(PathBuf::from(path)),
+                username: None,
+                password: None,
+                db,
+            });
+        }
+        if url.starts_with("rediss://") {
+            return Err(bad(
+                "TLS (rediss://) is not supported yet; use redis:// or a local TLS proxy",
+            ));
+        }
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| bad("expected redis:// or unix://"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(ui) => {
+                let (u, p) = match ui.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (ui, None),
+                };
+                let u =
+                    percent_decode(u).ok_or_else(|| bad("bad percent-encoding in user name"))?;
+                let p = match p {
+                    Some(p) => Some(
+                        percent_decode(p).ok_or_else(|| bad("bad percent-encoding in password"))?,
+                    ),
+                    None => None,
+                };
+                match p {
+                    // `redis://secret@host` is the common shorthand for a password alone.
+                    None if !u.is_empty() => (None, Some(u)),
+                    p => (Some(u).filter(|u| !u.is_empty()), p),
+                }
+            }
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed [ in IPv6 host"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| bad("port must be a number from 1 to 65535"))?,
+                None if after.is_empty() => 6379,
+                None => return Err(bad("junk after IPv6 host")),
+            };
+            (h.to_owned(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_owned(),
+                    p.parse()
+                        .map_err(|_| bad("port must be a number from 1 to 65535"))?,
+                ),
+                None => (hostport.to_owned(), 6379),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if port == 0 {
+            return Err(bad("port must be a number from 1 to 65535"));
+        }
+        let path = path.split('?').next().unwrap_or("");
+        let db = if path.is_empty() {
+            0
+        } else {
+            path.parse()
+                .map_err(|_| bad("database must be a number, as in /0"))?
+        };
+        Ok(Self {
+            address: Address::Tcp { host, port },
+            username,
+            password,
+            db,
+        })
+    }
+
+    /// Resolves a TCP address (blocking DNS, done once at start-up).
+    pub(crate) fn resolve(&self) -> Result<ResolvedAddr, Error> {
+        match &self.address {
+            Address::Unix(p) => Ok(ResolvedAddr::Unix(p.clone())),
+            Address::Tcp { host, port } => {
+                let mut addrs = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| Error::config(format!("cannot resolve host '{host}': {e}")))?;
+                addrs
+                    .next()
+                    .map(ResolvedAddr::Tcp)
+                    .ok_or_else(|| Error::config(format!("host '{host}' resolved to no address")))
+            }
+        }
+    }
+}
+
+/// A resolved address ready for `connect(2)`.
+#[derive(Debug, Clone)]
+pub(crate) enum ResolvedAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}<credentials>{}", &url[..s + 3], &url[a..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_port_credentials_and_db() {
+        let c = ConnectionInfo::parse("redis://alice:s%40cret@example.com:6380/3").unwrap();
+        assert_eq!(
+            c.address,
+            Address::Tcp {
+                host: "example.com".into(),
+                port: 6380
+            }
+        );
+        assert_eq!(c.username.as_deref(), Some("alice"));
+        assert_eq!(c.password.as_deref(), Some("s@cret"));
+        assert_eq!(c.db, 3);
+    }
+
+    #[test]
+    fn password_only_forms() {
+        let c = ConnectionInfo::parse("redis://:pw@127.0.0.1").unwrap();
+        assert_eq!((c.username, c.password.as_deref()), (None, Some("pw")));
+        let c = ConnectionInfo::parse("redis://pw@127.0.0.1:7000").unwrap();
+        assert_eq!((c.username, c.password.as_deref()), (None, Some("pw")));
+    }
+
+    #[test]
+    fn defaults_and_ipv6_and_unix() {
+        let c = ConnectionInfo::parse("redis://localhost").unwrap();
+        assert_eq!(
+            c.address,
+            Address::Tcp {
+                host: "localhost".into(),
+                port: 6379
+            }
+        );
+        assert_eq!(c.db, 0);
+        let c = ConnectionInfo::parse("redis://[::1]:7001/2").unwrap();
+        assert_eq!(
+            c.address,
+            Address::Tcp {
+                host: "::1".into(),
+                port: 7001
+            }
+        );
+        let c = ConnectionInfo::parse("unix:///tmp/redis.sock?db=4").unwrap();
+        assert_eq!(c.address, Address::Unix("/tmp/redis.sock".into()));
+        assert_eq!(c.db, 4);
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_a_reason_and_no_password_leak() {
+        for bad in [
+            "http://x",
+            "redis://",
+            "redis://h:notaport",
+            "redis://h:0",
+            "redis://h/x",
+            "rediss://h",
+        ] {
+            let e = ConnectionInfo::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}");
+        }
+        let e = ConnectionInfo::parse("redis://u:topsecret@h:bad").unwrap_err();
+        assert!(!e.to_string().contains("topsecret"), "{e}");
+        assert!(!format!(
+            "{:?}",
+            ConnectionInfo::parse("redis://u:topsecret@h").unwrap()
+        )
+        .contains("topsecret"));
+    }
+}

@@ -1,0 +1,109 @@
+//! The engine against a scripted server: malformed replies and old-server handshakes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringq::{EngineBuilder, ErrorKind, Message, Outcome, PopConsumer};
+use ringq_tests::{wait_until, Script, ScriptedServer};
+
+const HELLO_7: &[u8] = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n";
+
+fn collect() -> (
+    Arc<Mutex<Vec<String>>>,
+    impl FnMut(&Message) -> Outcome + Clone + Send + 'static,
+) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    (log, move |m: &Message| {
+        l.lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(m.payload()).into_owned());
+        Outcome::Ack
+    })
+}
+
+fn run_against(script: Script) -> ringq::Error {
+    let server = ScriptedServer::start(script).unwrap();
+    let (_, h) = collect();
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .start(PopConsumer::new(["q"]), h)
+        .unwrap();
+    running
+        .wait()
+        .expect_err("malformed input must stop the engine with an error")
+}
+
+#[test]
+fn malformed_pop_reply_is_a_typed_protocol_error() {
+    let err = run_against(Script::new().reply(HELLO_7).reply(&b"*2\r\n$abc\r\n"[..]));
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(
+        err.decode_error().is_some(),
+        "carries the decoder's error: {err:?}"
+    );
+}
+
+#[test]
+fn garbage_instead_of_a_hello_reply_is_a_protocol_error() {
+    let err = run_against(Script::new().reply(&b"HTTP/1.1 400 Bad Request\r\n\r\n"[..]));
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("Redis-protocol"), "{err}");
+}
+
+#[test]
+fn hostile_bulk_length_is_rejected_without_allocating_it() {
+    let err = run_against(
+        Script::new()
+            .reply(HELLO_7)
+            .reply(&b"*2\r\n$1\r\nq\r\n$9223372036854775807\r\n"[..]),
+    );
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+}
+
+#[test]
+fn reply_for_an_unrequested_key_is_refused() {
+    let err = run_against(
+        Script::new()
+            .reply(HELLO_7)
+            .reply(&b"*2\r\n$5\r\nother\r\n*1\r\n$1\r\nx\r\n"[..]),
+    );
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("did not ask for"), "{err}");
+}
+
+#[test]
+fn server_without_hello_gets_a_resp2_handshake_and_brpop() {
+    // Redis < 6: HELLO is unknown; the engine falls back to RESP2, names the connection
+    // with CLIENT SETNAME, and (no LMPOP before 7) pops with BRPOP.
+    let script = Script::new()
+        .reply(&b"-ERR unknown command 'HELLO'\r\n"[..])
+        .reply(&b"+OK\r\n"[..])
+        .reply(&b"*2\r\n$1\r\nq\r\n$5\r\nhello\r\n"[..]);
+    let server = ScriptedServer::start(script).unwrap();
+    let (log, h) = collect();
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .start(
+            PopConsumer::new(["q"]).block_timeout(Duration::from_millis(100)),
+            h,
+        )
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || log
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    assert_eq!(log.lock().unwrap()[0], "hello");
+    let commands = server.received();
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.first().is_some_and(|n| n.eq_ignore_ascii_case(b"BRPOP"))),
+        "{commands:?}"
+    );
+    assert!(!commands
+        .iter()
+        .any(|c| c.first().is_some_and(|n| n.eq_ignore_ascii_case(b"LMPOP"))));
+    running.shutdown().unwrap();
+}

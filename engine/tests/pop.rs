@@ -1,0 +1,632 @@
+//! The pop pipeline against a real redis-server (started per test by the harness).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringq::{EngineBuilder, ErrorKind, Message, Outcome, PopConsumer, PopStrategy, Queue, Running};
+use ringq_tests::{wait_until, RedisServer, TestClient};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Every delivered message as (queue, payload), in handler-call order per shard.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(String, String, u8)>>>);
+
+impl Recorder {
+    fn handler(&self) -> impl FnMut(&Message) -> Outcome + Clone + Send + 'static {
+        let log = self.0.clone();
+        move |m: &Message| {
+            let q = String::from_utf8_lossy(m.queue()).into_owned();
+            let p = String::from_utf8_lossy(m.payload()).into_owned();
+            log.lock().unwrap().push((q, p, m.priority()));
+            Outcome::Ack
+        }
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn snapshot(&self) -> Vec<(String, String, u8)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn seq_payloads(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:08}")).collect()
+}
+
+/// Asserts each queue's messages arrived exactly once and in push order.
+fn assert_exactly_once_in_order(
+    log: &[(String, String, u8)],
+    expected: &HashMap<String, Vec<String>>,
+) {
+    let mut per_queue: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (q, p, _) in log {
+        per_queue.entry(q.as_str()).or_default().push(p.as_str());
+    }
+    for (q, want) in expected {
+        let got = per_queue.remove(q.as_str()).unwrap_or_default();
+        assert_eq!(got.len(), want.len(), "queue {q}: delivered count");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g, w, "queue {q}: message {i} out of order or wrong");
+        }
+    }
+    assert!(
+        per_queue.is_empty(),
+        "messages from unexpected queues: {:?}",
+        per_queue.keys()
+    );
+}
+
+fn start(server_url: &str, shards: usize, consumer: PopConsumer, rec: &Recorder) -> Running {
+    EngineBuilder::new(server_url)
+        .shards(shards)
+        .pin_cores(false)
+        .start(consumer, rec.handler())
+        .expect("engine starts")
+}
+
+#[test]
+fn io_uring_probe_reports_features() {
+    match ringq::probe() {
+        Ok(f) => println!("io_uring probe: {f}"),
+        Err(e) => panic!("io_uring is not usable here, so no engine test can run: {e}"),
+    }
+}
+
+#[test]
+fn drains_100k_messages_from_4_queues_with_2_shards_exactly_once_in_order() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let mut expected = HashMap::new();
+    for q in 0..4 {
+        let name = format!("q{q}");
+        let items = seq_payloads(&name, 25_000);
+        // LPUSH + RPOP consumption = FIFO in push order.
+        c.lpush_many(&name, &items).unwrap();
+        expected.insert(name, items);
+    }
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new(["q0", "q1", "q2", "q3"]).batch(100);
+    let running = EngineBuilder::new(server.url())
+        .shards(2)
+        .connections_per_shard(2)
+        .pin_cores(false)
+        .start(consumer, rec.handler())
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || rec.len() >= 100_000),
+        "only {} of 100000 delivered",
+        rec.len()
+    );
+    let stats = running.shutdown().unwrap();
+    assert_eq!(stats.messages, 100_000);
+    assert_eq!(stats.per_queue.iter().map(|(_, n)| n).sum::<u64>(), 100_000);
+    assert_exactly_once_in_order(&rec.snapshot(), &expected);
+    for q in 0..4 {
+        assert_eq!(c.llen(format!("q{q}")).unwrap(), 0);
+    }
+}
+
+#[test]
+fn flooded_queue_does_not_starve_a_small_one() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("A", seq_payloads("A", 10_000)).unwrap();
+    c.lpush_many("B", seq_payloads("B", 100)).unwrap();
+    let rec = Recorder::default();
+    let running = start(
+        &server.url(),
+        1,
+        PopConsumer::new(["A", "B"]).batch(10),
+        &rec,
+    );
+    assert!(wait_until(WAIT, || rec.len() >= 10_100));
+    running.shutdown().unwrap();
+    let log = rec.snapshot();
+    let last_b = log
+        .iter()
+        .rposition(|(q, _, _)| q == "B")
+        .expect("B delivered");
+    let a_before_last_b = log[..last_b].iter().filter(|(q, _, _)| q == "A").count();
+    assert!(
+        a_before_last_b < 5_000,
+        "all of B must be delivered before A is half drained; A had {a_before_last_b}"
+    );
+}
+
+#[test]
+fn weights_give_a_queue_consecutive_turns() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("A", seq_payloads("A", 300)).unwrap();
+    c.lpush_many("B", seq_payloads("B", 300)).unwrap();
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new([Queue::new("A").weight(3), Queue::new("B")])
+        .batch(10)
+        .pipeline(1);
+    let running = start(&server.url(), 1, consumer, &rec);
+    assert!(wait_until(WAIT, || rec.len() >= 200));
+    running.shutdown().unwrap();
+    let log = rec.snapshot();
+    let first_200_a = log[..200].iter().filter(|(q, _, _)| q == "A").count();
+    // Three batches of A per batch of B while both have backlog: 150 of the first 200.
+    assert_eq!(
+        first_200_a, 150,
+        "weight 3 gives A three turns for each of B's"
+    );
+}
+
+#[test]
+fn higher_priority_levels_are_served_first() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let q = Queue::new("jobs").priorities([0, 5, 9]);
+    for p in [0u8, 5, 9] {
+        c.lpush_many(q.key_for_priority(p), seq_payloads(&format!("p{p}"), 200))
+            .unwrap();
+    }
+    let rec = Recorder::default();
+    let running = start(&server.url(), 1, PopConsumer::new([q]).batch(16), &rec);
+    assert!(wait_until(WAIT, || rec.len() >= 600));
+    running.shutdown().unwrap();
+    let prios: Vec<u8> = rec.snapshot().iter().map(|(_, _, p)| *p).collect();
+    assert_eq!(prios.len(), 600);
+    assert!(
+        prios.windows(2).all(|w| w[0] >= w[1]),
+        "priorities must never rise: {:?}",
+        &prios[..40]
+    );
+    assert_eq!(prios[0], 9);
+    assert_eq!(prios[599], 0);
+    let payloads: Vec<String> = rec.snapshot().into_iter().map(|(_, p, _)| p).collect();
+    assert!(payloads[0].starts_with("p9-"));
+}
+
+#[test]
+fn prefetch_limit_is_never_exceeded_with_a_slow_handler() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("slow", seq_payloads("s", 400)).unwrap();
+    let largest_batch = Arc::new(Mutex::new(0usize));
+    #[derive(Clone)]
+    struct Slow(Arc<Mutex<usize>>, Arc<Mutex<usize>>);
+    impl ringq::Handler for Slow {
+        fn handle(&mut self, _m: &Message) -> Outcome {
+            Outcome::Ack
+        }
+        fn handle_batch(&mut self, batch: &[Message], out: &mut Vec<Outcome>) {
+            let mut l = self.0.lock().unwrap();
+            *l = (*l).max(batch.len());
+            // The slow part of the handler: real work stand-in, not synchronization.
+            std::thread::sleep(Duration::from_millis(2));
+            *self.1.lock().unwrap() += batch.len();
+            out.extend(batch.iter().map(|_| Outcome::Ack));
+        }
+    }
+    let done = Arc::new(Mutex::new(0usize));
+    let consumer = PopConsumer::new(["slow"])
+        .batch(100)
+        .prefetch(8)
+        .pipeline(4);
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .start(consumer, Slow(largest_batch.clone(), done.clone()))
+        .unwrap();
+    assert!(wait_until(WAIT, || *done.lock().unwrap() >= 400));
+    let stats = running.shutdown().unwrap();
+    assert_eq!(stats.messages, 400);
+    assert!(
+        stats.max_in_flight <= 8,
+        "in flight reached {}",
+        stats.max_in_flight
+    );
+    assert!(stats.max_in_flight >= 1);
+    let largest = *largest_batch.lock().unwrap();
+    assert!(
+        (1..=8).contains(&largest),
+        "a pop asked for more than the free credit: batch of {largest}"
+    );
+}
+
+fn command_calls(c: &mut TestClient, cmd: &str) -> u64 {
+    let info = c.info("commandstats").unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn forced_brpop_path_pops_one_message_per_command() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("one", seq_payloads("x", 500)).unwrap();
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new(["one"])
+        .strategy(PopStrategy::Single)
+        .pipeline(4);
+    let running = start(&server.url(), 1, consumer, &rec);
+    assert!(wait_until(WAIT, || rec.len() >= 500));
+    let stats = running.shutdown().unwrap();
+    assert!(
+        stats.pops >= 500,
+        "one BRPOP per message: {} pops",
+        stats.pops
+    );
+    assert!(command_calls(&mut c, "brpop") >= 500);
+    assert_eq!(command_calls(&mut c, "lmpop"), 0);
+    assert_eq!(command_calls(&mut c, "blmpop"), 0);
+    assert_exactly_once_in_order(
+        &rec.snapshot(),
+        &HashMap::from([("one".to_owned(), seq_payloads("x", 500))]),
+    );
+}
+
+#[test]
+fn forced_blmpop_path_pops_batches() {
+    let server = RedisServer::start().unwrap();
+    assert!(
+        server.version().has_blmpop(),
+        "this test needs Redis 7: {}",
+        server.version()
+    );
+    let mut c = server.client().unwrap();
+    c.lpush_many("batch", seq_payloads("x", 1000)).unwrap();
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new(["batch"])
+        .strategy(PopStrategy::BlockingBatch)
+        .batch(50);
+    let running = start(&server.url(), 1, consumer, &rec);
+    assert!(wait_until(WAIT, || rec.len() >= 1000));
+    let stats = running.shutdown().unwrap();
+    assert!(stats.pops <= 40, "batches of up to 50: {} pops", stats.pops);
+    assert!(command_calls(&mut c, "blmpop") >= 20);
+    assert_eq!(command_calls(&mut c, "brpop"), 0);
+    assert_eq!(command_calls(&mut c, "lmpop"), 0);
+    assert_exactly_once_in_order(
+        &rec.snapshot(),
+        &HashMap::from([("batch".to_owned(), seq_payloads("x", 1000))]),
+    );
+}
+
+#[test]
+fn adaptive_path_uses_lmpop_with_backlog_and_blmpop_when_dry() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("ad", seq_payloads("x", 2000)).unwrap();
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new(["ad"])
+        .batch(100)
+        .block_timeout(Duration::from_millis(200));
+    let running = start(&server.url(), 1, consumer, &rec);
+    assert!(wait_until(WAIT, || rec.len() >= 2000));
+    // Dry now: the consumer must fall back to blocking pops.
+    assert!(wait_until(WAIT, || command_calls(&mut c, "blmpop") >= 1));
+    // And a message pushed while it blocks is delivered.
+    c.lpush_many("ad", ["late"]).unwrap();
+    assert!(wait_until(WAIT, || rec.len() >= 2001));
+    running.shutdown().unwrap();
+    assert!(command_calls(&mut c, "lmpop") >= 20);
+    assert_eq!(rec.snapshot().last().unwrap().1, "late");
+}
+
+#[test]
+fn consumption_resumes_after_client_kill_without_duplicates() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new(["k1", "k2"]).block_timeout(Duration::from_millis(500));
+    let running = EngineBuilder::new(server.url())
+        .connections_per_shard(2)
+        .pin_cores(false)
+        .client_name("killme")
+        .start(consumer, rec.handler())
+        .unwrap();
+    assert!(wait_until(WAIT, || running.stats().connections_ready == 2));
+    // Kill the consumer's connections while they are blocked in pops.
+    let killed = c.client_kill_by_name("killme-s0-c0").unwrap()
+        + c.client_kill_by_name("killme-s0-c1").unwrap();
+    assert_eq!(
+        killed, 2,
+        "both consumer connections are named killme-s0-c<n>"
+    );
+    assert!(
+        wait_until(WAIT, || running.stats().reconnects >= 2),
+        "did not reconnect"
+    );
+    let items = seq_payloads("after", 1000);
+    c.lpush_many("k1", &items).unwrap();
+    c.lpush_many("k2", &items).unwrap();
+    assert!(
+        wait_until(WAIT, || rec.len() >= 2000),
+        "delivered {}",
+        rec.len()
+    );
+    let stats = running.shutdown().unwrap();
+    assert!(stats.reconnects >= 1);
+    assert_exactly_once_in_order(
+        &rec.snapshot(),
+        &HashMap::from([("k1".to_owned(), items.clone()), ("k2".to_owned(), items)]),
+    );
+}
+
+#[test]
+fn server_restart_during_a_drain_resumes_without_duplicates() {
+    let server = RedisServer::builder().aof_always(true).start().unwrap();
+    let mut c = server.client().unwrap();
+    let items = seq_payloads("r", 20_000);
+    c.lpush_many("rq", &items).unwrap();
+    let rec = Recorder::default();
+    let log = rec.0.clone();
+    // A handler slow enough that the restart lands mid-drain.
+    let handler = move |m: &Message| {
+        log.lock().unwrap().push((
+            String::new(),
+            String::from_utf8_lossy(m.payload()).into_owned(),
+            0,
+        ));
+        std::thread::sleep(Duration::from_micros(50));
+        Outcome::Ack
+    };
+    let prefetch = 64;
+    let consumer = PopConsumer::new(["rq"])
+        .batch(32)
+        .prefetch(prefetch)
+        .block_timeout(Duration::from_millis(200));
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start(consumer, handler)
+        .unwrap();
+    assert!(wait_until(WAIT, || rec.len() >= 2_000));
+    server.restart().unwrap();
+    assert!(
+        wait_until(WAIT, || running.stats().reconnects >= 1),
+        "no reconnect after restart"
+    );
+    let mut c = server.client().unwrap();
+    assert!(
+        wait_until(WAIT, || c.llen("rq").unwrap_or(1) == 0),
+        "queue not drained after restart"
+    );
+    // Let the last replies reach the handler.
+    assert!(wait_until(WAIT, || running.stats().messages == rec.len() as u64));
+    running.shutdown().unwrap();
+    let got: Vec<String> = rec.snapshot().into_iter().map(|(_, p, _)| p).collect();
+    let mut seen = std::collections::HashSet::new();
+    for p in &got {
+        assert!(seen.insert(p.clone()), "delivered twice: {p}");
+    }
+    // At-most-once: pops answered while the server died may be lost, at most one
+    // prefetch window's worth; everything else arrives, in order.
+    let lost = items.len() - got.len();
+    assert!(
+        lost <= prefetch as usize,
+        "lost {lost} messages, more than the {prefetch} in flight"
+    );
+    let positions: Vec<usize> = got
+        .iter()
+        .map(|p| p[2..].parse::<usize>().unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "order broken across the restart"
+    );
+}
+
+#[test]
+fn authenticates_with_requirepass() {
+    let server = RedisServer::builder()
+        .requirepass("s3cret")
+        .start()
+        .unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("authq", ["a", "b"]).unwrap();
+    let rec = Recorder::default();
+    let running = start(&server.url(), 1, PopConsumer::new(["authq"]), &rec);
+    assert!(wait_until(WAIT, || rec.len() >= 2));
+    running.shutdown().unwrap();
+}
+
+#[test]
+fn authenticates_as_an_acl_user() {
+    let server = RedisServer::builder()
+        .acl_user("alice", "wonder")
+        .start()
+        .unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("aclq", ["a", "b", "c"]).unwrap();
+    let rec = Recorder::default();
+    let running = start(
+        &server.url_as(Some("alice"), "wonder"),
+        1,
+        PopConsumer::new(["aclq"]),
+        &rec,
+    );
+    assert!(wait_until(WAIT, || rec.len() >= 3));
+    running.shutdown().unwrap();
+}
+
+#[test]
+fn wrong_password_is_a_clear_auth_error_not_a_retry_loop() {
+    let server = RedisServer::builder().requirepass("right").start().unwrap();
+    let rec = Recorder::default();
+    let running = start(
+        &server.url_as(None, "wrong"),
+        1,
+        PopConsumer::new(["q"]),
+        &rec,
+    );
+    let err = running
+        .wait()
+        .expect_err("a wrong password must stop the engine");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.is_auth());
+    assert!(err.to_string().contains("WRONGPASS"), "{err}");
+    let running = start(&server.url_without_auth(), 1, PopConsumer::new(["q"]), &rec);
+    let err = running
+        .wait()
+        .expect_err("no password must stop the engine");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.to_string().contains("requires a password"), "{err}");
+}
+
+#[test]
+fn unreachable_server_fails_after_the_start_attempts() {
+    let port = ringq_tests::free_port().unwrap();
+    let rec = Recorder::default();
+    let running = EngineBuilder::new(format!("redis://127.0.0.1:{port}"))
+        .pin_cores(false)
+        .start_attempts(2)
+        .backoff(Duration::from_millis(5), Duration::from_millis(10))
+        .start(PopConsumer::new(["q"]), rec.handler())
+        .unwrap();
+    let err = running.wait().expect_err("nothing listens there");
+    assert!(err.is_connection_lost(), "{err}");
+    assert!(err.to_string().contains("refused"), "{err}");
+}
+
+#[test]
+fn shutdown_while_blocked_returns_within_the_block_timeout_and_loses_nothing() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let rec = Recorder::default();
+    let running = start(
+        &server.url(),
+        1,
+        PopConsumer::new(["idle"]).block_timeout(Duration::from_millis(300)),
+        &rec,
+    );
+    assert!(wait_until(WAIT, || command_calls(&mut c, "blmpop") >= 1));
+    let stats = running.shutdown().unwrap();
+    assert_eq!(stats.messages, 0);
+    assert_eq!(stats.connections_ready, 0);
+    // Nothing was popped and dropped: a message pushed now is still there.
+    c.lpush_many("idle", ["kept"]).unwrap();
+    assert_eq!(c.llen("idle").unwrap(), 1);
+}
+
+#[test]
+fn limit_pops_exactly_n_and_leaves_the_rest_on_the_server() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("lim", seq_payloads("m", 1000)).unwrap();
+    for _ in 0..2 {
+        let rec = Recorder::default();
+        let consumer = PopConsumer::new(["lim"]).batch(64).pipeline(4).limit(150);
+        let running = start(&server.url(), 1, consumer, &rec);
+        // The engine stops by itself once 150 messages are handled.
+        let stats = running.wait().unwrap();
+        assert_eq!(stats.messages, 150);
+        assert_eq!(rec.len(), 150);
+    }
+    assert_eq!(
+        c.llen("lim").unwrap(),
+        700,
+        "no message beyond the limit left the server"
+    );
+}
+
+#[test]
+fn periodic_callbacks_run_on_every_shard() {
+    let server = RedisServer::start().unwrap();
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let (c2, t2) = (calls.clone(), threads.clone());
+    let rec = Recorder::default();
+    let running = EngineBuilder::new(server.url())
+        .shards(2)
+        .pin_cores(false)
+        .every(Duration::from_millis(10), move || {
+            c2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t2.lock()
+                .unwrap()
+                .insert(std::thread::current().name().unwrap_or("").to_owned());
+        })
+        .start(PopConsumer::new(["p1", "p2"]), rec.handler())
+        .unwrap();
+    assert!(wait_until(WAIT, || calls
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= 10));
+    assert!(
+        wait_until(WAIT, || threads.lock().unwrap().len() == 2),
+        "{:?}",
+        threads.lock().unwrap()
+    );
+    running.shutdown().unwrap();
+    let names = threads.lock().unwrap().clone();
+    assert!(
+        names.iter().all(|n| n.starts_with("ringq-shard-")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn consumes_over_a_unix_socket_and_from_the_database_in_the_url() {
+    let sock = std::env::temp_dir().join(format!("ringq-test-{}.sock", std::process::id()));
+    let server = RedisServer::builder()
+        .arg("--unixsocket", &sock)
+        .arg("--unixsocketperm", "700")
+        .start()
+        .unwrap();
+    let mut c = TestClient::connect(&format!("{}/3", server.url())).unwrap();
+    c.lpush_many("dbq", ["in-db-3"]).unwrap();
+    let mut c0 = server.client().unwrap();
+    c0.lpush_many("dbq", ["in-db-0"]).unwrap();
+    let rec = Recorder::default();
+    let url = format!("unix://{}?db=3", sock.display());
+    let running = start(&url, 1, PopConsumer::new(["dbq"]), &rec);
+    assert!(wait_until(WAIT, || rec.len() >= 1));
+    running.shutdown().unwrap();
+    assert_eq!(rec.snapshot()[0].1, "in-db-3");
+    assert_eq!(c0.llen("dbq").unwrap(), 1, "database 0 untouched");
+    let rec = Recorder::default();
+    let running = start(
+        &format!("{}/0", server.url()),
+        1,
+        PopConsumer::new(["dbq"]),
+        &rec,
+    );
+    assert!(wait_until(WAIT, || rec.len() >= 1));
+    running.shutdown().unwrap();
+    assert_eq!(rec.snapshot()[0].1, "in-db-0");
+    let _ = std::fs::remove_file(&sock);
+}
+
+#[test]
+fn a_hung_server_is_detected_by_command_deadlines_and_consumption_resumes() {
+    let server = RedisServer::start().unwrap();
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new(["hung"])
+        .block_timeout(Duration::from_millis(200))
+        .reply_grace(Duration::from_millis(300));
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .connect_timeout(Duration::from_millis(500))
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .start(consumer, rec.handler())
+        .unwrap();
+    assert!(wait_until(WAIT, || running.stats().connections_ready == 1));
+    // SIGSTOP: sockets stay open, nothing answers. Only a per-command deadline notices.
+    server.freeze().unwrap();
+    assert!(
+        wait_until(WAIT, || running.stats().connections_ready == 0),
+        "hang not detected"
+    );
+    server.thaw().unwrap();
+    assert!(
+        wait_until(WAIT, || running.stats().connections_ready == 1),
+        "did not reconnect after thaw"
+    );
+    let mut c = server.client().unwrap();
+    c.lpush_many("hung", seq_payloads("h", 100)).unwrap();
+    assert!(wait_until(WAIT, || rec.len() >= 100));
+    let stats = running.shutdown().unwrap();
+    assert!(stats.reconnects >= 1);
+    assert_exactly_once_in_order(
+        &rec.snapshot(),
+        &HashMap::from([("hung".to_owned(), seq_payloads("h", 100))]),
+    );
+}
