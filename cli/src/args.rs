@@ -1,0 +1,266 @@
+//! The command line, as clap derive types. The doc comments are the `--help` text: keep
+//! them the reference for every command and flag.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default server when `--url` is not given.
+pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+/// Consume, produce and subscribe to Redis queues on the ringq io_uring engine.
+///
+/// Messages go to stdout, one per line; errors, warnings and progress go to stderr as
+/// `ringq: ...`. Exit status: 0 on success (also after SIGINT/SIGTERM or a closed stdout),
+/// 1 for a runtime failure, 2 for a usage error. Set RINGQ_LOG=off|error|warn|info|debug
+/// to choose which engine events reach stderr (default: warn).
+#[derive(Debug, Parser)]
+#[command(name = "ringq", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pop messages from list queues and print one per line.
+    ///
+    /// Pop mode is at-most-once: a message leaves the server when it is popped. The tool
+    /// never pops more than it prints: `--count N` pops at most N, and on SIGINT/SIGTERM
+    /// it stops fetching, prints every message already popped, and exits 0. A second
+    /// signal exits at once without waiting.
+    ///
+    /// Example: ringq consume --url redis://127.0.0.1:6379 --queue jobs --count 10 --format json
+    Consume(ConsumeArgs),
+    /// Push messages onto a list queue (pipelined LPUSH), for tests and load.
+    ///
+    /// Messages are pushed in order with LPUSH, so a consumer popping from the right
+    /// (BRPOP, LMPOP RIGHT, `ringq consume`) receives them in the same order. Every reply
+    /// is checked. A one-line summary goes to stderr at the end, with progress while it
+    /// runs when stderr is a terminal.
+    ///
+    /// Example: ringq produce --queue jobs --messages 100000 --size 128 --rate 20000
+    Produce(ProduceArgs),
+    /// Print messages from pub/sub channels (not implemented yet: exits 2).
+    Subscribe(SubscribeArgs),
+    /// Show what io_uring offers on this host, or why ringq cannot use it (exit 1).
+    Probe,
+}
+
+/// Where the server is.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Server URL: redis://[user[:password]@]host[:port][/db] or unix:///path[?db=N].
+    /// Percent-encode special characters in the credentials.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_URL)]
+    pub url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// A list to pop from; repeat for several. Every pop names all of a connection's
+    /// queues in a rotating order, so a busy queue cannot starve the others.
+    #[arg(long = "queue", value_name = "Q", required = true)]
+    pub queues: Vec<String>,
+
+    /// Delivery mode. Only `pop` (at-most-once) is implemented yet.
+    #[arg(long, value_enum, default_value_t = Mode::Pop)]
+    pub mode: Mode,
+
+    /// Exit 0 after exactly N messages. No more than N are popped: the rest stay queued.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Most messages one pop asks for (the COUNT of LMPOP/BLMPOP).
+    #[arg(long, value_name = "B", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+
+    /// Most messages in flight at once (popped or asked for, not yet printed).
+    #[arg(long, value_name = "P", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch: u32,
+
+    /// Consumer identity. Names the connections (CLIENT SETNAME ID-s<shard>-c<n>); the
+    /// reliable and stream modes will key their processing lists and groups by it.
+    #[arg(long, value_name = "ID")]
+    pub consumer_id: Option<String>,
+
+    /// Output format. `raw`: the payload bytes as they are, then a newline (a payload
+    /// containing newlines spans lines; use json for those). `json`: one object per line,
+    /// {"queue":..,"payload":..,"deliveries":..}; a payload that is not valid UTF-8 has
+    /// U+FFFD in `payload` and its exact bytes in an added `payload_base64` field.
+    #[arg(long, value_enum, default_value_t = Format::Raw)]
+    pub format: Format,
+
+    /// Pop commands: `adaptive` (LMPOP COUNT while there is backlog, BLMPOP when dry),
+    /// `single` (BRPOP, one message per pop), `batch` (always BLMPOP COUNT). Servers older
+    /// than Redis 7 get BRPOP whatever the choice.
+    #[arg(long, value_enum, default_value_t = Strategy::Adaptive)]
+    pub strategy: Strategy,
+
+    /// Shard threads, each with its own io_uring, pinned to a core unless --no-pin.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub shards: u16,
+
+    /// Connections per shard. Queues are spread over all connections; each queue is popped
+    /// by exactly one, which keeps its messages in order.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub connections: u16,
+
+    /// How long a blocking pop waits on the server, in milliseconds. A stop waits at most
+    /// this long for blocked pops to answer.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub block_timeout_ms: u64,
+
+    /// Print on N worker threads instead of the shard threads. Without --orderly, lines of
+    /// one queue may come out of order.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+
+    /// With --workers: all messages of one queue go to one worker, so each queue's lines
+    /// keep their order.
+    #[arg(long, requires = "workers")]
+    pub orderly: bool,
+
+    /// Do not pin shard threads to cores (for several consumers on one host).
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("payload").args(["size", "seq"]))]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// The list to push onto.
+    #[arg(long, value_name = "Q")]
+    pub queue: String,
+
+    /// How many messages to push.
+    #[arg(long, value_name = "N")]
+    pub messages: u64,
+
+    /// Payloads of S bytes ('x' repeated). Without --size, payloads are sequence numbers.
+    #[arg(long, value_name = "S",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_PAYLOAD))]
+    pub size: Option<u64>,
+
+    /// Payloads are the decimal sequence numbers 0..N-1, so a consumer can check order
+    /// and completeness (the default).
+    #[arg(long)]
+    pub seq: bool,
+
+    /// Push at most R messages per second, paced from the start time (no drift).
+    #[arg(long, value_name = "R", value_parser = positive_rate)]
+    pub rate: Option<f64>,
+}
+
+/// Largest payload `--size` accepts: Redis's default proto-max-bulk-len (512 MiB).
+pub const MAX_PAYLOAD: u64 = 512 << 20;
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("targets").args(["channel", "pattern"])
+    .required(true).multiple(true))]
+pub struct SubscribeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// A channel to SUBSCRIBE to; repeat for several.
+    #[arg(long, value_name = "C")]
+    pub channel: Vec<String>,
+
+    /// A glob pattern to PSUBSCRIBE to; repeat for several.
+    #[arg(long, value_name = "P")]
+    pub pattern: Vec<String>,
+
+    /// Exit 0 after N messages.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Output format, as for consume.
+    #[arg(long, value_enum, default_value_t = Format::Raw)]
+    pub format: Format,
+}
+
+/// Delivery mode (see the README's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// BRPOP/LMPOP: at-most-once.
+    Pop,
+    /// BLMOVE to a processing list, LREM on ack: at-least-once (not implemented yet).
+    Reliable,
+    /// XREADGROUP/XACK consumer groups: at-least-once (not implemented yet).
+    Stream,
+}
+
+/// How a message is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The payload bytes and a newline.
+    Raw,
+    /// A JSON object per line.
+    Json,
+}
+
+/// Which pop commands to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Strategy {
+    /// LMPOP COUNT while there is backlog, BLMPOP when the queues run dry.
+    Adaptive,
+    /// BRPOP: one message per pop.
+    Single,
+    /// Always BLMPOP COUNT.
+    Batch,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of messages per second"))?;
+    if r.is_finite() && r > 0.0 {
+        Ok(r)
+    } else {
+        Err("the rate must be a positive number of messages per second".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn orderly_needs_workers_and_size_excludes_seq() {
+        let e = Cli::try_parse_from(["ringq", "consume", "--queue", "q", "--orderly"]);
+        assert!(e.is_err());
+        let e = Cli::try_parse_from([
+            "ringq",
+            "produce",
+            "--queue",
+            "q",
+            "--messages",
+            "1",
+            "--size",
+            "3",
+            "--seq",
+        ]);
+        assert!(e.is_err());
+        let e = Cli::try_parse_from(["ringq", "subscribe"]);
+        assert!(e.is_err(), "subscribe needs a channel or a pattern");
+        assert!(positive_rate("0").is_err());
+        assert!(positive_rate("nan").is_err());
+        assert_eq!(positive_rate("2.5"), Ok(2.5));
+    }
+}

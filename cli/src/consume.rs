@@ -1,0 +1,106 @@
+//! `ringq consume`: the engine in pop mode, printing every message it pops.
+//!
+//! The shape of a run: validate the flags (usage errors exit 2 before anything connects),
+//! watch SIGINT/SIGTERM, start the engine with a [`Printer`] handler, hand its shutdown
+//! handle to the [`StopSwitch`], then wait. The engine stops on its own after `--count`
+//! messages ([`PopConsumer::limit`]: it never pops more), on a signal or closed stdout
+//! (the switch), or on a fatal error (bad password, server unreachable at start).
+//! A stopping engine hands every message already popped to the handler, so everything
+//! that left the server is printed — unless stdout itself has gone away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringq::{ConnectionInfo, Dispatch, EngineBuilder, PopConsumer, PopStrategy};
+
+use crate::args::{ConsumeArgs, Mode, Strategy};
+use crate::exit::Exit;
+use crate::output::{Output, Printer};
+use crate::stop::{watch_signals, StopSwitch};
+
+/// Runs `ringq consume`.
+///
+/// # Errors
+/// Usage errors (status 2): an unimplemented mode, a bad URL or consumer id. Runtime errors
+/// (status 1): whatever stopped the engine, or a failed write to stdout.
+pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
+    if a.mode != Mode::Pop {
+        let name = match a.mode {
+            Mode::Reliable => "reliable",
+            _ => "stream",
+        };
+        return Err(Exit::usage(format!(
+            "--mode {name} is not implemented yet (pop mode only)"
+        )));
+    }
+    // Parsed here as well as by the engine so a bad URL is a usage error with the
+    // engine's (password-redacting) message, before any thread starts.
+    ConnectionInfo::parse(&a.server.url).map_err(Exit::engine)?;
+    if let Some(id) = &a.consumer_id {
+        check_consumer_id(id)?;
+    }
+
+    let mut consumer = PopConsumer::new(a.queues.iter().map(String::as_str))
+        .strategy(match a.strategy {
+            Strategy::Adaptive => PopStrategy::Adaptive,
+            Strategy::Single => PopStrategy::Single,
+            Strategy::Batch => PopStrategy::BlockingBatch,
+        })
+        .batch(a.batch)
+        .prefetch(a.prefetch)
+        .block_timeout(Duration::from_millis(a.block_timeout_ms));
+    if let Some(n) = a.count {
+        consumer = consumer.limit(n);
+    }
+    let dispatch = match (a.workers, a.orderly) {
+        (None, _) => Dispatch::inline(),
+        (Some(n), false) => Dispatch::workers(usize::from(n)),
+        (Some(n), true) => Dispatch::orderly(usize::from(n)),
+    };
+    let mut builder = EngineBuilder::new(a.server.url.as_str())
+        .shards(usize::from(a.shards))
+        .connections_per_shard(usize::from(a.connections))
+        .pin_cores(!a.no_pin)
+        .dispatch(dispatch);
+    if let Some(id) = &a.consumer_id {
+        builder = builder.client_name(id.as_str());
+    }
+
+    let stop = Arc::new(StopSwitch::default());
+    watch_signals(stop.clone())?;
+    let output = Arc::new(Output::new(
+        a.format,
+        Box::new(std::io::stdout()),
+        stop.clone(),
+    ));
+    let running = builder
+        .start(consumer, Printer::new(output.clone()))
+        .map_err(Exit::engine)?;
+    stop.arm(running.shutdown_handle());
+    let result = running.wait();
+
+    let out = output.finish();
+    if let Some(e) = out.error {
+        return Err(Exit::runtime(format!(
+            "writing to stdout failed after {} messages: {e}",
+            out.lines
+        )));
+    }
+    match result {
+        Ok(_) => Ok(()),
+        // The reader went away first; whatever the engine hit while stopping no longer
+        // has anyone to tell.
+        Err(_) if out.closed => Ok(()),
+        Err(e) => Err(Exit::engine(e)),
+    }
+}
+
+/// Connection names (`CLIENT SETNAME`) may not contain spaces or newlines.
+fn check_consumer_id(id: &str) -> Result<(), Exit> {
+    if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Exit::usage(format!(
+            "--consumer-id {id:?} must be 1 to 200 characters without spaces or control characters"
+        )));
+    }
+    Ok(())
+}

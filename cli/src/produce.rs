@@ -1,0 +1,261 @@
+//! `ringq produce`: push N messages with pipelined LPUSH over one blocking connection.
+//!
+//! This is a test and load tool, not the engine: a plain `std` socket, RESP2, `AUTH` and
+//! `SELECT` from the URL, then rounds of up to [`PIPELINE`] LPUSH commands written at once
+//! and their replies read and checked (an error reply stops the run with status 1).
+//!
+//! With `--rate R`, message `i` is due at `start + i/R`: each round sends what is due by
+//! now, so a late round is caught up by the next instead of shifting the whole schedule.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ringq::{Address, ConnectionInfo};
+use ringq_resp::{encode_command, Decoder, Frame};
+
+use crate::args::ProduceArgs;
+use crate::exit::Exit;
+
+/// Most commands in one pipeline round.
+const PIPELINE: u64 = 256;
+/// Most payload bytes in one pipeline round (big `--size` payloads get smaller rounds).
+const ROUND_BYTES: u64 = 4 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reply slower than this means the server is stuck; fail rather than hang.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often progress is redrawn on a terminal.
+const PROGRESS_PERIOD: Duration = Duration::from_millis(200);
+
+/// Runs `ringq produce`.
+///
+/// # Errors
+/// A bad URL (status 2); a connection, AUTH, SELECT or LPUSH failure (status 1).
+pub fn run(a: ProduceArgs) -> Result<(), Exit> {
+    let info = ConnectionInfo::parse(&a.server.url).map_err(Exit::engine)?;
+    let mut conn = Conn::connect(&info)?;
+    conn.handshake(&info)?;
+
+    let filler = a.size.map(|s| vec![b'x'; s as usize]);
+    let payload = |i: u64, buf: &mut Vec<u8>| {
+        buf.clear();
+        match &filler {
+            Some(f) => buf.extend_from_slice(f),
+            None => buf.extend_from_slice(i.to_string().as_bytes()),
+        }
+    };
+    let per_round = a
+        .size
+        .map_or(PIPELINE, |s| (ROUND_BYTES / s.max(1)).clamp(1, PIPELINE));
+    let progress = io::stderr().is_terminal();
+    let start = Instant::now();
+    let mut last_progress = start;
+    let mut sent = 0u64;
+    let mut out = Vec::new();
+    let mut body = Vec::new();
+    while sent < a.messages {
+        let due = match a.rate {
+            None => a.messages,
+            Some(rate) => {
+                // Messages 0..=floor(elapsed·R) are due now.
+                let due = (start.elapsed().as_secs_f64() * rate).floor() as u64 + 1;
+                if due <= sent {
+                    let next = start + Duration::from_secs_f64(sent as f64 / rate);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    continue;
+                }
+                due.min(a.messages)
+            }
+        };
+        let n = (due - sent).min(per_round);
+        out.clear();
+        for i in sent..sent + n {
+            payload(i, &mut body);
+            encode_command(&mut out, [&b"LPUSH"[..], a.queue.as_bytes(), &body]);
+        }
+        conn.write(&out)?;
+        for _ in 0..n {
+            let reply = conn.read_reply()?;
+            match reply {
+                Frame::Integer(_) => {}
+                other => {
+                    return Err(Exit::runtime(match other.to_server_error() {
+                        Some(e) => {
+                            format!("LPUSH to '{}' failed after {sent} messages: {e}", a.queue)
+                        }
+                        None => format!("LPUSH to '{}': unexpected reply {other:?}", a.queue),
+                    }))
+                }
+            }
+        }
+        sent += n;
+        if progress && last_progress.elapsed() >= PROGRESS_PERIOD {
+            last_progress = Instant::now();
+            let secs = start.elapsed().as_secs_f64();
+            eprint!(
+                "\r\x1b[Kringq: {sent}/{} messages, {:.0} msgs/s",
+                a.messages,
+                sent as f64 / secs.max(1e-9)
+            );
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    eprintln!(
+        "ringq: produced {sent} messages to '{}' in {secs:.3} s ({:.0} msgs/s)",
+        a.queue,
+        sent as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// One blocking RESP2 connection.
+struct Conn {
+    stream: Stream,
+    peer: String,
+    decoder: Decoder,
+    inbuf: BytesMut,
+}
+
+impl Conn {
+    fn connect(info: &ConnectionInfo) -> Result<Self, Exit> {
+        let peer = info.to_string();
+        let fail = |e: io::Error| Exit::runtime(format!("cannot connect to {peer}: {e}"));
+        let stream = match &info.address {
+            Address::Unix(path) => {
+                let s = UnixStream::connect(path).map_err(fail)?;
+                s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(fail)?;
+                Stream::Unix(s)
+            }
+            Address::Tcp { host, port } => {
+                let addrs = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| Exit::runtime(format!("cannot resolve host '{host}': {e}")))?;
+                let mut last = None;
+                let mut found = None;
+                for addr in addrs {
+                    match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                        Ok(s) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                let s = match (found, last) {
+                    (Some(s), _) => s,
+                    (None, Some(e)) => return Err(fail(e)),
+                    (None, None) => {
+                        return Err(Exit::runtime(format!(
+                            "host '{host}' resolved to no address"
+                        )))
+                    }
+                };
+                s.set_nodelay(true).map_err(fail)?;
+                s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(fail)?;
+                Stream::Tcp(s)
+            }
+        };
+        Ok(Self {
+            stream,
+            peer,
+            decoder: Decoder::new(),
+            inbuf: BytesMut::with_capacity(64 * 1024),
+        })
+    }
+
+    /// `AUTH [user] password` and `SELECT db`, as the URL asks (RESP2, no HELLO).
+    fn handshake(&mut self, info: &ConnectionInfo) -> Result<(), Exit> {
+        if let Some(pass) = &info.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &info.username {
+                args.push(user.as_bytes());
+            }
+            args.push(pass.as_bytes());
+            let user = info.username.as_deref().unwrap_or("default");
+            self.command_ok(&args, &format!("AUTH failed for user '{user}'"))?;
+        }
+        if info.db != 0 {
+            let db = info.db.to_string();
+            self.command_ok(
+                &[b"SELECT", db.as_bytes()],
+                &format!("SELECT {} failed", info.db),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn command_ok(&mut self, args: &[&[u8]], context: &str) -> Result<(), Exit> {
+        let mut out = Vec::new();
+        encode_command(&mut out, args.iter().copied());
+        self.write(&out)?;
+        match self.read_reply()? {
+            Frame::SimpleString(_) => Ok(()),
+            other => Err(Exit::runtime(match other.to_server_error() {
+                Some(e) => format!("{context} on {}: {e}", self.peer),
+                None => format!("{context} on {}: unexpected reply {other:?}", self.peer),
+            })),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Exit> {
+        let r = match &mut self.stream {
+            Stream::Tcp(s) => s.write_all(bytes),
+            Stream::Unix(s) => s.write_all(bytes),
+        };
+        r.map_err(|e| Exit::runtime(format!("writing to {}: {e}", self.peer)))
+    }
+
+    /// The next reply, error replies included (as frames).
+    fn read_reply(&mut self) -> Result<Frame, Exit> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.decoder.decode(&mut self.inbuf) {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Exit::runtime(format!(
+                        "malformed reply from {}: {e}; is this a Redis-protocol server?",
+                        self.peer
+                    )))
+                }
+            }
+            let r = match &mut self.stream {
+                Stream::Tcp(s) => s.read(&mut chunk),
+                Stream::Unix(s) => s.read(&mut chunk),
+            };
+            match r {
+                Ok(0) => {
+                    return Err(Exit::runtime(format!(
+                        "{} closed the connection",
+                        self.peer
+                    )))
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(Exit::runtime(format!(
+                        "no reply from {} within {} s",
+                        self.peer,
+                        REPLY_TIMEOUT.as_secs()
+                    )))
+                }
+                Err(e) => return Err(Exit::runtime(format!("reading from {}: {e}", self.peer))),
+            }
+        }
+    }
+}
