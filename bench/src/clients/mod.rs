@@ -17,7 +17,7 @@ mod ringq_client;
 mod tokio_uring;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -55,8 +55,10 @@ pub struct Sink {
     end_ns: AtomicU64,
     histogram: Mutex<Histogram<u64>>,
     error: Mutex<Option<String>>,
-    /// Woken when the last message is counted, or on failure.
+    /// Woken when the last message is counted, or on failure (async waiters).
     done: tokio::sync::Notify,
+    /// The same, for threads: set once, under its mutex, then the condvar is notified.
+    done_flag: (Mutex<bool>, Condvar),
 }
 
 impl Sink {
@@ -71,6 +73,7 @@ impl Sink {
             histogram: Mutex::new(latency::new_histogram()),
             error: Mutex::new(None),
             done: tokio::sync::Notify::new(),
+            done_flag: (Mutex::new(false), Condvar::new()),
         }
     }
 
@@ -131,7 +134,7 @@ impl Sink {
         if total >= self.expected {
             if total - n < self.expected {
                 self.end_ns.store(latency::mono_ns(), Ordering::Release);
-                self.done.notify_waiters();
+                self.wake();
             }
             return true;
         }
@@ -152,7 +155,23 @@ impl Sink {
         if let Ok(mut e) = self.error.lock() {
             e.get_or_insert_with(|| message.into());
         }
+        self.wake();
+    }
+
+    fn wake(&self) {
         self.done.notify_waiters();
+        let (flag, cv) = &self.done_flag;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    /// Blocks the calling thread until done or failed.
+    pub fn wait_blocking(&self) {
+        let (flag, cv) = &self.done_flag;
+        let mut done = flag.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            done = cv.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Waits (async) until done or failed.

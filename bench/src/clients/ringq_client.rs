@@ -1,7 +1,13 @@
 //! ringq itself: one engine with `--shards` shard threads and `--connections` connections
 //! in all, `PopStrategy::Single` (one message per BRPOP, pipelined while there is backlog)
-//! or `Adaptive` (LMPOP COUNT while there is backlog, BLMPOP when dry), and
-//! `PopConsumer::limit` so it pops exactly the expected number of messages and stops.
+//! or `Adaptive` (LMPOP COUNT while there is backlog, BLMPOP when dry). The child stops
+//! the engine through a [`ringq::ShutdownHandle`] once the sink has counted every expected
+//! message, as the baselines stop.
+//!
+//! `PopConsumer::limit` is deliberately not used: the workload holds exactly the expected
+//! messages, so there is nothing to hold back, and with several connections the engine's
+//! shared budget can stay claimed by a blocking pop on a connection whose queues are empty
+//! while the last message waits in another connection's queue (see issue 5's report).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,8 +57,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
                 .saturating_mul(spec.pipeline)
                 .saturating_mul(2 * lanes as u32),
         )
-        .block_timeout(Duration::from_secs(1))
-        .limit(spec.expected);
+        .block_timeout(Duration::from_secs(1));
     let running = EngineBuilder::new(&spec.url)
         .shards(shards)
         .connections_per_shard(lanes.div_ceil(shards))
@@ -60,7 +65,16 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .client_name("ringq-bench")
         .start(consumer, SinkHandler(sink.clone()))?;
     let stop = running.shutdown_handle();
-    sink.watchdog(super::deadline(spec), move || stop.shutdown());
+    sink.watchdog(super::deadline(spec), || {});
+    // Stops the engine once every message is counted (or the watchdog failed the sink).
+    let waiter = sink.clone();
+    std::thread::Builder::new()
+        .name("ringq-bench-stop".into())
+        .spawn(move || {
+            waiter.wait_blocking();
+            stop.shutdown();
+        })
+        .map_err(|e| crate::error::Error::io("spawning the stop thread", e))?;
     if spec.latency {
         // The producer starts on `ready`: every connection must be up and blocked first.
         while running.stats().connections_ready < lanes as u64 && !running.is_stopping() {
