@@ -38,7 +38,9 @@ SCENARIOS
 
 OUTPUT
   A markdown table on stdout: msgs/s, CPU µs per message, latency percentiles (latency
-  scenario), and ratios to the best baseline (redis-rs, tokio-uring) and to the limit probe.
+  scenario), and ratios to the best baseline (redis-rs, tokio-uring): msgs/s and CPU in
+  drain (plus msgs/s to the limit probe), p99 and CPU in latency (plus p99 to PING's).
+  Then the targets ringq is held to, each with its measured ratio.
   --json PATH writes {\"scenario\", \"clients\": [{\"name\", \"messages\", \"seconds\",
   \"msgs_per_sec\", \"cpu_us_per_msg\", \"p50_us\", \"p99_us\", \"p999_us\", \"max_us\"}]}
   (latency fields null where not measured) and, for the latency scenario, an SVG
