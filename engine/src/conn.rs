@@ -62,12 +62,31 @@ pub(crate) enum Tag {
         count: u32,
         blocking: bool,
     },
+    /// Popped messages beyond [`PopConsumer::limit`](crate::PopConsumer::limit) going
+    /// back to the right end of their list (RPUSH), where they were popped from.
+    PushBack {
+        count: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pending {
     pub tag: Tag,
     pub deadline: Instant,
+    /// The time the command is allowed once it reaches the head of the pipeline: a
+    /// command queued behind a blocking pop that blocks gets its deadline pushed back by
+    /// the time it waited (see [`Conn::next_reply`]).
+    pub allow: Duration,
+}
+
+impl Pending {
+    fn new(tag: Tag, deadline: Instant) -> Self {
+        Self {
+            tag,
+            deadline,
+            allow: deadline.saturating_duration_since(Instant::now()),
+        }
+    }
 }
 
 /// Facts learned in the handshake.
@@ -205,10 +224,8 @@ impl Conn {
             .map_err(Failure::Fatal)?;
         self.connect_op = Some(op);
         // The connect and the handshake share one deadline.
-        self.pending.push_back(Pending {
-            tag: Tag::Hello,
-            deadline: now + self.cfg.connect_timeout,
-        });
+        self.pending
+            .push_back(Pending::new(Tag::Hello, now + self.cfg.connect_timeout));
         Ok(())
     }
 
@@ -246,10 +263,7 @@ impl Conn {
             w = w.arg("AUTH").arg(user).arg(pw);
         }
         w.arg("SETNAME").arg(&name).finish();
-        self.pending.push_back(Pending {
-            tag: Tag::Hello,
-            deadline,
-        });
+        self.pending.push_back(Pending::new(Tag::Hello, deadline));
         self.flush(driver)
     }
 
@@ -261,7 +275,7 @@ impl Conn {
         encode: impl FnOnce(&mut BytesMut),
     ) {
         encode(&mut self.wbuf);
-        self.pending.push_back(Pending { tag, deadline });
+        self.pending.push_back(Pending::new(tag, deadline));
     }
 
     /// Hands queued bytes to the kernel if no send is in flight.
@@ -377,6 +391,12 @@ impl Conn {
                     format!("{} sent a reply nobody asked for", self.peer()),
                 )));
             };
+            // The next command only starts now (a pipelined BRPOP waits behind one that
+            // blocked): it gets its full allowance from here, so a pipeline of blocking
+            // pops on a queue that ran dry is never mistaken for a hung server.
+            if let Some(next) = self.pending.front_mut() {
+                next.deadline = next.deadline.max(Instant::now() + next.allow);
+            }
             return Ok(Some((p, frame)));
         }
     }
@@ -421,10 +441,7 @@ impl Conn {
                             w = w.arg(u);
                         }
                         w.arg(pw).finish();
-                        self.pending.push_back(Pending {
-                            tag: Tag::Auth,
-                            deadline,
-                        });
+                        self.pending.push_back(Pending::new(Tag::Auth, deadline));
                         self.phase = Phase::Auth2;
                     } else {
                         self.send_setname(deadline);
@@ -473,10 +490,7 @@ impl Conn {
                 .arg("SELECT")
                 .arg_int(i64::from(info.db))
                 .finish();
-            self.pending.push_back(Pending {
-                tag: Tag::Select,
-                deadline,
-            });
+            self.pending.push_back(Pending::new(Tag::Select, deadline));
             self.phase = Phase::Select;
             return Ok(false);
         }
@@ -494,10 +508,7 @@ impl Conn {
             .arg("SETNAME")
             .arg(&name)
             .finish();
-        self.pending.push_back(Pending {
-            tag: Tag::SetName,
-            deadline,
-        });
+        self.pending.push_back(Pending::new(Tag::SetName, deadline));
         self.phase = Phase::SetName2;
     }
 

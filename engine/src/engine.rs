@@ -230,7 +230,9 @@ impl EngineBuilder {
         } else {
             Vec::new()
         };
-        let budget = consumer.limit.map(|n| Arc::new(Budget::new(n)));
+        let budget = consumer
+            .limit
+            .map(|n| Arc::new(Budget::new(n, Some(shared.clone()))));
         if consumer.limit == Some(0) {
             shared.stop_all();
         }

@@ -28,11 +28,12 @@ use crate::conn::{Conn, Tag};
 use crate::error::{Error, ErrorKind};
 use crate::handler::Message;
 use crate::intern::intern;
+use crate::shard::Shared;
 
 /// How long a non-blocking pop (LMPOP) may take on top of the reply grace before the
 /// connection counts as hung. Generous: in `pop` mode a reconnect can lose the messages
 /// of the pops in flight, and a busy server (a big DEL, a fork) can stall for seconds.
-const NONBLOCKING_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const NONBLOCKING_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A list queue, optionally with priority levels.
 #[derive(Debug, Clone)]
@@ -154,9 +155,15 @@ impl PopConsumer {
         }
     }
 
-    /// Pops at most `n` messages in all, then stops the engine once they are handled
-    /// (`ringq consume --count N`). Pops never ask for more than what is left, so no
-    /// message beyond the `n`th leaves the server.
+    /// Hands exactly `n` messages to the handler, then stops the engine
+    /// (`ringq consume --count N`). No message beyond the `n`th is kept: a non-blocking pop
+    /// reserves its share of what is left before it is sent; a blocking pop (which may
+    /// wait on an empty queue for the whole block timeout) reserves nothing, so it never
+    /// starves the other connections, and if it returns more than is left once its reply
+    /// arrives (only possible in the last moments of the budget), the excess goes straight
+    /// back to the right end of its list with RPUSH, in order, so the next pop gets it
+    /// first. The engine stops once the `n`th message is handled; blocking pops still in
+    /// flight are waited for as in any shutdown (at most the block timeout).
     pub fn limit(mut self, n: u64) -> Self {
         self.limit = Some(n);
         self
@@ -256,21 +263,41 @@ impl Credits {
 
 /// The engine-wide message budget of [`PopConsumer::limit`], shared by the shards: one
 /// atomic operation per pop, none per message.
-#[derive(Debug)]
+///
+/// Non-blocking pops *claim* what they ask for before they are sent and give back what
+/// did not come. Blocking pops claim nothing up front: they may sit on an empty queue for
+/// the whole block timeout, and a claim held there would starve the connections whose
+/// queues still hold the budget's last messages (queues are spread over connections).
+/// They take what they got when the reply arrives ([`Budget::take`]); the rest goes back
+/// to the server. Whenever claims come back to an exhausted budget, every shard is woken
+/// so a connection that found nothing to claim tries again.
 pub(crate) struct Budget {
     limit: u64,
-    /// Messages not yet asked for by any pop.
+    /// Messages neither claimed by an in-flight pop nor received.
     unclaimed: AtomicU64,
     /// Messages handed to handlers.
     delivered: AtomicU64,
+    /// Wakes the shards when claims come back to an exhausted budget.
+    waker: Option<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget")
+            .field("limit", &self.limit)
+            .field("unclaimed", &self.unclaimed)
+            .field("delivered", &self.delivered)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Budget {
-    pub(crate) fn new(limit: u64) -> Self {
+    pub(crate) fn new(limit: u64, waker: Option<Arc<Shared>>) -> Self {
         Self {
             limit,
             unclaimed: AtomicU64::new(limit),
             delivered: AtomicU64::new(0),
+            waker,
         }
     }
 
@@ -294,10 +321,22 @@ impl Budget {
         }
     }
 
+    /// Takes up to `got` messages a blocking pop brought; returns how many it may keep.
+    fn take(&self, got: u32) -> u32 {
+        self.claim(got)
+    }
+
+    /// How many messages a blocking pop may ask for now (nothing is reserved).
+    fn available(&self, want: u32) -> u32 {
+        self.unclaimed.load(Ordering::Relaxed).min(u64::from(want)) as u32
+    }
+
     /// Returns claims that brought nothing (short or empty replies, lost connections).
     fn unclaim(&self, n: u32) {
-        if n > 0 {
-            self.unclaimed.fetch_add(u64::from(n), Ordering::AcqRel);
+        if n > 0 && self.unclaimed.fetch_add(u64::from(n), Ordering::AcqRel) == 0 {
+            if let Some(w) = &self.waker {
+                w.wake_all();
+            }
         }
     }
 
@@ -314,13 +353,19 @@ pub(crate) struct Lane {
     streak: (u32, u32),
     backlog: bool,
     in_flight: u32,
+    /// Messages claimed from the [`Budget`] by the non-blocking pops in flight.
+    claimed: u32,
 }
 
 /// What one pop reply held.
 pub(crate) struct PopReply {
+    /// Messages kept (appended to the output).
     pub count: u32,
     pub bytes: u64,
     pub queue: Option<u32>,
+    /// Messages beyond the [`Budget`], left at the end of the output for the caller to
+    /// push back to the server (blocking pops in the budget's last moments only).
+    pub excess: u32,
 }
 
 /// The consumer's immutable tables, shared by its lanes on one shard.
@@ -362,14 +407,16 @@ impl Lane {
             streak: (u32::MAX, 0),
             backlog: true,
             in_flight: 0,
+            claimed: 0,
         }
     }
 
     /// The connection was lost: every pop in flight is gone with it.
     pub(crate) fn reset(&mut self, plan: &PopPlan, credits: &mut Credits, lost_requested: u32) {
         if let Some(b) = &plan.budget {
-            b.unclaim(lost_requested);
+            b.unclaim(self.claimed);
         }
+        self.claimed = 0;
         credits.requested = credits.requested.saturating_sub(lost_requested);
         self.in_flight = 0;
         self.backlog = true;
@@ -401,16 +448,24 @@ impl Lane {
             }
             let lmpop = conn.server.has_lmpop() && c.strategy != PopStrategy::Single;
             let mut count = if lmpop { c.batch.min(free) } else { 1 };
-            if let Some(b) = &plan.budget {
-                count = b.claim(count);
-                if count == 0 {
-                    return;
-                }
-            }
             let blocking = match c.strategy {
                 PopStrategy::Single | PopStrategy::BlockingBatch => true,
                 PopStrategy::Adaptive => !self.backlog || !lmpop,
             };
+            if let Some(b) = &plan.budget {
+                // See `Budget`: only non-blocking pops reserve.
+                count = if blocking {
+                    b.available(count)
+                } else {
+                    b.claim(count)
+                };
+                if count == 0 {
+                    return;
+                }
+                if !blocking {
+                    self.claimed += count;
+                }
+            }
             let nkeys: usize = self
                 .order
                 .iter()
@@ -489,9 +544,22 @@ impl Lane {
                 return Err(e);
             }
         };
+        let mut reply = reply;
         let got = reply.count;
         if let Some(b) = &plan.budget {
-            b.unclaim(count.saturating_sub(got));
+            if blocking {
+                let kept = b.take(got);
+                if kept < got {
+                    reply.excess = got - kept;
+                    reply.count = kept;
+                    reply.bytes = out[start + kept as usize..]
+                        .iter()
+                        .fold(reply.bytes, |n, m| n - m.payload().len() as u64);
+                }
+            } else {
+                self.claimed = self.claimed.saturating_sub(count);
+                b.unclaim(count.saturating_sub(got));
+            }
         }
         if got == 0 {
             self.backlog = false;
@@ -501,7 +569,7 @@ impl Lane {
         if let Some(q) = reply.queue {
             self.rotate_after(plan, q);
         }
-        credits.held += got;
+        credits.held += reply.count;
         credits.held_bytes += reply.bytes;
         credits.note();
         Ok(reply)
@@ -602,6 +670,7 @@ fn parse_pop_reply(
                 count: 0,
                 bytes: 0,
                 queue: None,
+                excess: 0,
             })
         }
         Token::SimpleError(m) | Token::BulkError(m) => {
@@ -610,6 +679,7 @@ fn parse_pop_reply(
                     count: 0,
                     bytes: 0,
                     queue: None,
+                    excess: 0,
                 });
             }
             return Err(server_error(plan, m));
@@ -664,6 +734,7 @@ fn parse_pop_reply(
         count,
         bytes,
         queue: Some(qi),
+        excess: 0,
     })
 }
 
@@ -677,7 +748,7 @@ mod tests {
 
     #[test]
     fn budget_never_grants_more_than_the_limit() {
-        let b = Budget::new(10);
+        let b = Budget::new(10, None);
         assert_eq!(b.claim(4), 4);
         assert_eq!(b.claim(8), 6);
         assert_eq!(b.claim(1), 0);

@@ -22,12 +22,15 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use ringq_resp::{CommandWriter, Decoder, Frame};
 
 use crate::conn::{Conn, ConnConfig, Failure, Phase, Tag};
 use crate::dispatch::{epoch_nanos, ShardDispatch};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Handler, Message, Outcome};
-use crate::pop::{Budget, Credits, Lane, PopConsumer, PopError, PopPlan};
+use crate::pop::{
+    Budget, Credits, Lane, PopConsumer, PopError, PopPlan, NONBLOCKING_REPLY_TIMEOUT,
+};
 use crate::ring::{sys, Completion, Driver, OpKind, RingConfig, RingFeatures};
 use crate::stats::{new_histogram, ShardStats};
 use crate::timer::{TimerEvent, Timers};
@@ -48,6 +51,11 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn stop_all(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Makes every shard run a loop turn (its wake-up read completes).
+    pub(crate) fn wake_all(&self) {
         for &fd in &self.wake_fds {
             sys::eventfd_signal(fd);
         }
@@ -397,6 +405,9 @@ impl Shard {
                         &mut self.msgs,
                     ) {
                         Ok(reply) => {
+                            if reply.excess > 0 {
+                                self.push_back(id, start + reply.count as usize, now);
+                            }
                             self.stats.add(&self.stats.pops, 1);
                             if reply.count == 0 {
                                 self.stats.add(&self.stats.empty_pops, 1);
@@ -411,6 +422,20 @@ impl Shard {
                         }
                         Err(PopError::Retry(e)) => return Err(Failure::Retry(e)),
                         Err(PopError::Fatal(e)) => return Err(Failure::Fatal(e)),
+                    }
+                }
+                Tag::PushBack { count } => {
+                    let conn = &self.conns[id];
+                    match Decoder::new().build(&frame) {
+                        Ok(Frame::Integer(_)) => {
+                            tracing::debug!(conn = %conn.name, count, "pushed back messages beyond the limit");
+                        }
+                        Ok(f) => tracing::error!(
+                            conn = %conn.name,
+                            "{count} message(s) beyond the limit could not be pushed back to {}: {f:?}; they are lost",
+                            conn.peer()
+                        ),
+                        Err(e) => return Err(Failure::Fatal(Error::protocol(&conn.peer(), e))),
                     }
                 }
                 tag => {
@@ -431,6 +456,26 @@ impl Shard {
                 self.stop_conn(id);
             }
         }
+    }
+
+    /// Sends the messages from `from` on in `self.msgs` (popped beyond the
+    /// [`PopConsumer::limit`](crate::PopConsumer::limit) budget) back to the right end of
+    /// their list, last first, so the list is as before the pop, and drops them here.
+    fn push_back(&mut self, id: usize, from: usize, now: Instant) {
+        let back = &self.msgs[from..];
+        let count = back.len() as u32;
+        if let Some(first) = back.first() {
+            let key = first.key();
+            let deadline = now + NONBLOCKING_REPLY_TIMEOUT + self.plan.consumer.reply_grace;
+            self.conns[id].command(Tag::PushBack { count }, deadline, |buf| {
+                CommandWriter::new(buf, 2 + back.len())
+                    .arg("RPUSH")
+                    .arg(key)
+                    .args(back.iter().rev().map(|m| &m.payload()[..]))
+                    .finish();
+            });
+        }
+        self.msgs.truncate(from);
     }
 
     /// Hands the messages just popped to the handler: right here (inline) or to workers.
@@ -598,6 +643,20 @@ impl Shard {
                     conn.stop_after_close = true;
                 }
             }
+        }
+        let unreturned: u32 = conn
+            .pending
+            .iter()
+            .map(|p| match p.tag {
+                Tag::PushBack { count } => count,
+                _ => 0,
+            })
+            .sum();
+        if unreturned > 0 {
+            tracing::error!(
+                conn = %conn.name,
+                "connection lost before {unreturned} message(s) popped beyond the limit were pushed back; they may be lost"
+            );
         }
         let lane = conn.lane;
         conn.begin_close(&mut self.driver);

@@ -630,3 +630,125 @@ fn a_hung_server_is_detected_by_command_deadlines_and_consumption_resumes() {
         &HashMap::from([("hung".to_owned(), seq_payloads("h", 100))]),
     );
 }
+
+/// Several queues, several connections and shards, one message per BRPOP, pipelined, with a
+/// limit equal to the number of messages: every message is popped, and quickly (the last
+/// ones must not wait for a block timeout or a reply deadline).
+#[test]
+fn limit_equal_to_the_backlog_drains_every_queue_over_several_lanes() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let mut expected = HashMap::new();
+    for q in ["la", "lb", "lc"] {
+        let p = seq_payloads(q, 666);
+        c.lpush_many(q, &p).unwrap();
+        expected.insert(q.to_string(), p);
+    }
+    for (strategy, shards, conns) in [
+        (PopStrategy::Single, 2, 1),
+        (PopStrategy::Single, 1, 2),
+        (PopStrategy::Adaptive, 2, 2),
+    ] {
+        for q in ["la", "lb", "lc"] {
+            c.cmd(&["DEL", q]).unwrap();
+            c.lpush_many(q, &expected[q]).unwrap();
+        }
+        let rec = Recorder::default();
+        let consumer = PopConsumer::new(["la", "lb", "lc"])
+            .strategy(strategy)
+            .batch(16)
+            .pipeline(4)
+            .block_timeout(Duration::from_secs(2))
+            .limit(1998);
+        let running = EngineBuilder::new(&server.url())
+            .shards(shards)
+            .connections_per_shard(conns)
+            .pin_cores(false)
+            .start(consumer, rec.handler())
+            .expect("engine starts");
+        let stop = running.shutdown_handle();
+        // A lane starved of budget used to hang here for good; the watchdog turns a hang
+        // into a short count below instead of a stuck test.
+        let watchdog = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(30));
+            stop.shutdown();
+        });
+        let stats = running.wait().unwrap();
+        drop(watchdog);
+        assert_eq!(
+            rec.len(),
+            1998,
+            "{strategy:?} shards {shards} conns {conns}: delivered (left: {})",
+            c.llen("la").unwrap() + c.llen("lb").unwrap() + c.llen("lc").unwrap()
+        );
+        assert_eq!(stats.messages, 1998);
+        let mut log = rec.snapshot();
+        log.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        assert_exactly_once_in_order(&log, &expected);
+    }
+}
+
+/// Two connections blocked on their own empty queues when the budget's last messages
+/// arrive in both at once: each blocking pop may ask for what is left, so together they can
+/// pop more than the limit. The handler gets exactly the limit and the excess goes back
+/// to its list, in order.
+#[test]
+fn messages_popped_beyond_the_limit_go_back_to_their_list_in_order() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new(["pa", "pb"])
+        .strategy(PopStrategy::BlockingBatch)
+        .batch(10)
+        .block_timeout(Duration::from_secs(2))
+        .limit(5);
+    let running = EngineBuilder::new(&server.url())
+        .shards(1)
+        .connections_per_shard(2)
+        .pin_cores(false)
+        .start(consumer, rec.handler())
+        .expect("engine starts");
+    // Both connections blocked, each asking for the whole budget of 5.
+    assert!(wait_until(WAIT, || {
+        c.info_field("clients", "blocked_clients")
+            .unwrap()
+            .as_deref()
+            == Some("2")
+    }));
+    let a = seq_payloads("a", 5);
+    let b = seq_payloads("b", 5);
+    // One transaction: both blocked pops are served in the same server turn.
+    c.cmd(["MULTI"]).unwrap();
+    let mut lpush = |k: &str, v: &[String]| {
+        let mut args = vec!["LPUSH".to_string(), k.to_string()];
+        args.extend(v.iter().cloned());
+        c.cmd(&args).unwrap();
+    };
+    lpush("pa", &a);
+    lpush("pb", &b);
+    c.cmd(["EXEC"]).unwrap();
+    let stats = running.wait().unwrap();
+    assert_eq!(stats.messages, 5);
+    let log = rec.snapshot();
+    assert_eq!(log.len(), 5, "exactly the limit reached the handler");
+    let (kept, back_key, back) = if log[0].0 == "pa" {
+        (&a, "pb", &b)
+    } else {
+        (&b, "pa", &a)
+    };
+    let got: Vec<&String> = log.iter().map(|(_, p, _)| p).collect();
+    assert_eq!(
+        got,
+        kept.iter().collect::<Vec<_>>(),
+        "one queue's 5, in order"
+    );
+    // The other queue is whole again, in its original order (RPOP order = push order).
+    let mut left = Vec::new();
+    while let ringq_resp::Frame::BulkString(v) = c.cmd(["RPOP", back_key]).unwrap() {
+        left.push(String::from_utf8(v.to_vec()).unwrap());
+    }
+    assert_eq!(
+        &left, back,
+        "the excess went back where it came from, in order"
+    );
+}
