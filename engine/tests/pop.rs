@@ -660,7 +660,7 @@ fn limit_equal_to_the_backlog_drains_every_queue_over_several_lanes() {
             .pipeline(4)
             .block_timeout(Duration::from_secs(2))
             .limit(1998);
-        let running = EngineBuilder::new(&server.url())
+        let running = EngineBuilder::new(server.url())
             .shards(shards)
             .connections_per_shard(conns)
             .pin_cores(false)
@@ -702,7 +702,7 @@ fn messages_popped_beyond_the_limit_go_back_to_their_list_in_order() {
         .batch(10)
         .block_timeout(Duration::from_secs(2))
         .limit(5);
-    let running = EngineBuilder::new(&server.url())
+    let running = EngineBuilder::new(server.url())
         .shards(1)
         .connections_per_shard(2)
         .pin_cores(false)
