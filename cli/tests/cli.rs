@@ -224,9 +224,6 @@ fn count_pops_no_more_than_n_and_leaves_exactly_the_rest() {
 /// `--count` equal to the backlog, with several connections: every lane shares one budget
 /// of N pops, and the last messages must not wait behind lanes blocked on empty queues.
 #[test]
-#[ignore = "engine bug: with a limit and several lanes, a lane whose queues are empty \
-            re-claims the remaining budget for each blocking pop, so lanes that still have \
-            messages never get any and the run never ends (reported to the engine owner)"]
 fn count_over_several_connections_pops_exactly_n() {
     let s = server();
     let url = s.url();
