@@ -27,11 +27,18 @@ pub struct Limits {
     pub max_bulk_len: u64,
     /// Most elements one aggregate may declare (pairs for maps). Default 2^31 − 1.
     pub max_aggregate_len: u64,
-    /// Deepest nesting of aggregates. Default 64; Redis replies rarely pass 8.
+    /// Deepest nesting of aggregates (attributes count as a level). Default 64; Redis
+    /// replies rarely pass 8. A [`Decoder`] caps it at 256, because building a [`Frame`]
+    /// recurses once per level and must fit a thread's stack.
     pub max_depth: usize,
     /// Longest simple string, simple error or big-number line. Default 64 KiB.
     pub max_line_len: usize,
 }
+
+/// The cap on [`Limits::max_depth`]. Building a frame recurses once per level, at about
+/// 0.5 KiB of stack per level in release builds and 2–4 KiB in debug builds: 256 levels fit
+/// a 2 MiB thread stack either way (a test builds one in a debug build).
+const MAX_DEPTH_CAP: usize = 256;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -86,8 +93,9 @@ impl Decoder {
         Self::default()
     }
 
-    /// A decoder with the given limits.
-    pub fn with_limits(limits: Limits) -> Self {
+    /// A decoder with the given limits (`max_depth` capped at 256).
+    pub fn with_limits(mut limits: Limits) -> Self {
+        limits.max_depth = limits.max_depth.min(MAX_DEPTH_CAP);
         Self {
             limits,
             ..Self::default()
@@ -222,11 +230,7 @@ impl Decoder {
             // its place, so later calls never come back here for this frame; and a first
             // header that stays incomplete is O(1) to retry.
             self.attributes = None;
-            let mut b = Builder {
-                buf: src,
-                pos: 0,
-                limits: &self.limits,
-            };
+            let mut b = Builder::new(src, &self.limits);
             if let Ok((frame, attributes)) = b.top() {
                 self.attributes = attributes;
                 return Ok(Some((frame, b.pos)));
@@ -248,12 +252,7 @@ impl Decoder {
     /// complete, or any validation error.
     pub fn build(&mut self, frame: &Bytes) -> Result<Frame, DecodeError> {
         self.attributes = None;
-        let (frame, attributes) = Builder {
-            buf: frame,
-            pos: 0,
-            limits: &self.limits,
-        }
-        .top()?;
+        let (frame, attributes) = Builder::new(frame, &self.limits).top()?;
         self.attributes = attributes;
         Ok(frame)
     }
@@ -286,9 +285,37 @@ struct Builder<'a> {
     buf: &'a Bytes,
     pos: usize,
     limits: &'a Limits,
+    /// Element slots the aggregates still to be allocated may reserve, in all. Every value
+    /// takes at least 3 bytes (`_\r\n`), so a complete frame declares fewer than
+    /// `buf.len() / 3` elements over all its aggregates (a map pair counts two); a
+    /// declaration beyond what is left proves the frame incomplete. This bounds the memory
+    /// a build allocates by the bytes in hand, however deep the aggregates nest, when
+    /// [`Decoder::decode_bytes`] tries a build on a frame that has not fully arrived.
+    budget: usize,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(buf: &'a Bytes, limits: &'a Limits) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            limits,
+            budget: buf.len() / 3,
+        }
+    }
+
+    /// Reserves `slots` of the budget, or proves the frame truncated.
+    #[inline(always)]
+    fn reserve(&mut self, slots: usize) -> Result<(), DecodeError> {
+        match self.budget.checked_sub(slots) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => Err(DecodeError::new(K::Truncated, self.buf.len())),
+        }
+    }
+
     /// A top-level frame and the attributes in front of it.
     #[allow(clippy::type_complexity, reason = "a private helper's pair of results")]
     fn top(&mut self) -> Result<(Frame, Option<Vec<(Frame, Frame)>>), DecodeError> {
@@ -354,12 +381,6 @@ impl Builder<'_> {
         })
     }
 
-    /// Every element takes at least 3 bytes, so a capacity from this is bounded by bytes
-    /// that have arrived, never by a declared count alone.
-    fn capacity(&self, declared: usize, per_item: usize) -> usize {
-        declared.min(self.buf.len().saturating_sub(self.pos) / per_item)
-    }
-
     /// The `n` elements of an aggregate whose header was at `at` (recursion is bounded by
     /// `max_depth`).
     #[inline(never)]
@@ -372,7 +393,8 @@ impl Builder<'_> {
                 at,
             ));
         }
-        let mut items = Vec::with_capacity(self.capacity(n, 3));
+        self.reserve(n)?;
+        let mut items = Vec::with_capacity(n);
         for _ in 0..n {
             items.push(self.value(depth + 1)?);
         }
@@ -395,7 +417,8 @@ impl Builder<'_> {
                 at,
             ));
         }
-        let mut pairs = Vec::with_capacity(self.capacity(n, 6));
+        self.reserve(n.saturating_mul(2))?;
+        let mut pairs = Vec::with_capacity(n);
         for _ in 0..n {
             let k = self.value(depth + 1)?;
             let v = self.value(depth + 1)?;

@@ -201,36 +201,14 @@ fn read_head_general(
     {
         Some(i) => from + i,
         None => {
-            let have = buf.len().saturating_sub(body);
-            if is_length_line && have > MAX_LENGTH_LINE {
-                return Err(DecodeError::new(K::InvalidInteger, body));
-            }
-            if have > limits.max_line_len {
-                return Err(DecodeError::new(
-                    K::LineTooLong {
-                        max: limits.max_line_len,
-                    },
-                    body,
-                ));
-            }
+            // The line is at least this long: fail now if that is already too long.
+            check_line_len(buf.len().saturating_sub(body), is_length_line, body, limits)?;
             return Ok(Step::Incomplete {
                 search_from: buf.len().max(body),
             });
         }
     };
-    // The same verdict as above when the CR is already here, so a reply gets the same error
-    // however it is split into reads.
-    if is_length_line && cr - body > MAX_LENGTH_LINE {
-        return Err(DecodeError::new(K::InvalidInteger, body));
-    }
-    if cr - body > limits.max_line_len {
-        return Err(DecodeError::new(
-            K::LineTooLong {
-                max: limits.max_line_len,
-            },
-            body,
-        ));
-    }
+    check_line_len(cr - body, is_length_line, body, limits)?;
     match buf.get(cr + 1) {
         None => return Ok(Step::Incomplete { search_from: cr }),
         Some(b'\n') => {}
@@ -364,6 +342,26 @@ fn read_head_general(
         }
     };
     Ok(Step::Done { head, next })
+}
+
+/// The verdict on a line of `len` bytes (or at least `len`, while its CR has not arrived)
+/// starting at `body`. It depends on the length alone, so a reply gets the same error
+/// however it is split into reads: the lower of the two bounds decides, and its kind.
+fn check_line_len(
+    len: usize,
+    is_length_line: bool,
+    body: usize,
+    limits: &Limits,
+) -> Result<(), DecodeError> {
+    if is_length_line && MAX_LENGTH_LINE <= limits.max_line_len {
+        if len > MAX_LENGTH_LINE {
+            return Err(DecodeError::new(K::InvalidInteger, body));
+        }
+    } else if len > limits.max_line_len {
+        let max = limits.max_line_len;
+        return Err(DecodeError::new(K::LineTooLong { max }, body));
+    }
+    Ok(())
 }
 
 #[inline]

@@ -1,6 +1,6 @@
-//! Helpers shared by the codec's integration tests: NaN-aware frame comparison, feeding a
-//! decoder in pieces, and proptest strategies for frames and for their wire form with
-//! attributes sprinkled in.
+//! Helpers shared by the codec's integration tests: NaN-aware frame comparison and the
+//! decoding oracle (in `oracle`, shared with the fuzz target), feeding a decoder in pieces,
+//! and proptest strategies for frames and for their wire form with attributes sprinkled in.
 //!
 //! Each test binary uses a different subset, hence the module-wide `dead_code` allowance.
 #![allow(
@@ -13,45 +13,13 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use ringq_resp::{DecodeError, Decoder, Frame};
 
-/// Top-level attributes as [`Decoder::take_attributes`] returns them.
-pub type Attributes = Option<Vec<(Frame, Frame)>>;
+pub mod oracle;
+
+#[allow(unused_imports, reason = "each test binary uses a different subset")]
+pub use oracle::{same, same_attributes, same_list, same_pairs, Attributes};
 
 /// One decoded frame, its top-level attributes and how many bytes it took.
 pub type Decoded = (Frame, Attributes, usize);
-
-/// Structural equality in which every NaN equals every NaN; any other double must match
-/// bit for bit (so `-0.0` and `0.0` differ).
-pub fn same(a: &Frame, b: &Frame) -> bool {
-    match (a, b) {
-        (Frame::Double(x), Frame::Double(y)) => {
-            (x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits()
-        }
-        (Frame::Array(x), Frame::Array(y))
-        | (Frame::Set(x), Frame::Set(y))
-        | (Frame::Push(x), Frame::Push(y)) => same_list(x, y),
-        (Frame::Map(x), Frame::Map(y)) => same_pairs(x, y),
-        _ => a == b,
-    }
-}
-
-pub fn same_list(x: &[Frame], y: &[Frame]) -> bool {
-    x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
-}
-
-pub fn same_pairs(x: &[(Frame, Frame)], y: &[(Frame, Frame)]) -> bool {
-    x.len() == y.len()
-        && x.iter()
-            .zip(y)
-            .all(|((k1, v1), (k2, v2))| same(k1, k2) && same(v1, v2))
-}
-
-pub fn same_attributes(x: &Attributes, y: &Attributes) -> bool {
-    match (x, y) {
-        (None, None) => true,
-        (Some(x), Some(y)) => same_pairs(x, y),
-        _ => false,
-    }
-}
 
 pub fn same_decoded(
     x: &Result<Option<Decoded>, DecodeError>,
