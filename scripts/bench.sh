@@ -73,7 +73,7 @@ bash scripts/setup.sh
     echo "cpu:     $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//')"
     echo "cores:   $(nproc)"
     echo "rustc:   $(rustc --version)"
-    echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "commit:  $(git describe --always --dirty 2>/dev/null || echo unknown)"
     if [[ -n ${RINGQ_BENCH_URL:-} ]]; then
         echo "broker:  $RINGQ_BENCH_URL (version in each table's title)"
     else
@@ -103,7 +103,7 @@ scenarios() {
         echo "# ringq-bench results"
         echo
         echo '```'
-        cat "$out/machine.txt"
+        cat "$dir/machine.txt"
         echo '```'
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
@@ -122,7 +122,9 @@ scenarios "$out" ""
 
 if [[ -n ${VALKEY_SERVER:-} ]]; then
     [[ -x $VALKEY_SERVER ]] || { echo "VALKEY_SERVER=$VALKEY_SERVER is not executable" >&2; exit 1; }
-    "$VALKEY_SERVER" --version | tee -a "$out/machine.txt"
+    mkdir -p "$out/valkey"
+    grep -v '^broker:' "$out/machine.txt" >"$out/valkey/machine.txt"
+    echo "broker:  $("$VALKEY_SERVER" --version)" | tee -a "$out/valkey/machine.txt"
     saved_url_args=("${url_args[@]}")
     url_args=()
     REDIS_SERVER=$VALKEY_SERVER scenarios "$out/valkey" valkey-

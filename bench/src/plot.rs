@@ -9,7 +9,9 @@ const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 540.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 190.0;
-const TOP: f64 = 50.0;
+const TOP: f64 = 70.0;
+/// Characters per title line before it wraps (at "; " or ": ").
+const TITLE_LINE: usize = 95;
 const BOTTOM: f64 = 60.0;
 const COLORS: [&str; 6] = [
     "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f", "#ff7f0e",
@@ -25,6 +27,29 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Splits `title` into lines of at most [`TITLE_LINE`] characters after a `;` or `:`
+/// (at most two lines; the rest of a longer title is cut with an ellipsis).
+fn title_lines(title: &str) -> Vec<String> {
+    let mut lines: Vec<String> = vec![String::new()];
+    for part in title.split_inclusive([';', ':']) {
+        let cur = lines.last_mut().expect("never empty");
+        if !cur.is_empty() && cur.chars().count() + part.chars().count() > TITLE_LINE {
+            lines.push(part.trim_start().to_owned());
+        } else {
+            cur.push_str(part);
+        }
+    }
+    if lines.len() > 2 {
+        let rest = lines.split_off(1).concat();
+        let mut second: String = rest.chars().take(TITLE_LINE).collect();
+        if rest.chars().count() > TITLE_LINE {
+            second.push('…');
+        }
+        lines.push(second);
+    }
+    lines.iter().map(|l| l.trim_end().to_owned()).collect()
 }
 
 /// Renders the plot: `series` is (client name, [(percentile %, µs)]).
@@ -56,12 +81,15 @@ pub fn percentile_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Stri
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="28" text-anchor="middle" font-size="15">{}</text>"#,
-        LEFT + pw / 2.0,
-        escape(title)
-    );
+    for (i, line) in title_lines(title).iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle" font-size="14">{}</text>"#,
+            WIDTH / 2.0,
+            22 + 18 * i,
+            escape(line)
+        );
+    }
     // Grid and axis labels: one vertical line per decade of 1/(1-p).
     for k in 0..=xmax as u32 {
         let x = LEFT + f64::from(k) / xmax * pw;
