@@ -23,6 +23,7 @@
 //! - `latency`: payload time stamps and histogram summaries.
 //! - `report`: the table, the JSON file, the targets; `plot`: the SVG percentile plot.
 //! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
+//! - `noise`: other processes' CPU load during a measurement, noted in the table.
 //! - `error`: [`error::Error`].
 
 mod child;
@@ -32,6 +33,7 @@ mod conn;
 mod error;
 mod latency;
 mod load;
+mod noise;
 mod plot;
 mod progress;
 mod report;

@@ -13,6 +13,7 @@ use crate::child::{self, ChildOutcome};
 use crate::cli::{Cli, ClientKind, PopMode, Scenario};
 use crate::error::{Error, Result};
 use crate::load;
+use crate::noise;
 use crate::plot;
 use crate::progress;
 use crate::report::{self, ClientResult, ClientRow, ScenarioReport};
@@ -119,6 +120,24 @@ fn base_spec(cli: &Cli, broker: &Broker, queues: &[String], client: ClientKind) 
     }
 }
 
+/// Runs one client's child through `f`, and notes other processes' load meanwhile.
+fn measured(
+    broker: &Broker,
+    f: impl FnOnce() -> Result<ChildOutcome>,
+) -> (Result<ChildOutcome>, Option<String>) {
+    let before = noise::Snapshot::take(broker.server_pid());
+    let outcome = f();
+    let note = outcome.as_ref().ok().and_then(|o| before.note_since(o.cpu));
+    (outcome, note)
+}
+
+fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
+}
+
 fn to_result(
     kind: ClientKind,
     outcome: Result<ChildOutcome>,
@@ -129,10 +148,7 @@ fn to_result(
             let messages = report.messages;
             let seconds = report.seconds.max(1e-9);
             let lat = report.latency.clone();
-            let note = match (note, report.note) {
-                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-                (a, b) => a.or(b),
-            };
+            let note = join_notes(note, report.note);
             ClientResult {
                 kind,
                 outcome: Ok(ClientRow {
@@ -191,13 +207,15 @@ fn drain(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioReport
         // Generous: a consumer at 2k msg/s still finishes; a lost message fails the row.
         spec.deadline_secs = 60.0 + total as f64 / 2000.0;
         let pb = progress::bar(total, &format!("draining: {}", kind.name()));
-        let outcome = with_drain_progress(&broker.url, queues, total, &pb, || {
-            child::run(&spec, || Ok(()))
+        let (outcome, noise) = measured(broker, || {
+            with_drain_progress(&broker.url, queues, total, &pb, || {
+                child::run(&spec, || Ok(()))
+            })
         });
         pb.finish_and_clear();
         let left = load::total_len(&broker.url, queues)?;
         let note = (left > 0).then(|| format!("{left} messages left in the queues"));
-        results.push(to_result(kind, outcome, note));
+        results.push(to_result(kind, outcome, join_notes(note, noise)));
     }
     Ok(ScenarioReport {
         scenario: "drain",
@@ -262,11 +280,8 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioRepo
     spec.rate = rate;
     spec.deadline_secs = deadline;
     eprintln!("measuring PING round trips at {rate}/s ...");
-    results.push(to_result(
-        ClientKind::Ping,
-        child::run(&spec, || Ok(())),
-        None,
-    ));
+    let (outcome, noise) = measured(broker, || child::run(&spec, || Ok(())));
+    results.push(to_result(ClientKind::Ping, outcome, noise));
 
     for &kind in cli.clients.iter().filter(|&&k| k != ClientKind::Ping) {
         load::delete(&broker.url, queues)?;
@@ -276,10 +291,12 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioRepo
         spec.deadline_secs = deadline;
         let pb = progress::bar(count, &format!("producing for {}", kind.name()));
         let mut late = 0;
-        let outcome = child::run(&spec, || {
-            let p = load::produce(&broker.url, queues, rate, count, size, &pb)?;
-            late = p.max_late_ns;
-            Ok(())
+        let (outcome, noise) = measured(broker, || {
+            child::run(&spec, || {
+                let p = load::produce(&broker.url, queues, rate, count, size, &pb)?;
+                late = p.max_late_ns;
+                Ok(())
+            })
         });
         pb.finish_and_clear();
         let note = (late > 1_000_000).then(|| {
@@ -288,7 +305,7 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioRepo
                 late as f64 / 1e6
             )
         });
-        results.push(to_result(kind, outcome, note));
+        results.push(to_result(kind, outcome, join_notes(note, noise)));
     }
     Ok(ScenarioReport {
         scenario: "latency",

@@ -70,6 +70,11 @@ impl Broker {
         })
     }
 
+    /// The embedded server's process id (None with `--url`).
+    pub fn server_pid(&self) -> Option<u32> {
+        self.embedded.as_ref()?.pid()
+    }
+
     /// Whether this is the embedded server.
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
