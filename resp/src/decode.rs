@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{DecodeError, DecodeErrorKind as K};
 use crate::frame::Frame;
-use crate::head::{read_head, Head, Step};
+use crate::head::{read_head, read_head_fast, Head, Step};
 
 /// Bounds on what a peer may make the decoder accept. Defaults are safe for any Redis reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -556,18 +556,71 @@ impl Reader {
     ///
     /// # Errors
     /// The outer error as [`Reader::next_token`].
-    #[inline]
+    #[inline(always)]
     pub fn next_bytes(&mut self) -> Result<Result<Bytes, Token>, DecodeError> {
+        match self.next_string_fast() {
+            Some((start, end)) => Ok(Ok(self.buf.slice(start..end))),
+            None => self.next_bytes_slow(),
+        }
+    }
+
+    /// As [`Reader::next_bytes`], but borrows the bytes from the reader instead of taking a
+    /// [`Bytes`] handle: no reference count is touched, which saves two atomic operations
+    /// per value for a caller that only reads or copies it.
+    ///
+    /// # Errors
+    /// The outer error as [`Reader::next_token`].
+    #[inline(always)]
+    pub fn next_slice(&mut self) -> Result<Result<&[u8], Token>, DecodeError> {
+        match self.next_string_fast() {
+            Some((start, end)) => Ok(Ok(&self.buf[start..end])),
+            None => self.next_slice_slow(),
+        }
+    }
+
+    // `next_bytes` and `next_slice` are inlined into their callers with only the common
+    // case, a bulk string the fast header path reads, in line; everything else is out of
+    // line. Their nested `Result` then never goes through memory: returned by pointer, the
+    // caller's copy of it stalled on store forwarding (measured on an LMPOP reply: 20 ns per
+    // element, against 12 ns inlined).
+
+    /// Where the next value's bytes are, when it is a bulk string the fast header path
+    /// reads; `None` (having moved nothing) for anything else.
+    #[inline(always)]
+    fn next_string_fast(&mut self) -> Option<(usize, usize)> {
+        match read_head_fast(&self.buf, self.pos, &self.limits) {
+            Some(Step::Done {
+                head: Head::BulkString { start, len },
+                next,
+            }) => {
+                self.pos = next;
+                Some((start, start + len))
+            }
+            _ => None,
+        }
+    }
+
+    #[inline(never)]
+    fn next_string_slow(&mut self) -> Result<Result<(usize, usize), Token>, DecodeError> {
         Ok(match self.next_value_head()? {
-            Head::BulkString { start, len } => Ok(self.buf.slice(start..start + len)),
-            Head::SimpleString { start, end } => Ok(self.buf.slice(start..end)),
-            head => Err(self.token_cold(head)),
+            Head::BulkString { start, len } => Ok((start, start + len)),
+            Head::SimpleString { start, end } => Ok((start, end)),
+            head => Err(self.token(head)),
         })
     }
 
     #[inline(never)]
-    fn token_cold(&self, head: Head) -> Token {
-        self.token(head)
+    fn next_bytes_slow(&mut self) -> Result<Result<Bytes, Token>, DecodeError> {
+        Ok(self
+            .next_string_slow()?
+            .map(|(start, end)| self.buf.slice(start..end)))
+    }
+
+    #[inline(never)]
+    fn next_slice_slow(&mut self) -> Result<Result<&[u8], Token>, DecodeError> {
+        Ok(self
+            .next_string_slow()?
+            .map(|(start, end)| &self.buf[start..end]))
     }
 
     /// Skips one whole value (with its elements).

@@ -194,19 +194,84 @@ fn check_frame(frame: &Frame, attributes: &Attributes) {
         "round trip: the attributes of {frame:?} changed"
     );
 
-    let mut reader = Reader::new(Bytes::from(wire));
+    let wire = Bytes::from(wire);
+    let mut reader = Reader::new(wire.clone());
     let walked = frame_from_reader(&mut reader);
     assert!(
         same(frame, &walked),
         "Reader saw {walked:?}, Decoder built {frame:?}"
     );
     assert!(reader.is_empty(), "Reader left bytes after {frame:?}");
+    check_string_reads(frame, wire);
 
     if let Some(err) = frame.to_server_error() {
         let _ = (err.kind(), err.code(), err.to_string());
     }
     if let Frame::SimpleString(b) | Frame::BulkString(b) = frame {
         let _ = ServerError::parse(b.clone()).kind();
+    }
+}
+
+/// Reads the frame's strings with [`Reader::next_bytes`] and [`Reader::next_slice`]: each
+/// must return a bulk or simple string's bytes, and any other value as the token
+/// [`Reader::next_value_token`] gives.
+fn check_string_reads(frame: &Frame, wire: Bytes) {
+    let mut by_bytes = Reader::new(wire.clone());
+    let mut by_slice = Reader::new(wire);
+    let elements: Vec<&Frame> = match frame {
+        Frame::Array(v) | Frame::Set(v) | Frame::Push(v) => v.iter().collect(),
+        Frame::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => vec![frame],
+    };
+    if elements.len() != 1 || !std::ptr::eq(elements[0], frame) {
+        let head = by_bytes.next_value_token().expect("a valid frame");
+        let again = by_slice.next_value_token().expect("a valid frame");
+        assert!(tokens_agree(&head, &again), "{head:?} vs {again:?}");
+    }
+    for element in elements {
+        expect_string(element, &mut by_bytes, &mut by_slice);
+    }
+    assert!(
+        by_bytes.is_empty() && by_slice.is_empty(),
+        "{frame:?}: bytes left"
+    );
+}
+
+fn expect_string(element: &Frame, by_bytes: &mut Reader, by_slice: &mut Reader) {
+    let got_bytes = by_bytes.next_bytes().expect("a valid frame");
+    let got_slice = by_slice.next_slice().expect("a valid frame");
+    match element {
+        Frame::BulkString(b) | Frame::SimpleString(b) => {
+            assert_eq!(
+                got_bytes.as_ref().ok(),
+                Some(b),
+                "next_bytes on {element:?}"
+            );
+            assert_eq!(got_slice.ok(), Some(&b[..]), "next_slice on {element:?}");
+        }
+        _ => {
+            let (Err(t1), Err(t2)) = (&got_bytes, &got_slice) else {
+                panic!("{element:?} read as a string: {got_bytes:?} / {got_slice:?}");
+            };
+            assert!(tokens_agree(t1, t2), "{t1:?} vs {t2:?}");
+            // The token is the element's header: skip its contents in both readers.
+            let children = match t1 {
+                Token::Array(n) | Token::Set(n) | Token::Push(n) => *n,
+                Token::Map(n) => n * 2,
+                _ => 0,
+            };
+            for _ in 0..children {
+                by_bytes.skip_value().expect("a valid frame");
+                by_slice.skip_value().expect("a valid frame");
+            }
+        }
+    }
+}
+
+fn tokens_agree(a: &Token, b: &Token) -> bool {
+    match (a, b) {
+        (Token::Double(x), Token::Double(y)) => x.to_bits() == y.to_bits(),
+        _ => a == b,
     }
 }
 
