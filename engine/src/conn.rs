@@ -62,6 +62,8 @@ pub(crate) enum Tag {
         count: u32,
         blocking: bool,
     },
+    /// A heartbeat on an idle connection.
+    Ping,
     /// Popped messages beyond [`PopConsumer::limit`](crate::PopConsumer::limit) going
     /// back to the right end of their list (RPUSH), where they were popped from.
     PushBack {

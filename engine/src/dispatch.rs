@@ -212,6 +212,9 @@ pub(crate) struct ShardDispatch {
     workers: Vec<Arc<WorkerSignal>>,
     waker: Arc<ShardWaker>,
     orderly: Option<Option<KeyFn>>,
+    /// One run of an orderly batch on its way to one worker (reused: no allocation per
+    /// reply in steady state).
+    scratch: Vec<Message>,
 }
 
 impl ShardDispatch {
@@ -239,12 +242,13 @@ impl ShardDispatch {
                 while let Some(first) = drain.next() {
                     let w = route(&first);
                     let link = &mut self.links[w];
-                    let mut run = vec_one(first);
+                    let run = &mut self.scratch;
+                    run.push(first);
                     while let Some(m) = drain.next_if(|m| route(m) == w) {
                         run.push(m);
                     }
                     link.in_flight += run.len() as u32;
-                    push_all(link, run.into_iter());
+                    push_all(link, run.drain(..));
                 }
             }
         }
@@ -315,15 +319,6 @@ impl Drop for ShardDispatch {
             }
         }
     }
-}
-
-fn vec_one(m: Message) -> Vec<Message> {
-    // Orderly routing of a reply spanning several workers: rare (queues map to a shard
-    // lane, usually one queue per reply), so a small Vec here is acceptable; the common
-    // case — a whole reply to one worker — takes the allocation-free path above.
-    let mut v = Vec::with_capacity(8);
-    v.push(m);
-    v
 }
 
 fn push_all(link: &mut ShardLink, msgs: impl ExactSizeIterator<Item = Message>) {
@@ -402,6 +397,7 @@ pub(crate) fn start_pool<H: Handler + Clone>(
             workers: signals.clone(),
             waker: waker.clone(),
             orderly,
+            scratch: Vec::with_capacity(capacity.min(4096)),
         });
     }
     let alive = Arc::new(AtomicUsize::new(nworkers));
@@ -416,6 +412,7 @@ pub(crate) fn start_pool<H: Handler + Clone>(
             signal: signals[i].clone(),
             batch: dispatch.batch,
             orderly: dispatch.is_orderly(),
+            one: Vec::with_capacity(1),
             suspend: dispatch.suspend,
             max_local_retries: dispatch.max_local_retries,
             epoch,
@@ -443,6 +440,8 @@ struct Worker {
     signal: Arc<WorkerSignal>,
     batch: usize,
     orderly: bool,
+    /// The one-message outcome buffer of orderly handling, reused.
+    one: Vec<Outcome>,
     suspend: Duration,
     max_local_retries: u32,
     epoch: Instant,
@@ -563,7 +562,7 @@ impl Worker {
     }
 
     fn handle_in_order(&mut self, batch: &[Message], outcomes: &mut Vec<Outcome>) {
-        let mut one = Vec::with_capacity(1);
+        let mut one = std::mem::take(&mut self.one);
         for i in 0..batch.len() {
             let mut tries = 0;
             let outcome = loop {
@@ -579,6 +578,7 @@ impl Worker {
             };
             outcomes.push(outcome);
         }
+        self.one = one;
     }
 }
 

@@ -58,6 +58,7 @@ pub struct EngineBuilder {
     backoff_max: Duration,
     start_attempts: u32,
     client_name: String,
+    heartbeat: Duration,
     periodic: Vec<PeriodicFactory>,
     dispatch: Dispatch,
 }
@@ -81,6 +82,7 @@ impl EngineBuilder {
             backoff_max: Duration::from_secs(5),
             start_attempts: 3,
             client_name: "ringq".into(),
+            heartbeat: Duration::from_secs(15),
             periodic: Vec::new(),
             dispatch: Dispatch::inline(),
         }
@@ -151,6 +153,15 @@ impl EngineBuilder {
     /// connection is named `<prefix>-s<shard>-c<n>`.
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = name.into();
+        self
+    }
+
+    /// How often a connection with nothing in flight (its credits used up by a slow
+    /// handler, or a spent budget) is PINGed, so a dead server is noticed within this plus
+    /// the pop's `reply_grace` (default 15 s). Connections with a command in flight are
+    /// watched by that command's deadline instead.
+    pub fn heartbeat(mut self, period: Duration) -> Self {
+        self.heartbeat = period.max(Duration::from_millis(1));
         self
     }
 
@@ -296,6 +307,7 @@ impl EngineBuilder {
                 shared: shared.clone(),
                 wake_fd: shared.wake_fds[i],
                 periodic,
+                heartbeat: self.heartbeat,
             };
             let tx = ready_tx.clone();
             let t = std::thread::Builder::new()

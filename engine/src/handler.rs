@@ -68,8 +68,10 @@ pub enum Outcome {
     Dead,
 }
 
-/// User code that consumes messages. One instance runs per shard (cloned from the one
-/// given to the engine), on that shard's thread.
+/// User code that consumes messages. One instance runs per shard thread with
+/// [`Dispatch::inline`](crate::Dispatch::inline), or per worker thread with
+/// [`Dispatch::workers`](crate::Dispatch::workers) / `orderly`, each cloned from the one
+/// given to the engine.
 pub trait Handler: Send + 'static {
     /// Handles one message.
     fn handle(&mut self, msg: &Message) -> Outcome;

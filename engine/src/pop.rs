@@ -163,7 +163,7 @@ impl PopConsumer {
     /// arrives (only possible in the last moments of the budget), the excess goes straight
     /// back to the right end of its list with RPUSH, in order, so the next pop gets it
     /// first. The engine stops once the `n`th message is handled; blocking pops still in
-    /// flight are waited for as in any shutdown (at most the block timeout).
+    /// flight are waited for as in any shutdown (see [`PopConsumer::block_timeout`]).
     pub fn limit(mut self, n: u64) -> Self {
         self.limit = Some(n);
         self
@@ -197,7 +197,9 @@ impl PopConsumer {
     }
 
     /// How long a blocking pop waits on the server (rounded to milliseconds, at least 1 ms).
-    /// Shutdown waits at most this long for blocked pops to answer.
+    /// Shutdown waits for blocked pops to answer: one block timeout for a blocking pop
+    /// sent alone, and up to `pipeline` of them when pipelined BRPOPs (`Single`, or servers
+    /// before 7.0) find their queue just ran dry, as each then blocks in turn.
     pub fn block_timeout(mut self, d: Duration) -> Self {
         self.block_timeout = d.max(Duration::from_millis(1));
         self
@@ -355,6 +357,11 @@ pub(crate) struct Lane {
     in_flight: u32,
     /// Messages claimed from the [`Budget`] by the non-blocking pops in flight.
     claimed: u32,
+    /// Messages popped beyond the [`Budget`], in pop order, waiting for the lane's pops in
+    /// flight to answer so they go back to the server in one go, in the right order (a
+    /// later pop on this connection took messages from further left; see
+    /// `Shard::push_back`). No pop is issued while any wait.
+    pub returns: Vec<Message>,
 }
 
 /// What one pop reply held.
@@ -378,6 +385,9 @@ pub(crate) struct PopPlan {
     names: Vec<&'static [u8]>,
     /// The block timeout as the command argument, formatted once.
     block_secs: Bytes,
+    /// The same, rounded up to whole seconds, for servers before 6.0 (which reject a
+    /// fractional timeout).
+    block_secs_whole: Bytes,
 }
 
 impl PopPlan {
@@ -396,6 +406,7 @@ impl PopPlan {
             keys,
             names,
             block_secs: Bytes::from(fmt_secs(secs)),
+            block_secs_whole: Bytes::from(secs.ceil().max(1.0).to_string()),
         }
     }
 }
@@ -408,11 +419,24 @@ impl Lane {
             backlog: true,
             in_flight: 0,
             claimed: 0,
+            returns: Vec::new(),
         }
+    }
+
+    /// Pops sent and not yet answered.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight
     }
 
     /// The connection was lost: every pop in flight is gone with it.
     pub(crate) fn reset(&mut self, plan: &PopPlan, credits: &mut Credits, lost_requested: u32) {
+        if !self.returns.is_empty() {
+            tracing::error!(
+                "connection lost before {} message(s) popped beyond the limit went back to the server; they are lost",
+                self.returns.len()
+            );
+            self.returns.clear();
+        }
         if let Some(b) = &plan.budget {
             b.unclaim(self.claimed);
         }
@@ -432,7 +456,7 @@ impl Lane {
     ) {
         let c = &plan.consumer;
         loop {
-            if self.order.is_empty() {
+            if self.order.is_empty() || !self.returns.is_empty() {
                 return;
             }
             // With backlog, pops (even BRPOP/BLMPOP, which then answer at once) are
@@ -480,7 +504,11 @@ impl Lane {
             } else {
                 now + NONBLOCKING_REPLY_TIMEOUT + c.reply_grace
             };
-            let block = &plan.block_secs;
+            let block = if conn.server.version >= (6, 0, 0) {
+                &plan.block_secs
+            } else {
+                &plan.block_secs_whole
+            };
             conn.command(
                 Tag::Pop { count, blocking },
                 deadline,

@@ -1,6 +1,7 @@
 //! The per-core loop. One shard = one thread, pinned to one core, owning one io_uring,
 //! its connections, lanes, timers, credits and handler. Nothing here is shared with other
-//! shards except the stop flag, the stats counters and the first fatal error.
+//! shards except the stop flag and wake-up eventfds, the stats counters, the first fatal
+//! error and the `PopConsumer::limit` budget.
 //!
 //! A loop turn:
 //! 1. queue pops on every ready connection (as credits allow) and hand queued bytes to
@@ -8,10 +9,11 @@
 //! 2. **one** `io_uring_enter` that submits every SQE of the turn and waits for a CQE or
 //!    the nearest timer;
 //! 3. route CQEs to connections; decode replies; run the handler on popped messages;
-//! 4. fire due timers (deadlines, reconnects, stats, user callbacks).
+//! 4. fire due timers (deadlines, reconnects, heartbeats, stats, user callbacks).
 //!
 //! Shutdown never drops a reply in flight: a stopping shard sends nothing new, waits for
-//! every pending reply (a blocked pop answers within its block timeout), hands what they
+//! every pending reply (a blocked pop answers within its block timeout; pipelined BRPOPs
+//! on a queue that just ran dry block one after another), hands what they
 //! carry to the handler, then closes its sockets and waits for the kernel to finish with
 //! every operation before the ring is dropped.
 
@@ -129,6 +131,7 @@ pub(crate) struct ShardSpec {
     pub shared: Arc<Shared>,
     pub wake_fd: RawFd,
     pub periodic: Vec<Periodic>,
+    pub heartbeat: Duration,
 }
 
 struct Shard {
@@ -147,6 +150,7 @@ struct Shard {
     wake_fd: RawFd,
     wake_armed: bool,
     periodic: Vec<Periodic>,
+    heartbeat: Duration,
     stopping: bool,
     msgs: Vec<Message>,
     outcomes: Vec<Outcome>,
@@ -215,6 +219,7 @@ pub(crate) fn run(
         wake_fd: spec.wake_fd,
         wake_armed: false,
         periodic: spec.periodic,
+        heartbeat: spec.heartbeat,
         stopping: false,
         msgs: Vec::with_capacity(1024),
         outcomes: Vec::with_capacity(1024),
@@ -222,7 +227,23 @@ pub(crate) fn run(
         completions: Vec::with_capacity(256),
         turn_started: Instant::now(),
     };
-    let result = shard.run_loop();
+    // User code runs on this thread outside the handler's own guard (`every` callbacks,
+    // `orderly_by` key functions): a panic there must stop the whole engine, not just this
+    // shard, or its queues and budget claims would silently go unserved.
+    let result = match std::panic::catch_unwind(AssertUnwindSafe(|| shard.run_loop())) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            Err(Error::new(
+                ErrorKind::Handler,
+                format!("shard {} stopped: user code panicked: {what}", shard.index),
+            ))
+        }
+    };
     if let Err(e) = &result {
         shard.shared.fail(Error::new(e.kind(), e.to_string()));
         shard.abandon();
@@ -237,6 +258,7 @@ impl Shard {
         self.arm_wake()?;
         self.timers
             .add(now + STATS_PERIOD, TimerEvent::PublishStats);
+        self.timers.add(now + self.heartbeat, TimerEvent::Heartbeat);
         for (i, (period, _)) in self.periodic.iter().enumerate() {
             self.timers.add(now + *period, TimerEvent::User(i as u32));
         }
@@ -406,7 +428,13 @@ impl Shard {
                     ) {
                         Ok(reply) => {
                             if reply.excess > 0 {
-                                self.push_back(id, start + reply.count as usize, now);
+                                let from = start + reply.count as usize;
+                                self.lanes[lane].returns.extend(self.msgs.drain(from..));
+                            }
+                            if self.lanes[lane].in_flight() == 0
+                                && !self.lanes[lane].returns.is_empty()
+                            {
+                                self.push_back(id, now);
                             }
                             self.stats.add(&self.stats.pops, 1);
                             if reply.count == 0 {
@@ -422,6 +450,19 @@ impl Shard {
                         }
                         Err(PopError::Retry(e)) => return Err(Failure::Retry(e)),
                         Err(PopError::Fatal(e)) => return Err(Failure::Fatal(e)),
+                    }
+                }
+                Tag::Ping => {
+                    if frame.first() == Some(&b'-') {
+                        let conn = &self.conns[id];
+                        return Err(Failure::Retry(Error::new(
+                            ErrorKind::Server,
+                            format!(
+                                "{} answered the heartbeat PING with {}",
+                                conn.peer(),
+                                String::from_utf8_lossy(&frame).trim_end()
+                            ),
+                        )));
                     }
                 }
                 Tag::PushBack { count } => {
@@ -458,24 +499,33 @@ impl Shard {
         }
     }
 
-    /// Sends the messages from `from` on in `self.msgs` (popped beyond the
-    /// [`PopConsumer::limit`](crate::PopConsumer::limit) budget) back to the right end of
-    /// their list, last first, so the list is as before the pop, and drops them here.
-    fn push_back(&mut self, id: usize, from: usize, now: Instant) {
-        let back = &self.msgs[from..];
-        let count = back.len() as u32;
-        if let Some(first) = back.first() {
-            let key = first.key();
-            let deadline = now + NONBLOCKING_REPLY_TIMEOUT + self.plan.consumer.reply_grace;
+    /// Sends the messages connection `id`'s lane popped beyond the
+    /// [`PopConsumer::limit`](crate::PopConsumer::limit) budget back to the right end of
+    /// their lists, where they came from. They are in pop order (rightmost first, across
+    /// all of the lane's replies), so walking them from the end and pushing each run of
+    /// one key last-to-first with RPUSH leaves every list as it was before the pops.
+    fn push_back(&mut self, id: usize, now: Instant) {
+        let lane = self.conns[id].lane;
+        let back = std::mem::take(&mut self.lanes[lane].returns);
+        let deadline = now + NONBLOCKING_REPLY_TIMEOUT + self.plan.consumer.reply_grace;
+        let mut end = back.len();
+        while end > 0 {
+            let key = back[end - 1].key();
+            let mut begin = end - 1;
+            while begin > 0 && back[begin - 1].key() == key {
+                begin -= 1;
+            }
+            let run = &back[begin..end];
+            let count = run.len() as u32;
             self.conns[id].command(Tag::PushBack { count }, deadline, |buf| {
-                CommandWriter::new(buf, 2 + back.len())
+                CommandWriter::new(buf, 2 + run.len())
                     .arg("RPUSH")
                     .arg(key)
-                    .args(back.iter().rev().map(|m| &m.payload()[..]))
+                    .args(run.iter().rev().map(|m| &m.payload()[..]))
                     .finish();
             });
+            end = begin;
         }
-        self.msgs.truncate(from);
     }
 
     /// Hands the messages just popped to the handler: right here (inline) or to workers.
@@ -592,6 +642,19 @@ impl Shard {
                 self.publish_stats();
                 self.timers
                     .add(now + STATS_PERIOD, TimerEvent::PublishStats);
+            }
+            TimerEvent::Heartbeat => {
+                if !self.stopping {
+                    let deadline = now + self.plan.consumer.reply_grace;
+                    for conn in &mut self.conns {
+                        if conn.phase == Phase::Ready && conn.pending.is_empty() {
+                            conn.command(Tag::Ping, deadline, |buf| {
+                                CommandWriter::new(buf, 1).arg("PING").finish();
+                            });
+                        }
+                    }
+                }
+                self.timers.add(now + self.heartbeat, TimerEvent::Heartbeat);
             }
             TimerEvent::User(n) => {
                 if let Some((period, f)) = self.periodic.get_mut(n as usize) {

@@ -16,6 +16,8 @@ pub(crate) enum TimerEvent {
     Reconnect { conn: u32, gen: u32 },
     /// Publish shard-local stats to the shared snapshot.
     PublishStats,
+    /// PING every ready connection with no command in flight.
+    Heartbeat,
     /// User periodic callback number `n`.
     User(u32),
 }

@@ -102,6 +102,7 @@ fn steady_state_pop_path_does_not_allocate_per_message() {
     for (name, dispatch) in [
         ("inline", Dispatch::inline()),
         ("workers", Dispatch::workers(2)),
+        ("orderly", Dispatch::orderly(2)),
     ] {
         for strategy in [PopStrategy::Adaptive, PopStrategy::Single] {
             let total = if strategy == PopStrategy::Single {

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringq::{EngineBuilder, ErrorKind, Message, Outcome, PopConsumer, PopStrategy, Queue, Running};
+use ringq::{
+    Dispatch, EngineBuilder, ErrorKind, Message, Outcome, PopConsumer, PopStrategy, Queue, Running,
+};
 use ringq_tests::{wait_until, RedisServer, TestClient};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -751,4 +753,116 @@ fn messages_popped_beyond_the_limit_go_back_to_their_list_in_order() {
         &left, back,
         "the excess went back where it came from, in order"
     );
+}
+
+/// A panic in user code that runs on a shard thread outside the handler (an `every`
+/// callback) stops the whole engine with a Handler error instead of silently ending one
+/// shard while the others run on.
+#[test]
+fn a_panicking_periodic_callback_stops_the_engine_with_a_handler_error() {
+    let server = RedisServer::start().unwrap();
+    let rec = Recorder::default();
+    let running = EngineBuilder::new(server.url())
+        .shards(2)
+        .pin_cores(false)
+        .every(Duration::from_millis(10), || panic!("boom in every"))
+        .start(PopConsumer::new(["pp1", "pp2"]), rec.handler())
+        .unwrap();
+    let err = running.wait().expect_err("the engine stops with an error");
+    assert_eq!(err.kind(), ErrorKind::Handler, "{err}");
+    assert!(err.to_string().contains("boom in every"), "{err}");
+}
+
+/// Pipelined BRPOPs with a budget of one: the pops after the first bring messages beyond
+/// the limit, from further left in the list. They go back in one go, so the list keeps its
+/// order (an RPUSH per reply would have swapped them).
+#[test]
+fn excess_from_pipelined_pops_goes_back_in_list_order() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let all = seq_payloads("o", 6);
+    c.lpush_many("ord", &all).unwrap();
+    let rec = Recorder::default();
+    let consumer = PopConsumer::new(["ord"])
+        .strategy(PopStrategy::Single)
+        .pipeline(4)
+        .prefetch(64)
+        .block_timeout(Duration::from_secs(1))
+        .limit(1);
+    let running = EngineBuilder::new(server.url())
+        .shards(1)
+        .pin_cores(false)
+        .start(consumer, rec.handler())
+        .expect("engine starts");
+    let stats = running.wait().unwrap();
+    assert_eq!(stats.messages, 1);
+    assert!(
+        stats.pops >= 3,
+        "pipelined pops brought excess: {} pops",
+        stats.pops
+    );
+    let got: Vec<String> = rec.snapshot().into_iter().map(|(_, p, _)| p).collect();
+    assert_eq!(got, all[..1], "the oldest message, and only it");
+    let mut left = Vec::new();
+    while let ringq_resp::Frame::BulkString(v) = c.cmd(["RPOP", "ord"]).unwrap() {
+        left.push(String::from_utf8(v.to_vec()).unwrap());
+    }
+    assert_eq!(left, all[1..], "the rest is still there, in order");
+}
+
+/// A connection with nothing in flight (its credit held by a slow handler) is still
+/// watched: heartbeat PINGs go out, and a server that stops answering them is noticed and
+/// reconnected to, without a pop to time out.
+#[test]
+fn heartbeats_watch_idle_connections_and_notice_a_hung_server() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("hb", ["one", "two"]).unwrap();
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let gate_rx = Arc::new(Mutex::new(gate_rx));
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen2 = seen.clone();
+    let handler = move |_: &Message| {
+        seen2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Hold the only credit until the test opens the gate.
+        let _ = gate_rx.lock().unwrap().recv();
+        Outcome::Ack
+    };
+    let running = EngineBuilder::new(server.url())
+        .shards(1)
+        .pin_cores(false)
+        .heartbeat(Duration::from_millis(100))
+        // On a worker, so the shard loop runs on while the handler holds the credit.
+        .dispatch(Dispatch::workers(1))
+        .start(
+            PopConsumer::new(["hb"])
+                .strategy(PopStrategy::Single)
+                .prefetch(1)
+                .reply_grace(Duration::from_millis(500)),
+            handler,
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 1));
+    let pings = |c: &mut TestClient| command_calls(c, "ping");
+    let before = pings(&mut c);
+    assert!(
+        wait_until(WAIT, || pings(&mut c) >= before + 3),
+        "heartbeat PINGs on the idle connection"
+    );
+    // A hung server: the next heartbeat goes unanswered, its deadline passes, the
+    // connection is dropped and (after the thaw) made again.
+    server.freeze().unwrap();
+    assert!(wait_until(WAIT, || running.stats().reconnects >= 1
+        || running.stats().connections_ready == 0));
+    server.thaw().unwrap();
+    assert!(wait_until(WAIT, || running.stats().reconnects >= 1));
+    gate_tx.send(()).unwrap();
+    gate_tx.send(()).unwrap();
+    assert!(wait_until(WAIT, || seen
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 2));
+    drop(gate_tx);
+    running.shutdown().unwrap();
 }
