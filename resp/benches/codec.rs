@@ -27,6 +27,11 @@
 //!   N = 10 000 shows the incremental decoder does linear total work; `redis-protocol`,
 //!   which starts over on every read, is shown at N = 1 000 for contrast.
 //!
+//! - `floor/*`: what no decoder on this machine can go below, for reading the figures above:
+//!   a `Bytes` clone and drop (the price of one owned payload), and a bare loop that only
+//!   follows the length chain of an LMPOP reply (read a length, jump past the body) with
+//!   no validation at all.
+//!
 //! Throughput is in elements (popped messages), so criterion prints a per-element rate.
 //! Results are recorded in `docs/bench/codec.md`.
 
@@ -322,9 +327,39 @@ fn chunked_benches(c: &mut Criterion) {
     g.finish();
 }
 
+fn floor_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("floor");
+    let input = lmpop_reply(100);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("bytes_clone_and_drop", |b| {
+        b.iter(|| black_box(black_box(&input).clone()))
+    });
+    // The 100 payloads start after `*2`, the key and `*100`.
+    let first = input.len() - 100 * (PAYLOAD_LEN + 8);
+    assert_eq!(&input[first..first + 6], b"$100\r\n");
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("lmpop_100_length_chain", |b| {
+        b.iter(|| {
+            let buf = black_box(&input[..]);
+            let (mut pos, mut total) = (first, 0);
+            while pos < buf.len() {
+                let (mut n, mut i) = (0, pos + 1);
+                while buf[i].is_ascii_digit() {
+                    n = n * 10 + usize::from(buf[i] - b'0');
+                    i += 1;
+                }
+                pos = i + 2 + n + 2;
+                total += n;
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = decode_benches, encode_benches, chunked_benches
+    targets = decode_benches, encode_benches, chunked_benches, floor_benches
 }
 criterion_main!(benches);
