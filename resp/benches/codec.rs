@@ -91,19 +91,22 @@ fn flat_array(n: usize) -> Bytes {
     .to_bytes()
 }
 
-/// Walks a BRPOP or LMPOP reply with a [`Reader`], taking each payload with `take` (which
-/// returns its length so the walk cannot be optimised away).
+/// Walks a BRPOP or LMPOP reply with a [`Reader`], taking each LMPOP payload with `take`
+/// (which returns its length so the walk cannot be optimised away). A [`Reader`] owns a
+/// `Bytes` handle on the reply, so making one costs a reference count per reply (not per
+/// element).
 fn walk_pop_reply(mut r: Reader, mut take: impl FnMut(&mut Reader) -> usize) -> usize {
     assert_eq!(r.next_token().expect("valid"), Token::Array(2));
     let mut total = r.next_slice().expect("valid").expect("a key").len();
-    match r.next_token().expect("valid") {
-        Token::Array(count) => {
+    // BRPOP: one payload; LMPOP: an array of them.
+    match r.next_slice().expect("valid") {
+        Ok(payload) => total += payload.len(),
+        Err(Token::Array(count)) => {
             for _ in 0..count {
                 total += take(&mut r);
             }
         }
-        Token::BulkString(v) => total += v.len(),
-        t => panic!("not a pop reply: {t:?}"),
+        Err(t) => panic!("not a pop reply: {t:?}"),
     }
     total
 }
