@@ -269,15 +269,21 @@ impl Conn {
         self.flush(driver)
     }
 
-    /// Queues one command for the pipeline. Sent at the end of the loop turn.
+    /// Queues one command for the pipeline, allowed `allow` from `now` (and from when it
+    /// reaches the pipeline's head). Sent at the end of the loop turn.
     pub(crate) fn command(
         &mut self,
         tag: Tag,
-        deadline: Instant,
+        now: Instant,
+        allow: Duration,
         encode: impl FnOnce(&mut BytesMut),
     ) {
         encode(&mut self.wbuf);
-        self.pending.push_back(Pending::new(tag, deadline));
+        self.pending.push_back(Pending {
+            tag,
+            deadline: now + allow,
+            allow,
+        });
     }
 
     /// Hands queued bytes to the kernel if no send is in flight.

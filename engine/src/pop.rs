@@ -270,7 +270,7 @@ impl Credits {
 /// did not come. Blocking pops claim nothing up front: they may sit on an empty queue for
 /// the whole block timeout, and a claim held there would starve the connections whose
 /// queues still hold the budget's last messages (queues are spread over connections).
-/// They take what they got when the reply arrives ([`Budget::take`]); the rest goes back
+/// They claim what they got when the reply arrives; the rest goes back
 /// to the server. Whenever claims come back to an exhausted budget, every shard is woken
 /// so a connection that found nothing to claim tries again.
 pub(crate) struct Budget {
@@ -321,11 +321,6 @@ impl Budget {
                 Err(now) => cur = now,
             }
         }
-    }
-
-    /// Takes up to `got` messages a blocking pop brought; returns how many it may keep.
-    fn take(&self, got: u32) -> u32 {
-        self.claim(got)
     }
 
     /// How many messages a blocking pop may ask for now (nothing is reserved).
@@ -499,10 +494,10 @@ impl Lane {
                 .order
                 .iter()
                 .flat_map(|&q| c.queues[q as usize].levels.iter().map(|(_, k)| k));
-            let deadline = if blocking {
-                now + c.block_timeout + c.reply_grace
+            let allow = if blocking {
+                c.block_timeout + c.reply_grace
             } else {
-                now + NONBLOCKING_REPLY_TIMEOUT + c.reply_grace
+                NONBLOCKING_REPLY_TIMEOUT + c.reply_grace
             };
             let block = if conn.server.version >= (6, 0, 0) {
                 &plan.block_secs
@@ -511,7 +506,8 @@ impl Lane {
             };
             conn.command(
                 Tag::Pop { count, blocking },
-                deadline,
+                now,
+                allow,
                 |buf: &mut BytesMut| {
                     if !lmpop {
                         // BRPOP key [key ...] timeout
@@ -576,7 +572,8 @@ impl Lane {
         let got = reply.count;
         if let Some(b) = &plan.budget {
             if blocking {
-                let kept = b.take(got);
+                // Claimed on arrival: what the budget grants is kept, the rest goes back.
+                let kept = b.claim(got);
                 if kept < got {
                     reply.excess = got - kept;
                     reply.count = kept;

@@ -507,7 +507,7 @@ impl Shard {
     fn push_back(&mut self, id: usize, now: Instant) {
         let lane = self.conns[id].lane;
         let back = std::mem::take(&mut self.lanes[lane].returns);
-        let deadline = now + NONBLOCKING_REPLY_TIMEOUT + self.plan.consumer.reply_grace;
+        let allow = NONBLOCKING_REPLY_TIMEOUT + self.plan.consumer.reply_grace;
         let mut end = back.len();
         while end > 0 {
             let key = back[end - 1].key();
@@ -517,7 +517,7 @@ impl Shard {
             }
             let run = &back[begin..end];
             let count = run.len() as u32;
-            self.conns[id].command(Tag::PushBack { count }, deadline, |buf| {
+            self.conns[id].command(Tag::PushBack { count }, now, allow, |buf| {
                 CommandWriter::new(buf, 2 + run.len())
                     .arg("RPUSH")
                     .arg(key)
@@ -645,10 +645,10 @@ impl Shard {
             }
             TimerEvent::Heartbeat => {
                 if !self.stopping {
-                    let deadline = now + self.plan.consumer.reply_grace;
+                    let allow = self.plan.consumer.reply_grace;
                     for conn in &mut self.conns {
                         if conn.phase == Phase::Ready && conn.pending.is_empty() {
-                            conn.command(Tag::Ping, deadline, |buf| {
+                            conn.command(Tag::Ping, now, allow, |buf| {
                                 CommandWriter::new(buf, 1).arg("PING").finish();
                             });
                         }

@@ -12,7 +12,10 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::{big_number, blob_bytes, double_not_nan, line_bytes, same, same_pairs};
+use common::{
+    big_number, blob_bytes, double_not_nan, line_bytes, same, same_pairs, write_attribute,
+    write_with_before_elements,
+};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use redis_protocol::resp2::types::BytesFrame as R2;
@@ -139,42 +142,12 @@ fn attribute_pairs() -> impl Strategy<Value = Pairs> {
 /// Writes `frame`, with `attribute` in front of some of its non-null elements (chosen by
 /// the bits of `seed`).
 fn write_v3(frame: &Frame, attribute: &Pairs, seed: &mut u64, out: &mut Vec<u8>) {
-    let element = |f: &Frame, seed: &mut u64, out: &mut Vec<u8>| {
+    write_with_before_elements(frame, out, &mut |f, out| {
         *seed = seed.rotate_left(7) ^ 0x9e37_79b9_7f4a_7c15;
         if *seed & 3 == 0 && *f != Frame::Null {
             write_attribute(attribute, out);
         }
-        write_v3(f, attribute, seed, out);
-    };
-    match frame {
-        Frame::Array(v) | Frame::Push(v) | Frame::Set(v) => {
-            let tag = match frame {
-                Frame::Array(_) => b'*',
-                Frame::Push(_) => b'>',
-                _ => b'~',
-            };
-            ringq_resp::write_len_line(out, tag, v.len() as i64);
-            for f in v {
-                element(f, seed, out);
-            }
-        }
-        Frame::Map(pairs) => {
-            ringq_resp::write_len_line(out, b'%', pairs.len() as i64);
-            for (k, v) in pairs {
-                element(k, seed, out);
-                element(v, seed, out);
-            }
-        }
-        scalar => scalar.write_to(out),
-    }
-}
-
-fn write_attribute(pairs: &Pairs, out: &mut Vec<u8>) {
-    ringq_resp::write_len_line(out, b'|', pairs.len() as i64);
-    for (k, v) in pairs {
-        k.write_to(out);
-        v.write_to(out);
-    }
+    });
 }
 
 /// `redis-protocol`'s value as a [`Frame`], attributes dropped, maps and sets sorted.

@@ -166,19 +166,18 @@ pub fn any_frame() -> impl Strategy<Value = Frame> {
     })
 }
 
-/// Writes `frame` like [`Frame::write_to`], and puts an attribute in front of some of its
-/// elements, chosen by the bits of `seed`. The decoder drops those: they are nested.
-pub fn write_with_nested_attributes(frame: &Frame, seed: &mut u64, out: &mut Vec<u8>) {
-    fn element(f: &Frame, seed: &mut u64, out: &mut Vec<u8>) {
-        // A small LCG step; the top bit decides.
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        if *seed >> 62 == 0 {
-            out.extend_from_slice(b"|1\r\n+ttl\r\n:3600\r\n");
-        }
-        write_with_nested_attributes(f, seed, out);
-    }
+/// Writes `frame` like [`Frame::write_to`], calling `before` ahead of every element of every
+/// aggregate (depth first, map keys before their values) so it can put something — a
+/// nested attribute — in front of it.
+pub fn write_with_before_elements(
+    frame: &Frame,
+    out: &mut Vec<u8>,
+    before: &mut dyn FnMut(&Frame, &mut Vec<u8>),
+) {
+    let mut element = |f: &Frame, out: &mut Vec<u8>| {
+        before(f, out);
+        write_with_before_elements(f, out, before);
+    };
     match frame {
         Frame::Array(v) | Frame::Set(v) | Frame::Push(v) => {
             let tag = match frame {
@@ -188,18 +187,32 @@ pub fn write_with_nested_attributes(frame: &Frame, seed: &mut u64, out: &mut Vec
             };
             ringq_resp::write_len_line(out, tag, v.len() as i64);
             for f in v {
-                element(f, seed, out);
+                element(f, out);
             }
         }
         Frame::Map(pairs) => {
             ringq_resp::write_len_line(out, b'%', pairs.len() as i64);
             for (k, v) in pairs {
-                element(k, seed, out);
-                element(v, seed, out);
+                element(k, out);
+                element(v, out);
             }
         }
         scalar => scalar.write_to(out),
     }
+}
+
+/// Writes `frame` like [`Frame::write_to`], and puts an attribute in front of some of its
+/// elements, chosen by the bits of `seed`. The decoder drops those: they are nested.
+pub fn write_with_nested_attributes(frame: &Frame, seed: &mut u64, out: &mut Vec<u8>) {
+    write_with_before_elements(frame, out, &mut |_, out| {
+        // A small LCG step; the top bit decides.
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        if *seed >> 62 == 0 {
+            out.extend_from_slice(b"|1\r\n+ttl\r\n:3600\r\n");
+        }
+    });
 }
 
 /// Writes a top-level attribute of `pairs` (`|n` then each key and value).
