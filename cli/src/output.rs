@@ -122,13 +122,13 @@ impl Clone for Printer {
 }
 
 impl Handler for Printer {
-    fn handle(&mut self, msg: &Message) -> Outcome {
+    fn handle(&mut self, msg: &Message<'_>) -> Outcome {
         let mut outcomes = Vec::with_capacity(1);
         self.handle_batch(std::slice::from_ref(msg), &mut outcomes);
         outcomes.pop().unwrap_or(Outcome::Ack)
     }
 
-    fn handle_batch(&mut self, batch: &[Message], outcomes: &mut Vec<Outcome>) {
+    fn handle_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<Outcome>) {
         self.buf.clear();
         for m in batch {
             match self.output.format {

@@ -16,7 +16,7 @@ use ringq::{Dispatch, Handler, Message, Outcome};
 struct Touch;
 
 impl Handler for Touch {
-    fn handle(&mut self, m: &Message) -> Outcome {
+    fn handle(&mut self, m: &Message<'_>) -> Outcome {
         std::hint::black_box(m.payload().len());
         Outcome::Ack
     }

@@ -122,12 +122,12 @@ fn fill(url: &str, queues: &[String], per_queue: u64, size: usize) {
 struct Counter(Arc<AtomicU64>);
 
 impl Handler for Counter {
-    fn handle(&mut self, _m: &Message) -> Outcome {
+    fn handle(&mut self, _m: &Message<'_>) -> Outcome {
         self.0.fetch_add(1, Ordering::Relaxed);
         Outcome::Ack
     }
 
-    fn handle_batch(&mut self, batch: &[Message], outcomes: &mut Vec<Outcome>) {
+    fn handle_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<Outcome>) {
         outcomes.resize(batch.len(), Outcome::Ack);
         self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
     }

@@ -34,12 +34,12 @@ use hdrhistogram::Histogram;
 use rtrb::{Consumer, Producer, RingBuffer};
 
 use crate::error::{Error, ErrorKind};
-use crate::handler::{Handler, Message, Outcome};
+use crate::handler::{Handler, Message, Outcome, Payload};
 use crate::ring::sys;
 use crate::stats::new_histogram;
 
 /// A user function giving the ordering key of a message (`Dispatch::orderly_by`).
-pub type KeyFn = Arc<dyn Fn(&Message) -> u64 + Send + Sync>;
+pub type KeyFn = Arc<dyn Fn(&Message<'_>) -> u64 + Send + Sync>;
 
 #[derive(Clone)]
 enum Mode {
@@ -111,7 +111,7 @@ impl Dispatch {
 
     /// Like [`Dispatch::orderly`], keyed by `key(message)` instead of the queue: messages
     /// with equal keys are handled in order by one worker.
-    pub fn orderly_by(n: usize, key: impl Fn(&Message) -> u64 + Send + Sync + 'static) -> Self {
+    pub fn orderly_by(n: usize, key: impl Fn(&Message<'_>) -> u64 + Send + Sync + 'static) -> Self {
         Self {
             mode: Mode::Orderly(n.max(1), Some(Arc::new(key))),
             ..Self::inline()
@@ -147,7 +147,7 @@ impl Dispatch {
 
 /// A handled message on its way back to its shard.
 pub(crate) struct Done {
-    pub msg: Message,
+    pub msg: Message<'static>,
     pub outcome: Outcome,
 }
 
@@ -191,17 +191,17 @@ impl WorkerSignal {
 }
 
 struct ShardLink {
-    to_worker: Producer<Message>,
+    to_worker: Producer<Message<'static>>,
     from_worker: Consumer<Done>,
     /// Messages pushed to this worker and not yet returned.
     in_flight: u32,
     /// Only if a ring was somehow full (the credits prevent it): kept, never dropped.
-    overflow: Vec<Message>,
+    overflow: Vec<Message<'static>>,
     pushed: bool,
 }
 
 struct WorkerLink {
-    from_shard: Consumer<Message>,
+    from_shard: Consumer<Message<'static>>,
     to_shard: Producer<Done>,
     waker: Arc<ShardWaker>,
 }
@@ -214,12 +214,13 @@ pub(crate) struct ShardDispatch {
     orderly: Option<Option<KeyFn>>,
     /// One run of an orderly batch on its way to one worker (reused: no allocation per
     /// reply in steady state).
-    scratch: Vec<Message>,
+    scratch: Vec<Message<'static>>,
 }
 
 impl ShardDispatch {
-    /// Hands `msgs` (drained) to workers.
-    pub(crate) fn submit(&mut self, msgs: &mut Vec<Message>) {
+    /// Hands `msgs` (drained) to workers, each with a payload of its own (a reference-
+    /// counted slice of its reply): the reply is gone by the time a worker runs.
+    pub(crate) fn submit(&mut self, msgs: &mut Vec<Message<'_>>) {
         if msgs.is_empty() {
             return;
         }
@@ -229,12 +230,12 @@ impl ShardDispatch {
                 // The whole batch to the least busy worker: one chunk, one index update.
                 let w = (0..n).min_by_key(|&i| self.links[i].in_flight).unwrap_or(0);
                 let count = msgs.len();
-                push_all(&mut self.links[w], msgs.drain(..));
+                push_all(&mut self.links[w], msgs.drain(..).map(Message::into_static));
                 self.links[w].in_flight += count as u32;
             }
             Some(key) => {
                 // Consecutive messages with the same route go in one chunk.
-                let route = |m: &Message| match key {
+                let route = |m: &Message<'_>| match key {
                     Some(f) => (f(m) % n as u64) as usize,
                     None => m.queue_index() % n,
                 };
@@ -243,9 +244,9 @@ impl ShardDispatch {
                     let w = route(&first);
                     let link = &mut self.links[w];
                     let run = &mut self.scratch;
-                    run.push(first);
+                    run.push(first.into_static());
                     while let Some(m) = drain.next_if(|m| route(m) == w) {
-                        run.push(m);
+                        run.push(m.into_static());
                     }
                     link.in_flight += run.len() as u32;
                     push_all(link, run.drain(..));
@@ -321,7 +322,7 @@ impl Drop for ShardDispatch {
     }
 }
 
-fn push_all(link: &mut ShardLink, msgs: impl ExactSizeIterator<Item = Message>) {
+fn push_all(link: &mut ShardLink, msgs: impl ExactSizeIterator<Item = Message<'static>>) {
     let want = msgs.len();
     if want == 0 {
         return;
@@ -452,7 +453,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let mut batch: Vec<Message> = Vec::with_capacity(self.batch);
+        let mut batch: Vec<Message<'static>> = Vec::with_capacity(self.batch);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.batch);
         let mut local = new_histogram();
         let mut last_merge = Instant::now();
@@ -549,7 +550,7 @@ impl Worker {
     }
 
     /// Runs the handler; a panic becomes `Retry` outcomes and a fatal engine error.
-    fn handle_guarded(&mut self, batch: &[Message], outcomes: &mut Vec<Outcome>) {
+    fn handle_guarded(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<Outcome>) {
         let h = &mut self.handler;
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| h.handle_batch(batch, outcomes)));
         if r.is_err() {
@@ -561,7 +562,7 @@ impl Worker {
         }
     }
 
-    fn handle_in_order(&mut self, batch: &[Message], outcomes: &mut Vec<Outcome>) {
+    fn handle_in_order(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<Outcome>) {
         let mut one = std::mem::take(&mut self.one);
         for i in 0..batch.len() {
             let mut tries = 0;
@@ -587,11 +588,11 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn msg(i: u64, epoch: Instant) -> Message {
+    fn msg(i: u64, epoch: Instant) -> Message<'static> {
         Message {
             queue: b"q",
             key: b"q",
-            payload: Bytes::copy_from_slice(&i.to_le_bytes()),
+            payload: Payload::Owned(Bytes::copy_from_slice(&i.to_le_bytes())),
             priority: 0,
             queue_index: (i % 4) as u32,
             deliveries: 1,
@@ -612,7 +613,7 @@ mod tests {
             let waker = Arc::new(ShardWaker::new(fd));
             let sum = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let s2 = sum.clone();
-            let handler = move |m: &Message| {
+            let handler = move |m: &Message<'_>| {
                 let v = u64::from_le_bytes(m.payload()[..8].try_into().unwrap());
                 s2.fetch_add(v, Ordering::Relaxed);
                 if v % 7919 == 0 {
@@ -722,11 +723,11 @@ pub mod bench_support {
         }
 
         /// A message as the shard would build it.
-        pub fn message(&self, payload: bytes::Bytes, queue_index: u32) -> Message {
+        pub fn message(&self, payload: bytes::Bytes, queue_index: u32) -> Message<'static> {
             Message {
                 queue: b"bench",
                 key: b"bench",
-                payload,
+                payload: Payload::Owned(payload),
                 priority: 0,
                 queue_index,
                 deliveries: 1,
@@ -735,7 +736,7 @@ pub mod bench_support {
         }
 
         /// Hands `msgs` to the workers and wakes the parked ones (one loop turn's worth).
-        pub fn send(&mut self, msgs: &mut Vec<Message>) {
+        pub fn send(&mut self, msgs: &mut Vec<Message<'static>>) {
             if let Some(s) = self.side.as_mut() {
                 s.submit(msgs);
                 s.wake_workers();

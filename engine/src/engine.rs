@@ -36,7 +36,7 @@ type PeriodicFactory = (
 ///
 /// let running = EngineBuilder::new("redis://127.0.0.1:6379")
 ///     .shards(2)
-///     .start(PopConsumer::new(["emails", "reports"]).batch(64), |msg: &ringq::Message| {
+///     .start(PopConsumer::new(["emails", "reports"]).batch(64), |msg: &ringq::Message<'_>| {
 ///         println!("{:?}: {:?}", msg.queue(), msg.payload());
 ///         Outcome::Ack
 ///     })?;

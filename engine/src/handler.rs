@@ -2,19 +2,31 @@
 //!
 //! A handler gets a batch of messages and returns one outcome per message, so a failure
 //! never re-runs the messages that succeeded. [`Handler::handle`] is the single-message
-//! convenience; closures `FnMut(&Message) -> Outcome` are handlers.
+//! convenience; closures `FnMut(&Message<'_>) -> Outcome` are handlers.
+//!
+//! ## Borrowed and owned messages
+//! A [`Message`] handed to an inline handler (the default, [`Dispatch::inline`]) *borrows*
+//! its payload from the reply it came in: popping it touched no reference count and
+//! allocated nothing, which is most of what a message costs the client at millions a
+//! second. The borrow ends when the handler returns. To keep a message (or its payload)
+//! longer, take an owned handle: [`Message::payload_bytes`] (a reference-counted slice of
+//! the reply, no copy) or [`Message::detach`] (the whole message, `Message<'static>`).
+//! Messages handed to worker threads are owned already.
+//!
+//! [`Dispatch::inline`]: crate::Dispatch::inline
 
 use bytes::Bytes;
 
 /// One message taken from a queue.
 ///
-/// Cheap to clone: the payload is a reference-counted slice of the reply it came in, and
-/// the queue name and key are interned (no reference count at all).
+/// The lifetime is that of the reply the payload is borrowed from; `Message<'static>` owns
+/// its payload (see [`Message::detach`]). Cloning is cheap either way: the queue name and
+/// key are interned, and an owned payload is reference-counted.
 #[derive(Debug, Clone)]
-pub struct Message {
+pub struct Message<'a> {
+    pub(crate) payload: Payload<'a>,
     pub(crate) queue: &'static [u8],
     pub(crate) key: &'static [u8],
-    pub(crate) payload: Bytes,
     pub(crate) priority: u8,
     pub(crate) queue_index: u32,
     pub(crate) deliveries: u32,
@@ -22,7 +34,65 @@ pub struct Message {
     pub(crate) received_ns: u64,
 }
 
-impl Message {
+/// Where a message's bytes live.
+#[derive(Debug, Clone)]
+pub(crate) enum Payload<'a> {
+    /// A slice of `frame`, the reply it came in (no reference taken).
+    Lent { bytes: &'a [u8], frame: &'a Bytes },
+    /// A reference-counted handle of its own.
+    Owned(Bytes),
+}
+
+impl<'a> Message<'a> {
+    /// The message body.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        match &self.payload {
+            Payload::Lent { bytes, .. } => bytes,
+            Payload::Owned(b) => b,
+        }
+    }
+
+    /// The message body as a [`Bytes`] handle that outlives the message: a
+    /// reference-counted slice of the reply it came in, never a copy.
+    pub fn payload_bytes(&self) -> Bytes {
+        match &self.payload {
+            Payload::Lent { bytes, frame } => frame.slice_ref(bytes),
+            Payload::Owned(b) => b.clone(),
+        }
+    }
+
+    /// An owned copy of the message (the payload is shared, not copied), to keep after
+    /// the handler returns or to send to another thread.
+    pub fn detach(&self) -> Message<'static> {
+        Message {
+            payload: Payload::Owned(self.payload_bytes()),
+            queue: self.queue,
+            key: self.key,
+            priority: self.priority,
+            queue_index: self.queue_index,
+            deliveries: self.deliveries,
+            received_ns: self.received_ns,
+        }
+    }
+
+    /// As [`Message::detach`], without a new reference when the payload is owned already.
+    pub(crate) fn into_static(self) -> Message<'static> {
+        let payload = match self.payload {
+            Payload::Lent { bytes, frame } => frame.slice_ref(bytes),
+            Payload::Owned(b) => b,
+        };
+        Message {
+            payload: Payload::Owned(payload),
+            queue: self.queue,
+            key: self.key,
+            priority: self.priority,
+            queue_index: self.queue_index,
+            deliveries: self.deliveries,
+            received_ns: self.received_ns,
+        }
+    }
+
     /// The logical queue's name, as configured.
     pub fn queue(&self) -> &[u8] {
         self.queue
@@ -31,11 +101,6 @@ impl Message {
     /// The Redis key the message was popped from (the queue name, or a priority level's key).
     pub fn key(&self) -> &[u8] {
         self.key
-    }
-
-    /// The message body.
-    pub fn payload(&self) -> &Bytes {
-        &self.payload
     }
 
     /// The priority level it was popped from (0 for a queue without levels).
@@ -74,11 +139,11 @@ pub enum Outcome {
 /// given to the engine.
 pub trait Handler: Send + 'static {
     /// Handles one message.
-    fn handle(&mut self, msg: &Message) -> Outcome;
+    fn handle(&mut self, msg: &Message<'_>) -> Outcome;
 
     /// Handles a batch, pushing exactly one outcome per message onto `outcomes`, in order.
     /// Missing outcomes count as [`Outcome::Retry`]; extra ones are ignored.
-    fn handle_batch(&mut self, batch: &[Message], outcomes: &mut Vec<Outcome>) {
+    fn handle_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<Outcome>) {
         for m in batch {
             outcomes.push(self.handle(m));
         }
@@ -87,9 +152,9 @@ pub trait Handler: Send + 'static {
 
 impl<F> Handler for F
 where
-    F: FnMut(&Message) -> Outcome + Send + 'static,
+    F: FnMut(&Message<'_>) -> Outcome + Send + 'static,
 {
-    fn handle(&mut self, msg: &Message) -> Outcome {
+    fn handle(&mut self, msg: &Message<'_>) -> Outcome {
         self(msg)
     }
 }

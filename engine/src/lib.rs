@@ -27,7 +27,7 @@
 //!     .prefetch(4096);
 //! let running = EngineBuilder::new("redis://127.0.0.1:6379")
 //!     .shards(2)
-//!     .start(consumer, |m: &Message| {
+//!     .start(consumer, |m: &Message<'_>| {
 //!         let _ = m.payload();
 //!         Outcome::Ack
 //!     })?;

@@ -17,6 +17,7 @@
 //! Replies are walked with [`ringq_resp::Reader`]: a popped message costs no allocation.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use ringq_resp::{CommandWriter, Reader, ServerError, ServerErrorKind, Token};
 
 use crate::conn::{Conn, Tag};
 use crate::error::{Error, ErrorKind};
-use crate::handler::Message;
+use crate::handler::{Message, Payload};
 use crate::intern::intern;
 use crate::shard::Shared;
 
@@ -356,7 +357,7 @@ pub(crate) struct Lane {
     /// flight to answer so they go back to the server in one go, in the right order (a
     /// later pop on this connection took messages from further left; see
     /// `Shard::push_back`). No pop is issued while any wait.
-    pub returns: Vec<Message>,
+    pub returns: Vec<Message<'static>>,
 }
 
 /// What one pop reply held.
@@ -548,14 +549,14 @@ impl Lane {
     ///
     /// # Errors
     /// `Retry` errors (LOADING, UNBLOCKED handled as empty) or fatal ones (WRONGTYPE…).
-    pub(crate) fn on_reply(
+    pub(crate) fn on_reply<'f>(
         &mut self,
         plan: &PopPlan,
-        frame: Bytes,
+        frame: &'f Bytes,
         (count, blocking): (u32, bool),
         received_ns: u64,
         credits: &mut Credits,
-        out: &mut Vec<Message>,
+        out: &mut Vec<Message<'f>>,
     ) -> Result<PopReply, PopError> {
         self.in_flight = self.in_flight.saturating_sub(1);
         credits.requested = credits.requested.saturating_sub(count);
@@ -675,13 +676,14 @@ fn server_error(plan: &PopPlan, msg: Bytes) -> PopError {
 }
 
 /// Reads `_`/`*-1` (nothing), `*2 key value` (BRPOP) or `*2 key *N values…` (LMPOP).
-fn parse_pop_reply(
+/// The messages borrow their payloads from `frame`: no reference count per message.
+fn parse_pop_reply<'f>(
     plan: &PopPlan,
-    frame: Bytes,
+    frame: &'f Bytes,
     received_ns: u64,
-    out: &mut Vec<Message>,
+    out: &mut Vec<Message<'f>>,
 ) -> Result<PopReply, PopError> {
-    let mut r = Reader::new(frame);
+    let mut r = Reader::new(frame.clone());
     let proto = |e| {
         PopError::Fatal(Error::new(
             ErrorKind::Protocol,
@@ -712,48 +714,52 @@ fn parse_pop_reply(
         Token::Array(2) => {}
         t => return Err(malformed("expected a two-element array or null", &t)),
     }
-    let key = match r.next_bytes().map_err(proto)? {
+    let key = match r.next_slice().map_err(proto)? {
         Ok(k) => k,
         Err(t) => return Err(malformed("expected the key", &t)),
     };
-    let Some(&(qi, priority, key)) = plan.keys.get(&key[..]) else {
+    let Some(&(qi, priority, key)) = plan.keys.get(key) else {
         return Err(PopError::Fatal(Error::new(
             ErrorKind::Protocol,
             format!(
                 "pop reply names key {:?}, which this consumer did not ask for",
-                String::from_utf8_lossy(&key)
+                String::from_utf8_lossy(key)
             ),
         )));
     };
     let queue = plan.names[qi as usize];
-    let mut push = |payload: Bytes, bytes: &mut u64| {
-        *bytes += payload.len() as u64;
+    let mut bytes = 0;
+    let mut push = |at: Range<usize>| {
+        let payload = &frame[at];
+        bytes += payload.len() as u64;
         out.push(Message {
+            payload: Payload::Lent {
+                bytes: payload,
+                frame,
+            },
             queue,
             key,
-            payload,
             priority,
             queue_index: qi,
             deliveries: 1,
             received_ns,
         });
     };
-    let mut bytes = 0;
-    let count = match r.next_value_token().map_err(proto)? {
-        Token::BulkString(v) | Token::SimpleString(v) => {
-            push(v, &mut bytes);
+    let count = match r.next_range().map_err(proto)? {
+        Ok(at) => {
+            push(at);
             1
         }
-        Token::Array(n) => {
+        Err(Token::Array(n)) => {
             for _ in 0..n {
-                match r.next_bytes().map_err(proto)? {
-                    Ok(v) => push(v, &mut bytes),
+                match r.next_range().map_err(proto)? {
+                    Ok(at) => push(at),
                     Err(t) => return Err(malformed("expected a message", &t)),
                 }
             }
             n as u32
         }
-        t => return Err(malformed("expected a message or an array of messages", &t)),
+        Err(t) => return Err(malformed("expected a message or an array of messages", &t)),
     };
     Ok(PopReply {
         count,
@@ -828,29 +834,25 @@ mod tests {
     #[test]
     fn parses_brpop_lmpop_and_null_replies() {
         let p = plan(vec![Queue::new("a"), Queue::new("b").priorities([0, 7])]);
+        let brpop = Bytes::from_static(b"*2\r\n$1\r\na\r\n$2\r\nhi\r\n");
+        let lmpop = Bytes::from_static(b"*2\r\n$6\r\n{b}:p7\r\n*2\r\n$1\r\nx\r\n$3\r\nyyy\r\n");
+        let nulls = [&b"_\r\n"[..], b"*-1\r\n", b"$-1\r\n"].map(Bytes::copy_from_slice);
         let mut out = Vec::new();
-        let r = parse_pop_reply(
-            &p,
-            Bytes::from_static(b"*2\r\n$1\r\na\r\n$2\r\nhi\r\n"),
-            0,
-            &mut out,
-        )
-        .unwrap();
+        let r = parse_pop_reply(&p, &brpop, 0, &mut out).unwrap();
         assert_eq!((r.count, r.bytes, r.queue), (1, 2, Some(0)));
-        let r = parse_pop_reply(
-            &p,
-            Bytes::from_static(b"*2\r\n$6\r\n{b}:p7\r\n*2\r\n$1\r\nx\r\n$3\r\nyyy\r\n"),
-            0,
-            &mut out,
-        )
-        .unwrap();
+        let r = parse_pop_reply(&p, &lmpop, 0, &mut out).unwrap();
         assert_eq!((r.count, r.bytes, r.queue), (2, 4, Some(1)));
+        assert_eq!(out[0].payload(), b"hi");
         assert_eq!(out[1].priority(), 7);
         assert_eq!(out[1].queue(), b"b");
         assert_eq!(out[1].key(), b"{b}:p7");
-        assert_eq!(out[2].payload(), "yyy");
-        for null in [&b"_\r\n"[..], b"*-1\r\n", b"$-1\r\n"] {
-            let r = parse_pop_reply(&p, Bytes::copy_from_slice(null), 0, &mut out).unwrap();
+        assert_eq!(out[2].payload(), b"yyy");
+        // The owned forms share the reply's bytes.
+        let owned = out[2].detach();
+        assert_eq!(owned.payload(), b"yyy");
+        assert_eq!(owned.payload_bytes().as_ptr(), out[2].payload().as_ptr());
+        for null in &nulls {
+            let r = parse_pop_reply(&p, null, 0, &mut out).unwrap();
             assert_eq!(r.count, 0);
         }
         assert_eq!(out.len(), 3);
@@ -859,25 +861,29 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_maps_server_errors() {
         let p = plan(vec![Queue::new("a")]);
-        let mut out = Vec::new();
         assert!(matches!(
             parse_pop_reply(
                 &p,
-                Bytes::from_static(b"*2\r\n$1\r\nz\r\n$1\r\nv\r\n"),
+                &Bytes::from_static(b"*2\r\n$1\r\nz\r\n$1\r\nv\r\n"),
                 0,
-                &mut out
+                &mut Vec::new()
             ),
             Err(PopError::Fatal(_))
         ));
         assert!(matches!(
-            parse_pop_reply(&p, Bytes::from_static(b"-LOADING wait\r\n"), 0, &mut out),
+            parse_pop_reply(
+                &p,
+                &Bytes::from_static(b"-LOADING wait\r\n"),
+                0,
+                &mut Vec::new()
+            ),
             Err(PopError::Retry(_))
         ));
         match parse_pop_reply(
             &p,
-            Bytes::from_static(b"-WRONGTYPE Operation against a key\r\n"),
+            &Bytes::from_static(b"-WRONGTYPE Operation against a key\r\n"),
             0,
-            &mut out,
+            &mut Vec::new(),
         ) {
             Err(PopError::Fatal(e)) => assert!(
                 e.to_string().contains("holds something other than a list"),
@@ -888,9 +894,9 @@ mod tests {
         assert_eq!(
             parse_pop_reply(
                 &p,
-                Bytes::from_static(b"-UNBLOCKED by admin\r\n"),
+                &Bytes::from_static(b"-UNBLOCKED by admin\r\n"),
                 0,
-                &mut out
+                &mut Vec::new()
             )
             .unwrap()
             .count,

@@ -152,7 +152,8 @@ struct Shard {
     periodic: Vec<Periodic>,
     heartbeat: Duration,
     stopping: bool,
-    msgs: Vec<Message>,
+    /// Reused for every reply's messages (see [`recycle`]).
+    msgs: Vec<Message<'static>>,
     outcomes: Vec<Outcome>,
     latency: Histogram<u64>,
     completions: Vec<Completion>,
@@ -417,19 +418,22 @@ impl Shard {
             match pending.tag {
                 Tag::Pop { count, blocking } => {
                     let lane = self.conns[id].lane;
-                    let start = self.msgs.len();
+                    // The messages borrow their payloads from `frame`; the vector's
+                    // allocation is kept across replies.
+                    let mut msgs = recycle(std::mem::take(&mut self.msgs));
                     match self.lanes[lane].on_reply(
                         &self.plan,
-                        frame,
+                        &frame,
                         (count, blocking),
                         self.turn_ns,
                         &mut self.credits,
-                        &mut self.msgs,
+                        &mut msgs,
                     ) {
                         Ok(reply) => {
                             if reply.excess > 0 {
-                                let from = start + reply.count as usize;
-                                self.lanes[lane].returns.extend(self.msgs.drain(from..));
+                                let kept = reply.count as usize;
+                                let excess = msgs.drain(kept..).map(|m| m.detach());
+                                self.lanes[lane].returns.extend(excess);
                             }
                             if self.lanes[lane].in_flight() == 0
                                 && !self.lanes[lane].returns.is_empty()
@@ -445,8 +449,9 @@ impl Shard {
                                     self.stats.add(c, u64::from(reply.count));
                                 }
                             }
-                            debug_assert_eq!(self.msgs.len() - start, reply.count as usize);
-                            self.dispatch(reply.bytes);
+                            debug_assert_eq!(msgs.len(), reply.count as usize);
+                            self.dispatch(&mut msgs, reply.bytes);
+                            self.msgs = recycle(msgs);
                         }
                         Err(PopError::Retry(e)) => return Err(Failure::Retry(e)),
                         Err(PopError::Fatal(e)) => return Err(Failure::Fatal(e)),
@@ -521,22 +526,23 @@ impl Shard {
                 CommandWriter::new(buf, 2 + run.len())
                     .arg("RPUSH")
                     .arg(key)
-                    .args(run.iter().rev().map(|m| &m.payload()[..]))
+                    .args(run.iter().rev().map(|m| m.payload()))
                     .finish();
             });
             end = begin;
         }
     }
 
-    /// Hands the messages just popped to the handler: right here (inline) or to workers.
-    fn dispatch(&mut self, bytes: u64) {
-        let n = self.msgs.len();
+    /// Hands the messages just popped to the handler, right here (inline) or to workers,
+    /// and leaves `msgs` empty.
+    fn dispatch(&mut self, msgs: &mut Vec<Message<'_>>, bytes: u64) {
+        let n = msgs.len();
         if n == 0 {
             return;
         }
         let handler = match &mut self.handler {
             HandlerSide::Workers(d) => {
-                d.submit(&mut self.msgs);
+                d.submit(msgs);
                 return;
             }
             HandlerSide::Inline(h) => h,
@@ -546,7 +552,7 @@ impl Shard {
             .latency
             .record_n(wait_ns.min(self.latency.high()), n as u64);
         self.outcomes.clear();
-        let (msgs, outcomes) = (&self.msgs, &mut self.outcomes);
+        let outcomes = &mut self.outcomes;
         if std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle_batch(msgs, outcomes)))
             .is_err()
         {
@@ -561,7 +567,7 @@ impl Shard {
             tally.add(self.outcomes.get(i).copied().unwrap_or(Outcome::Retry));
         }
         tally.bytes = bytes;
-        self.msgs.clear();
+        msgs.clear();
         self.finish(tally);
     }
 
@@ -830,4 +836,16 @@ impl Shard {
         }
         let _ = self.driver.submit();
     }
+}
+
+/// Empties `v` and reuses its allocation for messages borrowing from another reply.
+///
+/// The standard library collects a `vec::IntoIter` mapped to a type of the same size and
+/// alignment in place, so this allocates nothing; the allocation test
+/// (`engine/tests/alloc.rs`) checks that a steady drain allocates nothing per reply.
+fn recycle<'b>(mut v: Vec<Message<'_>>) -> Vec<Message<'b>> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }

@@ -39,7 +39,7 @@ static GLOBAL: Counting = Counting;
 struct Count(Arc<AtomicU64>);
 
 impl Handler for Count {
-    fn handle(&mut self, _m: &Message) -> Outcome {
+    fn handle(&mut self, _m: &Message<'_>) -> Outcome {
         self.0.fetch_add(1, Ordering::Relaxed);
         Outcome::Ack
     }

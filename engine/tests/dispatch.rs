@@ -11,7 +11,7 @@ use ringq_tests::{wait_until, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn index(m: &Message) -> usize {
+fn index(m: &Message<'_>) -> usize {
     std::str::from_utf8(m.payload())
         .unwrap()
         .rsplit('-')
@@ -31,7 +31,7 @@ fn a_million_messages_through_two_workers_none_lost_none_duplicated() {
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..N).map(|_| AtomicU64::new(0)).collect());
     let count = Arc::new(AtomicU64::new(0));
     let (s2, c2) = (seen.clone(), count.clone());
-    let handler = move |m: &Message| {
+    let handler = move |m: &Message<'_>| {
         s2[index(m)].fetch_add(1, Ordering::Relaxed);
         c2.fetch_add(1, Ordering::Relaxed);
         Outcome::Ack
@@ -87,7 +87,7 @@ fn orderly_dispatch_keeps_each_queue_in_order_across_four_workers() {
         count.clone(),
         threads.clone(),
     );
-    let handler = move |m: &Message| {
+    let handler = move |m: &Message<'_>| {
         let q = String::from_utf8_lossy(m.queue()).into_owned();
         let i = index(m) as i64;
         let mut last = l2.lock().unwrap();
@@ -134,7 +134,7 @@ fn orderly_retry_blocks_the_queue_and_retries_locally() {
     let o2 = order.clone();
     // Message 5 fails twice before it succeeds.
     let fails = Arc::new(AtomicU64::new(0));
-    let handler = move |m: &Message| {
+    let handler = move |m: &Message<'_>| {
         let i = index(m);
         o2.lock().unwrap().push(i);
         if i == 5 && fails.fetch_add(1, Ordering::Relaxed) < 2 {
@@ -161,10 +161,10 @@ fn orderly_retry_blocks_the_queue_and_retries_locally() {
 struct Mixed;
 
 impl Handler for Mixed {
-    fn handle(&mut self, _m: &Message) -> Outcome {
+    fn handle(&mut self, _m: &Message<'_>) -> Outcome {
         unreachable!("batch handler only")
     }
-    fn handle_batch(&mut self, batch: &[Message], out: &mut Vec<Outcome>) {
+    fn handle_batch(&mut self, batch: &[Message<'_>], out: &mut Vec<Outcome>) {
         for m in batch {
             let i = index(m);
             out.push(if i % 5 == 0 {
@@ -205,7 +205,7 @@ fn partial_batch_outcomes_are_counted_exactly() {
 struct Gate(Arc<(Mutex<bool>, Condvar)>, Arc<AtomicU64>);
 
 impl Handler for Gate {
-    fn handle(&mut self, _m: &Message) -> Outcome {
+    fn handle(&mut self, _m: &Message<'_>) -> Outcome {
         let (lock, cv) = &*self.0;
         let mut open = lock.lock().unwrap();
         while !*open {
@@ -265,7 +265,7 @@ fn shutdown_hands_every_fetched_message_to_a_worker() {
         .unwrap();
     let handled = Arc::new(AtomicU64::new(0));
     let h2 = handled.clone();
-    let handler = move |_m: &Message| {
+    let handler = move |_m: &Message<'_>| {
         std::thread::sleep(Duration::from_micros(200));
         h2.fetch_add(1, Ordering::Relaxed);
         Outcome::Ack
@@ -295,7 +295,7 @@ fn a_panicking_worker_handler_stops_the_engine_with_an_error() {
     let running = EngineBuilder::new(server.url())
         .pin_cores(false)
         .dispatch(Dispatch::workers(1))
-        .start(PopConsumer::new(["boom"]), |_m: &Message| -> Outcome {
+        .start(PopConsumer::new(["boom"]), |_m: &Message<'_>| -> Outcome {
             panic!("handler bug")
         })
         .unwrap();

@@ -10,11 +10,11 @@ const HELLO_7: &[u8] = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$
 
 fn collect() -> (
     Arc<Mutex<Vec<String>>>,
-    impl FnMut(&Message) -> Outcome + Clone + Send + 'static,
+    impl FnMut(&Message<'_>) -> Outcome + Clone + Send + 'static,
 ) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
-    (log, move |m: &Message| {
+    (log, move |m: &Message<'_>| {
         l.lock()
             .unwrap()
             .push(String::from_utf8_lossy(m.payload()).into_owned());

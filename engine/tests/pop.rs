@@ -16,9 +16,9 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Recorder(Arc<Mutex<Vec<(String, String, u8)>>>);
 
 impl Recorder {
-    fn handler(&self) -> impl FnMut(&Message) -> Outcome + Clone + Send + 'static {
+    fn handler(&self) -> impl FnMut(&Message<'_>) -> Outcome + Clone + Send + 'static {
         let log = self.0.clone();
-        move |m: &Message| {
+        move |m: &Message<'_>| {
             let q = String::from_utf8_lossy(m.queue()).into_owned();
             let p = String::from_utf8_lossy(m.payload()).into_owned();
             log.lock().unwrap().push((q, p, m.priority()));
@@ -194,10 +194,10 @@ fn prefetch_limit_is_never_exceeded_with_a_slow_handler() {
     #[derive(Clone)]
     struct Slow(Arc<Mutex<usize>>, Arc<Mutex<usize>>);
     impl ringq::Handler for Slow {
-        fn handle(&mut self, _m: &Message) -> Outcome {
+        fn handle(&mut self, _m: &Message<'_>) -> Outcome {
             Outcome::Ack
         }
-        fn handle_batch(&mut self, batch: &[Message], out: &mut Vec<Outcome>) {
+        fn handle_batch(&mut self, batch: &[Message<'_>], out: &mut Vec<Outcome>) {
             let mut l = self.0.lock().unwrap();
             *l = (*l).max(batch.len());
             // The slow part of the handler: real work stand-in, not synchronization.
@@ -363,7 +363,7 @@ fn server_restart_during_a_drain_resumes_without_duplicates() {
     let rec = Recorder::default();
     let log = rec.0.clone();
     // A handler slow enough that the restart lands mid-drain.
-    let handler = move |m: &Message| {
+    let handler = move |m: &Message<'_>| {
         log.lock().unwrap().push((
             String::new(),
             String::from_utf8_lossy(m.payload()).into_owned(),
@@ -822,7 +822,7 @@ fn heartbeats_watch_idle_connections_and_notice_a_hung_server() {
     let gate_rx = Arc::new(Mutex::new(gate_rx));
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen2 = seen.clone();
-    let handler = move |_: &Message| {
+    let handler = move |_: &Message<'_>| {
         seen2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // Hold the only credit until the test opens the gate.
         let _ = gate_rx.lock().unwrap().recv();

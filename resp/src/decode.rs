@@ -13,6 +13,8 @@
 //! Scanning a header is a handful of branches, so the second pass costs little compared
 //! with the state a one-pass incremental tree builder would have to keep.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{DecodeError, DecodeErrorKind as K};
@@ -578,7 +580,21 @@ impl Reader {
         }
     }
 
-    // `next_bytes` and `next_slice` are inlined into their callers with only the common
+    /// As [`Reader::next_slice`], but says where the bytes are: offsets into the frame the
+    /// reader was made from. A caller that holds that frame can then borrow the value from
+    /// it for as long as it holds the frame, not just while the reader lives.
+    ///
+    /// # Errors
+    /// The outer error as [`Reader::next_token`].
+    #[inline(always)]
+    pub fn next_range(&mut self) -> Result<Result<Range<usize>, Token>, DecodeError> {
+        match self.next_string_fast() {
+            Some((start, end)) => Ok(Ok(start..end)),
+            None => self.next_range_slow(),
+        }
+    }
+
+    // `next_bytes`, `next_slice` and `next_range` are inlined into their callers with only the common
     // case, a bulk string the fast header path reads, in line; everything else is out of
     // line. Their nested `Result` then never goes through memory: returned by pointer, the
     // caller's copy of it stalled on store forwarding (measured on an LMPOP reply: 20 ns per
@@ -614,6 +630,11 @@ impl Reader {
         Ok(self
             .next_string_slow()?
             .map(|(start, end)| self.buf.slice(start..end)))
+    }
+
+    #[inline(never)]
+    fn next_range_slow(&mut self) -> Result<Result<Range<usize>, Token>, DecodeError> {
+        Ok(self.next_string_slow()?.map(|(start, end)| start..end))
     }
 
     #[inline(never)]

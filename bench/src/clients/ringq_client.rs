@@ -24,13 +24,13 @@ use crate::spec::ChildSpec;
 struct SinkHandler(Arc<Sink>);
 
 impl Handler for SinkHandler {
-    fn handle(&mut self, msg: &Message) -> Outcome {
-        self.0.consume([&msg.payload()[..]]);
+    fn handle(&mut self, msg: &Message<'_>) -> Outcome {
+        self.0.consume([msg.payload()]);
         Outcome::Ack
     }
 
-    fn handle_batch(&mut self, batch: &[Message], outcomes: &mut Vec<Outcome>) {
-        self.0.consume(batch.iter().map(|m| &m.payload()[..]));
+    fn handle_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<Outcome>) {
+        self.0.consume(batch.iter().map(|m| m.payload()));
         outcomes.extend(std::iter::repeat_n(Outcome::Ack, batch.len()));
     }
 }
