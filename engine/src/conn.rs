@@ -456,13 +456,13 @@ impl Conn {
                     }
                     return Ok(false);
                 }
-                return Err(Failure::Fatal(self.auth_error(e)));
+                return Err(self.handshake_failure("HELLO", e));
             }
             (Tag::Auth, f) if f.is_error() => {
                 let e = f
                     .to_server_error()
                     .unwrap_or_else(|| ringq_resp::ServerError::parse(Bytes::new()));
-                return Err(Failure::Fatal(self.auth_error(e)));
+                return Err(self.handshake_failure("AUTH", e));
             }
             (Tag::Auth, _) => {
                 self.send_setname(deadline);
@@ -472,18 +472,12 @@ impl Conn {
                 let e = f
                     .to_server_error()
                     .unwrap_or_else(|| ringq_resp::ServerError::parse(Bytes::new()));
-                if e.is_auth() {
-                    return Err(Failure::Fatal(self.auth_error(e)));
-                }
                 let what = if tag == Tag::Select {
                     format!("SELECT {}", info.db)
                 } else {
                     "CLIENT SETNAME".to_owned()
                 };
-                return Err(Failure::Fatal(Error::server(
-                    &format!("{what} on {}", self.peer()),
-                    e,
-                )));
+                return Err(self.handshake_failure(&what, e));
             }
             (Tag::SetName, _) | (Tag::Select, _) => {}
             (t, f) => {
@@ -504,9 +498,40 @@ impl Conn {
         }
         self.phase = Phase::Ready;
         self.ever_ready = true;
-        self.failures = 0;
         self.last_error = None;
         Ok(true)
+    }
+
+    /// A reply that shows the server serving, not just accepting connections: ends the
+    /// backoff. (A handshake alone does not: a server that accepts HELLO and answers every
+    /// pop with LOADING would otherwise be reconnected to at the shortest backoff forever.)
+    pub(crate) fn note_served(&mut self) {
+        self.failures = 0;
+    }
+
+    /// What an error reply in the handshake means. Authentication failures stop the engine
+    /// (retrying cannot fix a password). A server that is starting, full, or without its
+    /// master (LOADING, BUSY, "max number of clients reached", MASTERDOWN…) may accept us
+    /// later: reconnect with backoff, up to the start attempts for a connection never
+    /// ready. Anything else stops the engine on the first connection (a configuration
+    /// problem, such as SELECT of a database the server does not have) but is retried once
+    /// the connection has worked before: a server that accepted this handshake earlier is
+    /// most likely in a passing state.
+    fn handshake_failure(&self, what: &str, e: ringq_resp::ServerError) -> Failure {
+        let text = e.to_string();
+        if e.is_auth() || text.contains("AUTH") || text.contains("password") {
+            return Failure::Fatal(self.auth_error(e));
+        }
+        let passing = e.is_retryable()
+            || e.code() == "MASTERDOWN"
+            || text.contains("max number of clients")
+            || (self.ever_ready && *e.kind() != ServerErrorKind::NoPerm);
+        let err = Error::server(&format!("{what} on {}", self.peer()), e);
+        if passing {
+            Failure::Retry(err)
+        } else {
+            Failure::Fatal(err)
+        }
     }
 
     fn send_setname(&mut self, deadline: Instant) {
@@ -520,6 +545,7 @@ impl Conn {
         self.phase = Phase::SetName2;
     }
 
+    /// The error for a failed authentication (called only for errors that are one).
     fn auth_error(&self, e: ringq_resp::ServerError) -> Error {
         let info = &self.cfg.info;
         let user = info.username.as_deref().unwrap_or("default");
@@ -532,11 +558,10 @@ impl Conn {
                 ),
                 Some(e),
             ),
-            ServerErrorKind::WrongPass => Error::auth(format!("AUTH failed for user '{user}' on {}: {e}", self.peer()), Some(e)),
-            _ if e.to_string().contains("AUTH") || e.to_string().contains("password") => {
-                Error::auth(format!("AUTH failed for user '{user}' on {}: {e}", self.peer()), Some(e))
-            }
-            _ => Error::server(&format!("HELLO on {}", self.peer()), e),
+            _ => Error::auth(
+                format!("AUTH failed for user '{user}' on {}: {e}", self.peer()),
+                Some(e),
+            ),
         }
     }
 

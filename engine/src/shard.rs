@@ -430,6 +430,7 @@ impl Shard {
                         &mut msgs,
                     ) {
                         Ok(reply) => {
+                            self.conns[id].note_served();
                             if reply.excess > 0 {
                                 let kept = reply.count as usize;
                                 let excess = msgs.drain(kept..).map(|m| m.detach());
@@ -458,7 +459,9 @@ impl Shard {
                     }
                 }
                 Tag::Ping => {
-                    if frame.first() == Some(&b'-') {
+                    if frame.first() != Some(&b'-') {
+                        self.conns[id].note_served();
+                    } else {
                         let conn = &self.conns[id];
                         return Err(Failure::Retry(Error::new(
                             ErrorKind::Server,

@@ -107,3 +107,33 @@ fn server_without_hello_gets_a_resp2_handshake_and_brpop() {
         .any(|c| c.first().is_some_and(|n| n.eq_ignore_ascii_case(b"LMPOP"))));
     running.shutdown().unwrap();
 }
+
+#[test]
+fn a_server_that_accepts_the_handshake_but_fails_every_pop_gets_a_growing_backoff() {
+    // HELLO succeeds, then the first pop is answered with LOADING, on every connection. A
+    // handshake alone must not reset the backoff: only a served reply does. With a 20 ms
+    // minimum, resetting would mean a reconnect every 10-20 ms (about 100 in the window);
+    // growing to the 2 s maximum, about 7.
+    let script = Script::new()
+        .reply(HELLO_7)
+        .reply(&b"-LOADING Redis is loading the dataset in memory\r\n"[..]);
+    let server = ScriptedServer::start(script).unwrap();
+    let (log, h) = collect();
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .backoff(Duration::from_millis(20), Duration::from_secs(2))
+        .start(PopConsumer::new(["q"]), h)
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || server.connections() >= 2));
+    // A window of time, not a synchronisation: how many reconnects happen within it.
+    let before = server.connections();
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = server.connections() - before;
+    assert!(
+        during <= 20,
+        "{during} reconnects in 1.5 s: the backoff does not grow"
+    );
+    assert!(!running.is_stopping(), "LOADING is not fatal");
+    assert!(log.lock().unwrap().is_empty());
+    running.shutdown().unwrap();
+}

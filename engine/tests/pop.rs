@@ -866,3 +866,45 @@ fn heartbeats_watch_idle_connections_and_notice_a_hung_server() {
     drop(gate_tx);
     running.shutdown().unwrap();
 }
+
+#[test]
+fn a_full_server_is_retried_until_it_has_room() {
+    // "max number of clients reached" answers the HELLO of a server with no room: not a
+    // configuration error but a passing state, so the engine reconnects with backoff.
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("q", ["a", "b", "c"]).unwrap();
+    c.cmd(["CONFIG", "SET", "maxclients", "1"]).unwrap();
+    let rejected = |c: &mut ringq_tests::TestClient| -> u64 {
+        c.info_field("stats", "rejected_connections")
+            .unwrap()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let admin = std::thread::spawn(move || {
+        // Make room once the engine has been turned away twice.
+        assert!(wait_until(WAIT, || rejected(&mut c) >= 2));
+        c.cmd(["CONFIG", "SET", "maxclients", "1000"]).unwrap();
+        c
+    });
+    let rec = Recorder::default();
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .backoff(Duration::from_millis(5), Duration::from_millis(50))
+        .start_attempts(1000)
+        .start(
+            PopConsumer::new(["q"]).block_timeout(Duration::from_millis(100)),
+            rec.handler(),
+        )
+        .expect("engine starts");
+    let mut c = admin.join().unwrap();
+    assert!(
+        wait_until(WAIT, || rec.len() == 3 || running.is_stopping()),
+        "the engine neither consumed nor failed"
+    );
+    let stats = running
+        .shutdown()
+        .expect("a full server is not a fatal error");
+    assert_eq!(stats.messages, 3);
+    assert!(rejected(&mut c) >= 2);
+}
