@@ -145,7 +145,9 @@ pub(crate) struct Conn {
     in_send: Bytes,
     pub pending: VecDeque<Pending>,
     pub server: ServerInfo,
-    pub deadline_armed: bool,
+    /// When this connection's deadline timer fires, if one is armed (at most one counts;
+    /// an earlier head deadline arms an earlier one, and the later one is then ignored).
+    pub deadline_armed: Option<Instant>,
     pub failures: u32,
     pub ever_ready: bool,
     /// After closing, go to `Done` instead of reconnecting.
@@ -178,7 +180,7 @@ impl Conn {
             in_send: Bytes::new(),
             pending: VecDeque::with_capacity(16),
             server: ServerInfo::default(),
-            deadline_armed: false,
+            deadline_armed: None,
             failures: 0,
             ever_ready: false,
             stop_after_close: false,
@@ -587,7 +589,7 @@ impl Conn {
         self.wbuf.clear();
         self.rbuf.clear();
         self.dec.reset();
-        self.deadline_armed = false;
+        self.deadline_armed = None;
     }
 
     /// Once no operation is in flight: closes the fd. Returns the backoff before the next

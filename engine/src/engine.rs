@@ -276,6 +276,7 @@ impl EngineBuilder {
         }
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(nshards);
+        let mut spawn_err = None;
         let mut shard_stats = Vec::with_capacity(nshards);
         for (i, lanes) in lanes_per_shard.into_iter().enumerate() {
             let share = |total: u64| {
@@ -310,16 +311,23 @@ impl EngineBuilder {
                 heartbeat: self.heartbeat,
             };
             let tx = ready_tx.clone();
-            let t = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(format!("ringq-shard-{i}"))
                 .spawn(move || shard::run(spec, tx))
-                .map_err(|e| Error::io("spawning a shard thread", e))?;
-            threads.push(t);
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The shards already started must not go on consuming unowned: they
+                    // are stopped and joined below, with this as the error.
+                    spawn_err = Some(Error::io("spawning a shard thread", e));
+                    break;
+                }
+            }
         }
         drop(ready_tx);
         let mut features = None;
-        let mut first_err = None;
-        for _ in 0..nshards {
+        let mut first_err = spawn_err;
+        for _ in 0..threads.len() {
             match ready_rx.recv() {
                 Ok(Ok(f)) => features = Some(f),
                 Ok(Err(e)) => {

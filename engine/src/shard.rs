@@ -336,8 +336,10 @@ impl Shard {
                 continue;
             }
             let conn = &mut self.conns[id];
-            if !conn.deadline_armed {
-                if let Some(head) = conn.pending.front() {
+            if let Some(head) = conn.pending.front() {
+                // A new head may be due sooner than the armed timer (a blocking pop after
+                // non-blocking ones): arm one for it, or a hung server is noticed late.
+                if !conn.deadline_armed.is_some_and(|at| head.deadline >= at) {
                     self.timers.add(
                         head.deadline,
                         TimerEvent::Deadline {
@@ -345,7 +347,7 @@ impl Shard {
                             gen: conn.gen,
                         },
                     );
-                    conn.deadline_armed = true;
+                    conn.deadline_armed = Some(head.deadline);
                 }
             }
         }
@@ -612,17 +614,18 @@ impl Shard {
                 let Some(c) = self.conns.get_mut(id) else {
                     return;
                 };
-                if c.gen != gen || !c.deadline_armed {
+                // Not armed, or a timer superseded by an earlier one that is still to fire.
+                if c.gen != gen || !c.deadline_armed.is_some_and(|at| at <= now) {
                     return;
                 }
-                c.deadline_armed = false;
+                c.deadline_armed = None;
                 let Some(head) = c.pending.front().copied() else {
                     return;
                 };
                 if head.deadline > now {
                     self.timers
                         .add(head.deadline, TimerEvent::Deadline { conn, gen });
-                    c.deadline_armed = true;
+                    c.deadline_armed = Some(head.deadline);
                     return;
                 }
                 let e = Error::new(

@@ -251,6 +251,28 @@ impl Driver {
         OpId(u64::from(gen) << 32 | u64::from(idx))
     }
 
+    /// Records an operation's slot and queues its SQE (`entry`, whose pointers refer to
+    /// memory `held` owns). If the SQE cannot be queued, the kernel never saw it: the slot
+    /// is freed at once instead of waiting forever for a CQE that will not come.
+    fn start(
+        &mut self,
+        token: u64,
+        kind: OpKind,
+        held: Held,
+        entry: squeue::Entry,
+    ) -> Result<OpId, Error> {
+        let id = self.alloc(token, kind, held);
+        if let Err(e) = self.push(entry.user_data(id.0)) {
+            let idx = (id.0 & u64::from(u32::MAX)) as usize;
+            if self.ops.get_mut(idx).and_then(Option::take).is_some() {
+                self.free.push(idx as u32);
+                self.in_flight -= 1;
+            }
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     fn push(&mut self, entry: squeue::Entry) -> Result<(), Error> {
         // SAFETY: every pointer in `entry` refers to memory owned by an OpSlot (or the
         // buffer ring) that stays alive until the operation's final CQE; see the module docs.
@@ -274,46 +296,32 @@ impl Driver {
         let addr = Box::new(addr);
         let ptr = std::ptr::addr_of!(addr.storage).cast::<libc::sockaddr>();
         let len = addr.len;
-        let id = self.alloc(token, OpKind::Connect, Held::Connect(addr));
-        self.push(
-            opcode::Connect::new(Fd(fd), ptr, len)
-                .build()
-                .user_data(id.0),
-        )?;
-        Ok(id)
+        let entry = opcode::Connect::new(Fd(fd), ptr, len).build();
+        self.start(token, OpKind::Connect, Held::Connect(addr), entry)
     }
 
     pub(crate) fn send(&mut self, token: u64, fd: RawFd, buf: Bytes) -> Result<OpId, Error> {
         let (ptr, len) = (buf.as_ptr(), u32::try_from(buf.len()).unwrap_or(u32::MAX));
-        let id = self.alloc(token, OpKind::Send, Held::Send(buf));
         let entry = opcode::Send::new(Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(id.0);
-        self.push(entry)?;
-        Ok(id)
+            .build();
+        self.start(token, OpKind::Send, Held::Send(buf), entry)
     }
 
     /// Arms a receive: multishot into the buffer ring where available, else one recv into
     /// an owned buffer.
     pub(crate) fn recv(&mut self, token: u64, fd: RawFd) -> Result<OpId, Error> {
         if let Some(group) = self.bufring.as_ref().map(BufRing::group) {
-            let id = self.alloc(token, OpKind::Recv, Held::Nothing);
-            self.push(
-                opcode::RecvMulti::new(Fd(fd), group)
-                    .build()
-                    .user_data(id.0),
-            )?;
-            return Ok(id);
+            let entry = opcode::RecvMulti::new(Fd(fd), group).build();
+            return self.start(token, OpKind::Recv, Held::Nothing, entry);
         }
         let mut buf = self
             .spare_buffers
             .pop()
             .unwrap_or_else(|| vec![0u8; SINGLE_SHOT_RECV_LEN].into_boxed_slice());
         let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
-        let id = self.alloc(token, OpKind::Recv, Held::Buffer(buf));
-        self.push(opcode::Recv::new(Fd(fd), ptr, len).build().user_data(id.0))?;
-        Ok(id)
+        let entry = opcode::Recv::new(Fd(fd), ptr, len).build();
+        self.start(token, OpKind::Recv, Held::Buffer(buf), entry)
     }
 
     /// One `read(2)` of up to `len` bytes into an owned buffer (for eventfds).
@@ -323,9 +331,8 @@ impl Driver {
             None => vec![0u8; len].into_boxed_slice(),
         };
         let (ptr, n) = (buf.as_mut_ptr(), buf.len() as u32);
-        let id = self.alloc(token, OpKind::Read, Held::Buffer(buf));
-        self.push(opcode::Read::new(Fd(fd), ptr, n).build().user_data(id.0))?;
-        Ok(id)
+        let entry = opcode::Read::new(Fd(fd), ptr, n).build();
+        self.start(token, OpKind::Read, Held::Buffer(buf), entry)
     }
 
     /// Asks the kernel to end `op` early. Its final CQE (often `-ECANCELED`) still arrives
