@@ -37,7 +37,8 @@ type PeriodicFactory = (
 /// let running = EngineBuilder::new("redis://127.0.0.1:6379")
 ///     .shards(2)
 ///     .start(PopConsumer::new(["emails", "reports"]).batch(64), |msg: &ringq::Message<'_>| {
-///         println!("{:?}: {:?}", msg.queue(), msg.payload());
+///         let queue = String::from_utf8_lossy(msg.queue());
+///         println!("{queue}: {}", String::from_utf8_lossy(msg.payload()));
 ///         Outcome::Ack
 ///     })?;
 /// let stop = running.shutdown_handle();
@@ -325,6 +326,9 @@ impl EngineBuilder {
             }
         }
         drop(ready_tx);
+        // Worker links of shards never spawned (after a spawn failure) must go too: a
+        // worker exits only once every shard's end of its rings is gone.
+        drop(sides);
         let mut features = None;
         let mut first_err = spawn_err;
         for _ in 0..threads.len() {

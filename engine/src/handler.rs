@@ -15,6 +15,8 @@
 //!
 //! [`Dispatch::inline`]: crate::Dispatch::inline
 
+use std::fmt;
+
 use bytes::Bytes;
 
 /// One message taken from a queue.
@@ -35,12 +37,24 @@ pub struct Message<'a> {
 }
 
 /// Where a message's bytes live.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Payload<'a> {
     /// A slice of `frame`, the reply it came in (no reference taken).
     Lent { bytes: &'a [u8], frame: &'a Bytes },
     /// A reference-counted handle of its own.
     Owned(Bytes),
+}
+
+impl fmt::Debug for Payload<'_> {
+    /// The message's own bytes only (never the rest of the reply it borrows from), the
+    /// same for a borrowed and an owned payload.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes: &[u8] = match self {
+            Payload::Lent { bytes, .. } => bytes,
+            Payload::Owned(b) => b,
+        };
+        write!(f, "b\"{}\"", bytes.escape_ascii())
+    }
 }
 
 impl<'a> Message<'a> {

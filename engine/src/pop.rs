@@ -851,6 +851,11 @@ mod tests {
         let owned = out[2].detach();
         assert_eq!(owned.payload(), b"yyy");
         assert_eq!(owned.payload_bytes().as_ptr(), out[2].payload().as_ptr());
+        // Debug shows the message's own bytes, never the rest of the reply it borrows from.
+        let shown = format!("{:?}", out[2]);
+        assert!(shown.contains(r#"payload: b"yyy""#), "{shown}");
+        assert!(!shown.contains("\\r\\n"), "{shown}");
+        assert_eq!(shown, format!("{owned:?}"));
         for null in &nulls {
             let r = parse_pop_reply(&p, null, 0, &mut out).unwrap();
             assert_eq!(r.count, 0);

@@ -1,7 +1,8 @@
 //! Timers inside the ring (Kombu's `call_repeatedly`): a min-heap of deadlines. The loop
 //! waits in `io_uring_enter` until the nearest deadline (EXT_ARG timeout), so a timer
 //! costs no SQE. Entries are not removed when they become moot: the owner checks, when
-//! one fires, whether it still applies (each connection keeps at most one armed).
+//! one fires, whether it still applies (a connection counts only the timer it armed last;
+//! one it superseded with an earlier deadline is ignored when it fires).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -9,7 +9,8 @@
 //! operation. Every in-flight operation has an [`OpSlot`] in `ops`, and the slot *owns*
 //! what the kernel may read or write (the send's `Bytes`, the connect's sockaddr, a
 //! single-shot recv's buffer). A slot is freed only by the CQE without `IORING_CQE_F_MORE`
-//! that ends its operation — never by a cancel, never by the connection closing. The
+//! that ends its operation — never by a cancel, never by the connection closing — or at
+//! once when its SQE could not be queued at all (`Driver::start`: the kernel never saw it). The
 //! `user_data` of an SQE is its slot index plus a generation, so a late cancel can never
 //! hit a newer operation that reused the slot.
 
