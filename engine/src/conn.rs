@@ -64,6 +64,11 @@ pub(crate) enum Tag {
     },
     /// A heartbeat on an idle connection.
     Ping,
+    /// `CLIENT UNBLOCK` of connection `conn`'s blocked pop, sent during a stop from a
+    /// side connection (see `Shard::unblock_blocked`).
+    Unblock {
+        conn: u32,
+    },
     /// Popped messages beyond [`PopConsumer::limit`](crate::PopConsumer::limit) going
     /// back to the right end of their list (RPUSH), where they were popped from.
     PushBack {
@@ -153,6 +158,8 @@ pub(crate) struct Conn {
     /// After closing, go to `Done` instead of reconnecting.
     pub stop_after_close: bool,
     pub last_error: Option<String>,
+    /// During a stop: a `CLIENT UNBLOCK` for the blocking pop at the head is on its way.
+    pub unblock_sent: bool,
     rng: u64,
 }
 
@@ -185,8 +192,22 @@ impl Conn {
             ever_ready: false,
             stop_after_close: false,
             last_error: None,
+            unblock_sent: false,
             rng: seed | 1,
         }
+    }
+
+    /// The settings this connection was made with (shared by the engine's connections).
+    pub(crate) fn config(&self) -> &Arc<ConnConfig> {
+        &self.cfg
+    }
+
+    /// Whether the command at the head of the pipeline is a blocking pop.
+    pub(crate) fn head_blocks(&self) -> bool {
+        matches!(
+            self.pending.front().map(|p| p.tag),
+            Some(Tag::Pop { blocking: true, .. })
+        )
     }
 
     pub(crate) fn token(&self) -> u64 {

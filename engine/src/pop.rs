@@ -198,9 +198,11 @@ impl PopConsumer {
     }
 
     /// How long a blocking pop waits on the server (rounded to milliseconds, at least 1 ms).
-    /// Shutdown waits for blocked pops to answer: one block timeout for a blocking pop
-    /// sent alone, and up to `pipeline` of them when pipelined BRPOPs (`Single`, or servers
-    /// before 7.0) find their queue just ran dry, as each then blocks in turn.
+    /// A shutdown ends blocked pops with `CLIENT UNBLOCK` from a side connection; where
+    /// that is not possible (an ACL without it, a server without RESP3 client ids) it waits
+    /// for them: one block timeout for a blocking pop sent alone, and up to `pipeline` of
+    /// them when pipelined BRPOPs (`Single`, or servers before 7.0) find their queue just
+    /// ran dry, as each then blocks in turn.
     pub fn block_timeout(mut self, d: Duration) -> Self {
         self.block_timeout = d.max(Duration::from_millis(1));
         self

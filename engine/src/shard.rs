@@ -158,6 +158,10 @@ struct Shard {
     latency: Histogram<u64>,
     completions: Vec<Completion>,
     turn_started: Instant,
+    /// During a stop: the side connection that sends `CLIENT UNBLOCK` for blocked pops.
+    unblocker: Option<usize>,
+    /// `CLIENT UNBLOCK` is not available (an ACL without it, an error): wait instead.
+    unblock_off: bool,
 }
 
 /// Runs a shard to completion on the current thread. Reports ring set-up on `ready`.
@@ -227,6 +231,8 @@ pub(crate) fn run(
         latency: new_histogram(),
         completions: Vec::with_capacity(256),
         turn_started: Instant::now(),
+        unblocker: None,
+        unblock_off: false,
     };
     // User code runs on this thread outside the handler's own guard (`every` callbacks,
     // `orderly_by` key functions): a panic there must stop the whole engine, not just this
@@ -272,6 +278,7 @@ impl Shard {
                 self.begin_stop();
             }
             if self.stopping {
+                self.unblock_blocked(now);
                 self.close_idle_conns();
                 let handed_out = match &self.handler {
                     HandlerSide::Workers(d) => d.in_flight(),
@@ -420,6 +427,7 @@ impl Shard {
             match pending.tag {
                 Tag::Pop { count, blocking } => {
                     let lane = self.conns[id].lane;
+                    self.conns[id].unblock_sent = false;
                     // The messages borrow their payloads from `frame`; the vector's
                     // allocation is kept across replies.
                     let mut msgs = recycle(std::mem::take(&mut self.msgs));
@@ -475,6 +483,23 @@ impl Shard {
                         )));
                     }
                 }
+                Tag::Unblock { conn } => {
+                    let unblocked = frame.starts_with(b":1");
+                    if frame.first() == Some(&b'-') {
+                        tracing::warn!(
+                            shard = self.index,
+                            "CLIENT UNBLOCK refused ({}); the stop waits for blocked pops to time out instead",
+                            String::from_utf8_lossy(&frame).trim_end()
+                        );
+                        self.unblock_off = true;
+                    } else if !unblocked {
+                        // Not blocked at that moment (its reply was on the way, or the
+                        // next pipelined pop had not started): try again if still blocking.
+                        if let Some(c) = self.conns.get_mut(conn as usize) {
+                            c.unblock_sent = false;
+                        }
+                    }
+                }
                 Tag::PushBack { count } => {
                     let conn = &self.conns[id];
                     match Decoder::new().build(&frame) {
@@ -503,6 +528,7 @@ impl Shard {
             if self.stopping
                 && self.conns[id].phase == Phase::Ready
                 && self.conns[id].pending.is_empty()
+                && Some(id) != self.unblocker
             {
                 self.stop_conn(id);
             }
@@ -735,7 +761,10 @@ impl Shard {
         }
         let lane = conn.lane;
         conn.begin_close(&mut self.driver);
-        self.lanes[lane].reset(&self.plan, &mut self.credits, lost);
+        // The unblocking side connection has no lane.
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.reset(&self.plan, &mut self.credits, lost);
+        }
     }
 
     /// Completes a close once the kernel is done with the connection's operations.
@@ -785,10 +814,85 @@ impl Shard {
         }
     }
 
+    /// During a stop, ends pops blocked on the server at once instead of waiting out
+    /// their block timeouts (up to `pipeline` of them in turn on one connection): a side
+    /// connection sends `CLIENT UNBLOCK <id>` for each connection whose head command is a
+    /// blocking pop. The unblocked pop answers "nothing" — it had nothing, or it would not
+    /// have been blocked — so no message is lost. The next pipelined pop then blocks in
+    /// its turn and is unblocked in the same way once the previous reply has arrived.
+    /// Needs the client ids from HELLO (RESP3) and the right to run CLIENT UNBLOCK; without
+    /// them, or if the side connection fails, the stop waits as before.
+    fn unblock_blocked(&mut self, now: Instant) {
+        if self.unblock_off {
+            return;
+        }
+        let blocked = |(i, c): &(usize, &Conn)| {
+            Some(*i) != self.unblocker
+                && c.phase == Phase::Ready
+                && !c.unblock_sent
+                && c.server.client_id.is_some()
+                && c.head_blocks()
+        };
+        if !self.conns.iter().enumerate().any(|e| blocked(&e)) {
+            return;
+        }
+        let Some(u) = self.unblocker else {
+            let id = self.conns.len();
+            let base = &self.conns[0];
+            let name = format!("{}-unblock", base.name);
+            let mut side = Conn::new(
+                id as u32,
+                usize::MAX,
+                name,
+                base.config().clone(),
+                u64::from(std::process::id()) << 16 ^ (self.index as u64) << 32 ^ id as u64,
+            );
+            // One attempt only: a failure leaves the stop to the block timeouts.
+            side.stop_after_close = true;
+            self.conns.push(side);
+            self.unblocker = Some(id);
+            self.connect(id, now);
+            return;
+        };
+        if self.conns[u].phase != Phase::Ready {
+            if matches!(self.conns[u].phase, Phase::Closing | Phase::Done) {
+                self.unblock_off = true;
+            }
+            return;
+        }
+        let targets: Vec<(usize, i64)> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|e| blocked(e))
+            .filter_map(|(i, c)| Some((i, c.server.client_id?)))
+            .collect();
+        let allow = NONBLOCKING_REPLY_TIMEOUT + self.plan.consumer.reply_grace;
+        for (id, client_id) in targets {
+            self.conns[u].command(Tag::Unblock { conn: id as u32 }, now, allow, |buf| {
+                CommandWriter::new(buf, 3)
+                    .arg("CLIENT")
+                    .arg("UNBLOCK")
+                    .arg_int(client_id)
+                    .finish();
+            });
+            self.conns[id].unblock_sent = true;
+        }
+    }
+
     fn close_idle_conns(&mut self) {
+        // The unblocking connection stays while another connection still waits for replies.
+        let others_open = self.conns.iter().enumerate().any(|(i, c)| {
+            Some(i) != self.unblocker && !matches!(c.phase, Phase::Closing | Phase::Done)
+        });
         for id in 0..self.conns.len() {
             let c = &self.conns[id];
-            if c.phase == Phase::Ready && c.pending.is_empty() {
+            let is_unblocker = Some(id) == self.unblocker;
+            let idle = c.phase == Phase::Ready && c.pending.is_empty();
+            let unneeded = is_unblocker && !others_open;
+            if (idle && !is_unblocker)
+                || (unneeded && !matches!(c.phase, Phase::Closing | Phase::Done))
+            {
                 self.stop_conn(id);
             }
             if self.conns[id].phase == Phase::Idle {

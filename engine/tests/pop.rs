@@ -908,3 +908,86 @@ fn a_full_server_is_retried_until_it_has_room() {
     assert_eq!(stats.messages, 3);
     assert!(rejected(&mut c) >= 2);
 }
+
+#[test]
+fn shutdown_unblocks_pipelined_blocking_pops_instead_of_waiting_out_each_timeout() {
+    // Four pipelined BRPOPs on an empty queue block one after the other, 30 s each: waiting
+    // them out would take two minutes. A stop sends CLIENT UNBLOCK for each in turn from a
+    // side connection, and nothing is popped and dropped on the way.
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let rec = Recorder::default();
+    let running = start(
+        &server.url(),
+        1,
+        PopConsumer::new(["idle"])
+            .strategy(PopStrategy::Single)
+            .pipeline(4)
+            .block_timeout(Duration::from_secs(30)),
+        &rec,
+    );
+    assert!(wait_until(WAIT, || c
+        .info_field("clients", "blocked_clients")
+        .unwrap()
+        .is_some_and(|n| n == "1")));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(running.shutdown());
+    });
+    let stats = done_rx
+        .recv_timeout(WAIT)
+        .expect("the stop waited out the blocked pops instead of unblocking them")
+        .expect("a clean stop");
+    assert_eq!(stats.messages, 0);
+    assert_eq!(stats.connections_ready, 0);
+    let unblocks = command_calls(&mut c, "client|unblock");
+    println!("{unblocks} CLIENT UNBLOCK calls");
+    assert!(
+        (1..=8).contains(&unblocks),
+        "{unblocks} CLIENT UNBLOCK calls"
+    );
+    // Nothing was popped and dropped: a message pushed now is still there.
+    c.lpush_many("idle", ["kept"]).unwrap();
+    assert_eq!(c.llen("idle").unwrap(), 1);
+    assert_eq!(rec.len(), 0);
+}
+
+#[test]
+fn without_the_right_to_unblock_a_stop_waits_for_blocked_pops_and_still_ends_cleanly() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.cmd([
+        "ACL",
+        "SETUSER",
+        "nounblock",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-client|unblock",
+    ])
+    .unwrap();
+    let rec = Recorder::default();
+    let running = start(
+        &server.url_as(Some("nounblock"), "pw"),
+        1,
+        PopConsumer::new(["idle"])
+            .strategy(PopStrategy::Single)
+            .pipeline(2)
+            .block_timeout(Duration::from_millis(300)),
+        &rec,
+    );
+    assert!(wait_until(WAIT, || c
+        .info_field("clients", "blocked_clients")
+        .unwrap()
+        .is_some_and(|n| n == "1")));
+    let stats = running
+        .shutdown()
+        .expect("a refused CLIENT UNBLOCK is not an error");
+    assert_eq!(stats.messages, 0);
+    assert_eq!(stats.connections_ready, 0);
+    assert_eq!(command_calls(&mut c, "client|unblock"), 0);
+    c.lpush_many("idle", ["kept"]).unwrap();
+    assert_eq!(c.llen("idle").unwrap(), 1);
+}
