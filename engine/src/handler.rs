@@ -79,15 +79,7 @@ impl<'a> Message<'a> {
     /// An owned copy of the message (the payload is shared, not copied), to keep after
     /// the handler returns or to send to another thread.
     pub fn detach(&self) -> Message<'static> {
-        Message {
-            payload: Payload::Owned(self.payload_bytes()),
-            queue: self.queue,
-            key: self.key,
-            priority: self.priority,
-            queue_index: self.queue_index,
-            deliveries: self.deliveries,
-            received_ns: self.received_ns,
-        }
+        self.clone().into_static()
     }
 
     /// As [`Message::detach`], without a new reference when the payload is owned already.

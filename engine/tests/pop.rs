@@ -231,6 +231,20 @@ fn prefetch_limit_is_never_exceeded_with_a_slow_handler() {
     );
 }
 
+/// Waits until the server counts `n` clients blocked in a blocking command.
+fn wait_for_blocked_clients(c: &mut TestClient, n: u64) {
+    let blocked = |c: &mut TestClient| {
+        c.info_field("clients", "blocked_clients")
+            .unwrap()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert!(
+        wait_until(WAIT, || blocked(c) == Some(n)),
+        "expected {n} blocked client(s), the server counts {:?}",
+        blocked(c)
+    );
+}
+
 fn command_calls(c: &mut TestClient, cmd: &str) -> u64 {
     let info = c.info("commandstats").unwrap();
     info.lines()
@@ -711,12 +725,7 @@ fn messages_popped_beyond_the_limit_go_back_to_their_list_in_order() {
         .start(consumer, rec.handler())
         .expect("engine starts");
     // Both connections blocked, each asking for the whole budget of 5.
-    assert!(wait_until(WAIT, || {
-        c.info_field("clients", "blocked_clients")
-            .unwrap()
-            .as_deref()
-            == Some("2")
-    }));
+    wait_for_blocked_clients(&mut c, 2);
     let a = seq_payloads("a", 5);
     let b = seq_payloads("b", 5);
     // One transaction: both blocked pops are served in the same server turn.
@@ -926,10 +935,7 @@ fn shutdown_unblocks_pipelined_blocking_pops_instead_of_waiting_out_each_timeout
             .block_timeout(Duration::from_secs(30)),
         &rec,
     );
-    assert!(wait_until(WAIT, || c
-        .info_field("clients", "blocked_clients")
-        .unwrap()
-        .is_some_and(|n| n == "1")));
+    wait_for_blocked_clients(&mut c, 1);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = done_tx.send(running.shutdown());
@@ -978,10 +984,7 @@ fn without_the_right_to_unblock_a_stop_waits_for_blocked_pops_and_still_ends_cle
             .block_timeout(Duration::from_millis(300)),
         &rec,
     );
-    assert!(wait_until(WAIT, || c
-        .info_field("clients", "blocked_clients")
-        .unwrap()
-        .is_some_and(|n| n == "1")));
+    wait_for_blocked_clients(&mut c, 1);
     let stats = running
         .shutdown()
         .expect("a refused CLIENT UNBLOCK is not an error");
