@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use ringq_resp::{CommandWriter, Decoder, Frame, ServerErrorKind};
 
 use crate::error::{Error, ErrorKind};
+use crate::resolve::Resolver;
 use crate::ring::{sys, Driver, OpId, SockAddr};
 use crate::url::{ConnectionInfo, ResolvedAddr};
 
@@ -32,6 +33,8 @@ use crate::url::{ConnectionInfo, ResolvedAddr};
 pub(crate) enum Phase {
     /// No socket; waiting for the reconnect timer (or never started).
     Idle,
+    /// Waiting for the host name to be resolved again before a reconnect.
+    Resolving,
     /// `connect` in flight.
     Connecting,
     /// `HELLO 3` sent.
@@ -57,11 +60,8 @@ pub(crate) enum Tag {
     Auth,
     SetName,
     Select,
-    /// A pop asking for `count` messages; `blocking` for BRPOP/BLMPOP.
-    Pop {
-        count: u32,
-        blocking: bool,
-    },
+    /// A pop (see [`PopCmd`]).
+    Pop(PopCmd),
     /// A heartbeat on an idle connection.
     Ping,
     /// `CLIENT UNBLOCK` of connection `conn`'s blocked pop, sent during a stop from a
@@ -74,6 +74,20 @@ pub(crate) enum Tag {
     PushBack {
         count: u32,
     },
+}
+
+/// A pop in flight: what it asked for and the credit it holds until it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PopCmd {
+    /// Messages asked for (the COUNT; 1 for BRPOP).
+    pub count: u32,
+    /// BRPOP or BLMPOP: may wait on the server for the block timeout.
+    pub blocking: bool,
+    /// Payload bytes of credit held for the reply.
+    pub bytes: u64,
+    /// Its connection stalled while it was in flight and was replaced: it holds no credit
+    /// any more, and its reply, if one comes, is a late one (see `Shard::retire`).
+    pub late: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +129,11 @@ impl ServerInfo {
 #[derive(Debug)]
 pub(crate) struct ConnConfig {
     pub info: ConnectionInfo,
+    /// The address found at start.
     pub addr: ResolvedAddr,
+    /// Looks the host name up again before every reconnect (`None`: an IP literal or a
+    /// Unix socket, nothing to look up).
+    pub resolver: Option<Arc<Resolver>>,
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -160,6 +178,12 @@ pub(crate) struct Conn {
     pub last_error: Option<String>,
     /// During a stop: a `CLIENT UNBLOCK` for the blocking pop at the head is on its way.
     pub unblock_sent: bool,
+    /// A reply was overdue and a fresh connection took over this one's lane: it sends
+    /// nothing new and stays open until this instant at most, to deliver the replies
+    /// still owed (see `Shard::retire`).
+    pub draining: Option<Instant>,
+    /// This connection stalled once and was replaced; once done, its slot may be reused.
+    pub retired: bool,
     rng: u64,
 }
 
@@ -193,8 +217,26 @@ impl Conn {
             stop_after_close: false,
             last_error: None,
             unblock_sent: false,
+            draining: None,
+            retired: false,
             rng: seed | 1,
         }
+    }
+
+    /// A fresh connection for this one's lane, in slot `id` (whose previous occupant, if
+    /// any, had generation `gen`), when this one stalled: same name and settings, and the
+    /// same standing (a connection that has worked before is retried for as long as it
+    /// takes).
+    pub(crate) fn successor(&mut self, id: u32, gen: u32) -> Conn {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let mut c = Conn::new(id, self.lane, self.name.clone(), self.cfg.clone(), self.rng);
+        c.gen = gen;
+        c.failures = self.failures;
+        c.ever_ready = self.ever_ready;
+        c.last_error = self.last_error.clone();
+        c
     }
 
     /// The settings this connection was made with (shared by the engine's connections).
@@ -206,7 +248,7 @@ impl Conn {
     pub(crate) fn head_blocks(&self) -> bool {
         matches!(
             self.pending.front().map(|p| p.tag),
-            Some(Tag::Pop { blocking: true, .. })
+            Some(Tag::Pop(PopCmd { blocking: true, .. }))
         )
     }
 
@@ -223,11 +265,12 @@ impl Conn {
         self.connect_op.is_some() || self.send_op.is_some() || self.recv_op.is_some()
     }
 
-    /// Opens a socket and starts connecting.
+    /// Opens a socket and starts connecting to `addr`.
     pub(crate) fn start_connect(
         &mut self,
         driver: &mut Driver,
         now: Instant,
+        addr: &ResolvedAddr,
     ) -> Result<(), Failure> {
         debug_assert!(!self.has_ops());
         self.gen = self.gen.wrapping_add(1);
@@ -236,7 +279,7 @@ impl Conn {
         self.dec.reset();
         self.pending.clear();
         self.server = ServerInfo::default();
-        let addr = match &self.cfg.addr {
+        let addr = match addr {
             ResolvedAddr::Tcp(a) => SockAddr::from_std(a),
             ResolvedAddr::Unix(p) => SockAddr::unix(p).map_err(|e| {
                 Failure::Fatal(Error::config(format!("unix socket {}: {e}", p.display())))

@@ -18,11 +18,13 @@ use crate::conn::ConnConfig;
 use crate::dispatch::{start_pool, Dispatch, ShardDispatch, ShardWaker};
 use crate::error::{Error, ErrorKind};
 use crate::handler::Handler;
-use crate::pop::{Budget, PopConsumer};
+use crate::pop::{Budget, PopConsumer, MAX_BLOCK_TIMEOUT};
+use crate::resolve::{is_name, system_resolver, ResolveFn, Resolver};
 use crate::ring::{sys, RingConfig, RingFeatures};
-use crate::shard::{self, HandlerSide, Periodic, ShardSpec, Shared};
+use crate::shard::{self, HandlerSide, Periodic, ShardSpec};
 use crate::stats::{ShardStats, Stats};
-use crate::url::ConnectionInfo;
+use crate::url::{Address, ConnectionInfo};
+use crate::wake::Shared;
 
 type PeriodicFactory = (
     Duration,
@@ -62,6 +64,8 @@ pub struct EngineBuilder {
     heartbeat: Duration,
     periodic: Vec<PeriodicFactory>,
     dispatch: Dispatch,
+    stalled_drain: Duration,
+    resolver: Arc<ResolveFn>,
 }
 
 impl EngineBuilder {
@@ -86,7 +90,33 @@ impl EngineBuilder {
             heartbeat: Duration::from_secs(15),
             periodic: Vec::new(),
             dispatch: Dispatch::inline(),
+            stalled_drain: Duration::from_secs(300),
+            resolver: system_resolver(),
         }
+    }
+
+    /// How long a connection whose reply is overdue stays open to deliver its late
+    /// replies (default 5 minutes). Such a connection — its server hung past a command's
+    /// deadline — is replaced by a fresh one at once, but closing it would not take back
+    /// the pops the server has not read yet: when the server resumes it runs them, and
+    /// their messages would be lost. So it stays open, sends nothing new, and delivers
+    /// what its pops bring until all have answered, the server closes it, or this much
+    /// time has passed. A stop waits for it for `reply_grace` at most.
+    pub fn stalled_drain(mut self, d: Duration) -> Self {
+        self.stalled_drain = d;
+        self
+    }
+
+    /// Resolves the server's host name: at start, and again before every reconnect, on a
+    /// background thread (a failover of a managed Redis moves the name to the new
+    /// primary). The default is the system resolver (`getaddrinfo`); give your own for
+    /// service discovery, or in tests. The first address returned is dialled.
+    pub fn resolver<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>> + Send + Sync + 'static,
+    {
+        self.resolver = Arc::new(f);
+        self
     }
 
     /// Where handlers run: [`Dispatch::inline`] (default), [`Dispatch::workers`],
@@ -193,20 +223,26 @@ impl EngineBuilder {
         if consumer.queues.is_empty() {
             return Err(Error::config("no queues to consume: give at least one"));
         }
-        let addr = info.resolve()?;
-        let conn_cfg = Arc::new(ConnConfig {
-            info,
-            addr,
-            connect_timeout: self.connect_timeout,
-            backoff_min: self.backoff_min,
-            backoff_max: self.backoff_max,
-            start_attempts: self.start_attempts,
-            client_name: self.client_name.clone(),
-        });
+        if consumer.block_timeout > MAX_BLOCK_TIMEOUT {
+            return Err(Error::config(format!(
+                "block timeout {:?} is longer than the longest allowed, {MAX_BLOCK_TIMEOUT:?}",
+                consumer.block_timeout
+            )));
+        }
         // Lanes: queue q goes to lane q mod L; lane l runs on shard l mod S.
         let total_conns = self.shards * self.connections_per_shard;
         let nlanes = total_conns.min(consumer.queues.len());
         let nshards = self.shards.min(nlanes);
+        if u64::from(consumer.prefetch) < nlanes as u64 {
+            return Err(Error::config(format!(
+                "prefetch {} is below the {nlanes} connections that own queues: each needs at \
+                 least one message of credit to wait on its queues. Raise the prefetch to at \
+                 least {nlanes}, or use fewer connections (shards × connections per shard = \
+                 {total_conns}, capped at the {} queues)",
+                consumer.prefetch,
+                consumer.queues.len()
+            )));
+        }
         let mut lanes_per_shard: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
         for l in 0..nlanes {
             let queues = (0..consumer.queues.len())
@@ -232,6 +268,30 @@ impl EngineBuilder {
             fatal: Mutex::new(None),
             wake_fds,
         });
+        let (addr, resolver) = match &info.address {
+            Address::Tcp { host, port } if is_name(host) => {
+                let first = crate::resolve::resolve_with(&*self.resolver, host, *port)?;
+                let r = Resolver::start(
+                    self.resolver.clone(),
+                    host.clone(),
+                    *port,
+                    nshards,
+                    shared.clone(),
+                )?;
+                (crate::url::ResolvedAddr::Tcp(first), Some(Arc::new(r)))
+            }
+            _ => (info.resolve()?, None),
+        };
+        let conn_cfg = Arc::new(ConnConfig {
+            info,
+            addr,
+            resolver,
+            connect_timeout: self.connect_timeout,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            start_attempts: self.start_attempts,
+            client_name: self.client_name.clone(),
+        });
         let queue_names: Vec<String> = consumer
             .queues
             .iter()
@@ -249,7 +309,21 @@ impl EngineBuilder {
             shared.stop_all();
         }
         let epoch = Instant::now();
-        let max_share = (u64::from(consumer.prefetch) / nshards as u64 + 1) as usize;
+        // Credit follows the lanes: shard i gets its lanes' share of the limits, so every
+        // lane's reserve is about `prefetch / lanes` wherever it runs.
+        let lane_counts: Vec<u64> = lanes_per_shard.iter().map(|l| l.len() as u64).collect();
+        let share = |total: u64, i: usize| -> u64 {
+            let before: u64 = lane_counts[..i].iter().sum();
+            let upto = before + lane_counts[i];
+            // Cumulative split, so the shares add up to `total` exactly.
+            let cut = |k: u64| (u128::from(total) * u128::from(k) / nlanes as u128) as u64;
+            (cut(upto) - cut(before)).max(1)
+        };
+        let max_share = (0..nshards)
+            .map(|i| share(u64::from(consumer.prefetch), i))
+            .max()
+            .unwrap_or(1) as usize
+            + 1;
         let mut sides: Vec<Option<ShardDispatch>> = (0..nshards).map(|_| None).collect();
         let mut workers = Vec::new();
         let mut worker_latency = Vec::new();
@@ -280,9 +354,6 @@ impl EngineBuilder {
         let mut spawn_err = None;
         let mut shard_stats = Vec::with_capacity(nshards);
         for (i, lanes) in lanes_per_shard.into_iter().enumerate() {
-            let share = |total: u64| {
-                (total / nshards as u64 + u64::from((i as u64) < total % nshards as u64)).max(1)
-            };
             let stats = Arc::new(ShardStats::new(consumer.queues.len()));
             shard_stats.push(stats.clone());
             let periodic: Vec<Periodic> = self.periodic.iter().map(|(p, f)| (*p, f())).collect();
@@ -294,8 +365,8 @@ impl EngineBuilder {
                     Some(cores[i % cores.len()])
                 },
                 lanes,
-                credits: share(u64::from(consumer.prefetch)) as u32,
-                credit_bytes: share(consumer.prefetch_bytes),
+                credits: share(u64::from(consumer.prefetch), i) as u32,
+                credit_bytes: share(consumer.prefetch_bytes, i),
                 conn: conn_cfg.clone(),
                 consumer: consumer.clone(),
                 budget: budget.clone(),
@@ -310,6 +381,7 @@ impl EngineBuilder {
                 wake_fd: shared.wake_fds[i],
                 periodic,
                 heartbeat: self.heartbeat,
+                stalled_drain: self.stalled_drain,
             };
             let tx = ready_tx.clone();
             match std::thread::Builder::new()

@@ -40,23 +40,26 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod conn;
+mod credit;
 mod dispatch;
 mod engine;
 mod error;
 mod handler;
 mod intern;
 mod pop;
+mod resolve;
 mod ring;
 mod shard;
 mod stats;
 mod timer;
 mod url;
+mod wake;
 
 pub use dispatch::{bench_support, Dispatch, KeyFn};
 pub use engine::{EngineBuilder, Running, ShutdownHandle};
 pub use error::{Error, ErrorKind};
 pub use handler::{Handler, Message, Outcome};
-pub use pop::{PopConsumer, PopStrategy, Queue};
+pub use pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 pub use ring::{probe, RingFeatures};
 pub use stats::Stats;
 pub use url::{Address, ConnectionInfo};

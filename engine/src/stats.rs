@@ -33,6 +33,11 @@ pub(crate) struct ShardStats {
     pub retried: AtomicU64,
     pub dead: AtomicU64,
     pub max_in_flight: AtomicU64,
+    pub max_in_flight_bytes: AtomicU64,
+    pub stalls: AtomicU64,
+    pub late_messages: AtomicU64,
+    pub unanswered_pops: AtomicU64,
+    pub possibly_lost: AtomicU64,
     pub enobufs: AtomicU64,
     pub per_queue: Vec<AtomicU64>,
     pub latency: Mutex<Histogram<u64>>,
@@ -51,6 +56,11 @@ impl ShardStats {
             retried: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            max_in_flight_bytes: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            late_messages: AtomicU64::new(0),
+            unanswered_pops: AtomicU64::new(0),
+            possibly_lost: AtomicU64::new(0),
             enobufs: AtomicU64::new(0),
             per_queue: (0..queues).map(|_| AtomicU64::new(0)).collect(),
             latency: Mutex::new(new_histogram()),
@@ -76,6 +86,7 @@ impl ShardStats {
 
 /// A snapshot of the engine's counters, summed over shards.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Stats {
     /// Messages handed to handlers.
     pub messages: u64,
@@ -96,8 +107,23 @@ pub struct Stats {
     /// Outcomes: dead-lettered (no server-side effect in `pop` mode).
     pub dead: u64,
     /// Highest number of messages in flight (requested by pops or not yet handled) seen on
-    /// any one shard; never above that shard's share of the prefetch limit.
+    /// any one shard; never above that shard's share of the prefetch limit, except by the
+    /// late replies of a stalled connection (see [`Stats::stalls`]).
     pub max_in_flight: u64,
+    /// Highest number of payload bytes in flight (reserved by pops that had not answered,
+    /// or received and not yet handled) seen on any one shard. See
+    /// [`PopConsumer::prefetch_bytes`](crate::PopConsumer::prefetch_bytes) for the bound.
+    pub max_in_flight_bytes: u64,
+    /// Connections whose reply was overdue while pops were unanswered: each was replaced
+    /// by a fresh connection and kept open to deliver its late replies.
+    pub stalls: u64,
+    /// Messages delivered by the late replies of stalled connections.
+    pub late_messages: u64,
+    /// Pops whose connection was lost (or closed at a drain limit or a stop) before they
+    /// answered. In `pop` mode, whatever the server popped for them is lost.
+    pub unanswered_pops: u64,
+    /// Messages those unanswered pops asked for: an upper bound on what `pop` mode lost.
+    pub possibly_lost: u64,
     /// Multishot receives that ran out of provided buffers and were re-armed.
     pub enobufs: u64,
     /// Messages per queue, in the consumer's queue order.
@@ -140,6 +166,15 @@ impl Stats {
                 .map(|s| s.max_in_flight.load(Relaxed))
                 .max()
                 .unwrap_or(0),
+            max_in_flight_bytes: shards
+                .iter()
+                .map(|s| s.max_in_flight_bytes.load(Relaxed))
+                .max()
+                .unwrap_or(0),
+            stalls: total(|s| &s.stalls),
+            late_messages: total(|s| &s.late_messages),
+            unanswered_pops: total(|s| &s.unanswered_pops),
+            possibly_lost: total(|s| &s.possibly_lost),
             enobufs: total(|s| &s.enobufs),
             per_queue: queue_names
                 .iter()

@@ -15,6 +15,8 @@ pub(crate) enum TimerEvent {
     Deadline { conn: u32, gen: u32 },
     /// Connection `conn`'s reconnect backoff has passed.
     Reconnect { conn: u32, gen: u32 },
+    /// Stalled connection `conn` (generation `gen`) has drained for as long as it may.
+    DrainLimit { conn: u32, gen: u32 },
     /// Publish shard-local stats to the shared snapshot.
     PublishStats,
     /// PING every ready connection with no command in flight.

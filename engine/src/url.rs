@@ -167,9 +167,12 @@ impl ConnectionInfo {
         match &self.address {
             Address::Unix(p) => Ok(ResolvedAddr::Unix(p.clone())),
             Address::Tcp { host, port } => {
-                let mut addrs = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| Error::config(format!("cannot resolve host '{host}': {e}")))?;
+                let mut addrs = (host.as_str(), *port).to_socket_addrs().map_err(|e| {
+                    Error::new(
+                        crate::ErrorKind::ConnectionLost,
+                        format!("cannot resolve host '{host}': {e}"),
+                    )
+                })?;
                 addrs
                     .next()
                     .map(ResolvedAddr::Tcp)

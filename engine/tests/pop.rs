@@ -717,6 +717,9 @@ fn messages_popped_beyond_the_limit_go_back_to_their_list_in_order() {
         .strategy(PopStrategy::BlockingBatch)
         .batch(10)
         .block_timeout(Duration::from_secs(2))
+        // Far above any message size, so the first pops are not held to one message
+        // while sizes are unknown (see `PopConsumer::prefetch_bytes`).
+        .prefetch_bytes(1 << 50)
         .limit(5);
     let running = EngineBuilder::new(server.url())
         .shards(1)

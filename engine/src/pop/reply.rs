@@ -1,0 +1,260 @@
+//! Pop replies: `_`/`*-1` (nothing), `*2 key value` (BRPOP), `*2 key *N values…` (LMPOP),
+//! or an error, walked with the codec's zero-allocation [`Reader`].
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use ringq_resp::{Reader, ServerError, ServerErrorKind, Token};
+
+use super::PopPlan;
+use crate::error::{Error, ErrorKind};
+use crate::handler::{Message, Payload};
+
+/// What one pop reply held.
+#[derive(Debug, Default)]
+pub(crate) struct PopReply {
+    /// Messages kept (appended to the output).
+    pub count: u32,
+    pub bytes: u64,
+    /// The largest payload in the reply.
+    pub largest: u64,
+    pub queue: Option<u32>,
+    /// Messages beyond the [`Budget`](super::Budget), left at the end of the output for
+    /// the caller to push back to the server (blocking pops in the budget's last moments
+    /// only).
+    pub excess: u32,
+    /// The server ended the blocked pop with `-UNBLOCKED` (our own CLIENT UNBLOCK during a
+    /// stop, an administrator's, or a role change); the text is the server's.
+    pub unblocked: Option<Bytes>,
+}
+
+/// A pop reply the pipeline cannot use.
+#[derive(Debug)]
+pub(crate) enum PopError {
+    /// Try again on a fresh connection after a backoff (LOADING, BUSY, and the topology
+    /// events READONLY and MASTERDOWN of a failover).
+    Retry(Error),
+    /// Stop the engine (WRONGTYPE, NOPERM, malformed reply…).
+    Fatal(Error),
+}
+
+fn malformed(what: &str, t: &Token) -> PopError {
+    PopError::Fatal(Error::new(
+        ErrorKind::Protocol,
+        format!("unexpected pop reply: {what}, got {t:?}"),
+    ))
+}
+
+fn server_error(plan: &PopPlan, msg: Bytes) -> PopError {
+    let e = ServerError::parse(msg);
+    if e.is_retryable() {
+        return PopError::Retry(Error::server("pop", e));
+    }
+    // A failover: the endpoint is a replica now (READONLY), or a replica that lost its
+    // master (MASTERDOWN). Managed endpoints move their name to the new primary, so
+    // reconnect (re-resolving the name) with backoff until it serves as a primary again.
+    if *e.kind() == ServerErrorKind::ReadOnly || e.code() == "MASTERDOWN" {
+        return PopError::Retry(Error::server(
+            "pop refused: the server is not a writable primary now (a failover?); \
+             reconnecting with backoff until it is one again",
+            e,
+        ));
+    }
+    let names: Vec<String> = plan
+        .consumer
+        .queues
+        .iter()
+        .map(|q| String::from_utf8_lossy(&q.name).into_owned())
+        .collect();
+    let hint = match e.kind() {
+        ServerErrorKind::WrongType => "; a queue key holds something other than a list",
+        ServerErrorKind::Moved { .. } | ServerErrorKind::Ask { .. } => {
+            "; this is a Redis Cluster node, and cluster mode is not supported yet"
+        }
+        ServerErrorKind::NoPerm => "; the ACL user needs +@list and access to the queue keys",
+        _ => "",
+    };
+    PopError::Fatal(Error::server(
+        &format!("pop from queues {names:?} failed{hint}"),
+        e,
+    ))
+}
+
+/// Reads `_`/`*-1` (nothing), `*2 key value` (BRPOP) or `*2 key *N values…` (LMPOP).
+/// The messages borrow their payloads from `frame`: no reference count per message.
+pub(super) fn parse_pop_reply<'f>(
+    plan: &PopPlan,
+    frame: &'f Bytes,
+    received_ns: u64,
+    out: &mut Vec<Message<'f>>,
+) -> Result<PopReply, PopError> {
+    let mut r = Reader::new(frame.clone());
+    let proto = |e| {
+        PopError::Fatal(Error::new(
+            ErrorKind::Protocol,
+            format!("malformed pop reply: {e}"),
+        ))
+    };
+    let t = r.next_value_token().map_err(proto)?;
+    match t {
+        Token::Null => return Ok(PopReply::default()),
+        Token::SimpleError(m) | Token::BulkError(m) => {
+            if m.starts_with(b"UNBLOCKED") {
+                // An unblocked pop held nothing, or it would not have been blocked.
+                return Ok(PopReply {
+                    unblocked: Some(m),
+                    ..PopReply::default()
+                });
+            }
+            return Err(server_error(plan, m));
+        }
+        Token::Array(2) => {}
+        t => return Err(malformed("expected a two-element array or null", &t)),
+    }
+    let key = match r.next_slice().map_err(proto)? {
+        Ok(k) => k,
+        Err(t) => return Err(malformed("expected the key", &t)),
+    };
+    let Some(&(qi, priority, key)) = plan.keys.get(key) else {
+        return Err(PopError::Fatal(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "pop reply names key {:?}, which this consumer did not ask for",
+                String::from_utf8_lossy(key)
+            ),
+        )));
+    };
+    let queue = plan.names[qi as usize];
+    let mut bytes = 0;
+    let mut largest = 0;
+    let mut push = |at: Range<usize>| {
+        let payload = &frame[at];
+        bytes += payload.len() as u64;
+        largest = largest.max(payload.len() as u64);
+        out.push(Message {
+            payload: Payload::Lent {
+                bytes: payload,
+                frame,
+            },
+            queue,
+            key,
+            priority,
+            queue_index: qi,
+            deliveries: 1,
+            received_ns,
+        });
+    };
+    let count = match r.next_range().map_err(proto)? {
+        Ok(at) => {
+            push(at);
+            1
+        }
+        Err(Token::Array(n)) => {
+            for _ in 0..n {
+                match r.next_range().map_err(proto)? {
+                    Ok(at) => push(at),
+                    Err(t) => return Err(malformed("expected a message", &t)),
+                }
+            }
+            n as u32
+        }
+        Err(t) => return Err(malformed("expected a message or an array of messages", &t)),
+    };
+    Ok(PopReply {
+        count,
+        bytes,
+        largest,
+        queue: Some(qi),
+        ..PopReply::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::pop::{PopConsumer, Queue};
+
+    fn plan(queues: Vec<Queue>) -> PopPlan {
+        let lane = (0..queues.len() as u32).collect();
+        PopPlan::new(PopConsumer::new(queues), None, &[lane])
+    }
+
+    #[test]
+    fn parses_brpop_lmpop_and_null_replies() {
+        let p = plan(vec![Queue::new("a"), Queue::new("b").priorities([0, 7])]);
+        let brpop = Bytes::from_static(b"*2\r\n$1\r\na\r\n$2\r\nhi\r\n");
+        let lmpop = Bytes::from_static(b"*2\r\n$6\r\n{b}:p7\r\n*2\r\n$1\r\nx\r\n$3\r\nyyy\r\n");
+        let nulls = [&b"_\r\n"[..], b"*-1\r\n", b"$-1\r\n"].map(Bytes::copy_from_slice);
+        let mut out = Vec::new();
+        let r = parse_pop_reply(&p, &brpop, 0, &mut out).unwrap();
+        assert_eq!((r.count, r.bytes, r.queue), (1, 2, Some(0)));
+        let r = parse_pop_reply(&p, &lmpop, 0, &mut out).unwrap();
+        assert_eq!((r.count, r.bytes, r.queue), (2, 4, Some(1)));
+        assert_eq!(out[0].payload(), b"hi");
+        assert_eq!(out[1].priority(), 7);
+        assert_eq!(out[1].queue(), b"b");
+        assert_eq!(out[1].key(), b"{b}:p7");
+        assert_eq!(out[2].payload(), b"yyy");
+        // The owned forms share the reply's bytes.
+        let owned = out[2].detach();
+        assert_eq!(owned.payload(), b"yyy");
+        assert_eq!(owned.payload_bytes().as_ptr(), out[2].payload().as_ptr());
+        // Debug shows the message's own bytes, never the rest of the reply it borrows from.
+        let shown = format!("{:?}", out[2]);
+        assert!(shown.contains(r#"payload: b"yyy""#), "{shown}");
+        assert!(!shown.contains("\\r\\n"), "{shown}");
+        assert_eq!(shown, format!("{owned:?}"));
+        for null in &nulls {
+            let r = parse_pop_reply(&p, null, 0, &mut out).unwrap();
+            assert_eq!(r.count, 0);
+        }
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_maps_server_errors() {
+        let p = plan(vec![Queue::new("a")]);
+        assert!(matches!(
+            parse_pop_reply(
+                &p,
+                &Bytes::from_static(b"*2\r\n$1\r\nz\r\n$1\r\nv\r\n"),
+                0,
+                &mut Vec::new()
+            ),
+            Err(PopError::Fatal(_))
+        ));
+        assert!(matches!(
+            parse_pop_reply(
+                &p,
+                &Bytes::from_static(b"-LOADING wait\r\n"),
+                0,
+                &mut Vec::new()
+            ),
+            Err(PopError::Retry(_))
+        ));
+        match parse_pop_reply(
+            &p,
+            &Bytes::from_static(b"-WRONGTYPE Operation against a key\r\n"),
+            0,
+            &mut Vec::new(),
+        ) {
+            Err(PopError::Fatal(e)) => assert!(
+                e.to_string().contains("holds something other than a list"),
+                "{e}"
+            ),
+            _ => panic!("WRONGTYPE must be fatal"),
+        }
+        assert_eq!(
+            parse_pop_reply(
+                &p,
+                &Bytes::from_static(b"-UNBLOCKED by admin\r\n"),
+                0,
+                &mut Vec::new()
+            )
+            .unwrap()
+            .count,
+            0
+        );
+    }
+}

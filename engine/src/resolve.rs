@@ -1,0 +1,156 @@
+//! Host-name resolution for reconnects, off the shard threads.
+//!
+//! A failover of a managed Redis moves a DNS name to the new primary, so a reconnect must
+//! look the name up again rather than dial the address found at start. A lookup
+//! (`getaddrinfo`) blocks, for seconds when DNS is slow, and a shard thread serves many
+//! connections: so shards post lookups to one resolver thread per engine, which answers
+//! into a per-shard inbox and wakes the shard through its eventfd. Requests that queue up
+//! while a lookup runs (every connection of a failed server reconnects at once) are all
+//! answered by the next lookup.
+//!
+//! Addresses that need no lookup (IP literals, Unix sockets) never come here.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use crate::error::{Error, ErrorKind};
+use crate::wake::Shared;
+
+/// A host-name resolver: host and port in, addresses out (the first is dialled). The
+/// default is the system's (`getaddrinfo`); see
+/// [`EngineBuilder::resolver`](crate::EngineBuilder::resolver).
+pub(crate) type ResolveFn = dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync;
+
+/// The system resolver.
+pub(crate) fn system_resolver() -> Arc<ResolveFn> {
+    Arc::new(|host: &str, port: u16| Ok((host, port).to_socket_addrs()?.collect()))
+}
+
+/// Resolves `host:port` with `f`, as an engine error that says what failed.
+pub(crate) fn resolve_with(f: &ResolveFn, host: &str, port: u16) -> Result<SocketAddr, Error> {
+    let addrs = f(host, port).map_err(|e| {
+        Error::new(
+            ErrorKind::ConnectionLost,
+            format!("cannot resolve host '{host}': {e}"),
+        )
+        .with_source(e)
+    })?;
+    addrs.into_iter().next().ok_or_else(|| {
+        Error::new(
+            ErrorKind::ConnectionLost,
+            format!("host '{host}' resolved to no address"),
+        )
+    })
+}
+
+/// Whether `host` needs a lookup at all.
+pub(crate) fn is_name(host: &str) -> bool {
+    host.parse::<IpAddr>().is_err()
+}
+
+/// One lookup's answer for connection `conn` (generation `gen`) of a shard.
+pub(crate) struct Resolved {
+    pub conn: u32,
+    pub gen: u32,
+    pub addr: Result<SocketAddr, Error>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    ready: AtomicBool,
+    answers: Mutex<Vec<Resolved>>,
+}
+
+struct Request {
+    shard: usize,
+    conn: u32,
+    gen: u32,
+}
+
+/// The engine's resolver thread, and the shards' inboxes.
+pub(crate) struct Resolver {
+    requests: Mutex<mpsc::Sender<Request>>,
+    inboxes: Arc<Vec<Inbox>>,
+}
+
+impl Resolver {
+    /// Starts the resolver thread for `host:port`, answering `shards` shards. The thread
+    /// ends when the resolver is dropped (with the last connection settings holding it).
+    pub(crate) fn start(
+        f: Arc<ResolveFn>,
+        host: String,
+        port: u16,
+        shards: usize,
+        shared: Arc<Shared>,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let inboxes: Arc<Vec<Inbox>> = Arc::new((0..shards).map(|_| Inbox::default()).collect());
+        let boxes = inboxes.clone();
+        std::thread::Builder::new()
+            .name("ringq-resolve".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let answer = resolve_with(&*f, &host, port);
+                    let mut woken = vec![false; boxes.len()];
+                    for r in batch {
+                        let Some(inbox) = boxes.get(r.shard) else {
+                            continue;
+                        };
+                        let addr = match &answer {
+                            Ok(a) => Ok(*a),
+                            Err(e) => Err(Error::new(e.kind(), e.to_string())),
+                        };
+                        if let Ok(mut v) = inbox.answers.lock() {
+                            v.push(Resolved {
+                                conn: r.conn,
+                                gen: r.gen,
+                                addr,
+                            });
+                        }
+                        inbox.ready.store(true, Ordering::Release);
+                        woken[r.shard] = true;
+                    }
+                    for (shard, _) in woken.iter().enumerate().filter(|(_, w)| **w) {
+                        shared.wake(shard);
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawning the resolver thread", e))?;
+        Ok(Self {
+            requests: Mutex::new(tx),
+            inboxes,
+        })
+    }
+
+    /// Asks for a fresh lookup for connection `conn` of shard `shard`. False when the
+    /// resolver thread is gone (it cannot answer; dial the known address instead).
+    pub(crate) fn request(&self, shard: usize, conn: u32, gen: u32) -> bool {
+        self.requests
+            .lock()
+            .is_ok_and(|tx| tx.send(Request { shard, conn, gen }).is_ok())
+    }
+
+    /// Takes the answers that arrived for shard `shard` (cheap when there are none: one
+    /// atomic load).
+    pub(crate) fn take(&self, shard: usize, out: &mut Vec<Resolved>) {
+        let Some(inbox) = self.inboxes.get(shard) else {
+            return;
+        };
+        if !inbox.ready.swap(false, Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut v) = inbox.answers.lock() {
+            out.append(&mut v);
+        }
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver").finish_non_exhaustive()
+    }
+}
