@@ -77,14 +77,17 @@ pub struct ConsumeArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
 
-    /// Most messages in flight at once (popped or asked for, not yet printed).
+    /// Most messages in flight at once (popped or asked for, not yet printed). At least
+    /// the number of connections that own queues: each needs credit to wait on its queues.
     #[arg(long, value_name = "P", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub prefetch: u32,
 
-    /// Consumer identity. Names the connections (CLIENT SETNAME ID-s<shard>-c<n>); the
-    /// reliable and stream modes will key their processing lists and groups by it.
-    #[arg(long, value_name = "ID")]
+    /// Consumer identity: 1 to 200 printable ASCII characters, no spaces (what Redis
+    /// accepts in a connection name). Names the connections (CLIENT SETNAME
+    /// ID-s<shard>-c<n>); the reliable and stream modes will key their processing lists
+    /// and groups by it.
+    #[arg(long, value_name = "ID", value_parser = consumer_id)]
     pub consumer_id: Option<String>,
 
     /// Output format. `raw`: the payload bytes as they are, then a newline (a payload
@@ -111,11 +114,24 @@ pub struct ConsumeArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub connections: u16,
 
-    /// How long a blocking pop waits on the server, in milliseconds. A stop waits at most
-    /// this long for blocked pops to answer.
+    /// How long a blocking pop waits on the server, in milliseconds (at most 86400000, a
+    /// day). A stop ends blocked pops at once with CLIENT UNBLOCK where the server allows.
     #[arg(long, value_name = "MS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCK_TIMEOUT_MS))]
     pub block_timeout_ms: u64,
+
+    /// Extra time past the block timeout before a blocking pop's reply counts as overdue,
+    /// in milliseconds. A connection with an overdue reply is replaced at once and kept
+    /// open to deliver its late replies, so a hung server loses nothing when it resumes.
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCK_TIMEOUT_MS))]
+    pub reply_grace_ms: u64,
+
+    /// How long a non-blocking command (LMPOP, PING) may take before its reply counts as
+    /// overdue, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCK_TIMEOUT_MS))]
+    pub reply_timeout_ms: u64,
 
     /// Print on N worker threads instead of the shard threads. Without --orderly, lines of
     /// one queue may come out of order.
@@ -161,6 +177,10 @@ pub struct ProduceArgs {
     #[arg(long, value_name = "R", value_parser = positive_rate)]
     pub rate: Option<f64>,
 }
+
+/// Longest `--block-timeout-ms` (and reply allowance): a day, as the engine's
+/// `MAX_BLOCK_TIMEOUT`. Redis refuses timeouts whose milliseconds overflow.
+pub const MAX_BLOCK_TIMEOUT_MS: u64 = 86_400_000;
 
 /// Largest payload `--size` accepts: Redis's default proto-max-bulk-len (512 MiB).
 pub const MAX_PAYLOAD: u64 = 512 << 20;
@@ -220,6 +240,22 @@ pub enum Strategy {
     Batch,
 }
 
+/// `--consumer-id`: what Redis accepts in a connection name (CLIENT SETNAME refuses
+/// spaces, newlines and anything outside printable ASCII), checked here so a bad id is a
+/// usage error before anything connects.
+fn consumer_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 200 {
+        return Err("must be 1 to 200 characters".into());
+    }
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{c:?} is not allowed: use printable ASCII without spaces (letters, digits, and \
+             punctuation such as - _ . :), as Redis requires of connection names"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 fn positive_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s
         .parse()
@@ -259,6 +295,19 @@ mod tests {
         assert!(e.is_err());
         let e = Cli::try_parse_from(["ringq", "subscribe"]);
         assert!(e.is_err(), "subscribe needs a channel or a pattern");
+        for bad in ["a b", "é", "tab\there", "", "line\n"] {
+            assert!(consumer_id(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(consumer_id("worker-1.eu:a_b"), Ok("worker-1.eu:a_b".into()));
+        let e = Cli::try_parse_from([
+            "ringq",
+            "consume",
+            "--queue",
+            "q",
+            "--block-timeout-ms",
+            "18446744073709551615",
+        ]);
+        assert!(e.is_err(), "a block timeout beyond a day is refused");
         assert!(positive_rate("0").is_err());
         assert!(positive_rate("nan").is_err());
         assert_eq!(positive_rate("2.5"), Ok(2.5));

@@ -21,7 +21,8 @@ use crate::stop::{watch_signals, StopSwitch};
 /// Runs `ringq consume`.
 ///
 /// # Errors
-/// Usage errors (status 2): an unimplemented mode, a bad URL or consumer id. Runtime errors
+/// Usage errors (status 2): an unimplemented mode, a bad URL, a prefetch below the
+/// connection count. Runtime errors
 /// (status 1): whatever stopped the engine, or a failed write to stdout.
 pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
     if a.mode != Mode::Pop {
@@ -36,8 +37,17 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
     // Parsed here as well as by the engine so a bad URL is a usage error with the
     // engine's (password-redacting) message, before any thread starts.
     ConnectionInfo::parse(&a.server.url).map_err(Exit::engine)?;
-    if let Some(id) = &a.consumer_id {
-        check_consumer_id(id)?;
+    // Every connection that owns queues needs credit to wait on them; the engine would
+    // refuse this too, but only the command line knows the flags' names.
+    let lanes = (u64::from(a.shards) * u64::from(a.connections)).min(a.queues.len() as u64);
+    if u64::from(a.prefetch) < lanes {
+        return Err(Exit::usage(format!(
+            "--prefetch {} is below the {lanes} connections that own queues (--shards {} × \
+             --connections {}, at most one per --queue): each needs at least one message of \
+             credit to wait on its queues. Raise --prefetch to {lanes} or more, or lower \
+             --connections",
+            a.prefetch, a.shards, a.connections
+        )));
     }
 
     let mut consumer = PopConsumer::new(a.queues.iter().map(String::as_str))
@@ -48,7 +58,9 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         })
         .batch(a.batch)
         .prefetch(a.prefetch)
-        .block_timeout(Duration::from_millis(a.block_timeout_ms));
+        .block_timeout(Duration::from_millis(a.block_timeout_ms))
+        .reply_grace(Duration::from_millis(a.reply_grace_ms))
+        .reply_timeout(Duration::from_millis(a.reply_timeout_ms));
     if let Some(n) = a.count {
         consumer = consumer.limit(n);
     }
@@ -93,14 +105,4 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         Err(_) if out.closed => Ok(()),
         Err(e) => Err(Exit::engine(e)),
     }
-}
-
-/// Connection names (`CLIENT SETNAME`) may not contain spaces or newlines.
-fn check_consumer_id(id: &str) -> Result<(), Exit> {
-    if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Exit::usage(format!(
-            "--consumer-id {id:?} must be 1 to 200 characters without spaces or control characters"
-        )));
-    }
-    Ok(())
 }

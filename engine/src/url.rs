@@ -89,6 +89,24 @@ impl ConnectionInfo {
         let rest = url
             .strip_prefix("redis://")
             .ok_or_else(|| bad("expected redis:// or unix://"))?;
+        // `redis://host:6379?db=1` (redis-py and redis-rs accept it) as well as `/1`.
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut query_db = None;
+        for kv in query.split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("db", v)) => {
+                    query_db = Some(
+                        v.parse::<u32>()
+                            .map_err(|_| bad("db must be a number, as in ?db=1"))?,
+                    )
+                }
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown query parameter '{kv}' (only db=N is understood)"
+                    )))
+                }
+            }
+        }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
@@ -147,12 +165,21 @@ impl ConnectionInfo {
         if port == 0 {
             return Err(bad("port must be a number from 1 to 65535"));
         }
-        let path = path.split('?').next().unwrap_or("");
-        let db = if path.is_empty() {
-            0
+        let path_db = if path.is_empty() {
+            None
         } else {
-            path.parse()
-                .map_err(|_| bad("database must be a number, as in /0"))?
+            Some(
+                path.parse::<u32>()
+                    .map_err(|_| bad("database must be a number, as in /0"))?,
+            )
+        };
+        let db = match (path_db, query_db) {
+            (Some(p), Some(q)) if p != q => {
+                return Err(bad(
+                    "the database is given twice (/N and ?db=N) and differs",
+                ))
+            }
+            (p, q) => p.or(q).unwrap_or(0),
         };
         Ok(Self {
             address: Address::Tcp { host, port },
@@ -231,6 +258,34 @@ mod tests {
         assert_eq!(c.username.as_deref(), Some("alice"));
         assert_eq!(c.password.as_deref(), Some("s@cret"));
         assert_eq!(c.db, 3);
+    }
+
+    #[test]
+    fn database_in_the_query_string() {
+        let c = ConnectionInfo::parse("redis://host:6379?db=1").unwrap();
+        assert_eq!(
+            (c.address.clone(), c.db),
+            (
+                Address::Tcp {
+                    host: "host".into(),
+                    port: 6379
+                },
+                1
+            )
+        );
+        assert_eq!(ConnectionInfo::parse("redis://host/2?db=2").unwrap().db, 2);
+        let e = ConnectionInfo::parse("redis://host?db=x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("?db=1"), "{e}");
+        let e = ConnectionInfo::parse("redis://host/1?db=2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
+        let e = ConnectionInfo::parse("redis://host?tls=1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown query parameter 'tls=1'"), "{e}");
     }
 
     #[test]

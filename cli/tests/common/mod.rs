@@ -1,0 +1,169 @@
+//! Helpers shared by the `ringq` binary's black-box tests: private servers, and a
+//! running `ringq` whose output is collected as it arrives.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ringq_tests::{wait_until, RedisServer, TestClient};
+
+/// Longest any one `ringq` run may take before the test kills it and fails.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn server() -> RedisServer {
+    RedisServer::start().expect("start redis-server")
+}
+
+pub fn client(s: &RedisServer) -> TestClient {
+    TestClient::connect(&s.url()).expect("connect to redis-server")
+}
+
+/// A running `ringq` whose stdout and stderr are collected as they arrive.
+pub struct Proc {
+    pub child: Child,
+    pub out: Arc<Mutex<Vec<u8>>>,
+    pub err: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+pub struct Done {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Done {
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.stdout.clone())
+            .expect("UTF-8 output")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    pub fn assert_success(&self) {
+        assert!(
+            self.status.success(),
+            "ringq failed: {:?}\nstderr:\n{}",
+            self.status,
+            self.stderr
+        );
+    }
+}
+
+pub fn spawn(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringq"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringq");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    let collect = |mut r: Box<dyn Read + Send>, buf: Arc<Mutex<Vec<u8>>>| {
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 64 * 1024];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let readers = vec![
+        collect(Box::new(child.stdout.take().unwrap()), out.clone()),
+        collect(Box::new(child.stderr.take().unwrap()), err.clone()),
+    ];
+    Proc {
+        child,
+        out,
+        err,
+        readers,
+    }
+}
+
+impl Proc {
+    pub fn stdout_lines(&self) -> usize {
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,
+        // not yet reaped (we hold its `Child`), so it cannot name another process.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    pub fn finish(mut self) -> Done {
+        let mut status = None;
+        let exited = wait_until(RUN_TIMEOUT, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!(
+                "ringq did not exit within {RUN_TIMEOUT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&self.err.lock().unwrap())
+            );
+        }
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let stdout = std::mem::take(&mut *self.out.lock().unwrap());
+        let stderr = String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned();
+        Done {
+            status: status.expect("exited"),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn run(args: &[&str]) -> Done {
+    spawn(args).finish()
+}
+
+pub fn produce_seq(url: &str, queue: &str, n: u64) -> Done {
+    let done = run(&[
+        "produce",
+        "--url",
+        url,
+        "--queue",
+        queue,
+        "--messages",
+        &n.to_string(),
+        "--seq",
+    ]);
+    done.assert_success();
+    done
+}
+
+pub fn seq(range: std::ops::Range<u64>) -> Vec<String> {
+    range.map(|i| i.to_string()).collect()
+}
