@@ -63,3 +63,8 @@ pub use pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 pub use ring::{probe, RingFeatures};
 pub use stats::Stats;
 pub use url::{Address, ConnectionInfo};
+
+/// The README's code examples, compiled as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
