@@ -117,13 +117,7 @@ fn a_prefetch_below_the_connection_count_is_a_usage_error_naming_the_flags() {
         "--prefetch",
         "2",
     ]);
-    assert_eq!(done.code(), Some(2), "{}", done.stderr);
-    assert!(
-        done.stderr
-            .contains("--prefetch 2 is below the 3 connections that own queues"),
-        "{}",
-        done.stderr
-    );
+    done.assert_fails_with(2, "--prefetch 2 is below the 3 connections that own queues");
     assert!(
         done.stderr.contains("Raise --prefetch to 3"),
         "{}",
@@ -143,12 +137,7 @@ fn bad_input_exits_with_the_right_status_and_says_what_is_wrong() {
         &["produce", "--url", host, "--queue", "q", "--messages", "1"][..],
     ] {
         let done = run(args);
-        assert_eq!(done.code(), Some(1), "{args:?}: {}", done.stderr);
-        assert!(
-            done.stderr.contains("no-such-host.invalid"),
-            "{args:?}: {}",
-            done.stderr
-        );
+        done.assert_fails_with(1, "no-such-host.invalid");
     }
     // A consumer id Redis would refuse as a connection name: a usage error at once.
     for id in ["has space", "café"] {
@@ -161,12 +150,7 @@ fn bad_input_exits_with_the_right_status_and_says_what_is_wrong() {
             "--consumer-id",
             id,
         ]);
-        assert_eq!(done.code(), Some(2), "{id:?}: {}", done.stderr);
-        assert!(
-            done.stderr.contains("printable ASCII without spaces"),
-            "{id:?}: {}",
-            done.stderr
-        );
+        done.assert_fails_with(2, "printable ASCII without spaces");
     }
     // A block timeout Redis would refuse ("timeout is negative"): bounded at parse time.
     let done = run(&[
@@ -178,8 +162,7 @@ fn bad_input_exits_with_the_right_status_and_says_what_is_wrong() {
         "--block-timeout-ms",
         "18446744073709551615",
     ]);
-    assert_eq!(done.code(), Some(2), "{}", done.stderr);
-    assert!(done.stderr.contains("86400000"), "{}", done.stderr);
+    done.assert_fails_with(2, "86400000");
     // `?db=N` selects the database, as `/N` does.
     let mut c = TestClient::connect(&format!("{url}/1")).unwrap();
     c.lpush_many("q", ["in-db-1"]).unwrap();
@@ -202,12 +185,7 @@ fn bad_input_exits_with_the_right_status_and_says_what_is_wrong() {
         "--queue",
         "q",
     ]);
-    assert_eq!(done.code(), Some(2), "{}", done.stderr);
-    assert!(
-        done.stderr.contains("unknown query parameter 'tls=yes'"),
-        "{}",
-        done.stderr
-    );
+    done.assert_fails_with(2, "unknown query parameter 'tls=yes'");
 }
 
 /// Issue 14 §3 through the CLI: a producer pushes at a steady rate, the consumer prints,

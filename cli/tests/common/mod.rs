@@ -48,6 +48,16 @@ impl Done {
         self.status.code()
     }
 
+    /// Asserts the exit status and that stderr says `needle`.
+    pub fn assert_fails_with(&self, code: i32, needle: &str) {
+        assert_eq!(self.code(), Some(code), "stderr:\n{}", self.stderr);
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+    }
+
     pub fn assert_success(&self) {
         assert!(
             self.status.success(),

@@ -173,22 +173,15 @@ impl Lane {
                         let mut w = CommandWriter::new(buf, 2 + nkeys).arg("BRPOP").args(keys);
                         w = w.arg(block);
                         w.finish();
-                    } else if blocking {
-                        // BLMPOP timeout numkeys key [key ...] RIGHT COUNT n
-                        CommandWriter::new(buf, 6 + nkeys)
-                            .arg("BLMPOP")
-                            .arg(block)
-                            .arg_int(nkeys as i64)
-                            .args(keys)
-                            .arg("RIGHT")
-                            .arg("COUNT")
-                            .arg_int(i64::from(count))
-                            .finish();
                     } else {
+                        // BLMPOP timeout numkeys key [key ...] RIGHT COUNT n, or
                         // LMPOP numkeys key [key ...] RIGHT COUNT n
-                        CommandWriter::new(buf, 5 + nkeys)
-                            .arg("LMPOP")
-                            .arg_int(nkeys as i64)
+                        let w = if blocking {
+                            CommandWriter::new(buf, 6 + nkeys).arg("BLMPOP").arg(block)
+                        } else {
+                            CommandWriter::new(buf, 5 + nkeys).arg("LMPOP")
+                        };
+                        w.arg_int(nkeys as i64)
                             .args(keys)
                             .arg("RIGHT")
                             .arg("COUNT")
