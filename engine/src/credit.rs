@@ -126,10 +126,13 @@ impl Credits {
                 }
             }
             None => {
-                let count = count.min((avail_bytes / LARGEST_MESSAGE).max(1));
+                // The count follows what is held, so `depth` such pops stay within the
+                // free bytes at the largest possible size.
+                let held = (avail_bytes / u64::from(depth.max(1))).max(1);
+                let count = count.min((held / LARGEST_MESSAGE).max(1));
                 Grant {
                     count: count as u32,
-                    bytes: (avail_bytes / u64::from(depth.max(1))).max(1),
+                    bytes: held,
                 }
             }
         };

@@ -102,8 +102,9 @@ impl EngineBuilder {
     /// their messages would be lost. So it stays open, sends nothing new, and delivers
     /// what its pops bring until all have answered, the server closes it, or this much
     /// time has passed. A stop waits for it for `reply_grace` at most.
+    /// At most a day (longer is taken as a day).
     pub fn stalled_drain(mut self, d: Duration) -> Self {
-        self.stalled_drain = d;
+        self.stalled_drain = d.min(MAX_BLOCK_TIMEOUT);
         self
     }
 

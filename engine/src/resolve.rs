@@ -94,7 +94,17 @@ impl Resolver {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    let answer = resolve_with(&*f, &host, port);
+                    // A panicking user resolver must not leave connections waiting
+                    // for an answer forever: it answers with an error instead.
+                    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        resolve_with(&*f, &host, port)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::ConnectionLost,
+                            format!("the resolver panicked while looking up '{host}'"),
+                        ))
+                    });
                     let mut woken = vec![false; boxes.len()];
                     for r in batch {
                         let Some(inbox) = boxes.get(r.shard) else {

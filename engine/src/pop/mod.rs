@@ -235,20 +235,22 @@ impl PopConsumer {
 
     /// Extra time past the block timeout before a blocking pop's reply counts as overdue
     /// (default 2 s). Never a global read timeout: each command gets its own deadline.
-    /// A connection with an overdue reply is replaced by a fresh one at once and kept
+    /// At most [`MAX_BLOCK_TIMEOUT`] (longer is taken as that). A connection with an
+    /// overdue reply is replaced by a fresh one at once and kept
     /// open to deliver its late replies (see [`EngineBuilder::stalled_drain`]).
     ///
     /// [`EngineBuilder::stalled_drain`]: crate::EngineBuilder::stalled_drain
     pub fn reply_grace(mut self, d: Duration) -> Self {
-        self.reply_grace = d;
+        self.reply_grace = d.min(MAX_BLOCK_TIMEOUT);
         self
     }
 
     /// How long a non-blocking command (LMPOP, a heartbeat PING, a push-back RPUSH) may
     /// take before its reply counts as overdue (default 10 s; a busy server — a big DEL,
-    /// a fork — can stall for seconds). Handled like an overdue blocking pop.
+    /// a fork — can stall for seconds), at most [`MAX_BLOCK_TIMEOUT`]. Handled like an
+    /// overdue blocking pop.
     pub fn reply_timeout(mut self, d: Duration) -> Self {
-        self.reply_timeout = d.max(Duration::from_millis(1));
+        self.reply_timeout = d.clamp(Duration::from_millis(1), MAX_BLOCK_TIMEOUT);
         self
     }
 

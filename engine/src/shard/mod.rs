@@ -316,9 +316,27 @@ impl Shard {
                 continue;
             }
             // The unblocking side connection has no lane.
-            if let Some(lane) = self.lanes.get_mut(conn.lane) {
-                lane.fill(&self.plan, conn, &mut self.credits, now);
+            let Some(lane) = self.lanes.get_mut(conn.lane) else {
+                continue;
+            };
+            if !lane.returns.is_empty() && lane.in_flight() == 0 {
+                // Messages popped beyond the budget wait to go back (no pop is sent
+                // meanwhile). Normally the reply that brought them sends them; if that
+                // was a stalled connection lost before its last pop answered, nothing
+                // would: once no pop of the lane is still owed anywhere, send them here.
+                let lane_id = conn.lane;
+                let owed = self.conns.iter().any(|c| {
+                    c.lane == lane_id
+                        && c.draining.is_some()
+                        && c.phase == Phase::Ready
+                        && c.pending.iter().any(|p| matches!(p.tag, Tag::Pop(_)))
+                });
+                if !owed {
+                    self.push_back(id, now);
+                }
+                continue;
             }
+            lane.fill(&self.plan, conn, &mut self.credits, now);
         }
     }
 
