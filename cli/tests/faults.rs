@@ -23,6 +23,15 @@ fn blocked(c: &mut TestClient) -> usize {
         .count()
 }
 
+/// Waits until `n` connections are blocked in a pop, naming how many were otherwise.
+fn wait_blocked(c: &mut TestClient, n: usize) {
+    assert!(
+        wait_until(WAIT, || blocked(c) == n),
+        "expected {n} connections blocked in a pop; {} are",
+        blocked(c)
+    );
+}
+
 /// `ringq consume --queue sq0 --queue sq1 --connections 2 --prefetch 128`, then
 /// `LPUSH sq1 x`: before issue 14, sq1's connection never sent a pop.
 #[test]
@@ -43,11 +52,7 @@ fn the_second_connection_is_served_with_a_prefetch_equal_to_the_batch() {
         "128",
     ]);
     let mut c = client(&s);
-    assert!(
-        wait_until(WAIT, || blocked(&mut c) == 2),
-        "both connections must block in a pop; {} do",
-        blocked(&mut c)
-    );
+    wait_blocked(&mut c, 2);
     c.lpush_many("sq1", ["x"]).unwrap();
     assert!(
         wait_until(WAIT, || p.stdout_lines() == 1),
@@ -88,11 +93,7 @@ fn two_thousand_connections_serve_the_last_queue() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = spawn(&refs);
     let mut c = client(&s);
-    assert!(
-        wait_until(WAIT, || blocked(&mut c) == 2000),
-        "{} of 2000 connections blocked",
-        blocked(&mut c)
-    );
+    wait_blocked(&mut c, 2000);
     c.lpush_many("k1999", ["last"]).unwrap();
     let done = p.finish();
     done.assert_success();

@@ -15,13 +15,15 @@
 //! Pipelines (pop now; listen, reliable and stream later) only queue commands with
 //! [`Conn::command`] and receive their replies back from the shard.
 
+mod handshake;
+
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ringq_resp::{CommandWriter, Decoder, Frame, ServerErrorKind};
+use ringq_resp::{CommandWriter, Decoder};
 
 use crate::error::{Error, ErrorKind};
 use crate::resolve::Resolver;
@@ -475,160 +477,11 @@ impl Conn {
         }
     }
 
-    /// Handles a handshake reply. Returns `true` when the connection became ready.
-    pub(crate) fn on_handshake_reply(
-        &mut self,
-        tag: Tag,
-        frame: &Bytes,
-        now: Instant,
-    ) -> Result<bool, Failure> {
-        let frame = Decoder::new()
-            .build(frame)
-            .map_err(|e| Failure::Fatal(Error::protocol(&self.peer(), e)))?;
-        let deadline = now + self.cfg.connect_timeout;
-        let info = self.cfg.info.clone();
-        match (tag, &frame) {
-            (Tag::Hello, Frame::Map(_)) | (Tag::Hello, Frame::Array(_)) => {
-                self.server = parse_hello(&frame);
-            }
-            (Tag::Hello, f) if f.is_error() => {
-                let e = f
-                    .to_server_error()
-                    .unwrap_or_else(|| ringq_resp::ServerError::parse(Bytes::new()));
-                let text = e.to_string();
-                if *e.kind() == ServerErrorKind::Other
-                    && (text.contains("unknown command") || e.code() == "NOPROTO")
-                {
-                    // A server without HELLO (Redis < 6) or without RESP3: RESP2 + AUTH.
-                    self.server = ServerInfo {
-                        resp3: false,
-                        version: (5, 0, 0),
-                        client_id: None,
-                    };
-                    if let Some(pw) = &info.password {
-                        let mut w = CommandWriter::new(
-                            &mut self.wbuf,
-                            if info.username.is_some() { 3 } else { 2 },
-                        )
-                        .arg("AUTH");
-                        if let Some(u) = &info.username {
-                            w = w.arg(u);
-                        }
-                        w.arg(pw).finish();
-                        self.pending.push_back(Pending::new(Tag::Auth, deadline));
-                        self.phase = Phase::Auth2;
-                    } else {
-                        self.send_setname(deadline);
-                    }
-                    return Ok(false);
-                }
-                return Err(self.handshake_failure("HELLO", e));
-            }
-            (Tag::Auth, f) if f.is_error() => {
-                let e = f
-                    .to_server_error()
-                    .unwrap_or_else(|| ringq_resp::ServerError::parse(Bytes::new()));
-                return Err(self.handshake_failure("AUTH", e));
-            }
-            (Tag::Auth, _) => {
-                self.send_setname(deadline);
-                return Ok(false);
-            }
-            (Tag::SetName, f) | (Tag::Select, f) if f.is_error() => {
-                let e = f
-                    .to_server_error()
-                    .unwrap_or_else(|| ringq_resp::ServerError::parse(Bytes::new()));
-                let what = if tag == Tag::Select {
-                    format!("SELECT {}", info.db)
-                } else {
-                    "CLIENT SETNAME".to_owned()
-                };
-                return Err(self.handshake_failure(&what, e));
-            }
-            (Tag::SetName, _) | (Tag::Select, _) => {}
-            (t, f) => {
-                return Err(Failure::Fatal(Error::new(
-                    ErrorKind::Protocol,
-                    format!("unexpected reply to {t:?} from {}: {f:?}", self.peer()),
-                )))
-            }
-        }
-        if tag != Tag::Select && info.db != 0 {
-            CommandWriter::new(&mut self.wbuf, 2)
-                .arg("SELECT")
-                .arg_int(i64::from(info.db))
-                .finish();
-            self.pending.push_back(Pending::new(Tag::Select, deadline));
-            self.phase = Phase::Select;
-            return Ok(false);
-        }
-        self.phase = Phase::Ready;
-        self.ever_ready = true;
-        self.last_error = None;
-        Ok(true)
-    }
-
     /// A reply that shows the server serving, not just accepting connections: ends the
     /// backoff. (A handshake alone does not: a server that accepts HELLO and answers every
     /// pop with LOADING would otherwise be reconnected to at the shortest backoff forever.)
     pub(crate) fn note_served(&mut self) {
         self.failures = 0;
-    }
-
-    /// What an error reply in the handshake means. Authentication failures stop the engine
-    /// (retrying cannot fix a password). A server that is starting, full, or without its
-    /// master (LOADING, BUSY, "max number of clients reached", MASTERDOWN…) may accept us
-    /// later: reconnect with backoff, up to the start attempts for a connection never
-    /// ready. Anything else stops the engine on the first connection (a configuration
-    /// problem, such as SELECT of a database the server does not have) but is retried once
-    /// the connection has worked before: a server that accepted this handshake earlier is
-    /// most likely in a passing state.
-    fn handshake_failure(&self, what: &str, e: ringq_resp::ServerError) -> Failure {
-        let text = e.to_string();
-        if e.is_auth() || text.contains("AUTH") || text.contains("password") {
-            return Failure::Fatal(self.auth_error(e));
-        }
-        let passing = e.is_retryable()
-            || e.code() == "MASTERDOWN"
-            || text.contains("max number of clients")
-            || (self.ever_ready && *e.kind() != ServerErrorKind::NoPerm);
-        let err = Error::server(&format!("{what} on {}", self.peer()), e);
-        if passing {
-            Failure::Retry(err)
-        } else {
-            Failure::Fatal(err)
-        }
-    }
-
-    fn send_setname(&mut self, deadline: Instant) {
-        let name = self.name.clone();
-        CommandWriter::new(&mut self.wbuf, 3)
-            .arg("CLIENT")
-            .arg("SETNAME")
-            .arg(&name)
-            .finish();
-        self.pending.push_back(Pending::new(Tag::SetName, deadline));
-        self.phase = Phase::SetName2;
-    }
-
-    /// The error for a failed authentication (called only for errors that are one).
-    fn auth_error(&self, e: ringq_resp::ServerError) -> Error {
-        let info = &self.cfg.info;
-        let user = info.username.as_deref().unwrap_or("default");
-        match e.kind() {
-            ServerErrorKind::NoAuth => Error::auth(
-                format!(
-                    "{} requires a password (NOAUTH): put it in the URL, as redis://:PASSWORD@host or \
-                     redis://USER:PASSWORD@host",
-                    self.peer()
-                ),
-                Some(e),
-            ),
-            _ => Error::auth(
-                format!("AUTH failed for user '{user}' on {}: {e}", self.peer()),
-                Some(e),
-            ),
-        }
     }
 
     /// Starts closing: cancels every in-flight operation. The connection stays in
@@ -694,36 +547,4 @@ impl Conn {
     pub(crate) fn out_of_start_attempts(&self) -> bool {
         !self.ever_ready && self.failures >= self.cfg.start_attempts
     }
-}
-
-fn parse_hello(frame: &Frame) -> ServerInfo {
-    let mut info = ServerInfo {
-        resp3: matches!(frame, Frame::Map(_)),
-        ..ServerInfo::default()
-    };
-    let pairs: Vec<(&Frame, &Frame)> = match frame {
-        Frame::Map(p) => p.iter().map(|(k, v)| (k, v)).collect(),
-        Frame::Array(v) => v
-            .chunks(2)
-            .filter_map(|c| Some((c.first()?, c.get(1)?)))
-            .collect(),
-        _ => Vec::new(),
-    };
-    for (k, v) in pairs {
-        match k.as_bytes().map(|b| &b[..]) {
-            Some(b"version") => {
-                if let Some(s) = v.as_bytes().and_then(|b| std::str::from_utf8(b).ok()) {
-                    let mut it = s.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-                    info.version = (
-                        it.next().unwrap_or(0),
-                        it.next().unwrap_or(0),
-                        it.next().unwrap_or(0),
-                    );
-                }
-            }
-            Some(b"id") => info.client_id = v.as_integer(),
-            _ => {}
-        }
-    }
-    info
 }
