@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::budget::Budget;
 use crate::conn::ConnConfig;
 use crate::dispatch::{start_pool, Dispatch, ShardDispatch, ShardWaker};
 use crate::error::{Error, ErrorKind};
 use crate::handler::Handler;
-use crate::pop::{Budget, PopConsumer, MAX_BLOCK_TIMEOUT};
+use crate::pipeline::pop::{PopConsumer, PopPipeline, MAX_BLOCK_TIMEOUT};
 use crate::resolve::{is_name, system_resolver, ResolveFn, Resolver};
 use crate::ring::{sys, RingConfig, RingFeatures};
 use crate::shard::{self, HandlerSide, Periodic, ShardSpec};
@@ -61,7 +62,7 @@ pub struct EngineBuilder {
     backoff_max: Duration,
     start_attempts: u32,
     client_name: String,
-    heartbeat: Duration,
+    idle_ping: Duration,
     periodic: Vec<PeriodicFactory>,
     dispatch: Dispatch,
     stalled_drain: Duration,
@@ -87,7 +88,7 @@ impl EngineBuilder {
             backoff_max: Duration::from_secs(5),
             start_attempts: 3,
             client_name: "ringq".into(),
-            heartbeat: Duration::from_secs(15),
+            idle_ping: Duration::from_secs(15),
             periodic: Vec::new(),
             dispatch: Dispatch::inline(),
             stalled_drain: Duration::from_secs(300),
@@ -190,10 +191,11 @@ impl EngineBuilder {
 
     /// How often a connection with nothing in flight (its credits used up by a slow
     /// handler, or a spent budget) is PINGed, so a dead server is noticed within this plus
-    /// the pop's `reply_grace` (default 15 s). Connections with a command in flight are
-    /// watched by that command's deadline instead.
-    pub fn heartbeat(mut self, period: Duration) -> Self {
-        self.heartbeat = period.max(Duration::from_millis(1));
+    /// the reply timeout (default 15 s). Connections with a command in flight are watched
+    /// by that command's deadline instead. (Not reliable mode's heartbeat keys: this is
+    /// a liveness check of the connection only.)
+    pub fn idle_ping(mut self, period: Duration) -> Self {
+        self.idle_ping = period.max(Duration::from_millis(1));
         self
     }
 
@@ -356,6 +358,7 @@ impl EngineBuilder {
         let mut shard_stats = Vec::with_capacity(nshards);
         for (i, lanes) in lanes_per_shard.into_iter().enumerate() {
             let stats = Arc::new(ShardStats::new(consumer.queues.len()));
+            let pipeline = PopPipeline::new(consumer.clone(), budget.clone(), lanes);
             shard_stats.push(stats.clone());
             let periodic: Vec<Periodic> = self.periodic.iter().map(|(p, f)| (*p, f())).collect();
             let spec = ShardSpec {
@@ -365,12 +368,11 @@ impl EngineBuilder {
                 } else {
                     Some(cores[i % cores.len()])
                 },
-                lanes,
+                pipeline,
                 credits: share(u64::from(consumer.prefetch), i) as u32,
                 credit_bytes: share(consumer.prefetch_bytes, i),
-                conn: conn_cfg.clone(),
-                consumer: consumer.clone(),
                 budget: budget.clone(),
+                conn: conn_cfg.clone(),
                 ring: self.ring,
                 handler: match sides[i].take() {
                     Some(side) => HandlerSide::Workers(side),
@@ -381,8 +383,10 @@ impl EngineBuilder {
                 shared: shared.clone(),
                 wake_fd: shared.wake_fds[i],
                 periodic,
-                heartbeat: self.heartbeat,
+                idle_ping: self.idle_ping,
                 stalled_drain: self.stalled_drain,
+                reply_timeout: consumer.reply_timeout,
+                reply_grace: consumer.reply_grace,
             };
             let tx = ready_tx.clone();
             match std::thread::Builder::new()

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod budget;
 mod conn;
 mod credit;
 mod dispatch;
@@ -46,7 +47,7 @@ mod engine;
 mod error;
 mod handler;
 mod intern;
-mod pop;
+mod pipeline;
 mod resolve;
 mod ring;
 mod shard;
@@ -59,7 +60,7 @@ pub use dispatch::{bench_support, Dispatch, KeyFn};
 pub use engine::{EngineBuilder, Running, ShutdownHandle};
 pub use error::{Error, ErrorKind};
 pub use handler::{Handler, Message, Outcome};
-pub use pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
+pub use pipeline::pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 pub use ring::{probe, RingFeatures};
 pub use stats::Stats;
 pub use url::{Address, ConnectionInfo};

@@ -39,12 +39,14 @@ pub(crate) struct ShardStats {
     pub unanswered_pops: AtomicU64,
     pub possibly_lost: AtomicU64,
     pub enobufs: AtomicU64,
-    pub per_queue: Vec<AtomicU64>,
+    pub push_frames: AtomicU64,
+    /// Messages per source (pop: queue), in configuration order.
+    pub per_source: Vec<AtomicU64>,
     pub latency: Mutex<Histogram<u64>>,
 }
 
 impl ShardStats {
-    pub(crate) fn new(queues: usize) -> Self {
+    pub(crate) fn new(sources: usize) -> Self {
         Self {
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -62,7 +64,8 @@ impl ShardStats {
             unanswered_pops: AtomicU64::new(0),
             possibly_lost: AtomicU64::new(0),
             enobufs: AtomicU64::new(0),
-            per_queue: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            push_frames: AtomicU64::new(0),
+            per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             latency: Mutex::new(new_histogram()),
         }
     }
@@ -126,8 +129,12 @@ pub struct Stats {
     pub possibly_lost: u64,
     /// Multishot receives that ran out of provided buffers and were re-armed.
     pub enobufs: u64,
-    /// Messages per queue, in the consumer's queue order.
-    pub per_queue: Vec<(String, u64)>,
+    /// Push frames no pipeline turned into messages (a pop-mode connection should see
+    /// none; a server that sends them anyway is counted here).
+    pub push_frames: u64,
+    /// Messages per source — a queue in `pop` mode (its name, as configured) — in
+    /// configuration order.
+    pub per_source: Vec<(String, u64)>,
     /// Pop-to-handler latency in nanoseconds: from the reply's arrival to the handler call.
     pub latency_ns: Histogram<u64>,
 }
@@ -136,7 +143,7 @@ impl Stats {
     pub(crate) fn sum(
         shards: &[std::sync::Arc<ShardStats>],
         workers: &[std::sync::Arc<Mutex<Histogram<u64>>>],
-        queue_names: &[String],
+        source_names: &[String],
     ) -> Self {
         let total = |f: fn(&ShardStats) -> &AtomicU64| {
             shards.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
@@ -176,7 +183,8 @@ impl Stats {
             unanswered_pops: total(|s| &s.unanswered_pops),
             possibly_lost: total(|s| &s.possibly_lost),
             enobufs: total(|s| &s.enobufs),
-            per_queue: queue_names
+            push_frames: total(|s| &s.push_frames),
+            per_source: source_names
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
@@ -184,7 +192,7 @@ impl Stats {
                         n.clone(),
                         shards
                             .iter()
-                            .map(|s| s.per_queue.get(i).map_or(0, |c| c.load(Relaxed)))
+                            .map(|s| s.per_source.get(i).map_or(0, |c| c.load(Relaxed)))
                             .sum(),
                     )
                 })

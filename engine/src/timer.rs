@@ -20,7 +20,9 @@ pub(crate) enum TimerEvent {
     /// Publish shard-local stats to the shared snapshot.
     PublishStats,
     /// PING every ready connection with no command in flight.
-    Heartbeat,
+    IdlePing,
+    /// A pipeline's own timer (`Io::timer`).
+    Pipeline(u32),
     /// User periodic callback number `n`.
     User(u32),
 }

@@ -103,7 +103,10 @@ fn drains_100k_messages_from_4_queues_with_2_shards_exactly_once_in_order() {
     );
     let stats = running.shutdown().unwrap();
     assert_eq!(stats.messages, 100_000);
-    assert_eq!(stats.per_queue.iter().map(|(_, n)| n).sum::<u64>(), 100_000);
+    assert_eq!(
+        stats.per_source.iter().map(|(_, n)| n).sum::<u64>(),
+        100_000
+    );
     assert_exactly_once_in_order(&rec.snapshot(), &expected);
     for q in 0..4 {
         assert_eq!(c.llen(format!("q{q}")).unwrap(), 0);
@@ -843,7 +846,7 @@ fn heartbeats_watch_idle_connections_and_notice_a_hung_server() {
     let running = EngineBuilder::new(server.url())
         .shards(1)
         .pin_cores(false)
-        .heartbeat(Duration::from_millis(100))
+        .idle_ping(Duration::from_millis(100))
         // On a worker, so the shard loop runs on while the handler holds the credit.
         .dispatch(Dispatch::workers(1))
         .start(

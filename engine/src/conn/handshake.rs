@@ -9,11 +9,11 @@ use ringq_resp::{CommandWriter, Decoder, Frame, ServerErrorKind};
 use super::{Conn, Failure, Pending, Phase, ServerInfo, Tag};
 use crate::error::{Error, ErrorKind};
 
-impl Conn {
+impl<C: Copy + std::fmt::Debug> Conn<C> {
     /// Handles a handshake reply. Returns `true` when the connection became ready.
     pub(crate) fn on_handshake_reply(
         &mut self,
-        tag: Tag,
+        tag: Tag<C>,
         frame: &Bytes,
         now: Instant,
     ) -> Result<bool, Failure> {
@@ -73,7 +73,7 @@ impl Conn {
                 let e = f
                     .to_server_error()
                     .unwrap_or_else(|| ringq_resp::ServerError::parse(Bytes::new()));
-                let what = if tag == Tag::Select {
+                let what = if matches!(tag, Tag::Select) {
                     format!("SELECT {}", info.db)
                 } else {
                     "CLIENT SETNAME".to_owned()
@@ -88,7 +88,7 @@ impl Conn {
                 )))
             }
         }
-        if tag != Tag::Select && info.db != 0 {
+        if !matches!(tag, Tag::Select) && info.db != 0 {
             CommandWriter::new(&mut self.wbuf, 2)
                 .arg("SELECT")
                 .arg_int(i64::from(info.db))

@@ -13,7 +13,11 @@
 //! ended, then closes the fd and schedules a reconnect with backoff and jitter.
 //!
 //! Pipelines (pop now; listen, reliable and stream later) only queue commands with
-//! [`Conn::command`] and receive their replies back from the shard.
+//! [`Conn::command`] (or [`Conn::command_unanswered`] for commands whose only answer is a
+//! push frame) and receive their replies back from the shard. The reply FIFO is generic
+//! over the pipeline's command tag `C`; [`Conn::next_reply`] tells a reply to a queued
+//! command from a push frame (RESP3 `>`, or a RESP2 message array on a subscriber
+//! connection), which answers none.
 
 mod handshake;
 
@@ -55,55 +59,67 @@ pub(crate) enum Phase {
     Done,
 }
 
-/// What a queued command's reply is for.
+/// What a queued command's reply is for: the connection's own handshake, the shard's
+/// idle PING and CLIENT UNBLOCK, or a command of the pipeline (its tag `C`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tag {
+pub(crate) enum Tag<C> {
     Hello,
     Auth,
     SetName,
     Select,
-    /// A pop (see [`PopCmd`]).
-    Pop(PopCmd),
-    /// A heartbeat on an idle connection.
+    /// An idle PING on a connection with nothing in flight.
     Ping,
-    /// `CLIENT UNBLOCK` of connection `conn`'s blocked pop, sent during a stop from a
-    /// side connection (see `Shard::unblock_blocked`).
+    /// `CLIENT UNBLOCK` of connection `conn`'s blocked command, sent during a stop on the
+    /// Control connection (see `Shard::unblock_blocked`).
     Unblock {
         conn: u32,
     },
-    /// Popped messages beyond [`PopConsumer::limit`](crate::PopConsumer::limit) going
-    /// back to the right end of their list (RPUSH), where they were popped from.
-    PushBack {
-        count: u32,
-    },
+    /// A pipeline's command.
+    Pipe(C),
 }
 
-/// A pop in flight: what it asked for and the credit it holds until it answers.
+/// What a connection is for on its shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PopCmd {
-    /// Messages asked for (the COUNT; 1 for BRPOP).
-    pub count: u32,
-    /// BRPOP or BLMPOP: may wait on the server for the block timeout.
-    pub blocking: bool,
-    /// Payload bytes of credit held for the reply.
-    pub bytes: u64,
-    /// Its connection stalled while it was in flight and was replaced: it holds no credit
-    /// any more, and its reply, if one comes, is a late one (see `Shard::retire`).
-    pub late: bool,
+pub(crate) enum Role {
+    /// Carries the pipeline's fetching (possibly blocking) commands; the number is the
+    /// pipeline's own (pop: the lane).
+    Fetch(u32),
+    /// The shard's Control connection: acks, scripts, CLIENT UNBLOCK — commands that must
+    /// never wait behind a blocked fetch.
+    Control,
 }
 
+/// A reply taken from a connection's read buffer.
+pub(crate) enum Reply<C> {
+    /// The answer to the oldest queued command.
+    Answer(Tag<C>, Bytes),
+    /// A push frame, which answers no command.
+    Push(Bytes),
+}
+
+/// A queued command waiting for its reply.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Pending {
-    pub tag: Tag,
-    pub deadline: Instant,
+struct Pending<C> {
+    tag: Tag<C>,
+    deadline: Instant,
     /// The time the command is allowed once it reaches the head of the pipeline: a
     /// command queued behind a blocking pop that blocks gets its deadline pushed back by
     /// the time it waited (see [`Conn::next_reply`]).
-    pub allow: Duration,
+    allow: Duration,
 }
 
-impl Pending {
-    fn new(tag: Tag, deadline: Instant) -> Self {
+/// What a connection's deadline timer found when it fired.
+pub(crate) enum Deadline<C> {
+    /// Stale (another timer counts, or nothing is due): nothing to do.
+    Moot,
+    /// The head command is not due yet: arm a timer for this instant.
+    Rearm(Instant),
+    /// The head command is overdue.
+    Overdue(Tag<C>),
+}
+
+impl<C> Pending<C> {
+    fn new(tag: Tag<C>, deadline: Instant) -> Self {
         Self {
             tag,
             deadline,
@@ -153,12 +169,14 @@ pub(crate) enum Failure {
     Fatal(Error),
 }
 
-pub(crate) struct Conn {
-    pub id: u32,
-    pub gen: u32,
-    pub lane: usize,
-    pub phase: Phase,
-    pub name: String,
+/// One connection: socket, buffers, decoder, the FIFO of commands it awaits replies to,
+/// and its place in its shard (id, generation, role).
+pub(crate) struct Conn<C> {
+    id: u32,
+    gen: u32,
+    role: Role,
+    phase: Phase,
+    name: String,
     cfg: Arc<ConnConfig>,
     fd: RawFd,
     connect_op: Option<OpId>,
@@ -168,24 +186,29 @@ pub(crate) struct Conn {
     dec: Decoder,
     wbuf: BytesMut,
     in_send: Bytes,
-    pub pending: VecDeque<Pending>,
-    pub server: ServerInfo,
+    pending: VecDeque<Pending<C>>,
+    server: ServerInfo,
     /// When this connection's deadline timer fires, if one is armed (at most one counts;
     /// an earlier head deadline arms an earlier one, and the later one is then ignored).
-    pub deadline_armed: Option<Instant>,
-    pub failures: u32,
-    pub ever_ready: bool,
+    deadline_armed: Option<Instant>,
+    failures: u32,
+    ever_ready: bool,
     /// After closing, go to `Done` instead of reconnecting.
-    pub stop_after_close: bool,
-    pub last_error: Option<String>,
-    /// During a stop: a `CLIENT UNBLOCK` for the blocking pop at the head is on its way.
-    pub unblock_sent: bool,
-    /// A reply was overdue and a fresh connection took over this one's lane: it sends
+    stop_after_close: bool,
+    last_error: Option<String>,
+    /// During a stop: a `CLIENT UNBLOCK` for the blocking command at the head is on its
+    /// way.
+    unblock_sent: bool,
+    /// A reply was overdue and a fresh connection took over this one's role: it sends
     /// nothing new and stays open until this instant at most, to deliver the replies
     /// still owed (see `Shard::retire`).
-    pub draining: Option<Instant>,
+    draining: Option<Instant>,
     /// This connection stalled once and was replaced; once done, its slot may be reused.
-    pub retired: bool,
+    retired: bool,
+    /// Subscribed (RESP2): message and (un)subscribe arrays are push frames.
+    subscriber: bool,
+    /// Reading is paused (backpressure): no receive is armed, replies stay buffered.
+    paused: bool,
     rng: u64,
 }
 
@@ -194,12 +217,12 @@ pub(crate) fn token(id: u32, gen: u32) -> u64 {
     u64::from(id) << 32 | u64::from(gen)
 }
 
-impl Conn {
-    pub(crate) fn new(id: u32, lane: usize, name: String, cfg: Arc<ConnConfig>, seed: u64) -> Self {
+impl<C: Copy + std::fmt::Debug> Conn<C> {
+    pub(crate) fn new(id: u32, role: Role, name: String, cfg: Arc<ConnConfig>, seed: u64) -> Self {
         Self {
             id,
             gen: 0,
-            lane,
+            role,
             phase: Phase::Idle,
             name,
             cfg,
@@ -221,19 +244,21 @@ impl Conn {
             unblock_sent: false,
             draining: None,
             retired: false,
+            subscriber: false,
+            paused: false,
             rng: seed | 1,
         }
     }
 
-    /// A fresh connection for this one's lane, in slot `id` (whose previous occupant, if
+    /// A fresh connection for this one's role, in slot `id` (whose previous occupant, if
     /// any, had generation `gen`), when this one stalled: same name and settings, and the
     /// same standing (a connection that has worked before is retried for as long as it
     /// takes).
-    pub(crate) fn successor(&mut self, id: u32, gen: u32) -> Conn {
+    pub(crate) fn successor(&mut self, id: u32, gen: u32) -> Conn<C> {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let mut c = Conn::new(id, self.lane, self.name.clone(), self.cfg.clone(), self.rng);
+        let mut c = Conn::new(id, self.role, self.name.clone(), self.cfg.clone(), self.rng);
         c.gen = gen;
         c.failures = self.failures;
         c.ever_ready = self.ever_ready;
@@ -241,17 +266,195 @@ impl Conn {
         c
     }
 
+    /// Index in its shard's connection table.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Generation: bumped by every connect, so stale completions and timers are told apart.
+    pub(crate) fn gen(&self) -> u32 {
+        self.gen
+    }
+
+    pub(crate) fn role(&self) -> Role {
+        self.role
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Ready and not draining: the pipeline may queue commands on it.
+    pub(crate) fn serves(&self) -> bool {
+        self.phase == Phase::Ready && self.draining.is_none()
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the handshake learned about the server.
+    pub(crate) fn server(&self) -> &ServerInfo {
+        &self.server
+    }
+
+    /// Failed attempts since it last served.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Whether its handshake ever completed.
+    pub(crate) fn ever_ready(&self) -> bool {
+        self.ever_ready
+    }
+
+    pub(crate) fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    pub(crate) fn set_last_error(&mut self, e: String) {
+        self.last_error = Some(e);
+    }
+
+    /// After its next close, it stays closed (`Done`) instead of reconnecting.
+    pub(crate) fn stop_after_close(&mut self) {
+        self.stop_after_close = true;
+    }
+
+    /// Waiting for its host name to be looked up again.
+    pub(crate) fn set_resolving(&mut self) {
+        self.phase = Phase::Resolving;
+    }
+
+    /// Given up without a socket (stop, or out of start attempts).
+    pub(crate) fn set_done(&mut self) {
+        self.phase = Phase::Done;
+    }
+
+    /// A lookup failed: counts as a failed attempt (`try_finish_close` then backs off).
+    pub(crate) fn lookup_failed(&mut self, e: String) {
+        self.last_error = Some(e);
+        self.phase = Phase::Closing;
+    }
+
+    /// Draining after a stall: the instant it closes at the latest.
+    pub(crate) fn draining(&self) -> Option<Instant> {
+        self.draining
+    }
+
+    pub(crate) fn set_draining(&mut self, until: Instant) {
+        self.draining = Some(until);
+    }
+
+    /// Stalled once and replaced; its slot may be reused once done.
+    pub(crate) fn retired(&self) -> bool {
+        self.retired
+    }
+
+    pub(crate) fn set_retired(&mut self) {
+        self.retired = true;
+    }
+
+    /// A `CLIENT UNBLOCK` for its head command is on its way (during a stop).
+    pub(crate) fn unblock_sent(&self) -> bool {
+        self.unblock_sent
+    }
+
+    pub(crate) fn set_unblock_sent(&mut self, sent: bool) {
+        self.unblock_sent = sent;
+    }
+
+    /// Whether a `CLIENT UNBLOCK` was sent for the command just answered; clears it.
+    pub(crate) fn take_unblock_sent(&mut self) -> bool {
+        std::mem::take(&mut self.unblock_sent)
+    }
+
+    /// From now on RESP2 message and (un)subscribe arrays are push frames (RESP3 push
+    /// frames are told apart by their type byte on any connection).
+    pub(crate) fn set_subscriber(&mut self, on: bool) {
+        self.subscriber = on;
+    }
+
+    /// No command awaits a reply.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Commands awaiting replies (handshake and shard commands included).
+    pub(crate) fn awaiting(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether any queued pipeline command matches `f`.
+    pub(crate) fn any_cmd(&self, mut f: impl FnMut(&C) -> bool) -> bool {
+        self.pending.iter().any(|p| match &p.tag {
+            Tag::Pipe(c) => f(c),
+            _ => false,
+        })
+    }
+
+    /// The pipeline's commands awaiting replies, oldest first, to update in place.
+    pub(crate) fn cmds_mut(&mut self) -> impl Iterator<Item = &mut C> {
+        self.pending.iter_mut().filter_map(|p| match &mut p.tag {
+            Tag::Pipe(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The tag of the oldest command awaiting its reply.
+    pub(crate) fn head(&self) -> Option<Tag<C>> {
+        self.pending.front().map(|p| p.tag)
+    }
+
+    /// Moves the pipeline's unanswered commands to `out`, oldest first (the connection
+    /// is lost: they will never be answered).
+    pub(crate) fn take_unanswered(&mut self, out: &mut Vec<C>) {
+        out.extend(self.pending.iter().filter_map(|p| match p.tag {
+            Tag::Pipe(c) => Some(c),
+            _ => None,
+        }));
+        self.pending.retain(|p| !matches!(p.tag, Tag::Pipe(_)));
+    }
+
+    /// The head command's deadline, if no timer armed so far fires by then: the caller
+    /// adds a timer for it. (A new head may be due sooner than the armed timer — a
+    /// blocking pop after non-blocking ones — or a hung server would be noticed late.)
+    pub(crate) fn arm_deadline(&mut self) -> Option<Instant> {
+        if self.draining.is_some() {
+            // Past its deadline already; its drain limit has a timer of its own.
+            return None;
+        }
+        let head = self.pending.front()?.deadline;
+        if self.deadline_armed.is_some_and(|at| head >= at) {
+            return None;
+        }
+        self.deadline_armed = Some(head);
+        Some(head)
+    }
+
+    /// The deadline timer armed for this generation fired at `now`.
+    pub(crate) fn deadline_fired(&mut self, now: Instant) -> Deadline<C> {
+        if !self.deadline_armed.is_some_and(|at| at <= now) {
+            // Not armed, or a timer superseded by an earlier one that is still to fire.
+            return Deadline::Moot;
+        }
+        self.deadline_armed = None;
+        if self.draining.is_some() {
+            return Deadline::Moot;
+        }
+        let Some(head) = self.pending.front() else {
+            return Deadline::Moot;
+        };
+        if head.deadline > now {
+            self.deadline_armed = Some(head.deadline);
+            return Deadline::Rearm(head.deadline);
+        }
+        Deadline::Overdue(head.tag)
+    }
+
     /// The settings this connection was made with (shared by the engine's connections).
     pub(crate) fn config(&self) -> &Arc<ConnConfig> {
         &self.cfg
-    }
-
-    /// Whether the command at the head of the pipeline is a blocking pop.
-    pub(crate) fn head_blocks(&self) -> bool {
-        matches!(
-            self.pending.front().map(|p| p.tag),
-            Some(Tag::Pop(PopCmd { blocking: true, .. }))
-        )
     }
 
     pub(crate) fn token(&self) -> u64 {
@@ -341,7 +544,7 @@ impl Conn {
     /// reaches the pipeline's head). Sent at the end of the loop turn.
     pub(crate) fn command(
         &mut self,
-        tag: Tag,
+        tag: Tag<C>,
         now: Instant,
         allow: Duration,
         encode: impl FnOnce(&mut BytesMut),
@@ -352,6 +555,13 @@ impl Conn {
             deadline: now + allow,
             allow,
         });
+    }
+
+    /// Queues a command no reply answers in order: its only answers are push frames
+    /// (RESP3 SUBSCRIBE, redis#11784; every SUBSCRIBE-family command in RESP2 subscribe
+    /// mode), which the pipeline counts itself.
+    pub(crate) fn command_unanswered(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut self.wbuf);
     }
 
     /// Hands queued bytes to the kernel if no send is in flight.
@@ -423,7 +633,11 @@ impl Conn {
             return Ok(false);
         }
         if result > 0 || result == -libc::ENOBUFS {
-            return Ok(!more);
+            return Ok(!more && !self.paused);
+        }
+        if result == -libc::ECANCELED && self.paused {
+            // The receive cancelled by `pause_reading`.
+            return Ok(false);
         }
         if result == 0 {
             return Err(Failure::Retry(Error::new(
@@ -442,39 +656,71 @@ impl Conn {
     }
 
     pub(crate) fn rearm_recv(&mut self, driver: &mut Driver) -> Result<(), Failure> {
-        if self.recv_op.is_none() && self.fd >= 0 && self.phase != Phase::Closing {
+        if self.recv_op.is_none() && self.fd >= 0 && self.phase != Phase::Closing && !self.paused {
             self.recv_op = Some(driver.recv(self.token(), self.fd).map_err(Failure::Fatal)?);
         }
         Ok(())
     }
 
-    /// The next complete reply with the command it answers. RESP3 push frames, which no
-    /// command answers, are skipped here (no pipeline of this connection subscribes).
-    pub(crate) fn next_reply(&mut self) -> Result<Option<(Pending, Bytes)>, Failure> {
-        loop {
-            let n = match self.dec.scan(&self.rbuf) {
-                Ok(Some(n)) => n,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(Failure::Fatal(Error::protocol(&self.peer(), e))),
-            };
-            let frame = self.rbuf.split_to(n).freeze();
-            if self.server.resp3 && frame.first() == Some(&b'>') {
-                continue;
-            }
-            let Some(p) = self.pending.pop_front() else {
-                return Err(Failure::Fatal(Error::new(
-                    ErrorKind::Protocol,
-                    format!("{} sent a reply nobody asked for", self.peer()),
-                )));
-            };
-            // The next command only starts now (a pipelined BRPOP waits behind one that
-            // blocked): it gets its full allowance from here, so a pipeline of blocking
-            // pops on a queue that ran dry is never mistaken for a hung server.
-            if let Some(next) = self.pending.front_mut() {
-                next.deadline = next.deadline.max(Instant::now() + next.allow);
-            }
-            return Ok(Some((p, frame)));
+    /// Stops reading (backpressure): the receive is cancelled, so the socket's receive
+    /// buffer fills and TCP pushes back on the server. Replies already buffered stay
+    /// here until [`Conn::resume_reading`]; [`Conn::next_reply`] yields none meanwhile.
+    pub(crate) fn pause_reading(&mut self, driver: &mut Driver) {
+        if self.paused {
+            return;
         }
+        self.paused = true;
+        if let Some(op) = self.recv_op {
+            if let Err(e) = driver.cancel(op) {
+                tracing::warn!(conn = %self.name, "cancel failed: {e}");
+            }
+        }
+    }
+
+    /// Reads again after [`Conn::pause_reading`]; the caller then processes the replies
+    /// that were buffered meanwhile.
+    pub(crate) fn resume_reading(&mut self, driver: &mut Driver) -> Result<(), Failure> {
+        if !self.paused {
+            return Ok(());
+        }
+        self.paused = false;
+        self.rearm_recv(driver)
+    }
+
+    /// Whether reading is paused.
+    pub(crate) fn reading_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The next complete frame: the reply to the oldest queued command, or a push frame
+    /// (RESP3 `>`; on a subscriber connection, a RESP2 message or (un)subscribe array).
+    /// None while reading is paused.
+    pub(crate) fn next_reply(&mut self) -> Result<Option<Reply<C>>, Failure> {
+        if self.paused {
+            return Ok(None);
+        }
+        let n = match self.dec.scan(&self.rbuf) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Failure::Fatal(Error::protocol(&self.peer(), e))),
+        };
+        let frame = self.rbuf.split_to(n).freeze();
+        if frame.first() == Some(&b'>') || (self.subscriber && is_resp2_push(&frame)) {
+            return Ok(Some(Reply::Push(frame)));
+        }
+        let Some(p) = self.pending.pop_front() else {
+            return Err(Failure::Fatal(Error::new(
+                ErrorKind::Protocol,
+                format!("{} sent a reply nobody asked for", self.peer()),
+            )));
+        };
+        // The next command only starts now (a pipelined BRPOP waits behind one that
+        // blocked): it gets its full allowance from here, so a pipeline of blocking pops
+        // on a queue that ran dry is never mistaken for a hung server.
+        if let Some(next) = self.pending.front_mut() {
+            next.deadline = next.deadline.max(Instant::now() + next.allow);
+        }
+        Ok(Some(Reply::Answer(p.tag, frame)))
     }
 
     /// A reply that shows the server serving, not just accepting connections: ends the
@@ -546,5 +792,65 @@ impl Conn {
     /// Whether a never-ready connection has used up its start-up attempts.
     pub(crate) fn out_of_start_attempts(&self) -> bool {
         !self.ever_ready && self.failures >= self.cfg.start_attempts
+    }
+}
+
+/// Whether a RESP2 frame is a subscriber connection's push: an array whose first element
+/// is `message`, `pmessage`, `smessage` or a (un)subscribe confirmation. (A PING there
+/// answers `*2 pong ""`, which is a reply.)
+fn is_resp2_push(frame: &[u8]) -> bool {
+    const KINDS: [&[u8]; 9] = [
+        b"message",
+        b"pmessage",
+        b"smessage",
+        b"subscribe",
+        b"psubscribe",
+        b"ssubscribe",
+        b"unsubscribe",
+        b"punsubscribe",
+        b"sunsubscribe",
+    ];
+    if frame.first() != Some(&b'*') {
+        return false;
+    }
+    // `*N\r\n$L\r\n<kind>\r\n`: the kind is the first bulk string.
+    let Some(nl) = frame.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let rest = &frame[nl + 1..];
+    if rest.first() != Some(&b'$') {
+        return false;
+    }
+    let Some(nl2) = rest.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let body = &rest[nl2 + 1..];
+    KINDS.iter().any(|k| {
+        body.len() >= k.len() + 2
+            && body[..k.len()].eq_ignore_ascii_case(k)
+            && &body[k.len()..k.len() + 2] == b"\r\n"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_resp2_push;
+
+    #[test]
+    fn resp2_subscriber_pushes_are_told_from_replies() {
+        assert!(is_resp2_push(
+            b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n"
+        ));
+        assert!(is_resp2_push(
+            b"*4\r\n$8\r\npmessage\r\n$1\r\np\r\n$1\r\nc\r\n$1\r\nx\r\n"
+        ));
+        assert!(is_resp2_push(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"));
+        assert!(is_resp2_push(
+            b"*3\r\n$12\r\npunsubscribe\r\n$1\r\np\r\n:0\r\n"
+        ));
+        assert!(!is_resp2_push(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"));
+        assert!(!is_resp2_push(b"*2\r\n$8\r\nmessages\r\n$1\r\nx\r\n"));
+        assert!(!is_resp2_push(b"+OK\r\n"));
+        assert!(!is_resp2_push(b"*1\r\n:1\r\n"));
     }
 }

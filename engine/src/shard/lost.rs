@@ -1,14 +1,17 @@
 //! Connections that fail or stall: deadlines, the stalled-connection drain, reconnects.
+//! What a stall or a loss means for the commands in flight is the pipeline's
+//! (`Pipeline::on_stalled`, `Pipeline::on_lost`); this module keeps the connections.
 //!
 //! ## Why a stalled connection is kept, not closed
 //! Closing a socket cannot take back commands the server has not read yet. A server that
 //! hangs (kill -STOP, a long fork, a VM pause) past a pop's deadline still runs the
 //! pipelined pops in its socket buffer when it resumes, and their replies would go to a
 //! closed socket: whole batches lost, though nothing failed on the wire. So a connection
-//! whose reply is overdue while pops (or push-backs) are unanswered is *retired*, not
-//! closed ([`Shard::retire`]):
+//! whose reply is overdue while commands that owe effects (`Pipeline::owes_effects`: in pop
+//! mode, pops and push-backs) are unanswered is *retired*, not closed ([`Shard::retire`]):
 //!
-//! - a fresh connection takes over its lane at once and pops from the lane's own credit;
+//! - a fresh connection takes over its role (pop: its lane) at once and pops from the
+//!   lane's own credit;
 //! - the retired one sends nothing new, and stays open to deliver the replies still owed —
 //!   they are real pops — until they have all arrived, the server closes it, or
 //!   [`EngineBuilder::stalled_drain`](crate::EngineBuilder::stalled_drain) passes;
@@ -31,48 +34,37 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Shard;
-use crate::conn::{Failure, Phase, Tag};
+use crate::conn::{Deadline, Failure, Phase};
 use crate::error::{Error, ErrorKind};
+use crate::pipeline::Pipeline;
 use crate::timer::TimerEvent;
 
-impl Shard {
+impl<P: Pipeline> Shard<P> {
     /// The deadline timer of connection `id` fired.
     pub(super) fn on_deadline(&mut self, id: usize, gen: u32, now: Instant) {
-        let Some(c) = self.conns.get_mut(id) else {
+        let Some(c) = self.io.conns.get_mut(id) else {
             return;
         };
-        // Not armed, or a timer superseded by an earlier one that is still to fire.
-        if c.gen != gen || !c.deadline_armed.is_some_and(|at| at <= now) {
+        if c.gen() != gen {
             return;
         }
-        c.deadline_armed = None;
-        if c.draining.is_some() {
-            return;
-        }
-        let Some(head) = c.pending.front().copied() else {
-            return;
+        let head = match c.deadline_fired(now) {
+            Deadline::Moot => return,
+            Deadline::Rearm(at) => {
+                let conn = id as u32;
+                self.io.timers.add(at, TimerEvent::Deadline { conn, gen });
+                return;
+            }
+            Deadline::Overdue(head) => head,
         };
-        if head.deadline > now {
-            self.timers.add(
-                head.deadline,
-                TimerEvent::Deadline {
-                    conn: id as u32,
-                    gen,
-                },
-            );
-            c.deadline_armed = Some(head.deadline);
-            return;
-        }
-        let owes_effects = c
-            .pending
-            .iter()
-            .any(|p| matches!(p.tag, Tag::Pop(_) | Tag::PushBack { .. }));
-        let what = format!(
-            "no reply from {} to {:?} within its deadline",
-            c.peer(),
-            head.tag
-        );
-        if owes_effects && c.phase == Phase::Ready && !self.stopping && Some(id) != self.unblocker {
+        let pipeline = &self.pipeline;
+        let owes_effects = c.any_cmd(|cmd| pipeline.owes_effects(cmd));
+        let what = format!("no reply from {} to {head:?} within its deadline", c.peer(),);
+        if owes_effects
+            && c.phase() == Phase::Ready
+            && !self.io.stopping
+            && Some(id) != self.io.control
+        {
             self.retire(id, what, now);
             return;
         }
@@ -81,32 +73,18 @@ impl Shard {
         self.finish_close(id, now);
     }
 
-    /// Connection `id` stalled with pops unanswered: a fresh connection takes over its
-    /// lane and this one drains (see the module docs).
+    /// Connection `id` stalled with commands that owe effects: a fresh connection takes
+    /// over its role and this one drains (see the module docs).
     fn retire(&mut self, id: usize, what: String, now: Instant) {
-        let lane = self.conns[id].lane;
         let until = now + self.stalled_drain;
-        let mut pops = 0u32;
-        let mut asked = 0u64;
-        {
-            let conn = &mut self.conns[id];
-            conn.draining = Some(until);
-            for p in conn.pending.iter_mut() {
-                if let Tag::Pop(pop) = &mut p.tag {
-                    if let Some(l) = self.lanes.get_mut(lane) {
-                        l.detach(pop, &mut self.credits);
-                    }
-                    pop.late = true;
-                    pops += 1;
-                    asked += u64::from(pop.count);
-                }
-            }
-        }
-        self.stats.add(&self.stats.stalls, 1);
+        self.io.conns[id].set_draining(until);
+        let owed = self.pipeline.on_stalled(&mut self.io, id);
+        let s = &self.io.stats;
+        s.add(&s.stalls, 1);
         // It no longer serves: the fresh connection counts as ready once it is.
-        self.stats.connections_ready.fetch_sub(1, Ordering::Relaxed);
-        let gen = self.conns[id].gen;
-        self.timers.add(
+        s.connections_ready.fetch_sub(1, Ordering::Relaxed);
+        let gen = self.io.conns[id].gen();
+        self.io.timers.add(
             until,
             TimerEvent::DrainLimit {
                 conn: id as u32,
@@ -114,27 +92,25 @@ impl Shard {
             },
         );
         // A slot whose stalled connection finished draining is reused.
-        let slot = self
-            .conns
+        let conns = &mut self.io.conns;
+        let slot = conns
             .iter()
-            .position(|c| c.phase == Phase::Done && c.retired)
-            .unwrap_or(self.conns.len());
-        let prev_gen = self.conns.get(slot).map_or(0, |c| c.gen);
-        let mut fresh = self.conns[id].successor(slot as u32, prev_gen);
-        self.conns[id].retired = true;
-        let name = fresh.name.clone();
-        fresh.phase = Phase::Idle;
-        if slot == self.conns.len() {
-            self.conns.push(fresh);
+            .position(|c| c.phase() == Phase::Done && c.retired())
+            .unwrap_or(conns.len());
+        let prev_gen = conns.get(slot).map_or(0, |c| c.gen());
+        let fresh = conns[id].successor(slot as u32, prev_gen);
+        conns[id].set_retired();
+        let name = fresh.name().to_owned();
+        if slot == conns.len() {
+            conns.push(fresh);
         } else {
-            self.conns[slot] = fresh;
+            conns[slot] = fresh;
         }
         tracing::warn!(
             shard = self.index,
             conn = %name,
             "{what}: a fresh connection takes over its queues now; the stalled one stays \
-             open for up to {:?} to deliver the replies of its {pops} pop(s) (asking for up \
-             to {asked} messages) if the server resumes",
+             open for up to {:?} to deliver the replies of {owed} if the server resumes",
             self.stalled_drain
         );
         self.reconnect(slot, now);
@@ -142,10 +118,10 @@ impl Shard {
 
     /// A stalled connection's drain limit passed.
     pub(super) fn on_drain_limit(&mut self, id: usize, gen: u32, now: Instant) {
-        let Some(c) = self.conns.get(id) else {
+        let Some(c) = self.io.conns.get(id) else {
             return;
         };
-        if c.gen != gen || !c.draining.is_some_and(|until| until <= now) {
+        if c.gen() != gen || !c.draining().is_some_and(|until| until <= now) {
             return;
         }
         let e = Error::new(
@@ -160,100 +136,68 @@ impl Shard {
     }
 
     /// Handles a connection failure: fatal ones stop the engine, others reconnect. The
-    /// commands it had not seen answered are handed back: pops give back their credit and
-    /// budget claims, and are counted as possibly lost.
+    /// pipeline's commands it had not seen answered are handed back to the pipeline.
     pub(super) fn fail_conn(&mut self, id: usize, f: Failure, _now: Instant) {
-        let conn = &mut self.conns[id];
-        if matches!(conn.phase, Phase::Closing | Phase::Done) {
+        let conn = &mut self.io.conns[id];
+        if matches!(conn.phase(), Phase::Closing | Phase::Done) {
             return;
         }
-        if conn.phase == Phase::Ready && conn.draining.is_none() {
-            self.stats.connections_ready.fetch_sub(1, Ordering::Relaxed);
+        if conn.serves() {
+            self.io
+                .stats
+                .connections_ready
+                .fetch_sub(1, Ordering::Relaxed);
         }
-        let lane = conn.lane;
-        let draining = conn.draining.is_some();
-        let mut pops = 0u64;
-        let mut asked = 0u64;
-        let mut unreturned = 0u32;
-        for p in &conn.pending {
-            match &p.tag {
-                Tag::Pop(pop) => {
-                    pops += 1;
-                    if let Some(l) = self.lanes.get_mut(lane) {
-                        asked += u64::from(l.forget(&self.plan, pop, &mut self.credits));
-                    }
-                }
-                Tag::PushBack { count } => unreturned += count,
-                _ => {}
-            }
-        }
-        self.stats.add(&self.stats.unanswered_pops, pops);
-        self.stats.add(&self.stats.possibly_lost, asked);
+        let draining = conn.draining().is_some();
+        let mut unanswered = std::mem::take(&mut self.unanswered);
+        conn.take_unanswered(&mut unanswered);
         match f {
             Failure::Fatal(e) => {
-                conn.stop_after_close = true;
-                conn.last_error = Some(e.to_string());
-                self.shared.fail(e);
+                conn.stop_after_close();
+                conn.set_last_error(e.to_string());
+                self.io.shared.fail(e);
             }
             Failure::Retry(e) => {
-                if pops > 0 {
-                    tracing::warn!(
-                        shard = self.index, conn = %conn.name,
-                        "{e} ({pops} pop(s) unanswered: up to {asked} messages they may have taken are lost)"
-                    );
-                } else {
-                    tracing::warn!(shard = self.index, conn = %conn.name, "{e}");
-                }
-                conn.last_error = Some(e.to_string());
-                if self.stopping || draining {
-                    conn.stop_after_close = true;
+                tracing::warn!(shard = self.index, conn = %conn.name(), "{e}");
+                conn.set_last_error(e.to_string());
+                if self.io.stopping || draining {
+                    conn.stop_after_close();
                 }
             }
-        }
-        if unreturned > 0 {
-            tracing::error!(
-                conn = %conn.name,
-                "connection lost before {unreturned} message(s) popped beyond the limit were pushed back; they may be lost"
-            );
         }
         conn.begin_close(&mut self.driver);
-        // A stalled connection's loss leaves its lane's fresh connection alone.
-        if !draining {
-            if let Some(l) = self.lanes.get_mut(lane) {
-                l.reset();
-            }
-        }
+        self.pipeline
+            .on_lost(&mut self.io, id, &unanswered, draining);
+        unanswered.clear();
+        self.unanswered = unanswered;
     }
 
     /// Completes a close once the kernel is done with the connection's operations.
     pub(super) fn finish_close(&mut self, id: usize, now: Instant) {
-        let conn = &mut self.conns[id];
+        let conn = &mut self.io.conns[id];
         match conn.try_finish_close() {
             None | Some(None) => {}
             Some(Some(backoff)) => {
                 if conn.out_of_start_attempts() {
-                    let why = conn
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "unknown error".into());
-                    conn.phase = Phase::Done;
-                    self.shared.fail(Error::new(
+                    let why = conn.last_error().unwrap_or("unknown error").to_owned();
+                    conn.set_done();
+                    self.io.shared.fail(Error::new(
                         ErrorKind::ConnectionLost,
-                        format!("could not connect after {} attempts: {why}", conn.failures),
+                        format!(
+                            "could not connect after {} attempts: {why}",
+                            conn.failures()
+                        ),
                     ));
                     return;
                 }
-                if self.stopping {
-                    conn.phase = Phase::Done;
+                if self.io.stopping {
+                    conn.set_done();
                     return;
                 }
-                self.timers.add(
-                    now + backoff,
-                    TimerEvent::Reconnect {
-                        conn: conn.id,
-                        gen: conn.gen,
-                    },
-                );
+                let (conn, gen) = (conn.id(), conn.gen());
+                self.io
+                    .timers
+                    .add(now + backoff, TimerEvent::Reconnect { conn, gen });
             }
         }
     }

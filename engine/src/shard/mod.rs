@@ -1,21 +1,25 @@
 //! The per-core loop. One shard = one thread, pinned to one core, owning one io_uring,
-//! its connections, lanes, timers, credits and handler. Nothing here is shared with other
-//! shards except the stop flag and wake-up eventfds, the stats counters, the first fatal
-//! error and the `PopConsumer::limit` budget.
+//! its connections, timers, credits, handler and its pipeline (the delivery mode; see
+//! [`crate::pipeline`]). Nothing here is shared with other shards except the stop flag
+//! and wake-up eventfds, the stats counters, the first fatal error and the message
+//! budget. Nothing here knows which mode it runs.
 //!
 //! A loop turn:
-//! 1. queue pops on every ready connection (as credits allow) and hand queued bytes to
-//!    the kernel;
+//! 1. the pipeline queues commands on ready connections (as credits allow); queued bytes
+//!    go to the kernel;
 //! 2. **one** `io_uring_enter` that submits every SQE of the turn and waits for a CQE or
 //!    the nearest timer;
-//! 3. route CQEs to connections; decode replies; run the handler on popped messages;
-//! 4. fire due timers (deadlines, reconnects, heartbeats, stats, user callbacks).
+//! 3. route CQEs to connections; decode replies; replies to the pipeline's commands and
+//!    push frames go to the pipeline, which turns them into messages; run the handler;
+//!    outcomes go back to the pipeline;
+//! 4. fire due timers (deadlines, reconnects, idle PINGs, stats, the pipeline's own, user
+//!    callbacks).
 //!
-//! Shutdown never drops a reply in flight: a stopping shard sends nothing new, waits for
-//! every pending reply (a blocked pop answers within its block timeout; pipelined BRPOPs
-//! on a queue that just ran dry block one after another), hands what they
-//! carry to the handler, then closes its sockets and waits for the kernel to finish with
-//! every operation before the ring is dropped.
+//! Shutdown never drops a reply in flight: a stopping shard sends nothing new, ends
+//! blocked commands with CLIENT UNBLOCK, waits for every pending reply, hands what they
+//! carry to the handler, waits until the pipeline reports it has drained (its last acks
+//! answered), then closes its sockets and waits for the kernel to finish with every
+//! operation before the ring is dropped.
 
 mod lost;
 mod replies;
@@ -30,12 +34,13 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use ringq_resp::CommandWriter;
 
-use crate::conn::{Conn, ConnConfig, Phase, Tag};
+use crate::budget::Budget;
+use crate::conn::{Conn, ConnConfig, Phase, Role, Tag};
 use crate::credit::Credits;
 use crate::dispatch::{epoch_nanos, ShardDispatch};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Handler, Message, Outcome};
-use crate::pop::{Budget, Lane, PopConsumer, PopPlan};
+use crate::pipeline::{ControlUse, Io, Pipeline};
 use crate::resolve::Resolved;
 use crate::ring::{Completion, Driver, OpKind, RingConfig, RingFeatures};
 use crate::stats::{new_histogram, ShardStats};
@@ -81,15 +86,14 @@ pub(crate) enum HandlerSide {
 }
 
 /// Everything a shard thread needs, built by the engine.
-pub(crate) struct ShardSpec {
+pub(crate) struct ShardSpec<P> {
     pub index: usize,
     pub core: Option<core_affinity::CoreId>,
-    pub lanes: Vec<Vec<u32>>,
+    pub pipeline: P,
     pub credits: u32,
     pub credit_bytes: u64,
-    pub conn: Arc<ConnConfig>,
-    pub consumer: PopConsumer,
     pub budget: Option<Arc<Budget>>,
+    pub conn: Arc<ConnConfig>,
     pub ring: RingConfig,
     pub handler: HandlerSide,
     pub epoch: Instant,
@@ -97,50 +101,48 @@ pub(crate) struct ShardSpec {
     pub shared: Arc<Shared>,
     pub wake_fd: RawFd,
     pub periodic: Vec<Periodic>,
-    pub heartbeat: Duration,
+    /// How often a connection with nothing in flight is PINGed.
+    pub idle_ping: Duration,
     /// How long a stalled connection stays open to deliver late replies.
     pub stalled_drain: Duration,
+    /// How long a non-blocking command may take.
+    pub reply_timeout: Duration,
+    /// How long a stop waits for a stalled connection.
+    pub reply_grace: Duration,
 }
 
-struct Shard {
+struct Shard<P: Pipeline> {
     index: usize,
     driver: Driver,
-    conns: Vec<Conn>,
-    lanes: Vec<Lane>,
-    plan: PopPlan,
-    credits: Credits,
-    timers: Timers,
+    /// What the pipeline works with: connections, credits, timers, stats.
+    io: Io<P::Cmd>,
+    pipeline: P,
     handler: HandlerSide,
     epoch: Instant,
-    turn_ns: u64,
-    stats: Arc<ShardStats>,
-    shared: Arc<Shared>,
     wake_fd: RawFd,
     wake_armed: bool,
     periodic: Vec<Periodic>,
-    heartbeat: Duration,
+    idle_ping: Duration,
     stalled_drain: Duration,
-    stopping: bool,
-    /// Where the next turn's fill starts, so no connection always comes first for the
-    /// shared part of the credit.
-    fill_from: usize,
+    reply_grace: Duration,
+    conn_cfg: Arc<ConnConfig>,
     /// Host-name lookups answered for reconnects (reused).
     resolved: Vec<Resolved>,
     /// Reused for every reply's messages (see [`recycle`]).
     msgs: Vec<Message<'static>>,
     outcomes: Vec<Outcome>,
+    /// A lost connection's unanswered commands, on their way back to the pipeline (reused).
+    unanswered: Vec<P::Cmd>,
     latency: Histogram<u64>,
     completions: Vec<Completion>,
     turn_started: Instant,
-    /// During a stop: the side connection that sends `CLIENT UNBLOCK` for blocked pops.
-    unblocker: Option<usize>,
     /// `CLIENT UNBLOCK` is not available (an ACL without it, an error): wait instead.
     unblock_off: bool,
 }
 
 /// Runs a shard to completion on the current thread. Reports ring set-up on `ready`.
-pub(crate) fn run(
-    spec: ShardSpec,
+pub(crate) fn run<P: Pipeline>(
+    spec: ShardSpec<P>,
     ready: mpsc::Sender<Result<RingFeatures, Error>>,
 ) -> Result<(), Error> {
     if let Some(core) = spec.core {
@@ -158,57 +160,54 @@ pub(crate) fn run(
     };
     let _ = ready.send(Ok(driver.features().clone()));
     drop(ready);
-    let conns = spec
-        .lanes
-        .iter()
-        .enumerate()
-        .map(|(i, _)| {
+    let fetch = spec.pipeline.fetch_connections();
+    let conns = (0..fetch)
+        .map(|i| {
             let name = format!("{}-s{}-c{}", spec.conn.client_name, spec.index, i);
-            let seed = (spec.index as u64) << 32 ^ i as u64 ^ u64::from(std::process::id()) << 16;
             Conn::new(
                 i as u32,
-                i,
+                Role::Fetch(i as u32),
                 name,
                 spec.conn.clone(),
-                seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                conn_seed(spec.index, i),
             )
         })
         .collect();
-    let plan = PopPlan::new(spec.consumer, spec.budget, &spec.lanes);
-    let credits = Credits::new(spec.credits, spec.credit_bytes, spec.lanes.len());
-    let lanes = spec
-        .lanes
-        .into_iter()
-        .enumerate()
-        .map(|(i, queues)| Lane::new(i, queues))
-        .collect();
+    let io = Io {
+        shard: spec.index,
+        conns,
+        credits: Credits::new(spec.credits, spec.credit_bytes, fetch),
+        budget: spec.budget,
+        stats: spec.stats,
+        shared: spec.shared,
+        timers: Timers::default(),
+        stopping: false,
+        turn_ns: 0,
+        reply_timeout: spec.reply_timeout,
+        control: None,
+        want_control: spec.pipeline.control() == ControlUse::Always,
+    };
     let mut shard = Shard {
         index: spec.index,
         driver,
-        conns,
-        lanes,
-        plan,
-        credits,
-        timers: Timers::default(),
+        io,
+        pipeline: spec.pipeline,
         handler: spec.handler,
         epoch: spec.epoch,
-        turn_ns: 0,
-        stats: spec.stats,
-        shared: spec.shared,
         wake_fd: spec.wake_fd,
         wake_armed: false,
         periodic: spec.periodic,
-        heartbeat: spec.heartbeat,
+        idle_ping: spec.idle_ping,
         stalled_drain: spec.stalled_drain,
-        stopping: false,
-        fill_from: 0,
+        reply_grace: spec.reply_grace,
+        conn_cfg: spec.conn,
         resolved: Vec::new(),
         msgs: Vec::with_capacity(1024),
         outcomes: Vec::with_capacity(1024),
+        unanswered: Vec::new(),
         latency: new_histogram(),
         completions: Vec::with_capacity(256),
         turn_started: Instant::now(),
-        unblocker: None,
         unblock_off: false,
     };
     // User code runs on this thread outside the handler's own guard (`every` callbacks,
@@ -229,47 +228,56 @@ pub(crate) fn run(
         }
     };
     if let Err(e) = &result {
-        shard.shared.fail(Error::new(e.kind(), e.to_string()));
+        shard.io.shared.fail(Error::new(e.kind(), e.to_string()));
         shard.abandon();
     }
     shard.publish_stats();
     result
 }
 
-impl Shard {
+/// Seeds connection `i`'s backoff jitter: different per shard, slot and process.
+fn conn_seed(shard: usize, i: usize) -> u64 {
+    let seed = (shard as u64) << 32 ^ i as u64 ^ u64::from(std::process::id()) << 16;
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl<P: Pipeline> Shard<P> {
     fn run_loop(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         self.arm_wake()?;
-        self.timers
+        self.io
+            .timers
             .add(now + STATS_PERIOD, TimerEvent::PublishStats);
-        self.timers.add(now + self.heartbeat, TimerEvent::Heartbeat);
+        self.io
+            .timers
+            .add(now + self.idle_ping, TimerEvent::IdlePing);
         for (i, (period, _)) in self.periodic.iter().enumerate() {
-            self.timers.add(now + *period, TimerEvent::User(i as u32));
+            self.io
+                .timers
+                .add(now + *period, TimerEvent::User(i as u32));
         }
-        for id in 0..self.conns.len() {
-            let addr = self.conns[id].config().addr.clone();
+        for id in 0..self.io.conns.len() {
+            let addr = self.conn_cfg.addr.clone();
             self.connect(id, now, &addr);
         }
         loop {
             let now = Instant::now();
-            if self.shared.stop.load(Ordering::Relaxed) && !self.stopping {
+            if self.io.shared.stop.load(Ordering::Relaxed) && !self.io.stopping {
                 self.begin_stop(now);
             }
-            if self.stopping {
-                self.unblock_blocked(now);
-                self.close_idle_conns();
-                let handed_out = match &self.handler {
-                    HandlerSide::Workers(d) => d.in_flight(),
-                    HandlerSide::Inline(_) => 0,
-                };
-                if handed_out == 0 && self.conns.iter().all(|c| c.phase == Phase::Done) {
+            if self.io.want_control && self.io.control.is_none() {
+                self.open_control(now);
+            }
+            if self.io.stopping {
+                if self.stop_turn(now) {
                     return self.drain_ring();
                 }
             } else {
-                self.fill_all(now);
+                self.pipeline.fill(&mut self.io, now);
             }
             self.flush_all(now);
             let mut timeout = self
+                .io
                 .timers
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(now));
@@ -281,7 +289,7 @@ impl Shard {
             }
             self.driver.submit_and_wait(timeout)?;
             self.turn_started = Instant::now();
-            self.turn_ns = epoch_nanos(self.epoch);
+            self.io.turn_ns = epoch_nanos(self.epoch);
             if let HandlerSide::Workers(d) = &self.handler {
                 d.woke();
             }
@@ -294,49 +302,9 @@ impl Shard {
             self.completions = completions;
             let now = self.turn_started;
             self.take_resolved(now);
-            while let Some(ev) = self.timers.pop_due(now) {
+            while let Some(ev) = self.io.timers.pop_due(now) {
                 self.on_timer(ev, now);
             }
-        }
-    }
-
-    /// Lets every lane queue the pops its credit allows on its ready connection. The
-    /// starting connection rotates each turn, so none is always first to the shared
-    /// part of the credit (each lane's own reserve is its own whatever the order).
-    fn fill_all(&mut self, now: Instant) {
-        let n = self.conns.len();
-        if n == 0 {
-            return;
-        }
-        self.fill_from = (self.fill_from + 1) % n;
-        for k in 0..n {
-            let id = (self.fill_from + k) % n;
-            let conn = &mut self.conns[id];
-            if conn.phase != Phase::Ready || conn.draining.is_some() {
-                continue;
-            }
-            // The unblocking side connection has no lane.
-            let Some(lane) = self.lanes.get_mut(conn.lane) else {
-                continue;
-            };
-            if !lane.returns.is_empty() && lane.in_flight() == 0 {
-                // Messages popped beyond the budget wait to go back (no pop is sent
-                // meanwhile). Normally the reply that brought them sends them; if that
-                // was a stalled connection lost before its last pop answered, nothing
-                // would: once no pop of the lane is still owed anywhere, send them here.
-                let lane_id = conn.lane;
-                let owed = self.conns.iter().any(|c| {
-                    c.lane == lane_id
-                        && c.draining.is_some()
-                        && c.phase == Phase::Ready
-                        && c.pending.iter().any(|p| matches!(p.tag, Tag::Pop(_)))
-                });
-                if !owed {
-                    self.push_back(id, now);
-                }
-                continue;
-            }
-            lane.fill(&self.plan, conn, &mut self.credits, now);
         }
     }
 
@@ -350,38 +318,46 @@ impl Shard {
 
     /// Sends what each connection queued and makes sure its oldest command has a timer.
     fn flush_all(&mut self, now: Instant) {
-        for id in 0..self.conns.len() {
-            let conn = &mut self.conns[id];
+        for id in 0..self.io.conns.len() {
+            let conn = &mut self.io.conns[id];
             if let Err(f) = conn.flush(&mut self.driver) {
                 self.fail_conn(id, f, now);
                 continue;
             }
-            let conn = &mut self.conns[id];
-            // A draining connection is past its deadline already; its drain limit has
-            // a timer of its own.
-            if conn.draining.is_some() {
-                continue;
-            }
-            if let Some(head) = conn.pending.front() {
-                // A new head may be due sooner than the armed timer (a blocking pop after
-                // non-blocking ones): arm one for it, or a hung server is noticed late.
-                if !conn.deadline_armed.is_some_and(|at| head.deadline >= at) {
-                    self.timers.add(
-                        head.deadline,
-                        TimerEvent::Deadline {
-                            conn: conn.id,
-                            gen: conn.gen,
-                        },
-                    );
-                    conn.deadline_armed = Some(head.deadline);
-                }
+            let conn = &mut self.io.conns[id];
+            if let Some(at) = conn.arm_deadline() {
+                let (conn, gen) = (conn.id(), conn.gen());
+                self.io.timers.add(at, TimerEvent::Deadline { conn, gen });
             }
         }
     }
 
+    /// Opens the Control connection (acks, scripts, CLIENT UNBLOCK), in a new slot.
+    fn open_control(&mut self, now: Instant) {
+        let id = self.io.conns.len();
+        let name = format!("{}-s{}-control", self.conn_cfg.client_name, self.index);
+        let mut control = Conn::new(
+            id as u32,
+            Role::Control,
+            name,
+            self.conn_cfg.clone(),
+            conn_seed(self.index, id) ^ 0xC0,
+        );
+        if self.io.stopping {
+            // Opened for the stop: one attempt only, a failure leaves the stop to the
+            // block timeouts.
+            control.stop_after_close();
+        }
+        self.io.conns.push(control);
+        self.io.control = Some(id);
+        self.io.want_control = false;
+        let addr = self.conn_cfg.addr.clone();
+        self.connect(id, now, &addr);
+    }
+
     /// Starts connection `id` connecting to `addr`.
     fn connect(&mut self, id: usize, now: Instant, addr: &crate::url::ResolvedAddr) {
-        if let Err(f) = self.conns[id].start_connect(&mut self.driver, now, addr) {
+        if let Err(f) = self.io.conns[id].start_connect(&mut self.driver, now, addr) {
             self.fail_conn(id, f, now);
             self.finish_close(id, now);
         }
@@ -390,21 +366,21 @@ impl Shard {
     /// Connects `id` again: after looking the host name up again where there is one (a
     /// failover may have moved it), else to the address found at start.
     fn reconnect(&mut self, id: usize, now: Instant) {
-        let conn = &mut self.conns[id];
-        if let Some(r) = conn.config().resolver.clone() {
-            conn.phase = Phase::Resolving;
-            if r.request(self.index, conn.id, conn.gen) {
+        if let Some(r) = self.conn_cfg.resolver.clone() {
+            let conn = &mut self.io.conns[id];
+            conn.set_resolving();
+            if r.request(self.index, conn.id(), conn.gen()) {
                 return;
             }
-            tracing::warn!(conn = %conn.name, "the resolver thread is gone; dialling the address found at start");
+            tracing::warn!(conn = %conn.name(), "the resolver thread is gone; dialling the address found at start");
         }
-        let addr = self.conns[id].config().addr.clone();
+        let addr = self.conn_cfg.addr.clone();
         self.connect(id, now, &addr);
     }
 
     /// Connects the connections whose host-name lookups were answered.
     fn take_resolved(&mut self, now: Instant) {
-        let Some(r) = self.conns.first().and_then(|c| c.config().resolver.clone()) else {
+        let Some(r) = self.conn_cfg.resolver.clone() else {
             return;
         };
         let mut answers = std::mem::take(&mut self.resolved);
@@ -412,9 +388,10 @@ impl Shard {
         for a in answers.drain(..) {
             let id = a.conn as usize;
             let waiting = self
+                .io
                 .conns
                 .get(id)
-                .is_some_and(|c| c.gen == a.gen && c.phase == Phase::Resolving);
+                .is_some_and(|c| c.gen() == a.gen && c.phase() == Phase::Resolving);
             if !waiting {
                 continue;
             }
@@ -422,10 +399,9 @@ impl Shard {
                 Ok(addr) => self.connect(id, now, &crate::url::ResolvedAddr::Tcp(addr)),
                 Err(e) => {
                     // Counts as a failed attempt: back off and look it up again.
-                    let conn = &mut self.conns[id];
-                    tracing::warn!(conn = %conn.name, "{e}; retrying");
-                    conn.last_error = Some(e.to_string());
-                    conn.phase = Phase::Closing;
+                    let conn = &mut self.io.conns[id];
+                    tracing::warn!(conn = %conn.name(), "{e}; retrying");
+                    conn.lookup_failed(e.to_string());
                     self.finish_close(id, now);
                 }
             }
@@ -442,19 +418,19 @@ impl Shard {
             self.wake_armed = false;
             // Stay armed while stopping too: workers still return outcomes.
             if let Err(e) = self.arm_wake() {
-                self.shared.fail(e);
+                self.io.shared.fail(e);
             }
             return;
         }
         let id = (c.token >> 32) as usize;
         let gen = c.token as u32;
-        let Some(conn) = self.conns.get_mut(id) else {
+        let Some(conn) = self.io.conns.get_mut(id) else {
             if let Some(d) = c.data {
                 self.driver.release(d);
             }
             return;
         };
-        if conn.gen != gen {
+        if conn.gen() != gen {
             if let Some(d) = c.data {
                 self.driver.release(d);
             }
@@ -469,7 +445,7 @@ impl Shard {
                     self.driver.release(d);
                 }
                 if c.result == -libc::ENOBUFS {
-                    self.stats.add(&self.stats.enobufs, 1);
+                    self.io.stats.add(&self.io.stats.enobufs, 1);
                 }
                 match conn.on_recv(c.result, c.more) {
                     Ok(true) => conn.rearm_recv(&mut self.driver),
@@ -492,53 +468,55 @@ impl Shard {
             TimerEvent::Reconnect { conn, gen } => {
                 let id = conn as usize;
                 if self
+                    .io
                     .conns
                     .get(id)
-                    .is_some_and(|c| c.gen == gen && c.phase == Phase::Idle)
-                    && !self.stopping
+                    .is_some_and(|c| c.gen() == gen && c.phase() == Phase::Idle)
+                    && !self.io.stopping
                 {
                     self.reconnect(id, now);
                 }
             }
             TimerEvent::PublishStats => {
                 self.publish_stats();
-                self.timers
+                self.io
+                    .timers
                     .add(now + STATS_PERIOD, TimerEvent::PublishStats);
             }
-            TimerEvent::Heartbeat => {
-                if !self.stopping {
-                    let allow = self.plan.consumer.reply_timeout;
-                    for conn in &mut self.conns {
-                        if conn.phase == Phase::Ready
-                            && conn.pending.is_empty()
-                            && conn.draining.is_none()
-                        {
+            TimerEvent::IdlePing => {
+                if !self.io.stopping {
+                    let allow = self.io.reply_timeout;
+                    for conn in &mut self.io.conns {
+                        if conn.serves() && conn.is_idle() {
                             conn.command(Tag::Ping, now, allow, |buf| {
                                 CommandWriter::new(buf, 1).arg("PING").finish();
                             });
                         }
                     }
                 }
-                self.timers.add(now + self.heartbeat, TimerEvent::Heartbeat);
+                self.io
+                    .timers
+                    .add(now + self.idle_ping, TimerEvent::IdlePing);
             }
+            TimerEvent::Pipeline(n) => self.pipeline.on_timer(&mut self.io, n, now),
             TimerEvent::User(n) => {
                 if let Some((period, f)) = self.periodic.get_mut(n as usize) {
                     f();
                     let next = now + *period;
-                    self.timers.add(next, TimerEvent::User(n));
+                    self.io.timers.add(next, TimerEvent::User(n));
                 }
             }
         }
     }
 
     fn publish_stats(&mut self) {
-        self.stats.merge_latency(&mut self.latency);
-        self.stats
-            .max_in_flight
-            .fetch_max(self.credits.high_water(), Ordering::Relaxed);
-        self.stats
-            .max_in_flight_bytes
-            .fetch_max(self.credits.high_water_bytes(), Ordering::Relaxed);
+        let s = &self.io.stats;
+        s.merge_latency(&mut self.latency);
+        s.max_in_flight
+            .fetch_max(self.io.credits.high_water(), Ordering::Relaxed);
+        s.max_in_flight_bytes
+            .fetch_max(self.io.credits.high_water_bytes(), Ordering::Relaxed);
+        self.pipeline.publish_stats(&self.io);
     }
 }
 

@@ -1,142 +1,158 @@
-//! The stop protocol: no new command, pops blocked on the server ended with CLIENT
-//! UNBLOCK, every reply still owed waited for, then the ring drained of our operations.
+//! The stop protocol: no new command; commands blocked on the server ended with CLIENT
+//! UNBLOCK from the Control connection; every reply still owed waited for; the pipeline
+//! asked each turn whether it has drained (its last acks answered) before Control
+//! closes; then the ring drained of our operations.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ringq_resp::CommandWriter;
 
-use super::Shard;
-use crate::conn::{Conn, Phase, Tag};
+use super::{HandlerSide, Shard};
+use crate::conn::{Phase, Tag};
 use crate::error::Error;
+use crate::pipeline::{Drain, Pipeline};
 use crate::ring::sys;
 use crate::timer::TimerEvent;
 
-impl Shard {
+impl<P: Pipeline> Shard<P> {
     pub(super) fn begin_stop(&mut self, now: Instant) {
-        self.stopping = true;
+        self.io.stopping = true;
         // A stalled connection is waited for a reply grace at most: its server may never
         // resume, and a stop must not hang on it for the whole drain limit.
-        let grace = now + self.plan.consumer.reply_grace;
-        for id in 0..self.conns.len() {
-            let conn = &mut self.conns[id];
-            conn.stop_after_close = true;
-            if let Some(until) = conn.draining {
+        let grace = now + self.reply_grace;
+        for id in 0..self.io.conns.len() {
+            let conn = &mut self.io.conns[id];
+            conn.stop_after_close();
+            if let Some(until) = conn.draining() {
                 if until > grace {
-                    conn.draining = Some(grace);
-                    self.timers.add(
-                        grace,
-                        TimerEvent::DrainLimit {
-                            conn: conn.id,
-                            gen: conn.gen,
-                        },
-                    );
+                    conn.set_draining(grace);
+                    let (conn, gen) = (conn.id(), conn.gen());
+                    self.io
+                        .timers
+                        .add(grace, TimerEvent::DrainLimit { conn, gen });
                 }
             }
-            match conn.phase {
-                Phase::Idle | Phase::Resolving => conn.phase = Phase::Done,
-                Phase::Ready if !conn.pending.is_empty() => {}
+            let conn = &mut self.io.conns[id];
+            match conn.phase() {
+                Phase::Idle | Phase::Resolving => conn.set_done(),
+                // Control stays for the pipeline's last commands and CLIENT UNBLOCK.
+                Phase::Ready if !conn.is_idle() || Some(id) == self.io.control => {}
                 Phase::Closing | Phase::Done => {}
                 _ => self.stop_conn(id),
             }
         }
     }
 
-    /// During a stop, ends pops blocked on the server at once instead of waiting out
-    /// their block timeouts (up to `pipeline` of them in turn on one connection): a side
-    /// connection sends `CLIENT UNBLOCK <id>` for each connection whose head command is a
-    /// blocking pop. The unblocked pop answers "nothing" — it had nothing, or it would not
-    /// have been blocked — so no message is lost. The next pipelined pop then blocks in
-    /// its turn and is unblocked in the same way once the previous reply has arrived.
-    /// Needs the client ids from HELLO (RESP3) and the right to run CLIENT UNBLOCK; without
-    /// them, or if the side connection fails, the stop waits as before.
+    /// One loop turn of a stop. Returns true once everything is closed and no message is
+    /// out with workers.
+    pub(super) fn stop_turn(&mut self, now: Instant) -> bool {
+        let handed_out = match &self.handler {
+            HandlerSide::Workers(d) => d.in_flight(),
+            HandlerSide::Inline(_) => 0,
+        };
+        let drained = self.pipeline.on_stop(&mut self.io, now) == Drain::Drained && handed_out == 0;
+        self.unblock_blocked(now);
+        self.close_idle_conns(drained);
+        drained && self.io.conns.iter().all(|c| c.phase() == Phase::Done)
+    }
+
+    /// During a stop, ends commands blocked on the server (`Pipeline::blocks`) at once
+    /// instead of waiting out their block timeouts (up to `pipeline` of them in turn on
+    /// one connection): the Control connection sends `CLIENT UNBLOCK <id>` for each
+    /// connection whose head command blocks. An unblocked pop answers "nothing" — it had
+    /// nothing, or it would not have been blocked — so no message is lost. The next
+    /// pipelined pop then blocks in its turn and is unblocked in the same way once the
+    /// previous reply has arrived. Needs the client ids from HELLO (RESP3) and the right
+    /// to run CLIENT UNBLOCK; without them, or if Control fails, the stop waits instead.
     pub(super) fn unblock_blocked(&mut self, now: Instant) {
         if self.unblock_off {
             return;
         }
-        let blocked = |(i, c): &(usize, &Conn)| {
-            Some(*i) != self.unblocker
-                && c.phase == Phase::Ready
-                && !c.unblock_sent
-                && c.server.client_id.is_some()
-                && c.head_blocks()
+        let control = self.io.control;
+        let pipeline = &self.pipeline;
+        let blocked = |i: usize, c: &crate::conn::Conn<P::Cmd>| {
+            Some(i) != control
+                && c.phase() == Phase::Ready
+                && !c.unblock_sent()
+                && c.server().client_id.is_some()
+                && matches!(c.head(), Some(Tag::Pipe(cmd)) if pipeline.blocks(&cmd))
         };
-        if !self.conns.iter().enumerate().any(|e| blocked(&e)) {
+        if !self.io.conns.iter().enumerate().any(|(i, c)| blocked(i, c)) {
             return;
         }
-        let Some(u) = self.unblocker else {
-            let id = self.conns.len();
-            let base = &self.conns[0];
-            let name = format!("{}-unblock", base.name);
-            let mut side = Conn::new(
-                id as u32,
-                usize::MAX,
-                name,
-                base.config().clone(),
-                u64::from(std::process::id()) << 16 ^ (self.index as u64) << 32 ^ id as u64,
-            );
-            // One attempt only: a failure leaves the stop to the block timeouts.
-            side.stop_after_close = true;
-            self.conns.push(side);
-            self.unblocker = Some(id);
-            let addr = self.conns[id].config().addr.clone();
-            self.connect(id, now, &addr);
+        let Some(u) = control else {
+            self.open_control(now);
             return;
         };
-        if self.conns[u].phase != Phase::Ready {
-            if matches!(self.conns[u].phase, Phase::Closing | Phase::Done) {
+        match self.io.conns[u].phase() {
+            Phase::Ready => {}
+            Phase::Closing | Phase::Done => {
                 self.unblock_off = true;
+                return;
             }
-            return;
+            _ => return,
         }
         let targets: Vec<(usize, i64)> = self
+            .io
             .conns
             .iter()
             .enumerate()
-            .filter(|e| blocked(e))
-            .filter_map(|(i, c)| Some((i, c.server.client_id?)))
+            .filter(|(i, c)| blocked(*i, c))
+            .filter_map(|(i, c)| Some((i, c.server().client_id?)))
             .collect();
-        let allow = self.plan.consumer.reply_timeout;
+        let allow = self.io.reply_timeout;
         for (id, client_id) in targets {
-            self.conns[u].command(Tag::Unblock { conn: id as u32 }, now, allow, |buf| {
+            self.io.conns[u].command(Tag::Unblock { conn: id as u32 }, now, allow, |buf| {
                 CommandWriter::new(buf, 3)
                     .arg("CLIENT")
                     .arg("UNBLOCK")
                     .arg_int(client_id)
                     .finish();
             });
-            self.conns[id].unblock_sent = true;
+            self.io.conns[id].set_unblock_sent(true);
         }
     }
 
-    pub(super) fn close_idle_conns(&mut self) {
-        // The unblocking connection stays while another connection still waits for replies.
-        let others_open = self.conns.iter().enumerate().any(|(i, c)| {
-            Some(i) != self.unblocker && !matches!(c.phase, Phase::Closing | Phase::Done)
-        });
-        for id in 0..self.conns.len() {
-            let c = &self.conns[id];
-            let is_unblocker = Some(id) == self.unblocker;
-            let idle = c.phase == Phase::Ready && c.pending.is_empty();
-            let unneeded = is_unblocker && !others_open;
-            if (idle && !is_unblocker)
-                || (unneeded && !matches!(c.phase, Phase::Closing | Phase::Done))
-            {
+    /// Closes connections with nothing left to answer. Control stays while another
+    /// connection is open (it may need unblocking), while its own commands are
+    /// unanswered, and until the pipeline has `drained`.
+    pub(super) fn close_idle_conns(&mut self, drained: bool) {
+        let control = self.io.control;
+        let others_open =
+            self.io.conns.iter().enumerate().any(|(i, c)| {
+                Some(i) != control && !matches!(c.phase(), Phase::Closing | Phase::Done)
+            });
+        for id in 0..self.io.conns.len() {
+            let c = &self.io.conns[id];
+            let is_control = Some(id) == control;
+            let open = !matches!(c.phase(), Phase::Closing | Phase::Done);
+            let idle = c.phase() == Phase::Ready && c.is_idle();
+            let close = if is_control {
+                open && !others_open && drained && (idle || c.phase() != Phase::Ready)
+            } else {
+                idle
+            };
+            if close {
                 self.stop_conn(id);
             }
-            if matches!(self.conns[id].phase, Phase::Idle | Phase::Resolving) {
-                self.conns[id].phase = Phase::Done;
+            let c = &mut self.io.conns[id];
+            if matches!(c.phase(), Phase::Idle | Phase::Resolving) {
+                c.set_done();
             }
             self.finish_close(id, Instant::now());
         }
     }
 
     pub(super) fn stop_conn(&mut self, id: usize) {
-        let conn = &mut self.conns[id];
-        if conn.phase == Phase::Ready && conn.draining.is_none() {
-            self.stats.connections_ready.fetch_sub(1, Ordering::Relaxed);
+        let conn = &mut self.io.conns[id];
+        if conn.serves() {
+            self.io
+                .stats
+                .connections_ready
+                .fetch_sub(1, Ordering::Relaxed);
         }
-        conn.stop_after_close = true;
+        conn.stop_after_close();
         conn.begin_close(&mut self.driver);
     }
 
@@ -170,7 +186,7 @@ impl Shard {
 
     /// After a ring error: close what we can without waiting.
     pub(super) fn abandon(&mut self) {
-        for id in 0..self.conns.len() {
+        for id in 0..self.io.conns.len() {
             self.stop_conn(id);
         }
         let _ = self.driver.submit();

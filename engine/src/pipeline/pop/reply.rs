@@ -7,6 +7,7 @@ use bytes::Bytes;
 use ringq_resp::{Reader, ServerError, ServerErrorKind, Token};
 
 use super::PopPlan;
+use crate::conn::Failure;
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Message, Payload};
 
@@ -28,33 +29,23 @@ pub(crate) struct PopReply {
     pub unblocked: Option<Bytes>,
 }
 
-/// A pop reply the pipeline cannot use.
-#[derive(Debug)]
-pub(crate) enum PopError {
-    /// Try again on a fresh connection after a backoff (LOADING, BUSY, and the topology
-    /// events READONLY and MASTERDOWN of a failover).
-    Retry(Error),
-    /// Stop the engine (WRONGTYPE, NOPERM, malformed reply…).
-    Fatal(Error),
-}
-
-fn malformed(what: &str, t: &Token) -> PopError {
-    PopError::Fatal(Error::new(
+fn malformed(what: &str, t: &Token) -> Failure {
+    Failure::Fatal(Error::new(
         ErrorKind::Protocol,
         format!("unexpected pop reply: {what}, got {t:?}"),
     ))
 }
 
-fn server_error(plan: &PopPlan, msg: Bytes) -> PopError {
+fn server_error(plan: &PopPlan, msg: Bytes) -> Failure {
     let e = ServerError::parse(msg);
     if e.is_retryable() {
-        return PopError::Retry(Error::server("pop", e));
+        return Failure::Retry(Error::server("pop", e));
     }
     // A failover: the endpoint is a replica now (READONLY), or a replica that lost its
     // master (MASTERDOWN). Managed endpoints move their name to the new primary, so
     // reconnect (re-resolving the name) with backoff until it serves as a primary again.
     if *e.kind() == ServerErrorKind::ReadOnly || e.code() == "MASTERDOWN" {
-        return PopError::Retry(Error::server(
+        return Failure::Retry(Error::server(
             "pop refused: the server is not a writable primary now (a failover?); \
              reconnecting with backoff until it is one again",
             e,
@@ -74,7 +65,7 @@ fn server_error(plan: &PopPlan, msg: Bytes) -> PopError {
         ServerErrorKind::NoPerm => "; the ACL user needs +@list and access to the queue keys",
         _ => "",
     };
-    PopError::Fatal(Error::server(
+    Failure::Fatal(Error::server(
         &format!("pop from queues {names:?} failed{hint}"),
         e,
     ))
@@ -87,10 +78,10 @@ pub(super) fn parse_pop_reply<'f>(
     frame: &'f Bytes,
     received_ns: u64,
     out: &mut Vec<Message<'f>>,
-) -> Result<PopReply, PopError> {
+) -> Result<PopReply, Failure> {
     let mut r = Reader::new(frame.clone());
     let proto = |e| {
-        PopError::Fatal(Error::new(
+        Failure::Fatal(Error::new(
             ErrorKind::Protocol,
             format!("malformed pop reply: {e}"),
         ))
@@ -116,7 +107,7 @@ pub(super) fn parse_pop_reply<'f>(
         Err(t) => return Err(malformed("expected the key", &t)),
     };
     let Some(&(qi, priority, key)) = plan.keys.get(key) else {
-        return Err(PopError::Fatal(Error::new(
+        return Err(Failure::Fatal(Error::new(
             ErrorKind::Protocol,
             format!(
                 "pop reply names key {:?}, which this consumer did not ask for",
@@ -173,7 +164,7 @@ pub(super) fn parse_pop_reply<'f>(
 mod tests {
     use super::*;
 
-    use crate::pop::{PopConsumer, Queue};
+    use crate::pipeline::pop::{PopConsumer, Queue};
 
     fn plan(queues: Vec<Queue>) -> PopPlan {
         let lane = (0..queues.len() as u32).collect();
@@ -222,7 +213,7 @@ mod tests {
                 0,
                 &mut Vec::new()
             ),
-            Err(PopError::Fatal(_))
+            Err(Failure::Fatal(_))
         ));
         assert!(matches!(
             parse_pop_reply(
@@ -231,7 +222,7 @@ mod tests {
                 0,
                 &mut Vec::new()
             ),
-            Err(PopError::Retry(_))
+            Err(Failure::Retry(_))
         ));
         match parse_pop_reply(
             &p,
@@ -239,7 +230,7 @@ mod tests {
             0,
             &mut Vec::new(),
         ) {
-            Err(PopError::Fatal(e)) => assert!(
+            Err(Failure::Fatal(e)) => assert!(
                 e.to_string().contains("holds something other than a list"),
                 "{e}"
             ),

@@ -7,9 +7,9 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use ringq_resp::CommandWriter;
 
-use super::reply::{parse_pop_reply, PopError, PopReply};
-use super::{PopPlan, PopStrategy};
-use crate::conn::{Conn, PopCmd, Tag};
+use super::reply::{parse_pop_reply, PopReply};
+use super::{PopCmd, PopPlan, PopStrategy, PopTag};
+use crate::conn::{Conn, Failure, Tag};
 use crate::credit::{Credits, Grant, SizeEstimate};
 use crate::handler::Message;
 
@@ -28,7 +28,7 @@ pub(crate) struct Lane {
     /// Messages popped beyond the [`Budget`](super::Budget), in pop order, waiting for the lane's pops in
     /// flight to answer so they go back to the server in one go, in the right order (a
     /// later pop on this connection took messages from further left; see
-    /// `Shard::push_back`). No pop is issued while any wait.
+    /// `PopPipeline::push_back`). No pop is issued while any wait.
     pub returns: Vec<Message<'static>>,
 }
 
@@ -91,7 +91,7 @@ impl Lane {
     pub(crate) fn fill(
         &mut self,
         plan: &PopPlan,
-        conn: &mut Conn,
+        conn: &mut Conn<PopTag>,
         credits: &mut Credits,
         now: Instant,
     ) {
@@ -107,7 +107,7 @@ impl Lane {
             if self.in_flight >= depth {
                 return;
             }
-            let lmpop = conn.server.has_lmpop() && c.strategy != PopStrategy::Single;
+            let lmpop = conn.server().has_lmpop() && c.strategy != PopStrategy::Single;
             let blocking = match c.strategy {
                 PopStrategy::Single | PopStrategy::BlockingBatch => true,
                 PopStrategy::Adaptive => !self.backlog || !lmpop,
@@ -153,18 +153,18 @@ impl Lane {
             } else {
                 c.reply_timeout
             };
-            let block = if conn.server.version >= (6, 0, 0) {
+            let block = if conn.server().version >= (6, 0, 0) {
                 &plan.block_secs
             } else {
                 &plan.block_secs_whole
             };
             conn.command(
-                Tag::Pop(PopCmd {
+                Tag::Pipe(PopTag::Pop(PopCmd {
                     count,
                     blocking,
                     bytes: grant.bytes,
                     late: false,
-                }),
+                })),
                 now,
                 allow,
                 |buf: &mut BytesMut| {
@@ -208,7 +208,7 @@ impl Lane {
         received_ns: u64,
         credits: &mut Credits,
         out: &mut Vec<Message<'f>>,
-    ) -> Result<PopReply, PopError> {
+    ) -> Result<PopReply, Failure> {
         let start = out.len();
         let parsed = parse_pop_reply(plan, frame, received_ns, out);
         let mut reply = match parsed {
@@ -294,7 +294,7 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pop::{PopConsumer, Queue};
+    use crate::pipeline::pop::{PopConsumer, Queue};
 
     #[test]
     fn served_queue_moves_to_the_back_after_its_weight() {

@@ -1,27 +1,5 @@
-//! The pop pipeline (delivery mode `pop`, at-most-once): BRPOP, BLMPOP and LMPOP over
-//! many list queues.
-//!
-//! - **Lanes** (`lane.rs`). The consumer's queues are split over its connections; each
-//!   queue belongs to exactly one connection (a [`Lane`]), so replies for a queue arrive in
-//!   pop order and the handler sees each queue in FIFO order.
-//! - **Fair cycle.** A lane's key order rotates: the queue just served goes last (Kombu's
-//!   `round_robin`), after `weight` consecutive turns. A flooded queue cannot starve the
-//!   others, because every pop names them all and LMPOP/BRPOP serve the first non-empty.
-//! - **Priority steps.** A queue may have levels; its keys are listed highest first, so
-//!   within a queue the highest non-empty level is served first.
-//! - **Adaptive.** While there is backlog, non-blocking LMPOP COUNT, pipelined `pipeline`
-//!   deep; when the queues run dry, one blocking BLMPOP (or BRPOP) at a time.
-//! - **Credits** (`crate::credit`). A pop asks for at most the free prefetch credit, in
-//!   messages and in bytes (sizes learned from the replies); a blocking pop draws only on
-//!   its own lane's reserve, so every connection can always wait on its queues.
-//! - **Budget** (`budget.rs`): [`PopConsumer::limit`].
-//!
-//! Replies (`reply.rs`) are walked with [`ringq_resp::Reader`]: a popped message costs no
-//! allocation.
-
-mod budget;
-mod lane;
-mod reply;
+//! What a pop consumer is configured with ([`Queue`], [`PopStrategy`], [`PopConsumer`]) and
+//! the tables a shard builds from it once ([`PopPlan`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,11 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::budget::Budget;
 use crate::intern::intern;
-
-pub(crate) use budget::Budget;
-pub(crate) use lane::Lane;
-pub(crate) use reply::PopError;
 
 /// The longest block timeout a pop may have (24 hours). Redis takes the timeout as
 /// seconds in a double and refuses values whose milliseconds overflow ("timeout is
@@ -43,10 +18,10 @@ pub const MAX_BLOCK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// A list queue, optionally with priority levels.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    name: Bytes,
+    pub(super) name: Bytes,
     /// (priority, key), highest priority first.
-    levels: Vec<(u8, Bytes)>,
-    weight: u32,
+    pub(super) levels: Vec<(u8, Bytes)>,
+    pub(super) weight: u32,
 }
 
 impl Queue {
@@ -283,16 +258,16 @@ pub(crate) struct PopPlan {
     pub consumer: PopConsumer,
     pub budget: Option<Arc<Budget>>,
     /// key → (queue index, priority, interned key)
-    keys: HashMap<Bytes, (u32, u8, &'static [u8])>,
+    pub(super) keys: HashMap<Bytes, (u32, u8, &'static [u8])>,
     /// Interned queue names, by queue index.
-    names: Vec<&'static [u8]>,
+    pub(super) names: Vec<&'static [u8]>,
     /// The shard-local lane of each queue, by queue index (`u32::MAX`: another shard's).
     lane_of: Vec<u32>,
     /// The block timeout as the command argument, formatted once.
-    block_secs: Bytes,
+    pub(super) block_secs: Bytes,
     /// The same, rounded up to whole seconds, for servers before 6.0 (which reject a
     /// fractional timeout).
-    block_secs_whole: Bytes,
+    pub(super) block_secs_whole: Bytes,
 }
 
 impl PopPlan {

@@ -1,0 +1,232 @@
+//! The pipeline seam: one shard loop, many delivery modes.
+//!
+//! The shard ([`crate::shard`]) owns the loop, the driver, the connections, the credits,
+//! generic timers, idle PINGs, dispatch and the stop protocol. A *pipeline* owns what is
+//! mode-specific: which commands to send on a ready connection within the free credits,
+//! how a reply or a push frame becomes messages, what an outcome does on the server,
+//! what happens when a connection is lost or stalls, timers of its own, and when it has
+//! drained at a stop. Pop is the first ([`pop::PopPipeline`]); listen, reliable and stream
+//! are each one more module here.
+//!
+//! The shard is generic over its pipeline (`Shard<P: Pipeline>`), so every call below is
+//! statically dispatched and inlined on the hot path; nothing here is a trait object.
+//!
+//! What a pipeline sees of its shard is [`Io`]: the connections (to queue commands and
+//! read their state), the credits, the message budget, timers, stats and the stop flag.
+//! It never touches the driver: commands it queues are sent at the end of the turn.
+//!
+//! ## Connection roles
+//! A pipeline asks for [`Pipeline::fetch_connections`] *fetch* connections per shard,
+//! which carry its (possibly blocking) fetching commands, and says when the shard's
+//! *Control* connection is opened ([`Pipeline::control`]). Control carries what must
+//! never wait behind a blocked fetch: acks, scripts, group creation, and the shard's own
+//! `CLIENT UNBLOCK` at a stop.
+//!
+//! ## Outcomes
+//! Every handled message's outcome reaches the pipeline on the shard thread: inline right
+//! after the handler returns ([`Pipeline::on_outcomes`]), or from a worker through the
+//! results ring ([`Pipeline::on_worker_outcome`]). A handler that panics, or returns fewer
+//! outcomes than messages, produces [`Outcome::Retry`] for the messages without one, so a
+//! message is never acknowledged unless its handler said so. What `Retry` does is the
+//! mode's: pop mode (at-most-once) counts it; an at-least-once mode delivers it again.
+
+pub(crate) mod pop;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::budget::Budget;
+use crate::conn::{Conn, Failure, Phase, Role};
+use crate::credit::Credits;
+use crate::handler::{Message, Outcome};
+use crate::stats::ShardStats;
+use crate::timer::{TimerEvent, Timers};
+use crate::wake::Shared;
+
+/// When the shard opens its Control connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ControlUse {
+    /// At start, with the fetch connections (acks and scripts need it from the first
+    /// message on).
+    Always,
+    /// Only when needed: [`Io::want_control`], or a stop that must unblock blocked
+    /// commands (pop mode: a server without room for one more connection still serves).
+    OnDemand,
+}
+
+/// Where a stopping pipeline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drain {
+    /// Commands it must see answered are still in flight (last acks): keep Control open.
+    Waiting,
+    /// Nothing more to wait for.
+    Drained,
+}
+
+/// The part of a shard a pipeline works with.
+pub(crate) struct Io<C> {
+    /// The shard's index.
+    pub shard: usize,
+    /// The shard's connections: fetch connections first (slot `i` starts with role
+    /// `Fetch(i)`), then replacements of stalled ones and the Control connection.
+    pub conns: Vec<Conn<C>>,
+    /// Prefetch credit, one account per fetch connection plus a shared pool.
+    pub credits: Credits,
+    /// The engine-wide message budget (`EngineBuilder::limit`), if any.
+    pub budget: Option<Arc<Budget>>,
+    pub stats: Arc<ShardStats>,
+    pub shared: Arc<Shared>,
+    pub(crate) timers: Timers,
+    /// The shard is stopping: nothing new is fetched.
+    pub stopping: bool,
+    /// When this turn's completions were reaped, in ns since the engine's epoch.
+    pub turn_ns: u64,
+    /// How long a non-blocking command may take before its reply is overdue.
+    pub reply_timeout: Duration,
+    /// The Control connection's slot, once opened.
+    pub control: Option<usize>,
+    /// Set by the pipeline to have the shard open the Control connection.
+    pub want_control: bool,
+}
+
+impl<C: Copy + Debug> Io<C> {
+    /// Calls [`Pipeline::on_timer`] with `id` at `at`.
+    pub(crate) fn timer(&mut self, at: Instant, id: u32) {
+        self.timers.add(at, TimerEvent::Pipeline(id));
+    }
+
+    /// The Control connection, when it is ready to carry commands.
+    pub(crate) fn control_ready(&mut self) -> Option<&mut Conn<C>> {
+        let id = self.control?;
+        let c = self.conns.get_mut(id)?;
+        (c.phase() == Phase::Ready).then_some(c)
+    }
+
+    /// The fetch connection number of connection `id` (`None` for Control).
+    pub(crate) fn fetch_of(&self, id: usize) -> Option<u32> {
+        match self.conns.get(id)?.role() {
+            Role::Fetch(n) => Some(n),
+            Role::Control => None,
+        }
+    }
+}
+
+/// A delivery mode, as the shard loop drives it. See the module docs.
+pub(crate) trait Pipeline: Send + 'static {
+    /// What the pipeline remembers about each command it queued, handed back with the
+    /// command's reply ([`Pipeline::on_reply`]) or when the connection is lost
+    /// ([`Pipeline::on_lost`]).
+    type Cmd: Copy + Debug + Send + 'static;
+
+    /// Fetch connections on this shard.
+    fn fetch_connections(&self) -> usize;
+
+    /// When the Control connection opens.
+    fn control(&self) -> ControlUse;
+
+    /// Connection `conn` completed its handshake (the first time, or after a reconnect):
+    /// re-issue, resubscribe, reclaim.
+    fn on_ready(&mut self, io: &mut Io<Self::Cmd>, conn: usize, now: Instant) {
+        let _ = (io, conn, now);
+    }
+
+    /// Queues what ready connections should send this turn, within the free credits.
+    /// Not called while stopping.
+    fn fill(&mut self, io: &mut Io<Self::Cmd>, now: Instant);
+
+    /// The reply to the pipeline's command `cmd` on connection `conn`. Messages it
+    /// carries are appended to `out`, borrowing from `frame`; returns their payload bytes.
+    ///
+    /// # Errors
+    /// A [`Failure`] closes the connection (and reconnects, or stops the engine).
+    fn on_reply<'f>(
+        &mut self,
+        io: &mut Io<Self::Cmd>,
+        conn: usize,
+        cmd: Self::Cmd,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+        now: Instant,
+    ) -> Result<u64, Failure>;
+
+    /// A push frame on connection `conn` (RESP3 `>`, or a RESP2 message array on a
+    /// subscriber connection). Messages go to `out` as in [`Pipeline::on_reply`].
+    ///
+    /// # Errors
+    /// As [`Pipeline::on_reply`].
+    fn on_push<'f>(
+        &mut self,
+        io: &mut Io<Self::Cmd>,
+        conn: usize,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+        now: Instant,
+    ) -> Result<u64, Failure> {
+        let _ = (out, now);
+        io.stats.add(&io.stats.push_frames, 1);
+        tracing::debug!(
+            conn = %io.conns[conn].name(),
+            "ignored a push frame: {}",
+            String::from_utf8_lossy(&frame[..frame.len().min(64)])
+        );
+        Ok(0)
+    }
+
+    /// Outcomes of messages handled inline, all from one reply on connection `conn`
+    /// carrying `bytes` payload bytes: one outcome per message, in order.
+    fn on_outcomes(
+        &mut self,
+        io: &mut Io<Self::Cmd>,
+        conn: usize,
+        msgs: &[Message<'_>],
+        outcomes: &[Outcome],
+        bytes: u64,
+    );
+
+    /// The outcome of one message handled on a worker thread.
+    fn on_worker_outcome(
+        &mut self,
+        io: &mut Io<Self::Cmd>,
+        msg: &Message<'static>,
+        outcome: Outcome,
+    );
+
+    /// Whether closing a connection with `cmd` unanswered would lose what the server did
+    /// for it (popped messages): such a connection is kept open to drain when it stalls.
+    fn owes_effects(&self, cmd: &Self::Cmd) -> bool;
+
+    /// Whether `cmd` may block on the server (a stop ends it with `CLIENT UNBLOCK`).
+    fn blocks(&self, cmd: &Self::Cmd) -> bool;
+
+    /// Connection `conn` stalled with commands that owe effects; it stays open to drain
+    /// and a fresh connection takes over its role. Update its commands (`cmds_mut`) and
+    /// give back what the fresh one needs; returns what they had asked for, for the log.
+    fn on_stalled(&mut self, io: &mut Io<Self::Cmd>, conn: usize) -> String;
+
+    /// Connection `conn` was lost with `unanswered` commands (oldest first) that will
+    /// never be answered. `stalled`: it was a drained stalled connection, whose role a
+    /// fresh connection has taken over.
+    fn on_lost(
+        &mut self,
+        io: &mut Io<Self::Cmd>,
+        conn: usize,
+        unanswered: &[Self::Cmd],
+        stalled: bool,
+    );
+
+    /// A timer set with [`Io::timer`] fired.
+    fn on_timer(&mut self, io: &mut Io<Self::Cmd>, id: u32, now: Instant) {
+        let _ = (io, id, now);
+    }
+
+    /// Called every loop turn while the shard stops, before connections are closed.
+    fn on_stop(&mut self, io: &mut Io<Self::Cmd>, now: Instant) -> Drain;
+
+    /// Shard-local figures to publish (every 100 ms and at exit).
+    fn publish_stats(&mut self, io: &Io<Self::Cmd>) {
+        let _ = io;
+    }
+}

@@ -1,0 +1,366 @@
+//! The pop pipeline (delivery mode `pop`, at-most-once): BRPOP, BLMPOP and LMPOP over
+//! many list queues.
+//!
+//! - **Lanes** (`lane.rs`). The consumer's queues are split over its connections; each
+//!   queue belongs to exactly one connection (a [`Lane`]), so replies for a queue arrive in
+//!   pop order and the handler sees each queue in FIFO order.
+//! - **Fair cycle.** A lane's key order rotates: the queue just served goes last (Kombu's
+//!   `round_robin`), after `weight` consecutive turns. A flooded queue cannot starve the
+//!   others, because every pop names them all and LMPOP/BRPOP serve the first non-empty.
+//! - **Priority steps.** A queue may have levels; its keys are listed highest first, so
+//!   within a queue the highest non-empty level is served first.
+//! - **Adaptive.** While there is backlog, non-blocking LMPOP COUNT, pipelined `pipeline`
+//!   deep; when the queues run dry, one blocking BLMPOP (or BRPOP) at a time.
+//! - **Credits** (`crate::credit`). A pop asks for at most the free prefetch credit, in
+//!   messages and in bytes (sizes learned from the replies); a blocking pop draws only on
+//!   its own lane's reserve, so every connection can always wait on its queues.
+//! - **Budget** (`crate::budget`): [`PopConsumer::limit`]: exactly N messages.
+//!
+//! Replies (`reply.rs`) are walked with [`ringq_resp::Reader`]: a popped message costs no
+//! allocation.
+//!
+//! The pipeline's commands ([`PopTag`]) are pops and the push-backs of messages popped
+//! beyond the budget; both owe effects (closing their connection unanswered loses
+//! messages), so a stalled connection drains (`crate::shard`'s stall handling) and its
+//! lane moves to a fresh connection.
+
+mod config;
+mod lane;
+mod reply;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use ringq_resp::{CommandWriter, Decoder, Frame};
+
+use super::{ControlUse, Drain, Io, Pipeline};
+use crate::budget::Budget;
+use crate::conn::{Failure, Phase, Tag};
+use crate::error::Error;
+use crate::handler::{Message, Outcome};
+
+pub(crate) use config::PopPlan;
+pub use config::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
+use lane::Lane;
+
+/// A pop-mode command awaiting its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PopTag {
+    /// A pop (see [`PopCmd`]).
+    Pop(PopCmd),
+    /// Popped messages beyond the budget going back to the right end of their list
+    /// (RPUSH), where they were popped from.
+    PushBack { count: u32 },
+}
+
+/// A pop in flight: what it asked for and the credit it holds until it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PopCmd {
+    /// Messages asked for (the COUNT; 1 for BRPOP).
+    pub count: u32,
+    /// BRPOP or BLMPOP: may wait on the server for the block timeout.
+    pub blocking: bool,
+    /// Payload bytes of credit held for the reply.
+    pub bytes: u64,
+    /// Its connection stalled while it was in flight and was replaced: it holds no credit
+    /// any more, and its reply, if one comes, is a late one.
+    pub late: bool,
+}
+
+/// The pop pipeline of one shard: its lanes (one per fetch connection) and the plan.
+pub(crate) struct PopPipeline {
+    plan: PopPlan,
+    lanes: Vec<Lane>,
+    /// Where the next turn's fill starts, so no connection always comes first for the
+    /// shared part of the credit.
+    fill_from: usize,
+}
+
+impl PopPipeline {
+    /// The pop pipeline of a shard whose lane `l` pops the queues `lanes[l]` (queue
+    /// indices into the consumer's list).
+    pub(crate) fn new(
+        consumer: PopConsumer,
+        budget: Option<std::sync::Arc<Budget>>,
+        lanes: Vec<Vec<u32>>,
+    ) -> Self {
+        let plan = PopPlan::new(consumer, budget, &lanes);
+        let lanes = lanes
+            .into_iter()
+            .enumerate()
+            .map(|(i, queues)| Lane::new(i, queues))
+            .collect();
+        Self {
+            plan,
+            lanes,
+            fill_from: 0,
+        }
+    }
+
+    /// Sends the messages connection `id`'s lane popped beyond the budget back to the
+    /// right end of their lists, where they came from. They are in pop order (rightmost
+    /// first, across all of the lane's replies), so walking them from the end and pushing
+    /// each run of one key last-to-first with RPUSH leaves every list as it was before
+    /// the pops.
+    fn push_back(&mut self, io: &mut Io<PopTag>, id: usize, lane: usize, now: Instant) {
+        let back = std::mem::take(&mut self.lanes[lane].returns);
+        let allow = io.reply_timeout;
+        let mut end = back.len();
+        while end > 0 {
+            let key = back[end - 1].key();
+            let mut begin = end - 1;
+            while begin > 0 && back[begin - 1].key() == key {
+                begin -= 1;
+            }
+            let run = &back[begin..end];
+            let count = run.len() as u32;
+            io.conns[id].command(Tag::Pipe(PopTag::PushBack { count }), now, allow, |buf| {
+                CommandWriter::new(buf, 2 + run.len())
+                    .arg("RPUSH")
+                    .arg(key)
+                    .args(run.iter().rev().map(|m| m.payload()))
+                    .finish();
+            });
+            end = begin;
+        }
+    }
+
+    /// A pop answered on connection `id`: its messages go to `out`, anything popped
+    /// beyond the budget goes back to the server.
+    fn on_pop_reply<'f>(
+        &mut self,
+        io: &mut Io<PopTag>,
+        id: usize,
+        lane: usize,
+        pop: PopCmd,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+        now: Instant,
+    ) -> Result<u64, Failure> {
+        let unblock_sent = io.conns[id].take_unblock_sent();
+        let reply =
+            self.lanes[lane].on_reply(&self.plan, frame, pop, io.turn_ns, &mut io.credits, out)?;
+        if let Some(text) = &reply.unblocked {
+            if !unblock_sent {
+                // Not ours: an administrator's CLIENT UNBLOCK, or a role change (the
+                // server became a replica). The next pop tells which: a replica refuses
+                // it with READONLY, and the connection then reconnects with backoff.
+                tracing::warn!(
+                    conn = %io.conns[id].name(),
+                    "{} ended a blocked pop: {}; popping again",
+                    io.conns[id].peer(),
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
+        if reply.excess > 0 {
+            let kept = reply.count as usize;
+            let excess = out.drain(kept..).map(|m| m.detach());
+            self.lanes[lane].returns.extend(excess);
+        }
+        let conn = &io.conns[id];
+        let pops_left = if conn.draining().is_some() {
+            conn.any_cmd(|c| matches!(c, PopTag::Pop(_)))
+        } else {
+            self.lanes[lane].in_flight() > 0
+        };
+        if !pops_left && !self.lanes[lane].returns.is_empty() {
+            self.push_back(io, id, lane, now);
+        }
+        let s = &io.stats;
+        s.add(&s.pops, 1);
+        if reply.count == 0 {
+            s.add(&s.empty_pops, 1);
+        }
+        if pop.late {
+            s.add(&s.late_messages, u64::from(reply.count));
+        }
+        if let Some(q) = reply.queue {
+            if let Some(c) = s.per_source.get(q as usize) {
+                s.add(c, u64::from(reply.count));
+            }
+        }
+        debug_assert_eq!(out.len(), reply.count as usize);
+        Ok(reply.bytes)
+    }
+}
+
+impl Pipeline for PopPipeline {
+    type Cmd = PopTag;
+
+    fn fetch_connections(&self) -> usize {
+        self.lanes.len()
+    }
+
+    fn control(&self) -> ControlUse {
+        // Only a stop needs it (CLIENT UNBLOCK): a server with room for the fetch
+        // connections alone still serves.
+        ControlUse::OnDemand
+    }
+
+    /// Lets every lane queue the pops its credit allows on its ready connection. The
+    /// starting connection rotates each turn, so none is always first to the shared part
+    /// of the credit (each lane's own reserve is its own whatever the order).
+    fn fill(&mut self, io: &mut Io<PopTag>, now: Instant) {
+        let n = io.conns.len();
+        if n == 0 {
+            return;
+        }
+        self.fill_from = (self.fill_from + 1) % n;
+        for k in 0..n {
+            let id = (self.fill_from + k) % n;
+            if !io.conns[id].serves() {
+                continue;
+            }
+            let Some(lane_id) = io.fetch_of(id) else {
+                continue;
+            };
+            let lane_id = lane_id as usize;
+            let Some(lane) = self.lanes.get_mut(lane_id) else {
+                continue;
+            };
+            if !lane.returns.is_empty() && lane.in_flight() == 0 {
+                // Messages popped beyond the budget wait to go back (no pop is sent
+                // meanwhile). Normally the reply that brought them sends them; if that
+                // was a stalled connection lost before its last pop answered, nothing
+                // would: once no pop of the lane is still owed anywhere, send them here.
+                let owed = io.conns.iter().any(|c| {
+                    c.role() == io.conns[id].role()
+                        && c.draining().is_some()
+                        && c.phase() == Phase::Ready
+                        && c.any_cmd(|t| matches!(t, PopTag::Pop(_)))
+                });
+                if !owed {
+                    self.push_back(io, id, lane_id, now);
+                }
+                continue;
+            }
+            lane.fill(&self.plan, &mut io.conns[id], &mut io.credits, now);
+        }
+    }
+
+    fn on_reply<'f>(
+        &mut self,
+        io: &mut Io<PopTag>,
+        conn: usize,
+        cmd: PopTag,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+        now: Instant,
+    ) -> Result<u64, Failure> {
+        let lane = io.fetch_of(conn).unwrap_or(0) as usize;
+        match cmd {
+            PopTag::Pop(pop) => self.on_pop_reply(io, conn, lane, pop, frame, out, now),
+            PopTag::PushBack { count } => {
+                let c = &io.conns[conn];
+                match Decoder::new().build(frame) {
+                    Ok(Frame::Integer(_)) => {
+                        tracing::debug!(conn = %c.name(), count, "pushed back messages beyond the limit");
+                    }
+                    Ok(f) => tracing::error!(
+                        conn = %c.name(),
+                        "{count} message(s) beyond the limit could not be pushed back to {}: {f:?}; they are lost",
+                        c.peer()
+                    ),
+                    Err(e) => return Err(Failure::Fatal(Error::protocol(&c.peer(), e))),
+                }
+                Ok(0)
+            }
+        }
+    }
+
+    fn on_outcomes(
+        &mut self,
+        io: &mut Io<PopTag>,
+        conn: usize,
+        msgs: &[Message<'_>],
+        _outcomes: &[Outcome],
+        bytes: u64,
+    ) {
+        // At-most-once: the messages left the server when they were popped; an outcome
+        // only gives their credit back (the shard counts it).
+        let lane = io.fetch_of(conn).unwrap_or(0) as usize;
+        io.credits.release(lane, msgs.len() as u32, bytes);
+    }
+
+    fn on_worker_outcome(
+        &mut self,
+        io: &mut Io<PopTag>,
+        msg: &Message<'static>,
+        _outcome: Outcome,
+    ) {
+        let len = msg.payload().len() as u64;
+        io.credits
+            .release(self.plan.lane_of(msg.queue_index), 1, len);
+    }
+
+    fn owes_effects(&self, _cmd: &PopTag) -> bool {
+        // A pop's reply carries messages already gone from the server; a push-back puts
+        // messages back. Either is lost if its connection closes unanswered.
+        true
+    }
+
+    fn blocks(&self, cmd: &PopTag) -> bool {
+        matches!(cmd, PopTag::Pop(PopCmd { blocking: true, .. }))
+    }
+
+    fn on_stalled(&mut self, io: &mut Io<PopTag>, conn: usize) -> String {
+        let lane = io.fetch_of(conn).unwrap_or(0) as usize;
+        let (mut pops, mut asked) = (0u32, 0u64);
+        let (conns, credits) = (&mut io.conns, &mut io.credits);
+        for cmd in conns[conn].cmds_mut() {
+            if let PopTag::Pop(pop) = cmd {
+                if let Some(l) = self.lanes.get_mut(lane) {
+                    l.detach(pop, credits);
+                }
+                pop.late = true;
+                pops += 1;
+                asked += u64::from(pop.count);
+            }
+        }
+        format!("its {pops} pop(s) (asking for up to {asked} messages)")
+    }
+
+    fn on_lost(&mut self, io: &mut Io<PopTag>, conn: usize, unanswered: &[PopTag], stalled: bool) {
+        let lane = io.fetch_of(conn).unwrap_or(0) as usize;
+        let (mut pops, mut asked, mut unreturned) = (0u64, 0u64, 0u32);
+        for cmd in unanswered {
+            match cmd {
+                PopTag::Pop(pop) => {
+                    pops += 1;
+                    if let Some(l) = self.lanes.get_mut(lane) {
+                        asked += u64::from(l.forget(&self.plan, pop, &mut io.credits));
+                    }
+                }
+                PopTag::PushBack { count } => unreturned += count,
+            }
+        }
+        io.stats.add(&io.stats.unanswered_pops, pops);
+        io.stats.add(&io.stats.possibly_lost, asked);
+        let c = &io.conns[conn];
+        if pops > 0 {
+            tracing::warn!(
+                shard = io.shard, conn = %c.name(),
+                "{pops} pop(s) unanswered: up to {asked} messages they may have taken are lost"
+            );
+        }
+        if unreturned > 0 {
+            tracing::error!(
+                conn = %c.name(),
+                "connection lost before {unreturned} message(s) popped beyond the limit were pushed back; they may be lost"
+            );
+        }
+        // A stalled connection's loss leaves its lane's fresh connection alone.
+        if !stalled {
+            if let Some(l) = self.lanes.get_mut(lane) {
+                l.reset();
+            }
+        }
+    }
+
+    fn on_stop(&mut self, _io: &mut Io<PopTag>, _now: Instant) -> Drain {
+        // Blocked pops are unblocked by the shard; push-backs ride on fetch connections,
+        // which stay open until they are answered.
+        Drain::Drained
+    }
+}
