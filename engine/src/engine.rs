@@ -20,6 +20,7 @@ use crate::dispatch::{start_pool, Dispatch, ShardDispatch, ShardWaker};
 use crate::error::{Error, ErrorKind};
 use crate::handler::Handler;
 use crate::pipeline::pop::{PopConsumer, PopPipeline, MAX_BLOCK_TIMEOUT};
+use crate::pipeline::Pipeline;
 use crate::resolve::{is_name, system_resolver, ResolveFn, Resolver};
 use crate::ring::{sys, RingConfig, RingFeatures};
 use crate::shard::{self, HandlerSide, Periodic, ShardSpec};
@@ -31,6 +32,34 @@ type PeriodicFactory = (
     Duration,
     Arc<dyn Fn() -> Box<dyn FnMut() + Send> + Send + Sync>,
 );
+
+/// What an engine consumes: one kind per delivery mode. Every consumer type converts
+/// into it, so [`EngineBuilder::start`] takes any of them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Consumer {
+    /// List queues, at-most-once ([`PopConsumer`]).
+    Pop(PopConsumer),
+}
+
+impl From<PopConsumer> for Consumer {
+    fn from(c: PopConsumer) -> Self {
+        Consumer::Pop(c)
+    }
+}
+
+/// What [`EngineBuilder::launch`] needs besides the pipelines: how the shards split the
+/// credit, the budget, and the names of the sources stats count messages per.
+pub(crate) struct Launch {
+    /// Fetch connections (credit accounts) on each shard; one shard per entry.
+    pub fetch_per_shard: Vec<usize>,
+    pub prefetch: u32,
+    pub prefetch_bytes: u64,
+    pub limit: Option<u64>,
+    pub sources: Vec<String>,
+    pub reply_timeout: Duration,
+    pub reply_grace: Duration,
+}
 
 /// Configures and starts an engine.
 ///
@@ -213,16 +242,26 @@ impl EngineBuilder {
         self
     }
 
-    /// Starts the shards and begins consuming.
+    /// Starts the shards and begins consuming: any kind of [`Consumer`] (a
+    /// [`PopConsumer`] today).
     ///
     /// # Errors
     /// [`ErrorKind::Config`] for a bad URL or empty queue list, [`ErrorKind::UringUnavailable`]
     /// when io_uring cannot be used here (the message says why and what to do).
-    pub fn start<H>(self, consumer: PopConsumer, handler: H) -> Result<Running, Error>
+    pub fn start<H>(self, consumer: impl Into<Consumer>, handler: H) -> Result<Running, Error>
     where
         H: Handler + Clone,
     {
-        let info = ConnectionInfo::parse(&self.url)?;
+        match consumer.into() {
+            Consumer::Pop(c) => self.start_pop(c, handler),
+        }
+    }
+
+    fn start_pop<H: Handler + Clone>(
+        self,
+        consumer: PopConsumer,
+        handler: H,
+    ) -> Result<Running, Error> {
         if consumer.queues.is_empty() {
             return Err(Error::config("no queues to consume: give at least one"));
         }
@@ -254,6 +293,40 @@ impl EngineBuilder {
                 .collect();
             lanes_per_shard[l % nshards].push(queues);
         }
+        let launch = Launch {
+            fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
+            prefetch: consumer.prefetch,
+            prefetch_bytes: consumer.prefetch_bytes,
+            limit: consumer.limit,
+            sources: consumer
+                .queues
+                .iter()
+                .map(|q| String::from_utf8_lossy(q.name()).into_owned())
+                .collect(),
+            reply_timeout: consumer.reply_timeout,
+            reply_grace: consumer.reply_grace,
+        };
+        let mut lanes = lanes_per_shard.into_iter();
+        self.launch(launch, handler, move |_, budget| {
+            PopPipeline::new(consumer.clone(), budget, lanes.next().unwrap_or_default())
+        })
+    }
+
+    /// Starts one shard per entry of `launch.fetch_per_shard`, each running the pipeline
+    /// `make(shard, budget)` builds for it.
+    pub(crate) fn launch<P, H>(
+        self,
+        launch: Launch,
+        handler: H,
+        mut make: impl FnMut(usize, Option<Arc<Budget>>) -> P,
+    ) -> Result<Running, Error>
+    where
+        P: Pipeline,
+        H: Handler + Clone,
+    {
+        let info = ConnectionInfo::parse(&self.url)?;
+        let nshards = launch.fetch_per_shard.len();
+        let nlanes: usize = launch.fetch_per_shard.iter().sum::<usize>().max(1);
         let mut wake_fds = Vec::with_capacity(nshards);
         for _ in 0..nshards {
             match sys::eventfd() {
@@ -295,26 +368,21 @@ impl EngineBuilder {
             start_attempts: self.start_attempts,
             client_name: self.client_name.clone(),
         });
-        let queue_names: Vec<String> = consumer
-            .queues
-            .iter()
-            .map(|q| String::from_utf8_lossy(q.name()).into_owned())
-            .collect();
         let cores = if self.pin_cores {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
-        let budget = consumer
+        let budget = launch
             .limit
             .map(|n| Arc::new(Budget::new(n, Some(shared.clone()))));
-        if consumer.limit == Some(0) {
+        if launch.limit == Some(0) {
             shared.stop_all();
         }
         let epoch = Instant::now();
         // Credit follows the lanes: shard i gets its lanes' share of the limits, so every
         // lane's reserve is about `prefetch / lanes` wherever it runs.
-        let lane_counts: Vec<u64> = lanes_per_shard.iter().map(|l| l.len() as u64).collect();
+        let lane_counts: Vec<u64> = launch.fetch_per_shard.iter().map(|&n| n as u64).collect();
         let share = |total: u64, i: usize| -> u64 {
             let before: u64 = lane_counts[..i].iter().sum();
             let upto = before + lane_counts[i];
@@ -323,7 +391,7 @@ impl EngineBuilder {
             (cut(upto) - cut(before)).max(1)
         };
         let max_share = (0..nshards)
-            .map(|i| share(u64::from(consumer.prefetch), i))
+            .map(|i| share(u64::from(launch.prefetch), i))
             .max()
             .unwrap_or(1) as usize
             + 1;
@@ -356,9 +424,9 @@ impl EngineBuilder {
         let mut threads = Vec::with_capacity(nshards);
         let mut spawn_err = None;
         let mut shard_stats = Vec::with_capacity(nshards);
-        for (i, lanes) in lanes_per_shard.into_iter().enumerate() {
-            let stats = Arc::new(ShardStats::new(consumer.queues.len()));
-            let pipeline = PopPipeline::new(consumer.clone(), budget.clone(), lanes);
+        for i in 0..nshards {
+            let stats = Arc::new(ShardStats::new(launch.sources.len()));
+            let pipeline = make(i, budget.clone());
             shard_stats.push(stats.clone());
             let periodic: Vec<Periodic> = self.periodic.iter().map(|(p, f)| (*p, f())).collect();
             let spec = ShardSpec {
@@ -369,8 +437,8 @@ impl EngineBuilder {
                     Some(cores[i % cores.len()])
                 },
                 pipeline,
-                credits: share(u64::from(consumer.prefetch), i) as u32,
-                credit_bytes: share(consumer.prefetch_bytes, i),
+                credits: share(u64::from(launch.prefetch), i) as u32,
+                credit_bytes: share(launch.prefetch_bytes, i),
                 budget: budget.clone(),
                 conn: conn_cfg.clone(),
                 ring: self.ring,
@@ -385,8 +453,8 @@ impl EngineBuilder {
                 periodic,
                 idle_ping: self.idle_ping,
                 stalled_drain: self.stalled_drain,
-                reply_timeout: consumer.reply_timeout,
-                reply_grace: consumer.reply_grace,
+                reply_timeout: launch.reply_timeout,
+                reply_grace: launch.reply_grace,
             };
             let tx = ready_tx.clone();
             match std::thread::Builder::new()
@@ -428,7 +496,7 @@ impl EngineBuilder {
             shared,
             threads,
             stats: shard_stats,
-            queue_names,
+            source_names: launch.sources,
             features,
         };
         if let Some(e) = first_err {
@@ -447,7 +515,7 @@ pub struct Running {
     worker_latency: Vec<Arc<Mutex<Histogram<u64>>>>,
     threads: Vec<JoinHandle<Result<(), Error>>>,
     stats: Vec<Arc<ShardStats>>,
-    queue_names: Vec<String>,
+    source_names: Vec<String>,
     features: Option<RingFeatures>,
 }
 
@@ -466,7 +534,7 @@ impl ShutdownHandle {
 impl Running {
     /// The counters so far, summed over shards.
     pub fn stats(&self) -> Stats {
-        Stats::sum(&self.stats, &self.worker_latency, &self.queue_names)
+        Stats::sum(&self.stats, &self.worker_latency, &self.source_names)
     }
 
     /// What the kernel offered the rings (flags, multishot recv).
@@ -500,7 +568,7 @@ impl Running {
     /// could not be reached at start, a ring failure.
     pub fn wait(self) -> Result<Stats, Error> {
         let stats = self.stats.clone();
-        let names = self.queue_names.clone();
+        let names = self.source_names.clone();
         let latency = self.worker_latency.clone();
         self.join()?;
         Ok(Stats::sum(&stats, &latency, &names))

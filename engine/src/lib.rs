@@ -57,7 +57,7 @@ mod url;
 mod wake;
 
 pub use dispatch::{bench_support, Dispatch, KeyFn};
-pub use engine::{EngineBuilder, Running, ShutdownHandle};
+pub use engine::{Consumer, EngineBuilder, Running, ShutdownHandle};
 pub use error::{Error, ErrorKind};
 pub use handler::{Handler, Message, Outcome};
 pub use pipeline::pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};

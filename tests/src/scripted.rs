@@ -30,6 +30,9 @@ pub enum Step {
     Send(Bytes),
     /// Closes the connection as soon as the step is reached.
     Close,
+    /// Sleeps as soon as the step is reached (a slow server): commands that arrive
+    /// meanwhile are answered by the steps after it, once it has passed.
+    Pause(std::time::Duration),
 }
 
 /// What a [`ScriptedServer`] does on each connection, in order. After the last step the
@@ -77,6 +80,12 @@ impl Script {
     /// Adds a [`Step::Send`].
     pub fn send(mut self, bytes: impl Into<Bytes>) -> Self {
         self.steps.push(Step::Send(bytes.into()));
+        self
+    }
+
+    /// Adds a [`Step::Pause`].
+    pub fn pause(mut self, d: std::time::Duration) -> Self {
+        self.steps.push(Step::Pause(d));
         self
     }
 
@@ -263,6 +272,7 @@ fn serve(mut stream: TcpStream, script: &Script, shared: &Shared) {
                     let _ = stream.shutdown(Shutdown::Both);
                     return;
                 }
+                Step::Pause(d) => std::thread::sleep(*d),
                 Step::Reply(_) | Step::Silent => break,
             }
             next += 1;

@@ -131,6 +131,13 @@ impl<C> Pending<C> {
 /// Facts learned in the handshake.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ServerInfo {
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the seam's own tests use it now; the listen, reliable and stream pipelines will"
+        )
+    )]
     pub resp3: bool,
     pub version: (u32, u32, u32),
     pub client_id: Option<i64>,
@@ -209,6 +216,10 @@ pub(crate) struct Conn<C> {
     subscriber: bool,
     /// Reading is paused (backpressure): no receive is armed, replies stay buffered.
     paused: bool,
+    /// Reading resumed this turn: re-arm the receive and process what was buffered.
+    resumed: bool,
+    /// The receive was cancelled for a pause (its final completion is still to come).
+    recv_cancelled: bool,
     rng: u64,
 }
 
@@ -246,6 +257,8 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             retired: false,
             subscriber: false,
             paused: false,
+            resumed: false,
+            recv_cancelled: false,
             rng: seed | 1,
         }
     }
@@ -369,6 +382,13 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         std::mem::take(&mut self.unblock_sent)
     }
 
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the seam's own tests use it now; the listen, reliable and stream pipelines will"
+        )
+    )]
     /// From now on RESP2 message and (un)subscribe arrays are push frames (RESP3 push
     /// frames are told apart by their type byte on any connection).
     pub(crate) fn set_subscriber(&mut self, on: bool) {
@@ -378,11 +398,6 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
     /// No command awaits a reply.
     pub(crate) fn is_idle(&self) -> bool {
         self.pending.is_empty()
-    }
-
-    /// Commands awaiting replies (handshake and shard commands included).
-    pub(crate) fn awaiting(&self) -> usize {
-        self.pending.len()
     }
 
     /// Whether any queued pipeline command matches `f`.
@@ -452,11 +467,6 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         Deadline::Overdue(head.tag)
     }
 
-    /// The settings this connection was made with (shared by the engine's connections).
-    pub(crate) fn config(&self) -> &Arc<ConnConfig> {
-        &self.cfg
-    }
-
     pub(crate) fn token(&self) -> u64 {
         token(self.id, self.gen)
     }
@@ -484,6 +494,11 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         self.dec.reset();
         self.pending.clear();
         self.server = ServerInfo::default();
+        // A fresh socket: not subscribed, reading.
+        self.subscriber = false;
+        self.paused = false;
+        self.resumed = false;
+        self.recv_cancelled = false;
         let addr = match addr {
             ResolvedAddr::Tcp(a) => SockAddr::from_std(a),
             ResolvedAddr::Unix(p) => SockAddr::unix(p).map_err(|e| {
@@ -557,6 +572,13 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         });
     }
 
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the seam's own tests use it now; the listen, reliable and stream pipelines will"
+        )
+    )]
     /// Queues a command no reply answers in order: its only answers are push frames
     /// (RESP3 SUBSCRIBE, redis#11784; every SUBSCRIBE-family command in RESP2 subscribe
     /// mode), which the pipeline counts itself.
@@ -628,6 +650,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
     pub(crate) fn on_recv(&mut self, result: i32, more: bool) -> Result<bool, Failure> {
         if !more {
             self.recv_op = None;
+            self.recv_cancelled = false;
         }
         if self.phase == Phase::Closing || self.phase == Phase::Done {
             return Ok(false);
@@ -635,9 +658,9 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         if result > 0 || result == -libc::ENOBUFS {
             return Ok(!more && !self.paused);
         }
-        if result == -libc::ECANCELED && self.paused {
-            // The receive cancelled by `pause_reading`.
-            return Ok(false);
+        if result == -libc::ECANCELED {
+            // The receive cancelled for a pause; a resume since then re-arms it.
+            return Ok(!self.paused);
         }
         if result == 0 {
             return Err(Failure::Retry(Error::new(
@@ -662,34 +685,66 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         Ok(())
     }
 
-    /// Stops reading (backpressure): the receive is cancelled, so the socket's receive
-    /// buffer fills and TCP pushes back on the server. Replies already buffered stay
-    /// here until [`Conn::resume_reading`]; [`Conn::next_reply`] yields none meanwhile.
-    pub(crate) fn pause_reading(&mut self, driver: &mut Driver) {
-        if self.paused {
-            return;
-        }
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the seam's own tests use it now; the listen, reliable and stream pipelines will"
+        )
+    )]
+    /// Stops reading (backpressure): at the end of the turn the receive is cancelled, so
+    /// the socket's receive buffer fills and TCP pushes back on the server. Replies
+    /// already buffered stay here until [`Conn::resume_reading`]; [`Conn::next_reply`]
+    /// yields none meanwhile.
+    pub(crate) fn pause_reading(&mut self) {
         self.paused = true;
-        if let Some(op) = self.recv_op {
-            if let Err(e) = driver.cancel(op) {
-                tracing::warn!(conn = %self.name, "cancel failed: {e}");
-            }
+    }
+
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the seam's own tests use it now; the listen, reliable and stream pipelines will"
+        )
+    )]
+    /// Reads again after [`Conn::pause_reading`]: at the end of the turn the receive is
+    /// re-armed and the replies buffered meanwhile are processed.
+    pub(crate) fn resume_reading(&mut self) {
+        if self.paused {
+            self.paused = false;
+            self.resumed = true;
         }
     }
 
-    /// Reads again after [`Conn::pause_reading`]; the caller then processes the replies
-    /// that were buffered meanwhile.
-    pub(crate) fn resume_reading(&mut self, driver: &mut Driver) -> Result<(), Failure> {
-        if !self.paused {
-            return Ok(());
-        }
-        self.paused = false;
-        self.rearm_recv(driver)
-    }
-
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the seam's own tests use it now; the listen, reliable and stream pipelines will"
+        )
+    )]
     /// Whether reading is paused.
     pub(crate) fn reading_paused(&self) -> bool {
         self.paused
+    }
+
+    /// Applies a pause or a resume asked for this turn. Returns true when reading has
+    /// just resumed: the caller then processes what was buffered.
+    pub(crate) fn apply_reading(&mut self, driver: &mut Driver) -> Result<bool, Failure> {
+        if self.paused {
+            if let (Some(op), false) = (self.recv_op, self.recv_cancelled) {
+                self.recv_cancelled = true;
+                if let Err(e) = driver.cancel(op) {
+                    tracing::warn!(conn = %self.name, "cancel failed: {e}");
+                }
+            }
+            return Ok(false);
+        }
+        if !std::mem::take(&mut self.resumed) {
+            return Ok(false);
+        }
+        self.rearm_recv(driver)?;
+        Ok(true)
     }
 
     /// The next complete frame: the reply to the oldest queued command, or a push frame

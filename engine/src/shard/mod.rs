@@ -316,9 +316,24 @@ impl<P: Pipeline> Shard<P> {
         Ok(())
     }
 
-    /// Sends what each connection queued and makes sure its oldest command has a timer.
+    /// Applies pauses and resumes of reading, sends what each connection queued, and
+    /// makes sure its oldest command has a timer.
     fn flush_all(&mut self, now: Instant) {
         for id in 0..self.io.conns.len() {
+            let conn = &mut self.io.conns[id];
+            let resumed = conn.apply_reading(&mut self.driver);
+            let resumed = resumed.and_then(|r| {
+                if r {
+                    self.process_replies(id, now)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(f) = resumed {
+                self.fail_conn(id, f, now);
+                self.finish_close(id, now);
+                continue;
+            }
             let conn = &mut self.io.conns[id];
             if let Err(f) = conn.flush(&mut self.driver) {
                 self.fail_conn(id, f, now);

@@ -131,12 +131,12 @@ impl PopPipeline {
         &mut self,
         io: &mut Io<PopTag>,
         id: usize,
-        lane: usize,
         pop: PopCmd,
         frame: &'f Bytes,
         out: &mut Vec<Message<'f>>,
         now: Instant,
     ) -> Result<u64, Failure> {
+        let lane = io.fetch_of(id).unwrap_or(0) as usize;
         let unblock_sent = io.conns[id].take_unblock_sent();
         let reply =
             self.lanes[lane].on_reply(&self.plan, frame, pop, io.turn_ns, &mut io.credits, out)?;
@@ -248,9 +248,8 @@ impl Pipeline for PopPipeline {
         out: &mut Vec<Message<'f>>,
         now: Instant,
     ) -> Result<u64, Failure> {
-        let lane = io.fetch_of(conn).unwrap_or(0) as usize;
         match cmd {
-            PopTag::Pop(pop) => self.on_pop_reply(io, conn, lane, pop, frame, out, now),
+            PopTag::Pop(pop) => self.on_pop_reply(io, conn, pop, frame, out, now),
             PopTag::PushBack { count } => {
                 let c = &io.conns[conn];
                 match Decoder::new().build(frame) {
