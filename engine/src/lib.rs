@@ -37,8 +37,13 @@
 //! # Ok::<(), ringq::Error>(())
 //! ```
 #![warn(missing_docs)]
+// The only unsafe code is in `ring` (the io_uring driver and the plain system calls),
+// and every block there says why it is sound.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod backend;
 mod budget;
 mod conn;
 mod credit;
@@ -49,6 +54,10 @@ mod handler;
 mod intern;
 mod pipeline;
 mod resolve;
+#[allow(
+    unsafe_code,
+    reason = "the io_uring driver and the system calls: the only unsafe code"
+)]
 mod ring;
 mod shard;
 mod stats;

@@ -1,8 +1,8 @@
 //! The ring layer: the only code that builds SQEs or reads CQEs.
 //!
-//! [`Driver`] is the small internal interface the rest of the engine talks to — connect,
-//! send, recv, read, cancel, wait → completions — so an epoll backend can be added later
-//! without touching connections or pipelines.
+//! [`Driver`] implements the engine's backend interface ([`crate::backend::Backend`], whose
+//! contract it keeps) on io_uring: connect, send, multishot recv into a provided-buffer
+//! ring, read, cancel, one `io_uring_enter` per loop turn.
 //!
 //! # The lifecycle invariant
 //! A buffer or address handed to the kernel must stay valid until the CQE that ends the
@@ -28,6 +28,7 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 
 pub use probe::{probe, RingFeatures};
 
+use crate::backend::{Backend, OpId, OpKind};
 use crate::error::Error;
 use bufring::BufRing;
 
@@ -46,19 +47,6 @@ pub(crate) struct RingConfig {
     pub recv_buffer_size: usize,
 }
 
-/// Identifies an in-flight operation: slot index in the low 32 bits, generation above.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct OpId(u64);
-
-/// What an operation was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OpKind {
-    Connect,
-    Send,
-    Recv,
-    Read,
-}
-
 /// Received bytes, still in a kernel-visible buffer until [`Driver::release`].
 #[derive(Debug)]
 pub(crate) enum RecvData {
@@ -66,17 +54,8 @@ pub(crate) enum RecvData {
     Owned { buf: Box<[u8]>, len: usize },
 }
 
-/// A completion, resolved to the owner's token.
-#[derive(Debug)]
-pub(crate) struct Completion {
-    pub token: u64,
-    pub kind: OpKind,
-    /// The CQE's `res`: bytes transferred, 0, or a negated errno.
-    pub result: i32,
-    /// The operation continues (multishot) and will post more CQEs.
-    pub more: bool,
-    pub data: Option<RecvData>,
-}
+/// A completion of this driver.
+pub(crate) type Completion = crate::backend::Completion<RecvData>;
 
 enum Held {
     Nothing,
@@ -227,11 +206,6 @@ impl Driver {
         &self.features
     }
 
-    /// Operations whose final CQE has not arrived yet.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
     fn alloc(&mut self, token: u64, kind: OpKind, held: Held) -> OpId {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
@@ -293,116 +267,6 @@ impl Driver {
         })
     }
 
-    pub(crate) fn connect(&mut self, token: u64, fd: RawFd, addr: SockAddr) -> Result<OpId, Error> {
-        let addr = Box::new(addr);
-        let ptr = std::ptr::addr_of!(addr.storage).cast::<libc::sockaddr>();
-        let len = addr.len;
-        let entry = opcode::Connect::new(Fd(fd), ptr, len).build();
-        self.start(token, OpKind::Connect, Held::Connect(addr), entry)
-    }
-
-    pub(crate) fn send(&mut self, token: u64, fd: RawFd, buf: Bytes) -> Result<OpId, Error> {
-        let (ptr, len) = (buf.as_ptr(), u32::try_from(buf.len()).unwrap_or(u32::MAX));
-        let entry = opcode::Send::new(Fd(fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
-        self.start(token, OpKind::Send, Held::Send(buf), entry)
-    }
-
-    /// Arms a receive: multishot into the buffer ring where available, else one recv into
-    /// an owned buffer.
-    pub(crate) fn recv(&mut self, token: u64, fd: RawFd) -> Result<OpId, Error> {
-        if let Some(group) = self.bufring.as_ref().map(BufRing::group) {
-            let entry = opcode::RecvMulti::new(Fd(fd), group).build();
-            return self.start(token, OpKind::Recv, Held::Nothing, entry);
-        }
-        let mut buf = self
-            .spare_buffers
-            .pop()
-            .unwrap_or_else(|| vec![0u8; SINGLE_SHOT_RECV_LEN].into_boxed_slice());
-        let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
-        let entry = opcode::Recv::new(Fd(fd), ptr, len).build();
-        self.start(token, OpKind::Recv, Held::Buffer(buf), entry)
-    }
-
-    /// One `read(2)` of up to `len` bytes into an owned buffer (for eventfds).
-    pub(crate) fn read(&mut self, token: u64, fd: RawFd, len: usize) -> Result<OpId, Error> {
-        let mut buf = match self.spare_small.iter().position(|b| b.len() == len) {
-            Some(i) => self.spare_small.swap_remove(i),
-            None => vec![0u8; len].into_boxed_slice(),
-        };
-        let (ptr, n) = (buf.as_mut_ptr(), buf.len() as u32);
-        let entry = opcode::Read::new(Fd(fd), ptr, n).build();
-        self.start(token, OpKind::Read, Held::Buffer(buf), entry)
-    }
-
-    /// Asks the kernel to end `op` early. Its final CQE (often `-ECANCELED`) still arrives
-    /// and still frees the slot; a cancel of an operation already finished is harmless.
-    pub(crate) fn cancel(&mut self, op: OpId) -> Result<(), Error> {
-        self.push(
-            opcode::AsyncCancel::new(op.0)
-                .build()
-                .user_data(USER_DATA_CANCEL),
-        )
-    }
-
-    /// Submits every queued SQE and waits for at least one CQE or the timeout. The one
-    /// system call of a loop turn.
-    pub(crate) fn submit_and_wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        let res = match timeout {
-            Some(t) => {
-                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
-                let args = SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-            None => self.ring.submitter().submit_and_wait(1),
-        };
-        match res {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(Error::io("io_uring_enter", e)),
-        }
-    }
-
-    /// Submits without waiting.
-    pub(crate) fn submit(&mut self) -> Result<(), Error> {
-        match self.ring.submit() {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(Error::io("io_uring_enter", e)),
-        }
-    }
-
-    /// Moves every ready CQE out of the completion queue and resolves them.
-    pub(crate) fn reap(&mut self, out: &mut Vec<Completion>) {
-        self.cqes.clear();
-        self.cqes.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
-        for i in 0..self.cqes.len() {
-            let (ud, res, flags) = self.cqes[i];
-            if let Some(c) = self.resolve(ud, res, flags) {
-                out.push(c);
-            }
-        }
-    }
-
     fn resolve(&mut self, user_data: u64, result: i32, flags: u32) -> Option<Completion> {
         let bid = cqueue::buffer_select(flags);
         if user_data == USER_DATA_CANCEL {
@@ -460,9 +324,139 @@ impl Driver {
             data,
         })
     }
+}
+
+impl Backend for Driver {
+    type Data = RecvData;
+
+    fn socket(&mut self, addr: &SockAddr) -> io::Result<RawFd> {
+        sys::stream_socket(addr)
+    }
+
+    fn shutdown(&mut self, fd: RawFd) {
+        sys::shutdown(fd);
+    }
+
+    fn close(&mut self, fd: RawFd) {
+        sys::close(fd);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn connect(&mut self, token: u64, fd: RawFd, addr: SockAddr) -> Result<OpId, Error> {
+        let addr = Box::new(addr);
+        let ptr = std::ptr::addr_of!(addr.storage).cast::<libc::sockaddr>();
+        let len = addr.len;
+        let entry = opcode::Connect::new(Fd(fd), ptr, len).build();
+        self.start(token, OpKind::Connect, Held::Connect(addr), entry)
+    }
+
+    fn send(&mut self, token: u64, fd: RawFd, buf: Bytes) -> Result<OpId, Error> {
+        let (ptr, len) = (buf.as_ptr(), u32::try_from(buf.len()).unwrap_or(u32::MAX));
+        let entry = opcode::Send::new(Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.start(token, OpKind::Send, Held::Send(buf), entry)
+    }
+
+    /// Arms a receive: multishot into the buffer ring where available, else one recv into
+    /// an owned buffer.
+    fn recv(&mut self, token: u64, fd: RawFd) -> Result<OpId, Error> {
+        if let Some(group) = self.bufring.as_ref().map(BufRing::group) {
+            let entry = opcode::RecvMulti::new(Fd(fd), group).build();
+            return self.start(token, OpKind::Recv, Held::Nothing, entry);
+        }
+        let mut buf = self
+            .spare_buffers
+            .pop()
+            .unwrap_or_else(|| vec![0u8; SINGLE_SHOT_RECV_LEN].into_boxed_slice());
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
+        let entry = opcode::Recv::new(Fd(fd), ptr, len).build();
+        self.start(token, OpKind::Recv, Held::Buffer(buf), entry)
+    }
+
+    /// One `read(2)` of up to `len` bytes into an owned buffer (for eventfds).
+    fn read(&mut self, token: u64, fd: RawFd, len: usize) -> Result<OpId, Error> {
+        let mut buf = match self.spare_small.iter().position(|b| b.len() == len) {
+            Some(i) => self.spare_small.swap_remove(i),
+            None => vec![0u8; len].into_boxed_slice(),
+        };
+        let (ptr, n) = (buf.as_mut_ptr(), buf.len() as u32);
+        let entry = opcode::Read::new(Fd(fd), ptr, n).build();
+        self.start(token, OpKind::Read, Held::Buffer(buf), entry)
+    }
+
+    /// Asks the kernel to end `op` early. Its final CQE (often `-ECANCELED`) still arrives
+    /// and still frees the slot; a cancel of an operation already finished is harmless.
+    fn cancel(&mut self, op: OpId) -> Result<(), Error> {
+        self.push(
+            opcode::AsyncCancel::new(op.0)
+                .build()
+                .user_data(USER_DATA_CANCEL),
+        )
+    }
+
+    /// Submits every queued SQE and waits for at least one CQE or the timeout. The one
+    /// system call of a loop turn.
+    fn submit_and_wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let res = match timeout {
+            Some(t) => {
+                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::io("io_uring_enter", e)),
+        }
+    }
+
+    /// Submits without waiting.
+    fn submit(&mut self) -> Result<(), Error> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::io("io_uring_enter", e)),
+        }
+    }
+
+    /// Moves every ready CQE out of the completion queue and resolves them.
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        self.cqes.clear();
+        self.cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for i in 0..self.cqes.len() {
+            let (ud, res, flags) = self.cqes[i];
+            if let Some(c) = self.resolve(ud, res, flags) {
+                out.push(c);
+            }
+        }
+    }
 
     /// The bytes of a recv completion.
-    pub(crate) fn data<'a>(&'a self, d: &'a RecvData) -> &'a [u8] {
+    fn data<'a>(&'a self, d: &'a RecvData) -> &'a [u8] {
         match d {
             RecvData::Ring { bid, len } => self
                 .bufring
@@ -473,7 +467,7 @@ impl Driver {
     }
 
     /// Gives a recv buffer back for reuse.
-    pub(crate) fn release(&mut self, d: RecvData) {
+    fn release(&mut self, d: RecvData) {
         match d {
             RecvData::Ring { bid, .. } => {
                 if let Some(b) = self.bufring.as_mut() {

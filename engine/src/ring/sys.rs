@@ -1,5 +1,6 @@
 //! The few plain system calls the engine makes outside the ring: creating sockets and
-//! eventfds, socket options, close. Rare (per connection attempt, per shard), so they stay
+//! eventfds, socket options, close, and (for tests and benchmarks) poll and read of an
+//! eventfd. Rare (per connection attempt, per shard), so they stay
 //! synchronous; everything per message goes through the ring.
 
 use std::io;
@@ -75,4 +76,25 @@ pub(crate) fn eventfd_signal(fd: RawFd) {
     // SAFETY: writes 8 bytes from a live u64 to an eventfd the engine keeps open while any
     // handle that can signal it exists. EAGAIN (counter saturated) still leaves it readable.
     unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+}
+
+/// Waits until `fd` is readable or `timeout_ms` passes (poll(2)); true when readable.
+/// For tests and benchmarks that sleep as a shard would, outside a ring.
+pub(crate) fn wait_readable(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, alive for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    ready == 1
+}
+
+/// Reads (and so resets) an eventfd's counter with read(2). Blocks if it is zero: call it
+/// after [`wait_readable`] said it is readable.
+pub(crate) fn eventfd_read(fd: RawFd) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live 8-byte buffer from an eventfd we own.
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8) };
 }

@@ -34,12 +34,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Shard;
+use crate::backend::Backend;
 use crate::conn::{Deadline, Failure, Phase};
 use crate::error::{Error, ErrorKind};
 use crate::pipeline::Pipeline;
 use crate::timer::TimerEvent;
 
-impl<P: Pipeline> Shard<P> {
+impl<P: Pipeline, B: Backend> Shard<P, B> {
     /// The deadline timer of connection `id` fired.
     pub(super) fn on_deadline(&mut self, id: usize, gen: u32, now: Instant) {
         let Some(c) = self.io.conns.get_mut(id) else {
@@ -175,7 +176,7 @@ impl<P: Pipeline> Shard<P> {
     /// Completes a close once the kernel is done with the connection's operations.
     pub(super) fn finish_close(&mut self, id: usize, now: Instant) {
         let conn = &mut self.io.conns[id];
-        match conn.try_finish_close() {
+        match conn.try_finish_close(&mut self.driver) {
             None | Some(None) => {}
             Some(Some(backoff)) => {
                 if conn.out_of_start_attempts() {

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use ringq_resp::CommandWriter;
 
+use crate::backend::{Backend, Completion, OpKind};
 use crate::budget::Budget;
 use crate::conn::{Conn, ConnConfig, Phase, Role, Tag};
 use crate::credit::Credits;
@@ -42,7 +43,7 @@ use crate::error::{Error, ErrorKind};
 use crate::handler::{Handler, Message, Outcome};
 use crate::pipeline::{ControlUse, Io, Pipeline};
 use crate::resolve::Resolved;
-use crate::ring::{Completion, Driver, OpKind, RingConfig, RingFeatures};
+use crate::ring::{Driver, RingConfig, RingFeatures};
 use crate::stats::{new_histogram, ShardStats};
 use crate::timer::{TimerEvent, Timers};
 use crate::wake::Shared;
@@ -111,9 +112,9 @@ pub(crate) struct ShardSpec<P> {
     pub reply_grace: Duration,
 }
 
-struct Shard<P: Pipeline> {
+struct Shard<P: Pipeline, B: Backend> {
     index: usize,
-    driver: Driver,
+    driver: B,
     /// What the pipeline works with: connections, credits, timers, stats.
     io: Io<P::Cmd>,
     pipeline: P,
@@ -134,7 +135,7 @@ struct Shard<P: Pipeline> {
     /// A lost connection's unanswered commands, on their way back to the pipeline (reused).
     unanswered: Vec<P::Cmd>,
     latency: Histogram<u64>,
-    completions: Vec<Completion>,
+    completions: Vec<Completion<B::Data>>,
     turn_started: Instant,
     /// `CLIENT UNBLOCK` is not available (an ACL without it, an error): wait instead.
     unblock_off: bool,
@@ -187,7 +188,7 @@ pub(crate) fn run<P: Pipeline>(
         control: None,
         want_control: spec.pipeline.control() == ControlUse::Always,
     };
-    let mut shard = Shard {
+    let mut shard: Shard<P, Driver> = Shard {
         index: spec.index,
         driver,
         io,
@@ -241,7 +242,7 @@ fn conn_seed(shard: usize, i: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-impl<P: Pipeline> Shard<P> {
+impl<P: Pipeline, B: Backend> Shard<P, B> {
     fn run_loop(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         self.arm_wake()?;
@@ -424,7 +425,7 @@ impl<P: Pipeline> Shard<P> {
         self.resolved = answers;
     }
 
-    fn on_completion(&mut self, c: Completion) {
+    fn on_completion(&mut self, c: Completion<B::Data>) {
         let now = self.turn_started;
         if c.token == TOKEN_WAKE {
             if let Some(d) = c.data {

@@ -8,12 +8,13 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{recycle, HandlerSide, Shard, Tally};
+use crate::backend::Backend;
 use crate::conn::{Failure, Phase, Reply, Tag};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Message, Outcome};
 use crate::pipeline::Pipeline;
 
-impl<P: Pipeline> Shard<P> {
+impl<P: Pipeline, B: Backend> Shard<P, B> {
     /// Decodes and routes every complete frame of connection `id`.
     pub(super) fn process_replies(&mut self, id: usize, now: Instant) -> Result<(), Failure> {
         loop {

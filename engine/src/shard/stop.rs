@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use ringq_resp::CommandWriter;
 
 use super::{HandlerSide, Shard};
+use crate::backend::Backend;
 use crate::conn::{Phase, Tag};
 use crate::error::Error;
 use crate::pipeline::{Drain, Pipeline};
 use crate::ring::sys;
 use crate::timer::TimerEvent;
 
-impl<P: Pipeline> Shard<P> {
+impl<P: Pipeline, B: Backend> Shard<P, B> {
     pub(super) fn begin_stop(&mut self, now: Instant) {
         self.io.stopping = true;
         // A stalled connection is waited for a reply grace at most: its server may never

@@ -7,12 +7,9 @@
 //! server that cannot be reached at all at start) stop the engine and come back from
 //! [`Running::wait`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use hdrhistogram::Histogram;
 
 use crate::budget::Budget;
 use crate::conn::ConnConfig;
@@ -22,11 +19,15 @@ use crate::handler::Handler;
 use crate::pipeline::pop::{PopConsumer, PopPipeline, MAX_BLOCK_TIMEOUT};
 use crate::pipeline::Pipeline;
 use crate::resolve::{is_name, system_resolver, ResolveFn, Resolver};
-use crate::ring::{sys, RingConfig, RingFeatures};
+use crate::ring::{sys, RingConfig};
 use crate::shard::{self, HandlerSide, Periodic, ShardSpec};
-use crate::stats::{ShardStats, Stats};
+use crate::stats::ShardStats;
 use crate::url::{Address, ConnectionInfo};
 use crate::wake::Shared;
+
+mod running;
+
+pub use running::{Running, ShutdownHandle};
 
 type PeriodicFactory = (
     Duration,
@@ -505,117 +506,5 @@ impl EngineBuilder {
             return Err(e);
         }
         Ok(running)
-    }
-}
-
-/// A started engine.
-pub struct Running {
-    shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
-    worker_latency: Vec<Arc<Mutex<Histogram<u64>>>>,
-    threads: Vec<JoinHandle<Result<(), Error>>>,
-    stats: Vec<Arc<ShardStats>>,
-    source_names: Vec<String>,
-    features: Option<RingFeatures>,
-}
-
-/// Stops an engine from any thread (signal handlers included: it only stores a flag and
-/// writes to eventfds).
-#[derive(Clone)]
-pub struct ShutdownHandle(Arc<Shared>);
-
-impl ShutdownHandle {
-    /// Asks every shard to stop fetching, finish what is in flight and exit.
-    pub fn shutdown(&self) {
-        self.0.stop_all();
-    }
-}
-
-impl Running {
-    /// The counters so far, summed over shards.
-    pub fn stats(&self) -> Stats {
-        Stats::sum(&self.stats, &self.worker_latency, &self.source_names)
-    }
-
-    /// What the kernel offered the rings (flags, multishot recv).
-    pub fn features(&self) -> Option<&RingFeatures> {
-        self.features.as_ref()
-    }
-
-    /// A handle that stops the engine.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shared.clone())
-    }
-
-    /// Whether the engine has been asked to stop (by a handle or a fatal error).
-    pub fn is_stopping(&self) -> bool {
-        self.shared.stop.load(Ordering::SeqCst)
-    }
-
-    /// Stops the engine and waits for it: no new pops, every reply in flight is handled.
-    ///
-    /// # Errors
-    /// The fatal error that stopped the engine earlier, if any.
-    pub fn shutdown(self) -> Result<Stats, Error> {
-        self.shared.stop_all();
-        self.wait()
-    }
-
-    /// Waits until the engine stops (a [`ShutdownHandle`] or a fatal error).
-    ///
-    /// # Errors
-    /// The fatal error that stopped it: authentication, a malformed reply, a server that
-    /// could not be reached at start, a ring failure.
-    pub fn wait(self) -> Result<Stats, Error> {
-        let stats = self.stats.clone();
-        let names = self.source_names.clone();
-        let latency = self.worker_latency.clone();
-        self.join()?;
-        Ok(Stats::sum(&stats, &latency, &names))
-    }
-
-    fn join(mut self) -> Result<(), Error> {
-        let mut thread_err = None;
-        for t in std::mem::take(&mut self.threads) {
-            match t.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    thread_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    thread_err.get_or_insert(Error::new(
-                        ErrorKind::Io,
-                        "a shard thread panicked (in a handler?)",
-                    ));
-                }
-            }
-        }
-        // Shards are gone, so their rings are abandoned: workers finish and exit.
-        for t in std::mem::take(&mut self.workers) {
-            if t.join().is_err() {
-                thread_err
-                    .get_or_insert(Error::new(ErrorKind::Handler, "a worker thread panicked"));
-            }
-        }
-        let fatal = self.shared.fatal.lock().ok().and_then(|mut f| f.take());
-        match fatal.or(thread_err) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // A dropped handle must not leave threads consuming in the background.
-        if !self.threads.is_empty() {
-            self.shared.stop_all();
-            for t in self.threads.drain(..) {
-                let _ = t.join();
-            }
-            for t in self.workers.drain(..) {
-                let _ = t.join();
-            }
-        }
     }
 }

@@ -1,0 +1,315 @@
+//! The socket's life: connect, send, receive (paused and resumed for backpressure),
+//! close once the backend has finished every operation, and the backoff before the next
+//! attempt.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringq_resp::CommandWriter;
+
+use super::{Conn, Failure, Pending, Phase, ServerInfo, Tag};
+use crate::backend::{Backend, SockAddr};
+use crate::error::{Error, ErrorKind};
+use crate::url::ResolvedAddr;
+
+impl<C: Copy + std::fmt::Debug> Conn<C> {
+    /// Whether any operation of this connection is still in the kernel.
+    pub(crate) fn has_ops(&self) -> bool {
+        self.connect_op.is_some() || self.send_op.is_some() || self.recv_op.is_some()
+    }
+
+    /// Opens a socket and starts connecting to `addr`.
+    pub(crate) fn start_connect(
+        &mut self,
+        driver: &mut impl Backend,
+        now: Instant,
+        addr: &ResolvedAddr,
+    ) -> Result<(), Failure> {
+        debug_assert!(!self.has_ops());
+        self.gen = self.gen.wrapping_add(1);
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.dec.reset();
+        self.pending.clear();
+        self.server = ServerInfo::default();
+        // A fresh socket: not subscribed, reading.
+        self.subscriber = false;
+        self.paused = false;
+        self.resumed = false;
+        self.recv_cancelled = false;
+        let addr = match addr {
+            ResolvedAddr::Tcp(a) => SockAddr::from_std(a),
+            ResolvedAddr::Unix(p) => SockAddr::unix(p).map_err(|e| {
+                Failure::Fatal(Error::config(format!("unix socket {}: {e}", p.display())))
+            })?,
+        };
+        self.fd = driver
+            .socket(&addr)
+            .map_err(|e| Failure::Retry(Error::io("socket", e)))?;
+        self.phase = Phase::Connecting;
+        let op = driver
+            .connect(self.token(), self.fd, addr)
+            .map_err(Failure::Fatal)?;
+        self.connect_op = Some(op);
+        // The connect and the handshake share one deadline.
+        self.pending
+            .push_back(Pending::new(Tag::Hello, now + self.cfg.connect_timeout));
+        Ok(())
+    }
+
+    /// The connect finished with `result` (0 or -errno).
+    pub(crate) fn on_connected(
+        &mut self,
+        driver: &mut impl Backend,
+        result: i32,
+    ) -> Result<(), Failure> {
+        self.connect_op = None;
+        if self.phase != Phase::Connecting {
+            return Ok(());
+        }
+        if result < 0 {
+            let e = std::io::Error::from_raw_os_error(-result);
+            return Err(Failure::Retry(
+                Error::new(
+                    ErrorKind::ConnectionLost,
+                    format!("cannot connect to {}: {e}", self.peer()),
+                )
+                .with_source(e),
+            ));
+        }
+        self.recv_op = Some(driver.recv(self.token(), self.fd).map_err(Failure::Fatal)?);
+        self.phase = Phase::Hello;
+        // Replace the connect's placeholder with the HELLO it stands for.
+        let deadline = self
+            .pending
+            .pop_front()
+            .map_or_else(Instant::now, |p| p.deadline);
+        let info = &self.cfg.info;
+        let user = info.username.as_deref().unwrap_or("default");
+        let name = self.name.clone();
+        let nargs = 2 + if info.password.is_some() { 3 } else { 0 } + 2;
+        let mut w = CommandWriter::new(&mut self.wbuf, nargs)
+            .arg("HELLO")
+            .arg("3");
+        if let Some(pw) = &info.password {
+            w = w.arg("AUTH").arg(user).arg(pw);
+        }
+        w.arg("SETNAME").arg(&name).finish();
+        self.pending.push_back(Pending::new(Tag::Hello, deadline));
+        self.flush(driver)
+    }
+
+    /// Hands queued bytes to the kernel if no send is in flight.
+    pub(crate) fn flush(&mut self, driver: &mut impl Backend) -> Result<(), Failure> {
+        if self.send_op.is_some()
+            || self.wbuf.is_empty()
+            || self.fd < 0
+            || self.phase == Phase::Closing
+        {
+            return Ok(());
+        }
+        let buf = self.wbuf.split().freeze();
+        self.in_send = buf.clone();
+        self.send_op = Some(
+            driver
+                .send(self.token(), self.fd, buf)
+                .map_err(Failure::Fatal)?,
+        );
+        Ok(())
+    }
+
+    /// A send finished with `result` (bytes sent or -errno).
+    pub(crate) fn on_sent(
+        &mut self,
+        driver: &mut impl Backend,
+        result: i32,
+    ) -> Result<(), Failure> {
+        self.send_op = None;
+        if self.phase == Phase::Closing {
+            return Ok(());
+        }
+        if result < 0 {
+            let e = std::io::Error::from_raw_os_error(-result);
+            return Err(Failure::Retry(
+                Error::new(
+                    ErrorKind::ConnectionLost,
+                    format!("send to {} failed: {e}", self.peer()),
+                )
+                .with_source(e),
+            ));
+        }
+        let sent = result as usize;
+        if sent < self.in_send.len() {
+            // Short send: the rest goes first, before anything queued since.
+            let rest = self.in_send.slice(sent..);
+            self.in_send = rest.clone();
+            self.send_op = Some(
+                driver
+                    .send(self.token(), self.fd, rest)
+                    .map_err(Failure::Fatal)?,
+            );
+            return Ok(());
+        }
+        self.in_send = Bytes::new();
+        self.flush(driver)
+    }
+
+    /// Appends received bytes.
+    pub(crate) fn on_data(&mut self, data: &[u8]) {
+        if self.phase != Phase::Closing {
+            self.rbuf.extend_from_slice(data);
+        }
+    }
+
+    /// A recv CQE (its data, if any, already appended). Returns whether the receive must
+    /// be re-armed: a single-shot recv, or a multishot the kernel ended (ENOBUFS, or its
+    /// own reasons).
+    pub(crate) fn on_recv(&mut self, result: i32, more: bool) -> Result<bool, Failure> {
+        if !more {
+            self.recv_op = None;
+            self.recv_cancelled = false;
+        }
+        if self.phase == Phase::Closing || self.phase == Phase::Done {
+            return Ok(false);
+        }
+        if result > 0 || result == -libc::ENOBUFS {
+            return Ok(!more && !self.paused);
+        }
+        if result == -libc::ECANCELED {
+            // The receive cancelled for a pause; a resume since then re-arms it.
+            return Ok(!self.paused);
+        }
+        if result == 0 {
+            return Err(Failure::Retry(Error::new(
+                ErrorKind::ConnectionLost,
+                format!("{} closed the connection", self.peer()),
+            )));
+        }
+        let e = std::io::Error::from_raw_os_error(-result);
+        Err(Failure::Retry(
+            Error::new(
+                ErrorKind::ConnectionLost,
+                format!("receive from {} failed: {e}", self.peer()),
+            )
+            .with_source(e),
+        ))
+    }
+
+    pub(crate) fn rearm_recv(&mut self, driver: &mut impl Backend) -> Result<(), Failure> {
+        if self.recv_op.is_none() && self.fd >= 0 && self.phase != Phase::Closing && !self.paused {
+            self.recv_op = Some(driver.recv(self.token(), self.fd).map_err(Failure::Fatal)?);
+        }
+        Ok(())
+    }
+
+    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
+    /// Stops reading (backpressure): at the end of the turn the receive is cancelled, so
+    /// the socket's receive buffer fills and TCP pushes back on the server. Replies
+    /// already buffered stay here until [`Conn::resume_reading`]; [`Conn::next_reply`]
+    /// yields none meanwhile.
+    pub(crate) fn pause_reading(&mut self) {
+        self.paused = true;
+    }
+
+    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
+    /// Reads again after [`Conn::pause_reading`]: at the end of the turn the receive is
+    /// re-armed and the replies buffered meanwhile are processed.
+    pub(crate) fn resume_reading(&mut self) {
+        if self.paused {
+            self.paused = false;
+            self.resumed = true;
+        }
+    }
+
+    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
+    /// Whether reading is paused.
+    pub(crate) fn reading_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Applies a pause or a resume asked for this turn. Returns true when reading has
+    /// just resumed: the caller then processes what was buffered.
+    pub(crate) fn apply_reading(&mut self, driver: &mut impl Backend) -> Result<bool, Failure> {
+        if self.paused {
+            if let (Some(op), false) = (self.recv_op, self.recv_cancelled) {
+                self.recv_cancelled = true;
+                if let Err(e) = driver.cancel(op) {
+                    tracing::warn!(conn = %self.name, "cancel failed: {e}");
+                }
+            }
+            return Ok(false);
+        }
+        if !std::mem::take(&mut self.resumed) {
+            return Ok(false);
+        }
+        self.rearm_recv(driver)?;
+        Ok(true)
+    }
+
+    /// Starts closing: cancels every in-flight operation. The connection stays in
+    /// `Closing` until they have all ended (see [`Conn::try_finish_close`]).
+    pub(crate) fn begin_close(&mut self, driver: &mut impl Backend) {
+        if self.phase == Phase::Closing || self.phase == Phase::Done {
+            return;
+        }
+        self.phase = Phase::Closing;
+        if self.fd >= 0 {
+            driver.shutdown(self.fd);
+        }
+        for op in [self.connect_op, self.send_op, self.recv_op]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = driver.cancel(op) {
+                tracing::warn!(conn = %self.name, "cancel failed: {e}");
+            }
+        }
+        self.pending.clear();
+        self.wbuf.clear();
+        self.rbuf.clear();
+        self.dec.reset();
+        self.deadline_armed = None;
+    }
+
+    /// Once no operation is in flight: closes the fd. Returns the backoff before the next
+    /// attempt, or `None` when the connection stops for good.
+    pub(crate) fn try_finish_close(
+        &mut self,
+        driver: &mut impl Backend,
+    ) -> Option<Option<Duration>> {
+        if self.phase != Phase::Closing || self.has_ops() {
+            return None;
+        }
+        driver.close(self.fd);
+        self.fd = -1;
+        if self.stop_after_close {
+            self.phase = Phase::Done;
+            return Some(None);
+        }
+        self.phase = Phase::Idle;
+        self.failures = self.failures.saturating_add(1);
+        Some(Some(self.backoff()))
+    }
+
+    /// Exponential backoff with equal jitter: half the step fixed, half random.
+    fn backoff(&mut self) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(16);
+        let step = self
+            .cfg
+            .backoff_min
+            .saturating_mul(1 << exp)
+            .min(self.cfg.backoff_max);
+        // xorshift64: jitter needs no cryptographic quality.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = step / 2;
+        let nanos = half.as_nanos().max(1) as u64;
+        half + Duration::from_nanos(self.rng % nanos)
+    }
+
+    /// Whether a never-ready connection has used up its start-up attempts.
+    pub(crate) fn out_of_start_attempts(&self) -> bool {
+        !self.ever_ready && self.failures >= self.cfg.start_attempts
+    }
+}

@@ -1,0 +1,124 @@
+//! A started engine: its stats, its stop handle, and joining its threads.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use hdrhistogram::Histogram;
+
+use crate::error::{Error, ErrorKind};
+use crate::ring::RingFeatures;
+use crate::stats::{ShardStats, Stats};
+use crate::wake::Shared;
+
+/// A started engine.
+pub struct Running {
+    pub(super) shared: Arc<Shared>,
+    pub(super) workers: Vec<JoinHandle<()>>,
+    pub(super) worker_latency: Vec<Arc<Mutex<Histogram<u64>>>>,
+    pub(super) threads: Vec<JoinHandle<Result<(), Error>>>,
+    pub(super) stats: Vec<Arc<ShardStats>>,
+    pub(super) source_names: Vec<String>,
+    pub(super) features: Option<RingFeatures>,
+}
+
+/// Stops an engine from any thread (signal handlers included: it only stores a flag and
+/// writes to eventfds).
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Shared>);
+
+impl ShutdownHandle {
+    /// Asks every shard to stop fetching, finish what is in flight and exit.
+    pub fn shutdown(&self) {
+        self.0.stop_all();
+    }
+}
+
+impl Running {
+    /// The counters so far, summed over shards.
+    pub fn stats(&self) -> Stats {
+        Stats::sum(&self.stats, &self.worker_latency, &self.source_names)
+    }
+
+    /// What the kernel offered the rings (flags, multishot recv).
+    pub fn features(&self) -> Option<&RingFeatures> {
+        self.features.as_ref()
+    }
+
+    /// A handle that stops the engine.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shared.clone())
+    }
+
+    /// Whether the engine has been asked to stop (by a handle or a fatal error).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Stops the engine and waits for it: no new pops, every reply in flight is handled.
+    ///
+    /// # Errors
+    /// The fatal error that stopped the engine earlier, if any.
+    pub fn shutdown(self) -> Result<Stats, Error> {
+        self.shared.stop_all();
+        self.wait()
+    }
+
+    /// Waits until the engine stops (a [`ShutdownHandle`] or a fatal error).
+    ///
+    /// # Errors
+    /// The fatal error that stopped it: authentication, a malformed reply, a server that
+    /// could not be reached at start, a ring failure.
+    pub fn wait(self) -> Result<Stats, Error> {
+        let stats = self.stats.clone();
+        let names = self.source_names.clone();
+        let latency = self.worker_latency.clone();
+        self.join()?;
+        Ok(Stats::sum(&stats, &latency, &names))
+    }
+
+    pub(super) fn join(mut self) -> Result<(), Error> {
+        let mut thread_err = None;
+        for t in std::mem::take(&mut self.threads) {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    thread_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    thread_err.get_or_insert(Error::new(
+                        ErrorKind::Io,
+                        "a shard thread panicked (in a handler?)",
+                    ));
+                }
+            }
+        }
+        // Shards are gone, so their rings are abandoned: workers finish and exit.
+        for t in std::mem::take(&mut self.workers) {
+            if t.join().is_err() {
+                thread_err
+                    .get_or_insert(Error::new(ErrorKind::Handler, "a worker thread panicked"));
+            }
+        }
+        let fatal = self.shared.fatal.lock().ok().and_then(|mut f| f.take());
+        match fatal.or(thread_err) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A dropped handle must not leave threads consuming in the background.
+        if !self.threads.is_empty() {
+            self.shared.stop_all();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+            for t in self.workers.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
