@@ -3,7 +3,7 @@
 //! The shape of a run: validate the flags (usage errors exit 2 before anything connects),
 //! watch SIGINT/SIGTERM, start the engine with a [`Printer`] handler, hand its shutdown
 //! handle to the [`StopSwitch`], then wait. The engine stops on its own after `--count`
-//! messages ([`PopConsumer::limit`]: it never pops more), on a signal or closed stdout
+//! messages ([`EngineBuilder::limit`]: it never pops more), on a signal or closed stdout
 //! (the switch), or on a fatal error (bad password, server unreachable at start).
 //! A stopping engine hands every message already popped to the handler, so everything
 //! that left the server is printed — unless stdout itself has gone away.
@@ -50,20 +50,14 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         )));
     }
 
-    let mut consumer = PopConsumer::new(a.queues.iter().map(String::as_str))
+    let consumer = PopConsumer::new(a.queues.iter().map(String::as_str))
         .strategy(match a.strategy {
             Strategy::Adaptive => PopStrategy::Adaptive,
             Strategy::Single => PopStrategy::Single,
             Strategy::Batch => PopStrategy::BlockingBatch,
         })
         .batch(a.batch)
-        .prefetch(a.prefetch)
-        .block_timeout(Duration::from_millis(a.block_timeout_ms))
-        .reply_grace(Duration::from_millis(a.reply_grace_ms))
-        .reply_timeout(Duration::from_millis(a.reply_timeout_ms));
-    if let Some(n) = a.count {
-        consumer = consumer.limit(n);
-    }
+        .block_timeout(Duration::from_millis(a.block_timeout_ms));
     let dispatch = match (a.workers, a.orderly) {
         (None, _) => Dispatch::inline(),
         (Some(n), false) => Dispatch::workers(usize::from(n)),
@@ -73,7 +67,13 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         .shards(usize::from(a.shards))
         .connections_per_shard(usize::from(a.connections))
         .pin_cores(!a.no_pin)
-        .dispatch(dispatch);
+        .dispatch(dispatch)
+        .prefetch(a.prefetch)
+        .reply_grace(Duration::from_millis(a.reply_grace_ms))
+        .reply_timeout(Duration::from_millis(a.reply_timeout_ms));
+    if let Some(n) = a.count {
+        builder = builder.limit(n);
+    }
     if let Some(id) = &a.consumer_id {
         builder = builder.client_name(id.as_str());
     }

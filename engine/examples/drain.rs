@@ -153,12 +153,12 @@ fn main() -> Result<(), ringq::Error> {
     let consumer = PopConsumer::new(queues.clone())
         .strategy(strategy)
         .batch(a.batch)
-        .prefetch(a.batch * a.pipeline * 2)
         .pipeline(a.pipeline)
         .block_timeout(Duration::from_millis(100));
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let running = EngineBuilder::new(&a.url)
+        .prefetch(a.batch * a.pipeline * 2)
         .shards(a.shards)
         .dispatch(if a.workers > 0 {
             Dispatch::workers(a.workers)

@@ -1,4 +1,4 @@
-//! The engine-wide message budget of [`PopConsumer::limit`](crate::PopConsumer::limit)
+//! The engine-wide message budget of [`EngineBuilder::limit`](crate::EngineBuilder::limit)
 //! (`ringq consume --count N`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::wake::Shared;
 
-/// The engine-wide message budget of [`PopConsumer::limit`](crate::PopConsumer::limit), shared by the shards: one
+/// The engine-wide message budget of [`EngineBuilder::limit`](crate::EngineBuilder::limit), shared by the shards: one
 /// atomic operation per pop, none per message.
 ///
 /// Non-blocking pops *claim* what they ask for before they are sent and give back what

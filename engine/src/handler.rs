@@ -22,18 +22,62 @@ use bytes::Bytes;
 /// One message taken from a queue.
 ///
 /// The lifetime is that of the reply the payload is borrowed from; `Message<'static>` owns
-/// its payload (see [`Message::detach`]). Cloning is cheap either way: the queue name and
-/// key are interned, and an owned payload is reference-counted.
+/// its payload (see [`Message::detach`]). Cloning is cheap either way: where it came from
+/// is interned, and an owned payload is reference-counted.
+///
+/// A message is kept small (72 bytes on 64-bit targets), because the inline path writes
+/// one per popped element: where it came from is one pointer to an interned [`Source`],
+/// and what a mode needs besides the payload — the exact list element to acknowledge, a
+/// stream entry's id and fields, the channel of a pattern match — is a span of the same
+/// reply frame (`aux`), not a field of its own.
 #[derive(Debug, Clone)]
 pub struct Message<'a> {
     pub(crate) payload: Payload<'a>,
-    pub(crate) queue: &'static [u8],
-    pub(crate) key: &'static [u8],
-    pub(crate) priority: u8,
-    pub(crate) queue_index: u32,
+    pub(crate) source: &'static Source,
+    /// Another part of the reply frame, per mode (empty in `pop` mode).
+    pub(crate) aux: Span,
     pub(crate) deliveries: u32,
     /// When the reply carrying it was received, in ns since the engine's epoch.
     pub(crate) received_ns: u64,
+}
+
+/// Where messages come from: a queue's key (pop), and later a stream or a channel.
+/// Interned once per configuration, shared by every message from it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Source {
+    /// The logical name: the queue as configured.
+    pub name: &'static [u8],
+    /// The Redis key (a priority level's key, or the name itself).
+    pub key: &'static [u8],
+    pub priority: u8,
+    /// Position in the consumer's list of sources.
+    pub index: u32,
+}
+
+/// A byte range of a message's reply frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+
+    /// Where `part` (a slice of `frame`) lies in it.
+    pub(crate) fn of(part: &[u8], frame: &[u8]) -> Self {
+        let start = (part.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
+        debug_assert!(
+            start + part.len() <= frame.len(),
+            "the part is not in the frame"
+        );
+        Self {
+            start: start as u32,
+            len: part.len() as u32,
+        }
+    }
 }
 
 /// Where a message's bytes live.
@@ -41,19 +85,44 @@ pub struct Message<'a> {
 pub(crate) enum Payload<'a> {
     /// A slice of `frame`, the reply it came in (no reference taken).
     Lent { bytes: &'a [u8], frame: &'a Bytes },
-    /// A reference-counted handle of its own.
-    Owned(Bytes),
+    /// The reply it came in, reference-counted, and where the payload lies in it.
+    Owned { frame: Bytes, at: Span },
+}
+
+impl Payload<'_> {
+    /// An owned payload that is its whole buffer.
+    pub(crate) fn owned(bytes: Bytes) -> Payload<'static> {
+        let at = Span {
+            start: 0,
+            len: bytes.len() as u32,
+        };
+        Payload::Owned { frame: bytes, at }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Lent { bytes, .. } => bytes,
+            Payload::Owned { frame, at } => frame.get(at.range()).unwrap_or(&[]),
+        }
+    }
+
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "the reliable and stream modes read it")
+    )]
+    fn frame(&self) -> &Bytes {
+        match self {
+            Payload::Lent { frame, .. } => frame,
+            Payload::Owned { frame, .. } => frame,
+        }
+    }
 }
 
 impl fmt::Debug for Payload<'_> {
     /// The message's own bytes only (never the rest of the reply it borrows from), the
     /// same for a borrowed and an owned payload.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes: &[u8] = match self {
-            Payload::Lent { bytes, .. } => bytes,
-            Payload::Owned(b) => b,
-        };
-        write!(f, "b\"{}\"", bytes.escape_ascii())
+        write!(f, "b\"{}\"", self.bytes().escape_ascii())
     }
 }
 
@@ -63,7 +132,7 @@ impl<'a> Message<'a> {
     pub fn payload(&self) -> &[u8] {
         match &self.payload {
             Payload::Lent { bytes, .. } => bytes,
-            Payload::Owned(b) => b,
+            Payload::Owned { frame, at } => frame.get(at.range()).unwrap_or(&[]),
         }
     }
 
@@ -72,7 +141,7 @@ impl<'a> Message<'a> {
     pub fn payload_bytes(&self) -> Bytes {
         match &self.payload {
             Payload::Lent { bytes, frame } => frame.slice_ref(bytes),
-            Payload::Owned(b) => b.clone(),
+            Payload::Owned { frame, at } => frame.slice(at.range()),
         }
     }
 
@@ -85,38 +154,49 @@ impl<'a> Message<'a> {
     /// As [`Message::detach`], without a new reference when the payload is owned already.
     pub(crate) fn into_static(self) -> Message<'static> {
         let payload = match self.payload {
-            Payload::Lent { bytes, frame } => frame.slice_ref(bytes),
-            Payload::Owned(b) => b,
+            Payload::Lent { bytes, frame } => Payload::Owned {
+                at: Span::of(bytes, frame),
+                frame: frame.clone(),
+            },
+            Payload::Owned { frame, at } => Payload::Owned { frame, at },
         };
         Message {
-            payload: Payload::Owned(payload),
-            queue: self.queue,
-            key: self.key,
-            priority: self.priority,
-            queue_index: self.queue_index,
+            payload,
+            source: self.source,
+            aux: self.aux,
             deliveries: self.deliveries,
             received_ns: self.received_ns,
         }
     }
 
+    /// The mode's second part of the reply frame (see the type's docs); empty in `pop`
+    /// mode.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "the reliable and stream modes read it")
+    )]
+    pub(crate) fn aux(&self) -> &[u8] {
+        self.payload.frame().get(self.aux.range()).unwrap_or(&[])
+    }
+
     /// The logical queue's name, as configured.
     pub fn queue(&self) -> &[u8] {
-        self.queue
+        self.source.name
     }
 
     /// The Redis key the message was popped from (the queue name, or a priority level's key).
     pub fn key(&self) -> &[u8] {
-        self.key
+        self.source.key
     }
 
     /// The priority level it was popped from (0 for a queue without levels).
     pub fn priority(&self) -> u8 {
-        self.priority
+        self.source.priority
     }
 
     /// Position of the queue in the consumer's queue list.
     pub fn queue_index(&self) -> usize {
-        self.queue_index as usize
+        self.source.index as usize
     }
 
     /// How many times this message has been delivered, this delivery included. Always 1 in
@@ -162,5 +242,41 @@ where
 {
     fn handle(&mut self, msg: &Message<'_>) -> Outcome {
         self(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::{Message, Payload, Span};
+    use crate::intern::intern_source;
+
+    /// A message is small enough that the inline path writes little per element, and its
+    /// second span of the frame (a mode's ack token, entry id or channel) survives
+    /// detaching, as the payload does, without a copy.
+    #[test]
+    fn a_message_is_small_and_its_aux_span_survives_detach() {
+        assert!(std::mem::size_of::<Message<'static>>() <= 72);
+        let frame = Bytes::from_static(b"*2\r\n$3\r\nid1\r\n$5\r\nhello\r\n");
+        let m = Message {
+            payload: Payload::Lent {
+                bytes: &frame[17..22],
+                frame: &frame,
+            },
+            source: intern_source(b"s", b"s", 0, 0),
+            aux: Span::of(&frame[8..11], &frame),
+            deliveries: 2,
+            received_ns: 0,
+        };
+        assert_eq!((m.payload(), m.aux()), (&b"hello"[..], &b"id1"[..]));
+        let owned = m.detach();
+        assert_eq!((owned.payload(), owned.aux()), (&b"hello"[..], &b"id1"[..]));
+        assert_eq!(
+            owned.payload_bytes().as_ptr(),
+            frame[17..].as_ptr(),
+            "shared, not copied"
+        );
+        assert_eq!(owned.deliveries(), 2);
     }
 }

@@ -1,4 +1,4 @@
-//! Interned queue names and keys.
+//! Interned queue names, keys and message sources.
 //!
 //! Every message carries its queue name and the key it came from. Cloning a refcounted
 //! `Bytes` for each would cost two atomic operations per message per field, so names are
@@ -9,7 +9,32 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
+use crate::handler::Source;
+
 static TABLE: OnceLock<Mutex<HashSet<&'static [u8]>>> = OnceLock::new();
+static SOURCES: OnceLock<Mutex<HashSet<&'static Source>>> = OnceLock::new();
+
+/// The one `'static` copy of a message source (queue, key, level, position).
+pub(crate) fn intern_source(name: &[u8], key: &[u8], priority: u8, index: u32) -> &'static Source {
+    let src = Source {
+        name: intern(name),
+        key: intern(key),
+        priority,
+        index,
+    };
+    let table = SOURCES.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut t = match table.lock() {
+        Ok(t) => t,
+        // A panic while holding this lock cannot leave the set inconsistent.
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(s) = t.get(&src) {
+        return s;
+    }
+    let s: &'static Source = Box::leak(Box::new(src));
+    t.insert(s);
+    s
+}
 
 /// The one `'static` copy of `name`.
 pub(crate) fn intern(name: &[u8]) -> &'static [u8] {

@@ -23,10 +23,10 @@
 //!
 //! let consumer = PopConsumer::new(["jobs:high", "jobs:low"])
 //!     .strategy(PopStrategy::Adaptive)
-//!     .batch(128)
-//!     .prefetch(4096);
+//!     .batch(128);
 //! let running = EngineBuilder::new("redis://127.0.0.1:6379")
 //!     .shards(2)
+//!     .prefetch(4096)
 //!     .start(consumer, |m: &Message<'_>| {
 //!         let _ = m.payload();
 //!         Outcome::Ack

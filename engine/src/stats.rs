@@ -115,7 +115,7 @@ pub struct Stats {
     pub max_in_flight: u64,
     /// Highest number of payload bytes in flight (reserved by pops that had not answered,
     /// or received and not yet handled) seen on any one shard. See
-    /// [`PopConsumer::prefetch_bytes`](crate::PopConsumer::prefetch_bytes) for the bound.
+    /// [`EngineBuilder::prefetch_bytes`](crate::EngineBuilder::prefetch_bytes) for the bound.
     pub max_in_flight_bytes: u64,
     /// Connections whose reply was overdue while pops were unanswered: each was replaced
     /// by a fresh connection and kept open to deliver its late replies.

@@ -53,13 +53,11 @@ fn allocations_per_message(dispatch: Dispatch, strategy: PopStrategy, total: u64
         .unwrap();
     let count = Arc::new(AtomicU64::new(0));
     let running = EngineBuilder::new(server.url())
+        .prefetch(1024)
         .pin_cores(false)
         .dispatch(dispatch)
         .start(
-            PopConsumer::new(["alloc"])
-                .strategy(strategy)
-                .batch(128)
-                .prefetch(1024),
+            PopConsumer::new(["alloc"]).strategy(strategy).batch(128),
             Count(count.clone()),
         )
         .unwrap();

@@ -37,9 +37,10 @@ fn a_million_messages_through_two_workers_none_lost_none_duplicated() {
         Outcome::Ack
     };
     let running = EngineBuilder::new(server.url())
+        .prefetch(2048)
         .pin_cores(false)
         .dispatch(Dispatch::workers(2).batch(64))
-        .start(PopConsumer::new(["big"]).batch(256).prefetch(2048), handler)
+        .start(PopConsumer::new(["big"]).batch(256), handler)
         .unwrap();
     assert!(
         wait_until(WAIT, || count.load(Ordering::Relaxed) >= N as u64),
@@ -227,12 +228,10 @@ fn stalled_workers_pause_fetching_within_the_prefetch_limit_then_resume() {
         Arc::new(AtomicU64::new(0)),
     );
     let running = EngineBuilder::new(server.url())
+        .prefetch(64)
         .pin_cores(false)
         .dispatch(Dispatch::workers(2))
-        .start(
-            PopConsumer::new(["stall"]).batch(16).prefetch(64),
-            gate.clone(),
-        )
+        .start(PopConsumer::new(["stall"]).batch(16), gate.clone())
         .unwrap();
     // Both workers are stuck in their first message; the shard fills its credit and stops.
     assert!(wait_until(WAIT, || c.llen("stall").unwrap() == 10_000 - 64));
@@ -271,9 +270,10 @@ fn shutdown_hands_every_fetched_message_to_a_worker() {
         Outcome::Ack
     };
     let running = EngineBuilder::new(server.url())
+        .prefetch(256)
         .pin_cores(false)
         .dispatch(Dispatch::workers(2))
-        .start(PopConsumer::new(["sd"]).batch(32).prefetch(256), handler)
+        .start(PopConsumer::new(["sd"]).batch(32), handler)
         .unwrap();
     assert!(wait_until(WAIT, || handled.load(Ordering::Relaxed) >= 500));
     let stats = running.shutdown().unwrap();

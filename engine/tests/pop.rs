@@ -210,11 +210,9 @@ fn prefetch_limit_is_never_exceeded_with_a_slow_handler() {
         }
     }
     let done = Arc::new(Mutex::new(0usize));
-    let consumer = PopConsumer::new(["slow"])
-        .batch(100)
-        .prefetch(8)
-        .pipeline(4);
+    let consumer = PopConsumer::new(["slow"]).batch(100).pipeline(4);
     let running = EngineBuilder::new(server.url())
+        .prefetch(8)
         .pin_cores(false)
         .start(consumer, Slow(largest_batch.clone(), done.clone()))
         .unwrap();
@@ -392,9 +390,9 @@ fn server_restart_during_a_drain_resumes_without_duplicates() {
     let prefetch = 64;
     let consumer = PopConsumer::new(["rq"])
         .batch(32)
-        .prefetch(prefetch)
         .block_timeout(Duration::from_millis(200));
     let running = EngineBuilder::new(server.url())
+        .prefetch(prefetch)
         .pin_cores(false)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .start(consumer, handler)
@@ -534,8 +532,12 @@ fn limit_pops_exactly_n_and_leaves_the_rest_on_the_server() {
     c.lpush_many("lim", seq_payloads("m", 1000)).unwrap();
     for _ in 0..2 {
         let rec = Recorder::default();
-        let consumer = PopConsumer::new(["lim"]).batch(64).pipeline(4).limit(150);
-        let running = start(&server.url(), 1, consumer, &rec);
+        let consumer = PopConsumer::new(["lim"]).batch(64).pipeline(4);
+        let running = EngineBuilder::new(server.url())
+            .limit(150)
+            .pin_cores(false)
+            .start(consumer, rec.handler())
+            .expect("engine starts");
         // The engine stops by itself once 150 messages are handled.
         let stats = running.wait().unwrap();
         assert_eq!(stats.messages, 150);
@@ -618,10 +620,9 @@ fn consumes_over_a_unix_socket_and_from_the_database_in_the_url() {
 fn a_hung_server_is_detected_by_command_deadlines_and_consumption_resumes() {
     let server = RedisServer::start().unwrap();
     let rec = Recorder::default();
-    let consumer = PopConsumer::new(["hung"])
-        .block_timeout(Duration::from_millis(200))
-        .reply_grace(Duration::from_millis(300));
+    let consumer = PopConsumer::new(["hung"]).block_timeout(Duration::from_millis(200));
     let running = EngineBuilder::new(server.url())
+        .reply_grace(Duration::from_millis(300))
         .pin_cores(false)
         .connect_timeout(Duration::from_millis(500))
         .backoff(Duration::from_millis(20), Duration::from_millis(100))
@@ -677,9 +678,9 @@ fn limit_equal_to_the_backlog_drains_every_queue_over_several_lanes() {
             .strategy(strategy)
             .batch(16)
             .pipeline(4)
-            .block_timeout(Duration::from_secs(2))
-            .limit(1998);
+            .block_timeout(Duration::from_secs(2));
         let running = EngineBuilder::new(server.url())
+            .limit(1998)
             .shards(shards)
             .connections_per_shard(conns)
             .pin_cores(false)
@@ -719,12 +720,12 @@ fn messages_popped_beyond_the_limit_go_back_to_their_list_in_order() {
     let consumer = PopConsumer::new(["pa", "pb"])
         .strategy(PopStrategy::BlockingBatch)
         .batch(10)
-        .block_timeout(Duration::from_secs(2))
-        // Far above any message size, so the first pops are not held to one message
-        // while sizes are unknown (see `PopConsumer::prefetch_bytes`).
-        .prefetch_bytes(1 << 50)
-        .limit(5);
+        .block_timeout(Duration::from_secs(2));
     let running = EngineBuilder::new(server.url())
+        // Far above any message size, so the first pops are not held to one message
+        // while sizes are unknown (see `EngineBuilder::prefetch_bytes`).
+        .prefetch_bytes(1 << 50)
+        .limit(5)
         .shards(1)
         .connections_per_shard(2)
         .pin_cores(false)
@@ -801,10 +802,10 @@ fn excess_from_pipelined_pops_goes_back_in_list_order() {
     let consumer = PopConsumer::new(["ord"])
         .strategy(PopStrategy::Single)
         .pipeline(4)
-        .prefetch(64)
-        .block_timeout(Duration::from_secs(1))
-        .limit(1);
+        .block_timeout(Duration::from_secs(1));
     let running = EngineBuilder::new(server.url())
+        .prefetch(64)
+        .limit(1)
         .shards(1)
         .pin_cores(false)
         .start(consumer, rec.handler())
@@ -844,16 +845,15 @@ fn heartbeats_watch_idle_connections_and_notice_a_hung_server() {
         Outcome::Ack
     };
     let running = EngineBuilder::new(server.url())
+        .prefetch(1)
+        .reply_grace(Duration::from_millis(500))
         .shards(1)
         .pin_cores(false)
         .idle_ping(Duration::from_millis(100))
         // On a worker, so the shard loop runs on while the handler holds the credit.
         .dispatch(Dispatch::workers(1))
         .start(
-            PopConsumer::new(["hb"])
-                .strategy(PopStrategy::Single)
-                .prefetch(1)
-                .reply_grace(Duration::from_millis(500)),
+            PopConsumer::new(["hb"]).strategy(PopStrategy::Single),
             handler,
         )
         .unwrap();

@@ -54,8 +54,14 @@ fn wait_blocked(c: &mut TestClient, n: usize) {
     );
 }
 
-fn start(url: &str, shards: usize, conns: usize, consumer: PopConsumer, log: &Log) -> Running {
-    EngineBuilder::new(url)
+fn start(
+    engine: EngineBuilder,
+    shards: usize,
+    conns: usize,
+    consumer: PopConsumer,
+    log: &Log,
+) -> Running {
+    engine
         .shards(shards)
         .connections_per_shard(conns)
         .pin_cores(false)
@@ -74,10 +80,10 @@ fn every_connection_waits_on_its_queues_whatever_the_prefetch_batch_and_shards()
         let names: Vec<String> = (0..queues).map(|q| format!("sq{q}")).collect();
         let log = Log::default();
         let running = start(
-            &server.url(),
+            EngineBuilder::new(server.url()).prefetch(prefetch),
             shards,
             conns,
-            PopConsumer::new(names.iter().map(String::as_str)).prefetch(prefetch),
+            PopConsumer::new(names.iter().map(String::as_str)),
             &log,
         );
         wait_blocked(&mut c, shards * conns);
@@ -119,10 +125,10 @@ fn a_limit_over_nine_idle_connections_is_met_from_the_ninth_queue() {
     let names: Vec<String> = (0..9).map(|q| format!("q{q}")).collect();
     let log = Log::default();
     let running = start(
-        &server.url(),
+        EngineBuilder::new(server.url()).limit(1000),
         1,
         9,
-        PopConsumer::new(names.iter().map(String::as_str)).limit(1000),
+        PopConsumer::new(names.iter().map(String::as_str)),
         &log,
     );
     wait_blocked(&mut c, 9);
@@ -146,12 +152,12 @@ fn two_thousand_connections_each_wait_on_their_own_queue() {
     let names: Vec<String> = (0..2000).map(|q| format!("k{q}")).collect();
     let log = Log::default();
     let running = start(
-        &server.url(),
+        EngineBuilder::new(server.url()).prefetch(2000),
         1,
         2000,
         // Blocking pops of up to 128 (the default batch) each: before issue 14 the first
         // 15 connections held all 2000 of credit and the rest never sent a pop.
-        PopConsumer::new(names.iter().map(String::as_str)).prefetch(2000),
+        PopConsumer::new(names.iter().map(String::as_str)),
         &log,
     );
     wait_blocked(&mut c, 2000);
@@ -172,8 +178,9 @@ fn a_prefetch_below_the_connection_count_is_refused_at_start_naming_the_fix() {
     let err = EngineBuilder::new(server.url())
         .connections_per_shard(10)
         .pin_cores(false)
+        .prefetch(5)
         .start(
-            PopConsumer::new(names.iter().map(String::as_str)).prefetch(5),
+            PopConsumer::new(names.iter().map(String::as_str)),
             |_: &Message<'_>| Outcome::Ack,
         )
         .err()
@@ -209,10 +216,8 @@ fn the_byte_limit_holds_within_one_message_for_large_payloads() {
     let running = EngineBuilder::new(server.url())
         .pin_cores(false)
         .dispatch(Dispatch::workers(1))
-        .start(
-            PopConsumer::new(["big"]).batch(128).prefetch_bytes(LIMIT),
-            handler,
-        )
+        .prefetch_bytes(LIMIT)
+        .start(PopConsumer::new(["big"]).batch(128), handler)
         .unwrap();
     assert!(wait_until(WAIT, || seen.load(Ordering::SeqCst) == 40));
     let stats = running.shutdown().unwrap();
@@ -254,14 +259,14 @@ fn freeze_during_drain(strategy: PopStrategy, dispatch: Dispatch) {
         .dispatch(dispatch)
         .connect_timeout(Duration::from_millis(400))
         .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .reply_grace(Duration::from_millis(200))
+        .reply_timeout(Duration::from_millis(300))
         .start(
             PopConsumer::new(["drain"])
                 .strategy(strategy)
                 .batch(50)
                 .pipeline(3)
-                .block_timeout(Duration::from_millis(100))
-                .reply_grace(Duration::from_millis(200))
-                .reply_timeout(Duration::from_millis(300)),
+                .block_timeout(Duration::from_millis(100)),
             handler,
         )
         .unwrap();

@@ -4,7 +4,7 @@
 //! the engine through a [`ringq::ShutdownHandle`] once the sink has counted every expected
 //! message, as the baselines stop.
 //!
-//! `PopConsumer::limit` is deliberately not used: the workload holds exactly the expected
+//! `EngineBuilder::limit` is deliberately not used: the workload holds exactly the expected
 //! messages, so there is nothing to hold back, and with several connections the engine's
 //! shared budget can stay claimed by a blocking pop on a connection whose queues are empty
 //! while the last message waits in another connection's queue (see issue 5's report).
@@ -50,6 +50,8 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .strategy(strategy)
         .batch(spec.batch)
         .pipeline(spec.pipeline)
+        .block_timeout(Duration::from_secs(1));
+    let running = EngineBuilder::new(&spec.url)
         // Enough credit for every lane's full pipeline, twice over (one in flight, one
         // being handled).
         .prefetch(
@@ -57,8 +59,6 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
                 .saturating_mul(spec.pipeline)
                 .saturating_mul(2 * lanes as u32),
         )
-        .block_timeout(Duration::from_secs(1));
-    let running = EngineBuilder::new(&spec.url)
         .shards(shards)
         .connections_per_shard(lanes.div_ceil(shards))
         .pin_cores(spec.pin_cores)

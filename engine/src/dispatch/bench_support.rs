@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use super::{epoch_nanos, start_pool, Dispatch, ShardDispatch, ShardWaker};
 use crate::error::Error;
-use crate::handler::{Handler, Message, Payload};
+use crate::handler::{Handler, Message, Payload, Span};
+use crate::intern::intern_source;
 use crate::ring::sys;
 
 /// One shard's end of a worker pool, with the shard's sleep/wake protocol.
@@ -42,11 +43,9 @@ impl LoopbackPool {
     /// A message as the shard would build it.
     pub fn message(&self, payload: bytes::Bytes, queue_index: u32) -> Message<'static> {
         Message {
-            queue: b"bench",
-            key: b"bench",
-            payload: Payload::Owned(payload),
-            priority: 0,
-            queue_index,
+            payload: Payload::owned(payload),
+            source: intern_source(b"bench", b"bench", 0, queue_index),
+            aux: Span::default(),
             deliveries: 1,
             received_ns: epoch_nanos(self.epoch),
         }

@@ -8,16 +8,15 @@ use bytes::Bytes;
 
 use super::{epoch_nanos, start_pool, Dispatch, ShardWaker};
 use crate::error::Error;
-use crate::handler::{Message, Outcome, Payload};
+use crate::handler::{Message, Outcome, Payload, Span};
+use crate::intern::intern_source;
 use crate::ring::sys;
 
 fn msg(i: u64, epoch: Instant) -> Message<'static> {
     Message {
-        queue: b"q",
-        key: b"q",
-        payload: Payload::Owned(Bytes::copy_from_slice(&i.to_le_bytes())),
-        priority: 0,
-        queue_index: (i % 4) as u32,
+        payload: Payload::owned(Bytes::copy_from_slice(&i.to_le_bytes())),
+        source: intern_source(b"q", b"q", 0, (i % 4) as u32),
+        aux: Span::default(),
         deliveries: 1,
         received_ns: epoch_nanos(epoch),
     }

@@ -97,11 +97,17 @@ pub struct EngineBuilder {
     dispatch: Dispatch,
     stalled_drain: Duration,
     resolver: Arc<ResolveFn>,
+    prefetch: u32,
+    prefetch_bytes: u64,
+    limit: Option<u64>,
+    reply_grace: Duration,
+    reply_timeout: Duration,
 }
 
 impl EngineBuilder {
     /// An engine for the server at `url` (`redis://[user:pass@]host[:port][/db]` or
-    /// `unix:///path`), with one shard, one connection per shard, cores pinned.
+    /// `unix:///path`), with one shard, one connection per shard, cores pinned, prefetch
+    /// 1024 messages and 64 MiB, no message limit, reply grace 2 s, reply timeout 10 s.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -123,7 +129,79 @@ impl EngineBuilder {
             dispatch: Dispatch::inline(),
             stalled_drain: Duration::from_secs(300),
             resolver: system_resolver(),
+            prefetch: 1024,
+            prefetch_bytes: 64 << 20,
+            limit: None,
+            reply_grace: Duration::from_secs(2),
+            reply_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Hands exactly `n` messages to the handler, then stops the engine
+    /// (`ringq consume --count N`). In `pop` mode no message beyond the `n`th is kept: a
+    /// non-blocking pop
+    /// reserves its share of what is left before it is sent; a blocking pop (which may
+    /// wait on an empty queue for the whole block timeout) reserves nothing, so it never
+    /// starves the other connections, and if it returns more than is left once its reply
+    /// arrives (only possible in the last moments of the budget), the excess goes straight
+    /// back to the right end of its list with RPUSH, in order, so the next pop gets it
+    /// first. The engine stops once the `n`th message is handled; blocking pops still in
+    /// flight are waited for as in any shutdown (see [`PopConsumer::block_timeout`]).
+    pub fn limit(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Most messages in flight at once over the whole engine: asked for by pops that have
+    /// not answered, or received and not yet handled.
+    ///
+    /// The limit is split over the fetch connections — in `pop` mode the connections that
+    /// own queues, a *lane* each: every lane has a reserve of `prefetch / lanes` of its own, and whatever the reserves leave
+    /// unused is shared. A blocking pop, which may wait on the server for its whole block
+    /// timeout, asks only for its lane's reserve, so every connection can always wait on
+    /// its queues; non-blocking pops (while there is backlog) may also use the shared part.
+    /// [`EngineBuilder::start`] therefore refuses a prefetch
+    /// below the number of lanes (`min(shards × connections_per_shard, queues)`).
+    pub fn prefetch(mut self, n: u32) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// Most payload bytes in flight at once over the whole engine (default 64 MiB), split
+    /// over lanes like [`EngineBuilder::prefetch`].
+    ///
+    /// Sizes are unknown before a pop, so each lane learns them from its replies: a pop
+    /// asks for no more messages than the free bytes hold at the largest payload among
+    /// the lane's last 1 024–2 048 messages. A lane that has seen no message yet plans
+    /// with the largest message Redis accepts (512 MiB), so with the default limit its
+    /// first pops ask for one message each. What the limit guarantees: payload bytes asked for or received and not
+    /// yet handled stay within `prefetch_bytes` plus one message per lane, as long as no
+    /// message is larger than that estimate (a message larger than any recent one can
+    /// overshoot once, by the pop that brought it). `Stats::max_in_flight_bytes` reports
+    /// the highest figure reached. Payload bytes only: the reply framing and the read
+    /// buffer's spare capacity come on top.
+    pub fn prefetch_bytes(mut self, n: u64) -> Self {
+        self.prefetch_bytes = n.max(1);
+        self
+    }
+
+    /// Extra time past the block timeout before a blocking pop's reply counts as overdue
+    /// (default 2 s). Never a global read timeout: each command gets its own deadline.
+    /// At most [`MAX_BLOCK_TIMEOUT`] (longer is taken as that). A connection with an
+    /// overdue reply is replaced by a fresh one at once and kept
+    /// open to deliver its late replies (see [`EngineBuilder::stalled_drain`]).
+    pub fn reply_grace(mut self, d: Duration) -> Self {
+        self.reply_grace = d.min(MAX_BLOCK_TIMEOUT);
+        self
+    }
+
+    /// How long a non-blocking command (LMPOP, an idle PING, a push-back RPUSH) may
+    /// take before its reply counts as overdue (default 10 s; a busy server — a big DEL,
+    /// a fork — can stall for seconds), at most [`MAX_BLOCK_TIMEOUT`]. Handled like an
+    /// overdue blocking pop.
+    pub fn reply_timeout(mut self, d: Duration) -> Self {
+        self.reply_timeout = d.clamp(Duration::from_millis(1), MAX_BLOCK_TIMEOUT);
+        self
     }
 
     /// How long a connection whose reply is overdue stays open to deliver its late
@@ -276,13 +354,13 @@ impl EngineBuilder {
         let total_conns = self.shards * self.connections_per_shard;
         let nlanes = total_conns.min(consumer.queues.len());
         let nshards = self.shards.min(nlanes);
-        if u64::from(consumer.prefetch) < nlanes as u64 {
+        if u64::from(self.prefetch) < nlanes as u64 {
             return Err(Error::config(format!(
                 "prefetch {} is below the {nlanes} connections that own queues: each needs at \
                  least one message of credit to wait on its queues. Raise the prefetch to at \
                  least {nlanes}, or use fewer connections (shards × connections per shard = \
                  {total_conns}, capped at the {} queues)",
-                consumer.prefetch,
+                self.prefetch,
                 consumer.queues.len()
             )));
         }
@@ -296,20 +374,26 @@ impl EngineBuilder {
         }
         let launch = Launch {
             fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
-            prefetch: consumer.prefetch,
-            prefetch_bytes: consumer.prefetch_bytes,
-            limit: consumer.limit,
+            prefetch: self.prefetch,
+            prefetch_bytes: self.prefetch_bytes,
+            limit: self.limit,
             sources: consumer
                 .queues
                 .iter()
                 .map(|q| String::from_utf8_lossy(q.name()).into_owned())
                 .collect(),
-            reply_timeout: consumer.reply_timeout,
-            reply_grace: consumer.reply_grace,
+            reply_timeout: self.reply_timeout,
+            reply_grace: self.reply_grace,
         };
+        let timing = (self.reply_grace, self.reply_timeout);
         let mut lanes = lanes_per_shard.into_iter();
         self.launch(launch, handler, move |_, budget| {
-            PopPipeline::new(consumer.clone(), budget, lanes.next().unwrap_or_default())
+            PopPipeline::new(
+                consumer.clone(),
+                budget,
+                lanes.next().unwrap_or_default(),
+                timing,
+            )
         })
     }
 

@@ -19,7 +19,7 @@
 //!   from their arrival like any others, so the lane's fresh connection is never starved
 //!   by a connection that may never answer. The prefetch limit can then be exceeded by
 //!   what the stalled connection had asked for (at most one lane's share per stall);
-//! - budget claims (`PopConsumer::limit`) stay with the late pops until they answer or are
+//! - budget claims (`EngineBuilder::limit`) stay with the late pops until they answer or are
 //!   lost, so `--count N` still never pops more than N;
 //! - order: the server runs the retired connection's buffered commands before any pop of
 //!   the fresh one, which must first complete its handshake, so each queue's messages

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::budget::Budget;
-use crate::intern::intern;
+use crate::handler::Source;
+use crate::intern::intern_source;
 
 /// The longest block timeout a pop may have (24 hours). Redis takes the timeout as
 /// seconds in a double and refuses values whose milliseconds overflow ("timeout is
@@ -103,52 +104,29 @@ pub enum PopStrategy {
     Adaptive,
 }
 
-/// A `pop`-mode consumer: which queues, how to pop them, how much to hold at once.
+/// A `pop`-mode consumer: which queues, and how to pop them.
 #[derive(Debug, Clone)]
 pub struct PopConsumer {
     pub(crate) queues: Vec<Queue>,
     pub(crate) strategy: PopStrategy,
     pub(crate) batch: u32,
-    pub(crate) prefetch: u32,
-    pub(crate) prefetch_bytes: u64,
     pub(crate) block_timeout: Duration,
-    pub(crate) reply_grace: Duration,
-    pub(crate) reply_timeout: Duration,
     pub(crate) pipeline: u32,
-    pub(crate) limit: Option<u64>,
 }
 
 impl PopConsumer {
     /// A consumer of the given queues (names or [`Queue`]s), with defaults: adaptive
-    /// strategy, batch 128, prefetch 1024 messages and 64 MiB, block timeout 1 s,
-    /// pipeline depth 2, reply grace 2 s, reply timeout 10 s.
+    /// strategy, batch 128, block timeout 1 s, pipeline depth 2. How much may be in
+    /// flight, the message limit and reply deadlines apply to every mode and are set on
+    /// the [`EngineBuilder`](crate::EngineBuilder).
     pub fn new<Q: Into<Queue>>(queues: impl IntoIterator<Item = Q>) -> Self {
         Self {
             queues: queues.into_iter().map(Into::into).collect(),
             strategy: PopStrategy::Adaptive,
             batch: 128,
-            prefetch: 1024,
-            prefetch_bytes: 64 << 20,
             block_timeout: Duration::from_secs(1),
-            reply_grace: Duration::from_secs(2),
-            reply_timeout: Duration::from_secs(10),
             pipeline: 2,
-            limit: None,
         }
-    }
-
-    /// Hands exactly `n` messages to the handler, then stops the engine
-    /// (`ringq consume --count N`). No message beyond the `n`th is kept: a non-blocking pop
-    /// reserves its share of what is left before it is sent; a blocking pop (which may
-    /// wait on an empty queue for the whole block timeout) reserves nothing, so it never
-    /// starves the other connections, and if it returns more than is left once its reply
-    /// arrives (only possible in the last moments of the budget), the excess goes straight
-    /// back to the right end of its list with RPUSH, in order, so the next pop gets it
-    /// first. The engine stops once the `n`th message is handled; blocking pops still in
-    /// flight are waited for as in any shutdown (see [`PopConsumer::block_timeout`]).
-    pub fn limit(mut self, n: u64) -> Self {
-        self.limit = Some(n);
-        self
     }
 
     /// Which commands to use.
@@ -163,39 +141,6 @@ impl PopConsumer {
         self
     }
 
-    /// Most messages in flight at once over the whole engine: asked for by pops that have
-    /// not answered, or received and not yet handled.
-    ///
-    /// The limit is split over the connections that own queues (a *lane* each): every
-    /// lane has a reserve of `prefetch / lanes` of its own, and whatever the reserves leave
-    /// unused is shared. A blocking pop, which may wait on the server for its whole block
-    /// timeout, asks only for its lane's reserve, so every connection can always wait on
-    /// its queues; non-blocking pops (while there is backlog) may also use the shared part.
-    /// [`EngineBuilder::start`](crate::EngineBuilder::start) therefore refuses a prefetch
-    /// below the number of lanes (`min(shards × connections_per_shard, queues)`).
-    pub fn prefetch(mut self, n: u32) -> Self {
-        self.prefetch = n.max(1);
-        self
-    }
-
-    /// Most payload bytes in flight at once over the whole engine (default 64 MiB), split
-    /// over lanes like [`PopConsumer::prefetch`].
-    ///
-    /// Sizes are unknown before a pop, so each lane learns them from its replies: a pop
-    /// asks for no more messages than the free bytes hold at the largest payload among
-    /// the lane's last 1 024–2 048 messages. A lane that has seen no message yet plans
-    /// with the largest message Redis accepts (512 MiB), so with the default limit its
-    /// first pops ask for one message each. What the limit guarantees: payload bytes asked for or received and not
-    /// yet handled stay within `prefetch_bytes` plus one message per lane, as long as no
-    /// message is larger than that estimate (a message larger than any recent one can
-    /// overshoot once, by the pop that brought it). `Stats::max_in_flight_bytes` reports
-    /// the highest figure reached. Payload bytes only: the reply framing and the read
-    /// buffer's spare capacity come on top.
-    pub fn prefetch_bytes(mut self, n: u64) -> Self {
-        self.prefetch_bytes = n.max(1);
-        self
-    }
-
     /// How long a blocking pop waits on the server (rounded to milliseconds, at least 1 ms,
     /// at most [`MAX_BLOCK_TIMEOUT`]; `start` refuses a longer one).
     /// A shutdown ends blocked pops with `CLIENT UNBLOCK` from a side connection; where
@@ -205,27 +150,6 @@ impl PopConsumer {
     /// ran dry, as each then blocks in turn.
     pub fn block_timeout(mut self, d: Duration) -> Self {
         self.block_timeout = d.max(Duration::from_millis(1));
-        self
-    }
-
-    /// Extra time past the block timeout before a blocking pop's reply counts as overdue
-    /// (default 2 s). Never a global read timeout: each command gets its own deadline.
-    /// At most [`MAX_BLOCK_TIMEOUT`] (longer is taken as that). A connection with an
-    /// overdue reply is replaced by a fresh one at once and kept
-    /// open to deliver its late replies (see [`EngineBuilder::stalled_drain`]).
-    ///
-    /// [`EngineBuilder::stalled_drain`]: crate::EngineBuilder::stalled_drain
-    pub fn reply_grace(mut self, d: Duration) -> Self {
-        self.reply_grace = d.min(MAX_BLOCK_TIMEOUT);
-        self
-    }
-
-    /// How long a non-blocking command (LMPOP, a heartbeat PING, a push-back RPUSH) may
-    /// take before its reply counts as overdue (default 10 s; a busy server — a big DEL,
-    /// a fork — can stall for seconds), at most [`MAX_BLOCK_TIMEOUT`]. Handled like an
-    /// overdue blocking pop.
-    pub fn reply_timeout(mut self, d: Duration) -> Self {
-        self.reply_timeout = d.clamp(Duration::from_millis(1), MAX_BLOCK_TIMEOUT);
         self
     }
 
@@ -256,11 +180,14 @@ impl From<String> for Queue {
 /// The consumer's immutable tables, shared by its lanes on one shard.
 pub(crate) struct PopPlan {
     pub consumer: PopConsumer,
+    /// Extra time past the block timeout before a blocking pop is overdue.
+    pub reply_grace: Duration,
+    /// How long a non-blocking pop may take.
+    pub reply_timeout: Duration,
     pub budget: Option<Arc<Budget>>,
     /// key → (queue index, priority, interned key)
-    pub(super) keys: HashMap<Bytes, (u32, u8, &'static [u8])>,
-    /// Interned queue names, by queue index.
-    pub(super) names: Vec<&'static [u8]>,
+    /// key → where its messages come from (queue, level, position), interned.
+    pub(super) keys: HashMap<Bytes, &'static Source>,
     /// The shard-local lane of each queue, by queue index (`u32::MAX`: another shard's).
     lane_of: Vec<u32>,
     /// The block timeout as the command argument, formatted once.
@@ -276,6 +203,7 @@ impl PopPlan {
         consumer: PopConsumer,
         budget: Option<Arc<Budget>>,
         lanes: &[Vec<u32>],
+        (reply_grace, reply_timeout): (Duration, Duration),
     ) -> Self {
         let mut lane_of = vec![u32::MAX; consumer.queues.len()];
         for (l, queues) in lanes.iter().enumerate() {
@@ -288,16 +216,16 @@ impl PopPlan {
         let mut keys = HashMap::new();
         for (qi, q) in consumer.queues.iter().enumerate() {
             for (p, k) in &q.levels {
-                keys.insert(k.clone(), (qi as u32, *p, intern(k)));
+                keys.insert(k.clone(), intern_source(&q.name, k, *p, qi as u32));
             }
         }
-        let names = consumer.queues.iter().map(|q| intern(&q.name)).collect();
         let secs = (consumer.block_timeout.as_millis().max(1) as f64) / 1000.0;
         Self {
             consumer,
+            reply_grace,
+            reply_timeout,
             budget,
             keys,
-            names,
             lane_of,
             block_secs: Bytes::from(fmt_secs(secs)),
             block_secs_whole: Bytes::from(secs.ceil().max(1.0).to_string()),

@@ -149,9 +149,9 @@ impl Lane {
                 .iter()
                 .flat_map(|&q| c.queues[q as usize].levels.iter().map(|(_, k)| k));
             let allow = if blocking {
-                c.block_timeout + c.reply_grace
+                c.block_timeout + plan.reply_grace
             } else {
-                c.reply_timeout
+                plan.reply_timeout
             };
             let block = if conn.server().version >= (6, 0, 0) {
                 &plan.block_secs
@@ -302,6 +302,10 @@ mod tests {
             PopConsumer::new([Queue::new("a").weight(2), Queue::new("b"), Queue::new("c")]),
             None,
             &[vec![0, 1, 2]],
+            (
+                std::time::Duration::from_secs(2),
+                std::time::Duration::from_secs(10),
+            ),
         );
         let mut lane = Lane::new(0, vec![0, 1, 2]);
         lane.rotate_after(&p, 0);

@@ -14,7 +14,7 @@
 //! - **Credits** (`crate::credit`). A pop asks for at most the free prefetch credit, in
 //!   messages and in bytes (sizes learned from the replies); a blocking pop draws only on
 //!   its own lane's reserve, so every connection can always wait on its queues.
-//! - **Budget** (`crate::budget`): [`PopConsumer::limit`]: exactly N messages.
+//! - **Budget** (`crate::budget`): [`EngineBuilder::limit`]: exactly N messages.
 //!
 //! Replies (`reply.rs`) are walked with [`ringq_resp::Reader`]: a popped message costs no
 //! allocation.
@@ -28,7 +28,7 @@ mod config;
 mod lane;
 mod reply;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Decoder, Frame};
@@ -83,8 +83,9 @@ impl PopPipeline {
         consumer: PopConsumer,
         budget: Option<std::sync::Arc<Budget>>,
         lanes: Vec<Vec<u32>>,
+        timing: (Duration, Duration),
     ) -> Self {
-        let plan = PopPlan::new(consumer, budget, &lanes);
+        let plan = PopPlan::new(consumer, budget, &lanes, timing);
         let lanes = lanes
             .into_iter()
             .enumerate()
@@ -290,7 +291,7 @@ impl Pipeline for PopPipeline {
     ) {
         let len = msg.payload().len() as u64;
         io.credits
-            .release(self.plan.lane_of(msg.queue_index), 1, len);
+            .release(self.plan.lane_of(msg.source.index), 1, len);
     }
 
     fn owes_effects(&self, _cmd: &PopTag) -> bool {

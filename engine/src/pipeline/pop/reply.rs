@@ -9,7 +9,7 @@ use ringq_resp::{Reader, ServerError, ServerErrorKind, Token};
 use super::PopPlan;
 use crate::conn::Failure;
 use crate::error::{Error, ErrorKind};
-use crate::handler::{Message, Payload};
+use crate::handler::{Message, Payload, Span};
 
 /// What one pop reply held.
 #[derive(Debug, Default)]
@@ -106,7 +106,7 @@ pub(super) fn parse_pop_reply<'f>(
         Ok(k) => k,
         Err(t) => return Err(malformed("expected the key", &t)),
     };
-    let Some(&(qi, priority, key)) = plan.keys.get(key) else {
+    let Some(&source) = plan.keys.get(key) else {
         return Err(Failure::Fatal(Error::new(
             ErrorKind::Protocol,
             format!(
@@ -115,7 +115,6 @@ pub(super) fn parse_pop_reply<'f>(
             ),
         )));
     };
-    let queue = plan.names[qi as usize];
     let mut bytes = 0;
     let mut largest = 0;
     let mut push = |at: Range<usize>| {
@@ -127,10 +126,8 @@ pub(super) fn parse_pop_reply<'f>(
                 bytes: payload,
                 frame,
             },
-            queue,
-            key,
-            priority,
-            queue_index: qi,
+            source,
+            aux: Span::default(),
             deliveries: 1,
             received_ns,
         });
@@ -155,7 +152,7 @@ pub(super) fn parse_pop_reply<'f>(
         count,
         bytes,
         largest,
-        queue: Some(qi),
+        queue: Some(source.index),
         ..PopReply::default()
     })
 }
@@ -166,9 +163,14 @@ mod tests {
 
     use crate::pipeline::pop::{PopConsumer, Queue};
 
+    const TIMING: (std::time::Duration, std::time::Duration) = (
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(10),
+    );
+
     fn plan(queues: Vec<Queue>) -> PopPlan {
         let lane = (0..queues.len() as u32).collect();
-        PopPlan::new(PopConsumer::new(queues), None, &[lane])
+        PopPlan::new(PopConsumer::new(queues), None, &[lane], TIMING)
     }
 
     #[test]

@@ -15,7 +15,8 @@ use ringq_resp::{CommandWriter, Reader, Token};
 use super::{ControlUse, Drain, Io, Pipeline};
 use crate::conn::{Failure, Phase, Role, Tag};
 use crate::error::{Error, ErrorKind};
-use crate::handler::{Message, Outcome, Payload};
+use crate::handler::{Message, Outcome, Payload, Span};
+use crate::intern::intern_source;
 
 /// The recording pipeline's commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,10 +131,8 @@ fn message<'f>(frame: &'f Bytes, at: std::ops::Range<usize>, received_ns: u64) -
             bytes: &frame[at],
             frame,
         },
-        queue: b"test",
-        key: b"test",
-        priority: 0,
-        queue_index: 0,
+        source: intern_source(b"test", b"test", 0, 0),
+        aux: Span::default(),
         deliveries: 1,
         received_ns,
     }
