@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::wake::Shared;
+use crate::wake::Signals;
 
 /// The engine-wide message budget of [`EngineBuilder::limit`](crate::EngineBuilder::limit), shared by the shards: one
 /// atomic operation per pop, none per message.
@@ -23,7 +23,7 @@ pub(crate) struct Budget {
     /// Messages handed to handlers.
     delivered: AtomicU64,
     /// Wakes the shards when claims come back to an exhausted budget.
-    waker: Option<Arc<Shared>>,
+    waker: Option<Arc<Signals>>,
 }
 
 impl std::fmt::Debug for Budget {
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Budget {
 }
 
 impl Budget {
-    pub(crate) fn new(limit: u64, waker: Option<Arc<Shared>>) -> Self {
+    pub(crate) fn new(limit: u64, waker: Option<Arc<Signals>>) -> Self {
         Self {
             limit,
             unclaimed: AtomicU64::new(limit),

@@ -219,6 +219,33 @@ pub enum Outcome {
     Dead,
 }
 
+/// Something the application should know about, beyond messages: when it may have
+/// missed some, or when a connection was replaced. Given to [`Handler::on_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection was lost while commands that take messages were unanswered: what
+    /// they took from the server, if anything, is lost (pop mode is at-most-once).
+    /// `commands` were unanswered, asking for up to `messages` messages in all.
+    PossiblyLost {
+        /// The connection's name (`CLIENT SETNAME`).
+        connection: String,
+        /// Commands unanswered.
+        commands: u64,
+        /// Messages they asked for: an upper bound on what was lost.
+        messages: u64,
+    },
+    /// A connection stopped answering within its deadline with commands unanswered. A
+    /// fresh connection took over its queues; the stalled one stays open to deliver their
+    /// replies if its server resumes (see `EngineBuilder::stalled_drain`).
+    Stalled {
+        /// The connection's name.
+        connection: String,
+        /// Commands it still owes replies to.
+        commands: u64,
+    },
+}
+
 /// User code that consumes messages. One instance runs per shard thread with
 /// [`Dispatch::inline`](crate::Dispatch::inline), or per worker thread with
 /// [`Dispatch::workers`](crate::Dispatch::workers) / `orderly`, each cloned from the one
@@ -233,6 +260,16 @@ pub trait Handler: Send + 'static {
         for m in batch {
             outcomes.push(self.handle(m));
         }
+    }
+
+    /// Told about an [`Event`]; does nothing unless overridden. Called on the shard
+    /// thread where it happened, between messages: with [`Dispatch::inline`] on that
+    /// shard's handler, with workers on a clone of the handler kept for events. Keep it
+    /// short. A panic here stops the engine, as in [`Handler::handle`].
+    ///
+    /// [`Dispatch::inline`]: crate::Dispatch::inline
+    fn on_event(&mut self, event: &Event) {
+        let _ = event;
     }
 }
 

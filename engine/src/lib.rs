@@ -68,7 +68,7 @@ mod wake;
 pub use dispatch::{bench_support, Dispatch, KeyFn};
 pub use engine::{Consumer, EngineBuilder, Running, ShutdownHandle};
 pub use error::{Error, ErrorKind};
-pub use handler::{Handler, Message, Outcome};
+pub use handler::{Event, Handler, Message, Outcome};
 pub use pipeline::pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 pub use ring::{probe, RingFeatures};
 pub use stats::Stats;

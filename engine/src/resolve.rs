@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use crate::error::{Error, ErrorKind};
-use crate::wake::Shared;
+use crate::wake::Signals;
 
 /// A host-name resolver: host and port in, addresses out (the first is dialled). The
 /// default is the system's (`getaddrinfo`); see
@@ -83,7 +83,7 @@ impl Resolver {
         host: String,
         port: u16,
         shards: usize,
-        shared: Arc<Shared>,
+        shared: Arc<Signals>,
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Request>();
         let inboxes: Arc<Vec<Inbox>> = Arc::new((0..shards).map(|_| Inbox::default()).collect());

@@ -9,13 +9,13 @@ use crate::error::Error;
 use crate::ring::sys;
 
 /// State shared by every shard of an engine and its handles.
-pub(crate) struct Shared {
+pub(crate) struct Signals {
     pub stop: AtomicBool,
     pub fatal: Mutex<Option<Error>>,
     pub wake_fds: Vec<RawFd>,
 }
 
-impl Shared {
+impl Signals {
     pub(crate) fn stop_all(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake_all();
@@ -46,7 +46,7 @@ impl Shared {
     }
 }
 
-impl Drop for Shared {
+impl Drop for Signals {
     fn drop(&mut self) {
         for &fd in &self.wake_fds {
             sys::close(fd);

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringq::{
-    Dispatch, EngineBuilder, ErrorKind, Message, Outcome, PopConsumer, PopStrategy, Running,
+    Dispatch, EngineBuilder, ErrorKind, Event, Handler, Message, Outcome, PopConsumer, PopStrategy,
+    Running,
 };
 use ringq_tests::{wait_until, RedisServer, TestClient};
 
@@ -419,4 +420,100 @@ fn reconnects_follow_a_host_name_to_its_new_address() {
         lookups.load(Ordering::SeqCst) >= 2,
         "no lookup at reconnect"
     );
+}
+
+/// A handler that records the events it is told about.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<Event>>>);
+
+impl Handler for Events {
+    fn handle(&mut self, _: &Message<'_>) -> Outcome {
+        Outcome::Ack
+    }
+    fn on_event(&mut self, event: &Event) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+impl Events {
+    fn snapshot(&self) -> Vec<Event> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A connection killed while its blocking pop waits: the handler is told that what the
+/// pop may have taken is lost (inline on the shard's handler, and with workers on the
+/// shard's clone kept for events), and the figures match the stats.
+#[test]
+fn the_handler_is_told_when_a_lost_connection_may_have_lost_messages() {
+    for dispatch in [Dispatch::inline(), Dispatch::workers(1)] {
+        let server = RedisServer::start().unwrap();
+        let mut c = server.client().unwrap();
+        let events = Events::default();
+        let running = EngineBuilder::new(server.url())
+            .pin_cores(false)
+            .backoff(Duration::from_millis(20), Duration::from_millis(100))
+            .dispatch(dispatch)
+            .start(
+                PopConsumer::new(["ev"]).block_timeout(Duration::from_secs(30)),
+                events.clone(),
+            )
+            .unwrap();
+        wait_blocked(&mut c, 1);
+        assert_eq!(c.client_kill_by_name("ringq-s0-c0").unwrap(), 1);
+        assert!(wait_until(WAIT, || !events.snapshot().is_empty()));
+        // It reconnects and waits on its queue again.
+        wait_blocked(&mut c, 1);
+        let stats = running.shutdown().unwrap();
+        assert!(stats.possibly_lost >= 1);
+        assert_eq!(
+            events.snapshot(),
+            [Event::PossiblyLost {
+                connection: "ringq-s0-c0".into(),
+                commands: 1,
+                messages: stats.possibly_lost,
+            }]
+        );
+    }
+}
+
+/// A frozen server: the handler is told the connection stalled and was replaced.
+#[test]
+fn the_handler_is_told_when_a_stalled_connection_is_replaced() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let events = Events::default();
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .reply_grace(Duration::from_millis(200))
+        .start(
+            PopConsumer::new(["st"]).block_timeout(Duration::from_millis(100)),
+            events.clone(),
+        )
+        .unwrap();
+    wait_blocked(&mut c, 1);
+    server.freeze().unwrap();
+    let stalled = || {
+        events
+            .snapshot()
+            .iter()
+            .any(|e| matches!(e, Event::Stalled { .. }))
+    };
+    let seen = wait_until(WAIT, stalled);
+    server.thaw().unwrap();
+    assert!(seen, "no Stalled event; saw {:?}", events.snapshot());
+    let stats = running.shutdown().unwrap();
+    let evs = events.snapshot();
+    assert_eq!(
+        evs[0],
+        Event::Stalled {
+            connection: "ringq-s0-c0".into(),
+            commands: 1
+        }
+    );
+    let stalls = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Stalled { .. }))
+        .count();
+    assert_eq!(stalls as u64, stats.stalls);
 }

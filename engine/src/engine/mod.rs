@@ -23,7 +23,7 @@ use crate::ring::{sys, RingConfig};
 use crate::shard::{self, HandlerSide, Periodic, ShardSpec};
 use crate::stats::ShardStats;
 use crate::url::{Address, ConnectionInfo};
-use crate::wake::Shared;
+use crate::wake::Signals;
 
 mod running;
 
@@ -424,7 +424,7 @@ impl EngineBuilder {
                 }
             }
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Signals {
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
             wake_fds,
@@ -527,6 +527,9 @@ impl EngineBuilder {
                 budget: budget.clone(),
                 conn: conn_cfg.clone(),
                 ring: self.ring,
+                event_handler: sides[i]
+                    .is_some()
+                    .then(|| Box::new(handler.clone()) as Box<dyn Handler>),
                 handler: match sides[i].take() {
                     Some(side) => HandlerSide::Workers(side),
                     None => HandlerSide::Inline(Box::new(handler.clone())),

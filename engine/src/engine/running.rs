@@ -9,11 +9,11 @@ use hdrhistogram::Histogram;
 use crate::error::{Error, ErrorKind};
 use crate::ring::RingFeatures;
 use crate::stats::{ShardStats, Stats};
-use crate::wake::Shared;
+use crate::wake::Signals;
 
 /// A started engine.
 pub struct Running {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<Signals>,
     pub(super) workers: Vec<JoinHandle<()>>,
     pub(super) worker_latency: Vec<Arc<Mutex<Histogram<u64>>>>,
     pub(super) threads: Vec<JoinHandle<Result<(), Error>>>,
@@ -25,7 +25,7 @@ pub struct Running {
 /// Stops an engine from any thread (signal handlers included: it only stores a flag and
 /// writes to eventfds).
 #[derive(Clone)]
-pub struct ShutdownHandle(Arc<Shared>);
+pub struct ShutdownHandle(Arc<Signals>);
 
 impl ShutdownHandle {
     /// Asks every shard to stop fetching, finish what is in flight and exit.

@@ -43,10 +43,10 @@ use bytes::Bytes;
 use crate::budget::Budget;
 use crate::conn::{Conn, Failure, Phase, Role};
 use crate::credit::Credits;
-use crate::handler::{Message, Outcome};
+use crate::handler::{Event, Message, Outcome};
 use crate::stats::ShardStats;
 use crate::timer::{TimerEvent, Timers};
-use crate::wake::Shared;
+use crate::wake::Signals;
 
 /// When the shard opens its Control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub(crate) struct Io<C> {
     /// The engine-wide message budget (`EngineBuilder::limit`), if any.
     pub budget: Option<Arc<Budget>>,
     pub stats: Arc<ShardStats>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Signals>,
     pub(crate) timers: Timers,
     /// The shard is stopping: nothing new is fetched.
     pub stopping: bool,
@@ -93,6 +93,8 @@ pub(crate) struct Io<C> {
     pub control: Option<usize>,
     /// Set by the pipeline to have the shard open the Control connection.
     pub want_control: bool,
+    /// Events for the handler's `on_event`, delivered by the shard at the end of the turn.
+    pub events: Vec<Event>,
 }
 
 impl<C: Copy + Debug> Io<C> {

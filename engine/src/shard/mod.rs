@@ -46,7 +46,7 @@ use crate::resolve::Resolved;
 use crate::ring::{Driver, RingConfig, RingFeatures};
 use crate::stats::{new_histogram, ShardStats};
 use crate::timer::{TimerEvent, Timers};
-use crate::wake::Shared;
+use crate::wake::Signals;
 
 /// Token of the shard's wake-up eventfd read (connection tokens have a nonzero generation
 /// in the low half, so this value never collides).
@@ -56,7 +56,7 @@ const STATS_PERIOD: Duration = Duration::from_millis(100);
 
 /// Outcome counts of handled messages.
 #[derive(Default)]
-struct Tally {
+struct OutcomeCounts {
     n: u64,
     bytes: u64,
     ack: u64,
@@ -64,7 +64,7 @@ struct Tally {
     dead: u64,
 }
 
-impl Tally {
+impl OutcomeCounts {
     fn add(&mut self, o: Outcome) {
         self.n += 1;
         match o {
@@ -97,9 +97,11 @@ pub(crate) struct ShardSpec<P> {
     pub conn: Arc<ConnConfig>,
     pub ring: RingConfig,
     pub handler: HandlerSide,
+    /// The handler instance that gets events when messages go to workers.
+    pub event_handler: Option<Box<dyn Handler>>,
     pub epoch: Instant,
     pub stats: Arc<ShardStats>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Signals>,
     pub wake_fd: RawFd,
     pub periodic: Vec<Periodic>,
     /// How often a connection with nothing in flight is PINGed.
@@ -119,6 +121,7 @@ struct Shard<P: Pipeline, B: Backend> {
     io: Io<P::Cmd>,
     pipeline: P,
     handler: HandlerSide,
+    event_handler: Option<Box<dyn Handler>>,
     epoch: Instant,
     wake_fd: RawFd,
     wake_armed: bool,
@@ -187,6 +190,7 @@ pub(crate) fn run<P: Pipeline>(
         reply_timeout: spec.reply_timeout,
         control: None,
         want_control: spec.pipeline.control() == ControlUse::Always,
+        events: Vec::new(),
     };
     let mut shard: Shard<P, Driver> = Shard {
         index: spec.index,
@@ -194,6 +198,7 @@ pub(crate) fn run<P: Pipeline>(
         io,
         pipeline: spec.pipeline,
         handler: spec.handler,
+        event_handler: spec.event_handler,
         epoch: spec.epoch,
         wake_fd: spec.wake_fd,
         wake_armed: false,
@@ -305,6 +310,28 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             self.take_resolved(now);
             while let Some(ev) = self.io.timers.pop_due(now) {
                 self.on_timer(ev, now);
+            }
+            if !self.io.events.is_empty() {
+                self.deliver_events();
+            }
+        }
+    }
+
+    /// Hands the turn's events to the handler's `on_event`.
+    fn deliver_events(&mut self) {
+        let handler = match (&mut self.handler, &mut self.event_handler) {
+            (HandlerSide::Inline(h), _) | (_, Some(h)) => h,
+            (HandlerSide::Workers(_), None) => {
+                self.io.events.clear();
+                return;
+            }
+        };
+        for ev in self.io.events.drain(..) {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| handler.on_event(&ev))).is_err() {
+                self.io.shared.fail(Error::new(
+                    ErrorKind::Handler,
+                    "a handler's on_event panicked; stopping",
+                ));
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{recycle, HandlerSide, Shard, Tally};
+use super::{recycle, HandlerSide, OutcomeCounts, Shard};
 use crate::backend::Backend;
 use crate::conn::{Failure, Phase, Reply, Tag};
 use crate::error::{Error, ErrorKind};
@@ -155,7 +155,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         }
         // One outcome per message: a missing one (or a panic) is a retry, never an ack.
         self.outcomes.resize(n, Outcome::Retry);
-        let mut tally = Tally::default();
+        let mut tally = OutcomeCounts::default();
         for &o in &self.outcomes {
             tally.add(o);
         }
@@ -171,7 +171,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         let HandlerSide::Workers(d) = &mut self.handler else {
             return;
         };
-        let mut tally = Tally::default();
+        let mut tally = OutcomeCounts::default();
         let (pipeline, io) = (&mut self.pipeline, &mut self.io);
         d.collect(|done| {
             tally.bytes += done.msg.payload().len() as u64;
@@ -184,7 +184,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
     }
 
     /// Accounts for handled messages: stats, the budget.
-    fn finish(&mut self, t: Tally) {
+    fn finish(&mut self, t: OutcomeCounts) {
         let s = &self.io.stats;
         s.add(&s.messages, t.n);
         s.add(&s.bytes, t.bytes);

@@ -37,7 +37,7 @@ use super::{ControlUse, Drain, Io, Pipeline};
 use crate::budget::Budget;
 use crate::conn::{Failure, Phase, Tag};
 use crate::error::Error;
-use crate::handler::{Message, Outcome};
+use crate::handler::{Event, Message, Outcome};
 
 pub(crate) use config::PopPlan;
 pub use config::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
@@ -318,6 +318,10 @@ impl Pipeline for PopPipeline {
                 asked += u64::from(pop.count);
             }
         }
+        io.events.push(Event::Stalled {
+            connection: io.conns[conn].name().to_owned(),
+            commands: u64::from(pops),
+        });
         format!("its {pops} pop(s) (asking for up to {asked} messages)")
     }
 
@@ -343,6 +347,11 @@ impl Pipeline for PopPipeline {
                 shard = io.shard, conn = %c.name(),
                 "{pops} pop(s) unanswered: up to {asked} messages they may have taken are lost"
             );
+            io.events.push(Event::PossiblyLost {
+                connection: c.name().to_owned(),
+                commands: pops,
+                messages: asked,
+            });
         }
         if unreturned > 0 {
             tracing::error!(
