@@ -26,7 +26,7 @@ use bytes::Bytes;
 /// is interned, and an owned payload is reference-counted.
 ///
 /// A message is kept small (72 bytes on 64-bit targets), because the inline path writes
-/// one per popped element: where it came from is one pointer to an interned [`Source`],
+/// one per popped element: where it came from is one pointer to an interned `Source`,
 /// and what a mode needs besides the payload — the exact list element to acknowledge, a
 /// stream entry's id and fields, the channel of a pattern match — is a span of the same
 /// reply frame (`aux`), not a field of its own.

@@ -5,16 +5,19 @@
 //! COUNT, over many queues with a fair rotation, priority levels and a prefetch limit.
 //!
 //! # Layout
-//! - `ring`: the only code that builds SQEs — [`Driver`](ring) with the op lifecycle,
-//!   the provided-buffer ring, the kernel feature probe, and the few plain syscalls.
-//! - `timer`: deadlines and periodic callbacks inside the loop.
-//! - `conn`: the connection state machine (connect, HELLO/AUTH/SELECT handshake, replies
-//!   in order, close, backoff).
-//! - `pop`: the pop pipeline — [`Queue`], [`PopConsumer`], lanes, credits, reply parsing.
-//! - `shard`: the per-core loop tying them together.
-//! - `handler`: [`Message`], [`Outcome`], [`Handler`].
+//! - `shard`: the per-core loop — connections, credits, timers, idle PINGs, dispatch and
+//!   the stop protocol — generic over its pipeline and its backend.
+//! - `pipeline`: the seam between the loop and a delivery mode, and the modes behind it:
+//!   `pipeline::pop` ([`Queue`], [`PopConsumer`], lanes, reply parsing).
+//! - `backend`: the driver interface and its contract; `ring`: its io_uring implementation
+//!   (the only `unsafe` code), the provided-buffer ring, the kernel feature probe, the few
+//!   plain syscalls.
+//! - `conn`: the connection state machine (connect, HELLO/AUTH/SELECT handshake, the reply
+//!   FIFO and push frames, pause/resume, close, backoff).
+//! - `credit`, `budget`, `timer`: prefetch credit, the message limit, deadlines.
+//! - `handler`: [`Message`], [`Outcome`], [`Event`], [`Handler`].
 //! - `dispatch`: [`Dispatch`] — inline, or worker threads fed by SPSC rings, orderly or not.
-//! - `engine`: [`EngineBuilder`], [`Running`], [`ShutdownHandle`].
+//! - `engine`: [`EngineBuilder`], [`Consumer`], [`Running`], [`ShutdownHandle`].
 //! - `stats`, `url`, `error`: [`Stats`], [`ConnectionInfo`], [`Error`].
 //!
 //! # Example

@@ -52,7 +52,8 @@ enum Mode {
     Orderly(usize, Option<KeyFn>),
 }
 
-/// Where handlers run. See the [module docs](self) for the mechanics.
+/// Where handlers run: inline on the shard thread, or on worker threads fed by lock-free
+/// rings (orderly or not).
 #[derive(Clone)]
 pub struct Dispatch {
     mode: Mode,
