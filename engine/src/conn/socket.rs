@@ -68,14 +68,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             return Ok(());
         }
         if result < 0 {
-            let e = std::io::Error::from_raw_os_error(-result);
-            return Err(Failure::Retry(
-                Error::new(
-                    ErrorKind::ConnectionLost,
-                    format!("cannot connect to {}: {e}", self.peer()),
-                )
-                .with_source(e),
-            ));
+            return Err(self.lost(format_args!("cannot connect to {}", self.peer()), result));
         }
         self.recv_op = Some(driver.recv(self.token(), self.fd).map_err(Failure::Fatal)?);
         self.phase = Phase::Hello;
@@ -129,14 +122,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             return Ok(());
         }
         if result < 0 {
-            let e = std::io::Error::from_raw_os_error(-result);
-            return Err(Failure::Retry(
-                Error::new(
-                    ErrorKind::ConnectionLost,
-                    format!("send to {} failed: {e}", self.peer()),
-                )
-                .with_source(e),
-            ));
+            return Err(self.lost(format_args!("send to {} failed", self.peer()), result));
         }
         let sent = result as usize;
         if sent < self.in_send.len() {
@@ -185,14 +171,13 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
                 format!("{} closed the connection", self.peer()),
             )));
         }
-        let e = std::io::Error::from_raw_os_error(-result);
-        Err(Failure::Retry(
-            Error::new(
-                ErrorKind::ConnectionLost,
-                format!("receive from {} failed: {e}", self.peer()),
-            )
-            .with_source(e),
-        ))
+        Err(self.lost(format_args!("receive from {} failed", self.peer()), result))
+    }
+
+    /// The connection is lost: operation `what` ended with `-errno`.
+    fn lost(&self, what: std::fmt::Arguments<'_>, errno: i32) -> Failure {
+        let e = std::io::Error::from_raw_os_error(-errno);
+        Failure::Retry(Error::new(ErrorKind::ConnectionLost, format!("{what}: {e}")).with_source(e))
     }
 
     pub(crate) fn rearm_recv(&mut self, driver: &mut impl Backend) -> Result<(), Failure> {
