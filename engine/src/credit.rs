@@ -186,6 +186,28 @@ impl Credits {
         self.high_water_bytes = self.high_water_bytes.max(self.used_bytes);
     }
 
+    /// Whether `lane` has no credit left for one more message (its reserve and the pool
+    /// are used up, in messages or in bytes): messages that arrive unasked (pub/sub) then
+    /// wait for handled ones to give credit back.
+    pub(crate) fn is_full(&self, lane: usize) -> bool {
+        let Some(a) = self.accounts.get(lane) else {
+            return true;
+        };
+        let free = u64::from(a.reserve.saturating_sub(a.used))
+            + u64::from(self.limit).saturating_sub(self.committed);
+        let free_bytes = a.reserve_bytes.saturating_sub(a.used_bytes)
+            + self.limit_bytes.saturating_sub(self.committed_bytes);
+        free == 0 || free_bytes == 0
+    }
+
+    /// Whether `lane` holds at most half its reserve, in messages and in bytes: a paused
+    /// reader resumes then, so it does not pause and resume for every message.
+    pub(crate) fn is_below_half(&self, lane: usize) -> bool {
+        self.accounts
+            .get(lane)
+            .is_some_and(|a| a.used <= a.reserve / 2 && a.used_bytes <= a.reserve_bytes / 2)
+    }
+
     /// Highest number of messages in flight seen at once.
     pub(crate) fn high_water(&self) -> u64 {
         self.high_water

@@ -41,17 +41,27 @@ pub struct Message<'a> {
     pub(crate) received_ns: u64,
 }
 
-/// Where messages come from: a queue's key (pop), and later a stream or a channel.
-/// Interned once per configuration, shared by every message from it.
+/// Where messages come from: a queue's key (pop), a subscription (listen), later a
+/// stream. Interned once per configuration, shared by every message from it.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Source {
-    /// The logical name: the queue as configured.
+    /// The logical name: the queue, channel or pattern as configured.
     pub name: &'static [u8],
     /// The Redis key (a priority level's key, or the name itself).
     pub key: &'static [u8],
     pub priority: u8,
     /// Position in the consumer's list of sources.
     pub index: u32,
+    pub kind: SourceKind,
+}
+
+/// What a [`Source`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SourceKind {
+    Queue,
+    Channel,
+    Pattern,
+    ShardChannel,
 }
 
 /// A byte range of a message's reply frame.
@@ -63,20 +73,25 @@ pub(crate) struct Span {
 
 impl Span {
     fn range(self) -> std::ops::Range<usize> {
-        self.start as usize..(self.start + self.len) as usize
+        self.start as usize..self.start as usize + self.len as usize
     }
 
-    /// Where `part` (a slice of `frame`) lies in it.
-    pub(crate) fn of(part: &[u8], frame: &[u8]) -> Self {
-        let start = (part.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
+    /// Where `part` (a slice of `frame`) lies in it; `None` past 4 GiB.
+    pub(crate) fn within(part: &[u8], frame: &[u8]) -> Option<Self> {
+        let start = (part.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
         debug_assert!(
             start + part.len() <= frame.len(),
             "the part is not in the frame"
         );
-        Self {
-            start: start as u32,
-            len: part.len() as u32,
-        }
+        let start = u32::try_from(start).ok()?;
+        let len = u32::try_from(part.len()).ok()?;
+        start.checked_add(len)?;
+        Some(Self { start, len })
+    }
+
+    /// As [`Span::within`], empty past 4 GiB (a frame that large carries no aux part).
+    pub(crate) fn of(part: &[u8], frame: &[u8]) -> Self {
+        Self::within(part, frame).unwrap_or_default()
     }
 }
 
@@ -92,9 +107,10 @@ pub(crate) enum Payload<'a> {
 impl Payload<'_> {
     /// An owned payload that is its whole buffer.
     pub(crate) fn owned(bytes: Bytes) -> Payload<'static> {
+        // A payload is at most 512 MiB (Redis's largest string), so its length fits.
         let at = Span {
             start: 0,
-            len: bytes.len() as u32,
+            len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
         };
         Payload::Owned { frame: bytes, at }
     }
@@ -106,10 +122,6 @@ impl Payload<'_> {
         }
     }
 
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "the reliable and stream modes read it")
-    )]
     fn frame(&self) -> &Bytes {
         match self {
             Payload::Lent { frame, .. } => frame,
@@ -153,17 +165,24 @@ impl<'a> Message<'a> {
 
     /// As [`Message::detach`], without a new reference when the payload is owned already.
     pub(crate) fn into_static(self) -> Message<'static> {
-        let payload = match self.payload {
-            Payload::Lent { bytes, frame } => Payload::Owned {
-                at: Span::of(bytes, frame),
-                frame: frame.clone(),
+        let (payload, aux) = match self.payload {
+            Payload::Lent { bytes, frame } => match Span::within(bytes, frame) {
+                Some(at) => (
+                    Payload::Owned {
+                        at,
+                        frame: frame.clone(),
+                    },
+                    self.aux,
+                ),
+                // Past 4 GiB into a huge reply: the payload alone, without the aux part.
+                None => (Payload::owned(frame.slice_ref(bytes)), Span::default()),
             },
-            Payload::Owned { frame, at } => Payload::Owned { frame, at },
+            Payload::Owned { frame, at } => (Payload::Owned { frame, at }, self.aux),
         };
         Message {
             payload,
             source: self.source,
-            aux: self.aux,
+            aux,
             deliveries: self.deliveries,
             received_ns: self.received_ns,
         }
@@ -197,6 +216,20 @@ impl<'a> Message<'a> {
     /// Position of the queue in the consumer's queue list.
     pub fn queue_index(&self) -> usize {
         self.source.index as usize
+    }
+
+    /// Listen mode: the channel the message was published to (for a pattern
+    /// subscription, the channel that matched). Empty in the other modes.
+    pub fn channel(&self) -> &[u8] {
+        match self.source.kind {
+            SourceKind::Queue => &[],
+            _ => self.aux(),
+        }
+    }
+
+    /// Listen mode: the pattern that matched, for a pattern subscription (`PSUBSCRIBE`).
+    pub fn pattern(&self) -> Option<&[u8]> {
+        (self.source.kind == SourceKind::Pattern).then_some(self.source.name)
     }
 
     /// How many times this message has been delivered, this delivery included. Always 1 in
@@ -235,6 +268,26 @@ pub enum Event {
         /// Messages they asked for: an upper bound on what was lost.
         messages: u64,
     },
+    /// Listen mode: subscriptions were not in force for a while, so messages published
+    /// meanwhile were missed. Reported once they are restored (`resubscribed_at`), or at
+    /// the stop if they never were (`None`).
+    Gap {
+        /// The subscriptions affected (`channel news`, `pattern jobs.*`).
+        subscriptions: Vec<String>,
+        /// When they stopped being in force (the connection was lost, or the server ended
+        /// the subscription).
+        disconnected_at: std::time::SystemTime,
+        /// When the server confirmed them again.
+        resubscribed_at: Option<std::time::SystemTime>,
+        /// Why.
+        cause: GapCause,
+    },
+    /// Listen mode with `Overflow::DropOldest`: messages were dropped from the full
+    /// staging area since the last such event.
+    Dropped {
+        /// Dropped since the last `Dropped` event.
+        count: u64,
+    },
     /// A connection stopped answering within its deadline with commands unanswered. A
     /// fresh connection took over its queues; the stalled one stays open to deliver their
     /// replies if its server resumes (see `EngineBuilder::stalled_drain`).
@@ -244,6 +297,24 @@ pub enum Event {
         /// Commands it still owes replies to.
         commands: u64,
     },
+}
+
+/// Why a listen subscription was not in force ([`Event::Gap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GapCause {
+    /// The connection was lost (closed by the server, reset, CLIENT KILL, a restart, a
+    /// missed PING deadline): the error as logged.
+    ConnectionLost(String),
+    /// The server closed the connection while ringq had stopped reading it because the
+    /// handlers were behind (`Overflow::Block`): almost certainly the server's
+    /// `client-output-buffer-limit pubsub`. Raise that limit (`CONFIG SET
+    /// client-output-buffer-limit "pubsub 0 0 0"` removes it), speed up the handlers or
+    /// add workers, or use `Overflow::DropOldest`.
+    OutputBufferLimit(String),
+    /// The server ended the subscription itself (an `unsubscribe` nobody asked for: a
+    /// shard channel's slot moved, an ACL change); ringq subscribed again.
+    Unsubscribed,
 }
 
 /// User code that consumes messages. One instance runs per shard thread with
@@ -287,6 +358,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::{Message, Payload, Span};
+    use crate::handler::SourceKind;
     use crate::intern::intern_source;
 
     /// A message is small enough that the inline path writes little per element, and its
@@ -301,7 +373,7 @@ mod tests {
                 bytes: &frame[17..22],
                 frame: &frame,
             },
-            source: intern_source(b"s", b"s", 0, 0),
+            source: intern_source(SourceKind::Queue, b"s", b"s", 0, 0),
             aux: Span::of(&frame[8..11], &frame),
             deliveries: 2,
             received_ns: 0,

@@ -9,18 +9,25 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
-use crate::handler::Source;
+use crate::handler::{Source, SourceKind};
 
 static TABLE: OnceLock<Mutex<HashSet<&'static [u8]>>> = OnceLock::new();
 static SOURCES: OnceLock<Mutex<HashSet<&'static Source>>> = OnceLock::new();
 
 /// The one `'static` copy of a message source (queue, key, level, position).
-pub(crate) fn intern_source(name: &[u8], key: &[u8], priority: u8, index: u32) -> &'static Source {
+pub(crate) fn intern_source(
+    kind: SourceKind,
+    name: &[u8],
+    key: &[u8],
+    priority: u8,
+    index: u32,
+) -> &'static Source {
     let src = Source {
         name: intern(name),
         key: intern(key),
         priority,
         index,
+        kind,
     };
     let table = SOURCES.get_or_init(|| Mutex::new(HashSet::new()));
     let mut t = match table.lock() {

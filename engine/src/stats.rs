@@ -40,6 +40,8 @@ pub(crate) struct ShardStats {
     pub possibly_lost: AtomicU64,
     pub enobufs: AtomicU64,
     pub push_frames: AtomicU64,
+    pub gaps: AtomicU64,
+    pub dropped: AtomicU64,
     /// Messages per source (pop: queue), in configuration order.
     pub per_source: Vec<AtomicU64>,
     pub latency: Mutex<Histogram<u64>>,
@@ -65,6 +67,8 @@ impl ShardStats {
             possibly_lost: AtomicU64::new(0),
             enobufs: AtomicU64::new(0),
             push_frames: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             latency: Mutex::new(new_histogram()),
         }
@@ -132,6 +136,11 @@ pub struct Stats {
     /// Push frames no pipeline turned into messages (a pop-mode connection should see
     /// none; a server that sends them anyway is counted here).
     pub push_frames: u64,
+    /// Listen mode: gaps — times subscriptions were not in force (a lost connection, an
+    /// unsubscribe nobody asked for), each also reported as `Event::Gap`.
+    pub gaps: u64,
+    /// Listen mode with `Overflow::DropOldest`: messages dropped from the full staging area.
+    pub dropped: u64,
     /// Messages per source — a queue in `pop` mode (its name, as configured) — in
     /// configuration order.
     pub per_source: Vec<(String, u64)>,
@@ -184,6 +193,8 @@ impl Stats {
             possibly_lost: total(|s| &s.possibly_lost),
             enobufs: total(|s| &s.enobufs),
             push_frames: total(|s| &s.push_frames),
+            gaps: total(|s| &s.gaps),
+            dropped: total(|s| &s.dropped),
             per_source: source_names
                 .iter()
                 .enumerate()

@@ -324,6 +324,56 @@ impl TestClient {
         )
     }
 
+    /// Publishes every message to `channel` with `command` (`PUBLISH`, or `SPUBLISH` for
+    /// a shard channel), pipelined 1 000 to a round trip. Returns the receivers summed
+    /// over the messages (each PUBLISH's reply).
+    ///
+    /// # Errors
+    /// As [`TestClient::cmd`]; every pipelined reply is read before an error is returned.
+    pub fn publish_many<I, A>(
+        &mut self,
+        command: &str,
+        channel: impl AsRef<[u8]>,
+        messages: I,
+    ) -> Result<i64>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<[u8]>,
+    {
+        let channel = channel.as_ref();
+        let mut messages = messages.into_iter().peekable();
+        let mut received = 0;
+        while messages.peek().is_some() {
+            let mut pending = 0;
+            for m in messages.by_ref().take(ITEMS_PER_PUSH) {
+                CommandWriter::new(&mut self.outbuf, 3)
+                    .arg(command.as_bytes())
+                    .arg(channel)
+                    .arg(m.as_ref())
+                    .finish();
+                pending += 1;
+            }
+            self.flush_out()?;
+            let mut first_error = None;
+            for _ in 0..pending {
+                match self.read_reply() {
+                    Ok(Frame::Integer(n)) => received += n,
+                    Ok(other) => {
+                        first_error.get_or_insert(Error::unexpected(command, other));
+                    }
+                    Err(Error::Server(e)) => {
+                        first_error.get_or_insert(Error::Server(e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        Ok(received)
+    }
+
     /// Pushes every item onto the head of `key` (`LPUSH`, so the first item is popped
     /// first by `RPOP`/`BRPOP`), pipelined: 1 000 items per `LPUSH`, 16 `LPUSH`es per round
     /// trip. A million small items take about a second. Returns the list's length after

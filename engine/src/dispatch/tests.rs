@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::{epoch_nanos, start_pool, Dispatch, ShardWaker};
 use crate::error::Error;
+use crate::handler::SourceKind;
 use crate::handler::{Message, Outcome, Payload, Span};
 use crate::intern::intern_source;
 use crate::ring::sys;
@@ -15,7 +16,7 @@ use crate::ring::sys;
 fn msg(i: u64, epoch: Instant) -> Message<'static> {
     Message {
         payload: Payload::owned(Bytes::copy_from_slice(&i.to_le_bytes())),
-        source: intern_source(b"q", b"q", 0, (i % 4) as u32),
+        source: intern_source(SourceKind::Queue, b"q", b"q", 0, (i % 4) as u32),
         aux: Span::default(),
         deliveries: 1,
         received_ns: epoch_nanos(epoch),

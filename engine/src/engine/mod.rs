@@ -16,6 +16,7 @@ use crate::conn::ConnConfig;
 use crate::dispatch::{start_pool, Dispatch, ShardDispatch, ShardWaker};
 use crate::error::{Error, ErrorKind};
 use crate::handler::Handler;
+use crate::pipeline::listen::{ListenConsumer, ListenPipeline, Overflow};
 use crate::pipeline::pop::{PopConsumer, PopPipeline, MAX_BLOCK_TIMEOUT};
 use crate::pipeline::Pipeline;
 use crate::resolve::{is_name, system_resolver, ResolveFn, Resolver};
@@ -41,11 +42,20 @@ type PeriodicFactory = (
 pub enum Consumer {
     /// List queues, at-most-once ([`PopConsumer`]).
     Pop(PopConsumer),
+    /// Pub/sub channels, patterns and shard channels, at-most-once with gap events
+    /// ([`ListenConsumer`]).
+    Listen(ListenConsumer),
 }
 
 impl From<PopConsumer> for Consumer {
     fn from(c: PopConsumer) -> Self {
         Consumer::Pop(c)
+    }
+}
+
+impl From<ListenConsumer> for Consumer {
+    fn from(c: ListenConsumer) -> Self {
+        Consumer::Listen(c)
     }
 }
 
@@ -333,7 +343,70 @@ impl EngineBuilder {
     {
         match consumer.into() {
             Consumer::Pop(c) => self.start_pop(c, handler),
+            Consumer::Listen(c) => self.start_listen(c, handler),
         }
+    }
+
+    /// Spreads `n` sources over the fetch connections: source `i` on lane `i mod L`, lane
+    /// `l` on shard `l mod S`. Returns each shard's lanes (source indices), after checking
+    /// that the prefetch gives every lane credit.
+    fn lanes(&self, n: usize, what: &str) -> Result<Vec<Vec<Vec<u32>>>, Error> {
+        let total_conns = self.shards * self.connections_per_shard;
+        let nlanes = total_conns.min(n);
+        let nshards = self.shards.min(nlanes);
+        if u64::from(self.prefetch) < nlanes as u64 {
+            return Err(Error::config(format!(
+                "prefetch {} is below the {nlanes} connections that own {what}: each needs at \
+                 least one message of credit. Raise the prefetch to at least {nlanes}, or use \
+                 fewer connections (shards × connections per shard = {total_conns}, capped at \
+                 the {n} {what})",
+                self.prefetch,
+            )));
+        }
+        let mut lanes_per_shard: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
+        for l in 0..nlanes {
+            let members = (0..n)
+                .filter(|q| q % nlanes == l)
+                .map(|q| q as u32)
+                .collect();
+            lanes_per_shard[l % nshards].push(members);
+        }
+        Ok(lanes_per_shard)
+    }
+
+    fn start_listen<H: Handler + Clone>(
+        self,
+        consumer: ListenConsumer,
+        handler: H,
+    ) -> Result<Running, Error> {
+        if consumer.subscriptions.is_empty() {
+            return Err(Error::config(
+                "nothing to listen to: give at least one channel, pattern or shard channel",
+            ));
+        }
+        if let Overflow::DropOldest(0) = consumer.overflow {
+            return Err(Error::config(
+                "Overflow::DropOldest needs room for at least one message",
+            ));
+        }
+        let lanes_per_shard = self.lanes(consumer.subscriptions.len(), "subscriptions")?;
+        let launch = Launch {
+            fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
+            prefetch: self.prefetch,
+            prefetch_bytes: self.prefetch_bytes,
+            limit: self.limit,
+            sources: consumer
+                .subscriptions
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            reply_timeout: self.reply_timeout,
+            reply_grace: self.reply_grace,
+        };
+        let mut lanes = lanes_per_shard.into_iter();
+        self.launch(launch, handler, move |_, _| {
+            ListenPipeline::new(&consumer, lanes.next().unwrap_or_default())
+        })
     }
 
     fn start_pop<H: Handler + Clone>(
@@ -350,28 +423,7 @@ impl EngineBuilder {
                 consumer.block_timeout
             )));
         }
-        // Lanes: queue q goes to lane q mod L; lane l runs on shard l mod S.
-        let total_conns = self.shards * self.connections_per_shard;
-        let nlanes = total_conns.min(consumer.queues.len());
-        let nshards = self.shards.min(nlanes);
-        if u64::from(self.prefetch) < nlanes as u64 {
-            return Err(Error::config(format!(
-                "prefetch {} is below the {nlanes} connections that own queues: each needs at \
-                 least one message of credit to wait on its queues. Raise the prefetch to at \
-                 least {nlanes}, or use fewer connections (shards × connections per shard = \
-                 {total_conns}, capped at the {} queues)",
-                self.prefetch,
-                consumer.queues.len()
-            )));
-        }
-        let mut lanes_per_shard: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
-        for l in 0..nlanes {
-            let queues = (0..consumer.queues.len())
-                .filter(|q| q % nlanes == l)
-                .map(|q| q as u32)
-                .collect();
-            lanes_per_shard[l % nshards].push(queues);
-        }
+        let lanes_per_shard = self.lanes(consumer.queues.len(), "queues")?;
         let launch = Launch {
             fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
             prefetch: self.prefetch,

@@ -30,6 +30,7 @@
 //! message is never acknowledged unless its handler said so. What `Retry` does is the
 //! mode's: pop mode (at-most-once) counts it; an at-least-once mode delivers it again.
 
+pub(crate) mod listen;
 pub(crate) mod pop;
 #[cfg(test)]
 mod testing;
@@ -182,16 +183,24 @@ pub(crate) trait Pipeline: Send + 'static {
         Ok(0)
     }
 
-    /// Outcomes of messages handled inline, all from one reply on connection `conn`
-    /// carrying `bytes` payload bytes: one outcome per message, in order.
+    /// Outcomes of messages handled inline, all from one frame on connection `conn`
+    /// (`None`: messages the pipeline had staged, [`Pipeline::take_staged`]) carrying
+    /// `bytes` payload bytes: one outcome per message, in order.
     fn on_outcomes(
         &mut self,
         io: &mut Io<Self::Cmd>,
-        conn: usize,
+        conn: Option<usize>,
         msgs: &[Message<'_>],
         outcomes: &[Outcome],
         bytes: u64,
     );
+
+    /// Messages the pipeline held back for want of credit (a staging area) that may go to
+    /// the handler now, appended to `out`; returns their payload bytes. Called every turn.
+    fn take_staged(&mut self, io: &mut Io<Self::Cmd>, out: &mut Vec<Message<'static>>) -> u64 {
+        let _ = (io, out);
+        0
+    }
 
     /// The outcome of one message handled on a worker thread.
     fn on_worker_outcome(

@@ -134,6 +134,8 @@ struct Shard<P: Pipeline, B: Backend> {
     resolved: Vec<Resolved>,
     /// Reused for every reply's messages (see [`recycle`]).
     msgs: Vec<Message<'static>>,
+    /// Reused for the messages a pipeline had staged.
+    staged: Vec<Message<'static>>,
     outcomes: Vec<Outcome>,
     /// A lost connection's unanswered commands, on their way back to the pipeline (reused).
     unanswered: Vec<P::Cmd>,
@@ -142,6 +144,8 @@ struct Shard<P: Pipeline, B: Backend> {
     turn_started: Instant,
     /// `CLIENT UNBLOCK` is not available (an ACL without it, an error): wait instead.
     unblock_off: bool,
+    /// When the stop began: the pipeline's drain is waited for `reply_grace` at most.
+    stop_began: Option<Instant>,
 }
 
 /// Runs a shard to completion on the current thread. Reports ring set-up on `ready`.
@@ -209,12 +213,14 @@ pub(crate) fn run<P: Pipeline>(
         conn_cfg: spec.conn,
         resolved: Vec::new(),
         msgs: Vec::with_capacity(1024),
+        staged: Vec::new(),
         outcomes: Vec::with_capacity(1024),
         unanswered: Vec::new(),
         latency: new_histogram(),
         completions: Vec::with_capacity(256),
         turn_started: Instant::now(),
         unblock_off: false,
+        stop_began: None,
     };
     // User code runs on this thread outside the handler's own guard (`every` callbacks,
     // `orderly_by` key functions): a panic there must stop the whole engine, not just this
@@ -276,6 +282,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             }
             if self.io.stopping {
                 if self.stop_turn(now) {
+                    self.deliver_events();
                     return self.drain_ring();
                 }
             } else {
@@ -300,6 +307,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 d.woke();
             }
             self.collect_outcomes();
+            self.dispatch_staged();
             let mut completions = std::mem::take(&mut self.completions);
             self.driver.reap(&mut completions);
             for c in completions.drain(..) {
@@ -530,7 +538,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 if !self.io.stopping {
                     let allow = self.io.reply_timeout;
                     for conn in &mut self.io.conns {
-                        if conn.serves() && conn.is_idle() {
+                        if conn.serves() && conn.is_idle() && !conn.reading_paused() {
                             conn.command(Tag::Ping, now, allow, |buf| {
                                 CommandWriter::new(buf, 1).arg("PING").finish();
                             });

@@ -100,9 +100,19 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         if cmd.is_some() {
             self.io.conns[id].note_served();
         }
-        self.dispatch(id, &mut msgs, bytes);
+        self.dispatch(Some(id), &mut msgs, bytes);
         self.msgs = recycle(msgs);
         Ok(())
+    }
+
+    /// Hands the handler what the pipeline had staged and may go now.
+    pub(super) fn dispatch_staged(&mut self) {
+        let mut staged = std::mem::take(&mut self.staged);
+        let bytes = self.pipeline.take_staged(&mut self.io, &mut staged);
+        if !staged.is_empty() {
+            self.dispatch(None, &mut staged, bytes);
+        }
+        self.staged = staged;
     }
 
     /// The Control connection's `CLIENT UNBLOCK` for connection `conn` answered.
@@ -126,7 +136,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
     /// Hands the messages the pipeline just made of a frame on connection `conn` to the
     /// handler, right here (inline) or to workers, and leaves `msgs` empty. Inline
     /// outcomes go straight back to the pipeline.
-    fn dispatch(&mut self, conn: usize, msgs: &mut Vec<Message<'_>>, bytes: u64) {
+    fn dispatch(&mut self, conn: Option<usize>, msgs: &mut Vec<Message<'_>>, bytes: u64) {
         let n = msgs.len();
         if n == 0 {
             return;

@@ -19,6 +19,7 @@ use crate::timer::TimerEvent;
 impl<P: Pipeline, B: Backend> Shard<P, B> {
     pub(super) fn begin_stop(&mut self, now: Instant) {
         self.io.stopping = true;
+        self.stop_began = Some(now);
         // A stalled connection is waited for a reply grace at most: its server may never
         // resume, and a stop must not hang on it for the whole drain limit.
         let grace = now + self.reply_grace;
@@ -35,6 +36,8 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 }
             }
             let conn = &mut self.io.conns[id];
+            // Replies still owed must be read to be waited for.
+            conn.resume_reading();
             match conn.phase() {
                 Phase::Idle | Phase::Resolving => conn.set_done(),
                 // Control stays for the pipeline's last commands and CLIENT UNBLOCK.
@@ -52,7 +55,24 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             HandlerSide::Workers(d) => d.in_flight(),
             HandlerSide::Inline(_) => 0,
         };
-        let drained = self.pipeline.on_stop(&mut self.io, now) == Drain::Drained && handed_out == 0;
+        let mut drained = self.pipeline.on_stop(&mut self.io, now) == Drain::Drained;
+        let waited = self
+            .stop_began
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        if !drained && waited >= self.reply_grace {
+            // Its last commands may never be answered (Control lost for good, a server
+            // that went away): what they would have done is redone after a restart.
+            tracing::warn!(
+                shard = self.index,
+                "the pipeline had not drained {:?} into the stop (reply grace); stopping anyway",
+                self.reply_grace
+            );
+            self.stop_began = None;
+            drained = true;
+        } else if self.stop_began.is_none() {
+            drained = true;
+        }
+        let drained = drained && handed_out == 0;
         self.unblock_blocked(now);
         self.close_idle_conns(drained);
         drained && self.io.conns.iter().all(|c| c.phase() == Phase::Done)

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::budget::Budget;
 use crate::handler::Source;
+use crate::handler::SourceKind;
 use crate::intern::intern_source;
 
 /// The longest block timeout a pop may have (24 hours). Redis takes the timeout as
@@ -216,7 +217,10 @@ impl PopPlan {
         let mut keys = HashMap::new();
         for (qi, q) in consumer.queues.iter().enumerate() {
             for (p, k) in &q.levels {
-                keys.insert(k.clone(), intern_source(&q.name, k, *p, qi as u32));
+                keys.insert(
+                    k.clone(),
+                    intern_source(SourceKind::Queue, &q.name, k, *p, qi as u32),
+                );
             }
         }
         let secs = (consumer.block_timeout.as_millis().max(1) as f64) / 1000.0;

@@ -272,15 +272,17 @@ impl Pipeline for PopPipeline {
     fn on_outcomes(
         &mut self,
         io: &mut Io<PopTag>,
-        conn: usize,
+        conn: Option<usize>,
         msgs: &[Message<'_>],
         _outcomes: &[Outcome],
         bytes: u64,
     ) {
         // At-most-once: the messages left the server when they were popped; an outcome
-        // only gives their credit back (the shard counts it).
-        let lane = io.fetch_of(conn).unwrap_or(0) as usize;
-        io.credits.release(lane, msgs.len() as u32, bytes);
+        // only gives their credit back (the shard counts it). Pop stages nothing, so
+        // every batch came in on a connection.
+        if let Some(lane) = conn.and_then(|c| io.fetch_of(c)) {
+            io.credits.release(lane as usize, msgs.len() as u32, bytes);
+        }
     }
 
     fn on_worker_outcome(
@@ -326,7 +328,11 @@ impl Pipeline for PopPipeline {
     }
 
     fn on_lost(&mut self, io: &mut Io<PopTag>, conn: usize, unanswered: &[PopTag], stalled: bool) {
-        let lane = io.fetch_of(conn).unwrap_or(0) as usize;
+        // Control carries no pop and has no lane.
+        let Some(lane) = io.fetch_of(conn) else {
+            return;
+        };
+        let lane = lane as usize;
         let (mut pops, mut asked, mut unreturned) = (0u64, 0u64, 0u32);
         for cmd in unanswered {
             match cmd {

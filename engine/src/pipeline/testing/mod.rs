@@ -15,6 +15,7 @@ use ringq_resp::{CommandWriter, Reader, Token};
 use super::{ControlUse, Drain, Io, Pipeline};
 use crate::conn::{Failure, Phase, Role, Tag};
 use crate::error::{Error, ErrorKind};
+use crate::handler::SourceKind;
 use crate::handler::{Message, Outcome, Payload, Span};
 use crate::intern::intern_source;
 
@@ -131,7 +132,7 @@ fn message<'f>(frame: &'f Bytes, at: std::ops::Range<usize>, received_ns: u64) -
             bytes: &frame[at],
             frame,
         },
-        source: intern_source(b"test", b"test", 0, 0),
+        source: intern_source(SourceKind::Queue, b"test", b"test", 0, 0),
         aux: Span::default(),
         deliveries: 1,
         received_ns,
@@ -273,7 +274,7 @@ impl Pipeline for RecordingPipeline {
     fn on_outcomes(
         &mut self,
         io: &mut Io<TestCmd>,
-        _conn: usize,
+        _conn: Option<usize>,
         msgs: &[Message<'_>],
         outcomes: &[Outcome],
         _bytes: u64,
