@@ -39,8 +39,21 @@ pub enum Command {
     ///
     /// Example: ringq produce --queue jobs --messages 100000 --size 128 --rate 20000
     Produce(ProduceArgs),
-    /// Print messages from pub/sub channels (not implemented yet: exits 2).
+    /// Print messages from pub/sub channels, patterns and shard channels, one per line.
+    ///
+    /// Pub/sub is at-most-once: what is published while the subscriber is not subscribed
+    /// is missed. ringq resubscribes by itself after every reconnect and says so: each gap
+    /// (with its start, end and cause) is a warning on stderr. SIGINT/SIGTERM exit 0.
+    ///
+    /// Example: ringq subscribe --channel news --pattern 'jobs.*' --format json
     Subscribe(SubscribeArgs),
+    /// Publish messages to a channel (pipelined PUBLISH), for tests and load.
+    ///
+    /// Every reply is checked. A summary goes to stderr at the end: messages sent, and how
+    /// many subscribers received them (the sum of PUBLISH's replies).
+    ///
+    /// Example: ringq publish --channel news --messages 100000 --size 16
+    Publish(PublishArgs),
     /// Show what io_uring offers on this host, or why ringq cannot use it (exit 1).
     Probe,
 }
@@ -186,7 +199,7 @@ pub const MAX_BLOCK_TIMEOUT_MS: u64 = 86_400_000;
 pub const MAX_PAYLOAD: u64 = 512 << 20;
 
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("targets").args(["channel", "pattern"])
+#[command(group = clap::ArgGroup::new("targets").args(["channel", "pattern", "shard_channel"])
     .required(true).multiple(true))]
 pub struct SubscribeArgs {
     #[command(flatten)]
@@ -196,17 +209,71 @@ pub struct SubscribeArgs {
     #[arg(long, value_name = "C")]
     pub channel: Vec<String>,
 
-    /// A glob pattern to PSUBSCRIBE to; repeat for several.
+    /// A glob pattern to PSUBSCRIBE to; repeat for several. JSON lines then carry the
+    /// pattern as well as the channel.
     #[arg(long, value_name = "P")]
     pub pattern: Vec<String>,
+
+    /// A shard channel to SSUBSCRIBE to (Redis 7.0 or later); repeat for several.
+    #[arg(long = "shard-channel", value_name = "C")]
+    pub shard_channel: Vec<String>,
 
     /// Exit 0 after N messages.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
 
-    /// Output format, as for consume.
+    /// Output format: raw payloads, or JSON objects with channel, pattern (when a pattern
+    /// matched) and payload (payload_base64 too when it is not UTF-8).
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     pub format: Format,
+
+    /// When stdout is slower than the publishers, keep reading and drop the oldest of up
+    /// to N waiting messages (counted, and reported on stderr), instead of the default:
+    /// stop reading, so the server holds the messages — and drops the subscriber once its
+    /// client-output-buffer-limit pubsub is passed (reported as a gap).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub drop_oldest: Option<u64>,
+
+    /// Messages in flight at once (received, not yet printed).
+    #[arg(long, value_name = "P", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch: u32,
+
+    /// Do not pin the shard thread to a core.
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("payload").args(["size", "seq"]))]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// The channel to publish to.
+    #[arg(long, value_name = "C")]
+    pub channel: String,
+
+    /// Publish to a shard channel (SPUBLISH, Redis 7.0 or later).
+    #[arg(long)]
+    pub shard: bool,
+
+    /// How many messages to publish.
+    #[arg(long, value_name = "N")]
+    pub messages: u64,
+
+    /// Payloads of S bytes ('x' repeated). Without --size, payloads are sequence numbers.
+    #[arg(long, value_name = "S",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_PAYLOAD))]
+    pub size: Option<u64>,
+
+    /// Payloads are the decimal sequence numbers 0..N-1 (the default).
+    #[arg(long)]
+    pub seq: bool,
+
+    /// Publish at most R messages per second, paced from the start time (no drift).
+    #[arg(long, value_name = "R", value_parser = positive_rate)]
+    pub rate: Option<f64>,
 }
 
 /// Delivery mode (see the README's table).
@@ -295,6 +362,8 @@ mod tests {
         assert!(e.is_err());
         let e = Cli::try_parse_from(["ringq", "subscribe"]);
         assert!(e.is_err(), "subscribe needs a channel or a pattern");
+        let ok = Cli::try_parse_from(["ringq", "subscribe", "--shard-channel", "s"]);
+        assert!(ok.is_ok(), "a shard channel alone is enough");
         for bad in ["a b", "é", "tab\there", "", "line\n"] {
             assert!(consumer_id(bad).is_err(), "{bad:?} must be refused");
         }

@@ -11,11 +11,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringq::{ConnectionInfo, Dispatch, EngineBuilder, PopConsumer, PopStrategy};
+use ringq::{ConnectionInfo, Consumer, Dispatch, EngineBuilder, PopConsumer, PopStrategy};
 
 use crate::args::{ConsumeArgs, Mode, Strategy};
 use crate::exit::Exit;
-use crate::output::{Output, Printer};
+use crate::output::{Lines, Output, Printer};
 use crate::stop::{watch_signals, StopSwitch};
 
 /// Runs `ringq consume`.
@@ -78,15 +78,36 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         builder = builder.client_name(id.as_str());
     }
 
+    print_until_stopped(
+        builder,
+        consumer,
+        Lines {
+            format: a.format,
+            listen: false,
+        },
+    )
+}
+
+/// Starts the engine with `printer`'s handler and waits until it stops: after `--count`,
+/// on a signal or a closed stdout (the stop switch), or on a fatal error.
+///
+/// # Errors
+/// Whatever stopped the engine (status 1, or 2 for a usage error the engine found), or a
+/// failed write to stdout.
+pub fn print_until_stopped(
+    builder: EngineBuilder,
+    consumer: impl Into<Consumer>,
+    lines: Lines,
+) -> Result<(), Exit> {
     let stop = Arc::new(StopSwitch::default());
     watch_signals(stop.clone())?;
     let output = Arc::new(Output::new(
-        a.format,
+        lines.format,
         Box::new(std::io::stdout()),
         stop.clone(),
     ));
     let running = builder
-        .start(consumer, Printer::new(output.clone()))
+        .start(consumer, Printer::new(output.clone(), lines.listen))
         .map_err(Exit::engine)?;
     stop.arm(running.shutdown_handle());
     let result = running.wait();

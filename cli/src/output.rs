@@ -16,7 +16,7 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use ringq::{Handler, Message, Outcome};
+use ringq::{Event, GapCause, Handler, Message, Outcome};
 
 use crate::args::Format;
 use crate::stop::StopSwitch;
@@ -99,17 +99,28 @@ impl Output {
     }
 }
 
-/// The consume handler: formats messages into lines and prints them. Cloned once per
-/// shard (inline dispatch) or per worker; each clone keeps its own line buffer.
+/// What lines look like: the format, and whether messages come from channels (listen:
+/// JSON names the channel and pattern) or queues.
+#[derive(Debug, Clone, Copy)]
+pub struct Lines {
+    pub format: Format,
+    pub listen: bool,
+}
+
+/// The consume and subscribe handler: formats messages into lines and prints them.
+/// Cloned once per shard (inline dispatch) or per worker; each clone keeps its own line
+/// buffer. Events (gaps, drops, lost pops) become warnings on stderr.
 pub struct Printer {
     output: Arc<Output>,
+    listen: bool,
     buf: Vec<u8>,
 }
 
 impl Printer {
-    pub fn new(output: Arc<Output>) -> Self {
+    pub fn new(output: Arc<Output>, listen: bool) -> Self {
         Self {
             output,
+            listen,
             buf: Vec::with_capacity(64 * 1024),
         }
     }
@@ -117,7 +128,7 @@ impl Printer {
 
 impl Clone for Printer {
     fn clone(&self) -> Self {
-        Self::new(self.output.clone())
+        Self::new(self.output.clone(), self.listen)
     }
 }
 
@@ -131,9 +142,14 @@ impl Handler for Printer {
     fn handle_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<Outcome>) {
         self.buf.clear();
         for m in batch {
-            match self.output.format {
-                Format::Raw => write_raw(&mut self.buf, m.payload()),
-                Format::Json => write_json(&mut self.buf, m.queue(), m.payload(), m.deliveries()),
+            match (self.output.format, self.listen) {
+                (Format::Raw, _) => write_raw(&mut self.buf, m.payload()),
+                (Format::Json, false) => {
+                    write_json(&mut self.buf, m.queue(), m.payload(), m.deliveries());
+                }
+                (Format::Json, true) => {
+                    write_listen_json(&mut self.buf, m.channel(), m.pattern(), m.payload());
+                }
             }
         }
         self.output.write_batch(&self.buf, batch.len() as u64);
@@ -143,6 +159,46 @@ impl Handler for Printer {
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::with_capacity(64 * 1024);
         }
+    }
+
+    fn on_event(&mut self, event: &Event) {
+        let text = match event {
+            Event::Gap {
+                subscriptions,
+                disconnected_at,
+                resubscribed_at,
+                cause,
+            } => {
+                let lasted = resubscribed_at
+                    .and_then(|t| t.duration_since(*disconnected_at).ok())
+                    .map_or_else(
+                        || "not restored before the stop".to_owned(),
+                        |d| format!("for {:.3} s", d.as_secs_f64()),
+                    );
+                let why = match cause {
+                    GapCause::ConnectionLost(e) => format!("the connection was lost: {e}"),
+                    GapCause::OutputBufferLimit(e) => e.clone(),
+                    GapCause::Unsubscribed => "the server ended the subscription".to_owned(),
+                    _ => format!("{cause:?}"),
+                };
+                format!(
+                    "gap: messages published to {} were missed {lasted} ({why})",
+                    subscriptions.join(", ")
+                )
+            }
+            Event::Dropped { count } => format!(
+                "dropped {count} message(s): stdout is slower than the publishers (--drop-oldest)"
+            ),
+            Event::PossiblyLost {
+                connection,
+                messages,
+                ..
+            } => format!(
+                "{connection} was cut with pops unanswered: up to {messages} message(s) lost"
+            ),
+            other => format!("{other:?}"),
+        };
+        eprintln!("ringq: warning: {text}");
     }
 }
 
@@ -156,6 +212,31 @@ pub fn write_raw(out: &mut Vec<u8>, payload: &[u8]) {
 pub fn write_json(out: &mut Vec<u8>, queue: &[u8], payload: &[u8], deliveries: u32) {
     out.extend_from_slice(b"{\"queue\":");
     write_json_string(out, &String::from_utf8_lossy(queue));
+    write_payload(out, payload);
+    // Writing to a Vec cannot fail.
+    let _ = writeln!(out, ",\"deliveries\":{deliveries}}}");
+}
+
+/// A subscribe line: `{"channel":…,"pattern":…,"payload":…}` (no pattern unless one
+/// matched; `payload_base64` too when the payload is not UTF-8).
+pub fn write_listen_json(
+    out: &mut Vec<u8>,
+    channel: &[u8],
+    pattern: Option<&[u8]>,
+    payload: &[u8],
+) {
+    out.extend_from_slice(b"{\"channel\":");
+    write_json_string(out, &String::from_utf8_lossy(channel));
+    if let Some(p) = pattern {
+        out.extend_from_slice(b",\"pattern\":");
+        write_json_string(out, &String::from_utf8_lossy(p));
+    }
+    write_payload(out, payload);
+    out.extend_from_slice(b"}\n");
+}
+
+/// `,"payload":"…"`, and `,"payload_base64":"…"` when the payload is not UTF-8.
+fn write_payload(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(b",\"payload\":");
     match std::str::from_utf8(payload) {
         Ok(text) => write_json_string(out, text),
@@ -166,63 +247,23 @@ pub fn write_json(out: &mut Vec<u8>, queue: &[u8], payload: &[u8], deliveries: u
             out.push(b'"');
         }
     }
-    // Writing to a Vec cannot fail.
-    let _ = writeln!(out, ",\"deliveries\":{deliveries}}}");
 }
 
-/// A JSON string literal: quotes, backslashes and control characters escaped; everything
-/// else (valid UTF-8 by the type) copied as it is.
+/// A JSON string literal (serde_json's escaping).
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if esc.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(esc);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    // Serializing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
 fn write_base64(out: &mut Vec<u8>, data: &[u8]) {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let sym = |v: u32| ALPHABET[(v & 63) as usize];
-    let mut chunks = data.chunks_exact(3);
-    for c in &mut chunks {
-        let v = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
-        out.extend_from_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)]);
-    }
-    match *chunks.remainder() {
-        [a] => {
-            let v = u32::from(a) << 16;
-            out.extend_from_slice(&[sym(v >> 18), sym(v >> 12), b'=', b'=']);
-        }
-        [a, b] => {
-            let v = u32::from(a) << 16 | u32::from(b) << 8;
-            out.extend_from_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6), b'=']);
-        }
-        _ => {}
-    }
+    use base64::Engine as _;
+    let start = out.len();
+    out.resize(start + data.len().div_ceil(3) * 4, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(data, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! `ringq produce`: push N messages with pipelined LPUSH over one blocking connection.
+//! `ringq produce` and `ringq publish`: N messages with pipelined LPUSH (or PUBLISH,
+//! SPUBLISH) over one blocking connection.
 //!
 //! This is a test and load tool, not the engine: a plain `std` socket, RESP2, `AUTH` and
-//! `SELECT` from the URL, then rounds of up to [`PIPELINE`] LPUSH commands written at once
+//! `SELECT` from the URL, then rounds of up to [`PIPELINE`] commands written at once
 //! and their replies read and checked (an error reply stops the run with status 1).
 //!
 //! With `--rate R`, message `i` is due at `start + i/R`: each round sends what is due by
@@ -16,7 +17,7 @@ use bytes::BytesMut;
 use ringq::{Address, ConnectionInfo};
 use ringq_resp::{encode_command, Decoder, Frame};
 
-use crate::args::ProduceArgs;
+use crate::args::{ProduceArgs, PublishArgs};
 use crate::exit::Exit;
 
 /// Most commands in one pipeline round.
@@ -34,11 +35,74 @@ const PROGRESS_PERIOD: Duration = Duration::from_millis(200);
 /// # Errors
 /// A bad URL (status 2); a connection, AUTH, SELECT or LPUSH failure (status 1).
 pub fn run(a: ProduceArgs) -> Result<(), Exit> {
-    let info = ConnectionInfo::parse(&a.server.url).map_err(Exit::engine)?;
+    let done = pump(&Pump {
+        url: &a.server.url,
+        command: "LPUSH",
+        key: &a.queue,
+        messages: a.messages,
+        size: a.size,
+        rate: a.rate,
+    })?;
+    eprintln!(
+        "ringq: produced {} messages to '{}' in {:.3} s ({:.0} msgs/s)",
+        done.sent,
+        a.queue,
+        done.secs,
+        done.sent as f64 / done.secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Runs `ringq publish`.
+///
+/// # Errors
+/// A bad URL (status 2); a connection, AUTH, SELECT or PUBLISH failure (status 1).
+pub fn publish(a: PublishArgs) -> Result<(), Exit> {
+    let done = pump(&Pump {
+        url: &a.server.url,
+        command: if a.shard { "SPUBLISH" } else { "PUBLISH" },
+        key: &a.channel,
+        messages: a.messages,
+        size: a.size,
+        rate: a.rate,
+    })?;
+    let per = done.replies as f64 / (done.sent.max(1) as f64);
+    eprintln!(
+        "ringq: published {} messages to '{}' in {:.3} s ({:.0} msgs/s); {} deliveries to \
+         subscribers ({per:.2} per message)",
+        done.sent,
+        a.channel,
+        done.secs,
+        done.sent as f64 / done.secs.max(1e-9),
+        done.replies
+    );
+    Ok(())
+}
+
+/// One pipelined run: `messages` commands `command key payload`.
+struct Pump<'a> {
+    url: &'a str,
+    command: &'static str,
+    key: &'a str,
+    messages: u64,
+    size: Option<u64>,
+    rate: Option<f64>,
+}
+
+/// What a run did.
+struct Pumped {
+    sent: u64,
+    /// The integer replies summed (LPUSH: list lengths; PUBLISH: receivers).
+    replies: i64,
+    secs: f64,
+}
+
+fn pump(p: &Pump<'_>) -> Result<Pumped, Exit> {
+    let info = ConnectionInfo::parse(p.url).map_err(Exit::engine)?;
     let mut conn = Conn::connect(&info)?;
     conn.handshake(&info)?;
 
-    let filler = a.size.map(|s| vec![b'x'; s as usize]);
+    let filler = p.size.map(|s| vec![b'x'; s as usize]);
     let payload = |i: u64, buf: &mut Vec<u8>| {
         buf.clear();
         match &filler {
@@ -46,18 +110,19 @@ pub fn run(a: ProduceArgs) -> Result<(), Exit> {
             None => buf.extend_from_slice(i.to_string().as_bytes()),
         }
     };
-    let per_round = a
+    let per_round = p
         .size
         .map_or(PIPELINE, |s| (ROUND_BYTES / s.max(1)).clamp(1, PIPELINE));
     let progress = io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_progress = start;
     let mut sent = 0u64;
+    let mut replies = 0i64;
     let mut out = Vec::new();
     let mut body = Vec::new();
-    while sent < a.messages {
-        let due = match a.rate {
-            None => a.messages,
+    while sent < p.messages {
+        let due = match p.rate {
+            None => p.messages,
             Some(rate) => {
                 // Messages 0..=floor(elapsed·R) are due now.
                 let due = (start.elapsed().as_secs_f64() * rate).floor() as u64 + 1;
@@ -66,27 +131,25 @@ pub fn run(a: ProduceArgs) -> Result<(), Exit> {
                     std::thread::sleep(next.saturating_duration_since(Instant::now()));
                     continue;
                 }
-                due.min(a.messages)
+                due.min(p.messages)
             }
         };
         let n = (due - sent).min(per_round);
         out.clear();
         for i in sent..sent + n {
             payload(i, &mut body);
-            encode_command(&mut out, [&b"LPUSH"[..], a.queue.as_bytes(), &body]);
+            encode_command(&mut out, [p.command.as_bytes(), p.key.as_bytes(), &body]);
         }
         conn.write(&out)?;
         for _ in 0..n {
-            let reply = conn.read_reply()?;
-            match reply {
-                Frame::Integer(_) => {}
+            match conn.read_reply()? {
+                Frame::Integer(k) => replies += k,
                 other => {
+                    let (cmd, key) = (p.command, p.key);
                     return Err(Exit::runtime(match other.to_server_error() {
-                        Some(e) => {
-                            format!("LPUSH to '{}' failed after {sent} messages: {e}", a.queue)
-                        }
-                        None => format!("LPUSH to '{}': unexpected reply {other:?}", a.queue),
-                    }))
+                        Some(e) => format!("{cmd} to '{key}' failed after {sent} messages: {e}"),
+                        None => format!("{cmd} to '{key}': unexpected reply {other:?}"),
+                    }));
                 }
             }
         }
@@ -96,21 +159,19 @@ pub fn run(a: ProduceArgs) -> Result<(), Exit> {
             let secs = start.elapsed().as_secs_f64();
             eprint!(
                 "\r\x1b[Kringq: {sent}/{} messages, {:.0} msgs/s",
-                a.messages,
+                p.messages,
                 sent as f64 / secs.max(1e-9)
             );
         }
     }
-    let secs = start.elapsed().as_secs_f64();
     if progress {
         eprint!("\r\x1b[K");
     }
-    eprintln!(
-        "ringq: produced {sent} messages to '{}' in {secs:.3} s ({:.0} msgs/s)",
-        a.queue,
-        sent as f64 / secs.max(1e-9)
-    );
-    Ok(())
+    Ok(Pumped {
+        sent,
+        replies,
+        secs: start.elapsed().as_secs_f64(),
+    })
 }
 
 enum Stream {
