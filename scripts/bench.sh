@@ -8,13 +8,16 @@
 #                 and `cargo bench` reuses the same artifacts instead of a second build
 #   3. codec      criterion micro-benchmarks of ringq-resp against redis-protocol
 #                 (results: target/criterion/)
-#   4. drain-batch, drain-single, latency
+#   4. drain-batch, drain-single, latency, pubsub
 #                 the ringq-bench scenarios (bench/): ringq against redis-rs, tokio-uring
 #                 and the raw limit probe, each consumer in its own child process, on a
 #                 private redis-server started on a free port (the embedded default):
 #                   drain --pop batch   1,000,000 messages of 16 B
 #                   drain --pop single    200,000 messages of 16 B (one per BRPOP)
 #                   latency             10,000 msg/s for 10 s, with PING as the floor
+#                   pubsub              a 1,000,000-message burst of 16 B to one
+#                                       subscriber, then 10,000 msg/s for 10 s (ringq
+#                                       and redis-rs)
 #                 Each writes NAME.json (the contract's shape), NAME.md (its table) and,
 #                 for latency, NAME.svg (percentile plot) under $RINGQ_BENCH_OUT;
 #                 results.md puts machine.txt and the three tables together.
@@ -99,6 +102,9 @@ scenarios() {
         --pop single --messages "$single_messages" --size 16
     step "${prefix}latency" scenario "$dir" latency latency "${url_args[@]}" \
         --rate 10000 --duration "$latency_secs" --size 16
+    step "${prefix}pubsub" scenario "$dir" pubsub pubsub "${url_args[@]}" \
+        --messages "$batch_messages" --size 16 --rate 10000 --duration "$latency_secs" \
+        --clients ringq,redis-rs
     {
         echo "# ringq-bench results"
         echo
@@ -107,7 +113,7 @@ scenarios() {
         echo '```'
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
-        for name in drain-batch drain-single latency; do
+        for name in drain-batch drain-single latency pubsub; do
             echo
             cat "$dir/$name.md"
         done

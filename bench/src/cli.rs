@@ -33,8 +33,12 @@ SCENARIOS
   latency      a producer pushes --rate messages per second for --duration seconds, each
                carrying its intended send time; latency is measured from that time to the
                consumer's handler (coordinated-omission corrected, as wrk2 does)
-  pubsub, reliable
-               not available yet
+  pubsub       one subscriber per client (ringq, redis-rs) on one channel: the parent
+               publishes --messages messages of --size bytes pipelined at full speed, then
+               --rate messages per second for --duration seconds stamped with their send
+               time. Reports received, lost, receive rate ÷ the publisher's, consumer and
+               server CPU per message, and p50/p99 latency at the fixed rate
+  reliable     not available yet
 
 OUTPUT
   A markdown table on stdout: msgs/s, CPU µs per message, latency percentiles (latency
@@ -144,7 +148,8 @@ pub enum Scenario {
     Drain,
     /// Fixed-rate producer, coordinated-omission-corrected latency.
     Latency,
-    /// Pub/sub fan-out (not available yet: the engine has no listen mode yet).
+    /// Pub/sub: a full-speed burst to one subscriber (received, lost, rates, consumer and
+    /// server CPU), then latency at --rate.
     Pubsub,
     /// At-least-once BLMOVE delivery (not available yet: the engine has no reliable mode yet).
     Reliable,

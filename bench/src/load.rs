@@ -128,6 +128,54 @@ pub fn fill(
     })
 }
 
+/// Publishes `count` messages of `size` bytes to `channel` as fast as the server takes
+/// them (pipelined from one thread; replies counted on another). Returns the seconds from
+/// the first write to the last reply, and the receivers summed over the replies.
+///
+/// # Errors
+/// Connection and server errors.
+pub fn publish_burst(url: &str, channel: &str, count: u64, size: usize) -> Result<(f64, u64)> {
+    let mut conn = RawConn::connect(url)?;
+    let mut reader = RawConn::from_stream(conn.try_clone_stream()?);
+    let payload = vec![b'x'; size];
+    thread::scope(|s| {
+        let start = std::time::Instant::now();
+        let replies = s.spawn(move || -> Result<u64> {
+            let mut receivers = 0u64;
+            for _ in 0..count {
+                match reader.read_frame()? {
+                    Frame::Integer(n) => receivers += u64::try_from(n).unwrap_or(0),
+                    other => return Err(Error::new(format!("PUBLISH failed: {other:?}"))),
+                }
+            }
+            Ok(receivers)
+        });
+        let mut out = BytesMut::with_capacity(FILL_WRITE_BYTES + 4096);
+        let sent = (|| -> Result<()> {
+            for _ in 0..count {
+                CommandWriter::new(&mut out, 3)
+                    .arg("PUBLISH")
+                    .arg(channel)
+                    .arg(&payload)
+                    .finish();
+                if out.len() >= FILL_WRITE_BYTES {
+                    conn.write_all(&out)?;
+                    out.clear();
+                }
+            }
+            conn.write_all(&out)
+        })();
+        if sent.is_err() {
+            conn.shutdown();
+        }
+        let receivers = replies
+            .join()
+            .unwrap_or_else(|_| Err(Error::new("the reply reader panicked")));
+        sent?;
+        Ok((start.elapsed().as_secs_f64(), receivers?))
+    })
+}
+
 /// What the producer did.
 #[derive(Debug, Clone, Copy)]
 pub struct Produced {
@@ -141,6 +189,22 @@ pub struct Produced {
 /// # Errors
 /// Connection and server errors.
 pub fn produce(
+    url: &str,
+    queues: &[String],
+    rate: u32,
+    count: u64,
+    size: usize,
+    pb: &ProgressBar,
+) -> Result<Produced> {
+    produce_with("LPUSH", url, queues, rate, count, size, pb)
+}
+
+/// As [`produce`], with `command` (`PUBLISH` to channels) instead of LPUSH.
+///
+/// # Errors
+/// Connection and server errors.
+pub fn produce_with(
+    command: &str,
     url: &str,
     queues: &[String],
     rate: u32,
@@ -171,7 +235,7 @@ pub fn produce(
                     latency::stamp(&mut payload, due(i), i);
                     let q = &queues[(i % queues.len() as u64) as usize];
                     CommandWriter::new(&mut out, 3)
-                        .arg("LPUSH")
+                        .arg(command)
                         .arg(q)
                         .arg(&payload)
                         .finish();

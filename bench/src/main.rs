@@ -36,6 +36,7 @@ mod load;
 mod noise;
 mod plot;
 mod progress;
+mod pubsub;
 mod report;
 mod scenario;
 mod server;

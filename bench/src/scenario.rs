@@ -28,16 +28,11 @@ use crate::spec::ChildSpec;
 /// an error.
 pub fn run(cli: &Cli) -> Result<()> {
     match cli.scenario {
-        Scenario::Pubsub => {
-            return Err(Error::unavailable(
-                "scenario 'pubsub' is not available yet: the engine has no listen mode yet \
-                 (available now: drain, latency)",
-            ))
-        }
+        Scenario::Pubsub => return crate::pubsub::run(cli),
         Scenario::Reliable => {
             return Err(Error::unavailable(
                 "scenario 'reliable' is not available yet: the engine has no reliable mode \
-                 yet (available now: drain, latency)",
+                 yet (available now: drain, latency, pubsub)",
             ))
         }
         Scenario::Drain | Scenario::Latency => {}
@@ -86,7 +81,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn server_label(broker: &Broker) -> String {
+pub(crate) fn server_label(broker: &Broker) -> String {
     let place = if broker.is_embedded() {
         "embedded"
     } else {
@@ -102,7 +97,12 @@ fn pop_label(pop: PopMode) -> &'static str {
     }
 }
 
-fn base_spec(cli: &Cli, broker: &Broker, queues: &[String], client: ClientKind) -> ChildSpec {
+pub(crate) fn base_spec(
+    cli: &Cli,
+    broker: &Broker,
+    queues: &[String],
+    client: ClientKind,
+) -> ChildSpec {
     ChildSpec {
         client,
         url: broker.url.clone(),
@@ -117,11 +117,12 @@ fn base_spec(cli: &Cli, broker: &Broker, queues: &[String], client: ClientKind) 
         latency: false,
         rate: cli.rate,
         deadline_secs: 60.0,
+        channel: None,
     }
 }
 
 /// Runs one client's child through `f`, and notes other processes' load meanwhile.
-fn measured(
+pub(crate) fn measured(
     broker: &Broker,
     f: impl FnOnce() -> Result<ChildOutcome>,
 ) -> (Result<ChildOutcome>, Option<String>) {
@@ -131,7 +132,7 @@ fn measured(
     (outcome, note)
 }
 
-fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
+pub(crate) fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
     match (a, b) {
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),

@@ -38,6 +38,11 @@ pub struct ChildSpec {
     pub rate: u32,
     /// Give up (and fail) after this many seconds.
     pub deadline_secs: f64,
+    /// `pubsub`: subscribe to this channel instead of popping `queues`. Messages may then
+    /// be lost (pub/sub is at-most-once): the child stops once `expected` arrived, or
+    /// when none has arrived for a while, and reports what it got.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 impl ChildSpec {

@@ -33,6 +33,19 @@ use crate::spec::{ChildReport, ChildSpec};
 /// The client failed, or did not consume every expected message before its deadline.
 pub fn run(spec: &ChildSpec) -> Result<ChildReport> {
     let sink = Arc::new(Sink::new(spec));
+    if spec.channel.is_some() {
+        let note = match spec.client {
+            ClientKind::Ringq => ringq_client::listen(spec, &sink)?,
+            ClientKind::RedisRs => redis_rs::listen(spec, &sink)?,
+            other => {
+                return Err(Error::new(format!(
+                    "{} has no pub/sub consumer in the pubsub scenario",
+                    other.name()
+                )))
+            }
+        };
+        return sink.report(note);
+    }
     let note = match spec.client {
         ClientKind::Ringq => ringq_client::run(spec, &sink)?,
         ClientKind::RedisRs => redis_rs::run(spec, &sink)?,
@@ -59,7 +72,17 @@ pub struct Sink {
     done: tokio::sync::Notify,
     /// The same, for threads: set once, under its mutex, then the condvar is notified.
     done_flag: (Mutex<bool>, Condvar),
+    /// Pub/sub: messages may be lost, so a run also ends once no message has arrived
+    /// for [`QUIET`], and reports what it got.
+    lossy: bool,
+    /// Set when a lossy run ended quiet.
+    quiet: std::sync::atomic::AtomicBool,
+    /// When the latest message was counted (lossy runs only).
+    last_ns: AtomicU64,
 }
+
+/// How long a pub/sub consumer waits without a message before it stops counting.
+pub const QUIET: Duration = Duration::from_secs(2);
 
 impl Sink {
     fn new(spec: &ChildSpec) -> Self {
@@ -74,7 +97,29 @@ impl Sink {
             error: Mutex::new(None),
             done: tokio::sync::Notify::new(),
             done_flag: (Mutex::new(false), Condvar::new()),
+            lossy: spec.channel.is_some(),
+            quiet: std::sync::atomic::AtomicBool::new(false),
+            last_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Lossy runs: ends the run once messages have arrived and then none for [`QUIET`].
+    pub fn stop_when_quiet(self: &Arc<Self>) {
+        let sink = self.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if sink.is_done() {
+                return;
+            }
+            let last = sink.last_ns.load(Ordering::Acquire);
+            let idle = latency::mono_ns().saturating_sub(last);
+            if last > 0 && idle >= QUIET.as_nanos() as u64 {
+                sink.quiet.store(true, Ordering::Release);
+                sink.end_ns.store(last, Ordering::Release);
+                sink.wake();
+                return;
+            }
+        });
     }
 
     /// Says the client is connected and consuming: prints `ready` for the parent, and
@@ -131,6 +176,9 @@ impl Sink {
             return self.is_done();
         }
         let total = self.count.fetch_add(n, Ordering::AcqRel) + n;
+        if self.lossy {
+            self.last_ns.store(latency::mono_ns(), Ordering::Release);
+        }
         if total >= self.expected {
             if total - n < self.expected {
                 self.end_ns.store(latency::mono_ns(), Ordering::Release);
@@ -143,7 +191,9 @@ impl Sink {
 
     /// Whether every expected message was counted, or the client failed.
     pub fn is_done(&self) -> bool {
-        self.count.load(Ordering::Acquire) >= self.expected || self.failed()
+        self.count.load(Ordering::Acquire) >= self.expected
+            || self.failed()
+            || self.quiet.load(Ordering::Acquire)
     }
 
     fn failed(&self) -> bool {
@@ -219,7 +269,8 @@ impl Sink {
             return Err(Error::new(e));
         }
         let messages = self.count();
-        if messages != self.expected {
+        let lost = self.lossy && messages < self.expected;
+        if messages != self.expected && !lost {
             return Err(Error::new(format!(
                 "counted {messages} messages, expected {}",
                 self.expected
@@ -236,12 +287,47 @@ impl Sink {
         } else {
             None
         };
+        let note = match (lost, note) {
+            (true, n) => Some(format!(
+                "{}lost {} of {} messages",
+                n.map(|n| format!("{n}; ")).unwrap_or_default(),
+                self.expected - messages,
+                self.expected
+            )),
+            (false, n) => n,
+        };
         Ok(ChildReport {
             messages,
             seconds: (end - start) as f64 / 1e9,
             latency,
             note,
         })
+    }
+}
+
+/// Waits until the server counts a subscriber of `channel` (`PUBSUB NUMSUB`), or
+/// `give_up` says the client stopped.
+///
+/// # Errors
+/// Connection errors, or no subscriber within 30 s.
+pub fn wait_subscribed(url: &str, channel: &str, give_up: impl Fn() -> bool) -> Result<()> {
+    let mut conn = crate::conn::RawConn::connect(url)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = conn.command(["PUBSUB", "NUMSUB", channel])?;
+        let n = reply
+            .as_elements()
+            .and_then(|e| e.get(1).and_then(|v| v.as_integer()))
+            .unwrap_or(0);
+        if n >= 1 || give_up() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::new(format!(
+                "{channel}: never subscribed within 30 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -106,3 +106,42 @@ fn redis_url(url: &str) -> String {
         None => url.to_owned(),
     }
 }
+
+/// `pubsub`: redis-rs's async `PubSub` connection, subscribed to the channel, each
+/// message's payload handed to the sink as application code would (`get_payload_bytes`).
+pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
+    use futures_util::StreamExt as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("building the tokio runtime", e))?;
+    sink.watchdog(super::deadline(spec), || {});
+    let channel = spec.channel.clone().unwrap_or_default();
+    rt.block_on(async {
+        let client = redis::Client::open(redis_url(&spec.url))?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        sink.ready();
+        sink.stop_when_quiet();
+        let mut messages = pubsub.on_message();
+        loop {
+            tokio::select! {
+                () = sink.finished() => break,
+                m = messages.next() => match m {
+                    Some(m) => {
+                        if sink.consume([m.get_payload_bytes()]) {
+                            break;
+                        }
+                    }
+                    None => {
+                        sink.fail("redis-rs: the pub/sub connection ended");
+                        break;
+                    }
+                },
+            }
+        }
+        Ok::<_, Error>(())
+    })?;
+    std::mem::forget(rt);
+    Ok(None)
+}

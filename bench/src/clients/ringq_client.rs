@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringq::{EngineBuilder, Handler, Message, Outcome, PopConsumer, PopStrategy};
+use ringq::{EngineBuilder, Handler, ListenConsumer, Message, Outcome, PopConsumer, PopStrategy};
 
 use super::Sink;
 use crate::cli::PopMode;
@@ -91,4 +91,33 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
             sink.count()
         )
     }))
+}
+
+/// `pubsub`: one listen-mode engine on one shard subscribed to the channel; `ready` once
+/// the server counts the subscriber, so the publisher's first message is not missed.
+pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
+    let channel = spec.channel.clone().unwrap_or_default();
+    let running = EngineBuilder::new(&spec.url)
+        .prefetch(65_536)
+        .pin_cores(spec.pin_cores)
+        .client_name("ringq-bench")
+        .start(
+            ListenConsumer::new().channel(channel.clone()),
+            SinkHandler(sink.clone()),
+        )?;
+    let stop = running.shutdown_handle();
+    sink.watchdog(super::deadline(spec), || {});
+    let waiter = sink.clone();
+    std::thread::Builder::new()
+        .name("ringq-bench-stop".into())
+        .spawn(move || {
+            waiter.wait_blocking();
+            stop.shutdown();
+        })
+        .map_err(|e| crate::error::Error::io("spawning the stop thread", e))?;
+    super::wait_subscribed(&spec.url, &channel, || running.is_stopping())?;
+    sink.ready();
+    sink.stop_when_quiet();
+    let stats = running.wait()?;
+    Ok((stats.gaps > 0).then(|| format!("{} gap(s) in the subscription", stats.gaps)))
 }

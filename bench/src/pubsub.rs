@@ -1,0 +1,301 @@
+//! The `pubsub` scenario: one subscriber per client on one channel.
+//!
+//! 1. **Burst.** The parent (its own process) publishes `--messages` messages of
+//!    `--size` bytes pipelined as fast as the server takes them, to a subscriber child
+//!    that counts until it has all of them or none arrived for a while. Reported:
+//!    received, lost, the receive rate and its ratio to the publisher's rate, the
+//!    consumer's CPU per message (`wait4`), and the server's CPU per message (embedded
+//!    server: `/proc/PID/stat` around the run).
+//! 2. **Latency.** `--rate` messages per second for `--duration` seconds, each stamped with
+//!    its intended send time: p50/p99 from the intended time to the handler.
+//!
+//! JSON: `{"scenario": "pubsub", "clients": [{"name", "messages", "seconds",
+//! "msgs_per_sec", "cpu_us_per_msg", "p50_us", "p99_us", "p999_us", "max_us", "published",
+//! "lost", "publisher_msgs_per_sec", "server_cpu_us_per_msg"}]}` — `messages` is what was
+//! received in the burst.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::child::{self, ChildOutcome};
+use crate::cli::{Cli, ClientKind};
+use crate::error::Result;
+use crate::load;
+use crate::noise::process_cpu;
+use crate::progress;
+use crate::report::write_file;
+use crate::scenario::{base_spec, join_notes, measured, server_label};
+use crate::server::Broker;
+
+const CHANNEL: &str = "ringq-bench:channel";
+
+/// One client's figures.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    name: String,
+    /// Received in the burst.
+    messages: u64,
+    seconds: f64,
+    msgs_per_sec: f64,
+    cpu_us_per_msg: f64,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    p999_us: Option<f64>,
+    max_us: Option<f64>,
+    published: u64,
+    lost: u64,
+    publisher_msgs_per_sec: f64,
+    server_cpu_us_per_msg: Option<f64>,
+}
+
+struct Outcome {
+    kind: ClientKind,
+    row: std::result::Result<Row, String>,
+    note: Option<String>,
+}
+
+/// Runs the scenario, prints the table, writes `--json`.
+///
+/// # Errors
+/// A server that cannot be started or reached, or an output file that cannot be written.
+pub fn run(cli: &Cli) -> Result<()> {
+    let broker = Broker::open(cli.url.as_deref())?;
+    let n = cli.messages.max(1);
+    let rate = cli.rate.max(1);
+    let count = ((f64::from(rate) * cli.duration().as_secs_f64()).round() as u64).max(1);
+    let title = format!(
+        "pubsub: a burst of {n} messages of {} B published pipelined at full speed, then {rate} msg/s for {:.1} s; one subscriber; {}",
+        cli.size,
+        cli.duration().as_secs_f64(),
+        server_label(&broker)
+    );
+    eprintln!("{title}");
+    let mut results = Vec::new();
+    for &kind in &cli.clients {
+        if !matches!(kind, ClientKind::Ringq | ClientKind::RedisRs) {
+            eprintln!(
+                "ringq-bench: {} has no pub/sub consumer; skipped in pubsub",
+                kind.name()
+            );
+            continue;
+        }
+        results.push(one_client(cli, &broker, kind, n, rate, count));
+    }
+    let report = render(&title, &results);
+    print!("{report}");
+    if let Some(path) = &cli.json {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            scenario: &'a str,
+            clients: Vec<&'a Row>,
+        }
+        let json = Json {
+            scenario: "pubsub",
+            clients: results.iter().filter_map(|r| r.row.as_ref().ok()).collect(),
+        };
+        write_file(path, &serde_json::to_string_pretty(&json)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn one_client(
+    cli: &Cli,
+    broker: &Broker,
+    kind: ClientKind,
+    n: u64,
+    rate: u32,
+    count: u64,
+) -> Outcome {
+    let server_pid = broker.server_pid();
+    // 1. The burst.
+    let mut spec = base_spec(cli, broker, &[], kind);
+    spec.channel = Some(CHANNEL.to_owned());
+    spec.expected = n;
+    spec.shards = 1;
+    spec.deadline_secs = 60.0 + n as f64 / 20_000.0;
+    let server_before = server_pid.and_then(process_cpu);
+    let mut published = (0.0, 0);
+    eprintln!(
+        "publishing {n} messages to {}'s subscriber ...",
+        kind.name()
+    );
+    let (burst, noise) = measured(broker, || {
+        child::run(&spec, || {
+            published = load::publish_burst(&broker.url, CHANNEL, n, cli.size)?;
+            Ok(())
+        })
+    });
+    let server_after = server_pid.and_then(process_cpu);
+    let burst = match burst {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ringq-bench: {}: {e}", kind.name());
+            return Outcome {
+                kind,
+                row: Err(e.to_string()),
+                note: noise,
+            };
+        }
+    };
+    // 2. Latency at a fixed rate.
+    let mut spec = base_spec(cli, broker, &[], kind);
+    spec.channel = Some(CHANNEL.to_owned());
+    spec.expected = count;
+    spec.latency = true;
+    spec.shards = 1;
+    spec.deadline_secs = cli.duration().as_secs_f64() + 30.0;
+    let pb = progress::bar(
+        count,
+        &format!("publishing at {rate}/s for {}", kind.name()),
+    );
+    let size = cli.size.max(crate::latency::STAMP_LEN);
+    let channels = [CHANNEL.to_owned()];
+    let (lat, lat_noise) = measured(broker, || {
+        child::run(&spec, || {
+            load::produce_with("PUBLISH", &broker.url, &channels, rate, count, size, &pb)?;
+            Ok(())
+        })
+    });
+    pb.finish_and_clear();
+    let ChildOutcome { report, cpu } = burst;
+    let received = report.messages;
+    let seconds = report.seconds.max(1e-9);
+    let server_cpu = match (server_before, server_after) {
+        (Some(a), Some(b)) => Some((b.saturating_sub(a)).as_secs_f64() * 1e6 / n as f64),
+        _ => None,
+    };
+    let (latency, lat_note) = match lat {
+        Ok(o) => (o.report.latency, o.report.note),
+        Err(e) => (None, Some(format!("latency run failed: {e}"))),
+    };
+    let row = Row {
+        name: kind.name().to_owned(),
+        messages: received,
+        seconds: report.seconds,
+        msgs_per_sec: received as f64 / seconds,
+        cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
+        p50_us: latency.as_ref().map(|l| l.p50_us),
+        p99_us: latency.as_ref().map(|l| l.p99_us),
+        p999_us: latency.as_ref().map(|l| l.p999_us),
+        max_us: latency.as_ref().map(|l| l.max_us),
+        published: n,
+        lost: n.saturating_sub(received),
+        publisher_msgs_per_sec: n as f64 / published.0.max(1e-9),
+        server_cpu_us_per_msg: server_cpu,
+    };
+    let note = [report.note, lat_note, noise, lat_noise]
+        .into_iter()
+        .fold(None, join_notes);
+    Outcome {
+        kind,
+        row: Ok(row),
+        note,
+    }
+}
+
+fn render(title: &str, results: &[Outcome]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### {title}\n");
+    let header = [
+        "client",
+        "published",
+        "received",
+        "lost",
+        "msgs/s",
+        "÷ publisher",
+        "CPU µs/msg",
+        "server CPU µs/msg",
+        "p50 µs",
+        "p99 µs",
+        "CPU ÷ redis-rs",
+    ];
+    let _ = writeln!(s, "| {} |", header.join(" | "));
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(header.len() - 1));
+    let redis_cpu = results
+        .iter()
+        .find(|r| r.kind == ClientKind::RedisRs)
+        .and_then(|r| r.row.as_ref().ok())
+        .map(|r| r.cpu_us_per_msg);
+    let opt = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
+    for r in results {
+        match &r.row {
+            Ok(row) => {
+                let cells = [
+                    row.name.clone(),
+                    row.published.to_string(),
+                    row.messages.to_string(),
+                    row.lost.to_string(),
+                    format!("{:.0}", row.msgs_per_sec),
+                    format!(
+                        "{:.2}×",
+                        row.msgs_per_sec / row.publisher_msgs_per_sec.max(1e-9)
+                    ),
+                    format!("{:.3}", row.cpu_us_per_msg),
+                    opt(row.server_cpu_us_per_msg, 3),
+                    opt(row.p50_us, 1),
+                    opt(row.p99_us, 1),
+                    opt(redis_cpu.map(|c| row.cpu_us_per_msg / c.max(1e-12)), 2),
+                ];
+                let _ = writeln!(s, "| {} |", cells.join(" | "));
+            }
+            Err(why) => {
+                let why = why.replace('|', "/").replace('\n', " ");
+                let blanks = " |".repeat(header.len() - 2);
+                let _ = writeln!(s, "| {} | **failed**: {why} |{blanks}", r.kind.name());
+            }
+        }
+    }
+    let notes: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.note.as_ref().map(|n| format!("- {}: {n}", r.kind.name())))
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\n{}", notes.join("\n"));
+    }
+    if let Some(ringq) = results
+        .iter()
+        .find(|r| r.kind == ClientKind::Ringq)
+        .and_then(|r| r.row.as_ref().ok())
+    {
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let ratio = ringq.msgs_per_sec / ringq.publisher_msgs_per_sec.max(1e-9);
+        let _ = writeln!(s, "\nTargets (issue 10, reported, not asserted):");
+        let _ = writeln!(
+            s,
+            "- every message received: {} of {} — {}",
+            ringq.messages,
+            ringq.published,
+            verdict(ringq.lost == 0)
+        );
+        let _ = writeln!(
+            s,
+            "- receive rate ÷ publisher's: {ratio:.2}× (target ≥ 0.95×) — {}",
+            verdict(ratio >= 0.95)
+        );
+        let _ = writeln!(
+            s,
+            "- consumer CPU: {:.3} µs/msg (target ≤ 0.5) — {}",
+            ringq.cpu_us_per_msg,
+            verdict(ringq.cpu_us_per_msg <= 0.5)
+        );
+        match redis_cpu {
+            Some(c) => {
+                let r = ringq.cpu_us_per_msg / c.max(1e-12);
+                let _ = writeln!(
+                    s,
+                    "- consumer CPU ÷ redis-rs: {r:.2}× (target ≤ 0.3×) — {}",
+                    verdict(r <= 0.3)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "- consumer CPU ÷ redis-rs: not measured (redis-rs did not run)"
+                );
+            }
+        }
+    }
+    s
+}
