@@ -555,3 +555,53 @@ fn a_subscription_the_acl_refuses_is_a_clear_error() {
         .unwrap();
     assert!(connections < 10, "no retry loop: {connections} connections");
 }
+
+/// An `unsubscribe` nobody asked for (as a shard channel's slot migration or an ACL
+/// change sends): ringq subscribes again at once and reports the gap once the server has
+/// confirmed. Scripted, since a single real server sends this only in cluster setups.
+#[test]
+fn an_unsolicited_unsubscribe_is_resubscribed_and_reported() {
+    use ringq_tests::{Script, ScriptedServer};
+    let hello = "%2\r\n$7\r\nversion\r\n$5\r\n7.2.0\r\n$2\r\nid\r\n:7\r\n";
+    let confirm = ">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+    let script = Script::new()
+        .reply(hello)
+        .reply(confirm)
+        .reply(format!(
+            "+PONG\r\n>3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n"
+        ))
+        .reply(confirm)
+        .reply("+PONG\r\n>3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nafter\r\n");
+    let server = ScriptedServer::start(script).unwrap();
+    let rec = Rec::default();
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .start(ListenConsumer::new().channel("ch"), rec.clone())
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || rec.len() == 1),
+        "the message after the resubscribe"
+    );
+    let stats = running.shutdown().unwrap();
+    let subscribes = server
+        .received()
+        .iter()
+        .filter(|c| c.first().is_some_and(|a| a == "SUBSCRIBE"))
+        .count();
+    assert_eq!(subscribes, 2, "subscribed again");
+    let gaps = rec.gaps();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let Event::Gap {
+        subscriptions,
+        cause,
+        resubscribed_at,
+        ..
+    } = &gaps[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(subscriptions, &["channel ch"]);
+    assert_eq!(cause, &GapCause::Unsubscribed);
+    assert!(resubscribed_at.is_some());
+    assert_eq!(stats.gaps, 1);
+}
