@@ -567,9 +567,7 @@ fn an_unsolicited_unsubscribe_is_resubscribed_and_reported() {
     let script = Script::new()
         .reply(hello)
         .reply(confirm)
-        .reply(format!(
-            "+PONG\r\n>3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n"
-        ))
+        .reply("+PONG\r\n>3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n")
         .reply(confirm)
         .reply("+PONG\r\n>3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nafter\r\n");
     let server = ScriptedServer::start(script).unwrap();
