@@ -1,5 +1,6 @@
-//! Listen mode (pub/sub) against real servers — redis-server, and Valkey 9 for the core
-//! cases — in RESP3 and RESP2 (a server without HELLO): every message of a burst arrives
+//! Listen mode (pub/sub) against real servers — redis-server, and Valkey 9 for every case
+//! but the dispatch-mode sweep and the scripted one — in RESP3 and RESP2 (a server
+//! without HELLO): every message of a burst arrives
 //! in order, patterns and shard channels, subscriptions spread over shards, and the
 //! never-silent promises: a killed connection, a restart and a frozen server are each
 //! followed by a resubscribe and a gap event; a slow handler either blocks (and the
@@ -72,6 +73,19 @@ impl Rec {
 
 fn seq(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// redis-server and Valkey 9 (both RESP3), for the cases where RESP2 adds nothing.
+fn redis_and_valkey() -> Vec<(&'static str, RedisServer)> {
+    let valkey = find_valkey_server()
+        .unwrap_or_else(|e| panic!("the listen tests run against Valkey 9 too and need it: {e}"));
+    vec![
+        ("redis", RedisServer::start().unwrap()),
+        (
+            "valkey",
+            RedisServer::builder().binary(valkey).start().unwrap(),
+        ),
+    ]
 }
 
 /// The servers the core cases run on: redis-server (RESP3), redis-server without HELLO
@@ -339,7 +353,12 @@ fn a_server_restart_is_followed_by_a_resubscribe_and_a_gap() {
 /// gap event, and receives again.
 #[test]
 fn a_frozen_server_is_noticed_by_the_ping_deadline_and_resubscribed_after_it_thaws() {
-    let server = RedisServer::start().unwrap();
+    for (_, server) in redis_and_valkey() {
+        frozen(&server);
+    }
+}
+
+fn frozen(server: &RedisServer) {
     let rec = Rec::default();
     let running = EngineBuilder::new(server.url())
         .pin_cores(false)
@@ -386,7 +405,12 @@ fn a_frozen_server_is_noticed_by_the_ping_deadline_and_resubscribed_after_it_tha
 /// ones, in order), and the gap names the output-buffer limit.
 #[test]
 fn a_blocked_slow_subscriber_dropped_by_the_server_names_the_output_buffer_limit() {
-    let server = RedisServer::start().unwrap();
+    for (_, server) in redis_and_valkey() {
+        blocked_until_dropped(&server);
+    }
+}
+
+fn blocked_until_dropped(server: &RedisServer) {
     let mut c = server.client().unwrap();
     c.cmd([
         "CONFIG",
@@ -461,7 +485,12 @@ fn a_blocked_slow_subscriber_dropped_by_the_server_names_the_output_buffer_limit
 /// and the drops are reported.
 #[test]
 fn drop_oldest_accounts_for_every_message() {
-    let server = RedisServer::start().unwrap();
+    for (_, server) in redis_and_valkey() {
+        drop_oldest(&server);
+    }
+}
+
+fn drop_oldest(server: &RedisServer) {
     let rec = Rec {
         slow: Some(Duration::from_micros(200)),
         ..Rec::default()
@@ -516,7 +545,12 @@ fn drop_oldest_accounts_for_every_message() {
 /// F15: an ACL user without the channel. The refusal is a clear error, not a retry loop.
 #[test]
 fn a_subscription_the_acl_refuses_is_a_clear_error() {
-    let server = RedisServer::start().unwrap();
+    for (_, server) in redis_and_valkey() {
+        acl_refusal(&server);
+    }
+}
+
+fn acl_refusal(server: &RedisServer) {
     let mut c = server.client().unwrap();
     c.cmd([
         "ACL",

@@ -64,17 +64,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .pin_cores(spec.pin_cores)
         .client_name("ringq-bench")
         .start(consumer, SinkHandler(sink.clone()))?;
-    let stop = running.shutdown_handle();
-    sink.watchdog(super::deadline(spec), || {});
-    // Stops the engine once every message is counted (or the watchdog failed the sink).
-    let waiter = sink.clone();
-    std::thread::Builder::new()
-        .name("ringq-bench-stop".into())
-        .spawn(move || {
-            waiter.wait_blocking();
-            stop.shutdown();
-        })
-        .map_err(|e| crate::error::Error::io("spawning the stop thread", e))?;
+    stop_when_done(spec, sink, &running)?;
     if spec.latency {
         // The producer starts on `ready`: every connection must be up and blocked first.
         while running.stats().connections_ready < lanes as u64 && !running.is_stopping() {
@@ -105,6 +95,17 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
             ListenConsumer::new().channel(channel.clone()),
             SinkHandler(sink.clone()),
         )?;
+    stop_when_done(spec, sink, &running)?;
+    super::wait_subscribed(&spec.url, &channel, || running.is_stopping())?;
+    sink.ready();
+    sink.stop_when_quiet();
+    let stats = running.wait()?;
+    Ok((stats.gaps > 0).then(|| format!("{} gap(s) in the subscription", stats.gaps)))
+}
+
+/// Arms the sink's watchdog and stops the engine once every message is counted (or the
+/// watchdog failed the sink).
+fn stop_when_done(spec: &ChildSpec, sink: &Arc<Sink>, running: &ringq::Running) -> Result<()> {
     let stop = running.shutdown_handle();
     sink.watchdog(super::deadline(spec), || {});
     let waiter = sink.clone();
@@ -115,9 +116,5 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
             stop.shutdown();
         })
         .map_err(|e| crate::error::Error::io("spawning the stop thread", e))?;
-    super::wait_subscribed(&spec.url, &channel, || running.is_stopping())?;
-    sink.ready();
-    sink.stop_when_quiet();
-    let stats = running.wait()?;
-    Ok((stats.gaps > 0).then(|| format!("{} gap(s) in the subscription", stats.gaps)))
+    Ok(())
 }

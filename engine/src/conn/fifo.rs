@@ -125,13 +125,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         allow: Duration,
         encode: impl FnOnce(&mut BytesMut),
     ) {
-        encode(&mut self.wbuf);
-        self.pending.push_back(Pending {
-            tag,
-            deadline: now + allow,
-            allow,
-            pushed: false,
-        });
+        self.queue(tag, now, allow, false, encode);
     }
 
     /// Queues a command answered by push frames if it succeeds (SUBSCRIBE and its kin, in
@@ -146,12 +140,23 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         allow: Duration,
         encode: impl FnOnce(&mut BytesMut),
     ) {
+        self.queue(tag, now, allow, true, encode);
+    }
+
+    fn queue(
+        &mut self,
+        tag: Tag<C>,
+        now: Instant,
+        allow: Duration,
+        pushed: bool,
+        encode: impl FnOnce(&mut BytesMut),
+    ) {
         encode(&mut self.wbuf);
         self.pending.push_back(Pending {
             tag,
             deadline: now + allow,
             allow,
-            pushed: true,
+            pushed,
         });
     }
 
