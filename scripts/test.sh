@@ -2,7 +2,8 @@
 # Runs every check and every test in the workspace; exits non-zero if any fails.
 #
 # Phases: setup (scripts/setup.sh) → rustfmt check → tests (cargo-nextest when installed,
-# else cargo test; unit, integration, real-server and bench-smoke targets) → doctests
+# else cargo test; unit, integration, real-server and bench-smoke targets) → the engine
+# and CLI suites again with RINGQ_BACKEND=epoll → doctests
 # (nextest does not run them) → clippy with -D warnings. After setup, every phase runs even
 # when an earlier one failed, so one run reports everything; the summary lists failures.
 #
@@ -52,6 +53,17 @@ else
     echo "cargo-nextest not installed: running the tests with cargo test"
     phase "tests (cargo test)" cargo test --workspace --all-targets -j "$jobs" --no-fail-fast \
         -- --test-threads "$jobs"
+fi
+
+# The engine and CLI suites once more on the epoll backend (the fallback where io_uring
+# is refused): the whole suite above ran on io_uring.
+if cargo nextest --version >/dev/null 2>&1; then
+    phase "tests on epoll (engine, cli)" env RINGQ_BACKEND=epoll cargo nextest run \
+        -p ringq -p ringq-cli --all-targets --config-file .ci/nextest.toml \
+        --build-jobs "$jobs" --test-threads "$jobs" --no-fail-fast
+else
+    phase "tests on epoll (engine, cli)" env RINGQ_BACKEND=epoll cargo test -p ringq \
+        -p ringq-cli --all-targets -j "$jobs" --no-fail-fast -- --test-threads "$jobs"
 fi
 
 phase "doctests" cargo test --workspace --doc -j "$jobs" --no-fail-fast

@@ -54,7 +54,8 @@ pub enum Command {
     ///
     /// Example: ringq publish --channel news --messages 100000 --size 16
     Publish(PublishArgs),
-    /// Show what io_uring offers on this host, or why ringq cannot use it (exit 1).
+    /// Show what io_uring offers on this host, or why ringq cannot use it (exit 1), and
+    /// the epoll fallback.
     Probe,
 }
 
@@ -160,6 +161,11 @@ pub struct ConsumeArgs {
     /// Do not pin shard threads to cores (for several consumers on one host).
     #[arg(long)]
     pub no_pin: bool,
+
+    /// I/O backend: io_uring where it works, else epoll with a warning (auto, the
+    /// default; also RINGQ_BACKEND), or one of them only.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +248,10 @@ pub struct SubscribeArgs {
     /// Do not pin the shard thread to a core.
     #[arg(long)]
     pub no_pin: bool,
+
+    /// I/O backend, as for consume.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +295,28 @@ pub enum Mode {
     Reliable,
     /// XREADGROUP/XACK consumer groups: at-least-once (not implemented yet).
     Stream,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// io_uring where it can be set up, else epoll (one warning says why).
+    Auto,
+    /// io_uring only.
+    IoUring,
+    /// epoll only.
+    Epoll,
+}
+
+impl BackendArg {
+    /// The engine's value.
+    pub fn engine(self) -> ringq::IoBackend {
+        match self {
+            BackendArg::Auto => ringq::IoBackend::Auto,
+            BackendArg::IoUring => ringq::IoBackend::IoUring,
+            BackendArg::Epoll => ringq::IoBackend::Epoll,
+        }
+    }
 }
 
 /// How a message is printed.

@@ -74,6 +74,9 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
     if let Some(n) = a.count {
         builder = builder.limit(n);
     }
+    if let Some(b) = a.backend {
+        builder = builder.backend(b.engine());
+    }
     if let Some(id) = &a.consumer_id {
         builder = builder.client_name(id.as_str());
     }

@@ -54,9 +54,20 @@ fn main() {
     }
 }
 
-/// `ringq probe`: what io_uring offers on this host, or why it cannot be used.
+/// `ringq probe`: what io_uring offers on this host, or why it cannot be used; and the
+/// epoll fallback, which is always there.
 fn probe() -> Result<(), Exit> {
-    let features = ringq::probe().map_err(Exit::engine)?;
-    println!("{features}");
-    Ok(())
+    let io_uring = ringq::probe();
+    if let Ok(features) = &io_uring {
+        println!("{features}");
+    }
+    println!(
+        "epoll: available{}",
+        if io_uring.is_ok() {
+            " (--backend epoll)"
+        } else {
+            "; consume and subscribe use it (--backend auto, the default)"
+        }
+    );
+    io_uring.map(|_| ()).map_err(Exit::engine)
 }

@@ -41,6 +41,9 @@ pub fn run(a: SubscribeArgs) -> Result<(), Exit> {
     if let Some(n) = a.count {
         builder = builder.limit(n);
     }
+    if let Some(b) = a.backend {
+        builder = builder.backend(b.engine());
+    }
     print_until_stopped(
         builder,
         consumer,

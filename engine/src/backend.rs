@@ -1,7 +1,8 @@
 //! The driver interface: everything a shard asks of the operating system's I/O, so that a
 //! backend other than io_uring (epoll, for hosts that refuse io_uring) is one new module
 //! with no change to connections, pipelines or dispatch. io_uring
-//! ([`crate::ring::Driver`]) is the one implementation today.
+//! ([`crate::ring::Driver`]) is the first implementation, epoll ([`crate::ring::epoll`])
+//! the second; [`IoBackend`] chooses between them.
 //!
 //! # The contract
 //! A backend runs asynchronous *operations* — connect, send, receive, read — each started
@@ -47,6 +48,48 @@ use bytes::Bytes;
 
 use crate::error::Error;
 pub(crate) use crate::ring::SockAddr;
+
+/// Which I/O backend an engine uses ([`EngineBuilder::backend`](crate::EngineBuilder::backend)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum IoBackend {
+    /// io_uring when the kernel and the sandbox allow it, else epoll, with one warning
+    /// naming why io_uring could not be used (the default).
+    #[default]
+    Auto,
+    /// io_uring only: the engine refuses to start where it is unavailable.
+    IoUring,
+    /// epoll: for containers whose seccomp profile refuses io_uring, and for comparison.
+    Epoll,
+}
+
+impl IoBackend {
+    /// Parses `auto`, `io_uring` (or `io-uring`, `iouring`) and `epoll`, as `--backend`
+    /// and `RINGQ_BACKEND` take them.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(IoBackend::Auto),
+            "io_uring" | "io-uring" | "iouring" | "uring" => Some(IoBackend::IoUring),
+            "epoll" => Some(IoBackend::Epoll),
+            _ => None,
+        }
+    }
+
+    /// `io_uring`, `epoll` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::IoUring => "io_uring",
+            IoBackend::Epoll => "epoll",
+        }
+    }
+}
+
+impl std::fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Identifies a started operation (for [`Backend::cancel`]); the backend's own encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

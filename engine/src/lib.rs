@@ -71,6 +71,7 @@ mod timer;
 mod url;
 mod wake;
 
+pub use backend::IoBackend;
 pub use dispatch::{bench_support, Dispatch, KeyFn};
 pub use engine::{Consumer, EngineBuilder, Running, ShutdownHandle};
 pub use error::{Error, ErrorKind};

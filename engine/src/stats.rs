@@ -146,6 +146,8 @@ pub struct Stats {
     pub per_source: Vec<(String, u64)>,
     /// Pop-to-handler latency in nanoseconds: from the reply's arrival to the handler call.
     pub latency_ns: Histogram<u64>,
+    /// The I/O backend the engine ran on: io_uring or epoll.
+    pub backend: crate::backend::IoBackend,
 }
 
 impl Stats {
@@ -153,6 +155,7 @@ impl Stats {
         shards: &[std::sync::Arc<ShardStats>],
         workers: &[std::sync::Arc<Mutex<Histogram<u64>>>],
         source_names: &[String],
+        backend: crate::backend::IoBackend,
     ) -> Self {
         let total = |f: fn(&ShardStats) -> &AtomicU64| {
             shards.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
@@ -209,6 +212,7 @@ impl Stats {
                 })
                 .collect(),
             latency_ns: latency,
+            backend,
         }
     }
 }

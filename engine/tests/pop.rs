@@ -1000,3 +1000,38 @@ fn without_the_right_to_unblock_a_stop_waits_for_blocked_pops_and_still_ends_cle
     c.lpush_many("idle", ["kept"]).unwrap();
     assert_eq!(c.llen("idle").unwrap(), 1);
 }
+
+/// Both backends drain a queue, and the one asked for is the one that runs; without a
+/// choice, `RINGQ_BACKEND` decides (scripts/test.sh runs the engine suite a second time
+/// with `RINGQ_BACKEND=epoll`), and `Auto` is io_uring where io_uring works.
+#[test]
+fn the_backend_asked_for_is_the_one_that_runs() {
+    use ringq::IoBackend;
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    for backend in [IoBackend::IoUring, IoBackend::Epoll] {
+        c.lpush_many("be", seq_payloads("m", 10_000)).unwrap();
+        let rec = Recorder::default();
+        let running = EngineBuilder::new(server.url())
+            .pin_cores(false)
+            .backend(backend)
+            .limit(10_000)
+            .start(PopConsumer::new(["be"]), rec.handler())
+            .unwrap();
+        assert_eq!(running.backend(), backend);
+        let stats = running.wait().unwrap();
+        assert_eq!((stats.messages, stats.backend), (10_000, backend));
+        assert_eq!(rec.len(), 10_000);
+    }
+    let from_env = std::env::var("RINGQ_BACKEND")
+        .ok()
+        .and_then(|v| IoBackend::parse(&v))
+        .filter(|b| *b != IoBackend::Auto)
+        .unwrap_or(IoBackend::IoUring);
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .start(PopConsumer::new(["be"]), |_: &Message<'_>| Outcome::Ack)
+        .unwrap();
+    assert_eq!(running.backend(), from_env);
+    running.shutdown().unwrap();
+}

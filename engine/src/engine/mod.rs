@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::backend::IoBackend;
 use crate::budget::Budget;
 use crate::conn::ConnConfig;
 use crate::dispatch::{start_pool, Dispatch, ShardDispatch, ShardWaker};
@@ -107,6 +108,8 @@ pub struct EngineBuilder {
     dispatch: Dispatch,
     stalled_drain: Duration,
     resolver: Arc<ResolveFn>,
+    /// The backend asked for, or the `RINGQ_BACKEND` value that could not be parsed.
+    backend: Result<IoBackend, String>,
     prefetch: u32,
     prefetch_bytes: u64,
     limit: Option<u64>,
@@ -139,6 +142,10 @@ impl EngineBuilder {
             dispatch: Dispatch::inline(),
             stalled_drain: Duration::from_secs(300),
             resolver: system_resolver(),
+            backend: match std::env::var("RINGQ_BACKEND") {
+                Ok(v) => IoBackend::parse(&v).ok_or(v),
+                Err(_) => Ok(IoBackend::Auto),
+            },
             prefetch: 1024,
             prefetch_bytes: 64 << 20,
             limit: None,
@@ -211,6 +218,16 @@ impl EngineBuilder {
     /// overdue blocking pop.
     pub fn reply_timeout(mut self, d: Duration) -> Self {
         self.reply_timeout = d.clamp(Duration::from_millis(1), MAX_BLOCK_TIMEOUT);
+        self
+    }
+
+    /// The I/O backend (default [`IoBackend::Auto`], or the `RINGQ_BACKEND` environment
+    /// variable: `auto`, `io_uring`, `epoll`). `Auto` uses io_uring where it can be set up
+    /// and falls back to epoll otherwise, with one warning that names the cause (a seccomp
+    /// profile refusing it, `kernel.io_uring_disabled`, an old kernel, RLIMIT_MEMLOCK) and
+    /// how to get io_uring back. `Stats::backend` says which ran.
+    pub fn backend(mut self, backend: IoBackend) -> Self {
+        self.backend = Ok(backend);
         self
     }
 
@@ -347,6 +364,29 @@ impl EngineBuilder {
         }
     }
 
+    /// The backend to run: `Auto` becomes io_uring when a ring can be set up here, else
+    /// epoll (with one warning saying why).
+    fn choose_backend(&self) -> Result<IoBackend, Error> {
+        let asked = self.backend.clone().map_err(|v| {
+            Error::config(format!(
+                "RINGQ_BACKEND={v:?} is not a backend: use auto, io_uring or epoll"
+            ))
+        })?;
+        if asked != IoBackend::Auto {
+            return Ok(asked);
+        }
+        match crate::ring::probe() {
+            Ok(_) => Ok(IoBackend::IoUring),
+            Err(e) => {
+                tracing::warn!(
+                    "io_uring is not available here, so ringq runs on epoll (slower per \
+                     message): {e}"
+                );
+                Ok(IoBackend::Epoll)
+            }
+        }
+    }
+
     /// Spreads `n` sources over the fetch connections: source `i` on lane `i mod L`, lane
     /// `l` on shard `l mod S`. Returns each shard's lanes (source indices), after checking
     /// that the prefetch gives every lane credit.
@@ -462,6 +502,7 @@ impl EngineBuilder {
         H: Handler + Clone,
     {
         let info = ConnectionInfo::parse(&self.url)?;
+        let backend = self.choose_backend()?;
         let nshards = launch.fetch_per_shard.len();
         let nlanes: usize = launch.fetch_per_shard.iter().sum::<usize>().max(1);
         let mut wake_fds = Vec::with_capacity(nshards);
@@ -579,6 +620,7 @@ impl EngineBuilder {
                 budget: budget.clone(),
                 conn: conn_cfg.clone(),
                 ring: self.ring,
+                backend,
                 event_handler: sides[i]
                     .is_some()
                     .then(|| Box::new(handler.clone()) as Box<dyn Handler>),
@@ -618,7 +660,7 @@ impl EngineBuilder {
         let mut first_err = spawn_err;
         for _ in 0..threads.len() {
             match ready_rx.recv() {
-                Ok(Ok(f)) => features = Some(f),
+                Ok(Ok(f)) => features = f,
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
                 }
@@ -637,6 +679,7 @@ impl EngineBuilder {
             threads,
             stats: shard_stats,
             source_names: launch.sources,
+            backend,
             features,
         };
         if let Some(e) = first_err {

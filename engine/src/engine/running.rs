@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 
 use hdrhistogram::Histogram;
 
+use crate::backend::IoBackend;
 use crate::error::{Error, ErrorKind};
 use crate::ring::RingFeatures;
 use crate::stats::{ShardStats, Stats};
@@ -20,6 +21,7 @@ pub struct Running {
     pub(super) stats: Vec<Arc<ShardStats>>,
     pub(super) source_names: Vec<String>,
     pub(super) features: Option<RingFeatures>,
+    pub(super) backend: IoBackend,
 }
 
 /// Stops an engine from any thread (signal handlers included: it only stores a flag and
@@ -37,10 +39,20 @@ impl ShutdownHandle {
 impl Running {
     /// The counters so far, summed over shards.
     pub fn stats(&self) -> Stats {
-        Stats::sum(&self.stats, &self.worker_latency, &self.source_names)
+        Stats::sum(
+            &self.stats,
+            &self.worker_latency,
+            &self.source_names,
+            self.backend,
+        )
     }
 
-    /// What the kernel offered the rings (flags, multishot recv).
+    /// The backend the shards run on (never `Auto`).
+    pub fn backend(&self) -> IoBackend {
+        self.backend
+    }
+
+    /// What the kernel offered the rings (flags, multishot recv); `None` on epoll.
     pub fn features(&self) -> Option<&RingFeatures> {
         self.features.as_ref()
     }
@@ -73,8 +85,9 @@ impl Running {
         let stats = self.stats.clone();
         let names = self.source_names.clone();
         let latency = self.worker_latency.clone();
+        let backend = self.backend;
         self.join()?;
-        Ok(Stats::sum(&stats, &latency, &names))
+        Ok(Stats::sum(&stats, &latency, &names, backend))
     }
 
     pub(super) fn join(mut self) -> Result<(), Error> {

@@ -15,6 +15,7 @@
 //! hit a newer operation that reused the slot.
 
 mod bufring;
+pub(crate) mod epoll;
 mod probe;
 pub(crate) mod sys;
 
@@ -152,6 +153,16 @@ impl SockAddr {
 
     pub(crate) fn family(&self) -> libc::c_int {
         libc::c_int::from(self.storage.ss_family)
+    }
+
+    /// The address for `connect(2)`; valid while `self` is.
+    pub(crate) fn as_ptr(&self) -> *const libc::sockaddr {
+        std::ptr::addr_of!(self.storage).cast()
+    }
+
+    /// Its length.
+    pub(crate) fn len(&self) -> libc::socklen_t {
+        self.len
     }
 }
 

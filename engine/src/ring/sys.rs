@@ -47,6 +47,17 @@ pub(crate) fn stream_socket(addr: &SockAddr) -> io::Result<RawFd> {
     Ok(fd)
 }
 
+/// Makes `fd` non-blocking (the epoll backend's sockets and wake-up eventfd).
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller owns; returns the flags or -1.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above, setting the flags just read plus O_NONBLOCK.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    }
+    Ok(())
+}
+
 /// Shuts both directions of a socket so every operation on it ends promptly.
 pub(crate) fn shutdown(fd: RawFd) {
     // SAFETY: `fd` is an open socket owned by the caller; errors (ENOTCONN) are harmless.

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use ringq_resp::CommandWriter;
 
+use crate::backend::IoBackend;
 use crate::backend::{Backend, Completion, OpKind};
 use crate::budget::Budget;
 use crate::conn::{Conn, ConnConfig, Phase, Role, Tag};
@@ -43,6 +44,7 @@ use crate::error::{Error, ErrorKind};
 use crate::handler::{Handler, Message, Outcome};
 use crate::pipeline::{ControlUse, Io, Pipeline};
 use crate::resolve::Resolved;
+use crate::ring::epoll::Epoll;
 use crate::ring::{Driver, RingConfig, RingFeatures};
 use crate::stats::{new_histogram, ShardStats};
 use crate::timer::{TimerEvent, Timers};
@@ -96,6 +98,8 @@ pub(crate) struct ShardSpec<P> {
     pub budget: Option<Arc<Budget>>,
     pub conn: Arc<ConnConfig>,
     pub ring: RingConfig,
+    /// io_uring or epoll (never `Auto`: the engine chose before starting the shards).
+    pub backend: IoBackend,
     pub handler: HandlerSide,
     /// The handler instance that gets events when messages go to workers.
     pub event_handler: Option<Box<dyn Handler>>,
@@ -151,12 +155,25 @@ struct Shard<P: Pipeline, B: Backend> {
 /// Runs a shard to completion on the current thread. Reports ring set-up on `ready`.
 pub(crate) fn run<P: Pipeline>(
     spec: ShardSpec<P>,
-    ready: mpsc::Sender<Result<RingFeatures, Error>>,
+    ready: mpsc::Sender<Result<Option<RingFeatures>, Error>>,
 ) -> Result<(), Error> {
     if let Some(core) = spec.core {
         if !core_affinity::set_for_current(core) {
             tracing::warn!(shard = spec.index, "could not pin to core {:?}", core.id);
         }
+    }
+    if spec.backend == IoBackend::Epoll {
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = ready.send(Err(e));
+                return Err(Error::new(ErrorKind::Io, msg));
+            }
+        };
+        let _ = ready.send(Ok(None));
+        drop(ready);
+        return run_with(spec, epoll);
     }
     let driver = match Driver::new(spec.ring) {
         Ok(d) => d,
@@ -166,8 +183,13 @@ pub(crate) fn run<P: Pipeline>(
             return Err(Error::new(ErrorKind::UringUnavailable, msg));
         }
     };
-    let _ = ready.send(Ok(driver.features().clone()));
+    let _ = ready.send(Ok(Some(driver.features().clone())));
     drop(ready);
+    run_with(spec, driver)
+}
+
+/// Runs the shard on `driver`, whichever backend it is.
+fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<(), Error> {
     let fetch = spec.pipeline.fetch_connections();
     let conns = (0..fetch)
         .map(|i| {
@@ -196,7 +218,7 @@ pub(crate) fn run<P: Pipeline>(
         want_control: spec.pipeline.control() == ControlUse::Always,
         events: Vec::new(),
     };
-    let mut shard: Shard<P, Driver> = Shard {
+    let mut shard: Shard<P, B> = Shard {
         index: spec.index,
         driver,
         io,
