@@ -18,7 +18,8 @@ kernel accounts it with wait4) is the consumer's alone; filling the queues and p
 messages happen in the parent process and are not counted.
 
 CLIENTS
-  ringq        this engine: io_uring, one pinned shard thread per --shards
+  ringq        this engine: io_uring (or --backend), one pinned shard thread per --shards
+  ringq-epoll  this engine on its epoll backend (where containers refuse io_uring)
   redis-rs     the `redis` crate on tokio (multiplexed connection; --pipeline concurrent
                BRPOP or BLMPOP COUNT commands per connection)
   tokio-uring  a straightforward tokio-uring consumer: writes --pipeline pops, reads replies
@@ -128,9 +129,14 @@ pub struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ringq,redis-rs,tokio-uring,limit"
+        default_value = "ringq,ringq-epoll,redis-rs,tokio-uring,limit"
     )]
     pub clients: Vec<ClientKind>,
+
+    /// The backend of the `ringq` client: io-uring (the default), epoll, or auto
+    /// (io_uring where it can be set up). `ringq-epoll` always runs on epoll.
+    #[arg(long, default_value = "io-uring", value_parser = parse_backend)]
+    pub backend: String,
 
     /// Pin ringq's shard threads to cores (the engine's default).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -167,8 +173,11 @@ pub enum PopMode {
 /// The consumers a run can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize, Deserialize)]
 pub enum ClientKind {
-    /// This engine.
+    /// This engine (on `--backend`, io_uring by default).
     Ringq,
+    /// This engine on its epoll backend.
+    #[value(name = "ringq-epoll")]
+    RingqEpoll,
     /// redis-rs on tokio.
     #[value(name = "redis-rs")]
     RedisRs,
@@ -181,11 +190,19 @@ pub enum ClientKind {
     Ping,
 }
 
+/// `--backend`: a name the engine knows.
+fn parse_backend(s: &str) -> Result<String, String> {
+    ringq::IoBackend::parse(s)
+        .map(|b| b.name().to_owned())
+        .ok_or_else(|| format!("'{s}' is not a backend: auto, io-uring or epoll"))
+}
+
 impl ClientKind {
     /// The name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
             ClientKind::Ringq => "ringq",
+            ClientKind::RingqEpoll => "ringq-epoll",
             ClientKind::RedisRs => "redis-rs",
             ClientKind::TokioUring => "tokio-uring",
             ClientKind::Limit => "limit",

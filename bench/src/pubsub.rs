@@ -73,7 +73,10 @@ pub fn run(cli: &Cli) -> Result<()> {
     eprintln!("{title}");
     let mut results = Vec::new();
     for &kind in &cli.clients {
-        if !matches!(kind, ClientKind::Ringq | ClientKind::RedisRs) {
+        if !matches!(
+            kind,
+            ClientKind::Ringq | ClientKind::RingqEpoll | ClientKind::RedisRs
+        ) {
             eprintln!(
                 "ringq-bench: {} has no pub/sub consumer; skipped in pubsub",
                 kind.name()

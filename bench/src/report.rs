@@ -17,7 +17,7 @@ use crate::spec::LatencySummary;
 /// One client's figures, exactly as the JSON contract spells them.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientRow {
-    /// Client name (`ringq`, `redis-rs`, `tokio-uring`, `limit`, `ping`).
+    /// Client name (`ringq`, `ringq-epoll`, `redis-rs`, `tokio-uring`, `limit`, `ping`).
     pub name: String,
     /// Messages consumed (pings, for `ping`).
     pub messages: u64,
@@ -195,7 +195,7 @@ impl ScenarioReport {
         }
         let targets = self.targets();
         if !targets.is_empty() {
-            let _ = writeln!(s, "\nTargets (issue 5, reported, not asserted):");
+            let _ = writeln!(s, "\nTargets (reported, not asserted):");
             for t in targets {
                 let _ = writeln!(s, "- {t}");
             }
@@ -238,6 +238,19 @@ impl ScenarioReport {
                     ),
                     0.8,
                     true,
+                );
+                let epoll = self.row(ClientKind::RingqEpoll);
+                check(
+                    "batch drain, epoll msgs/s ÷ io_uring (issue 15)",
+                    epoll.and_then(|e| div(e.msgs_per_sec, Some(ringq.msgs_per_sec))),
+                    0.85,
+                    true,
+                );
+                check(
+                    "batch drain, epoll CPU per message ÷ io_uring (issue 15)",
+                    epoll.and_then(|e| div(e.cpu_us_per_msg, Some(ringq.cpu_us_per_msg))),
+                    1.3,
+                    false,
                 );
             }
             ("drain", PopMode::Single) => check(

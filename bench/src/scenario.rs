@@ -118,6 +118,10 @@ pub(crate) fn base_spec(
         rate: cli.rate,
         deadline_secs: 60.0,
         channel: None,
+        backend: match client {
+            ClientKind::RingqEpoll => "epoll".to_owned(),
+            _ => cli.backend.clone(),
+        },
     }
 }
 

@@ -43,6 +43,9 @@ pub struct ChildSpec {
     /// when none has arrived for a while, and reports what it got.
     #[serde(default)]
     pub channel: Option<String>,
+    /// ringq's backend (`io_uring`, `epoll`, `auto`).
+    #[serde(default)]
+    pub backend: String,
 }
 
 impl ChildSpec {

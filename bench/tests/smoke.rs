@@ -90,7 +90,7 @@ fn batch_drain_counts_every_message_for_every_client() {
     let clients = clients(&report, "drain");
     assert_eq!(
         names(&clients),
-        ["ringq", "redis-rs", "tokio-uring", "limit"]
+        ["ringq", "ringq-epoll", "redis-rs", "tokio-uring", "limit"]
     );
     for (name, c) in &clients {
         assert_eq!(c["messages"], 2000, "{name} counted every message");
@@ -127,7 +127,7 @@ fn single_drain_over_several_queues_and_connections_counts_every_message() {
     let clients = clients(&read_json(&json), "drain");
     assert_eq!(
         names(&clients),
-        ["ringq", "redis-rs", "tokio-uring", "limit"]
+        ["ringq", "ringq-epoll", "redis-rs", "tokio-uring", "limit"]
     );
     // 2000 over 3 queues: 666 each.
     for (name, c) in &clients {
@@ -152,7 +152,14 @@ fn latency_records_percentiles_for_every_client_and_ping() {
     let clients = clients(&read_json(&json), "latency");
     assert_eq!(
         names(&clients),
-        ["ping", "ringq", "redis-rs", "tokio-uring", "limit"]
+        [
+            "ping",
+            "ringq",
+            "ringq-epoll",
+            "redis-rs",
+            "tokio-uring",
+            "limit"
+        ]
     );
     for (name, c) in &clients {
         assert_eq!(c["messages"], 500, "{name} counted every message");
@@ -214,7 +221,7 @@ fn pubsub_counts_every_message_for_ringq_and_redis_rs() {
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["ringq", "redis-rs"],
+        ["ringq", "ringq-epoll", "redis-rs"],
         "the pub/sub clients of the default list"
     );
     for r in rows {
@@ -277,7 +284,7 @@ fn url_option_uses_that_server_with_auth_and_db_and_deletes_only_its_keys() {
     let clients = clients(&read_json(&json), "drain");
     assert_eq!(
         names(&clients),
-        ["ringq", "redis-rs", "tokio-uring", "limit"]
+        ["ringq", "ringq-epoll", "redis-rs", "tokio-uring", "limit"]
     );
     for (name, c) in &clients {
         assert_eq!(c["messages"], 300, "{name} counted every message");

@@ -35,7 +35,7 @@ pub fn run(spec: &ChildSpec) -> Result<ChildReport> {
     let sink = Arc::new(Sink::new(spec));
     if spec.channel.is_some() {
         let note = match spec.client {
-            ClientKind::Ringq => ringq_client::listen(spec, &sink)?,
+            ClientKind::Ringq | ClientKind::RingqEpoll => ringq_client::listen(spec, &sink)?,
             ClientKind::RedisRs => redis_rs::listen(spec, &sink)?,
             other => {
                 return Err(Error::new(format!(
@@ -47,7 +47,7 @@ pub fn run(spec: &ChildSpec) -> Result<ChildReport> {
         return sink.report(note);
     }
     let note = match spec.client {
-        ClientKind::Ringq => ringq_client::run(spec, &sink)?,
+        ClientKind::Ringq | ClientKind::RingqEpoll => ringq_client::run(spec, &sink)?,
         ClientKind::RedisRs => redis_rs::run(spec, &sink)?,
         ClientKind::TokioUring => tokio_uring::run(spec, &sink)?,
         ClientKind::Limit => limit::run(spec, &sink)?,

@@ -52,6 +52,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .pipeline(spec.pipeline)
         .block_timeout(Duration::from_secs(1));
     let running = EngineBuilder::new(&spec.url)
+        .backend(backend(spec))
         // Enough credit for every lane's full pipeline, twice over (one in flight, one
         // being handled).
         .prefetch(
@@ -88,6 +89,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
 pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     let channel = spec.channel.clone().unwrap_or_default();
     let running = EngineBuilder::new(&spec.url)
+        .backend(backend(spec))
         .prefetch(65_536)
         .pin_cores(spec.pin_cores)
         .client_name("ringq-bench")
@@ -117,4 +119,11 @@ fn stop_when_done(spec: &ChildSpec, sink: &Arc<Sink>, running: &ringq::Running) 
         })
         .map_err(|e| crate::error::Error::io("spawning the stop thread", e))?;
     Ok(())
+}
+
+/// The backend the spec names (io_uring when it names none).
+fn backend(spec: &ChildSpec) -> ringq::IoBackend {
+    ringq::IoBackend::parse(&spec.backend)
+        .filter(|b| *b != ringq::IoBackend::Auto || !spec.backend.is_empty())
+        .unwrap_or(ringq::IoBackend::IoUring)
 }
