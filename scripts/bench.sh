@@ -9,8 +9,8 @@
 #   3. codec      criterion micro-benchmarks of ringq-resp against redis-protocol
 #                 (results: target/criterion/)
 #   4. drain-batch, drain-single, latency, pubsub
-#                 the ringq-bench scenarios (bench/): ringq against redis-rs, tokio-uring
-#                 and the raw limit probe, each consumer in its own child process, on a
+#                 the ringq-bench scenarios (bench/): ringq (io_uring, and ringq-epoll on
+#                 the epoll backend) against redis-rs, tokio-uring and the raw limit probe, each consumer in its own child process, on a
 #                 private redis-server started on a free port (the embedded default):
 #                   drain --pop batch   1,000,000 messages of 16 B
 #                   drain --pop single    200,000 messages of 16 B (one per BRPOP)
@@ -104,7 +104,7 @@ scenarios() {
         --rate 10000 --duration "$latency_secs" --size 16
     step "${prefix}pubsub" scenario "$dir" pubsub pubsub "${url_args[@]}" \
         --messages "$batch_messages" --size 16 --rate 10000 --duration "$latency_secs" \
-        --clients ringq,redis-rs
+        --clients ringq,ringq-epoll,redis-rs
     {
         echo "# ringq-bench results"
         echo

@@ -12,9 +12,9 @@
 //! - `pipeline`: the seam between the loop and a delivery mode, and the modes behind it:
 //!   `pipeline::pop` ([`Queue`], [`PopConsumer`], lanes, reply parsing) and
 //!   `pipeline::listen` ([`ListenConsumer`], [`Subscription`], [`Overflow`]).
-//! - `backend`: the driver interface and its contract; `ring`: its io_uring implementation
-//!   (the only `unsafe` code), the provided-buffer ring, the kernel feature probe, the few
-//!   plain syscalls.
+//! - `backend`: the driver interface and its contract, and [`IoBackend`]; `ring`: its
+//!   io_uring implementation and its epoll one (the only `unsafe` code), the
+//!   provided-buffer ring, the kernel feature probe, the few plain syscalls.
 //! - `conn`: the connection state machine (connect, HELLO/AUTH/SELECT handshake, the reply
 //!   FIFO and push frames, pause/resume, close, backoff).
 //! - `credit`, `budget`, `timer`: prefetch credit, the message limit, deadlines.

@@ -75,13 +75,18 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     }
     sink.ready();
     let stats = running.wait()?;
-    Ok((stats.messages != sink.count()).then(|| {
-        format!(
+    let mut notes = Vec::new();
+    if stats.messages != sink.count() {
+        notes.push(format!(
             "engine counted {} messages, handler {}",
             stats.messages,
             sink.count()
-        )
-    }))
+        ));
+    }
+    if spec.client == crate::cli::ClientKind::Ringq && stats.backend != ringq::IoBackend::IoUring {
+        notes.push(format!("ran on the {} backend", stats.backend));
+    }
+    Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
 
 /// `pubsub`: one listen-mode engine on one shard subscribed to the channel; `ready` once
