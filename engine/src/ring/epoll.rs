@@ -10,6 +10,10 @@
 //! error or a cancel. A cancel completes the operation at once with `-ECANCELED`. The
 //! wait rounds its timeout up to the next millisecond, so a timer never fires early.
 //!
+//! One difference from io_uring: a non-blocking connect to a Unix socket whose listener's
+//! backlog is full fails at once with EAGAIN (a failed attempt, retried after the
+//! backoff), where a blocking one waits.
+//!
 //! What the kernel reads or writes is owned here for the duration of the call only
 //! (synchronous `read`/`send`/`connect`): nothing outlives a call, so this backend has no
 //! lifecycle hazard beyond the contract's bookkeeping.
@@ -71,8 +75,9 @@ pub(crate) struct Epoll {
     in_flight: usize,
     fds: HashMap<RawFd, FdOps>,
     ready: Vec<Completion<EpollData>>,
-    /// Receives that stopped at [`READS_PER_TURN`] with data left: read on next turn.
-    resume: Vec<u32>,
+    /// Receives that stopped at [`READS_PER_TURN`] with data left: read on next turn
+    /// (slot and generation, so a slot reused meanwhile is not taken for them).
+    resume: Vec<(u32, u32)>,
     events: Vec<libc::epoll_event>,
     spare: Vec<Box<[u8]>>,
 }
@@ -123,13 +128,18 @@ impl Epoll {
         (idx, OpId(u64::from(gen) << 32 | u64::from(idx)))
     }
 
-    /// Registers `fd` once, edge-triggered for both directions.
+    /// Registers a socket once, edge-triggered for both directions.
     fn watch(&mut self, fd: RawFd) -> Result<(), Error> {
+        self.watch_for(fd, libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP)
+    }
+
+    /// Registers `fd` once, edge-triggered, for `interest`.
+    fn watch_for(&mut self, fd: RawFd, interest: libc::c_int) -> Result<(), Error> {
         if self.fds.contains_key(&fd) {
             return Ok(());
         }
         let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            events: (interest | libc::EPOLLET) as u32,
             u64: fd as u64,
         };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
@@ -266,6 +276,10 @@ impl Epoll {
             let mut buf = self.buffer(RECV_LEN);
             // SAFETY: `buf` is a live, owned buffer of `buf.len()` bytes for the call.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            // Read before anything else can change it (the pushes below may allocate).
+            let errno = io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
             if n > 0 {
                 self.ready.push(Completion {
                     token,
@@ -284,13 +298,10 @@ impl Epoll {
                 self.finish(idx, 0, None);
                 return;
             }
-            let e = io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO);
-            match e {
+            match errno {
                 libc::EINTR => {}
                 libc::EAGAIN => return,
-                _ => {
+                e => {
                     self.finish(idx, -e, None);
                     return;
                 }
@@ -298,13 +309,18 @@ impl Epoll {
         }
         // Data may be left: read on next turn rather than wait for an edge that will not
         // come.
-        self.resume.push(idx);
+        if let Some(op) = self.ops.get(idx as usize).and_then(Option::as_ref) {
+            self.resume.push((idx, op.gen));
+        }
     }
 
     fn progress_read(&mut self, idx: u32, fd: RawFd, len: usize) {
         let mut buf = self.buffer(len);
         // SAFETY: `buf` is a live, owned buffer of `buf.len()` bytes for the call.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         if n > 0 {
             self.finish(
                 idx,
@@ -317,13 +333,10 @@ impl Epoll {
             return;
         }
         self.spare.push(buf);
-        let e = io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
         if n == 0 {
             self.finish(idx, 0, None);
-        } else if e != libc::EAGAIN && e != libc::EINTR {
-            self.finish(idx, -e, None);
+        } else if errno != libc::EAGAIN && errno != libc::EINTR {
+            self.finish(idx, -errno, None);
         }
     }
 
@@ -346,8 +359,15 @@ impl Epoll {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        for idx in std::mem::take(&mut self.resume) {
-            self.progress(idx);
+        for (idx, gen) in std::mem::take(&mut self.resume) {
+            let same = self
+                .ops
+                .get(idx as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|op| op.gen == gen);
+            if same {
+                self.progress(idx);
+            }
         }
         let ms = if !self.ready.is_empty() {
             0
@@ -381,7 +401,10 @@ impl Backend for Epoll {
 
     fn socket(&mut self, addr: &SockAddr) -> io::Result<RawFd> {
         let fd = sys::stream_socket(addr)?;
-        sys::set_nonblocking(fd)?;
+        if let Err(e) = sys::set_nonblocking(fd) {
+            sys::close(fd);
+            return Err(e);
+        }
         Ok(fd)
     }
 
@@ -424,9 +447,13 @@ impl Backend for Epoll {
     }
 
     fn read(&mut self, token: u64, fd: RawFd, len: usize) -> Result<OpId, Error> {
-        // The eventfd is made non-blocking here: this backend reads it with read(2).
-        sys::set_nonblocking(fd).map_err(|e| Error::io("making the eventfd non-blocking", e))?;
-        self.watch(fd)?;
+        if !self.fds.contains_key(&fd) {
+            // The eventfd is made non-blocking once: this backend reads it with read(2).
+            // Readable only: an eventfd is always writable, and each read would wake us.
+            sys::set_nonblocking(fd)
+                .map_err(|e| Error::io("making the eventfd non-blocking", e))?;
+            self.watch_for(fd, libc::EPOLLIN)?;
+        }
         let (idx, id) = self.alloc(token, OpKind::Read, fd, Work::Read { len });
         if let Some(f) = self.fds.get_mut(&fd) {
             f.read = Some(idx);

@@ -72,10 +72,11 @@ pub(crate) fn close(fd: RawFd) {
     }
 }
 
-/// An eventfd for waking a shard. Blocking on purpose: the shard reads it with an io_uring
-/// READ, and kernels before ~5.19 complete a READ of an `O_NONBLOCK` file with `-EAGAIN` at
-/// once instead of waiting, which would spin the loop. Nothing reads it with read(2), and
-/// a write only blocks when the counter is about to overflow (never: each write adds 1).
+/// An eventfd for waking a shard. Blocking on purpose: an io_uring shard reads it with an
+/// io_uring READ, and kernels before ~5.19 complete a READ of an `O_NONBLOCK` file with
+/// `-EAGAIN` at once instead of waiting, which would spin the loop. (The epoll backend
+/// makes it non-blocking and reads it with read(2) when it is readable.) A write only
+/// blocks when the counter is about to overflow (never: each write adds 1).
 pub(crate) fn eventfd() -> io::Result<RawFd> {
     // SAFETY: plain syscall; returns a new fd or -1.
     cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })
