@@ -8,10 +8,28 @@ use bytes::{Bytes, BytesMut};
 use ringq_resp::CommandWriter;
 
 use super::reply::{parse_pop_reply, PopReply};
-use super::{PopCmd, PopPlan, PopStrategy, PopTag};
+use super::{PopCmd, PopPlan, PopStrategy, PopTag, Scope, HOT_KEYS};
 use crate::conn::{Conn, Failure, Tag};
 use crate::credit::{Credits, Grant, SizeEstimate};
 use crate::handler::Message;
+
+/// One of two iterators (the queues a pop names), without boxing.
+#[derive(Clone)]
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Either::Left(a) => a.next(),
+            Either::Right(b) => b.next(),
+        }
+    }
+}
 
 /// The pop state of one connection.
 pub(crate) struct Lane {
@@ -19,6 +37,15 @@ pub(crate) struct Lane {
     index: usize,
     /// Indices into the consumer's queue list, rotated for fairness.
     order: VecDeque<u32>,
+    /// The queues believed to hold messages, in the same rotation: while there is
+    /// backlog, non-blocking pops name only the first few of them (see `Scope`), so a
+    /// pop's cost follows the messages, not the number of queues.
+    hot: VecDeque<u32>,
+    /// Membership of `hot`, by queue index.
+    in_hot: Vec<bool>,
+    /// When the queues not in `hot` are next checked (a non-blocking pop naming them
+    /// all), so one that fills while others drain is noticed within a block timeout.
+    next_probe: Option<Instant>,
     streak: (u32, u32),
     backlog: bool,
     /// Pops sent on the lane's current connection and not yet answered.
@@ -34,8 +61,15 @@ pub(crate) struct Lane {
 
 impl Lane {
     pub(crate) fn new(index: usize, queues: Vec<u32>) -> Self {
+        let mut in_hot = vec![false; queues.iter().map(|&q| q as usize + 1).max().unwrap_or(0)];
+        for &q in &queues {
+            in_hot[q as usize] = true;
+        }
         Self {
             index,
+            hot: queues.iter().copied().collect(),
+            in_hot,
+            next_probe: None,
             order: queues.into(),
             streak: (u32::MAX, 0),
             backlog: true,
@@ -74,6 +108,30 @@ impl Lane {
         self.backlog = true;
     }
 
+    /// Every queue may hold messages again (nothing is known: a new connection).
+    fn all_hot(&mut self) {
+        self.hot = self.order.iter().copied().collect();
+        for &q in &self.order {
+            self.in_hot[q as usize] = true;
+        }
+    }
+
+    fn cool(&mut self, q: u32) {
+        if let Some(flag) = self.in_hot.get_mut(q as usize) {
+            if std::mem::take(flag) {
+                self.hot.retain(|&x| x != q);
+            }
+        }
+    }
+
+    fn heat(&mut self, q: u32) {
+        if let Some(flag) = self.in_hot.get_mut(q as usize) {
+            if !std::mem::replace(flag, true) {
+                self.hot.push_back(q);
+            }
+        }
+    }
+
     /// The lane's connection was lost: no pop of it is in flight any more.
     pub(crate) fn reset(&mut self) {
         if !self.returns.is_empty() {
@@ -85,6 +143,7 @@ impl Lane {
         }
         self.in_flight = 0;
         self.backlog = true;
+        self.all_hot();
     }
 
     /// Queues as many pops as credits, pipeline depth and mode allow.
@@ -139,15 +198,25 @@ impl Lane {
                 }
             }
             let count = grant.count;
-            let nkeys: usize = self
-                .order
-                .iter()
-                .map(|&q| c.queues[q as usize].levels.len())
+            let scope = self.scope(blocking, lmpop, plan, now);
+            let in_hot = &self.in_hot;
+            let cold_only = scope == Scope::Cold;
+            let queues = match &scope {
+                Scope::Hot { queues, len } => Either::Left(queues[..*len as usize].iter().copied()),
+                _ => Either::Right(
+                    self.order
+                        .iter()
+                        .copied()
+                        .filter(move |&q| !cold_only || !in_hot[q as usize]),
+                ),
+            };
+            // Keys are counted and then written from the same (allocation-free) walk.
+            let keys_of = |q: u32| c.queues[q as usize].levels.iter().map(|(_, k)| k);
+            let nkeys: usize = queues
+                .clone()
+                .map(|q| c.queues[q as usize].levels.len())
                 .sum();
-            let keys = self
-                .order
-                .iter()
-                .flat_map(|&q| c.queues[q as usize].levels.iter().map(|(_, k)| k));
+            let keys = queues.flat_map(keys_of);
             let allow = if blocking {
                 c.block_timeout + plan.reply_grace
             } else {
@@ -164,6 +233,7 @@ impl Lane {
                     blocking,
                     bytes: grant.bytes,
                     late: false,
+                    scope,
                 })),
                 now,
                 allow,
@@ -191,6 +261,59 @@ impl Lane {
                 },
             );
             self.in_flight += 1;
+        }
+    }
+
+    /// Which queues the next pop names: with backlog and non-blocking LMPOP, the first
+    /// few known to hold messages (or, once per block timeout, every other queue, to
+    /// notice one that filled); otherwise all of them.
+    fn scope(&mut self, blocking: bool, lmpop: bool, plan: &PopPlan, now: Instant) -> Scope {
+        if blocking || !lmpop || self.order.len() <= HOT_KEYS {
+            return Scope::All;
+        }
+        let probe_due = self.next_probe.is_none_or(|at| now >= at);
+        if probe_due && self.hot.len() < self.order.len() {
+            self.next_probe = Some(now + plan.consumer.block_timeout);
+            return Scope::Cold;
+        }
+        if self.next_probe.is_none() {
+            self.next_probe = Some(now + plan.consumer.block_timeout);
+        }
+        if self.hot.is_empty() {
+            return Scope::All;
+        }
+        let mut queues = [0u32; HOT_KEYS];
+        let mut len = 0;
+        for (slot, &q) in queues.iter_mut().zip(self.hot.iter()) {
+            *slot = q;
+            len += 1;
+        }
+        Scope::Hot {
+            queues,
+            len: len as u8,
+        }
+    }
+
+    /// What a pop's answer says about the queues it named: the one that answered holds
+    /// messages; for `Hot`, the ones named before it, or all of them when nothing came,
+    /// hold none.
+    fn learn(&mut self, scope: Scope, answered: Option<u32>, full: bool) {
+        if let Some(q) = answered {
+            if full {
+                self.heat(q);
+            } else {
+                // A short answer emptied that key; a queue with priority levels may still
+                // hold messages at lower levels: the next pop finds out.
+                self.heat(q);
+            }
+        }
+        if let Scope::Hot { queues, len } = scope {
+            for &q in &queues[..len as usize] {
+                if Some(q) == answered {
+                    break;
+                }
+                self.cool(q);
+            }
         }
     }
 
@@ -255,10 +378,18 @@ impl Lane {
                 reply.count,
                 reply.bytes,
             );
-            if got == 0 {
-                self.backlog = false;
-            } else if !pop.blocking || got >= pop.count {
-                self.backlog = true;
+            self.learn(pop.scope, reply.queue, got >= pop.count);
+            match pop.scope {
+                // Only a pop that named every queue can say that none holds messages.
+                Scope::All if got == 0 => self.backlog = false,
+                _ if got > 0 && (!pop.blocking || got >= pop.count) => {
+                    if !self.backlog {
+                        // Back from waiting: the other queues may have filled meanwhile.
+                        self.all_hot();
+                    }
+                    self.backlog = true;
+                }
+                _ => {}
             }
         }
         if let Some(q) = reply.queue {
@@ -278,9 +409,11 @@ impl Lane {
             return;
         }
         self.streak = (u32::MAX, 0);
-        if let Some(pos) = self.order.iter().position(|&x| x == q) {
-            if let Some(x) = self.order.remove(pos) {
-                self.order.push_back(x);
+        for ring in [&mut self.order, &mut self.hot] {
+            if let Some(pos) = ring.iter().position(|&x| x == q) {
+                if let Some(x) = ring.remove(pos) {
+                    ring.push_back(x);
+                }
             }
         }
     }

@@ -65,7 +65,27 @@ pub(crate) struct PopCmd {
     /// Its connection stalled while it was in flight and was replaced: it holds no credit
     /// any more, and its reply, if one comes, is a late one.
     pub late: bool,
+    /// Which queues it named (see [`Scope`]).
+    pub scope: Scope,
 }
+
+/// Which of a lane's queues a pop names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every queue, in rotation order: blocking pops, BRPOP, and a lane with no queue
+    /// known to hold messages.
+    All,
+    /// The first `len` queues known to hold messages (`queues[..len]`), in rotation
+    /// order: a queue named before the one that answered, or every named one when the
+    /// answer is empty, has none left.
+    Hot { queues: [u32; HOT_KEYS], len: u8 },
+    /// Every queue not known to hold messages: the periodic check that notices a queue
+    /// filling while others are being drained.
+    Cold,
+}
+
+/// Most queues a pop names while there is backlog.
+pub(crate) const HOT_KEYS: usize = 4;
 
 /// The pop pipeline of one shard: its lanes (one per fetch connection) and the plan.
 pub(crate) struct PopPipeline {
