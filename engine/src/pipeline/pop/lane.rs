@@ -271,7 +271,7 @@ impl Lane {
         if blocking || !lmpop || self.order.len() <= HOT_KEYS {
             return Scope::All;
         }
-        let probe_due = self.next_probe.is_none_or(|at| now >= at);
+        let probe_due = !matches!(self.next_probe, Some(at) if now < at);
         if probe_due && self.hot.len() < self.order.len() {
             self.next_probe = Some(now + plan.consumer.block_timeout);
             return Scope::Cold;
