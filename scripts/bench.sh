@@ -6,13 +6,12 @@
 #   2. build      optimized build of the workspace with the `bench` profile (release
 #                 settings plus line tables, Cargo.toml): binaries land in target/release/
 #                 and `cargo bench` reuses the same artifacts instead of a second build
-#   3. codec      criterion micro-benchmarks of ringq-resp against redis-protocol
-#                 (results: target/criterion/)
-#   4. drain-batch, drain-single, latency, pubsub
+#   3. drain-batch, drain-batch-q100, drain-batch-q1000, drain-single, latency, pubsub
 #                 the ringq-bench scenarios (bench/): ringq (io_uring, and ringq-epoll on
 #                 the epoll backend) against redis-rs, tokio-uring and the raw limit probe, each consumer in its own child process, on a
 #                 private redis-server started on a free port (the embedded default):
-#                   drain --pop batch   1,000,000 messages of 16 B
+#                   drain --pop batch   1,000,000 messages of 16 B, in 1, 100 and
+#                                       1000 queues
 #                   drain --pop single    200,000 messages of 16 B (one per BRPOP)
 #                   latency             10,000 msg/s for 10 s, with PING as the floor
 #                   pubsub              a 1,000,000-message burst of 16 B to one
@@ -20,7 +19,10 @@
 #                                       and redis-rs)
 #                 Each writes NAME.json (the contract's shape), NAME.md (its table) and,
 #                 for latency, NAME.svg (percentile plot) under $RINGQ_BENCH_OUT;
-#                 results.md puts machine.txt and the three tables together.
+#                 results.md puts machine.txt and the tables together.
+#   4. codec      criterion micro-benchmarks of ringq-resp against redis-protocol
+#                 (results: target/criterion/), after the scenarios so the headline
+#                 tables come first
 #   5. valkey-*   only with VALKEY_SERVER set: the same scenarios on a private
 #                 valkey-server, under $RINGQ_BENCH_OUT/valkey/, and compare.md (Redis vs
 #                 Valkey, from the JSON files; needs jq).
@@ -98,6 +100,10 @@ scenarios() {
     local dir=$1 prefix=$2
     step "${prefix}drain-batch" scenario "$dir" drain-batch drain "${url_args[@]}" \
         --pop batch --messages "$batch_messages" --size 16
+    step "${prefix}drain-batch-q100" scenario "$dir" drain-batch-q100 drain "${url_args[@]}" \
+        --pop batch --messages "$batch_messages" --size 16 --queues 100
+    step "${prefix}drain-batch-q1000" scenario "$dir" drain-batch-q1000 drain "${url_args[@]}" \
+        --pop batch --messages "$batch_messages" --size 16 --queues 1000
     step "${prefix}drain-single" scenario "$dir" drain-single drain "${url_args[@]}" \
         --pop single --messages "$single_messages" --size 16
     step "${prefix}latency" scenario "$dir" latency latency "${url_args[@]}" \
@@ -113,7 +119,7 @@ scenarios() {
         echo '```'
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
-        for name in drain-batch drain-single latency pubsub; do
+        for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency pubsub; do
             echo
             cat "$dir/$name.md"
         done
@@ -122,9 +128,10 @@ scenarios() {
 
 step build cargo build --profile bench --workspace -j "$jobs"
 
-step codec cargo bench -p ringq-resp --bench codec -j "$jobs" -- "${criterion_args[@]}"
-
 scenarios "$out" ""
+
+# The criterion micro-benchmarks last: the headline tables come first.
+step codec cargo bench -p ringq-resp --bench codec -j "$jobs" -- "${criterion_args[@]}"
 
 if [[ -n ${VALKEY_SERVER:-} ]]; then
     [[ -x $VALKEY_SERVER ]] || { echo "VALKEY_SERVER=$VALKEY_SERVER is not executable" >&2; exit 1; }
