@@ -637,3 +637,40 @@ fn an_unsolicited_unsubscribe_is_resubscribed_and_reported() {
     assert!(resubscribed_at.is_some());
     assert_eq!(stats.gaps, 1);
 }
+
+/// A half-open connection (the fault proxy's black hole: nothing forwarded, nothing
+/// closed) is noticed by the PING on the subscribed connection; once the path works
+/// again the subscriber resubscribes, reports the gap and receives.
+#[test]
+fn a_half_open_subscriber_connection_is_noticed_and_restored() {
+    use ringq_tests::{Fault, FaultProxy};
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).unwrap();
+    let rec = Rec::default();
+    let running = EngineBuilder::new(proxy.url())
+        .pin_cores(false)
+        .idle_ping(Duration::from_millis(100))
+        .reply_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(500))
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .start(ListenConsumer::new().channel("h"), rec.clone())
+        .unwrap();
+    let mut c = server.client().unwrap();
+    wait_subscribed(&mut c, "channel", "h", 1);
+    proxy.set(Fault::BlackHole);
+    assert!(
+        wait_until(WAIT, || running.stats().connections_ready == 0),
+        "the black-holed connection was never given up"
+    );
+    assert!(proxy.fired() > 0, "the fault swallowed traffic");
+    proxy.set(Fault::None);
+    assert!(wait_until(WAIT, || rec.gaps().len() == 1), "no gap event");
+    // The old, half-open connection may still count as a subscriber on the server
+    // until it notices; the new one is subscribed too.
+    assert!(wait_until(WAIT, || {
+        c.publish("h", "after").unwrap();
+        rec.len() >= 1
+    }));
+    running.shutdown().unwrap();
+    assert!(proxy.connections() >= 2, "it reconnected through the proxy");
+}

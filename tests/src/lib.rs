@@ -16,6 +16,9 @@
 //! - `client`: [`TestClient`], a blocking RESP2 client for set-up and assertions
 //!   (pipelined bulk pushes, `CLIENT LIST` / `CLIENT KILL`, `INFO`).
 //! - `scripted`: [`ScriptedServer`] and [`Script`], a fake server for hostile input.
+//! - `proxy`: [`FaultProxy`], a TCP proxy in front of a real server whose [`Fault`]s
+//!   (delay, 1-byte writes, a reset right after a reply, a black hole) a test switches
+//!   on and off mid-run.
 //! - `wait`: [`wait_until`], bounded polling instead of sleeps.
 //! - `error`: [`Error`], with predicates such as [`Error::is_connection_lost`].
 //!
@@ -45,6 +48,7 @@ mod client;
 mod error;
 mod launch;
 mod process;
+mod proxy;
 mod scripted;
 mod server;
 mod url;
@@ -57,6 +61,7 @@ pub use error::{Error, Result};
 pub use process::{
     find_redis_server, find_valkey_server, free_port, REDIS_SERVER_ENV, VALKEY_SERVER_ENV,
 };
+pub use proxy::{Fault, FaultProxy};
 pub use scripted::{Script, ScriptedServer, Step};
 pub use server::RedisServer;
 pub use url::ConnectionInfo;

@@ -461,3 +461,73 @@ fn scripted_server_drop_connections_hangs_up_on_clients() {
     server.drop_connections();
     assert!(c.read_frame().unwrap_err().is_connection_lost());
 }
+
+mod fault_proxy {
+    use std::time::Duration;
+
+    use ringq_resp::Frame;
+    use ringq_tests::{Fault, FaultProxy, RedisServer, TestClient};
+
+    #[test]
+    fn forwards_and_still_decodes_one_byte_writes_and_delays() {
+        let server = RedisServer::start().unwrap();
+        let proxy = FaultProxy::start(server.addr()).unwrap();
+        let mut c = TestClient::connect(&proxy.url()).unwrap();
+        c.ping().unwrap();
+        assert_eq!(proxy.fired(), 0);
+        proxy.set(Fault::OneByteWrites);
+        c.rpush_many("k", ["a", "bb", "ccc"]).unwrap();
+        let all = c.cmd(["LRANGE", "k", "0", "-1"]).unwrap();
+        assert_eq!(
+            all,
+            Frame::Array(vec![
+                Frame::BulkString("a".into()),
+                Frame::BulkString("bb".into()),
+                Frame::BulkString("ccc".into()),
+            ])
+        );
+        assert!(proxy.fired() > 0, "the replies went out a byte at a time");
+        proxy.set(Fault::Delay(Duration::from_millis(20)));
+        let before = proxy.fired();
+        c.ping().unwrap();
+        assert!(proxy.fired() > before, "the reply was held");
+        assert_eq!(proxy.connections(), 1);
+    }
+
+    /// The reply is forwarded and the connection reset at once: the client either read
+    /// it just in time or lost it, and the connection is dead either way; the next one
+    /// works (the fault fires once).
+    #[test]
+    fn reset_after_reply_kills_the_connection_once() {
+        let server = RedisServer::start().unwrap();
+        let proxy = FaultProxy::start(server.addr()).unwrap();
+        let mut c = TestClient::connect(&proxy.url()).unwrap();
+        c.ping().unwrap();
+        proxy.set(Fault::ResetAfterReply);
+        let _maybe = c.ping();
+        assert_eq!(proxy.fired(), 1);
+        let err = c.ping().unwrap_err();
+        assert!(err.is_connection_lost(), "{err}");
+        assert_eq!(proxy.fault(), Fault::None);
+        let mut again = TestClient::connect(&proxy.url()).unwrap();
+        again.ping().unwrap();
+    }
+
+    /// A black hole answers nothing and closes nothing: a half-open connection.
+    #[test]
+    fn a_black_hole_swallows_everything_and_closes_nothing() {
+        let server = RedisServer::start().unwrap();
+        let proxy = FaultProxy::start(server.addr()).unwrap();
+        let mut c = TestClient::connect(&proxy.url()).unwrap();
+        c.ping().unwrap();
+        proxy.set(Fault::BlackHole);
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let err = c.ping().unwrap_err();
+        assert!(err.is_timeout(), "no answer, no close: {err}");
+        assert!(proxy.fired() >= 1);
+        proxy.set(Fault::None);
+        let mut fresh = TestClient::connect(&proxy.url()).unwrap();
+        fresh.ping().unwrap();
+    }
+}
