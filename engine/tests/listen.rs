@@ -674,3 +674,43 @@ fn a_half_open_subscriber_connection_is_noticed_and_restored() {
     running.shutdown().unwrap();
     assert!(proxy.connections() >= 2, "it reconnected through the proxy");
 }
+
+/// `limit(N)` with `DropOldest`: a dropped message gives its claim back, so exactly N are
+/// delivered and the engine stops by itself.
+#[test]
+fn a_limit_with_drop_oldest_delivers_exactly_n_and_stops() {
+    let server = RedisServer::start().unwrap();
+    let rec = Rec {
+        slow: Some(Duration::from_micros(300)),
+        ..Rec::default()
+    };
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .prefetch(8)
+        .limit(500)
+        .dispatch(Dispatch::workers(1))
+        .start(
+            ListenConsumer::new()
+                .channel("ld")
+                .overflow(Overflow::DropOldest(10)),
+            rec.clone(),
+        )
+        .unwrap();
+    let mut c = server.client().unwrap();
+    wait_subscribed(&mut c, "channel", "ld", 1);
+    // Publish until the engine has taken its 500 and stopped.
+    let mut round = 0;
+    while !running.is_stopping() && round < 100 {
+        c.publish_many("PUBLISH", "ld", seq(&format!("r{round}-"), 2_000))
+            .unwrap();
+        round += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = running.wait().unwrap();
+    assert_eq!(stats.messages, 500);
+    assert_eq!(rec.len(), 500);
+    assert!(
+        stats.dropped > 0,
+        "drops happened, and did not use up the budget"
+    );
+}

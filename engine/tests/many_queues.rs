@@ -280,3 +280,37 @@ fn a_queue_that_fills_mid_drain_is_served_within_a_block_timeout() {
         "served while the bulk queue still had {left} waiting (it must not be 0)"
     );
 }
+
+/// Many quiet queues filling at once while another is drained are all noticed soon: each
+/// check that finds one checks again at once, so they do not wait a block timeout each.
+#[test]
+fn many_queues_filling_mid_drain_are_noticed_together() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let names = names();
+    c.lpush_many(&names[0], payloads("bulk", 40_000)).unwrap();
+    let log = Log::default();
+    let running = start(
+        &server,
+        PopConsumer::new(names.clone())
+            .batch(16)
+            .block_timeout(Duration::from_millis(500)),
+        &log,
+        Duration::from_micros(100),
+    );
+    assert!(wait_until(WAIT, || len(&log) >= 1_000));
+    for n in names.iter().skip(100).step_by(20) {
+        c.lpush_many(n, ["late"]).unwrap();
+    }
+    let late = names.iter().skip(100).step_by(20).count();
+    assert!(wait_until(WAIT, || {
+        log.lock().unwrap().iter().filter(|m| m.1 == "late").count() == late
+    }));
+    running.shutdown().unwrap();
+    // 45 queues at one check per block timeout would take 22 s; the bulk queue drains
+    // in about 4 s, so it still has backlog only if they were found together.
+    assert!(
+        c.llen(&names[0]).unwrap() > 0,
+        "all {late} found while the bulk queue drained"
+    );
+}

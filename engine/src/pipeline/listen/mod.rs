@@ -53,8 +53,8 @@ pub(crate) enum ListenTag {
     /// SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE of subscription `sub` (answered by a push, or
     /// by an error reply).
     Subscribe { sub: u32 },
-    /// The PING after a connection's subscribe commands: every confirmation comes first.
-    Barrier,
+    /// The PING after a round of subscribe commands: their confirmations come first.
+    Barrier { round: u32 },
 }
 
 /// Where a subscription is.
@@ -73,6 +73,8 @@ struct Sub {
     source: &'static Source,
     lane: usize,
     state: State,
+    /// The subscribe round (barrier) that asked for it last.
+    round: u32,
 }
 
 /// A gap: since when a lane's (or one subscription's) messages may be missed, and why.
@@ -103,8 +105,11 @@ pub(crate) struct ListenPipeline {
     lanes: Vec<Lane>,
     overflow: Overflow,
     confirm_timeout: Option<Duration>,
-    /// `Overflow::DropOldest`: messages beyond the credit, oldest first.
-    staged: VecDeque<Message<'static>>,
+    /// `Overflow::DropOldest`: messages beyond the credit, oldest first, per lane (so one
+    /// lane's full credit does not hold back another's).
+    staged: Vec<VecDeque<Message<'static>>>,
+    /// Subscribe rounds sent so far (each ends with its barrier).
+    rounds: u32,
     dropped_unreported: u64,
 }
 
@@ -115,7 +120,8 @@ impl ListenPipeline {
         let mut subs = Vec::new();
         let mut by_name: [HashMap<Bytes, usize>; 3] = Default::default();
         let mut by_index = vec![usize::MAX; consumer.subscriptions.len()];
-        let mut lane_states = Vec::with_capacity(lanes.len());
+        let nlanes = lanes.len();
+        let mut lane_states = Vec::with_capacity(nlanes);
         for (l, members) in lanes.into_iter().enumerate() {
             let mut lane = Lane::default();
             for i in members {
@@ -135,6 +141,7 @@ impl ListenPipeline {
                     source,
                     lane: l,
                     state: State::Off,
+                    round: 0,
                 });
             }
             lane_states.push(lane);
@@ -146,7 +153,8 @@ impl ListenPipeline {
             lanes: lane_states,
             overflow: consumer.overflow,
             confirm_timeout: consumer.confirm_timeout,
-            staged: VecDeque::new(),
+            staged: (0..nlanes).map(|_| VecDeque::new()).collect(),
+            rounds: 0,
             dropped_unreported: 0,
         }
     }
@@ -163,9 +171,12 @@ impl ListenPipeline {
             Some(s) => vec![s],
             None => self.lanes[lane].subs.clone(),
         };
+        self.rounds = self.rounds.wrapping_add(1);
+        let round = self.rounds;
         for s in members {
             let sub = &mut self.subs[s];
             sub.state = State::Asked;
+            sub.round = round;
             let (cmd, name) = (sub.spec.command(), sub.spec.name());
             c.command_pushed(
                 Tag::Pipe(ListenTag::Subscribe { sub: s as u32 }),
@@ -176,7 +187,7 @@ impl ListenPipeline {
                 },
             );
         }
-        c.command(Tag::Pipe(ListenTag::Barrier), now, allow, |buf| {
+        c.command(Tag::Pipe(ListenTag::Barrier { round }), now, allow, |buf| {
             CommandWriter::new(buf, 1).arg("PING").finish();
         });
     }
@@ -281,14 +292,19 @@ impl ListenPipeline {
         };
         let full = io.credits.is_full(lane);
         match self.overflow {
-            Overflow::DropOldest(cap) if full || !self.staged.is_empty() => {
-                // Behind the staged ones, to keep each channel's order.
-                if self.staged.len() >= cap.max(1) {
-                    self.staged.pop_front();
+            Overflow::DropOldest(cap) if full || !self.staged[lane].is_empty() => {
+                // Behind the lane's staged ones, to keep each channel's order.
+                let staged = &mut self.staged[lane];
+                if staged.len() >= cap.max(1) {
+                    staged.pop_front();
                     self.dropped_unreported += 1;
                     io.stats.add(&io.stats.dropped, 1);
+                    if let Some(b) = &io.budget {
+                        // A dropped message was never delivered: its claim goes back.
+                        b.unclaim(1);
+                    }
                 }
-                self.staged.push_back(msg.into_static());
+                staged.push_back(msg.into_static());
                 0
             }
             _ => {
@@ -382,8 +398,8 @@ impl Pipeline for ListenPipeline {
                     e,
                 )))
             }
-            ListenTag::Barrier => {
-                if frame.first() == Some(&b'-') {
+            ListenTag::Barrier { round } => {
+                if matches!(frame.first(), Some(b'-' | b'!')) {
                     return Err(Failure::Retry(Error::new(
                         ErrorKind::Server,
                         format!(
@@ -396,7 +412,9 @@ impl Pipeline for ListenPipeline {
                 let missing: Vec<String> = self.lanes[lane]
                     .subs
                     .iter()
-                    .filter(|&&s| self.subs[s].state == State::Asked)
+                    // Only the subscriptions this barrier's round asked for: a later
+                    // round's confirmations come after its own barrier.
+                    .filter(|&&s| self.subs[s].state == State::Asked && self.subs[s].round == round)
                     .map(|&s| self.subs[s].spec.to_string())
                     .collect();
                 if !missing.is_empty() {
@@ -492,19 +510,16 @@ impl Pipeline for ListenPipeline {
 
     fn take_staged(&mut self, io: &mut Io<ListenTag>, out: &mut Vec<Message<'static>>) -> u64 {
         let mut bytes = 0;
-        while let Some(m) = self.staged.front() {
-            let lane = self
-                .by_index
-                .get(m.source.index as usize)
-                .and_then(|&s| self.subs.get(s))
-                .map_or(0, |s| s.lane);
-            if io.credits.is_full(lane) {
-                break;
+        for (lane, staged) in self.staged.iter_mut().enumerate() {
+            while let Some(m) = staged.front() {
+                if io.credits.is_full(lane) {
+                    break;
+                }
+                let len = m.payload().len() as u64;
+                io.credits.hold(lane, 1, len);
+                bytes += len;
+                out.extend(staged.pop_front());
             }
-            let len = m.payload().len() as u64;
-            io.credits.hold(lane, 1, len);
-            bytes += len;
-            out.extend(self.staged.pop_front());
         }
         bytes
     }
@@ -539,7 +554,9 @@ impl Pipeline for ListenPipeline {
             .subs
             .iter()
             .copied()
-            .filter(|&s| self.subs[s].state != State::Off)
+            // Only those in force: one still being asked for was never confirmed, or is
+            // already in the lane's open gap.
+            .filter(|&s| self.subs[s].state == State::On)
             .collect();
         for &s in &self.lanes[lane].subs {
             self.subs[s].state = State::Off;

@@ -61,13 +61,11 @@ pub(crate) struct Lane {
 
 impl Lane {
     pub(crate) fn new(index: usize, queues: Vec<u32>) -> Self {
-        let mut in_hot = vec![false; queues.iter().map(|&q| q as usize + 1).max().unwrap_or(0)];
-        for &q in &queues {
-            in_hot[q as usize] = true;
-        }
+        // Nothing is known at start: the first pop checks every queue (`Scope::Cold`).
+        let in_hot = vec![false; queues.iter().map(|&q| q as usize + 1).max().unwrap_or(0)];
         Self {
             index,
-            hot: queues.iter().copied().collect(),
+            hot: VecDeque::new(),
             in_hot,
             next_probe: None,
             order: queues.into(),
@@ -108,12 +106,15 @@ impl Lane {
         self.backlog = true;
     }
 
-    /// Every queue may hold messages again (nothing is known: a new connection).
-    fn all_hot(&mut self) {
-        self.hot = self.order.iter().copied().collect();
-        for &q in &self.order {
-            self.in_hot[q as usize] = true;
+    /// Nothing is known about which queues hold messages (a new connection, or back
+    /// from waiting): the queues are checked again at once (`Scope::Cold`), one found per
+    /// check until a check finds none.
+    fn forget_hot(&mut self) {
+        for &q in &self.hot {
+            self.in_hot[q as usize] = false;
         }
+        self.hot.clear();
+        self.next_probe = None;
     }
 
     fn cool(&mut self, q: u32) {
@@ -143,7 +144,7 @@ impl Lane {
         }
         self.in_flight = 0;
         self.backlog = true;
-        self.all_hot();
+        self.forget_hot();
     }
 
     /// Queues as many pops as credits, pipeline depth and mode allow.
@@ -282,11 +283,14 @@ impl Lane {
         if self.hot.is_empty() {
             return Scope::All;
         }
+        // Pipelined pops of one turn name different windows of the hot queues, so they do
+        // not all come back empty from the same few.
+        let n = self.hot.len();
+        let offset = (self.in_flight as usize * HOT_KEYS) % n;
         let mut queues = [0u32; HOT_KEYS];
-        let mut len = 0;
-        for (slot, &q) in queues.iter_mut().zip(self.hot.iter()) {
-            *slot = q;
-            len += 1;
+        let len = n.min(HOT_KEYS);
+        for (i, slot) in queues.iter_mut().take(len).enumerate() {
+            *slot = self.hot[(offset + i) % n];
         }
         Scope::Hot {
             queues,
@@ -297,14 +301,14 @@ impl Lane {
     /// What a pop's answer says about the queues it named: the one that answered holds
     /// messages; for `Hot`, the ones named before it, or all of them when nothing came,
     /// hold none.
-    fn learn(&mut self, scope: Scope, answered: Option<u32>, full: bool) {
+    fn learn(&mut self, scope: Scope, answered: Option<u32>) {
         if let Some(q) = answered {
-            if full {
-                self.heat(q);
-            } else {
-                // A short answer emptied that key; a queue with priority levels may still
-                // hold messages at lower levels: the next pop finds out.
-                self.heat(q);
+            // (A short answer emptied that key; a queue with priority levels may still
+            // hold messages at lower levels: the next pop finds out.)
+            self.heat(q);
+            if scope == Scope::Cold {
+                // One queue found per check: check again at once until none is found.
+                self.next_probe = None;
             }
         }
         if let Scope::Hot { queues, len } = scope {
@@ -378,14 +382,19 @@ impl Lane {
                 reply.count,
                 reply.bytes,
             );
-            self.learn(pop.scope, reply.queue, got >= pop.count);
+            self.learn(pop.scope, reply.queue);
             match pop.scope {
-                // Only a pop that named every queue can say that none holds messages.
+                // Only a pop that named every queue can say that none holds messages (a
+                // check of the cold queues names them all when none is hot).
                 Scope::All if got == 0 => self.backlog = false,
+                Scope::Cold if got == 0 && self.hot.is_empty() => self.backlog = false,
                 _ if got > 0 && (!pop.blocking || got >= pop.count) => {
                     if !self.backlog {
-                        // Back from waiting: the other queues may have filled meanwhile.
-                        self.all_hot();
+                        // Back from waiting: the others may have filled meanwhile; check.
+                        self.forget_hot();
+                        if let Some(q) = reply.queue {
+                            self.heat(q);
+                        }
                     }
                     self.backlog = true;
                 }

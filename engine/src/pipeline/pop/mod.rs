@@ -6,7 +6,9 @@
 //!   pop order and the handler sees each queue in FIFO order.
 //! - **Fair cycle.** A lane's key order rotates: the queue just served goes last (Kombu's
 //!   `round_robin`), after `weight` consecutive turns. A flooded queue cannot starve the
-//!   others, because every pop names them all and LMPOP/BRPOP serve the first non-empty.
+//!   others: LMPOP/BRPOP serve the first non-empty of the queues a pop names, in that
+//!   order, and with backlog a pop names the first few queues known to hold messages
+//!   (`Scope::Hot`), the rest being checked once per block timeout (`Scope::Cold`).
 //! - **Priority steps.** A queue may have levels; its keys are listed highest first, so
 //!   within a queue the highest non-empty level is served first.
 //! - **Adaptive.** While there is backlog, non-blocking LMPOP COUNT, pipelined `pipeline`
