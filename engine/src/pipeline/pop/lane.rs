@@ -61,11 +61,15 @@ pub(crate) struct Lane {
 
 impl Lane {
     pub(crate) fn new(index: usize, queues: Vec<u32>) -> Self {
-        // Nothing is known at start: the first pop checks every queue (`Scope::Cold`).
-        let in_hot = vec![false; queues.iter().map(|&q| q as usize + 1).max().unwrap_or(0)];
+        // Nothing is known at start: every queue counts as hot, and the first pops find
+        // out, a few queues each (cheaper than a check naming them all per queue found).
+        let mut in_hot = vec![false; queues.iter().map(|&q| q as usize + 1).max().unwrap_or(0)];
+        for &q in &queues {
+            in_hot[q as usize] = true;
+        }
         Self {
             index,
-            hot: VecDeque::new(),
+            hot: queues.iter().copied().collect(),
             in_hot,
             next_probe: None,
             order: queues.into(),
@@ -107,14 +111,19 @@ impl Lane {
     }
 
     /// Nothing is known about which queues hold messages (a new connection, or back
-    /// from waiting): the queues are checked again at once (`Scope::Cold`), one found per
-    /// check until a check finds none.
-    fn forget_hot(&mut self) {
-        for &q in &self.hot {
-            self.in_hot[q as usize] = false;
-        }
+    /// from waiting): every queue counts as hot again, `first` (the one known to hold
+    /// messages) at the front, and the next pops find out which are empty, a few each.
+    fn all_hot(&mut self, first: Option<u32>) {
         self.hot.clear();
-        self.next_probe = None;
+        if let Some(q) = first {
+            self.hot.push_back(q);
+        }
+        for &q in &self.order {
+            self.in_hot[q as usize] = true;
+            if Some(q) != first {
+                self.hot.push_back(q);
+            }
+        }
     }
 
     fn cool(&mut self, q: u32) {
@@ -144,7 +153,7 @@ impl Lane {
         }
         self.in_flight = 0;
         self.backlog = true;
-        self.forget_hot();
+        self.all_hot(None);
     }
 
     /// Queues as many pops as credits, pipeline depth and mode allow.
@@ -390,11 +399,8 @@ impl Lane {
                 Scope::Cold if got == 0 && self.hot.is_empty() => self.backlog = false,
                 _ if got > 0 && (!pop.blocking || got >= pop.count) => {
                     if !self.backlog {
-                        // Back from waiting: the others may have filled meanwhile; check.
-                        self.forget_hot();
-                        if let Some(q) = reply.queue {
-                            self.heat(q);
-                        }
+                        // Back from waiting: the others may have filled meanwhile.
+                        self.all_hot(reply.queue);
                     }
                     self.backlog = true;
                 }
