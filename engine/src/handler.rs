@@ -288,6 +288,27 @@ pub enum Event {
         /// Dropped since the last `Dropped` event.
         count: u64,
     },
+    /// Reliable mode: outcomes that found their message no longer in this consumer's
+    /// processing list, so they were not applied. Its lease had run out (the consumer was
+    /// frozen, cut off, or its loop held up longer than the lease) and recovery gave the
+    /// message to another consumer, which delivers it again.
+    StaleOutcomes {
+        /// The queue key.
+        key: String,
+        /// Outcomes not applied.
+        count: u64,
+    },
+    /// Reliable mode: this consumer moved messages back to their queue: those of
+    /// consumers whose heartbeat expired (`swept` consumers), or its own (a restart, a
+    /// lease reply lost in flight).
+    Recovered {
+        /// The queue.
+        queue: String,
+        /// Consumers whose processing lists were taken back (0: this consumer's own).
+        swept: u64,
+        /// Messages moved back.
+        messages: u64,
+    },
     /// A connection stopped answering within its deadline with commands unanswered. A
     /// fresh connection took over its queues; the stalled one stays open to deliver their
     /// replies if its server resumes (see `EngineBuilder::stalled_drain`).

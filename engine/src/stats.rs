@@ -42,6 +42,9 @@ pub(crate) struct ShardStats {
     pub push_frames: AtomicU64,
     pub gaps: AtomicU64,
     pub dropped: AtomicU64,
+    pub stale_outcomes: AtomicU64,
+    pub recovered: AtomicU64,
+    pub requeued: AtomicU64,
     /// Messages per source (pop: queue), in configuration order.
     pub per_source: Vec<AtomicU64>,
     pub latency: Mutex<Histogram<u64>>,
@@ -69,6 +72,9 @@ impl ShardStats {
             push_frames: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            stale_outcomes: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            requeued: AtomicU64::new(0),
             per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             latency: Mutex::new(new_histogram()),
         }
@@ -141,6 +147,18 @@ pub struct Stats {
     pub gaps: u64,
     /// Listen mode with `Overflow::DropOldest`: messages dropped from the full staging area.
     pub dropped: u64,
+    /// Reliable mode: outcomes (acks, retries, deads) that found their message gone from
+    /// this consumer's processing list — its lease had run out and recovery gave it to
+    /// another consumer — so they did nothing (fencing); each reported as
+    /// `Event::StaleOutcomes`.
+    pub stale_outcomes: u64,
+    /// Reliable mode: messages this consumer moved back to their queues — its own
+    /// unfinished ones at start and at stop, leases whose replies were lost, and those of
+    /// consumers whose heartbeat expired.
+    pub recovered: u64,
+    /// Reliable mode: retried messages moved from the retry set back to their queue when
+    /// due.
+    pub requeued: u64,
     /// Messages per source — a queue in `pop` mode (its name, as configured) — in
     /// configuration order.
     pub per_source: Vec<(String, u64)>,
@@ -198,6 +216,9 @@ impl Stats {
             push_frames: total(|s| &s.push_frames),
             gaps: total(|s| &s.gaps),
             dropped: total(|s| &s.dropped),
+            stale_outcomes: total(|s| &s.stale_outcomes),
+            recovered: total(|s| &s.recovered),
+            requeued: total(|s| &s.requeued),
             per_source: source_names
                 .iter()
                 .enumerate()

@@ -19,6 +19,7 @@ use crate::error::{Error, ErrorKind};
 use crate::handler::Handler;
 use crate::pipeline::listen::{ListenConsumer, ListenPipeline, Overflow};
 use crate::pipeline::pop::{PopConsumer, PopPipeline, MAX_BLOCK_TIMEOUT};
+use crate::pipeline::reliable::{ReliableConsumer, ReliablePipeline};
 use crate::pipeline::Pipeline;
 use crate::resolve::{is_name, system_resolver, ResolveFn, Resolver};
 use crate::ring::{sys, RingConfig};
@@ -46,11 +47,20 @@ pub enum Consumer {
     /// Pub/sub channels, patterns and shard channels, at-most-once with gap events
     /// ([`ListenConsumer`]).
     Listen(ListenConsumer),
+    /// List queues, at-least-once: leases, acks, retries, dead letters, recovery
+    /// ([`ReliableConsumer`]).
+    Reliable(ReliableConsumer),
 }
 
 impl From<PopConsumer> for Consumer {
     fn from(c: PopConsumer) -> Self {
         Consumer::Pop(c)
+    }
+}
+
+impl From<ReliableConsumer> for Consumer {
+    fn from(c: ReliableConsumer) -> Self {
+        Consumer::Reliable(c)
     }
 }
 
@@ -361,6 +371,7 @@ impl EngineBuilder {
         match consumer.into() {
             Consumer::Pop(c) => self.start_pop(c, handler),
             Consumer::Listen(c) => self.start_listen(c, handler),
+            Consumer::Reliable(c) => self.start_reliable(c, handler),
         }
     }
 
@@ -449,22 +460,35 @@ impl EngineBuilder {
         })
     }
 
-    fn start_pop<H: Handler + Clone>(
+    fn start_reliable<H: Handler + Clone>(
         self,
-        consumer: PopConsumer,
+        consumer: ReliableConsumer,
         handler: H,
     ) -> Result<Running, Error> {
-        if consumer.queues.is_empty() {
-            return Err(Error::config("no queues to consume: give at least one"));
-        }
-        if consumer.block_timeout > MAX_BLOCK_TIMEOUT {
+        check_queues(&consumer.pop)?;
+        let id = &consumer.id;
+        if id.is_empty()
+            || id
+                .iter()
+                .any(|&b| b.is_ascii_whitespace() || b == b'%' || b == b'{' || b == b'}')
+        {
             return Err(Error::config(format!(
-                "block timeout {:?} is longer than the longest allowed, {MAX_BLOCK_TIMEOUT:?}",
-                consumer.block_timeout
+                "consumer id {:?} must be non-empty, without spaces, '%' or braces: it is part of key names",
+                String::from_utf8_lossy(id)
             )));
         }
-        let lanes_per_shard = self.lanes(consumer.queues.len(), "queues")?;
-        let launch = Launch {
+        let lanes_per_shard = self.lanes(consumer.pop.queues.len(), "queues")?;
+        let launch = self.queue_launch(&consumer.pop, &lanes_per_shard);
+        let timing = (self.reply_grace, self.reply_timeout);
+        let mut lanes = lanes_per_shard.into_iter();
+        self.launch(launch, handler, move |_, budget| {
+            ReliablePipeline::new(&consumer, budget, lanes.next().unwrap_or_default(), timing)
+        })
+    }
+
+    /// The launch figures of a queue consumer (pop or reliable).
+    fn queue_launch(&self, consumer: &PopConsumer, lanes_per_shard: &[Vec<Vec<u32>>]) -> Launch {
+        Launch {
             fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
             prefetch: self.prefetch,
             prefetch_bytes: self.prefetch_bytes,
@@ -476,7 +500,17 @@ impl EngineBuilder {
                 .collect(),
             reply_timeout: self.reply_timeout,
             reply_grace: self.reply_grace,
-        };
+        }
+    }
+
+    fn start_pop<H: Handler + Clone>(
+        self,
+        consumer: PopConsumer,
+        handler: H,
+    ) -> Result<Running, Error> {
+        check_queues(&consumer)?;
+        let lanes_per_shard = self.lanes(consumer.queues.len(), "queues")?;
+        let launch = self.queue_launch(&consumer, &lanes_per_shard);
         let timing = (self.reply_grace, self.reply_timeout);
         let mut lanes = lanes_per_shard.into_iter();
         self.launch(launch, handler, move |_, budget| {
@@ -689,4 +723,18 @@ impl EngineBuilder {
         }
         Ok(running)
     }
+}
+
+/// A queue consumer's list and block timeout, checked.
+fn check_queues(consumer: &PopConsumer) -> Result<(), Error> {
+    if consumer.queues.is_empty() {
+        return Err(Error::config("no queues to consume: give at least one"));
+    }
+    if consumer.block_timeout > MAX_BLOCK_TIMEOUT {
+        return Err(Error::config(format!(
+            "block timeout {:?} is longer than the longest allowed, {MAX_BLOCK_TIMEOUT:?}",
+            consumer.block_timeout
+        )));
+    }
+    Ok(())
 }

@@ -32,6 +32,7 @@
 
 pub(crate) mod listen;
 pub(crate) mod pop;
+pub(crate) mod reliable;
 #[cfg(test)]
 mod testing;
 

@@ -20,9 +20,9 @@ pub const MAX_BLOCK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// A list queue, optionally with priority levels.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    pub(super) name: Bytes,
+    pub(crate) name: Bytes,
     /// (priority, key), highest priority first.
-    pub(super) levels: Vec<(u8, Bytes)>,
+    pub(crate) levels: Vec<(u8, Bytes)>,
     pub(super) weight: u32,
 }
 
@@ -196,6 +196,20 @@ pub(crate) struct PopPlan {
     /// The same, rounded up to whole seconds, for servers before 6.0 (which reject a
     /// fractional timeout).
     pub(super) block_secs_whole: Bytes,
+    /// Reliable mode: pops lease (move each message into the consumer's processing list)
+    /// instead of popping.
+    pub(crate) lease: Option<Lease>,
+}
+
+/// How the lanes lease in reliable mode: a non-blocking pop is the lease script naming
+/// (queue key, processing list) pairs, a blocking one `BLMOVE` of one key.
+pub(crate) struct Lease {
+    /// The lease script's SHA-1, for `EVALSHA`.
+    pub sha: Bytes,
+    /// The processing list of each queue's keys, as `consumer.queues[q].levels`.
+    pub processing: Vec<Vec<Bytes>>,
+    /// How long a lane with several keys waits on one before checking them all again.
+    pub poll_secs: Bytes,
 }
 
 impl PopPlan {
@@ -233,11 +247,22 @@ impl PopPlan {
             lane_of,
             block_secs: Bytes::from(fmt_secs(secs)),
             block_secs_whole: Bytes::from(secs.ceil().max(1.0).to_string()),
+            lease: None,
         }
     }
 }
 
 impl PopPlan {
+    /// Where messages of Redis key `key` come from, if the consumer pops it.
+    pub(crate) fn source_of(&self, key: &[u8]) -> Option<&'static Source> {
+        self.keys.get(key).copied()
+    }
+
+    /// A block timeout as a command argument (milliseconds resolution).
+    pub(crate) fn secs_arg(d: Duration) -> Bytes {
+        Bytes::from(fmt_secs((d.as_millis().max(1) as f64) / 1000.0))
+    }
+
     /// The lane that pops queue `queue_index` on this shard.
     pub(crate) fn lane_of(&self, queue_index: u32) -> usize {
         self.lane_of

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use ringq_resp::CommandWriter;
 
 use super::reply::{parse_pop_reply, PopReply};
-use super::{PopCmd, PopPlan, PopStrategy, PopTag, Scope, HOT_KEYS};
+use super::{CarriesPop, PopCmd, PopPlan, PopStrategy, PopTag, Scope, HOT_KEYS};
 use crate::conn::{Conn, Failure, Tag};
 use crate::credit::{Credits, Grant, SizeEstimate};
 use crate::handler::Message;
@@ -48,6 +48,9 @@ pub(crate) struct Lane {
     next_probe: Option<Instant>,
     streak: (u32, u32),
     backlog: bool,
+    /// Reliable mode, a lane with several keys: its blocking lease (which waits on one
+    /// key) came back empty, so the next lease checks every key without blocking.
+    recheck: bool,
     /// Pops sent on the lane's current connection and not yet answered.
     in_flight: u32,
     /// The payload size to plan pops with, learned from replies.
@@ -75,6 +78,7 @@ impl Lane {
             order: queues.into(),
             streak: (u32::MAX, 0),
             backlog: true,
+            recheck: false,
             in_flight: 0,
             sizes: SizeEstimate::default(),
             returns: Vec::new(),
@@ -157,10 +161,10 @@ impl Lane {
     }
 
     /// Queues as many pops as credits, pipeline depth and mode allow.
-    pub(crate) fn fill(
+    pub(crate) fn fill<C: CarriesPop>(
         &mut self,
         plan: &PopPlan,
-        conn: &mut Conn<PopTag>,
+        conn: &mut Conn<C>,
         credits: &mut Credits,
         now: Instant,
     ) {
@@ -176,12 +180,20 @@ impl Lane {
             if self.in_flight >= depth {
                 return;
             }
-            let lmpop = conn.server().has_lmpop() && c.strategy != PopStrategy::Single;
+            let lease = plan.lease.as_ref();
+            let lmpop =
+                lease.is_some() || (conn.server().has_lmpop() && c.strategy != PopStrategy::Single);
             let blocking = match c.strategy {
+                _ if lease.is_some() => !self.backlog && !self.recheck,
                 PopStrategy::Single | PopStrategy::BlockingBatch => true,
                 PopStrategy::Adaptive => !self.backlog || !lmpop,
             };
-            let mut want = if lmpop { c.batch } else { 1 };
+            // A blocking lease (BLMOVE) moves one message.
+            let mut want = if lmpop && !(blocking && lease.is_some()) {
+                c.batch
+            } else {
+                1
+            };
             if let Some(b) = &plan.budget {
                 // Never ask for more than the budget has left unclaimed.
                 want = b.available(want);
@@ -208,7 +220,12 @@ impl Lane {
                 }
             }
             let count = grant.count;
-            let scope = self.scope(blocking, lmpop, plan, now);
+            let scope = if std::mem::take(&mut self.recheck) {
+                Scope::All
+            } else {
+                self.scope(blocking, lmpop, plan, now)
+            };
+            let single = (blocking && lease.is_some()).then(|| self.order[0]);
             let in_hot = &self.in_hot;
             let cold_only = scope == Scope::Cold;
             let queues = match &scope {
@@ -226,7 +243,7 @@ impl Lane {
                 .clone()
                 .map(|q| c.queues[q as usize].levels.len())
                 .sum();
-            let keys = queues.flat_map(keys_of);
+            let keys = queues.clone().flat_map(keys_of);
             let allow = if blocking {
                 c.block_timeout + plan.reply_grace
             } else {
@@ -237,14 +254,69 @@ impl Lane {
             } else {
                 &plan.block_secs_whole
             };
+            if let Some(l) = lease {
+                let q = single;
+                let lane_keys = if q.is_some() { self.keys(plan) } else { 0 };
+                conn.command(
+                    Tag::Pipe(C::from_pop(PopTag::Pop(PopCmd {
+                        count,
+                        blocking,
+                        bytes: grant.bytes,
+                        late: false,
+                        scope,
+                        single,
+                    }))),
+                    now,
+                    allow,
+                    |buf: &mut BytesMut| match q {
+                        // BLMOVE key processing RIGHT LEFT timeout: the queue's first
+                        // (highest) key; a lane with other keys checks them again soon.
+                        Some(q) => {
+                            let (key, proc) = (
+                                &c.queues[q as usize].levels[0].1,
+                                &l.processing[q as usize][0],
+                            );
+                            let wait = if lane_keys == 1 { block } else { &l.poll_secs };
+                            CommandWriter::new(buf, 6)
+                                .arg("BLMOVE")
+                                .arg(key)
+                                .arg(proc)
+                                .arg("RIGHT")
+                                .arg("LEFT")
+                                .arg(wait)
+                                .finish();
+                        }
+                        // EVALSHA lease 2n key1 processing1 … count
+                        None => {
+                            let pairs = queues.flat_map(|q| {
+                                c.queues[q as usize]
+                                    .levels
+                                    .iter()
+                                    .zip(&l.processing[q as usize])
+                                    .flat_map(|((_, k), p)| [k, p])
+                            });
+                            CommandWriter::new(buf, 4 + 2 * nkeys)
+                                .arg("EVALSHA")
+                                .arg(&l.sha)
+                                .arg_int(2 * nkeys as i64)
+                                .args(pairs)
+                                .arg_int(i64::from(count))
+                                .finish();
+                        }
+                    },
+                );
+                self.in_flight += 1;
+                continue;
+            }
             conn.command(
-                Tag::Pipe(PopTag::Pop(PopCmd {
+                Tag::Pipe(C::from_pop(PopTag::Pop(PopCmd {
                     count,
                     blocking,
                     bytes: grant.bytes,
                     late: false,
                     scope,
-                })),
+                    single: None,
+                }))),
                 now,
                 allow,
                 |buf: &mut BytesMut| {
@@ -272,6 +344,14 @@ impl Lane {
             );
             self.in_flight += 1;
         }
+    }
+
+    /// How many keys (queues × priority levels) the lane pops.
+    fn keys(&self, plan: &PopPlan) -> usize {
+        self.order
+            .iter()
+            .map(|&q| plan.consumer.queues[q as usize].levels.len())
+            .sum()
     }
 
     /// Which queues the next pop names: with backlog and non-blocking LMPOP, the first
@@ -346,7 +426,7 @@ impl Lane {
         out: &mut Vec<Message<'f>>,
     ) -> Result<PopReply, Failure> {
         let start = out.len();
-        let parsed = parse_pop_reply(plan, frame, received_ns, out);
+        let parsed = parse_pop_reply(plan, pop.single, frame, received_ns, out);
         let mut reply = match parsed {
             Ok(r) => r,
             Err(e) => {
@@ -392,6 +472,9 @@ impl Lane {
                 reply.bytes,
             );
             self.learn(pop.scope, reply.queue);
+            if pop.single.is_some() && got == 0 && self.keys(plan) > 1 {
+                self.recheck = true;
+            }
             match pop.scope {
                 // Only a pop that named every queue can say that none holds messages (a
                 // check of the cold queues names them all when none is hot).

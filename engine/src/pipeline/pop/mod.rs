@@ -41,7 +41,7 @@ use crate::conn::{Failure, Phase, Tag};
 use crate::error::Error;
 use crate::handler::{Event, Message, Outcome};
 
-pub(crate) use config::PopPlan;
+pub(crate) use config::{Lease, PopPlan};
 pub use config::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 use lane::Lane;
 
@@ -53,6 +53,40 @@ pub(crate) enum PopTag {
     /// Popped messages beyond the budget going back to the right end of their list
     /// (RPUSH), where they were popped from.
     PushBack { count: u32 },
+}
+
+/// A pipeline command type that carries pop commands: pop mode's own [`PopTag`], or a
+/// mode that pops through the same lanes (reliable mode's leases) with commands of its
+/// own beside them.
+pub(crate) trait CarriesPop: Copy + std::fmt::Debug + Send + 'static {
+    fn from_pop(t: PopTag) -> Self;
+    fn as_pop(&self) -> Option<PopTag>;
+    fn as_pop_mut(&mut self) -> Option<&mut PopTag>;
+}
+
+impl CarriesPop for PopTag {
+    fn from_pop(t: PopTag) -> Self {
+        t
+    }
+
+    fn as_pop(&self) -> Option<PopTag> {
+        Some(*self)
+    }
+
+    fn as_pop_mut(&mut self) -> Option<&mut PopTag> {
+        Some(self)
+    }
+}
+
+fn is_pop<C: CarriesPop>(c: &C) -> bool {
+    matches!(c.as_pop(), Some(PopTag::Pop(_)))
+}
+
+impl PopTag {
+    /// A blocking pop: it may wait on the server for the block timeout.
+    pub(crate) fn blocks(&self) -> bool {
+        matches!(self, PopTag::Pop(PopCmd { blocking: true, .. }))
+    }
 }
 
 /// A pop in flight: what it asked for and the credit it holds until it answers.
@@ -69,6 +103,8 @@ pub(crate) struct PopCmd {
     pub late: bool,
     /// Which queues it named (see [`Scope`]).
     pub scope: Scope,
+    /// Reliable mode's `BLMOVE`: the one queue it named (its first key).
+    pub single: Option<u32>,
 }
 
 /// Which of a lane's queues a pop names.
@@ -120,12 +156,23 @@ impl PopPipeline {
         }
     }
 
+    /// Makes the lanes lease (reliable mode) instead of pop.
+    pub(crate) fn leasing(mut self, lease: Lease) -> Self {
+        self.plan.lease = Some(lease);
+        self
+    }
+
+    /// The consumer's tables.
+    pub(crate) fn plan(&self) -> &PopPlan {
+        &self.plan
+    }
+
     /// Sends the messages connection `id`'s lane popped beyond the budget back to the
     /// right end of their lists, where they came from. They are in pop order (rightmost
     /// first, across all of the lane's replies), so walking them from the end and pushing
     /// each run of one key last-to-first with RPUSH leaves every list as it was before
     /// the pops.
-    fn push_back(&mut self, io: &mut Io<PopTag>, id: usize, lane: usize, now: Instant) {
+    fn push_back<C: CarriesPop>(&mut self, io: &mut Io<C>, id: usize, lane: usize, now: Instant) {
         let back = std::mem::take(&mut self.lanes[lane].returns);
         let allow = io.reply_timeout;
         let mut end = back.len();
@@ -137,22 +184,27 @@ impl PopPipeline {
             }
             let run = &back[begin..end];
             let count = run.len() as u32;
-            io.conns[id].command(Tag::Pipe(PopTag::PushBack { count }), now, allow, |buf| {
-                CommandWriter::new(buf, 2 + run.len())
-                    .arg("RPUSH")
-                    .arg(key)
-                    .args(run.iter().rev().map(|m| m.payload()))
-                    .finish();
-            });
+            io.conns[id].command(
+                Tag::Pipe(C::from_pop(PopTag::PushBack { count })),
+                now,
+                allow,
+                |buf| {
+                    CommandWriter::new(buf, 2 + run.len())
+                        .arg("RPUSH")
+                        .arg(key)
+                        .args(run.iter().rev().map(|m| m.payload()))
+                        .finish();
+                },
+            );
             end = begin;
         }
     }
 
     /// A pop answered on connection `id`: its messages go to `out`, anything popped
     /// beyond the budget goes back to the server.
-    fn on_pop_reply<'f>(
+    fn on_pop_reply<'f, C: CarriesPop>(
         &mut self,
-        io: &mut Io<PopTag>,
+        io: &mut Io<C>,
         id: usize,
         pop: PopCmd,
         frame: &'f Bytes,
@@ -176,14 +228,18 @@ impl PopPipeline {
                 );
             }
         }
-        if reply.excess > 0 {
+        if reply.excess > 0 && self.plan.lease.is_some() {
+            // Leased beyond the budget: they stay in the processing list, and go back to
+            // the queue with the rest of it when the consumer stops.
+            out.truncate(reply.count as usize);
+        } else if reply.excess > 0 {
             let kept = reply.count as usize;
             let excess = out.drain(kept..).map(|m| m.detach());
             self.lanes[lane].returns.extend(excess);
         }
         let conn = &io.conns[id];
         let pops_left = if conn.draining().is_some() {
-            conn.any_cmd(|c| matches!(c, PopTag::Pop(_)))
+            conn.any_cmd(is_pop)
         } else {
             self.lanes[lane].in_flight() > 0
         };
@@ -208,23 +264,11 @@ impl PopPipeline {
     }
 }
 
-impl Pipeline for PopPipeline {
-    type Cmd = PopTag;
-
-    fn fetch_connections(&self) -> usize {
-        self.lanes.len()
-    }
-
-    fn control(&self) -> ControlUse {
-        // Only a stop needs it (CLIENT UNBLOCK): a server with room for the fetch
-        // connections alone still serves.
-        ControlUse::OnDemand
-    }
-
+impl PopPipeline {
     /// Lets every lane queue the pops its credit allows on its ready connection. The
     /// starting connection rotates each turn, so none is always first to the shared part
     /// of the credit (each lane's own reserve is its own whatever the order).
-    fn fill(&mut self, io: &mut Io<PopTag>, now: Instant) {
+    pub(crate) fn fill_lanes<C: CarriesPop>(&mut self, io: &mut Io<C>, now: Instant) {
         let n = io.conns.len();
         if n == 0 {
             return;
@@ -251,7 +295,7 @@ impl Pipeline for PopPipeline {
                     c.role() == io.conns[id].role()
                         && c.draining().is_some()
                         && c.phase() == Phase::Ready
-                        && c.any_cmd(|t| matches!(t, PopTag::Pop(_)))
+                        && c.any_cmd(is_pop)
                 });
                 if !owed {
                     self.push_back(io, id, lane_id, now);
@@ -262,9 +306,9 @@ impl Pipeline for PopPipeline {
         }
     }
 
-    fn on_reply<'f>(
+    pub(crate) fn reply<'f, C: CarriesPop>(
         &mut self,
-        io: &mut Io<PopTag>,
+        io: &mut Io<C>,
         conn: usize,
         cmd: PopTag,
         frame: &'f Bytes,
@@ -291,9 +335,9 @@ impl Pipeline for PopPipeline {
         }
     }
 
-    fn on_outcomes(
+    pub(crate) fn outcomes<C: CarriesPop>(
         &mut self,
-        io: &mut Io<PopTag>,
+        io: &mut Io<C>,
         conn: Option<usize>,
         msgs: &[Message<'_>],
         _outcomes: &[Outcome],
@@ -307,33 +351,18 @@ impl Pipeline for PopPipeline {
         }
     }
 
-    fn on_worker_outcome(
-        &mut self,
-        io: &mut Io<PopTag>,
-        msg: &Message<'static>,
-        _outcome: Outcome,
-    ) {
+    pub(crate) fn worker_outcome<C: CarriesPop>(&mut self, io: &mut Io<C>, msg: &Message<'static>) {
         let len = msg.payload().len() as u64;
         io.credits
             .release(self.plan.lane_of(msg.source.index), 1, len);
     }
 
-    fn owes_effects(&self, _cmd: &PopTag) -> bool {
-        // A pop's reply carries messages already gone from the server; a push-back puts
-        // messages back. Either is lost if its connection closes unanswered.
-        true
-    }
-
-    fn blocks(&self, cmd: &PopTag) -> bool {
-        matches!(cmd, PopTag::Pop(PopCmd { blocking: true, .. }))
-    }
-
-    fn on_stalled(&mut self, io: &mut Io<PopTag>, conn: usize) -> String {
+    pub(crate) fn stalled<C: CarriesPop>(&mut self, io: &mut Io<C>, conn: usize) -> String {
         let lane = io.fetch_of(conn).unwrap_or(0) as usize;
         let (mut pops, mut asked) = (0u32, 0u64);
         let (conns, credits) = (&mut io.conns, &mut io.credits);
         for cmd in conns[conn].cmds_mut() {
-            if let PopTag::Pop(pop) = cmd {
+            if let Some(PopTag::Pop(pop)) = cmd.as_pop_mut() {
                 if let Some(l) = self.lanes.get_mut(lane) {
                     l.detach(pop, credits);
                 }
@@ -349,28 +378,37 @@ impl Pipeline for PopPipeline {
         format!("its {pops} pop(s) (asking for up to {asked} messages)")
     }
 
-    fn on_lost(&mut self, io: &mut Io<PopTag>, conn: usize, unanswered: &[PopTag], stalled: bool) {
+    pub(crate) fn lost<C: CarriesPop>(
+        &mut self,
+        io: &mut Io<C>,
+        conn: usize,
+        unanswered: &[C],
+        stalled: bool,
+    ) {
         // Control carries no pop and has no lane.
         let Some(lane) = io.fetch_of(conn) else {
             return;
         };
         let lane = lane as usize;
         let (mut pops, mut asked, mut unreturned) = (0u64, 0u64, 0u32);
-        for cmd in unanswered {
+        for cmd in unanswered.iter().filter_map(CarriesPop::as_pop) {
             match cmd {
                 PopTag::Pop(pop) => {
                     pops += 1;
                     if let Some(l) = self.lanes.get_mut(lane) {
-                        asked += u64::from(l.forget(&self.plan, pop, &mut io.credits));
+                        asked += u64::from(l.forget(&self.plan, &pop, &mut io.credits));
                     }
                 }
                 PopTag::PushBack { count } => unreturned += count,
             }
         }
         io.stats.add(&io.stats.unanswered_pops, pops);
-        io.stats.add(&io.stats.possibly_lost, asked);
+        let leased = self.plan.lease.is_some();
+        if !leased {
+            io.stats.add(&io.stats.possibly_lost, asked);
+        }
         let c = &io.conns[conn];
-        if pops > 0 {
+        if pops > 0 && !leased {
             tracing::warn!(
                 shard = io.shard, conn = %c.name(),
                 "{pops} pop(s) unanswered: up to {asked} messages they may have taken are lost"
@@ -393,6 +431,75 @@ impl Pipeline for PopPipeline {
                 l.reset();
             }
         }
+    }
+}
+
+impl Pipeline for PopPipeline {
+    type Cmd = PopTag;
+
+    fn fetch_connections(&self) -> usize {
+        self.lanes.len()
+    }
+
+    fn control(&self) -> ControlUse {
+        // Only a stop needs it (CLIENT UNBLOCK): a server with room for the fetch
+        // connections alone still serves.
+        ControlUse::OnDemand
+    }
+
+    /// Lets every lane queue the pops its credit allows on its ready connection.
+    fn fill(&mut self, io: &mut Io<PopTag>, now: Instant) {
+        self.fill_lanes(io, now);
+    }
+
+    fn on_reply<'f>(
+        &mut self,
+        io: &mut Io<PopTag>,
+        conn: usize,
+        cmd: PopTag,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+        now: Instant,
+    ) -> Result<u64, Failure> {
+        self.reply(io, conn, cmd, frame, out, now)
+    }
+
+    fn on_outcomes(
+        &mut self,
+        io: &mut Io<PopTag>,
+        conn: Option<usize>,
+        msgs: &[Message<'_>],
+        outcomes: &[Outcome],
+        bytes: u64,
+    ) {
+        self.outcomes(io, conn, msgs, outcomes, bytes);
+    }
+
+    fn on_worker_outcome(
+        &mut self,
+        io: &mut Io<PopTag>,
+        msg: &Message<'static>,
+        _outcome: Outcome,
+    ) {
+        self.worker_outcome(io, msg);
+    }
+
+    fn owes_effects(&self, _cmd: &PopTag) -> bool {
+        // A pop's reply carries messages already gone from the server; a push-back puts
+        // messages back. Either is lost if its connection closes unanswered.
+        true
+    }
+
+    fn blocks(&self, cmd: &PopTag) -> bool {
+        cmd.blocks()
+    }
+
+    fn on_stalled(&mut self, io: &mut Io<PopTag>, conn: usize) -> String {
+        self.stalled(io, conn)
+    }
+
+    fn on_lost(&mut self, io: &mut Io<PopTag>, conn: usize, unanswered: &[PopTag], stalled: bool) {
+        self.lost(io, conn, unanswered, stalled);
     }
 
     fn on_stop(&mut self, _io: &mut Io<PopTag>, _now: Instant) -> Drain {

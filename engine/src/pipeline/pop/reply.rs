@@ -8,8 +8,9 @@ use ringq_resp::{Reader, ServerError, ServerErrorKind, Token};
 
 use super::PopPlan;
 use crate::conn::Failure;
+use crate::envelope;
 use crate::error::{Error, ErrorKind};
-use crate::handler::{Message, Payload, Span};
+use crate::handler::{Message, Payload, Source, Span};
 
 /// What one pop reply held.
 #[derive(Debug, Default)]
@@ -41,6 +42,13 @@ fn server_error(plan: &PopPlan, msg: Bytes) -> Failure {
     if e.is_retryable() {
         return Failure::Retry(Error::server("pop", e));
     }
+    if e.code() == "NOSCRIPT" {
+        // Reliable mode's lease script is gone (SCRIPT FLUSH): a new connection loads it.
+        return Failure::Retry(Error::server(
+            "the lease script is not loaded (SCRIPT FLUSH?); reconnecting, which loads it again",
+            e,
+        ));
+    }
     // A failover: the endpoint is a replica now (READONLY), or a replica that lost its
     // master (MASTERDOWN). Managed endpoints move their name to the new primary, so
     // reconnect (re-resolving the name) with backoff until it serves as a primary again.
@@ -71,10 +79,14 @@ fn server_error(plan: &PopPlan, msg: Bytes) -> Failure {
     ))
 }
 
-/// Reads `_`/`*-1` (nothing), `*2 key value` (BRPOP) or `*2 key *N values…` (LMPOP).
-/// The messages borrow their payloads from `frame`: no reference count per message.
+/// Reads `_`/`*-1` (nothing), `*2 key value` (BRPOP) or `*2 key *N values…` (LMPOP, and
+/// reliable mode's lease script); for reliable mode's `BLMOVE` of queue `single`, one
+/// element or nothing. The messages borrow their payloads from `frame`: no reference
+/// count per message. In reliable mode a message's `aux` is the whole list element (what
+/// its outcome names), its payload what follows the envelope, if it has one.
 pub(super) fn parse_pop_reply<'f>(
     plan: &PopPlan,
+    single: Option<u32>,
     frame: &'f Bytes,
     received_ns: u64,
     out: &mut Vec<Message<'f>>,
@@ -86,9 +98,56 @@ pub(super) fn parse_pop_reply<'f>(
             format!("malformed pop reply: {e}"),
         ))
     };
-    let t = r.next_value_token().map_err(proto)?;
+    let mut bytes = 0;
+    let mut largest = 0;
+    let leased = plan.lease.is_some();
+    let mut push = |at: Range<usize>, source: &'static Source| {
+        let element = &frame[at.clone()];
+        bytes += element.len() as u64;
+        largest = largest.max(element.len() as u64);
+        let (at, aux, deliveries) =
+            match (leased, leased.then(|| envelope::parse(element)).flatten()) {
+                (false, _) => (at, Span::default(), 1),
+                (true, None) => (at, Span::of(element, frame), 1),
+                (true, Some(env)) => (
+                    at.start + env.header_len..at.end,
+                    Span::of(element, frame),
+                    env.deliveries.saturating_add(1),
+                ),
+            };
+        out.push(Message {
+            payload: Payload::Lent {
+                bytes: &frame[at],
+                frame,
+            },
+            source,
+            aux,
+            deliveries,
+            received_ns,
+        });
+    };
+    let t = match single {
+        Some(q) => {
+            let key = &plan.consumer.queues[q as usize].levels[0].1;
+            let source = plan.keys[key];
+            match r.next_range().map_err(proto)? {
+                Ok(at) => {
+                    push(at, source);
+                    return Ok(PopReply {
+                        count: 1,
+                        bytes,
+                        largest,
+                        queue: Some(q),
+                        ..PopReply::default()
+                    });
+                }
+                Err(t) => t,
+            }
+        }
+        None => r.next_value_token().map_err(proto)?,
+    };
     match t {
-        Token::Null => return Ok(PopReply::default()),
+        Token::Null | Token::Boolean(false) => return Ok(PopReply::default()),
         Token::SimpleError(m) | Token::BulkError(m) => {
             if m.starts_with(b"UNBLOCKED") {
                 // An unblocked pop held nothing, or it would not have been blocked.
@@ -115,32 +174,15 @@ pub(super) fn parse_pop_reply<'f>(
             ),
         )));
     };
-    let mut bytes = 0;
-    let mut largest = 0;
-    let mut push = |at: Range<usize>| {
-        let payload = &frame[at];
-        bytes += payload.len() as u64;
-        largest = largest.max(payload.len() as u64);
-        out.push(Message {
-            payload: Payload::Lent {
-                bytes: payload,
-                frame,
-            },
-            source,
-            aux: Span::default(),
-            deliveries: 1,
-            received_ns,
-        });
-    };
     let count = match r.next_range().map_err(proto)? {
         Ok(at) => {
-            push(at);
+            push(at, source);
             1
         }
         Err(Token::Array(n)) => {
             for _ in 0..n {
                 match r.next_range().map_err(proto)? {
-                    Ok(at) => push(at),
+                    Ok(at) => push(at, source),
                     Err(t) => return Err(malformed("expected a message", &t)),
                 }
             }
@@ -180,9 +222,9 @@ mod tests {
         let lmpop = Bytes::from_static(b"*2\r\n$6\r\n{b}:p7\r\n*2\r\n$1\r\nx\r\n$3\r\nyyy\r\n");
         let nulls = [&b"_\r\n"[..], b"*-1\r\n", b"$-1\r\n"].map(Bytes::copy_from_slice);
         let mut out = Vec::new();
-        let r = parse_pop_reply(&p, &brpop, 0, &mut out).unwrap();
+        let r = parse_pop_reply(&p, None, &brpop, 0, &mut out).unwrap();
         assert_eq!((r.count, r.bytes, r.queue), (1, 2, Some(0)));
-        let r = parse_pop_reply(&p, &lmpop, 0, &mut out).unwrap();
+        let r = parse_pop_reply(&p, None, &lmpop, 0, &mut out).unwrap();
         assert_eq!((r.count, r.bytes, r.queue), (2, 4, Some(1)));
         assert_eq!(out[0].payload(), b"hi");
         assert_eq!(out[1].priority(), 7);
@@ -199,7 +241,7 @@ mod tests {
         assert!(!shown.contains("\\r\\n"), "{shown}");
         assert_eq!(shown, format!("{owned:?}"));
         for null in &nulls {
-            let r = parse_pop_reply(&p, null, 0, &mut out).unwrap();
+            let r = parse_pop_reply(&p, None, null, 0, &mut out).unwrap();
             assert_eq!(r.count, 0);
         }
         assert_eq!(out.len(), 3);
@@ -211,6 +253,7 @@ mod tests {
         assert!(matches!(
             parse_pop_reply(
                 &p,
+                None,
                 &Bytes::from_static(b"*2\r\n$1\r\nz\r\n$1\r\nv\r\n"),
                 0,
                 &mut Vec::new()
@@ -220,6 +263,7 @@ mod tests {
         assert!(matches!(
             parse_pop_reply(
                 &p,
+                None,
                 &Bytes::from_static(b"-LOADING wait\r\n"),
                 0,
                 &mut Vec::new()
@@ -228,6 +272,7 @@ mod tests {
         ));
         match parse_pop_reply(
             &p,
+            None,
             &Bytes::from_static(b"-WRONGTYPE Operation against a key\r\n"),
             0,
             &mut Vec::new(),
@@ -241,6 +286,7 @@ mod tests {
         assert_eq!(
             parse_pop_reply(
                 &p,
+                None,
                 &Bytes::from_static(b"-UNBLOCKED by admin\r\n"),
                 0,
                 &mut Vec::new()

@@ -1,0 +1,808 @@
+//! The reliable pipeline (delivery mode `reliable`, at-least-once list queues).
+//!
+//! - **Fetch = lease.** The pop pipeline's lanes, rotation, weights, priority levels,
+//!   hot set, credits and budget, with the lease dialect ([`Lease`]): a non-blocking pop
+//!   is the lease script (`RPOP q n` + `LPUSH {q}:processing:<id>`, one atomic step), a
+//!   blocking one `BLMOVE`. The element in the processing list is the lease.
+//! - **Outcomes** (`settle.rs`) are batched per key per loop turn and sent on the Control
+//!   connection as one settle script each: acks (an in-order batch is one `LTRIM`),
+//!   retries into `{q}:retry` with backoff, deads into `{q}:dead`, capped. An outcome whose
+//!   element is gone (recovery took it after the lease ran out) does nothing and is
+//!   reported: fencing. A settle lost with Control is sent again: the script only acts on
+//!   elements still in the list, so that is safe.
+//! - **Liveness** (on Control, by timers): the heartbeat `{q}:consumer:<id>` every third
+//!   of the lease; the recovery sweep of consumers whose heartbeat expired every half
+//!   lease, under a lock; due retries moved back.
+//! - **Phases.** At start the consumer takes back its own processing lists (a restart
+//!   with the same id); only then does it lease. A fetch connection lost with leases
+//!   unanswered leaves their elements in the processing list, unseen: leasing pauses
+//!   until every message in hand is settled, then the lists (now only those orphans) are
+//!   taken back, and leasing resumes. A stop does the same after the last outcome, then
+//!   deletes the heartbeat.
+
+mod config;
+mod scripts;
+mod settle;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ringq_resp::{CommandWriter, Decoder, Frame, ServerError};
+
+use super::pop::{CarriesPop, Lease, PopPipeline, PopPlan, PopTag};
+use super::{ControlUse, Drain, Io, Pipeline};
+use crate::budget::Budget;
+use crate::conn::{Failure, Tag};
+use crate::envelope::keys;
+use crate::error::{Error, ErrorKind};
+use crate::handler::{Event, Message, Outcome, Source};
+
+pub use config::{Backoff, ReliableConsumer};
+use settle::Batch;
+
+/// A reliable-mode command awaiting its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelTag {
+    /// A lease (the pop lanes' command).
+    Pop(PopTag),
+    /// `SCRIPT LOAD` of script `n` (see [`scripts::all`]).
+    Load(u8),
+    /// The settle script of the oldest batch in `settling`.
+    Settle,
+    /// The recover script of queue `queue` (its index on this shard) in `mode`.
+    Recover { queue: u32, mode: Mode },
+    /// Due retries moved back.
+    Requeue,
+    /// `CONFIG GET maxmemory-policy`.
+    Policy,
+}
+
+/// What a recover script does (see [`scripts::RECOVER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Beat,
+    Start,
+    Orphans,
+    Stop,
+    Sweep,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Beat => "beat",
+            Mode::Start => "start",
+            Mode::Orphans => "orphans",
+            Mode::Stop => "stop",
+            Mode::Sweep => "sweep",
+        }
+    }
+}
+
+impl CarriesPop for RelTag {
+    fn from_pop(t: PopTag) -> Self {
+        RelTag::Pop(t)
+    }
+
+    fn as_pop(&self) -> Option<PopTag> {
+        match self {
+            RelTag::Pop(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    fn as_pop_mut(&mut self) -> Option<&mut PopTag> {
+        match self {
+            RelTag::Pop(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Where the pipeline is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its own processing lists are to be taken back (`mode`) once Control is ready.
+    Claim(Mode),
+    /// Recover scripts in `mode` sent, `left` replies awaited.
+    Claiming(Mode, u32),
+    /// Leasing.
+    Running,
+    /// A lease reply was lost: no leasing until everything in hand is settled.
+    Orphaned,
+    /// Stopped: its lists are back in the queues, its heartbeat deleted.
+    Stopped,
+}
+
+const TIMER_BEAT: u32 = 1;
+const TIMER_SWEEP: u32 = 2;
+const TIMER_REQUEUE: u32 = 3;
+
+/// Most due retries one requeue script moves.
+const REQUEUE_MAX: i64 = 1000;
+
+/// A queue of this shard, with the names of its keys.
+struct QueueKeys {
+    name: Bytes,
+    heartbeat: Bytes,
+    consumers: Bytes,
+    sweep: Bytes,
+    heartbeat_prefix: Bytes,
+    /// Its keys (priority levels), as indices into `ReliablePipeline::keys`.
+    levels: Vec<u32>,
+}
+
+/// A queue key of this shard, with its processing list, retry set and dead list.
+struct KeyNames {
+    key: Bytes,
+    processing: Bytes,
+    processing_prefix: Bytes,
+    retry: Bytes,
+    dead: Bytes,
+}
+
+/// The reliable pipeline of one shard.
+pub(crate) struct ReliablePipeline {
+    pop: PopPipeline,
+    id: Bytes,
+    lease: Duration,
+    max_deliveries: u32,
+    backoff: Backoff,
+    dead_max_len: u32,
+    dead_max_age: Duration,
+    queues: Vec<QueueKeys>,
+    keys: Vec<KeyNames>,
+    /// Interned source (by address) → key index.
+    key_of: HashMap<usize, u32>,
+    /// Outcomes not yet sent, one batch per key.
+    pending: Vec<Batch>,
+    /// Keys whose batch holds something.
+    dirty: Vec<u32>,
+    /// Batches of a lost Control connection, sent again first.
+    resend: VecDeque<Batch>,
+    /// Batches sent on Control, oldest first (replies come in that order).
+    settling: VecDeque<Batch>,
+    phase: Phase,
+    /// Messages handed to the handler without an outcome yet.
+    outstanding: u64,
+    timers_on: bool,
+    policy_checked: bool,
+    rng: u64,
+    seq: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().clamp(1, i64::MAX as u128) as i64
+}
+
+impl ReliablePipeline {
+    /// The reliable pipeline of a shard whose lane `l` leases the queues `lanes[l]`.
+    pub(crate) fn new(
+        consumer: &ReliableConsumer,
+        budget: Option<std::sync::Arc<Budget>>,
+        lanes: Vec<Vec<u32>>,
+        timing: (Duration, Duration),
+    ) -> Self {
+        let id = consumer.id.clone();
+        let pc = &consumer.pop;
+        let processing = pc
+            .queues
+            .iter()
+            .map(|q| {
+                q.levels
+                    .iter()
+                    .map(|(_, k)| Bytes::from(keys::processing(k, &id)))
+                    .collect()
+            })
+            .collect();
+        let lease = Lease {
+            sha: Bytes::from(scripts::LEASE.sha.clone()),
+            processing,
+            poll_secs: PopPlan::secs_arg(consumer.idle_check.min(pc.block_timeout)),
+        };
+        let mut queues = Vec::new();
+        let mut key_names = Vec::new();
+        let mut mine: Vec<u32> = lanes.iter().flatten().copied().collect();
+        mine.sort_unstable();
+        for &qi in &mine {
+            let q = &pc.queues[qi as usize];
+            let mut levels = Vec::new();
+            for (_, k) in &q.levels {
+                levels.push(key_names.len() as u32);
+                key_names.push(KeyNames {
+                    key: k.clone(),
+                    processing: Bytes::from(keys::processing(k, &id)),
+                    processing_prefix: Bytes::from(keys::processing_prefix(k)),
+                    retry: Bytes::from(keys::retry(k)),
+                    dead: Bytes::from(keys::dead(k)),
+                });
+            }
+            queues.push(QueueKeys {
+                name: q.name.clone(),
+                heartbeat: Bytes::from(keys::heartbeat(&q.name, &id)),
+                consumers: Bytes::from(keys::consumers(&q.name)),
+                sweep: Bytes::from(keys::sweep(&q.name)),
+                heartbeat_prefix: Bytes::from(keys::heartbeat_prefix(&q.name)),
+                levels,
+            });
+        }
+        let pop = PopPipeline::new(pc.clone(), budget, lanes, timing).leasing(lease);
+        let mut key_of = HashMap::new();
+        for (k, names) in key_names.iter().enumerate() {
+            if let Some(source) = pop.plan().source_of(&names.key) {
+                key_of.insert(source as *const Source as usize, k as u32);
+            }
+        }
+        let seed = now_ms() ^ (std::process::id() as u64) << 32 ^ (&key_of as *const _ as u64);
+        Self {
+            pop,
+            id,
+            lease: consumer.lease,
+            max_deliveries: consumer.max_deliveries,
+            backoff: consumer.backoff.clone(),
+            dead_max_len: consumer.dead_max_len,
+            dead_max_age: consumer.dead_max_age,
+            pending: (0..key_names.len()).map(|_| Batch::default()).collect(),
+            keys: key_names,
+            queues,
+            key_of,
+            dirty: Vec::new(),
+            resend: VecDeque::new(),
+            settling: VecDeque::new(),
+            phase: Phase::Claim(Mode::Start),
+            outstanding: 0,
+            timers_on: false,
+            policy_checked: false,
+            rng: seed | 1,
+            seq: 0,
+        }
+    }
+
+    /// A uniform number in [0, 1) (xorshift: jitter and ids need no more).
+    fn unit(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Records one handled message's outcome in its key's batch.
+    fn record(&mut self, msg: &Message<'_>, outcome: Outcome) {
+        let Some(&k) = self.key_of.get(&(msg.source as *const Source as usize)) else {
+            tracing::error!("an outcome for a message of an unknown key; it stays leased");
+            return;
+        };
+        let batch = &mut self.pending[k as usize];
+        if batch.is_empty() {
+            self.dirty.push(k);
+            batch.key = k;
+        }
+        let element = msg.aux();
+        let deliveries = msg.deliveries();
+        match outcome {
+            Outcome::Ack => self.pending[k as usize].ack(element),
+            Outcome::Retry if deliveries < self.max_deliveries => {
+                let unit = self.unit();
+                let delay = self.backoff.delay(deliveries, unit);
+                let due = now_ms() + delay.as_millis() as u64;
+                let id = self.identity(element);
+                self.pending[k as usize].retry(element, deliveries, &id, msg.payload(), due);
+            }
+            _ => {
+                let why = if outcome == Outcome::Dead {
+                    "the handler returned Outcome::Dead".to_owned()
+                } else {
+                    format!("retries exhausted after {deliveries} deliveries")
+                };
+                let id = self.identity(element);
+                self.pending[k as usize].dead(
+                    element,
+                    deliveries,
+                    &id,
+                    msg.payload(),
+                    now_ms(),
+                    &why,
+                );
+            }
+        }
+    }
+
+    /// The element's id, or a new one (retried copies of equal payloads must differ in
+    /// the retry set).
+    fn identity(&mut self, element: &[u8]) -> Vec<u8> {
+        if let Some(id) = crate::envelope::parse(element).and_then(|e| e.id) {
+            return id.to_vec();
+        }
+        self.seq += 1;
+        let r = (self.unit() * (1u64 << 52) as f64) as u64;
+        format!(
+            "{}-{:x}{:x}",
+            String::from_utf8_lossy(&self.id),
+            r,
+            self.seq
+        )
+        .into_bytes()
+    }
+
+    /// Nothing in hand: every message handed out has its outcome applied, and no lease
+    /// is in flight on any connection.
+    fn quiet<C: CarriesPop>(&self, io: &Io<C>) -> bool {
+        self.outstanding == 0
+            && self.dirty.is_empty()
+            && self.resend.is_empty()
+            && self.settling.is_empty()
+            && !io
+                .conns
+                .iter()
+                .any(|c| c.any_cmd(|t| matches!(t.as_pop(), Some(PopTag::Pop(_)))))
+    }
+
+    /// Sends what waits for Control: settles, and the recover scripts of a claim.
+    fn flush(&mut self, io: &mut Io<RelTag>, now: Instant) {
+        let allow = io.reply_timeout;
+        let Some(ctl) = io.control_ready() else {
+            return;
+        };
+        let (cutoff, cap) = (
+            now_ms().saturating_sub(self.dead_max_age.as_millis() as u64),
+            self.dead_max_len,
+        );
+        while let Some(b) = self.resend.pop_front() {
+            b.write(ctl, &self.keys[b.key as usize], cap, cutoff, now, allow);
+            self.settling.push_back(b);
+        }
+        for k in self.dirty.drain(..) {
+            let b = std::mem::take(&mut self.pending[k as usize]);
+            b.write(ctl, &self.keys[k as usize], cap, cutoff, now, allow);
+            self.settling.push_back(b);
+        }
+        if let Phase::Claim(mode) = self.phase {
+            for q in 0..self.queues.len() {
+                self.recover(ctl, q, mode, now, allow);
+            }
+            self.phase = if self.queues.is_empty() {
+                Phase::Running
+            } else {
+                Phase::Claiming(mode, self.queues.len() as u32)
+            };
+        }
+    }
+
+    /// The recover script of queue `q` in `mode`.
+    fn recover(
+        &self,
+        ctl: &mut crate::conn::Conn<RelTag>,
+        q: usize,
+        mode: Mode,
+        now: Instant,
+        allow: Duration,
+    ) {
+        let qk = &self.queues[q];
+        // The sweep lock lapses just before the next sweep is due, so the consumer that
+        // swept can sweep again.
+        let lease = match mode {
+            Mode::Sweep => ms(self.lease / 2).saturating_mul(9) / 10,
+            _ => ms(self.lease),
+        };
+        let at = now_ms() as i64;
+        ctl.command(
+            Tag::Pipe(RelTag::Recover {
+                queue: q as u32,
+                mode,
+            }),
+            now,
+            allow,
+            |buf| {
+                let levels = qk.levels.iter().map(|&k| &self.keys[k as usize]);
+                let pairs = levels.flat_map(|k| [&k.key, &k.processing_prefix]);
+                CommandWriter::new(buf, 11 + 2 * qk.levels.len())
+                    .arg("EVALSHA")
+                    .arg(&scripts::RECOVER.sha)
+                    .arg("3")
+                    .arg(&qk.heartbeat)
+                    .arg(&qk.consumers)
+                    .arg(&qk.sweep)
+                    .arg(mode.arg())
+                    .arg(&self.id)
+                    .arg_int(at)
+                    .arg_int(lease)
+                    .arg(&qk.heartbeat_prefix)
+                    .args(pairs)
+                    .finish();
+            },
+        );
+    }
+
+    fn on_control_reply(
+        &mut self,
+        io: &mut Io<RelTag>,
+        conn: usize,
+        cmd: RelTag,
+        frame: &Bytes,
+    ) -> Result<(), Failure> {
+        let peer = io.conns[conn].peer();
+        let f = Decoder::new()
+            .build(frame)
+            .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
+        if let Frame::SimpleError(m) | Frame::BulkError(m) = &f {
+            let e = ServerError::parse(m.clone());
+            if e.is_retryable() || e.code() == "NOSCRIPT" {
+                return Err(Failure::Retry(Error::server(
+                    "a reliable-mode script could not run now (the server is loading, busy, or lost its scripts); reconnecting, which loads them again",
+                    e,
+                )));
+            }
+            if cmd == RelTag::Policy {
+                tracing::debug!("could not read maxmemory-policy: {e}");
+                return Ok(());
+            }
+            let hint = match cmd {
+                RelTag::Load(_) => "; the ACL user needs +script|load and +evalsha",
+                _ => "; a queue, processing, retry or dead key holds another type, or the ACL lacks access to it",
+            };
+            return Err(Failure::Fatal(Error::server(
+                &format!("reliable mode's {cmd:?} failed{hint}"),
+                e,
+            )));
+        }
+        let ints = |f: &Frame| -> Vec<i64> {
+            match f {
+                Frame::Array(v) => v
+                    .iter()
+                    .map(|x| if let Frame::Integer(n) = x { *n } else { 0 })
+                    .collect(),
+                Frame::Integer(n) => vec![*n],
+                _ => Vec::new(),
+            }
+        };
+        match cmd {
+            RelTag::Load(n) => {
+                let want = &scripts::all()[n as usize].sha;
+                let got = match &f {
+                    Frame::BulkString(b) | Frame::SimpleString(b) => b.as_ref(),
+                    _ => b"",
+                };
+                if got != want.as_bytes() {
+                    return Err(Failure::Fatal(Error::new(
+                        ErrorKind::Protocol,
+                        format!(
+                            "SCRIPT LOAD of the {} script answered {f:?}, not its SHA-1 {want}",
+                            scripts::all()[n as usize].name
+                        ),
+                    )));
+                }
+            }
+            RelTag::Settle => {
+                let Some(b) = self.settling.pop_front() else {
+                    return Ok(());
+                };
+                let stale: i64 = ints(&f).iter().sum();
+                if stale > 0 && !b.resent {
+                    let key = String::from_utf8_lossy(&self.keys[b.key as usize].key).into_owned();
+                    tracing::warn!(
+                        "{stale} outcome(s) for messages of {key:?} not applied: their lease \
+                         had run out and they were delivered again elsewhere (raise the lease \
+                         if this consumer was only slow)"
+                    );
+                    io.stats.add(&io.stats.stale_outcomes, stale as u64);
+                    io.events.push(Event::StaleOutcomes {
+                        key,
+                        count: stale as u64,
+                    });
+                }
+            }
+            RelTag::Recover { queue, mode } => {
+                let v = ints(&f);
+                let (swept, moved) = (
+                    v.first().copied().unwrap_or(0),
+                    v.get(1).copied().unwrap_or(0),
+                );
+                let name = String::from_utf8_lossy(&self.queues[queue as usize].name).into_owned();
+                if moved > 0 {
+                    io.stats.add(&io.stats.recovered, moved as u64);
+                    match mode {
+                        Mode::Sweep => tracing::warn!(
+                            "took back {moved} message(s) of {swept} consumer(s) of {name:?} whose heartbeat expired"
+                        ),
+                        Mode::Start => tracing::info!(
+                            "took back {moved} unfinished message(s) of {name:?} left by this consumer's previous run"
+                        ),
+                        _ => tracing::info!("put {moved} leased message(s) back on {name:?}"),
+                    }
+                    io.events.push(Event::Recovered {
+                        queue: name,
+                        swept: swept.max(0) as u64,
+                        messages: moved as u64,
+                    });
+                }
+                if let Phase::Claiming(m, left) = self.phase {
+                    if m == mode {
+                        self.phase = match (left.saturating_sub(1), mode) {
+                            (0, Mode::Stop) => Phase::Stopped,
+                            (0, _) => Phase::Running,
+                            (n, _) => Phase::Claiming(m, n),
+                        };
+                    }
+                }
+            }
+            RelTag::Requeue => {
+                let n: i64 = ints(&f).iter().sum();
+                io.stats.add(&io.stats.requeued, n.max(0) as u64);
+            }
+            RelTag::Policy => {
+                let text = format!("{f:?}");
+                if !text.contains("noeviction") && text.contains("maxmemory-policy") {
+                    tracing::warn!(
+                        "the server's maxmemory-policy is not noeviction ({}): when memory \
+                         runs out it may evict queue, processing or retry keys, and the \
+                         messages in them are lost. Set `maxmemory-policy noeviction`.",
+                        policy_value(&f).unwrap_or_default()
+                    );
+                }
+            }
+            RelTag::Pop(_) => {}
+        }
+        Ok(())
+    }
+}
+
+fn policy_value(f: &Frame) -> Option<String> {
+    let items: Vec<&Frame> = match f {
+        Frame::Array(v) => v.iter().collect(),
+        Frame::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    items.get(1).map(|v| match v {
+        Frame::BulkString(b) | Frame::SimpleString(b) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    })
+}
+
+impl Pipeline for ReliablePipeline {
+    type Cmd = RelTag;
+
+    fn fetch_connections(&self) -> usize {
+        self.pop.fetch_connections()
+    }
+
+    fn control(&self) -> ControlUse {
+        ControlUse::Always
+    }
+
+    fn on_ready(&mut self, io: &mut Io<RelTag>, conn: usize, now: Instant) {
+        let allow = io.reply_timeout;
+        let version = io.conns[conn].server().version;
+        if version < (6, 2, 0) {
+            io.shared.fail(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "reliable mode needs Redis 6.2 or later (LMOVE, BLMOVE, RPOP with a count); \
+                     {} is {}.{}.{}",
+                    io.conns[conn].peer(),
+                    version.0,
+                    version.1,
+                    version.2
+                ),
+            ));
+            return;
+        }
+        let c = &mut io.conns[conn];
+        for (n, s) in scripts::all().iter().enumerate() {
+            c.command(Tag::Pipe(RelTag::Load(n as u8)), now, allow, |buf| {
+                CommandWriter::new(buf, 3)
+                    .arg("SCRIPT")
+                    .arg("LOAD")
+                    .arg(s.src)
+                    .finish();
+            });
+        }
+        if Some(conn) != io.control {
+            return;
+        }
+        if !std::mem::replace(&mut self.policy_checked, true) {
+            c.command(Tag::Pipe(RelTag::Policy), now, allow, |buf| {
+                CommandWriter::new(buf, 3)
+                    .arg("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .finish();
+            });
+        }
+        if !std::mem::replace(&mut self.timers_on, true) {
+            io.timer(now + self.lease / 3, TIMER_BEAT);
+            io.timer(now + self.lease / 2, TIMER_SWEEP);
+            io.timer(now + self.requeue_period(), TIMER_REQUEUE);
+        }
+    }
+
+    fn fill(&mut self, io: &mut Io<RelTag>, now: Instant) {
+        if self.phase == Phase::Orphaned && self.quiet(io) {
+            self.phase = Phase::Claim(Mode::Orphans);
+        }
+        self.flush(io, now);
+        if self.phase == Phase::Running {
+            self.pop.fill_lanes(io, now);
+        }
+    }
+
+    fn on_reply<'f>(
+        &mut self,
+        io: &mut Io<RelTag>,
+        conn: usize,
+        cmd: RelTag,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+        now: Instant,
+    ) -> Result<u64, Failure> {
+        match cmd {
+            RelTag::Pop(p) => {
+                let before = out.len();
+                let bytes = self.pop.reply(io, conn, p, frame, out, now)?;
+                self.outstanding += (out.len() - before) as u64;
+                Ok(bytes)
+            }
+            _ => {
+                self.on_control_reply(io, conn, cmd, frame)?;
+                Ok(0)
+            }
+        }
+    }
+
+    fn on_outcomes(
+        &mut self,
+        io: &mut Io<RelTag>,
+        conn: Option<usize>,
+        msgs: &[Message<'_>],
+        outcomes: &[Outcome],
+        bytes: u64,
+    ) {
+        self.pop.outcomes(io, conn, msgs, outcomes, bytes);
+        self.outstanding = self.outstanding.saturating_sub(msgs.len() as u64);
+        for (m, &o) in msgs.iter().zip(outcomes) {
+            self.record(m, o);
+        }
+    }
+
+    fn on_worker_outcome(&mut self, io: &mut Io<RelTag>, msg: &Message<'static>, outcome: Outcome) {
+        self.pop.worker_outcome(io, msg);
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.record(msg, outcome);
+    }
+
+    fn owes_effects(&self, _cmd: &RelTag) -> bool {
+        // Nothing is lost with a connection: a lease whose reply never comes left its
+        // elements in the processing list, and they are taken back (`Phase::Orphaned`).
+        false
+    }
+
+    fn blocks(&self, cmd: &RelTag) -> bool {
+        matches!(cmd, RelTag::Pop(p) if p.blocks())
+    }
+
+    fn on_stalled(&mut self, io: &mut Io<RelTag>, conn: usize) -> String {
+        self.pop.stalled(io, conn)
+    }
+
+    fn on_lost(&mut self, io: &mut Io<RelTag>, conn: usize, unanswered: &[RelTag], stalled: bool) {
+        if Some(conn) == io.control || io.fetch_of(conn).is_none() {
+            // Settles not answered are sent again (they act only on elements still
+            // leased, so one that was applied does nothing the second time).
+            let lost = self.settling.len();
+            for mut b in self.settling.drain(..).rev() {
+                b.resent = true;
+                self.resend.push_front(b);
+            }
+            if let Phase::Claiming(mode, _) = self.phase {
+                self.phase = Phase::Claim(mode);
+            }
+            if lost > 0 {
+                tracing::info!("{lost} outcome batch(es) unanswered on the lost Control connection; sending them again");
+            }
+            return;
+        }
+        let leases = unanswered
+            .iter()
+            .filter(|t| matches!(t.as_pop(), Some(PopTag::Pop(_))))
+            .count();
+        self.pop.lost(io, conn, unanswered, stalled);
+        if leases > 0 {
+            tracing::info!(
+                conn = %io.conns[conn].name(),
+                "{leases} lease(s) unanswered: what they leased is in the processing list, \
+                 and goes back to its queue once the messages in hand are settled"
+            );
+            if matches!(self.phase, Phase::Running) {
+                self.phase = Phase::Orphaned;
+            }
+        }
+    }
+
+    fn on_timer(&mut self, io: &mut Io<RelTag>, id: u32, now: Instant) {
+        let allow = io.reply_timeout;
+        let (mode, next) = match id {
+            TIMER_BEAT => (Some(Mode::Beat), self.lease / 3),
+            TIMER_SWEEP => (Some(Mode::Sweep), self.lease / 2),
+            _ => (None, self.requeue_period()),
+        };
+        let stopped = self.phase == Phase::Stopped;
+        if !stopped {
+            io.timer(now + next, id);
+        }
+        let stopping = io.stopping;
+        let Some(ctl) = io.control_ready() else {
+            return;
+        };
+        match mode {
+            _ if stopped => {}
+            Some(Mode::Sweep) if stopping => {}
+            Some(m) => {
+                for q in 0..self.queues.len() {
+                    self.recover(ctl, q, m, now, allow);
+                }
+            }
+            None if stopping => {}
+            None => {
+                let at = now_ms() as i64;
+                for k in &self.keys {
+                    ctl.command(Tag::Pipe(RelTag::Requeue), now, allow, |buf| {
+                        CommandWriter::new(buf, 7)
+                            .arg("EVALSHA")
+                            .arg(&scripts::REQUEUE.sha)
+                            .arg("2")
+                            .arg(&k.retry)
+                            .arg(&k.key)
+                            .arg_int(at)
+                            .arg_int(REQUEUE_MAX)
+                            .finish();
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_stop(&mut self, io: &mut Io<RelTag>, now: Instant) -> Drain {
+        match self.phase {
+            Phase::Stopped => return Drain::Drained,
+            Phase::Claiming(..) => {}
+            Phase::Claim(_) | Phase::Running | Phase::Orphaned => {
+                if self.quiet(io) {
+                    self.phase = Phase::Claim(Mode::Stop);
+                }
+            }
+        }
+        self.flush(io, now);
+        if self.phase == Phase::Stopped {
+            Drain::Drained
+        } else {
+            Drain::Waiting
+        }
+    }
+}
+
+impl ReliablePipeline {
+    /// How often due retries are looked for: a quarter of the shortest backoff, between
+    /// 10 ms and 1 s.
+    fn requeue_period(&self) -> Duration {
+        (self.backoff.shortest() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+impl Drop for ReliablePipeline {
+    fn drop(&mut self) {
+        if self.outstanding > 0 || !self.dirty.is_empty() || !self.settling.is_empty() {
+            tracing::warn!(
+                "reliable consumer stopped with {} message(s) unsettled; they stay in its \
+                 processing lists and are delivered again after a restart with the same id, \
+                 or by another consumer once the lease runs out",
+                self.outstanding + self.settling.len() as u64
+            );
+        }
+    }
+}

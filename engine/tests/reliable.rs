@@ -1,0 +1,549 @@
+//! Reliable mode (issue 11) against a real redis-server: leases, acks, retries with
+//! backoff, dead letters, recovery of a dead consumer's messages, a restart with the same
+//! id, fencing of stale outcomes, a stop with handlers in flight, and faults between the
+//! server and the engine. Each fault test checks the fault really happened, then counts
+//! delivered, lost (must be 0) and duplicated.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringq::envelope::{self, keys};
+use ringq::{Backoff, Dispatch, EngineBuilder, Event, Handler, Message, Outcome, ReliableConsumer};
+use ringq_resp::Frame;
+use ringq_tests::{wait_until, Fault, FaultProxy, RedisServer, TestClient};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What a handler saw: payload → (deliveries of each time it was handed over).
+#[derive(Clone, Default)]
+struct Seen {
+    log: Arc<Mutex<Vec<(String, u32, Instant)>>>,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Seen {
+    fn len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    fn counts(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for (p, _, _) in self.log.lock().unwrap().iter() {
+            *m.entry(p.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// (distinct payloads, duplicate deliveries)
+    fn tally(&self) -> (usize, usize) {
+        let c = self.counts();
+        (c.len(), c.values().map(|n| n - 1).sum())
+    }
+}
+
+/// A handler that records every message and returns `decide(payload, deliveries)`.
+#[derive(Clone)]
+struct Recorder<F> {
+    seen: Seen,
+    decide: F,
+}
+
+impl<F: FnMut(&str, u32) -> Outcome + Clone + Send + 'static> Handler for Recorder<F> {
+    fn handle(&mut self, m: &Message<'_>) -> Outcome {
+        let p = String::from_utf8_lossy(m.payload()).into_owned();
+        self.seen
+            .log
+            .lock()
+            .unwrap()
+            .push((p.clone(), m.deliveries(), Instant::now()));
+        (self.decide)(&p, m.deliveries())
+    }
+
+    fn on_event(&mut self, e: &Event) {
+        self.seen.events.lock().unwrap().push(e.clone());
+    }
+}
+
+fn acker(seen: &Seen) -> Recorder<impl FnMut(&str, u32) -> Outcome + Clone + Send + 'static> {
+    Recorder {
+        seen: seen.clone(),
+        decide: |_: &str, _: u32| Outcome::Ack,
+    }
+}
+
+fn payloads(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:07}")).collect()
+}
+
+fn exists(c: &mut TestClient, key: &[u8]) -> bool {
+    matches!(c.cmd([&b"EXISTS"[..], key]).unwrap(), Frame::Integer(1))
+}
+
+fn llen(c: &mut TestClient, key: &[u8]) -> i64 {
+    c.llen(key).unwrap()
+}
+
+fn builder(url: String) -> EngineBuilder {
+    EngineBuilder::new(url).pin_cores(false)
+}
+
+/// Everything of consumer `id` on queue `q` is gone: no processing list, no heartbeat,
+/// not a member of the consumer set.
+fn assert_clean(c: &mut TestClient, q: &str, id: &str) {
+    let q = q.as_bytes();
+    let id = id.as_bytes();
+    assert_eq!(
+        llen(c, &keys::processing(q, id)),
+        0,
+        "processing list empty"
+    );
+    assert!(!exists(c, &keys::heartbeat(q, id)), "heartbeat deleted");
+    let member = c.cmd([&b"SISMEMBER"[..], &keys::consumers(q), id]).unwrap();
+    assert_eq!(member, Frame::Integer(0), "left the consumer set");
+}
+
+#[test]
+fn drains_with_acks_and_leaves_nothing_leased() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("ra", payloads("a", 5000)).unwrap();
+    c.lpush_many("rb", payloads("b", 3000)).unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(
+            ReliableConsumer::new("c1", ["ra", "rb"]).batch(64),
+            acker(&seen),
+        )
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || seen.len() >= 8000),
+        "delivered {}",
+        seen.len()
+    );
+    let stats = running.shutdown().unwrap();
+    assert_eq!(seen.tally(), (8000, 0));
+    assert_eq!(stats.acked, 8000);
+    assert_eq!(stats.stale_outcomes, 0);
+    for q in ["ra", "rb"] {
+        assert_eq!(llen(&mut c, q.as_bytes()), 0);
+        assert_clean(&mut c, q, "c1");
+    }
+}
+
+#[test]
+fn a_blocked_lease_wakes_for_new_messages_on_any_queue() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .connections_per_shard(1)
+        .start(
+            ReliableConsumer::new("c1", ["w1", "w2", "w3"]).idle_check(Duration::from_millis(50)),
+            acker(&seen),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || c
+        .client_list()
+        .unwrap()
+        .iter()
+        .any(|i| i.is_blocked())));
+    for (i, q) in ["w1", "w2", "w3"].iter().enumerate() {
+        c.lpush_many(q, [format!("m{i}")]).unwrap();
+        assert!(
+            wait_until(WAIT, || seen.len() > i),
+            "message on {q} delivered"
+        );
+    }
+    running.shutdown().unwrap();
+    assert_eq!(seen.tally(), (3, 0));
+}
+
+#[test]
+fn plain_payloads_and_envelopes_are_both_consumed() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let mut wrapped = Vec::new();
+    envelope::encode(&mut wrapped, 2, Some(b"id-7"), None, b"wrapped");
+    c.cmd([&b"LPUSH"[..], b"env", b"plain", &wrapped]).unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(ReliableConsumer::new("c1", ["env"]), acker(&seen))
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 2));
+    running.shutdown().unwrap();
+    let log = seen.log.lock().unwrap().clone();
+    let got: Vec<(String, u32)> = log.into_iter().map(|(p, d, _)| (p, d)).collect();
+    assert_eq!(
+        got,
+        vec![("plain".to_owned(), 1), ("wrapped".to_owned(), 3)],
+        "a plain payload is delivery 1; an envelope counting 2 earlier ones is delivery 3"
+    );
+    assert_clean(&mut c, "env", "c1");
+}
+
+#[test]
+fn a_poison_message_goes_dead_after_exactly_max_deliveries_with_growing_delays() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("pq", ["poison", "fine"]).unwrap();
+    let seen = Seen::default();
+    let handler = Recorder {
+        seen: seen.clone(),
+        decide: |p: &str, _: u32| {
+            if p == "poison" {
+                Outcome::Retry
+            } else {
+                Outcome::Ack
+            }
+        },
+    };
+    let backoff = Backoff::Exponential {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+        jitter: 0.0,
+    };
+    let running = builder(server.url())
+        .start(
+            ReliableConsumer::new("c1", ["pq"])
+                .max_deliveries(4)
+                .backoff(backoff),
+            handler,
+        )
+        .unwrap();
+    let dead = keys::dead(b"pq");
+    assert!(
+        wait_until(WAIT, || llen(&mut c, &dead) == 1),
+        "poison is dead"
+    );
+    let stats = running.shutdown().unwrap();
+    let log = seen.log.lock().unwrap().clone();
+    let poison: Vec<_> = log.iter().filter(|(p, _, _)| p == "poison").collect();
+    let deliveries: Vec<u32> = poison.iter().map(|(_, d, _)| *d).collect();
+    assert_eq!(
+        deliveries,
+        vec![1, 2, 3, 4],
+        "exactly max-deliveries deliveries"
+    );
+    let gaps: Vec<Duration> = poison.windows(2).map(|w| w[1].2 - w[0].2).collect();
+    // 200 ms, 400 ms, 800 ms as configured: each wait is longer than the one before, and
+    // no shorter than its delay.
+    for (i, g) in gaps.iter().enumerate() {
+        // (Due times are whole milliseconds of the wall clock.)
+        assert!(
+            *g + Duration::from_millis(2) >= Duration::from_millis(200 << i),
+            "gap {i}: {gaps:?}"
+        );
+    }
+    assert!(
+        gaps[0] < gaps[1] && gaps[1] < gaps[2],
+        "delays grow: {gaps:?}"
+    );
+    let entry = match c.cmd([&b"LINDEX"[..], &dead, b"0"]).unwrap() {
+        Frame::BulkString(b) => b,
+        f => panic!("dead entry: {f:?}"),
+    };
+    let env = envelope::parse(&entry).expect("dead entries carry an envelope");
+    assert_eq!(env.deliveries, 4);
+    assert!(env.reason.unwrap().contains("retries exhausted"));
+    assert!(env.dead_at_ms.is_some());
+    assert_eq!(&entry[env.header_len..], b"poison");
+    assert_eq!(stats.acked, 1);
+    assert!(
+        !exists(&mut c, &keys::retry(b"pq")),
+        "nothing left to retry"
+    );
+    assert_clean(&mut c, "pq", "c1");
+}
+
+#[test]
+fn dead_outcomes_are_capped_by_length() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("dq", payloads("d", 50)).unwrap();
+    let seen = Seen::default();
+    let handler = Recorder {
+        seen: seen.clone(),
+        decide: |_: &str, _: u32| Outcome::Dead,
+    };
+    let running = builder(server.url())
+        .start(
+            ReliableConsumer::new("c1", ["dq"]).dead_letters(10, Duration::from_secs(3600)),
+            handler,
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 50));
+    running.shutdown().unwrap();
+    assert_eq!(
+        llen(&mut c, &keys::dead(b"dq")),
+        10,
+        "the dead list keeps its newest 10"
+    );
+    assert_clean(&mut c, "dq", "c1");
+}
+
+#[test]
+fn another_consumer_takes_back_a_dead_consumers_messages() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    // A consumer "gone" leased 100 messages and died: its processing list and its set
+    // membership remain, its heartbeat has expired.
+    let proc_gone = keys::processing(b"rq", b"gone");
+    c.lpush_many(&proc_gone, payloads("leased", 100)).unwrap();
+    c.cmd([&b"SADD"[..], &keys::consumers(b"rq"), b"gone"])
+        .unwrap();
+    c.lpush_many("rq", payloads("fresh", 100)).unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(
+            ReliableConsumer::new("alive", ["rq"]).lease(Duration::from_secs(1)),
+            acker(&seen),
+        )
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || seen.len() >= 200),
+        "delivered {}",
+        seen.len()
+    );
+    let stats = running.shutdown().unwrap();
+    assert_eq!(seen.tally(), (200, 0));
+    let log = seen.log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .filter(|(p, _, _)| p.starts_with("leased"))
+            .all(|(_, d, _)| *d == 2),
+        "a recovered message counts its earlier delivery"
+    );
+    assert_eq!(stats.recovered, 100);
+    assert_eq!(llen(&mut c, &proc_gone), 0);
+    let events = seen.events.lock().unwrap().clone();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Recovered {
+                swept: 1,
+                messages: 100,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_clean(&mut c, "rq", "alive");
+}
+
+#[test]
+fn a_restart_with_the_same_id_takes_its_messages_back_at_once() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    // The previous run of "c1" left 50 leased messages, and its heartbeat is still alive
+    // for a minute: nobody else may take them, but c1 itself does at once.
+    let proc1 = keys::processing(b"sq", b"c1");
+    c.lpush_many(&proc1, payloads("left", 50)).unwrap();
+    c.cmd([
+        &b"SET"[..],
+        &keys::heartbeat(b"sq", b"c1"),
+        b"1",
+        b"PX",
+        b"60000",
+    ])
+    .unwrap();
+    let seen = Seen::default();
+    let t0 = Instant::now();
+    let running = builder(server.url())
+        .start(ReliableConsumer::new("c1", ["sq"]), acker(&seen))
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 50));
+    let took = t0.elapsed();
+    running.shutdown().unwrap();
+    assert_eq!(seen.tally(), (50, 0));
+    // Not a timing threshold on speed: the heartbeat would have kept them for 60 s.
+    assert!(
+        took < Duration::from_secs(60),
+        "waited for no lease: {took:?}"
+    );
+    assert_clean(&mut c, "sq", "c1");
+}
+
+#[test]
+fn a_stop_with_handlers_in_flight_loses_nothing_and_leaves_no_lease() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    const N: usize = 2000;
+    c.lpush_many("tq", payloads("t", N)).unwrap();
+    let seen = Seen::default();
+    let handler = Recorder {
+        seen: seen.clone(),
+        decide: |_: &str, _: u32| {
+            std::thread::sleep(Duration::from_millis(2));
+            Outcome::Ack
+        },
+    };
+    let running = builder(server.url())
+        .dispatch(Dispatch::workers(2))
+        .prefetch(256)
+        .start(ReliableConsumer::new("c1", ["tq"]).batch(32), handler)
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 200));
+    let stats = running.shutdown().unwrap();
+    let handled = seen.len();
+    assert!(
+        handled < N,
+        "the stop came mid-drain ({handled} of {N} handled)"
+    );
+    let left = llen(&mut c, b"tq") as usize;
+    assert_eq!(seen.tally().1, 0, "no duplicates");
+    assert_eq!(
+        handled + left,
+        N,
+        "every message handled or back in the queue"
+    );
+    assert_eq!(stats.acked as usize, handled);
+    assert_clean(&mut c, "tq", "c1");
+}
+
+#[test]
+fn a_stale_ack_is_fenced_and_reported() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    c.lpush_many("fq", ["slow"]).unwrap();
+    // Consumer A's inline handler holds its loop past the 1 s lease (as SIGSTOP would):
+    // its heartbeat expires, B takes the message back and handles it; A's ack, when it
+    // finally comes, finds nothing and is reported, not applied to anything else.
+    let seen_a = Seen::default();
+    let a = builder(server.url())
+        .start(
+            ReliableConsumer::new("a", ["fq"]).lease(Duration::from_secs(1)),
+            Recorder {
+                seen: seen_a.clone(),
+                decide: |_: &str, _: u32| {
+                    std::thread::sleep(Duration::from_secs(4));
+                    Outcome::Ack
+                },
+            },
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen_a.len() >= 1));
+    let seen_b = Seen::default();
+    let b = builder(server.url())
+        .start(
+            ReliableConsumer::new("b", ["fq"]).lease(Duration::from_secs(1)),
+            acker(&seen_b),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen_b.len() >= 1), "B got the message");
+    assert!(wait_until(WAIT, || {
+        seen_a
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::StaleOutcomes { count: 1, .. }))
+    }));
+    let sa = a.shutdown().unwrap();
+    let sb = b.shutdown().unwrap();
+    assert_eq!(sa.stale_outcomes, 1);
+    assert_eq!(sb.stale_outcomes, 0);
+    let log_b = seen_b.log.lock().unwrap().clone();
+    assert_eq!(log_b[0].1, 2, "B's delivery is the second");
+    assert_eq!(llen(&mut c, b"fq"), 0);
+    assert_clean(&mut c, "fq", "a");
+    assert_clean(&mut c, "fq", "b");
+}
+
+#[test]
+fn replies_lost_in_flight_lose_nothing() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    const N: usize = 20_000;
+    c.lpush_many("lq", payloads("l", N)).unwrap();
+    let proxy = FaultProxy::start(server.addr()).unwrap();
+    let seen = Seen::default();
+    let running = builder(proxy.url())
+        .prefetch(512)
+        .start(ReliableConsumer::new("c1", ["lq"]).batch(64), acker(&seen))
+        .unwrap();
+    for _ in 0..3 {
+        let before = seen.len();
+        assert!(wait_until(WAIT, || seen.len() > before + 1000));
+        // The proxy forwards the next reply, then resets the connection before the
+        // engine can read it: a lease applied on the server whose answer is lost.
+        let fired = proxy.fired();
+        proxy.set(Fault::ResetAfterReply);
+        assert!(
+            wait_until(WAIT, || proxy.fired() > fired),
+            "the fault fired"
+        );
+        proxy.set(Fault::None);
+    }
+    assert!(
+        wait_until(WAIT, || seen.counts().len() >= N),
+        "delivered {}",
+        seen.counts().len()
+    );
+    let stats = running.shutdown().unwrap();
+    let (distinct, dups) = seen.tally();
+    assert_eq!(distinct, N, "0 lost");
+    assert!(stats.reconnects >= 1);
+    assert!(
+        dups <= 3 * 512,
+        "duplicates bounded by the prefetch per fault: {dups}"
+    );
+    assert_clean(&mut c, "lq", "c1");
+}
+
+#[test]
+fn client_kill_while_blocked_loses_nothing() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(ReliableConsumer::new("c1", ["kq"]), acker(&seen))
+        .unwrap();
+    let blocked = |c: &mut TestClient| c.client_list().unwrap().iter().any(|i| i.is_blocked());
+    assert!(wait_until(WAIT, || blocked(&mut c)), "waiting in BLMOVE");
+    let killed = c
+        .client_kill(&[("TYPE", "normal"), ("SKIPME", "yes")])
+        .unwrap();
+    assert!(killed >= 1, "killed the engine's connections");
+    c.lpush_many("kq", payloads("k", 1000)).unwrap();
+    assert!(wait_until(WAIT, || seen.counts().len() >= 1000));
+    let stats = running.shutdown().unwrap();
+    assert_eq!(seen.tally(), (1000, 0));
+    assert!(stats.reconnects >= 1);
+    assert_clean(&mut c, "kq", "c1");
+}
+
+#[test]
+fn a_server_restart_with_appendfsync_always_loses_nothing() {
+    let server = RedisServer::builder().aof_always(true).start().unwrap();
+    let mut c = server.client().unwrap();
+    const N: usize = 20_000;
+    c.lpush_many("aq", payloads("a", N)).unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(
+            ReliableConsumer::new("c1", ["aq"]).batch(32),
+            Recorder {
+                seen: seen.clone(),
+                decide: |_: &str, _: u32| {
+                    std::thread::sleep(Duration::from_micros(50));
+                    Outcome::Ack
+                },
+            },
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 2000));
+    server.restart().unwrap();
+    let after_restart = seen.len();
+    assert!(after_restart < N, "the restart came mid-drain");
+    assert!(
+        wait_until(WAIT, || seen.counts().len() >= N),
+        "delivered {}",
+        seen.counts().len()
+    );
+    let stats = running.shutdown().unwrap();
+    assert_eq!(seen.tally().0, N, "0 lost");
+    assert!(stats.reconnects >= 1);
+    let mut c = server.client().unwrap();
+    assert_clean(&mut c, "aq", "c1");
+}
