@@ -54,6 +54,15 @@ pub enum Command {
     ///
     /// Example: ringq publish --channel news --messages 100000 --size 16
     Publish(PublishArgs),
+    /// Show a reliable-mode queue: messages pending, leased per consumer (with the age of
+    /// its heartbeat), waiting for a retry, and dead.
+    ///
+    /// Example: ringq stats --queue jobs --format json
+    Stats(StatsArgs),
+    /// List, requeue or purge a reliable-mode queue's dead letters ({Q}:dead).
+    ///
+    /// Example: ringq dead --queue jobs list --count 10 --format json
+    Dead(DeadArgs),
     /// Show what io_uring offers on this host, or why ringq cannot use it (exit 1), and
     /// the epoll fallback.
     Probe,
@@ -78,9 +87,22 @@ pub struct ConsumeArgs {
     #[arg(long = "queue", value_name = "Q", required = true)]
     pub queues: Vec<String>,
 
-    /// Delivery mode. Only `pop` (at-most-once) is implemented yet.
+    /// Delivery mode: `pop` (at-most-once) or `reliable` (at-least-once: each message is
+    /// leased into {Q}:processing:ID and acknowledged only after its line is written and
+    /// stdout flushed; needs --consumer-id).
     #[arg(long, value_enum, default_value_t = Mode::Pop)]
     pub mode: Mode,
+
+    /// Reliable mode: most deliveries of one message before it goes to the dead list
+    /// (a message whose line cannot be written is retried).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_retries: Option<u32>,
+
+    /// Reliable mode: how long a consumer that stopped (killed, frozen, cut off) keeps its
+    /// leased messages before another consumer takes them back, in milliseconds (at least
+    /// 1000; default 30000).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1000..))]
+    pub lease_ms: Option<u64>,
 
     /// Exit 0 after exactly N messages. No more than N are popped: the rest stay queued.
     #[arg(long, value_name = "N")]
@@ -291,7 +313,7 @@ pub struct PublishArgs {
 pub enum Mode {
     /// BRPOP/LMPOP: at-most-once.
     Pop,
-    /// BLMOVE to a processing list, LREM on ack: at-least-once (not implemented yet).
+    /// Leases into a processing list, acks with one script per batch: at-least-once.
     Reliable,
     /// XREADGROUP/XACK consumer groups: at-least-once (not implemented yet).
     Stream,
@@ -413,4 +435,60 @@ mod tests {
         assert!(positive_rate("nan").is_err());
         assert_eq!(positive_rate("2.5"), Ok(2.5));
     }
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// A queue to show; repeat for several.
+    #[arg(long = "queue", value_name = "Q", required = true)]
+    pub queues: Vec<String>,
+
+    /// `text` (a few lines per queue) or `json` (one object per queue per line).
+    #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
+    pub format: StatsFormat,
+}
+
+/// `ringq stats --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// The queue whose dead list ({Q}:dead) to work on.
+    #[arg(long, value_name = "Q", global = true, required = true)]
+    pub queue: String,
+
+    #[command(subcommand)]
+    pub action: DeadAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// Print dead letters, newest first: raw payloads, or JSON objects with the payload,
+    /// deliveries, when and why it died, and its id.
+    List {
+        /// At most N entries.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        count: u64,
+        #[arg(long, value_enum, default_value_t = Format::Raw)]
+        format: Format,
+    },
+    /// Move the oldest N dead letters back to the queue (served next), each with a fresh
+    /// delivery count; atomic per message.
+    Requeue {
+        /// At most N entries (default: all).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Delete the dead list.
+    Purge,
 }

@@ -1,4 +1,6 @@
-//! `ringq consume`: the engine in pop mode, printing every message it pops.
+//! `ringq consume`: the engine in pop or reliable mode, printing every message it takes.
+//! In reliable mode a message is acknowledged only once its line is written and stdout
+//! flushed; one whose line could not be written is retried.
 //!
 //! The shape of a run: validate the flags (usage errors exit 2 before anything connects),
 //! watch SIGINT/SIGTERM, start the engine with a [`Printer`] handler, hand its shutdown
@@ -11,7 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringq::{ConnectionInfo, Consumer, Dispatch, EngineBuilder, PopConsumer, PopStrategy};
+use ringq::{
+    ConnectionInfo, Consumer, Dispatch, EngineBuilder, PopConsumer, PopStrategy, ReliableConsumer,
+};
 
 use crate::args::{ConsumeArgs, Mode, Strategy};
 use crate::exit::Exit;
@@ -25,14 +29,22 @@ use crate::stop::{watch_signals, StopSwitch};
 /// connection count. Runtime errors
 /// (status 1): whatever stopped the engine, or a failed write to stdout.
 pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
-    if a.mode != Mode::Pop {
-        let name = match a.mode {
-            Mode::Reliable => "reliable",
-            _ => "stream",
-        };
-        return Err(Exit::usage(format!(
-            "--mode {name} is not implemented yet (pop mode only)"
-        )));
+    if a.mode == Mode::Stream {
+        return Err(Exit::usage(
+            "--mode stream is not implemented yet (pop and reliable modes only)",
+        ));
+    }
+    let reliable = a.mode == Mode::Reliable;
+    if reliable && a.consumer_id.is_none() {
+        return Err(Exit::usage(
+            "--mode reliable needs --consumer-id: the id names this consumer's processing \
+             lists, and a restart with the same id takes its unfinished messages back at once",
+        ));
+    }
+    if !reliable && (a.max_retries.is_some() || a.lease_ms.is_some()) {
+        return Err(Exit::usage(
+            "--max-retries and --lease-ms apply to --mode reliable only",
+        ));
     }
     // Parsed here as well as by the engine so a bad URL is a usage error with the
     // engine's (password-redacting) message, before any thread starts.
@@ -50,14 +62,29 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         )));
     }
 
-    let consumer = PopConsumer::new(a.queues.iter().map(String::as_str))
-        .strategy(match a.strategy {
-            Strategy::Adaptive => PopStrategy::Adaptive,
-            Strategy::Single => PopStrategy::Single,
-            Strategy::Batch => PopStrategy::BlockingBatch,
-        })
-        .batch(a.batch)
-        .block_timeout(Duration::from_millis(a.block_timeout_ms));
+    let consumer: Consumer = if reliable {
+        let id = a.consumer_id.clone().unwrap_or_default();
+        let mut c = ReliableConsumer::new(id, a.queues.iter().map(String::as_str))
+            .batch(a.batch)
+            .block_timeout(Duration::from_millis(a.block_timeout_ms));
+        if let Some(n) = a.max_retries {
+            c = c.max_deliveries(n);
+        }
+        if let Some(ms) = a.lease_ms {
+            c = c.lease(Duration::from_millis(ms));
+        }
+        c.into()
+    } else {
+        PopConsumer::new(a.queues.iter().map(String::as_str))
+            .strategy(match a.strategy {
+                Strategy::Adaptive => PopStrategy::Adaptive,
+                Strategy::Single => PopStrategy::Single,
+                Strategy::Batch => PopStrategy::BlockingBatch,
+            })
+            .batch(a.batch)
+            .block_timeout(Duration::from_millis(a.block_timeout_ms))
+            .into()
+    };
     let dispatch = match (a.workers, a.orderly) {
         (None, _) => Dispatch::inline(),
         (Some(n), false) => Dispatch::workers(usize::from(n)),

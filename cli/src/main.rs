@@ -7,6 +7,9 @@
 //! ringq subscribe --url URL (--channel C | --pattern P | --shard-channel C)... [--count N]
 //!                 [--format raw|json]
 //! ringq publish   --url URL --channel C --messages N [--size S | --seq] [--rate R]
+//! ringq consume   --mode reliable --consumer-id ID --queue Q [--max-retries N] [--lease-ms MS]
+//! ringq stats     --queue Q [--format text|json]
+//! ringq dead      --queue Q list [--count N] [--format raw|json] | requeue [--count N] | purge
 //! ringq probe
 //! ```
 //!
@@ -16,7 +19,10 @@
 //!
 //! # Layout
 //! - `args`: the command line (clap derive); every flag's `--help` text lives here.
-//! - `consume`: `ringq consume` — the engine, its stop switch, exit status.
+//! - `consume`: `ringq consume` — the engine (pop or reliable mode), its stop switch,
+//!   exit status.
+//! - `admin`: `ringq stats` and `ringq dead` — a reliable queue's figures and dead letters.
+//! - `client`: the blocking RESP2 connection of `produce`, `publish`, `stats`, `dead`.
 //! - `output`: the handler that prints messages (raw or JSON) without interleaving lines.
 //! - `subscribe`: `ringq subscribe` — the engine in listen mode.
 //! - `produce`: `ringq produce` and `ringq publish` — a blocking, pipelined client with
@@ -25,7 +31,9 @@
 //! - `log`: engine warnings (`tracing` events) printed to stderr.
 //! - `exit`: [`Exit`], an error with its exit status.
 
+mod admin;
 mod args;
+mod client;
 mod consume;
 mod exit;
 mod log;
@@ -47,6 +55,8 @@ fn main() {
         Command::Produce(a) => produce::run(a),
         Command::Subscribe(a) => subscribe::run(a),
         Command::Publish(a) => produce::publish(a),
+        Command::Stats(a) => admin::stats(a),
+        Command::Dead(a) => admin::dead(a),
         Command::Probe => probe(),
     };
     if let Err(e) = result {

@@ -60,13 +60,17 @@ impl Output {
         }
     }
 
-    fn write_batch(&self, buf: &[u8], lines: u64) {
+    /// Writes and flushes one batch of lines; false if they were not written.
+    fn write_batch(&self, buf: &[u8], lines: u64) -> bool {
         let mut s = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         if s.closed || s.error.is_some() {
-            return;
+            return false;
         }
         match s.out.write_all(buf).and_then(|()| s.out.flush()) {
-            Ok(()) => s.lines += lines,
+            Ok(()) => {
+                s.lines += lines;
+                true
+            }
             Err(e) => {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     s.closed = true;
@@ -75,6 +79,7 @@ impl Output {
                 }
                 drop(s);
                 self.stop.request();
+                false
             }
         }
     }
@@ -152,10 +157,16 @@ impl Handler for Printer {
                 }
             }
         }
-        self.output.write_batch(&self.buf, batch.len() as u64);
-        // Pop mode cannot give a message back: after EPIPE the rest are dropped, which is
-        // what at-most-once means; the stop switch keeps that to what was in flight.
-        outcomes.extend(batch.iter().map(|_| Outcome::Ack));
+        // Acknowledged only once written and flushed. A batch that could not be written is
+        // retried: reliable mode delivers it again; pop mode cannot give a message back,
+        // so after EPIPE the rest are dropped (counted as retries), which is what
+        // at-most-once means, and the stop switch keeps that to what was in flight.
+        let outcome = if self.output.write_batch(&self.buf, batch.len() as u64) {
+            Outcome::Ack
+        } else {
+            Outcome::Retry
+        };
+        outcomes.extend(batch.iter().map(|_| outcome));
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::with_capacity(64 * 1024);
         }
@@ -196,6 +207,21 @@ impl Handler for Printer {
             } => format!(
                 "{connection} was cut with pops unanswered: up to {messages} message(s) lost"
             ),
+            Event::StaleOutcomes { key, count } => format!(
+                "{count} outcome(s) for messages of '{key}' not applied: this consumer's lease \
+                 ran out (it was frozen or cut off) and they went to another consumer; raise \
+                 --lease-ms if it was only slow"
+            ),
+            Event::Recovered {
+                queue,
+                swept,
+                messages,
+            } if *swept > 0 => format!(
+                "took back {messages} message(s) of {swept} consumer(s) of '{queue}' whose heartbeat expired"
+            ),
+            Event::Recovered { queue, messages, .. } => {
+                format!("put {messages} leased message(s) back on '{queue}'")
+            }
             other => format!("{other:?}"),
         };
         eprintln!("ringq: warning: {text}");

@@ -8,25 +8,20 @@
 //! With `--rate R`, message `i` is due at `start + i/R`: each round sends what is due by
 //! now, so a late round is caught up by the next instead of shifting the whole schedule.
 
-use std::io::{self, IsTerminal, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::net::UnixStream;
+use std::io::{self, IsTerminal};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use ringq::{Address, ConnectionInfo};
-use ringq_resp::{encode_command, Decoder, Frame};
+use ringq::ConnectionInfo;
+use ringq_resp::{encode_command, Frame};
 
 use crate::args::{ProduceArgs, PublishArgs};
+use crate::client::Conn;
 use crate::exit::Exit;
 
 /// Most commands in one pipeline round.
 const PIPELINE: u64 = 256;
 /// Most payload bytes in one pipeline round (big `--size` payloads get smaller rounds).
 const ROUND_BYTES: u64 = 4 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A reply slower than this means the server is stuck; fail rather than hang.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often progress is redrawn on a terminal.
 const PROGRESS_PERIOD: Duration = Duration::from_millis(200);
 
@@ -172,151 +167,4 @@ fn pump(p: &Pump<'_>) -> Result<Pumped, Exit> {
         replies,
         secs: start.elapsed().as_secs_f64(),
     })
-}
-
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-/// One blocking RESP2 connection.
-struct Conn {
-    stream: Stream,
-    peer: String,
-    decoder: Decoder,
-    inbuf: BytesMut,
-}
-
-impl Conn {
-    fn connect(info: &ConnectionInfo) -> Result<Self, Exit> {
-        let peer = info.to_string();
-        let fail = |e: io::Error| Exit::runtime(format!("cannot connect to {peer}: {e}"));
-        let stream = match &info.address {
-            Address::Unix(path) => {
-                let s = UnixStream::connect(path).map_err(fail)?;
-                s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(fail)?;
-                Stream::Unix(s)
-            }
-            Address::Tcp { host, port } => {
-                let addrs = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| Exit::runtime(format!("cannot resolve host '{host}': {e}")))?;
-                let mut last = None;
-                let mut found = None;
-                for addr in addrs {
-                    match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                        Ok(s) => {
-                            found = Some(s);
-                            break;
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                let s = match (found, last) {
-                    (Some(s), _) => s,
-                    (None, Some(e)) => return Err(fail(e)),
-                    (None, None) => {
-                        return Err(Exit::runtime(format!(
-                            "host '{host}' resolved to no address"
-                        )))
-                    }
-                };
-                s.set_nodelay(true).map_err(fail)?;
-                s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(fail)?;
-                Stream::Tcp(s)
-            }
-        };
-        Ok(Self {
-            stream,
-            peer,
-            decoder: Decoder::new(),
-            inbuf: BytesMut::with_capacity(64 * 1024),
-        })
-    }
-
-    /// `AUTH [user] password` and `SELECT db`, as the URL asks (RESP2, no HELLO).
-    fn handshake(&mut self, info: &ConnectionInfo) -> Result<(), Exit> {
-        if let Some(pass) = &info.password {
-            let mut args: Vec<&[u8]> = vec![b"AUTH"];
-            if let Some(user) = &info.username {
-                args.push(user.as_bytes());
-            }
-            args.push(pass.as_bytes());
-            let user = info.username.as_deref().unwrap_or("default");
-            self.command_ok(&args, &format!("AUTH failed for user '{user}'"))?;
-        }
-        if info.db != 0 {
-            let db = info.db.to_string();
-            self.command_ok(
-                &[b"SELECT", db.as_bytes()],
-                &format!("SELECT {} failed", info.db),
-            )?;
-        }
-        Ok(())
-    }
-
-    fn command_ok(&mut self, args: &[&[u8]], context: &str) -> Result<(), Exit> {
-        let mut out = Vec::new();
-        encode_command(&mut out, args.iter().copied());
-        self.write(&out)?;
-        match self.read_reply()? {
-            Frame::SimpleString(_) => Ok(()),
-            other => Err(Exit::runtime(match other.to_server_error() {
-                Some(e) => format!("{context} on {}: {e}", self.peer),
-                None => format!("{context} on {}: unexpected reply {other:?}", self.peer),
-            })),
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Exit> {
-        let r = match &mut self.stream {
-            Stream::Tcp(s) => s.write_all(bytes),
-            Stream::Unix(s) => s.write_all(bytes),
-        };
-        r.map_err(|e| Exit::runtime(format!("writing to {}: {e}", self.peer)))
-    }
-
-    /// The next reply, error replies included (as frames).
-    fn read_reply(&mut self) -> Result<Frame, Exit> {
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match self.decoder.decode(&mut self.inbuf) {
-                Ok(Some(frame)) => return Ok(frame),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(Exit::runtime(format!(
-                        "malformed reply from {}: {e}; is this a Redis-protocol server?",
-                        self.peer
-                    )))
-                }
-            }
-            let r = match &mut self.stream {
-                Stream::Tcp(s) => s.read(&mut chunk),
-                Stream::Unix(s) => s.read(&mut chunk),
-            };
-            match r {
-                Ok(0) => {
-                    return Err(Exit::runtime(format!(
-                        "{} closed the connection",
-                        self.peer
-                    )))
-                }
-                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(Exit::runtime(format!(
-                        "no reply from {} within {} s",
-                        self.peer,
-                        REPLY_TIMEOUT.as_secs()
-                    )))
-                }
-                Err(e) => return Err(Exit::runtime(format!("reading from {}: {e}", self.peer))),
-            }
-        }
-    }
 }

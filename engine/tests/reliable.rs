@@ -11,9 +11,59 @@ use std::time::{Duration, Instant};
 use ringq::envelope::{self, keys};
 use ringq::{Backoff, Dispatch, EngineBuilder, Event, Handler, Message, Outcome, ReliableConsumer};
 use ringq_resp::Frame;
-use ringq_tests::{wait_until, Fault, FaultProxy, RedisServer, TestClient};
+use ringq_tests::{
+    find_valkey_server, wait_until, Fault, FaultProxy, RedisServer, RedisServerBuilder, TestClient,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// Which server a case runs against: every case runs on both.
+#[derive(Clone, Copy)]
+enum Kind {
+    Redis,
+    Valkey,
+}
+
+fn builder_for(kind: Kind) -> RedisServerBuilder {
+    match kind {
+        Kind::Redis => RedisServer::builder(),
+        Kind::Valkey => RedisServer::builder().binary(find_valkey_server().unwrap_or_else(|e| {
+            panic!("the reliable-mode tests run against Valkey 9 too and need it: {e}")
+        })),
+    }
+}
+
+fn start(kind: Kind) -> RedisServer {
+    builder_for(kind).start().unwrap()
+}
+
+/// Each case as `redis::<case>` and `valkey::<case>`.
+macro_rules! on_redis_and_valkey {
+    ($($case:ident),* $(,)?) => {
+        mod redis {
+            $(#[test] fn $case() { super::$case(super::Kind::Redis) })*
+        }
+        mod valkey {
+            $(#[test] fn $case() { super::$case(super::Kind::Valkey) })*
+        }
+    };
+}
+
+on_redis_and_valkey!(
+    drains_with_acks_and_leaves_nothing_leased,
+    a_blocked_lease_wakes_for_new_messages_on_any_queue,
+    plain_payloads_and_envelopes_are_both_consumed,
+    a_poison_message_goes_dead_after_exactly_max_deliveries_with_growing_delays,
+    dead_outcomes_are_capped_by_length,
+    another_consumer_takes_back_a_dead_consumers_messages,
+    a_restart_with_the_same_id_takes_its_messages_back_at_once,
+    a_stop_with_handlers_in_flight_loses_nothing_and_leaves_no_lease,
+    a_stale_ack_is_fenced_and_reported,
+    replies_lost_in_flight_lose_nothing,
+    client_kill_while_blocked_loses_nothing,
+    a_server_restart_with_appendfsync_always_loses_nothing,
+    a_frozen_server_loses_nothing,
+);
 
 /// What a handler saw: payload → (deliveries of each time it was handed over).
 #[derive(Clone, Default)]
@@ -103,9 +153,8 @@ fn assert_clean(c: &mut TestClient, q: &str, id: &str) {
     assert_eq!(member, Frame::Integer(0), "left the consumer set");
 }
 
-#[test]
-fn drains_with_acks_and_leaves_nothing_leased() {
-    let server = RedisServer::start().unwrap();
+fn drains_with_acks_and_leaves_nothing_leased(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     c.lpush_many("ra", payloads("a", 5000)).unwrap();
     c.lpush_many("rb", payloads("b", 3000)).unwrap();
@@ -131,9 +180,8 @@ fn drains_with_acks_and_leaves_nothing_leased() {
     }
 }
 
-#[test]
-fn a_blocked_lease_wakes_for_new_messages_on_any_queue() {
-    let server = RedisServer::start().unwrap();
+fn a_blocked_lease_wakes_for_new_messages_on_any_queue(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     let seen = Seen::default();
     let running = builder(server.url())
@@ -159,9 +207,8 @@ fn a_blocked_lease_wakes_for_new_messages_on_any_queue() {
     assert_eq!(seen.tally(), (3, 0));
 }
 
-#[test]
-fn plain_payloads_and_envelopes_are_both_consumed() {
-    let server = RedisServer::start().unwrap();
+fn plain_payloads_and_envelopes_are_both_consumed(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     let mut wrapped = Vec::new();
     envelope::encode(&mut wrapped, 2, Some(b"id-7"), None, b"wrapped");
@@ -182,9 +229,8 @@ fn plain_payloads_and_envelopes_are_both_consumed() {
     assert_clean(&mut c, "env", "c1");
 }
 
-#[test]
-fn a_poison_message_goes_dead_after_exactly_max_deliveries_with_growing_delays() {
-    let server = RedisServer::start().unwrap();
+fn a_poison_message_goes_dead_after_exactly_max_deliveries_with_growing_delays(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     c.lpush_many("pq", ["poison", "fine"]).unwrap();
     let seen = Seen::default();
@@ -256,9 +302,8 @@ fn a_poison_message_goes_dead_after_exactly_max_deliveries_with_growing_delays()
     assert_clean(&mut c, "pq", "c1");
 }
 
-#[test]
-fn dead_outcomes_are_capped_by_length() {
-    let server = RedisServer::start().unwrap();
+fn dead_outcomes_are_capped_by_length(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     c.lpush_many("dq", payloads("d", 50)).unwrap();
     let seen = Seen::default();
@@ -282,9 +327,8 @@ fn dead_outcomes_are_capped_by_length() {
     assert_clean(&mut c, "dq", "c1");
 }
 
-#[test]
-fn another_consumer_takes_back_a_dead_consumers_messages() {
-    let server = RedisServer::start().unwrap();
+fn another_consumer_takes_back_a_dead_consumers_messages(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     // A consumer "gone" leased 100 messages and died: its processing list and its set
     // membership remain, its heartbeat has expired.
@@ -331,9 +375,8 @@ fn another_consumer_takes_back_a_dead_consumers_messages() {
     assert_clean(&mut c, "rq", "alive");
 }
 
-#[test]
-fn a_restart_with_the_same_id_takes_its_messages_back_at_once() {
-    let server = RedisServer::start().unwrap();
+fn a_restart_with_the_same_id_takes_its_messages_back_at_once(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     // The previous run of "c1" left 50 leased messages, and its heartbeat is still alive
     // for a minute: nobody else may take them, but c1 itself does at once.
@@ -364,9 +407,8 @@ fn a_restart_with_the_same_id_takes_its_messages_back_at_once() {
     assert_clean(&mut c, "sq", "c1");
 }
 
-#[test]
-fn a_stop_with_handlers_in_flight_loses_nothing_and_leaves_no_lease() {
-    let server = RedisServer::start().unwrap();
+fn a_stop_with_handlers_in_flight_loses_nothing_and_leaves_no_lease(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     const N: usize = 2000;
     c.lpush_many("tq", payloads("t", N)).unwrap();
@@ -401,9 +443,8 @@ fn a_stop_with_handlers_in_flight_loses_nothing_and_leaves_no_lease() {
     assert_clean(&mut c, "tq", "c1");
 }
 
-#[test]
-fn a_stale_ack_is_fenced_and_reported() {
-    let server = RedisServer::start().unwrap();
+fn a_stale_ack_is_fenced_and_reported(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     c.lpush_many("fq", ["slow"]).unwrap();
     // Consumer A's inline handler holds its loop past the 1 s lease (as SIGSTOP would):
@@ -450,9 +491,8 @@ fn a_stale_ack_is_fenced_and_reported() {
     assert_clean(&mut c, "fq", "b");
 }
 
-#[test]
-fn replies_lost_in_flight_lose_nothing() {
-    let server = RedisServer::start().unwrap();
+fn replies_lost_in_flight_lose_nothing(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     const N: usize = 20_000;
     c.lpush_many("lq", payloads("l", N)).unwrap();
@@ -491,9 +531,8 @@ fn replies_lost_in_flight_lose_nothing() {
     assert_clean(&mut c, "lq", "c1");
 }
 
-#[test]
-fn client_kill_while_blocked_loses_nothing() {
-    let server = RedisServer::start().unwrap();
+fn client_kill_while_blocked_loses_nothing(kind: Kind) {
+    let server = start(kind);
     let mut c = server.client().unwrap();
     let seen = Seen::default();
     let running = builder(server.url())
@@ -513,9 +552,8 @@ fn client_kill_while_blocked_loses_nothing() {
     assert_clean(&mut c, "kq", "c1");
 }
 
-#[test]
-fn a_server_restart_with_appendfsync_always_loses_nothing() {
-    let server = RedisServer::builder().aof_always(true).start().unwrap();
+fn a_server_restart_with_appendfsync_always_loses_nothing(kind: Kind) {
+    let server = builder_for(kind).aof_always(true).start().unwrap();
     let mut c = server.client().unwrap();
     const N: usize = 20_000;
     c.lpush_many("aq", payloads("a", N)).unwrap();
@@ -546,4 +584,46 @@ fn a_server_restart_with_appendfsync_always_loses_nothing() {
     assert!(stats.reconnects >= 1);
     let mut c = server.client().unwrap();
     assert_clean(&mut c, "aq", "c1");
+}
+
+fn a_frozen_server_loses_nothing(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    const N: usize = 5000;
+    c.lpush_many("zq", payloads("z", N)).unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .reply_timeout(Duration::from_secs(1))
+        .reply_grace(Duration::from_secs(1))
+        .start(
+            ReliableConsumer::new("c1", ["zq"]).batch(16),
+            Recorder {
+                seen: seen.clone(),
+                decide: |_: &str, _: u32| {
+                    std::thread::sleep(Duration::from_micros(200));
+                    Outcome::Ack
+                },
+            },
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 500));
+    // kill -STOP for 10 s: replies stop, the deadlines fire, the connections are
+    // replaced (their connects wait until the server resumes).
+    server.freeze().unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    let during = seen.len();
+    server.thaw().unwrap();
+    assert!(during < N, "the freeze came mid-drain");
+    assert!(
+        wait_until(WAIT, || seen.counts().len() >= N),
+        "delivered {}",
+        seen.counts().len()
+    );
+    let stats = running.shutdown().unwrap();
+    assert_eq!(seen.tally().0, N, "0 lost");
+    assert!(
+        stats.reconnects >= 1,
+        "the reply deadline fired and the connections were replaced"
+    );
+    assert_clean(&mut c, "zq", "c1");
 }

@@ -516,11 +516,13 @@ impl ReliablePipeline {
                         ),
                         _ => tracing::info!("put {moved} leased message(s) back on {name:?}"),
                     }
-                    io.events.push(Event::Recovered {
-                        queue: name,
-                        swept: swept.max(0) as u64,
-                        messages: moved as u64,
-                    });
+                    if mode != Mode::Stop {
+                        io.events.push(Event::Recovered {
+                            queue: name,
+                            swept: swept.max(0) as u64,
+                            messages: moved as u64,
+                        });
+                    }
                 }
                 if let Phase::Claiming(m, left) = self.phase {
                     if m == mode {
