@@ -463,8 +463,8 @@ pub struct DeadArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
-    /// The queue whose dead list ({Q}:dead) to work on.
-    #[arg(long, value_name = "Q", global = true, required = true)]
+    /// The queue whose dead list ({Q}:dead) to work on (before the action).
+    #[arg(long, value_name = "Q")]
     pub queue: String,
 
     #[command(subcommand)]

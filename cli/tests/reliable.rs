@@ -1,0 +1,400 @@
+//! `ringq consume --mode reliable`, `ringq stats` and `ringq dead` as a user meets them:
+//! kill -9 mid-drain and restart with the same id, a dead consumer's messages taken back
+//! by another after its lease, a frozen consumer's stale acks fenced, and the dead-letter
+//! commands. Every fault is checked to have hit mid-run; then the lines are counted:
+//! every message printed at least once, duplicates bounded.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ringq::envelope::{self, keys};
+use ringq_resp::Frame;
+use ringq_tests::{wait_until, TestClient};
+
+mod common;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A `ringq consume --mode reliable` whose stdout is read slowly (a pause every 50
+/// lines), so a drain takes long enough to be hit by faults mid-way.
+struct Consumer {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Consumer {
+    fn spawn(url: &str, id: &str, queue: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "consume",
+            "--url",
+            url,
+            "--mode",
+            "reliable",
+            "--consumer-id",
+            id,
+            "--queue",
+            queue,
+            "--prefetch",
+            "256",
+            "--batch",
+            "32",
+            "--no-pin",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringq"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringq");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        // A one-page pipe, so the lines a consumer has written ahead of the reader (all
+        // acknowledged) stay few, and a drain needs many of the reader's turns.
+        // SAFETY: fcntl(2) on a pipe descriptor we own; no memory is passed.
+        unsafe {
+            libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096);
+        }
+        let out = BufReader::new(stdout);
+        let l = lines.clone();
+        let r1 = std::thread::spawn(move || {
+            for (i, line) in out.lines().map_while(Result::ok).enumerate() {
+                l.lock().unwrap().push(line);
+                if i % 50 == 49 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let e = err.clone();
+        let errs = BufReader::new(child.stderr.take().unwrap());
+        let r2 = std::thread::spawn(move || {
+            for line in errs.lines().map_while(Result::ok) {
+                let mut e = e.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        });
+        Self {
+            child,
+            lines,
+            err,
+            readers: vec![r1, r2],
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,
+        // not yet reaped (we hold its `Child`), so it cannot name another process.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// Waits for the exit (after a signal), then returns every line and stderr.
+    fn finish(mut self) -> (Vec<String>, String, Option<i32>) {
+        let mut status = None;
+        assert!(
+            wait_until(RUN_TIMEOUT, || {
+                status = self.child.try_wait().expect("try_wait");
+                status.is_some()
+            }),
+            "ringq did not exit"
+        );
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        let err = std::mem::take(&mut *self.err.lock().unwrap());
+        (lines, err, status.and_then(|s| s.code()))
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn llen(c: &mut TestClient, key: &[u8]) -> i64 {
+    c.llen(key).unwrap()
+}
+
+/// Leased or queued: what is still on the server for queue `q` and consumer `id`.
+fn left(c: &mut TestClient, q: &str, id: &str) -> i64 {
+    llen(c, q.as_bytes()) + llen(c, &keys::processing(q.as_bytes(), id.as_bytes()))
+}
+
+fn tally(lines: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for l in lines {
+        *m.entry(l.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// All of 0..n printed at least once; returns the duplicates.
+fn assert_all_printed(lines: &[String], n: u64) -> usize {
+    let t = tally(lines);
+    let missing: Vec<u64> = (0..n).filter(|i| !t.contains_key(&i.to_string())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {n} never printed (first: {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(t.len() as u64, n, "nothing printed that was not produced");
+    t.values().map(|k| k - 1).sum()
+}
+
+#[test]
+fn kill_9_five_times_mid_drain_loses_nothing() {
+    let s = server();
+    let url = s.url();
+    const N: u64 = 50_000;
+    produce_seq(&url, "k9", N);
+    let mut c = client(&s);
+    let mut lines = Vec::new();
+    let mut kills = 0;
+    for round in 0..6 {
+        let p = Consumer::spawn(&url, "c1", "k9", &[]);
+        if round == 5 {
+            // The last run drains what is left and is stopped by SIGTERM.
+            assert!(wait_until(WAIT, || left(&mut c, "k9", "c1") == 0));
+            p.signal(libc::SIGTERM);
+            let (l, err, code) = p.finish();
+            assert_eq!(code, Some(0), "stderr:\n{err}");
+            lines.extend(l);
+            break;
+        }
+        let target = lines.len() + 3000;
+        assert!(
+            wait_until(WAIT, || lines.len() + p.count() >= target),
+            "run {round} printed {}",
+            p.count()
+        );
+        p.signal(libc::SIGKILL);
+        let (l, _, _) = p.finish();
+        lines.extend(l);
+        // The kill hit mid-drain: messages were still queued or leased.
+        assert!(
+            left(&mut c, "k9", "c1") > 0,
+            "run {round} was killed after the drain"
+        );
+        kills += 1;
+    }
+    assert_eq!(kills, 5);
+    let dups = assert_all_printed(&lines, N);
+    eprintln!(
+        "{kills} kills: {} lines for {N} messages, {dups} duplicates",
+        lines.len()
+    );
+    assert!(
+        dups <= 5 * 256,
+        "duplicates {dups} exceed the prefetch per kill (5 × 256)"
+    );
+    assert_eq!(left(&mut c, "k9", "c1"), 0);
+}
+
+#[test]
+fn another_consumer_takes_over_a_killed_ones_messages_after_its_lease() {
+    let s = server();
+    let url = s.url();
+    const N: u64 = 20_000;
+    produce_seq(&url, "ko", N);
+    let mut c = client(&s);
+    let a = Consumer::spawn(&url, "a", "ko", &["--lease-ms", "1000"]);
+    assert!(wait_until(WAIT, || a.count() >= 3000));
+    a.signal(libc::SIGKILL);
+    let (mut lines, _, _) = a.finish();
+    let leased = llen(&mut c, &keys::processing(b"ko", b"a"));
+    assert!(leased > 0, "a was killed holding leased messages");
+    let b = Consumer::spawn(&url, "b", "ko", &["--lease-ms", "1000"]);
+    assert!(wait_until(WAIT, || {
+        llen(&mut c, b"ko") == 0
+            && llen(&mut c, &keys::processing(b"ko", b"a")) == 0
+            && llen(&mut c, &keys::processing(b"ko", b"b")) == 0
+    }));
+    b.signal(libc::SIGTERM);
+    let (l, err, code) = b.finish();
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    assert!(
+        err.contains("whose heartbeat expired"),
+        "b says it took a's messages: {err}"
+    );
+    lines.extend(l);
+    let dups = assert_all_printed(&lines, N);
+    assert!(
+        dups as i64 <= leased,
+        "duplicates {dups} beyond a's {leased} leased"
+    );
+}
+
+#[test]
+fn a_frozen_consumers_late_acks_are_fenced() {
+    let s = server();
+    let url = s.url();
+    const N: u64 = 20_000;
+    produce_seq(&url, "fz", N);
+    let mut c = client(&s);
+    let a = Consumer::spawn(&url, "a", "fz", &["--lease-ms", "1000"]);
+    assert!(wait_until(WAIT, || a.count() >= 2000));
+    // SIGSTOP with a batch in hand (its reader is slow, so it waits to write one).
+    a.signal(libc::SIGSTOP);
+    let leased = llen(&mut c, &keys::processing(b"fz", b"a"));
+    assert!(leased > 0, "a was frozen holding leased messages");
+    let b = Consumer::spawn(&url, "b", "fz", &["--lease-ms", "1000"]);
+    assert!(
+        wait_until(WAIT, || llen(&mut c, &keys::processing(b"fz", b"a")) == 0),
+        "b took a's messages back after the lease"
+    );
+    a.signal(libc::SIGCONT);
+    assert!(wait_until(WAIT, || {
+        llen(&mut c, b"fz") == 0
+            && llen(&mut c, &keys::processing(b"fz", b"a")) == 0
+            && llen(&mut c, &keys::processing(b"fz", b"b")) == 0
+    }));
+    a.signal(libc::SIGTERM);
+    b.signal(libc::SIGTERM);
+    let (la, err_a, code_a) = a.finish();
+    let (lb, err_b, code_b) = b.finish();
+    assert_eq!((code_a, code_b), (Some(0), Some(0)), "{err_a}\n{err_b}");
+    assert!(
+        err_a.contains("not applied"),
+        "a reports the acks its lease no longer covered:\n{err_a}"
+    );
+    let mut lines = la;
+    lines.extend(lb);
+    assert_all_printed(&lines, N);
+}
+
+#[test]
+fn stats_and_dead_letters() {
+    let s = server();
+    let url = s.url();
+    let mut c = client(&s);
+    c.lpush_many("dl", ["p1", "p2"]).unwrap();
+    // Two dead letters, as the engine writes them, and a consumer with a lease.
+    for (i, why) in [
+        "retries exhausted after 3 deliveries",
+        "the handler said dead",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut e = Vec::new();
+        envelope::encode(
+            &mut e,
+            3,
+            Some(format!("id{i}").as_bytes()),
+            Some((1_700_000_000_000 + i as u64, why)),
+            format!("dead{i}").as_bytes(),
+        );
+        c.cmd([&b"LPUSH"[..], &keys::dead(b"dl"), &e]).unwrap();
+    }
+    c.lpush_many(keys::processing(b"dl", b"w1"), ["leased"])
+        .unwrap();
+    c.cmd([&b"SADD"[..], &keys::consumers(b"dl"), b"w1"])
+        .unwrap();
+    c.cmd([
+        &b"SET"[..],
+        &keys::heartbeat(b"dl", b"w1"),
+        b"1",
+        b"PX",
+        b"60000",
+    ])
+    .unwrap();
+
+    let st = run(&["stats", "--url", &url, "--queue", "dl", "--format", "json"]);
+    st.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&st.lines()[0]).unwrap();
+    assert_eq!(v["pending"], 2);
+    assert_eq!(v["dead"], 2);
+    assert_eq!(v["processing"], 1);
+    assert_eq!(v["consumers"][0]["id"], "w1");
+    assert_eq!(v["consumers"][0]["alive"], true);
+    let text = run(&["stats", "--url", &url, "--queue", "dl"]);
+    text.assert_success();
+    assert!(
+        text.lines()[0].contains("pending 2, retry 0, dead 2"),
+        "{:?}",
+        text.lines()
+    );
+
+    let list = run(&[
+        "dead", "--url", &url, "--queue", "dl", "list", "--format", "json",
+    ]);
+    list.assert_success();
+    let rows: Vec<serde_json::Value> = list
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["payload"], "dead1", "newest first");
+    assert_eq!(rows[0]["reason"], "the handler said dead");
+    assert_eq!(rows[1]["deliveries"], 3);
+    assert_eq!(rows[1]["id"], "id0");
+
+    let rq = run(&[
+        "dead", "--url", &url, "--queue", "dl", "requeue", "--count", "1",
+    ]);
+    rq.assert_success();
+    assert!(rq.stderr.contains("requeued 1"), "{}", rq.stderr);
+    assert_eq!(llen(&mut c, &keys::dead(b"dl")), 1);
+    // The oldest dead letter is served next, with a fresh delivery count.
+    let got = run(&[
+        "consume",
+        "--url",
+        &url,
+        "--mode",
+        "reliable",
+        "--consumer-id",
+        "r1",
+        "--queue",
+        "dl",
+        "--count",
+        "1",
+        "--format",
+        "json",
+    ]);
+    got.assert_success();
+    let m: serde_json::Value = serde_json::from_str(&got.lines()[0]).unwrap();
+    assert_eq!(m["payload"], "dead0");
+    assert_eq!(m["deliveries"], 1);
+
+    let purge = run(&["dead", "--url", &url, "--queue", "dl", "purge"]);
+    purge.assert_success();
+    assert!(purge.stderr.contains("purged 1"), "{}", purge.stderr);
+    assert_eq!(llen(&mut c, &keys::dead(b"dl")), 0);
+    assert!(matches!(
+        c.cmd([&b"EXISTS"[..], &keys::dead(b"dl")]).unwrap(),
+        Frame::Integer(0)
+    ));
+}
+
+#[test]
+fn reliable_mode_needs_a_consumer_id_and_pop_mode_refuses_its_flags() {
+    run(&["consume", "--mode", "reliable", "--queue", "q"])
+        .assert_fails_with(2, "--mode reliable needs --consumer-id");
+    run(&["consume", "--queue", "q", "--lease-ms", "5000"])
+        .assert_fails_with(2, "apply to --mode reliable only");
+    run(&["consume", "--mode", "stream", "--queue", "q"])
+        .assert_fails_with(2, "not implemented yet");
+}
