@@ -157,7 +157,9 @@ pub enum Scenario {
     /// Pub/sub: a full-speed burst to one subscriber (received, lost, rates, consumer and
     /// server CPU), then latency at --rate.
     Pubsub,
-    /// At-least-once BLMOVE delivery (not available yet: the engine has no reliable mode yet).
+    /// At-least-once: drain with acks — ringq's reliable mode, ringq's pop mode, and
+    /// redis-rs doing LMOVE into a processing list and LREM per message — with the
+    /// server's CPU per message (INFO cpu before and after).
     Reliable,
 }
 

@@ -1,6 +1,6 @@
 //! The one error type of `ringq-bench`: a message that says what failed and, where it
 //! can, what to do about it. A benchmark run either produces figures or stops with one
-//! of these; only "unavailable" (a scenario not implemented yet) gets its own exit code.
+//! of these (exit code 1).
 
 use std::fmt;
 
@@ -16,8 +16,6 @@ pub struct Error {
 pub enum ErrorKind {
     /// Anything that stopped the run: I/O, a server reply, a client that failed.
     Failed,
-    /// The scenario exists in the contract but not yet in this build.
-    Unavailable,
 }
 
 /// `ringq-bench`'s result type.
@@ -32,24 +30,15 @@ impl Error {
         }
     }
 
-    /// A scenario that is not available yet.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Unavailable,
-            message: message.into(),
-        }
-    }
-
     /// An I/O error with what was being done.
     pub fn io(doing: impl fmt::Display, e: std::io::Error) -> Self {
         Self::new(format!("{doing}: {e}"))
     }
 
-    /// The process exit code for this error: 2 for an unavailable scenario, else 1.
+    /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self.kind {
             ErrorKind::Failed => 1,
-            ErrorKind::Unavailable => 2,
         }
     }
 

@@ -21,6 +21,7 @@
 //! - `conn`: a small blocking RESP connection (connect, AUTH, SELECT, pipelined writes).
 //! - `server`: the embedded `redis-server` (or the one at `--url`) and its version.
 //! - `latency`: payload time stamps and histogram summaries.
+//! - `reliable`: the `reliable` scenario (drain with acks, server CPU per message).
 //! - `report`: the table, the JSON file, the targets; `plot`: the SVG percentile plot.
 //! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
 //! - `noise`: other processes' CPU load during a measurement, noted in the table.
@@ -37,6 +38,7 @@ mod noise;
 mod plot;
 mod progress;
 mod pubsub;
+mod reliable;
 mod report;
 mod scenario;
 mod server;

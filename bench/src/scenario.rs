@@ -29,12 +29,7 @@ use crate::spec::ChildSpec;
 pub fn run(cli: &Cli) -> Result<()> {
     match cli.scenario {
         Scenario::Pubsub => return crate::pubsub::run(cli),
-        Scenario::Reliable => {
-            return Err(Error::unavailable(
-                "scenario 'reliable' is not available yet: the engine has no reliable mode \
-                 yet (available now: drain, latency, pubsub)",
-            ))
-        }
+        Scenario::Reliable => return crate::reliable::run(cli),
         Scenario::Drain | Scenario::Latency => {}
     }
     if cli.queues == 0 || cli.connections == 0 || cli.shards == 0 {
@@ -118,6 +113,7 @@ pub(crate) fn base_spec(
         rate: cli.rate,
         deadline_secs: 60.0,
         channel: None,
+        reliable: false,
         backend: match client {
             ClientKind::RingqEpoll => "epoll".to_owned(),
             _ => cli.backend.clone(),
@@ -143,7 +139,7 @@ pub(crate) fn join_notes(a: Option<String>, b: Option<String>) -> Option<String>
     }
 }
 
-fn to_result(
+pub(crate) fn to_result(
     kind: ClientKind,
     outcome: Result<ChildOutcome>,
     note: Option<String>,

@@ -17,6 +17,8 @@ pub struct Broker {
     pub version: String,
     /// Whether the server has LMPOP/BLMPOP (Redis ≥ 7 and its forks).
     pub has_lmpop: bool,
+    /// `redis_version` as (major, minor, patch).
+    pub redis_version: (u32, u32, u32),
     /// The embedded server, stopped on drop.
     embedded: Option<RedisServer>,
 }
@@ -57,15 +59,18 @@ impl Broker {
             (Some(name), None) => format!("{name} {redis_version}"),
             (None, None) => format!("redis {redis_version}"),
         };
-        let major: u32 = redis_version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0);
+        let mut parts = redis_version.split('.').map(|m| m.parse().unwrap_or(0));
+        let triple = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        let major = triple.0;
         Ok(Self {
             url,
             version,
             has_lmpop: major >= 7,
+            redis_version: triple,
             embedded,
         })
     }

@@ -46,7 +46,14 @@ pub struct ChildSpec {
     /// ringq's backend (`io_uring`, `epoll`, `auto`).
     #[serde(default)]
     pub backend: String,
+    /// `reliable`: at-least-once consumption — ringq's reliable mode, or the baseline's
+    /// LMOVE into a processing list and LREM per message.
+    #[serde(default)]
+    pub reliable: bool,
 }
+
+/// The consumer id the reliable runs lease under (`{q}:processing:<id>`).
+pub const RELIABLE_ID: &str = "ringq-bench";
 
 impl ChildSpec {
     /// Connections actually used: one per queue at most.

@@ -248,11 +248,44 @@ fn pubsub_counts_every_message_for_ringq_and_redis_rs() {
 }
 
 #[test]
-fn scenarios_not_built_yet_say_so() {
-    let out = run(&["reliable"]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not available yet"), "{stderr}");
+fn reliable_drains_with_acks_and_reports_server_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("reliable.json");
+    let out = run(&[
+        "reliable",
+        "--messages",
+        "20000",
+        "--size",
+        "16",
+        "--clients",
+        "ringq,redis-rs",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report = read_json(&json);
+    assert_eq!(report["scenario"], "reliable");
+    let rows = report["clients"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "ringq reliable",
+            "ringq pop (at-most-once)",
+            "redis-rs LMOVE+LREM"
+        ]
+    );
+    for r in rows {
+        let name = r["name"].as_str().unwrap();
+        assert_eq!(r["messages"], 20_000, "{name}: every message consumed");
+        assert_eq!(r["left"], 0, "{name}: nothing left queued or leased");
+        assert!(
+            r["server_cpu_us_per_msg"].as_f64().is_some_and(|v| v > 0.0),
+            "{name}: server CPU measured"
+        );
+    }
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("Targets (issue 11"), "{table}");
 }
 
 #[test]

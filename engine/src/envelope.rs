@@ -15,7 +15,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `d` | deliveries before this one (required; `0` for a fresh wrapped message) |
+//! | `d` | deliveries before this one (required, first; `0` for a fresh wrapped message) |
 //! | `id` | an identity: bytes other than space, `\n` and `%` (optional) |
 //! | `t` | when it was moved to the dead list, ms since the Unix epoch (dead list only) |
 //! | `why` | why it is dead, percent-encoded (dead list only) |
@@ -62,7 +62,11 @@ pub fn parse(element: &[u8]) -> Option<Envelope<'_>> {
         header_len: nl + 1,
     };
     let mut have_d = false;
-    for field in element[MAGIC.len()..nl].split(|&b| b == b' ') {
+    for (i, field) in element[MAGIC.len()..nl].split(|&b| b == b' ').enumerate() {
+        if i == 0 && !field.starts_with(b"d=") {
+            // `d` comes first (the server-side scripts count on it).
+            return None;
+        }
         let Some(eq) = field.iter().position(|&b| b == b'=') else {
             continue;
         };
@@ -251,6 +255,7 @@ mod tests {
         assert_eq!(parse(b"plain"), None);
         assert_eq!(parse(b"\0rq1 no newline"), None);
         assert_eq!(parse(b"\0rq1 id=x\n"), None, "d is required");
+        assert_eq!(parse(b"\0rq1 id=x d=1\n"), None, "d comes first");
         let mut e = Vec::new();
         encode(&mut e, 0, None, None, b"");
         assert_eq!(e, b"\0rq1 d=0\n");

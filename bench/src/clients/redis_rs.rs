@@ -44,9 +44,14 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
                 let sink = sink.clone();
                 let con = con.clone();
                 let keys = keys.clone();
-                let (pop, batch) = (spec.pop, spec.batch);
+                let (pop, batch, reliable) = (spec.pop, spec.batch, spec.reliable);
                 tokio::spawn(async move {
-                    if let Err(e) = pop_loop(con, keys, pop, batch, &sink).await {
+                    let r = if reliable {
+                        lease_loop(con, keys, batch, &sink).await
+                    } else {
+                        pop_loop(con, keys, pop, batch, &sink).await
+                    };
+                    if let Err(e) = r {
                         sink.fail(format!("redis-rs: {e}"));
                     }
                 });
@@ -95,6 +100,57 @@ async fn pop_loop(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `reliable`: at-least-once the way a careful redis-rs user writes it — a pipeline of
+/// `batch` × `LMOVE q {q}:processing:<id> RIGHT LEFT`, handle what came, then a pipeline
+/// of `LREM {q}:processing:<id> -1 element` for each; `BLMOVE` when the queue is empty.
+/// The `--pipeline` tasks are multiplexed on the connection. The first queue of the lane
+/// only: this baseline is measured with one queue.
+async fn lease_loop(
+    mut con: MultiplexedConnection,
+    keys: Vec<String>,
+    batch: u32,
+    sink: &Sink,
+) -> redis::RedisResult<()> {
+    let Some(q) = keys.first() else {
+        return Ok(());
+    };
+    let processing = format!("{{{q}}}:processing:{}", crate::spec::RELIABLE_ID);
+    while !sink.is_done() {
+        let mut lease = redis::pipe();
+        for _ in 0..batch.max(1) {
+            lease
+                .cmd("LMOVE")
+                .arg(q)
+                .arg(&processing)
+                .arg("RIGHT")
+                .arg("LEFT");
+        }
+        let got: Vec<Option<Vec<u8>>> = lease.query_async(&mut con).await?;
+        let mut values: Vec<Vec<u8>> = got.into_iter().flatten().collect();
+        if values.is_empty() {
+            let v: Option<Vec<u8>> = redis::cmd("BLMOVE")
+                .arg(q)
+                .arg(&processing)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(BLOCK_SECS)
+                .query_async(&mut con)
+                .await?;
+            values.extend(v);
+        }
+        if values.is_empty() {
+            continue;
+        }
+        let mut ack = redis::pipe();
+        for v in &values {
+            ack.cmd("LREM").arg(&processing).arg(-1).arg(v).ignore();
+        }
+        ack.query_async::<()>(&mut con).await?;
+        sink.consume(values.iter().map(Vec::as_slice));
     }
     Ok(())
 }

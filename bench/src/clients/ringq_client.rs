@@ -1,4 +1,4 @@
-//! ringq itself: one engine with `--shards` shard threads and `--connections` connections
+//! ringq itself (in `reliable`, its reliable mode: leases and batched acks): one engine with `--shards` shard threads and `--connections` connections
 //! in all, `PopStrategy::Single` (one message per BRPOP, pipelined while there is backlog)
 //! or `Adaptive` (LMPOP COUNT while there is backlog, BLMPOP when dry). The child stops
 //! the engine through a [`ringq::ShutdownHandle`] once the sink has counted every expected
@@ -12,7 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringq::{EngineBuilder, Handler, ListenConsumer, Message, Outcome, PopConsumer, PopStrategy};
+use ringq::{
+    Consumer, EngineBuilder, Handler, ListenConsumer, Message, Outcome, PopConsumer, PopStrategy,
+    ReliableConsumer,
+};
 
 use super::Sink;
 use crate::cli::PopMode;
@@ -46,11 +49,20 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     };
     let shards = spec.shards.max(1);
     let lanes = spec.lanes();
-    let consumer = PopConsumer::new(spec.queues.clone())
-        .strategy(strategy)
-        .batch(spec.batch)
-        .pipeline(spec.pipeline)
-        .block_timeout(Duration::from_secs(1));
+    let consumer: Consumer = if spec.reliable {
+        ReliableConsumer::new(crate::spec::RELIABLE_ID, spec.queues.clone())
+            .batch(spec.batch)
+            .pipeline(spec.pipeline)
+            .block_timeout(Duration::from_secs(1))
+            .into()
+    } else {
+        PopConsumer::new(spec.queues.clone())
+            .strategy(strategy)
+            .batch(spec.batch)
+            .pipeline(spec.pipeline)
+            .block_timeout(Duration::from_secs(1))
+            .into()
+    };
     let running = EngineBuilder::new(&spec.url)
         .backend(backend(spec))
         // Enough credit for every lane's full pipeline, twice over (one in flight, one

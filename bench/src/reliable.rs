@@ -1,0 +1,259 @@
+//! The `reliable` scenario: drain N messages *with acks*, one client after another on the
+//! same server — ringq's reliable mode (lease script, batched settle script), ringq's own
+//! pop mode (the at-most-once ceiling), and redis-rs speaking the same protocol the usual
+//! way (LMOVE into `{q}:processing:<id>`, LREM per message). Besides the consumer's CPU,
+//! each row has the *server's* CPU per message, from `INFO cpu` before and after the
+//! drain: at-least-once costs the broker, and that cost decides how far it scales.
+//!
+//! JSON: `{"scenario": "reliable", "clients": [{"name", "messages", "seconds",
+//! "msgs_per_sec", "cpu_us_per_msg", "server_cpu_us_per_msg", "left"}]}` (`left`: messages
+//! still queued or leased after the run; 0 unless something was lost or left behind).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::child;
+use crate::cli::{Cli, ClientKind};
+use crate::conn::RawConn;
+use crate::error::{Error, Result};
+use crate::load;
+use crate::progress;
+use crate::report::write_file;
+use crate::scenario::{base_spec, join_notes, measured, server_label};
+use crate::server::Broker;
+use crate::spec::RELIABLE_ID;
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    name: String,
+    messages: u64,
+    seconds: f64,
+    msgs_per_sec: f64,
+    cpu_us_per_msg: f64,
+    server_cpu_us_per_msg: Option<f64>,
+    left: u64,
+}
+
+struct Outcome {
+    row: std::result::Result<Row, String>,
+    name: &'static str,
+    note: Option<String>,
+}
+
+/// The server's `used_cpu_user + used_cpu_sys`, in seconds.
+fn server_cpu(url: &str) -> Result<f64> {
+    let mut c = RawConn::connect(url)?;
+    let f = c.command_ok(["INFO", "cpu"])?;
+    let text = match f {
+        ringq_resp::Frame::BulkString(b) | ringq_resp::Frame::SimpleString(b) => {
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        ringq_resp::Frame::VerbatimString { text, .. } => {
+            String::from_utf8_lossy(&text).into_owned()
+        }
+        other => return Err(Error::new(format!("INFO cpu answered {other:?}"))),
+    };
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(field("used_cpu_user") + field("used_cpu_sys"))
+}
+
+/// Runs the scenario, prints its table, writes `--json`.
+///
+/// # Errors
+/// Bad options, a server that cannot be started or reached, an output file that cannot be
+/// written. A client that fails is a row in the table.
+pub fn run(cli: &Cli) -> Result<()> {
+    if cli.clients.is_empty() {
+        return Err(Error::new("--clients names no client"));
+    }
+    let broker = Broker::open(cli.url.as_deref())?;
+    if broker.redis_version < (6, 2, 0) {
+        return Err(Error::new(format!(
+            "{} has no LMOVE/BLMOVE or RPOP with a count (Redis 6.2+): reliable mode needs them",
+            broker.version
+        )));
+    }
+    let queues = vec!["ringq-bench:rq".to_owned()];
+    let keys_of = |id: &str| {
+        vec![
+            queues[0].clone(),
+            format!("{{{}}}:processing:{id}", queues[0]),
+            format!("{{{}}}:consumer:{id}", queues[0]),
+            format!("{{{}}}:consumers", queues[0]),
+            format!("{{{}}}:sweep", queues[0]),
+        ]
+    };
+    let all_keys = keys_of(RELIABLE_ID);
+    let n = cli.messages.max(1);
+    let title = format!(
+        "reliable (at-least-once, acked): {n} messages of {} B in 1 queue; batch {}, pipeline {}; {}",
+        cli.size,
+        cli.batch,
+        cli.pipeline,
+        server_label(&broker)
+    );
+    eprintln!("{title}");
+    let mut runs: Vec<(ClientKind, bool, &'static str)> = Vec::new();
+    for &kind in &cli.clients {
+        match kind {
+            ClientKind::Ringq => {
+                runs.push((kind, true, "ringq reliable"));
+                runs.push((kind, false, "ringq pop (at-most-once)"));
+            }
+            ClientKind::RingqEpoll => runs.push((kind, true, "ringq-epoll reliable")),
+            ClientKind::RedisRs => runs.push((kind, true, "redis-rs LMOVE+LREM")),
+            other => eprintln!(
+                "ringq-bench: {} has no at-least-once consumer in this scenario; skipped",
+                other.name()
+            ),
+        }
+    }
+    let mut results = Vec::new();
+    for (kind, reliable, name) in runs {
+        load::delete(&broker.url, &all_keys)?;
+        let pb = progress::bar(n, &format!("filling for {name}"));
+        load::fill(&broker.url, &queues, n, cli.size, &pb)?;
+        pb.finish_and_clear();
+        let mut spec = base_spec(cli, &broker, &queues, kind);
+        spec.reliable = reliable;
+        spec.expected = n;
+        spec.shards = 1;
+        spec.deadline_secs = 60.0 + n as f64 / 2000.0;
+        eprintln!("draining: {name} ...");
+        let before = server_cpu(&broker.url)?;
+        let (outcome, noise) = measured(&broker, || child::run(&spec, || Ok(())));
+        let after = server_cpu(&broker.url)?;
+        let left = load::total_len(&broker.url, &all_keys[..2])?;
+        let note = (left > 0).then(|| format!("{left} messages left queued or leased"));
+        let note = join_notes(note, noise);
+        match outcome {
+            Ok(child::ChildOutcome { report, cpu }) => {
+                let messages = report.messages;
+                results.push(Outcome {
+                    row: Ok(Row {
+                        name: name.to_owned(),
+                        messages,
+                        seconds: report.seconds,
+                        msgs_per_sec: messages as f64 / report.seconds.max(1e-9),
+                        cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / messages.max(1) as f64,
+                        server_cpu_us_per_msg: Some((after - before).max(0.0) * 1e6 / n as f64),
+                        left,
+                    }),
+                    name,
+                    note: join_notes(note, report.note),
+                });
+            }
+            Err(e) => {
+                eprintln!("ringq-bench: {name}: {e}");
+                results.push(Outcome {
+                    row: Err(e.to_string()),
+                    name,
+                    note,
+                });
+            }
+        }
+    }
+    let _ = load::delete(&broker.url, &all_keys);
+    print!("{}", render(&title, &results));
+    if let Some(path) = &cli.json {
+        let json = serde_json::json!({
+            "scenario": "reliable",
+            "clients": results.iter().filter_map(|r| r.row.as_ref().ok()).collect::<Vec<_>>(),
+        });
+        write_file(path, &serde_json::to_string_pretty(&json)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn render(title: &str, results: &[Outcome]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### {title}\n");
+    let find = |prefix: &str| {
+        results
+            .iter()
+            .find(|r| r.name.starts_with(prefix))
+            .and_then(|r| r.row.as_ref().ok())
+    };
+    let baseline = find("redis-rs");
+    let pop = find("ringq pop");
+    let _ = writeln!(
+        s,
+        "| client | messages | seconds | msgs/s | CPU µs/msg | server CPU µs/msg | msgs/s ÷ redis-rs | server CPU ÷ redis-rs | left |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    };
+    for r in results {
+        match &r.row {
+            Ok(row) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.3} | {:.0} | {:.3} | {} | {} | {} | {} |",
+                    row.name,
+                    row.messages,
+                    row.seconds,
+                    row.msgs_per_sec,
+                    row.cpu_us_per_msg,
+                    row.server_cpu_us_per_msg
+                        .map_or("–".into(), |v| format!("{v:.3}")),
+                    ratio(Some(row.msgs_per_sec), baseline.map(|b| b.msgs_per_sec)),
+                    ratio(
+                        row.server_cpu_us_per_msg,
+                        baseline.and_then(|b| b.server_cpu_us_per_msg)
+                    ),
+                    row.left
+                );
+            }
+            Err(why) => {
+                let why = why.replace('|', "/").replace('\n', " ");
+                let _ = writeln!(s, "| {} | **failed**: {why} | | | | | | | |", r.name);
+            }
+        }
+    }
+    let notes: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.note.as_ref().map(|n| format!("- {}: {n}", r.name)))
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\n{}", notes.join("\n"));
+    }
+    if let Some(ringq) = find("ringq reliable") {
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let _ = writeln!(s, "\nTargets (issue 11; reported, not asserted):");
+        let _ = writeln!(
+            s,
+            "- leased and acked: {:.0} msgs/s (target ≥ 1,000,000) — {}",
+            ringq.msgs_per_sec,
+            verdict(ringq.msgs_per_sec >= 1e6)
+        );
+        if let Some(cpu) = ringq.server_cpu_us_per_msg {
+            let _ = writeln!(
+                s,
+                "- server CPU: {cpu:.3} µs/msg (target ≤ 1) — {}",
+                verdict(cpu <= 1.0)
+            );
+        }
+        match pop {
+            Some(p) => {
+                let r = ringq.msgs_per_sec / p.msgs_per_sec.max(1e-9);
+                let _ = writeln!(
+                    s,
+                    "- reliable ÷ pop mode, same run: {r:.2}× (target ≥ 0.25×) — {}",
+                    verdict(r >= 0.25)
+                );
+            }
+            None => {
+                let _ = writeln!(s, "- reliable ÷ pop mode: not measured (pop did not run)");
+            }
+        }
+    }
+    s
+}
