@@ -469,17 +469,14 @@ fn connection_refused_exits_nonzero_with_the_reason() {
 
 #[test]
 fn unimplemented_modes_and_bad_usage_exit_2() {
-    for mode in ["reliable", "stream"] {
-        let done = run(&["consume", "--queue", "q", "--mode", mode]);
-        assert_eq!(done.code(), Some(2), "{mode}: {}", done.stderr);
-        assert!(
-            done.stderr.contains(&format!(
-                "ringq: --mode {mode} is not implemented yet (pop mode only)"
-            )),
-            "{}",
-            done.stderr
-        );
-    }
+    let done = run(&["consume", "--queue", "q", "--mode", "stream"]);
+    assert_eq!(done.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("ringq: --mode stream is not implemented yet (pop and reliable modes only)"),
+        "{}",
+        done.stderr
+    );
     let done = run(&[
         "subscribe",
         "--channel",

@@ -398,3 +398,35 @@ fn reliable_mode_needs_a_consumer_id_and_pop_mode_refuses_its_flags() {
     run(&["consume", "--mode", "stream", "--queue", "q"])
         .assert_fails_with(2, "not implemented yet");
 }
+
+#[test]
+fn a_server_that_may_evict_gets_a_warning() {
+    let s = ringq_tests::RedisServer::builder()
+        .arg("--maxmemory-policy", "allkeys-lru")
+        .start()
+        .expect("redis-server");
+    let url = s.url();
+    let mut c = client(&s);
+    c.lpush_many("ev", ["x"]).unwrap();
+    let done = run(&[
+        "consume",
+        "--url",
+        &url,
+        "--mode",
+        "reliable",
+        "--consumer-id",
+        "c1",
+        "--queue",
+        "ev",
+        "--count",
+        "1",
+    ]);
+    done.assert_success();
+    assert_eq!(done.lines(), ["x"]);
+    assert!(
+        done.stderr
+            .contains("maxmemory-policy is not noeviction (allkeys-lru)"),
+        "{}",
+        done.stderr
+    );
+}

@@ -63,6 +63,8 @@ on_redis_and_valkey!(
     client_kill_while_blocked_loses_nothing,
     a_server_restart_with_appendfsync_always_loses_nothing,
     a_frozen_server_loses_nothing,
+    priority_levels_hold_in_reliable_mode,
+    dead_letters_older_than_the_age_cap_are_dropped,
 );
 
 /// What a handler saw: payload → (deliveries of each time it was handed over).
@@ -626,4 +628,79 @@ fn a_frozen_server_loses_nothing(kind: Kind) {
         "the reply deadline fired and the connections were replaced"
     );
     assert_clean(&mut c, "zq", "c1");
+}
+
+fn priority_levels_hold_in_reliable_mode(kind: Kind) {
+    use ringq::Queue;
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    let q = Queue::new("pr").priorities([0, 9]);
+    c.lpush_many(q.key_for_priority(0), payloads("low", 50))
+        .unwrap();
+    c.lpush_many(q.key_for_priority(9), payloads("high", 50))
+        .unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(ReliableConsumer::new("c1", [q]).batch(10), acker(&seen))
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 100));
+    running.shutdown().unwrap();
+    let log = seen.log.lock().unwrap().clone();
+    let first_low = log
+        .iter()
+        .position(|(p, _, _)| p.starts_with("low"))
+        .unwrap();
+    let last_high = log
+        .iter()
+        .rposition(|(p, _, _)| p.starts_with("high"))
+        .unwrap();
+    assert!(last_high < first_low, "the higher level is served first");
+    let highs: Vec<&String> = log
+        .iter()
+        .map(|(p, _, _)| p)
+        .filter(|p| p.starts_with("high"))
+        .collect();
+    let mut sorted = highs.clone();
+    sorted.sort();
+    assert_eq!(highs, sorted, "each level in FIFO order");
+    assert_eq!(seen.tally(), (100, 0));
+    assert_eq!(llen(&mut c, &keys::processing(b"{pr}:p9", b"c1")), 0);
+    assert_clean(&mut c, "pr", "c1");
+}
+
+fn dead_letters_older_than_the_age_cap_are_dropped(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    let dead = keys::dead(b"ag");
+    // An entry that died long ago, at the tail (oldest) of the dead list.
+    let mut old = Vec::new();
+    envelope::encode(&mut old, 3, Some(b"old"), Some((1_000, "long ago")), b"old");
+    c.cmd([&b"LPUSH"[..], &dead, &old]).unwrap();
+    c.lpush_many("ag", ["new"]).unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(
+            ReliableConsumer::new("c1", ["ag"]).dead_letters(100, Duration::from_secs(3600)),
+            Recorder {
+                seen: seen.clone(),
+                decide: |_: &str, _: u32| Outcome::Dead,
+            },
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 1));
+    running.shutdown().unwrap();
+    let entries = match c.cmd([&b"LRANGE"[..], &dead, b"0", b"-1"]).unwrap() {
+        Frame::Array(v) => v,
+        f => panic!("{f:?}"),
+    };
+    assert_eq!(
+        entries.len(),
+        1,
+        "the entry past the age cap went: {entries:?}"
+    );
+    let Frame::BulkString(e) = &entries[0] else {
+        panic!("{entries:?}")
+    };
+    let env = envelope::parse(e).unwrap();
+    assert_eq!(&e[env.header_len..], b"new");
 }
