@@ -62,6 +62,7 @@ pub(crate) enum SourceKind {
     Channel,
     Pattern,
     ShardChannel,
+    Stream,
 }
 
 /// A byte range of a message's reply frame.
@@ -222,8 +223,16 @@ impl<'a> Message<'a> {
     /// subscription, the channel that matched). Empty in the other modes.
     pub fn channel(&self) -> &[u8] {
         match self.source.kind {
-            SourceKind::Queue => &[],
-            _ => self.aux(),
+            SourceKind::Channel | SourceKind::Pattern | SourceKind::ShardChannel => self.aux(),
+            SourceKind::Queue | SourceKind::Stream => &[],
+        }
+    }
+
+    /// Stream mode: the entry's id (`1700000000000-0`). Empty in the other modes.
+    pub fn id(&self) -> &[u8] {
+        match self.source.kind {
+            SourceKind::Stream => self.aux(),
+            _ => &[],
         }
     }
 

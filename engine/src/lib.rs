@@ -85,6 +85,7 @@ pub use handler::{Event, GapCause, Handler, Message, Outcome};
 pub use pipeline::listen::{ListenConsumer, Overflow, Subscription};
 pub use pipeline::pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 pub use pipeline::reliable::{Backoff, ReliableConsumer};
+pub use pipeline::stream::{StartAt, Stream, StreamConsumer};
 pub use ring::{probe, RingFeatures};
 pub use stats::Stats;
 pub use url::{Address, ConnectionInfo};

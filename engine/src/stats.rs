@@ -45,6 +45,11 @@ pub(crate) struct ShardStats {
     pub stale_outcomes: AtomicU64,
     pub recovered: AtomicU64,
     pub requeued: AtomicU64,
+    pub filtered: AtomicU64,
+    pub deleted: AtomicU64,
+    /// Gauges (stored, not added): the stream group's lag and pending count on this shard.
+    pub stream_lag: AtomicU64,
+    pub stream_pending: AtomicU64,
     /// Messages per source (pop: queue), in configuration order.
     pub per_source: Vec<AtomicU64>,
     pub latency: Mutex<Histogram<u64>>,
@@ -75,6 +80,10 @@ impl ShardStats {
             stale_outcomes: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
             requeued: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
+            deleted: AtomicU64::new(0),
+            stream_lag: AtomicU64::new(0),
+            stream_pending: AtomicU64::new(0),
             per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             latency: Mutex::new(new_histogram()),
         }
@@ -159,6 +168,18 @@ pub struct Stats {
     /// Reliable mode: retried messages moved from the retry set back to their queue when
     /// due.
     pub requeued: u64,
+    /// Stream mode: entries whose tag did not pass their stream's filter, acknowledged
+    /// without reaching the handler.
+    pub filtered: u64,
+    /// Stream mode: pending entries the server had deleted (trimmed with MAXLEN, XDEL),
+    /// found when re-reading or claiming, and acknowledged as gone.
+    pub deleted: u64,
+    /// Stream mode: the consumer group's lag (`XINFO GROUPS`, entries not yet delivered
+    /// to the group), summed over streams, as last read (every second).
+    pub lag: u64,
+    /// Stream mode: the group's pending entries (delivered, not acknowledged, by any
+    /// consumer), summed over streams, as last read.
+    pub pending: u64,
     /// Messages per source — a queue in `pop` mode (its name, as configured) — in
     /// configuration order.
     pub per_source: Vec<(String, u64)>,
@@ -219,6 +240,10 @@ impl Stats {
             stale_outcomes: total(|s| &s.stale_outcomes),
             recovered: total(|s| &s.recovered),
             requeued: total(|s| &s.requeued),
+            filtered: total(|s| &s.filtered),
+            deleted: total(|s| &s.deleted),
+            lag: total(|s| &s.stream_lag),
+            pending: total(|s| &s.stream_pending),
             per_source: source_names
                 .iter()
                 .enumerate()

@@ -20,6 +20,7 @@ use crate::handler::Handler;
 use crate::pipeline::listen::{ListenConsumer, ListenPipeline, Overflow};
 use crate::pipeline::pop::{PopConsumer, PopPipeline, MAX_BLOCK_TIMEOUT};
 use crate::pipeline::reliable::{ReliableConsumer, ReliablePipeline};
+use crate::pipeline::stream::{StreamConsumer, StreamPipeline};
 use crate::pipeline::Pipeline;
 use crate::resolve::{is_name, system_resolver, ResolveFn, Resolver};
 use crate::ring::{sys, RingConfig};
@@ -50,6 +51,8 @@ pub enum Consumer {
     /// List queues, at-least-once: leases, acks, retries, dead letters, recovery
     /// ([`ReliableConsumer`]).
     Reliable(ReliableConsumer),
+    /// Redis Streams consumer groups, at-least-once ([`StreamConsumer`]).
+    Stream(StreamConsumer),
 }
 
 impl From<PopConsumer> for Consumer {
@@ -61,6 +64,12 @@ impl From<PopConsumer> for Consumer {
 impl From<ReliableConsumer> for Consumer {
     fn from(c: ReliableConsumer) -> Self {
         Consumer::Reliable(c)
+    }
+}
+
+impl From<StreamConsumer> for Consumer {
+    fn from(c: StreamConsumer) -> Self {
+        Consumer::Stream(c)
     }
 }
 
@@ -372,6 +381,7 @@ impl EngineBuilder {
             Consumer::Pop(c) => self.start_pop(c, handler),
             Consumer::Listen(c) => self.start_listen(c, handler),
             Consumer::Reliable(c) => self.start_reliable(c, handler),
+            Consumer::Stream(c) => self.start_stream(c, handler),
         }
     }
 
@@ -483,6 +493,40 @@ impl EngineBuilder {
         let mut lanes = lanes_per_shard.into_iter();
         self.launch(launch, handler, move |_, budget| {
             ReliablePipeline::new(&consumer, budget, lanes.next().unwrap_or_default(), timing)
+        })
+    }
+
+    fn start_stream<H: Handler + Clone>(
+        self,
+        consumer: StreamConsumer,
+        handler: H,
+    ) -> Result<Running, Error> {
+        if consumer.streams.is_empty() {
+            return Err(Error::config("no streams to consume: give at least one"));
+        }
+        for (what, v) in [("group", &consumer.group), ("consumer id", &consumer.id)] {
+            if v.is_empty() {
+                return Err(Error::config(format!("stream mode needs a {what}")));
+            }
+        }
+        let lanes_per_shard = self.lanes(consumer.streams.len(), "streams")?;
+        let launch = Launch {
+            fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
+            prefetch: self.prefetch,
+            prefetch_bytes: self.prefetch_bytes,
+            limit: self.limit,
+            sources: consumer
+                .streams
+                .iter()
+                .map(|s| String::from_utf8_lossy(s.name()).into_owned())
+                .collect(),
+            reply_timeout: self.reply_timeout,
+            reply_grace: self.reply_grace,
+        };
+        let grace = self.reply_grace;
+        let mut lanes = lanes_per_shard.into_iter();
+        self.launch(launch, handler, move |_, budget| {
+            StreamPipeline::new(&consumer, budget, lanes.next().unwrap_or_default(), grace)
         })
     }
 

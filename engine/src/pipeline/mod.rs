@@ -33,6 +33,7 @@
 pub(crate) mod listen;
 pub(crate) mod pop;
 pub(crate) mod reliable;
+pub(crate) mod stream;
 #[cfg(test)]
 mod testing;
 

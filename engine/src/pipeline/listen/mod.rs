@@ -326,7 +326,7 @@ fn kind_slot(kind: SourceKind) -> usize {
     match kind {
         SourceKind::Pattern => 1,
         SourceKind::ShardChannel => 2,
-        SourceKind::Channel | SourceKind::Queue => 0,
+        SourceKind::Channel | SourceKind::Queue | SourceKind::Stream => 0,
     }
 }
 

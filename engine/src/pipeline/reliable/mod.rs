@@ -21,7 +21,7 @@
 //!   deletes the heartbeat.
 
 mod config;
-mod scripts;
+pub(crate) mod scripts;
 mod settle;
 
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +39,7 @@ use crate::error::{Error, ErrorKind};
 use crate::handler::{Event, Message, Outcome, Source};
 
 pub use config::{Backoff, ReliableConsumer};
+pub(crate) use scripts::Script;
 use settle::Batch;
 
 /// A reliable-mode command awaiting its reply.

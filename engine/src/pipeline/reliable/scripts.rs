@@ -16,7 +16,7 @@ pub(crate) struct Script {
 }
 
 impl Script {
-    fn new(name: &'static str, src: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str, src: &'static str) -> Self {
         Self {
             name,
             src,

@@ -1,0 +1,228 @@
+//! What a stream consumer is configured with ([`StreamConsumer`], [`Stream`], [`StartAt`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::pipeline::reliable::Backoff;
+
+/// Where a new consumer group starts reading (`XGROUP CREATE … <id> MKSTREAM`). A group
+/// that exists already keeps its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartAt {
+    /// Only entries added from now on (`$`).
+    New,
+    /// Every entry in the stream (`0`).
+    Beginning,
+    /// Entries after this id.
+    Id(Bytes),
+}
+
+impl StartAt {
+    pub(crate) fn arg(&self) -> &[u8] {
+        match self {
+            StartAt::New => b"$",
+            StartAt::Beginning => b"0",
+            StartAt::Id(id) => id,
+        }
+    }
+}
+
+/// A stream, with the tag expression its entries are filtered by.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub(crate) name: Bytes,
+    /// Alternatives of `TagA || TagB`; empty for `*` (everything).
+    pub(crate) tags: Vec<Bytes>,
+}
+
+impl Stream {
+    /// The stream `name`, every entry.
+    pub fn new(name: impl Into<Bytes>) -> Self {
+        Self {
+            name: name.into(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// Only entries whose tag field is one of `expr`'s alternatives (RocketMQ's
+    /// `"TagA || TagB"`); `*` is everything. Entries that do not match are acknowledged
+    /// without reaching the handler, and counted (`Stats::filtered`).
+    pub fn tags(mut self, expr: &str) -> Self {
+        self.tags = expr
+            .split("||")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Bytes::copy_from_slice(t.as_bytes()))
+            .collect();
+        if self.tags.iter().any(|t| t.as_ref() == b"*") {
+            self.tags.clear();
+        }
+        self
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &Bytes {
+        &self.name
+    }
+
+    /// Whether an entry with this tag (`None`: no tag field) passes the filter.
+    pub(crate) fn accepts(&self, tag: Option<&[u8]>) -> bool {
+        self.tags.is_empty() || tag.is_some_and(|t| self.tags.iter().any(|x| x.as_ref() == t))
+    }
+}
+
+impl From<&str> for Stream {
+    fn from(s: &str) -> Self {
+        Stream::new(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for Stream {
+    fn from(s: String) -> Self {
+        Stream::new(Bytes::from(s))
+    }
+}
+
+/// A `stream`-mode consumer: one consumer of a Redis Streams consumer group over one or
+/// more streams (RocketMQ's CLUSTERING model: each entry goes to one consumer of the
+/// group; entries pending with a consumer survive its crash).
+#[derive(Debug, Clone)]
+pub struct StreamConsumer {
+    pub(crate) streams: Vec<Stream>,
+    pub(crate) group: Bytes,
+    pub(crate) id: Bytes,
+    pub(crate) start: StartAt,
+    pub(crate) batch: u32,
+    pub(crate) block_timeout: Duration,
+    pub(crate) pipeline: u32,
+    pub(crate) lease: Duration,
+    pub(crate) max_deliveries: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) dead_max_len: u32,
+    pub(crate) delete_on_ack: bool,
+    pub(crate) payload_field: Bytes,
+    pub(crate) tag_field: Bytes,
+}
+
+impl StreamConsumer {
+    /// Consumer `id` of group `group` on `streams`, with defaults: groups created at
+    /// [`StartAt::New`], COUNT 128, block 1 s, pipeline 2, lease 30 s, at most 25
+    /// deliveries, reliable mode's default backoff, a dead stream capped near 10 000
+    /// entries, the payload in field `payload` and the tag in field `tag`.
+    pub fn new<S: Into<Stream>>(
+        group: impl Into<Bytes>,
+        id: impl Into<Bytes>,
+        streams: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self {
+            streams: streams.into_iter().map(Into::into).collect(),
+            group: group.into(),
+            id: id.into(),
+            start: StartAt::New,
+            batch: 128,
+            block_timeout: Duration::from_secs(1),
+            pipeline: 2,
+            lease: Duration::from_secs(30),
+            max_deliveries: 25,
+            backoff: Backoff::default(),
+            dead_max_len: 10_000,
+            delete_on_ack: false,
+            payload_field: Bytes::from_static(b"payload"),
+            tag_field: Bytes::from_static(b"tag"),
+        }
+    }
+
+    /// Where a group that does not exist yet starts.
+    pub fn start_at(mut self, s: StartAt) -> Self {
+        self.start = s;
+        self
+    }
+
+    /// Most entries one XREADGROUP asks for per stream (COUNT).
+    pub fn batch(mut self, n: u32) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
+    /// How long a blocking XREADGROUP waits (BLOCK, at least 1 ms).
+    pub fn block_timeout(mut self, d: Duration) -> Self {
+        self.block_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many XREADGROUPs one connection keeps in flight while there is backlog.
+    pub fn pipeline(mut self, depth: u32) -> Self {
+        self.pipeline = depth.max(1);
+        self
+    }
+
+    /// How long an entry may stay pending with a consumer that does not settle it
+    /// before another consumer of the group claims it (XAUTOCLAIM's min-idle; at least
+    /// 1 s). It bounds how long a dead consumer's entries wait, and must be longer than
+    /// a handler takes.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Most deliveries of one entry (at least 1); a `Retry` on the last one sends it to
+    /// the dead stream.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
+    /// The delay before a retried entry is delivered again, capped at half the lease (a
+    /// longer wait would let the group's claim loop take it first).
+    pub fn backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self
+    }
+
+    /// The dead stream `{s}:dead` is trimmed to about this many entries (`MAXLEN ~`).
+    pub fn dead_letters(mut self, max_len: u32) -> Self {
+        self.dead_max_len = max_len.max(1);
+        self
+    }
+
+    /// Acknowledge and delete in one atomic step (XACKDEL where the server has it, else
+    /// a script doing XACK and XDEL), so the stream does not grow with settled entries.
+    pub fn delete_on_ack(mut self, on: bool) -> Self {
+        self.delete_on_ack = on;
+        self
+    }
+
+    /// The field holding the payload (default `payload`); an entry without it has an
+    /// empty payload.
+    pub fn payload_field(mut self, f: impl Into<Bytes>) -> Self {
+        self.payload_field = f.into();
+        self
+    }
+
+    /// The field holding the tag (default `tag`).
+    pub fn tag_field(mut self, f: impl Into<Bytes>) -> Self {
+        self.tag_field = f.into();
+        self
+    }
+
+    /// The streams, in configuration order.
+    pub fn streams(&self) -> &[Stream] {
+        &self.streams
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_expressions() {
+        let s = Stream::new("s").tags("A || B");
+        assert!(s.accepts(Some(b"A")) && s.accepts(Some(b"B")));
+        assert!(!s.accepts(Some(b"C")) && !s.accepts(None));
+        let all = Stream::new("s").tags("*");
+        assert!(all.accepts(None) && all.accepts(Some(b"x")));
+    }
+}

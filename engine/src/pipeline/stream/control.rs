@@ -1,0 +1,358 @@
+//! What the stream pipeline sends and reads on the Control connection: group creation
+//! and the XACKDEL probe, settles (sent again if Control is lost), own-entry reads, claims
+//! from dead consumers, due retries, and the group's lag.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringq_resp::{CommandWriter, Decoder, Frame, ServerError};
+
+use super::{now_ms, reply, scripts, Phase, Sent, StreamPipeline, StreamTag, MAX_IDS};
+use crate::conn::{Conn, Failure, Tag};
+use crate::error::{Error, ErrorKind};
+use crate::pipeline::Io;
+
+impl StreamPipeline {
+    pub(super) fn write_sent(
+        &self,
+        ctl: &mut Conn<StreamTag>,
+        sent: &Sent,
+        now: Instant,
+        allow: Duration,
+    ) {
+        let c = &self.plan.consumer;
+        match sent {
+            Sent::Ack { s, ids } => {
+                let key = self.name(*s);
+                ctl.command(Tag::Pipe(StreamTag::Settle), now, allow, |buf| {
+                    if c.delete_on_ack && self.xackdel {
+                        CommandWriter::new(buf, 6 + ids.len())
+                            .arg("XACKDEL")
+                            .arg(key)
+                            .arg(&c.group)
+                            .arg("IDS")
+                            .arg_int(ids.len() as i64)
+                            .args(ids)
+                            .finish();
+                    } else if c.delete_on_ack {
+                        CommandWriter::new(buf, 5 + ids.len())
+                            .arg("EVALSHA")
+                            .arg(&scripts::ACKDEL.sha)
+                            .arg("1")
+                            .arg(key)
+                            .arg(&c.group)
+                            .args(ids)
+                            .finish();
+                    } else {
+                        CommandWriter::new(buf, 3 + ids.len())
+                            .arg("XACK")
+                            .arg(key)
+                            .arg(&c.group)
+                            .args(ids)
+                            .finish();
+                    }
+                });
+            }
+            Sent::Dead { s, items } => {
+                let key = self.name(*s);
+                let dead = crate::envelope::keys::dead(key);
+                let at = now_ms() as i64;
+                ctl.command(Tag::Pipe(StreamTag::Settle), now, allow, |buf| {
+                    let mut w = CommandWriter::new(buf, 9 + 3 * items.len())
+                        .arg("EVALSHA")
+                        .arg(&scripts::DEAD.sha)
+                        .arg("2")
+                        .arg(key)
+                        .arg(&dead)
+                        .arg(&c.group)
+                        .arg_int(i64::from(c.dead_max_len))
+                        .arg(if c.delete_on_ack { "1" } else { "0" })
+                        .arg_int(at);
+                    for (id, why, d) in items {
+                        w = w.arg(id).arg(why).arg_int(i64::from(*d));
+                    }
+                    w.finish();
+                });
+            }
+        }
+    }
+
+    /// Sends what waits for Control: group creation, settles, own-entry reads, claims,
+    /// due retries.
+    pub(super) fn flush(&mut self, io: &mut Io<StreamTag>, now: Instant) {
+        let allow = io.reply_timeout;
+        let Some(ctl_id) = io.control else { return };
+        if io.control_ready().is_none() {
+            return;
+        }
+        if self.phase == Phase::Setup {
+            let c = &self.plan.consumer;
+            let ctl = &mut io.conns[ctl_id];
+            let mut n = 0;
+            for s in (0..self.streams.len() as u32).filter(|&s| self.streams[s as usize].mine) {
+                n += 1;
+                ctl.command(Tag::Pipe(StreamTag::Create { s }), now, allow, |buf| {
+                    CommandWriter::new(buf, 6)
+                        .arg("XGROUP")
+                        .arg("CREATE")
+                        .arg(&c.streams[s as usize].name)
+                        .arg(&c.group)
+                        .arg(c.start.arg())
+                        .arg("MKSTREAM")
+                        .finish();
+                });
+            }
+            ctl.command(Tag::Pipe(StreamTag::Probe), now, allow, |buf| {
+                CommandWriter::new(buf, 3)
+                    .arg("COMMAND")
+                    .arg("INFO")
+                    .arg("XACKDEL")
+                    .finish();
+            });
+            self.phase = Phase::Creating(n + 1);
+            return;
+        }
+        if matches!(self.phase, Phase::Creating(_)) {
+            return;
+        }
+        // Settles.
+        let mut sends: Vec<Sent> = self.resend.drain(..).collect();
+        for s in 0..self.streams.len() as u32 {
+            let st = &mut self.streams[s as usize];
+            while !st.acks.is_empty() {
+                let n = st.acks.len().min(MAX_IDS);
+                sends.push(Sent::Ack {
+                    s,
+                    ids: st.acks.drain(..n).collect(),
+                });
+            }
+            while !st.deads.is_empty() {
+                let n = st.deads.len().min(MAX_IDS / 3);
+                sends.push(Sent::Dead {
+                    s,
+                    items: st.deads.drain(..n).collect(),
+                });
+            }
+        }
+        for sent in sends {
+            self.write_sent(&mut io.conns[ctl_id], &sent, now, allow);
+            self.settling.push_back(sent);
+        }
+        if io.stopping {
+            return;
+        }
+        if self.phase == Phase::Orphaned && self.quiet(io) {
+            self.begin_own();
+        }
+        // Own pending entries, claims and due retries: each holds credit of its lane.
+        let c = &self.plan.consumer;
+        let mine: Vec<u32> = self.mine().collect();
+        for s in mine {
+            let st = &self.streams[s as usize];
+            if st.busy {
+                continue;
+            }
+            let (own, cursor) = match (&st.own, &st.claim) {
+                (Some(cur), _) => (true, cur.clone()),
+                (None, Some(cur)) if self.phase == Phase::Running => (false, cur.clone()),
+                _ => continue,
+            };
+            let lane = self.plan.lane_of[s as usize];
+            let Some(g) = io
+                .credits
+                .grant(lane, false, c.batch, self.lanes[lane].sizes.get(), 1)
+            else {
+                continue;
+            };
+            let lease = c.lease.as_millis().max(1) as i64;
+            io.conns[ctl_id].command(
+                Tag::Pipe(StreamTag::Fetch {
+                    s,
+                    own,
+                    count: g.count,
+                    bytes: g.bytes,
+                }),
+                now,
+                allow,
+                |buf| {
+                    CommandWriter::new(buf, 10)
+                        .arg("EVALSHA")
+                        .arg(&scripts::FETCH.sha)
+                        .arg("1")
+                        .arg(&c.streams[s as usize].name)
+                        .arg(&c.group)
+                        .arg(&c.id)
+                        .arg(if own { "own" } else { "claim" })
+                        .arg(&cursor)
+                        .arg_int(i64::from(g.count))
+                        .arg_int(lease)
+                        .finish();
+                },
+            );
+            self.streams[s as usize].busy = true;
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        while let Some(top) = self.retries.peek() {
+            if top.at > now || self.streams[top.s as usize].busy {
+                break;
+            }
+            let s = top.s;
+            let lane = self.plan.lane_of[s as usize];
+            let mut due = Vec::new();
+            while let Some(t) = self.retries.peek() {
+                if t.at > now || t.s != s || due.len() >= c.batch as usize {
+                    break;
+                }
+                due.extend(self.retries.pop());
+            }
+            let Some(g) = io.credits.grant(
+                lane,
+                false,
+                due.len() as u32,
+                self.lanes[lane].sizes.get(),
+                1,
+            ) else {
+                self.retries.extend(due);
+                break;
+            };
+            for d in due.drain(g.count as usize..) {
+                self.retries.push(d);
+            }
+            for d in &due {
+                self.redeliver.insert(d.id.clone(), d.deliveries + 1);
+            }
+            io.conns[ctl_id].command(
+                Tag::Pipe(StreamTag::Claim {
+                    s,
+                    count: g.count,
+                    bytes: g.bytes,
+                }),
+                now,
+                allow,
+                |buf| {
+                    CommandWriter::new(buf, 5 + due.len())
+                        .arg("XCLAIM")
+                        .arg(&c.streams[s as usize].name)
+                        .arg(&c.group)
+                        .arg(&c.id)
+                        .arg("0")
+                        .args(due.iter().map(|d| &d.id))
+                        .finish();
+                },
+            );
+            self.streams[s as usize].busy = true;
+        }
+    }
+
+    /// Reads own pending entries again, from the start, before anything new.
+    pub(super) fn begin_own(&mut self) {
+        for st in self.streams.iter_mut().filter(|s| s.mine) {
+            st.own = Some(b"0".to_vec());
+        }
+        self.phase = Phase::Own;
+    }
+
+    pub(super) fn on_control(
+        &mut self,
+        io: &mut Io<StreamTag>,
+        conn: usize,
+        cmd: StreamTag,
+        frame: &Bytes,
+    ) -> Result<(), Failure> {
+        let peer = io.conns[conn].peer();
+        let f = Decoder::new()
+            .build(frame)
+            .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
+        if let Frame::SimpleError(m) | Frame::BulkError(m) = &f {
+            let e = ServerError::parse(m.clone());
+            match cmd {
+                StreamTag::Create { .. } if e.code() == "BUSYGROUP" => {}
+                StreamTag::Probe | StreamTag::Info { .. } => {
+                    tracing::debug!("{cmd:?}: {e}");
+                }
+                _ => return Err(reply::server_error(&self.plan, m.clone())),
+            }
+        }
+        match cmd {
+            StreamTag::Load(n) => {
+                let want = &scripts::all()[n as usize].sha;
+                let ok = matches!(&f, Frame::BulkString(b) | Frame::SimpleString(b) if b.as_ref() == want.as_bytes());
+                if !ok {
+                    return Err(Failure::Fatal(Error::new(
+                        ErrorKind::Protocol,
+                        format!("SCRIPT LOAD answered {f:?}, not the SHA-1 {want}"),
+                    )));
+                }
+            }
+            StreamTag::Create { .. } | StreamTag::Probe => {
+                if cmd == StreamTag::Probe {
+                    self.xackdel = matches!(&f, Frame::Array(v) if v.iter().any(|x| !matches!(x, Frame::Null)));
+                }
+                if let Phase::Creating(left) = self.phase {
+                    if left <= 1 {
+                        self.begin_own();
+                    } else {
+                        self.phase = Phase::Creating(left - 1);
+                    }
+                }
+            }
+            StreamTag::Settle => {
+                self.settling.pop_front();
+            }
+            StreamTag::Info { s } => {
+                if let Some((lag, pending)) = group_info(&f, &self.plan.consumer.group) {
+                    let st = &mut self.streams[s as usize];
+                    st.lag = lag;
+                    st.pending = pending;
+                    let (lag, pending) = self
+                        .streams
+                        .iter()
+                        .fold((0, 0), |(a, b), s| (a + s.lag, b + s.pending));
+                    io.stats
+                        .stream_lag
+                        .store(lag, std::sync::atomic::Ordering::Relaxed);
+                    io.stats
+                        .stream_pending
+                        .store(pending, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            StreamTag::Read(_) | StreamTag::Fetch { .. } | StreamTag::Claim { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// The `lag` and `pending` of `group` in an `XINFO GROUPS` reply.
+fn group_info(f: &Frame, group: &[u8]) -> Option<(u64, u64)> {
+    let Frame::Array(groups) = f else { return None };
+    for g in groups {
+        let pairs: Vec<(&Frame, &Frame)> = match g {
+            Frame::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+            Frame::Array(v) => v
+                .chunks(2)
+                .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                .collect(),
+            _ => continue,
+        };
+        let field = |name: &str| {
+            pairs.iter().find_map(|(k, v)| match k {
+                Frame::BulkString(b) | Frame::SimpleString(b) if b.as_ref() == name.as_bytes() => {
+                    Some(*v)
+                }
+                _ => None,
+            })
+        };
+        let is_ours = matches!(field("name"), Some(Frame::BulkString(b) | Frame::SimpleString(b)) if b.as_ref() == group);
+        if !is_ours {
+            continue;
+        }
+        let int = |v: Option<&Frame>| match v {
+            Some(Frame::Integer(n)) => (*n).max(0) as u64,
+            _ => 0,
+        };
+        return Some((int(field("lag")), int(field("pending"))));
+    }
+    None
+}
