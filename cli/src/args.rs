@@ -54,12 +54,13 @@ pub enum Command {
     ///
     /// Example: ringq publish --channel news --messages 100000 --size 16
     Publish(PublishArgs),
-    /// Show a reliable-mode queue: messages pending, leased per consumer (with the age of
-    /// its heartbeat), waiting for a retry, and dead.
+    /// Show a reliable-mode queue (messages pending, leased per consumer with the age of
+    /// its heartbeat, waiting for a retry, dead) or, with --mode stream, a stream's groups
+    /// (lag, pending per consumer, dead).
     ///
     /// Example: ringq stats --queue jobs --format json
     Stats(StatsArgs),
-    /// List, requeue or purge a reliable-mode queue's dead letters ({Q}:dead).
+    /// List, requeue or purge a reliable-mode queue's or a stream's dead letters ({Q}:dead).
     ///
     /// Example: ringq dead --queue jobs list --count 10 --format json
     Dead(DeadArgs),
@@ -87,20 +88,36 @@ pub struct ConsumeArgs {
     #[arg(long = "queue", value_name = "Q", required = true)]
     pub queues: Vec<String>,
 
-    /// Delivery mode: `pop` (at-most-once) or `reliable` (at-least-once: each message is
+    /// Delivery mode: `pop` (at-most-once), `reliable` (at-least-once: each message is
     /// leased into {Q}:processing:ID and acknowledged only after its line is written and
-    /// stdout flushed; needs --consumer-id).
+    /// stdout flushed; needs --consumer-id) or `stream` (a consumer of a Redis Streams
+    /// group over the --queue streams, acknowledged the same way; needs --group and
+    /// --consumer-id).
     #[arg(long, value_enum, default_value_t = Mode::Pop)]
     pub mode: Mode,
 
-    /// Reliable mode: most deliveries of one message before it goes to the dead list
-    /// (a message whose line cannot be written is retried).
+    /// Stream mode: the consumer group (created with MKSTREAM when missing).
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
+
+    /// Stream mode: where a group that does not exist yet starts: `new` (entries added
+    /// from now on, the default), `start` (every entry), or an entry id.
+    #[arg(long, value_name = "new|start|ID")]
+    pub from: Option<String>,
+
+    /// Stream mode: only entries whose `tag` field is one of these (`TagA || TagB`; `*`
+    /// is everything); the others are acknowledged without being printed.
+    #[arg(long, value_name = "EXPR")]
+    pub tag: Option<String>,
+
+    /// Reliable and stream modes: most deliveries of one message before it goes to the
+    /// dead list (a message whose line cannot be written is retried).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_retries: Option<u32>,
 
-    /// Reliable mode: how long a consumer that stopped (killed, frozen, cut off) keeps its
-    /// leased messages before another consumer takes them back, in milliseconds (at least
-    /// 1000; default 30000).
+    /// Reliable and stream modes: how long a consumer that stopped (killed, frozen, cut
+    /// off) keeps its messages before another consumer takes them back, in milliseconds
+    /// (at least 1000; default 30000).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1000..))]
     pub lease_ms: Option<u64>,
 
@@ -196,9 +213,18 @@ pub struct ProduceArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
-    /// The list to push onto.
+    /// The list to push onto (with --stream: the stream to XADD to).
     #[arg(long, value_name = "Q")]
     pub queue: String,
+
+    /// Add entries to a stream (pipelined `XADD Q * payload <p> [tag T]`) instead of
+    /// pushing onto a list.
+    #[arg(long)]
+    pub stream: bool,
+
+    /// With --stream: a `tag` field on every entry (for `consume --mode stream --tag`).
+    #[arg(long, value_name = "T", requires = "stream")]
+    pub tag: Option<String>,
 
     /// How many messages to push.
     #[arg(long, value_name = "N")]
@@ -315,7 +341,7 @@ pub enum Mode {
     Pop,
     /// Leases into a processing list, acks with one script per batch: at-least-once.
     Reliable,
-    /// XREADGROUP/XACK consumer groups: at-least-once (not implemented yet).
+    /// XREADGROUP/XACK consumer groups: at-least-once.
     Stream,
 }
 
@@ -442,6 +468,11 @@ pub struct StatsArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
+    /// `reliable` (list queues, the default) or `stream` (streams: every group's lag and
+    /// pending entries, and each consumer's).
+    #[arg(long, value_enum, default_value_t = Mode::Reliable)]
+    pub mode: Mode,
+
     /// A queue to show; repeat for several.
     #[arg(long = "queue", value_name = "Q", required = true)]
     pub queues: Vec<String>,
@@ -462,6 +493,10 @@ pub enum StatsFormat {
 pub struct DeadArgs {
     #[command(flatten)]
     pub server: ServerArgs,
+
+    /// `reliable` ({Q}:dead is a list, the default) or `stream` ({S}:dead is a stream).
+    #[arg(long, value_enum, default_value_t = Mode::Reliable)]
+    pub mode: Mode,
 
     /// The queue whose dead list ({Q}:dead) to work on (before the action).
     #[arg(long, value_name = "Q")]

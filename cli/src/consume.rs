@@ -1,6 +1,6 @@
-//! `ringq consume`: the engine in pop or reliable mode, printing every message it takes.
-//! In reliable mode a message is acknowledged only once its line is written and stdout
-//! flushed; one whose line could not be written is retried.
+//! `ringq consume`: the engine in pop, reliable or stream mode, printing every message it
+//! takes. In reliable and stream modes a message is acknowledged only once its line is
+//! written and stdout flushed; one whose line could not be written is retried.
 //!
 //! The shape of a run: validate the flags (usage errors exit 2 before anything connects),
 //! watch SIGINT/SIGTERM, start the engine with a [`Printer`] handler, hand its shutdown
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ringq::{
     ConnectionInfo, Consumer, Dispatch, EngineBuilder, PopConsumer, PopStrategy, ReliableConsumer,
+    StartAt, Stream, StreamConsumer,
 };
 
 use crate::args::{ConsumeArgs, Mode, Strategy};
@@ -29,21 +30,27 @@ use crate::stop::{watch_signals, StopSwitch};
 /// connection count. Runtime errors
 /// (status 1): whatever stopped the engine, or a failed write to stdout.
 pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
-    if a.mode == Mode::Stream {
-        return Err(Exit::usage(
-            "--mode stream is not implemented yet (pop and reliable modes only)",
-        ));
-    }
-    let reliable = a.mode == Mode::Reliable;
+    let (reliable, stream) = (a.mode == Mode::Reliable, a.mode == Mode::Stream);
     if reliable && a.consumer_id.is_none() {
         return Err(Exit::usage(
             "--mode reliable needs --consumer-id: the id names this consumer's processing \
              lists, and a restart with the same id takes its unfinished messages back at once",
         ));
     }
-    if !reliable && (a.max_retries.is_some() || a.lease_ms.is_some()) {
+    if stream && (a.consumer_id.is_none() || a.group.is_none()) {
         return Err(Exit::usage(
-            "--max-retries and --lease-ms apply to --mode reliable only",
+            "--mode stream needs --group and --consumer-id: the consumer of that group whose \
+             pending entries a restart with the same id reads again",
+        ));
+    }
+    if a.mode == Mode::Pop && (a.max_retries.is_some() || a.lease_ms.is_some()) {
+        return Err(Exit::usage(
+            "--max-retries and --lease-ms apply to --mode reliable and stream only",
+        ));
+    }
+    if !stream && (a.group.is_some() || a.from.is_some() || a.tag.is_some()) {
+        return Err(Exit::usage(
+            "--group, --from and --tag apply to --mode stream only",
         ));
     }
     // Parsed here as well as by the engine so a bad URL is a usage error with the
@@ -62,7 +69,28 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         )));
     }
 
-    let consumer: Consumer = if reliable {
+    let consumer: Consumer = if stream {
+        let tag = a.tag.as_deref().unwrap_or("*");
+        let mut c = StreamConsumer::new(
+            a.group.clone().unwrap_or_default(),
+            a.consumer_id.clone().unwrap_or_default(),
+            a.queues.iter().map(|q| Stream::from(q.as_str()).tags(tag)),
+        )
+        .batch(a.batch)
+        .block_timeout(Duration::from_millis(a.block_timeout_ms))
+        .start_at(match a.from.as_deref() {
+            None | Some("new") => StartAt::New,
+            Some("start") => StartAt::Beginning,
+            Some(id) => StartAt::Id(id.to_owned().into()),
+        });
+        if let Some(n) = a.max_retries {
+            c = c.max_deliveries(n);
+        }
+        if let Some(ms) = a.lease_ms {
+            c = c.lease(Duration::from_millis(ms));
+        }
+        c.into()
+    } else if reliable {
         let id = a.consumer_id.clone().unwrap_or_default();
         let mut c = ReliableConsumer::new(id, a.queues.iter().map(String::as_str))
             .batch(a.batch)

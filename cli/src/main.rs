@@ -8,7 +8,9 @@
 //!                 [--format raw|json]
 //! ringq publish   --url URL --channel C --messages N [--size S | --seq] [--rate R]
 //! ringq consume   --mode reliable --consumer-id ID --queue Q [--max-retries N] [--lease-ms MS]
-//! ringq stats     --queue Q [--format text|json]
+//! ringq consume   --mode stream --group G --consumer-id C --queue S [--from new|start|ID] [--tag EXPR]
+//! ringq produce   --stream --queue S --messages N [--tag T]
+//! ringq stats     [--mode stream] --queue Q [--format text|json]
 //! ringq dead      --queue Q list [--count N] [--format raw|json] | requeue [--count N] | purge
 //! ringq probe
 //! ```
@@ -21,7 +23,8 @@
 //! - `args`: the command line (clap derive); every flag's `--help` text lives here.
 //! - `consume`: `ringq consume` — the engine (pop or reliable mode), its stop switch,
 //!   exit status.
-//! - `admin`: `ringq stats` and `ringq dead` — a reliable queue's figures and dead letters.
+//! - `admin`: `ringq stats` and `ringq dead` — a reliable queue's figures and dead letters;
+//!   `stream_admin`: the same for streams (`--mode stream`).
 //! - `client`: the blocking RESP2 connection of `produce`, `publish`, `stats`, `dead`.
 //! - `output`: the handler that prints messages (raw or JSON) without interleaving lines.
 //! - `subscribe`: `ringq subscribe` — the engine in listen mode.
@@ -40,6 +43,7 @@ mod log;
 mod output;
 mod produce;
 mod stop;
+mod stream_admin;
 mod subscribe;
 
 use clap::Parser;

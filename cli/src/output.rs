@@ -150,7 +150,13 @@ impl Handler for Printer {
             match (self.output.format, self.listen) {
                 (Format::Raw, _) => write_raw(&mut self.buf, m.payload()),
                 (Format::Json, false) => {
-                    write_json(&mut self.buf, m.queue(), m.payload(), m.deliveries());
+                    write_json(
+                        &mut self.buf,
+                        m.queue(),
+                        m.id(),
+                        m.payload(),
+                        m.deliveries(),
+                    );
                 }
                 (Format::Json, true) => {
                     write_listen_json(&mut self.buf, m.channel(), m.pattern(), m.payload());
@@ -235,9 +241,13 @@ pub fn write_raw(out: &mut Vec<u8>, payload: &[u8]) {
 }
 
 /// One JSON object and a newline; see the module docs for the fields.
-pub fn write_json(out: &mut Vec<u8>, queue: &[u8], payload: &[u8], deliveries: u32) {
+pub fn write_json(out: &mut Vec<u8>, queue: &[u8], id: &[u8], payload: &[u8], deliveries: u32) {
     out.extend_from_slice(b"{\"queue\":");
     write_json_string(out, &String::from_utf8_lossy(queue));
+    if !id.is_empty() {
+        out.extend_from_slice(b",\"id\":");
+        write_json_string(out, &String::from_utf8_lossy(id));
+    }
     write_payload(out, payload);
     // Writing to a Vec cannot fail.
     let _ = writeln!(out, ",\"deliveries\":{deliveries}}}");
@@ -298,7 +308,7 @@ mod tests {
 
     fn json(queue: &[u8], payload: &[u8]) -> String {
         let mut out = Vec::new();
-        write_json(&mut out, queue, payload, 1);
+        write_json(&mut out, queue, b"", payload, 1);
         String::from_utf8(out).expect("JSON output is UTF-8")
     }
 

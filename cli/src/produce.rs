@@ -32,8 +32,9 @@ const PROGRESS_PERIOD: Duration = Duration::from_millis(200);
 pub fn run(a: ProduceArgs) -> Result<(), Exit> {
     let done = pump(&Pump {
         url: &a.server.url,
-        command: "LPUSH",
+        command: if a.stream { "XADD" } else { "LPUSH" },
         key: &a.queue,
+        tag: a.tag.as_deref(),
         messages: a.messages,
         size: a.size,
         rate: a.rate,
@@ -57,6 +58,7 @@ pub fn publish(a: PublishArgs) -> Result<(), Exit> {
         url: &a.server.url,
         command: if a.shard { "SPUBLISH" } else { "PUBLISH" },
         key: &a.channel,
+        tag: None,
         messages: a.messages,
         size: a.size,
         rate: a.rate,
@@ -79,6 +81,8 @@ struct Pump<'a> {
     url: &'a str,
     command: &'static str,
     key: &'a str,
+    /// XADD only: a `tag` field.
+    tag: Option<&'a str>,
     messages: u64,
     size: Option<u64>,
     rate: Option<f64>,
@@ -133,12 +137,21 @@ fn pump(p: &Pump<'_>) -> Result<Pumped, Exit> {
         out.clear();
         for i in sent..sent + n {
             payload(i, &mut body);
-            encode_command(&mut out, [p.command.as_bytes(), p.key.as_bytes(), &body]);
+            if p.command == "XADD" {
+                let mut args: Vec<&[u8]> = vec![b"XADD", p.key.as_bytes(), b"*", b"payload", &body];
+                if let Some(t) = p.tag {
+                    args.extend([&b"tag"[..], t.as_bytes()]);
+                }
+                encode_command(&mut out, args);
+            } else {
+                encode_command(&mut out, [p.command.as_bytes(), p.key.as_bytes(), &body]);
+            }
         }
         conn.write(&out)?;
         for _ in 0..n {
             match conn.read_reply()? {
                 Frame::Integer(k) => replies += k,
+                Frame::BulkString(_) if p.command == "XADD" => replies += 1,
                 other => {
                     let (cmd, key) = (p.command, p.key);
                     return Err(Exit::runtime(match other.to_server_error() {

@@ -468,12 +468,12 @@ fn connection_refused_exits_nonzero_with_the_reason() {
 }
 
 #[test]
-fn unimplemented_modes_and_bad_usage_exit_2() {
+fn incomplete_modes_and_bad_usage_exit_2() {
     let done = run(&["consume", "--queue", "q", "--mode", "stream"]);
     assert_eq!(done.code(), Some(2), "{}", done.stderr);
     assert!(
         done.stderr
-            .contains("ringq: --mode stream is not implemented yet (pop and reliable modes only)"),
+            .contains("ringq: --mode stream needs --group and --consumer-id"),
         "{}",
         done.stderr
     );

@@ -5,11 +5,6 @@
 //! every message printed at least once, duplicates bounded.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ringq::envelope::{self, keys};
@@ -21,115 +16,26 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A `ringq consume --mode reliable` whose stdout is read slowly (a pause every 50
-/// lines), so a drain takes long enough to be hit by faults mid-way.
-struct Consumer {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    err: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Consumer {
-    fn spawn(url: &str, id: &str, queue: &str, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "consume",
-            "--url",
-            url,
-            "--mode",
-            "reliable",
-            "--consumer-id",
-            id,
-            "--queue",
-            queue,
-            "--prefetch",
-            "256",
-            "--batch",
-            "32",
-            "--no-pin",
-        ];
-        args.extend_from_slice(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringq"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringq");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().unwrap();
-        // A one-page pipe, so the lines a consumer has written ahead of the reader (all
-        // acknowledged) stay few, and a drain needs many of the reader's turns.
-        // SAFETY: fcntl(2) on a pipe descriptor we own; no memory is passed.
-        unsafe {
-            libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096);
-        }
-        let out = BufReader::new(stdout);
-        let l = lines.clone();
-        let r1 = std::thread::spawn(move || {
-            for (i, line) in out.lines().map_while(Result::ok).enumerate() {
-                l.lock().unwrap().push(line);
-                if i % 50 == 49 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        });
-        let e = err.clone();
-        let errs = BufReader::new(child.stderr.take().unwrap());
-        let r2 = std::thread::spawn(move || {
-            for line in errs.lines().map_while(Result::ok) {
-                let mut e = e.lock().unwrap();
-                e.push_str(&line);
-                e.push('\n');
-            }
-        });
-        Self {
-            child,
-            lines,
-            err,
-            readers: vec![r1, r2],
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,
-        // not yet reaped (we hold its `Child`), so it cannot name another process.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-    }
-
-    /// Waits for the exit (after a signal), then returns every line and stderr.
-    fn finish(mut self) -> (Vec<String>, String, Option<i32>) {
-        let mut status = None;
-        assert!(
-            wait_until(RUN_TIMEOUT, || {
-                status = self.child.try_wait().expect("try_wait");
-                status.is_some()
-            }),
-            "ringq did not exit"
-        );
-        for r in self.readers.drain(..) {
-            r.join().unwrap();
-        }
-        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
-        let err = std::mem::take(&mut *self.err.lock().unwrap());
-        (lines, err, status.and_then(|s| s.code()))
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `ringq consume --mode reliable` with a slow reader.
+fn reliable(url: &str, id: &str, queue: &str, extra: &[&str]) -> Consumer {
+    let mut args = vec![
+        "consume",
+        "--url",
+        url,
+        "--mode",
+        "reliable",
+        "--consumer-id",
+        id,
+        "--queue",
+        queue,
+        "--prefetch",
+        "256",
+        "--batch",
+        "32",
+        "--no-pin",
+    ];
+    args.extend_from_slice(extra);
+    Consumer::spawn(&args)
 }
 
 fn llen(c: &mut TestClient, key: &[u8]) -> i64 {
@@ -173,7 +79,7 @@ fn kill_9_five_times_mid_drain_loses_nothing() {
     let mut lines = Vec::new();
     let mut kills = 0;
     for round in 0..6 {
-        let p = Consumer::spawn(&url, "c1", "k9", &[]);
+        let p = reliable(&url, "c1", "k9", &[]);
         if round == 5 {
             // The last run drains what is left and is stopped by SIGTERM.
             assert!(wait_until(WAIT, || left(&mut c, "k9", "c1") == 0));
@@ -219,13 +125,13 @@ fn another_consumer_takes_over_a_killed_ones_messages_after_its_lease() {
     const N: u64 = 20_000;
     produce_seq(&url, "ko", N);
     let mut c = client(&s);
-    let a = Consumer::spawn(&url, "a", "ko", &["--lease-ms", "1000"]);
+    let a = reliable(&url, "a", "ko", &["--lease-ms", "1000"]);
     assert!(wait_until(WAIT, || a.count() >= 3000));
     a.signal(libc::SIGKILL);
     let (mut lines, _, _) = a.finish();
     let leased = llen(&mut c, &keys::processing(b"ko", b"a"));
     assert!(leased > 0, "a was killed holding leased messages");
-    let b = Consumer::spawn(&url, "b", "ko", &["--lease-ms", "1000"]);
+    let b = reliable(&url, "b", "ko", &["--lease-ms", "1000"]);
     assert!(wait_until(WAIT, || {
         llen(&mut c, b"ko") == 0
             && llen(&mut c, &keys::processing(b"ko", b"a")) == 0
@@ -253,13 +159,13 @@ fn a_frozen_consumers_late_acks_are_fenced() {
     const N: u64 = 20_000;
     produce_seq(&url, "fz", N);
     let mut c = client(&s);
-    let a = Consumer::spawn(&url, "a", "fz", &["--lease-ms", "1000"]);
+    let a = reliable(&url, "a", "fz", &["--lease-ms", "1000"]);
     assert!(wait_until(WAIT, || a.count() >= 2000));
     // SIGSTOP with a batch in hand (its reader is slow, so it waits to write one).
     a.signal(libc::SIGSTOP);
     let leased = llen(&mut c, &keys::processing(b"fz", b"a"));
     assert!(leased > 0, "a was frozen holding leased messages");
-    let b = Consumer::spawn(&url, "b", "fz", &["--lease-ms", "1000"]);
+    let b = reliable(&url, "b", "fz", &["--lease-ms", "1000"]);
     assert!(
         wait_until(WAIT, || llen(&mut c, &keys::processing(b"fz", b"a")) == 0),
         "b took a's messages back after the lease"
@@ -394,9 +300,9 @@ fn reliable_mode_needs_a_consumer_id_and_pop_mode_refuses_its_flags() {
     run(&["consume", "--mode", "reliable", "--queue", "q"])
         .assert_fails_with(2, "--mode reliable needs --consumer-id");
     run(&["consume", "--queue", "q", "--lease-ms", "5000"])
-        .assert_fails_with(2, "apply to --mode reliable only");
-    run(&["consume", "--mode", "stream", "--queue", "q"])
-        .assert_fails_with(2, "not implemented yet");
+        .assert_fails_with(2, "apply to --mode reliable and stream only");
+    run(&["consume", "--queue", "q", "--group", "g"])
+        .assert_fails_with(2, "apply to --mode stream only");
 }
 
 #[test]

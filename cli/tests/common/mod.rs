@@ -2,7 +2,8 @@
 //! running `ringq` whose output is collected as it arrives.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -176,4 +177,98 @@ pub fn produce_seq(url: &str, queue: &str, n: u64) -> Done {
 
 pub fn seq(range: std::ops::Range<u64>) -> Vec<String> {
     range.map(|i| i.to_string()).collect()
+}
+
+/// A running `ringq` whose stdout is read slowly (a one-page pipe, a pause every 50
+/// lines), so a drain takes long enough to be hit by faults mid-way.
+pub struct Consumer {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Consumer {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringq"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringq");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        // A one-page pipe, so the lines a consumer has written ahead of the reader (all
+        // acknowledged) stay few, and a drain needs many of the reader's turns.
+        // SAFETY: fcntl(2) on a pipe descriptor we own; no memory is passed.
+        unsafe {
+            libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096);
+        }
+        let out = BufReader::new(stdout);
+        let l = lines.clone();
+        let r1 = std::thread::spawn(move || {
+            for (i, line) in out.lines().map_while(Result::ok).enumerate() {
+                l.lock().unwrap().push(line);
+                if i % 50 == 49 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let e = err.clone();
+        let errs = BufReader::new(child.stderr.take().unwrap());
+        let r2 = std::thread::spawn(move || {
+            for line in errs.lines().map_while(Result::ok) {
+                let mut e = e.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        });
+        Self {
+            child,
+            lines,
+            err,
+            readers: vec![r1, r2],
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,
+        // not yet reaped (we hold its `Child`), so it cannot name another process.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// Waits for the exit (after a signal), then returns every line and stderr.
+    pub fn finish(mut self) -> (Vec<String>, String, Option<i32>) {
+        let mut status = None;
+        assert!(
+            wait_until(RUN_TIMEOUT, || {
+                status = self.child.try_wait().expect("try_wait");
+                status.is_some()
+            }),
+            "ringq did not exit"
+        );
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        let err = std::mem::take(&mut *self.err.lock().unwrap());
+        (lines, err, status.and_then(|s| s.code()))
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
