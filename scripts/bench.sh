@@ -7,7 +7,7 @@
 #                 settings plus line tables, Cargo.toml): binaries land in target/release/
 #                 and `cargo bench` reuses the same artifacts instead of a second build
 #   3. drain-batch, drain-batch-q100, drain-batch-q1000, drain-single, latency, pubsub,
-#      reliable
+#      reliable, stream
 #                 the ringq-bench scenarios (bench/): ringq (io_uring, and ringq-epoll on
 #                 the epoll backend) against redis-rs, tokio-uring and the raw limit probe, each consumer in its own child process, on a
 #                 private redis-server started on a free port (the embedded default):
@@ -21,6 +21,9 @@
 #                   reliable            1,000,000 messages of 16 B drained with acks:
 #                                       ringq reliable, ringq pop, and redis-rs with
 #                                       pipelined LMOVE + LREM; server CPU per message
+#                   stream              1,000,000 entries of 16 B through a consumer
+#                                       group with acks: ringq, redis-rs and the limit
+#                                       client; server CPU per entry
 #                 Each writes NAME.json (the contract's shape), NAME.md (its table) and,
 #                 for latency, NAME.svg (percentile plot) under $RINGQ_BENCH_OUT;
 #                 results.md puts machine.txt and the tables together.
@@ -117,6 +120,8 @@ scenarios() {
         --clients ringq,ringq-epoll,redis-rs
     step "${prefix}reliable" scenario "$dir" reliable reliable "${url_args[@]}" \
         --messages "$batch_messages" --size 16 --clients ringq,redis-rs
+    step "${prefix}stream" scenario "$dir" stream stream "${url_args[@]}" \
+        --messages "$batch_messages" --size 16 --clients ringq,redis-rs,limit
     {
         echo "# ringq-bench results"
         echo
@@ -125,7 +130,7 @@ scenarios() {
         echo '```'
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
-        for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency pubsub reliable; do
+        for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency pubsub reliable stream; do
             echo
             cat "$dir/$name.md"
         done
@@ -152,7 +157,7 @@ if [[ -n ${VALKEY_SERVER:-} ]]; then
         {
             echo "| scenario | client | Redis msgs/s | Valkey msgs/s | Redis CPU µs/msg | Valkey CPU µs/msg | Redis p99 µs | Valkey p99 µs |"
             echo "|---|---|---:|---:|---:|---:|---:|---:|"
-            for name in drain-batch drain-single latency reliable; do
+            for name in drain-batch drain-single latency reliable stream; do
                 jq -r --arg s "$name" --slurpfile v "$out/valkey/$name.json" '
                     def f(x; d): if x == null then "–" else (x * pow(10; d) | round) / pow(10; d) | tostring end;
                     .clients[] as $r

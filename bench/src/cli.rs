@@ -161,6 +161,10 @@ pub enum Scenario {
     /// redis-rs doing LMOVE into a processing list and LREM per message — with the
     /// server's CPU per message (INFO cpu before and after).
     Reliable,
+    /// Streams: drain one stream through a consumer group with acks — ringq's stream
+    /// mode, redis-rs (XREADGROUP COUNT + XACK) and the limit client — with the server's
+    /// CPU per entry.
+    Stream,
 }
 
 /// One message per command, or batches.

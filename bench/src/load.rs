@@ -128,6 +128,78 @@ pub fn fill(
     })
 }
 
+/// Replaces `stream` with `count` entries `payload = <size bytes>` (a server-side loop,
+/// 10 000 entries a call) and creates the consumer group `group` at its start.
+///
+/// # Errors
+/// Connection and server errors.
+pub fn fill_stream(
+    url: &str,
+    stream: &str,
+    group: &str,
+    count: u64,
+    size: usize,
+    pb: &ProgressBar,
+) -> Result<()> {
+    delete(url, &[stream.to_owned()])?;
+    let mut conn = RawConn::connect(url)?;
+    let payload = vec![b'x'; size];
+    let script = "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'payload', ARGV[2]) end return 1";
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(10_000);
+        let n_s = n.to_string();
+        conn.command_ok([
+            &b"EVAL"[..],
+            script.as_bytes(),
+            b"1",
+            stream.as_bytes(),
+            n_s.as_bytes(),
+            &payload,
+        ])?;
+        left -= n;
+        pb.set_position(count - left);
+    }
+    conn.command_ok(["XGROUP", "CREATE", stream, group, "0"])?;
+    Ok(())
+}
+
+/// The group's pending entries plus its lag (entries not yet delivered): 0 once a
+/// stream is drained and every entry acknowledged.
+///
+/// # Errors
+/// Connection and server errors.
+pub fn stream_left(url: &str, stream: &str, group: &str) -> Result<u64> {
+    let mut conn = RawConn::connect(url)?;
+    let pending = match conn.command_ok(["XPENDING", stream, group])? {
+        Frame::Array(v) => match v.first() {
+            Some(Frame::Integer(n)) => (*n).max(0) as u64,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let lag = match conn.command_ok(["XINFO", "GROUPS", stream])? {
+        Frame::Array(groups) => groups
+            .iter()
+            .find_map(|g| {
+                let kv: Vec<&Frame> = match g {
+                    Frame::Array(v) => v.iter().collect(),
+                    Frame::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
+                    _ => return None,
+                };
+                kv.chunks(2).find_map(|p| match (p[0], p.get(1)?) {
+                    (Frame::BulkString(k), Frame::Integer(v)) if k.as_ref() == b"lag" => {
+                        Some((*v).max(0) as u64)
+                    }
+                    _ => None,
+                })
+            })
+            .unwrap_or(0),
+        _ => 0,
+    };
+    Ok(pending + lag)
+}
+
 /// Publishes `count` messages of `size` bytes to `channel` as fast as the server takes
 /// them (pipelined from one thread; replies counted on another). Returns the seconds from
 /// the first write to the last reply, and the receivers summed over the replies.

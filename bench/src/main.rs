@@ -21,12 +21,14 @@
 //! - `conn`: a small blocking RESP connection (connect, AUTH, SELECT, pipelined writes).
 //! - `server`: the embedded `redis-server` (or the one at `--url`) and its version.
 //! - `latency`: payload time stamps and histogram summaries.
-//! - `reliable`: the `reliable` scenario (drain with acks, server CPU per message).
+//! - `acked`: the `reliable` and `stream` scenarios (drains with acks, server CPU per
+//!   message).
 //! - `report`: the table, the JSON file, the targets; `plot`: the SVG percentile plot.
 //! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
 //! - `noise`: other processes' CPU load during a measurement, noted in the table.
 //! - `error`: [`error::Error`].
 
+mod acked;
 mod child;
 mod cli;
 mod clients;
@@ -38,7 +40,6 @@ mod noise;
 mod plot;
 mod progress;
 mod pubsub;
-mod reliable;
 mod report;
 mod scenario;
 mod server;

@@ -29,7 +29,8 @@ use crate::spec::ChildSpec;
 pub fn run(cli: &Cli) -> Result<()> {
     match cli.scenario {
         Scenario::Pubsub => return crate::pubsub::run(cli),
-        Scenario::Reliable => return crate::reliable::run(cli),
+        Scenario::Reliable => return crate::acked::run(cli, crate::acked::Flavor::Reliable),
+        Scenario::Stream => return crate::acked::run(cli, crate::acked::Flavor::Stream),
         Scenario::Drain | Scenario::Latency => {}
     }
     if cli.queues == 0 || cli.connections == 0 || cli.shards == 0 {
@@ -114,6 +115,7 @@ pub(crate) fn base_spec(
         deadline_secs: 60.0,
         channel: None,
         reliable: false,
+        stream: false,
         backend: match client {
             ClientKind::RingqEpoll => "epoll".to_owned(),
             _ => cli.backend.clone(),

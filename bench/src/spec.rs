@@ -50,7 +50,14 @@ pub struct ChildSpec {
     /// LMOVE into a processing list and LREM per message.
     #[serde(default)]
     pub reliable: bool,
+    /// `stream`: consume `queues` as streams through the consumer group
+    /// [`STREAM_GROUP`] (created by the parent), acknowledging every entry.
+    #[serde(default)]
+    pub stream: bool,
 }
+
+/// The consumer group of the `stream` scenario.
+pub const STREAM_GROUP: &str = "ringq-bench";
 
 /// The consumer id the reliable runs lease under (`{q}:processing:<id>`).
 pub const RELIABLE_ID: &str = "ringq-bench";

@@ -289,6 +289,37 @@ fn reliable_drains_with_acks_and_reports_server_cpu() {
 }
 
 #[test]
+fn stream_drains_a_group_with_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("stream.json");
+    let out = run(&[
+        "stream",
+        "--messages",
+        "20000",
+        "--size",
+        "16",
+        "--clients",
+        "ringq,redis-rs,limit",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report = read_json(&json);
+    assert_eq!(report["scenario"], "stream");
+    let rows = report["clients"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ringq stream", "redis-rs XREADGROUP+XACK", "limit"]);
+    for r in rows {
+        let name = r["name"].as_str().unwrap();
+        assert_eq!(r["messages"], 20_000, "{name}: every entry consumed");
+        assert_eq!(r["left"], 0, "{name}: nothing left pending or undelivered");
+        assert!(r["server_cpu_us_per_msg"].as_f64().is_some_and(|v| v > 0.0));
+    }
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("Targets (issue 12"), "{table}");
+}
+
+#[test]
 fn url_option_uses_that_server_with_auth_and_db_and_deletes_only_its_keys() {
     let server = ringq_tests::RedisServer::builder()
         .requirepass("s3cret")

@@ -9,6 +9,10 @@
 //! - `latency`: the same blocking pops as the other clients (BRPOP / BLMPOP COUNT), with
 //!   payloads walked by ringq-resp's zero-allocation `Reader` to read their time stamps.
 //!
+//! - `stream`: `--pipeline` non-blocking `XREADGROUP … COUNT batch STREAMS s >` in
+//!   flight on the lane's first stream; each reply is walked with the `Reader` only for
+//!   its entry ids, which go straight back as one `XACK`, pipelined with the next read.
+//!
 //! Reads go straight into the spare capacity of one buffer (`read(2)`, no zeroing, no
 //! copy).
 
@@ -32,12 +36,19 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     let mut threads = Vec::new();
     for (conn, keys) in conns {
         let sink = sink.clone();
-        let (pop, batch, pipeline, latency) =
-            (spec.pop, spec.batch, spec.pipeline.max(1), spec.latency);
+        let (pop, batch, pipeline, latency, stream) = (
+            spec.pop,
+            spec.batch,
+            spec.pipeline.max(1),
+            spec.latency,
+            spec.stream,
+        );
         let t = std::thread::Builder::new()
             .name("limit".into())
             .spawn(move || {
-                let r = if latency {
+                let r = if stream {
+                    stream_lane(conn, &keys, batch, pipeline, &sink)
+                } else if latency {
                     blocking_lane(conn, &keys, pop, batch, pipeline, &sink)
                 } else {
                     drain_lane(conn, &keys, pop, batch, pipeline, &sink)
@@ -197,4 +208,104 @@ fn blocking_lane(
         super::encode_blocking_pop(&mut out, pop, keys, batch);
         conn.write_all(&out)?;
     }
+}
+
+fn encode_read(out: &mut BytesMut, key: &str, batch: u32) {
+    CommandWriter::new(out, 9)
+        .arg("XREADGROUP")
+        .arg("GROUP")
+        .arg(crate::spec::STREAM_GROUP)
+        .arg("limit")
+        .arg("COUNT")
+        .arg_int(i64::from(batch))
+        .arg("STREAMS")
+        .arg(key)
+        .arg(">")
+        .finish();
+}
+
+fn stream_lane(
+    mut conn: RawConn,
+    keys: &[String],
+    batch: u32,
+    pipeline: u32,
+    sink: &Sink,
+) -> Result<()> {
+    let Some(key) = keys.first() else {
+        return Ok(());
+    };
+    // What each reply in flight answers: true for a read, false for an XACK.
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut out = BytesMut::new();
+    for _ in 0..pipeline {
+        encode_read(&mut out, key, batch);
+        in_flight.push_back(true);
+    }
+    conn.write_all(&out)?;
+    let mut dry = false;
+    let mut done = false;
+    let mut ids: Vec<Bytes> = Vec::with_capacity(batch as usize);
+    while !in_flight.is_empty() {
+        conn.fill()?;
+        out.clear();
+        let (buf, decoder) = conn.buffer();
+        while let Some(n) = decoder.scan(buf)? {
+            let frame = buf.split_to(n).freeze();
+            if !in_flight.pop_front().unwrap_or(false) {
+                if frame.first() == Some(&b'-') {
+                    return Err(Error::new(format!(
+                        "XACK failed: {}",
+                        String::from_utf8_lossy(&frame)
+                    )));
+                }
+                continue;
+            }
+            ids.clear();
+            let mut r = Reader::new(frame);
+            match r.next_value_token()? {
+                Token::Null => {}
+                Token::Array(_) => {
+                    // [[stream, [[id, fields]…]]]
+                    let _ = r.next_value_token()?;
+                    r.skip_value()?;
+                    if let Token::Array(m) = r.next_value_token()? {
+                        for _ in 0..m {
+                            let _ = r.next_value_token()?;
+                            if let Ok(id) = r.next_bytes()? {
+                                ids.push(id);
+                            }
+                            r.skip_value()?;
+                        }
+                    }
+                }
+                Token::SimpleError(m) | Token::BulkError(m) => {
+                    return Err(Error::new(format!(
+                        "XREADGROUP failed: {}",
+                        String::from_utf8_lossy(&m)
+                    )))
+                }
+                t => return Err(Error::new(format!("unexpected XREADGROUP reply: {t:?}"))),
+            }
+            if ids.is_empty() {
+                dry = true;
+                continue;
+            }
+            CommandWriter::new(&mut out, 3 + ids.len())
+                .arg("XACK")
+                .arg(key)
+                .arg(crate::spec::STREAM_GROUP)
+                .args(ids.iter())
+                .finish();
+            in_flight.push_back(false);
+            done = done || sink.add(ids.len() as u64);
+            if !dry && !done {
+                encode_read(&mut out, key, batch);
+                in_flight.push_back(true);
+            }
+        }
+        if !out.is_empty() {
+            conn.write_all(&out)?;
+        }
+    }
+    Ok(())
 }

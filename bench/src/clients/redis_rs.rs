@@ -44,9 +44,12 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
                 let sink = sink.clone();
                 let con = con.clone();
                 let keys = keys.clone();
-                let (pop, batch, reliable) = (spec.pop, spec.batch, spec.reliable);
+                let (pop, batch, reliable, stream) =
+                    (spec.pop, spec.batch, spec.reliable, spec.stream);
                 tokio::spawn(async move {
-                    let r = if reliable {
+                    let r = if stream {
+                        group_loop(con, keys, batch, &sink).await
+                    } else if reliable {
                         lease_loop(con, keys, batch, &sink).await
                     } else {
                         pop_loop(con, keys, pop, batch, &sink).await
@@ -151,6 +154,103 @@ async fn lease_loop(
         }
         ack.query_async::<()>(&mut con).await?;
         sink.consume(values.iter().map(Vec::as_slice));
+    }
+    Ok(())
+}
+
+/// `stream`: the consumer-group loop as redis-rs users write it — `XREADGROUP GROUP g c
+/// COUNT batch STREAMS s >` (with `BLOCK` once empty) decoded into owned values, handle
+/// each entry's payload, then one `XACK` with every id. The `--pipeline` tasks are
+/// multiplexed on the connection.
+async fn group_loop(
+    mut con: MultiplexedConnection,
+    keys: Vec<String>,
+    batch: u32,
+    sink: &Sink,
+) -> redis::RedisResult<()> {
+    use redis::Value;
+    let consumer = format!("redis-rs-{}", std::process::id());
+    let read = |block: bool| {
+        let mut c = redis::cmd("XREADGROUP");
+        c.arg("GROUP")
+            .arg(crate::spec::STREAM_GROUP)
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(batch);
+        if block {
+            c.arg("BLOCK").arg(1000);
+        }
+        c.arg("STREAMS").arg(&keys);
+        for _ in &keys {
+            c.arg(">");
+        }
+        c
+    };
+    /// (stream, [(id, payload)])
+    type Entries = Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>;
+    // [[stream, [[id, [field, value, …]], …]], …]
+    fn entries(v: Value) -> Entries {
+        let Value::Array(streams) = v else {
+            return Vec::new();
+        };
+        streams
+            .into_iter()
+            .filter_map(|s| {
+                let Value::Array(mut kv) = s else { return None };
+                let list = kv.pop()?;
+                let Value::BulkString(key) = kv.pop()? else {
+                    return None;
+                };
+                let Value::Array(list) = list else {
+                    return None;
+                };
+                let got = list
+                    .into_iter()
+                    .filter_map(|e| {
+                        let Value::Array(mut e) = e else { return None };
+                        let fields = e.pop()?;
+                        let Value::BulkString(id) = e.pop()? else {
+                            return None;
+                        };
+                        let Value::Array(fields) = fields else {
+                            return None;
+                        };
+                        let mut payload = Vec::new();
+                        let mut it = fields.into_iter();
+                        while let (Some(Value::BulkString(f)), Some(Value::BulkString(v))) =
+                            (it.next(), it.next())
+                        {
+                            if f == b"payload" {
+                                payload = v;
+                            }
+                        }
+                        Some((id, payload))
+                    })
+                    .collect();
+                Some((key, got))
+            })
+            .collect()
+    }
+    while !sink.is_done() {
+        let mut got = entries(read(false).query_async(&mut con).await?);
+        if got.iter().all(|(_, e)| e.is_empty()) {
+            got = entries(read(true).query_async(&mut con).await?);
+        }
+        for (key, list) in got {
+            if list.is_empty() {
+                continue;
+            }
+            let done = sink.consume(list.iter().map(|(_, p)| p.as_slice()));
+            let mut ack = redis::cmd("XACK");
+            ack.arg(&key).arg(crate::spec::STREAM_GROUP);
+            for (id, _) in &list {
+                ack.arg(id);
+            }
+            let _: i64 = ack.query_async(&mut con).await?;
+            if done {
+                return Ok(());
+            }
+        }
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ringq::{
     Consumer, EngineBuilder, Handler, ListenConsumer, Message, Outcome, PopConsumer, PopStrategy,
-    ReliableConsumer,
+    ReliableConsumer, StreamConsumer,
 };
 
 use super::Sink;
@@ -49,7 +49,17 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     };
     let shards = spec.shards.max(1);
     let lanes = spec.lanes();
-    let consumer: Consumer = if spec.reliable {
+    let consumer: Consumer = if spec.stream {
+        StreamConsumer::new(
+            crate::spec::STREAM_GROUP,
+            "ringq",
+            spec.queues.iter().map(|q| ringq::Stream::from(q.as_str())),
+        )
+        .batch(spec.batch)
+        .pipeline(spec.pipeline)
+        .block_timeout(Duration::from_secs(1))
+        .into()
+    } else if spec.reliable {
         ReliableConsumer::new(crate::spec::RELIABLE_ID, spec.queues.clone())
             .batch(spec.batch)
             .pipeline(spec.pipeline)

@@ -1,13 +1,20 @@
-//! The `reliable` scenario: drain N messages *with acks*, one client after another on the
-//! same server — ringq's reliable mode (lease script, batched settle script), ringq's own
-//! pop mode (the at-most-once ceiling), and redis-rs speaking the same protocol the usual
-//! way (LMOVE into `{q}:processing:<id>`, LREM per message). Besides the consumer's CPU,
-//! each row has the *server's* CPU per message, from `INFO cpu` before and after the
-//! drain: at-least-once costs the broker, and that cost decides how far it scales.
+//! The at-least-once scenarios: drain N messages *with acks*, one client after another on
+//! the same server.
 //!
-//! JSON: `{"scenario": "reliable", "clients": [{"name", "messages", "seconds",
-//! "msgs_per_sec", "cpu_us_per_msg", "server_cpu_us_per_msg", "left"}]}` (`left`: messages
-//! still queued or leased after the run; 0 unless something was lost or left behind).
+//! - `reliable`: ringq's reliable mode (lease script, batched settle script), ringq's own
+//!   pop mode (the at-most-once ceiling), and redis-rs speaking the same protocol the
+//!   usual way (pipelined LMOVE into `{q}:processing:<id>`, LREM per message).
+//! - `stream`: one stream through a consumer group — ringq's stream mode, redis-rs
+//!   (XREADGROUP COUNT, decoded into owned values, then XACK), and the limit client
+//!   (pipelined XREADGROUP whose replies are walked only for the ids to XACK).
+//!
+//! Besides the consumer's CPU, each row has the *server's* CPU per message, from `INFO
+//! cpu` before and after the drain: at-least-once costs the broker, and that cost decides
+//! how far it scales.
+//!
+//! JSON: `{"scenario", "clients": [{"name", "messages", "seconds", "msgs_per_sec",
+//! "cpu_us_per_msg", "server_cpu_us_per_msg", "left"}]}` (`left`: messages still queued,
+//! leased or pending after the run; 0 unless something was lost or left behind).
 
 use std::fmt::Write as _;
 
@@ -22,7 +29,14 @@ use crate::progress;
 use crate::report::write_file;
 use crate::scenario::{base_spec, join_notes, measured, server_label};
 use crate::server::Broker;
-use crate::spec::RELIABLE_ID;
+use crate::spec::{RELIABLE_ID, STREAM_GROUP};
+
+/// Which at-least-once scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Reliable,
+    Stream,
+}
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {
@@ -67,7 +81,7 @@ fn server_cpu(url: &str) -> Result<f64> {
 /// # Errors
 /// Bad options, a server that cannot be started or reached, an output file that cannot be
 /// written. A client that fails is a row in the table.
-pub fn run(cli: &Cli) -> Result<()> {
+pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
     if cli.clients.is_empty() {
         return Err(Error::new("--clients names no client"));
     }
@@ -78,7 +92,13 @@ pub fn run(cli: &Cli) -> Result<()> {
             broker.version
         )));
     }
-    let queues = vec!["ringq-bench:rq".to_owned()];
+    let stream = flavor == Flavor::Stream;
+    let queues = vec![if stream {
+        "ringq-bench:s"
+    } else {
+        "ringq-bench:rq"
+    }
+    .to_owned()];
     let keys_of = |id: &str| {
         vec![
             queues[0].clone(),
@@ -90,24 +110,38 @@ pub fn run(cli: &Cli) -> Result<()> {
     };
     let all_keys = keys_of(RELIABLE_ID);
     let n = cli.messages.max(1);
-    let title = format!(
-        "reliable (at-least-once, acked): {n} messages of {} B in 1 queue; batch {}, pipeline {}; {}",
-        cli.size,
-        cli.batch,
-        cli.pipeline,
-        server_label(&broker)
-    );
+    let title = if stream {
+        format!(
+            "stream (consumer group, acked): {n} entries of {} B in 1 stream; batch {}, pipeline {}; {}",
+            cli.size,
+            cli.batch,
+            cli.pipeline,
+            server_label(&broker)
+        )
+    } else {
+        format!(
+            "reliable (at-least-once, acked): {n} messages of {} B in 1 queue; batch {}, pipeline {}; {}",
+            cli.size,
+            cli.batch,
+            cli.pipeline,
+            server_label(&broker)
+        )
+    };
     eprintln!("{title}");
     let mut runs: Vec<(ClientKind, bool, &'static str)> = Vec::new();
     for &kind in &cli.clients {
-        match kind {
-            ClientKind::Ringq => {
+        match (kind, stream) {
+            (ClientKind::Ringq, false) => {
                 runs.push((kind, true, "ringq reliable"));
                 runs.push((kind, false, "ringq pop (at-most-once)"));
             }
-            ClientKind::RingqEpoll => runs.push((kind, true, "ringq-epoll reliable")),
-            ClientKind::RedisRs => runs.push((kind, true, "redis-rs LMOVE+LREM")),
-            other => eprintln!(
+            (ClientKind::RingqEpoll, false) => runs.push((kind, true, "ringq-epoll reliable")),
+            (ClientKind::RedisRs, false) => runs.push((kind, true, "redis-rs LMOVE+LREM")),
+            (ClientKind::Ringq, true) => runs.push((kind, true, "ringq stream")),
+            (ClientKind::RingqEpoll, true) => runs.push((kind, true, "ringq-epoll stream")),
+            (ClientKind::RedisRs, true) => runs.push((kind, true, "redis-rs XREADGROUP+XACK")),
+            (ClientKind::Limit, true) => runs.push((kind, true, "limit")),
+            (other, _) => eprintln!(
                 "ringq-bench: {} has no at-least-once consumer in this scenario; skipped",
                 other.name()
             ),
@@ -117,10 +151,15 @@ pub fn run(cli: &Cli) -> Result<()> {
     for (kind, reliable, name) in runs {
         load::delete(&broker.url, &all_keys)?;
         let pb = progress::bar(n, &format!("filling for {name}"));
-        load::fill(&broker.url, &queues, n, cli.size, &pb)?;
+        if stream {
+            load::fill_stream(&broker.url, &queues[0], STREAM_GROUP, n, cli.size, &pb)?;
+        } else {
+            load::fill(&broker.url, &queues, n, cli.size, &pb)?;
+        }
         pb.finish_and_clear();
         let mut spec = base_spec(cli, &broker, &queues, kind);
-        spec.reliable = reliable;
+        spec.reliable = reliable && !stream;
+        spec.stream = stream;
         spec.expected = n;
         spec.shards = 1;
         spec.deadline_secs = 60.0 + n as f64 / 2000.0;
@@ -128,8 +167,12 @@ pub fn run(cli: &Cli) -> Result<()> {
         let before = server_cpu(&broker.url)?;
         let (outcome, noise) = measured(&broker, || child::run(&spec, || Ok(())));
         let after = server_cpu(&broker.url)?;
-        let left = load::total_len(&broker.url, &all_keys[..2])?;
-        let note = (left > 0).then(|| format!("{left} messages left queued or leased"));
+        let left = if stream {
+            load::stream_left(&broker.url, &queues[0], STREAM_GROUP)?
+        } else {
+            load::total_len(&broker.url, &all_keys[..2])?
+        };
+        let note = (left > 0).then(|| format!("{left} messages left queued, leased or pending"));
         let note = join_notes(note, noise);
         match outcome {
             Ok(child::ChildOutcome { report, cpu }) => {
@@ -159,10 +202,10 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
     }
     let _ = load::delete(&broker.url, &all_keys);
-    print!("{}", render(&title, &results));
+    print!("{}", render(&title, &results, flavor));
     if let Some(path) = &cli.json {
         let json = serde_json::json!({
-            "scenario": "reliable",
+            "scenario": if stream { "stream" } else { "reliable" },
             "clients": results.iter().filter_map(|r| r.row.as_ref().ok()).collect::<Vec<_>>(),
         });
         write_file(path, &serde_json::to_string_pretty(&json)?)?;
@@ -171,7 +214,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn render(title: &str, results: &[Outcome]) -> String {
+fn render(title: &str, results: &[Outcome], flavor: Flavor) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "### {title}\n");
     let find = |prefix: &str| {
@@ -184,9 +227,9 @@ fn render(title: &str, results: &[Outcome]) -> String {
     let pop = find("ringq pop");
     let _ = writeln!(
         s,
-        "| client | messages | seconds | msgs/s | CPU µs/msg | server CPU µs/msg | msgs/s ÷ redis-rs | server CPU ÷ redis-rs | left |"
+        "| client | messages | seconds | msgs/s | CPU µs/msg | server CPU µs/msg | msgs/s ÷ redis-rs | CPU ÷ redis-rs | server CPU ÷ redis-rs | left |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
         _ => "–".into(),
@@ -196,7 +239,7 @@ fn render(title: &str, results: &[Outcome]) -> String {
             Ok(row) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.3} | {:.0} | {:.3} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.3} | {:.0} | {:.3} | {} | {} | {} | {} | {} |",
                     row.name,
                     row.messages,
                     row.seconds,
@@ -205,6 +248,7 @@ fn render(title: &str, results: &[Outcome]) -> String {
                     row.server_cpu_us_per_msg
                         .map_or("–".into(), |v| format!("{v:.3}")),
                     ratio(Some(row.msgs_per_sec), baseline.map(|b| b.msgs_per_sec)),
+                    ratio(Some(row.cpu_us_per_msg), baseline.map(|b| b.cpu_us_per_msg)),
                     ratio(
                         row.server_cpu_us_per_msg,
                         baseline.and_then(|b| b.server_cpu_us_per_msg)
@@ -214,7 +258,7 @@ fn render(title: &str, results: &[Outcome]) -> String {
             }
             Err(why) => {
                 let why = why.replace('|', "/").replace('\n', " ");
-                let _ = writeln!(s, "| {} | **failed**: {why} | | | | | | | |", r.name);
+                let _ = writeln!(s, "| {} | **failed**: {why} | | | | | | | | |", r.name);
             }
         }
     }
@@ -224,6 +268,44 @@ fn render(title: &str, results: &[Outcome]) -> String {
         .collect();
     if !notes.is_empty() {
         let _ = writeln!(s, "\n{}", notes.join("\n"));
+    }
+    if flavor == Flavor::Stream {
+        if let Some(ringq) = find("ringq stream") {
+            let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+            let limit = find("limit");
+            let _ = writeln!(s, "\nTargets (issue 12; reported, not asserted):");
+            match limit {
+                Some(l) => {
+                    let r = ringq.msgs_per_sec / l.msgs_per_sec.max(1e-9);
+                    let _ = writeln!(
+                        s,
+                        "- entries/s ÷ limit client: {r:.2}× (target ≥ 0.9×) — {}",
+                        verdict(r >= 0.9)
+                    );
+                    if let (Some(a), Some(b)) =
+                        (ringq.server_cpu_us_per_msg, l.server_cpu_us_per_msg)
+                    {
+                        let _ = writeln!(
+                            s,
+                            "- server CPU per entry: {a:.3} µs against the limit client's {b:.3} (target: no higher) — {}",
+                            verdict(a <= b * 1.02)
+                        );
+                    }
+                }
+                None => {
+                    let _ = writeln!(s, "- ÷ limit client: not measured (limit did not run)");
+                }
+            }
+            if let Some(b) = baseline {
+                let r = ringq.cpu_us_per_msg / b.cpu_us_per_msg.max(1e-12);
+                let _ = writeln!(
+                    s,
+                    "- consumer CPU ÷ redis-rs: {r:.2}× (target ≤ 0.3×) — {}",
+                    verdict(r <= 0.3)
+                );
+            }
+        }
+        return s;
     }
     if let Some(ringq) = find("ringq reliable") {
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
