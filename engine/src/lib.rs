@@ -5,9 +5,11 @@
 //! COUNT, over many queues with a fair rotation, priority levels and a prefetch limit; in
 //! `reliable` mode (at-least-once, [`ReliableConsumer`]): leases into a processing list,
 //! batched acks, retries with backoff, dead letters, heartbeats and recovery, fencing of
-//! stale outcomes; and pub/sub in `listen` mode: SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE,
-//! resubscribed after every reconnect, with a gap event whenever messages may have been
-//! missed.
+//! stale outcomes; Redis Streams consumer groups in `stream` mode ([`StreamConsumer`]):
+//! own pending entries read again at start, XAUTOCLAIM from dead consumers, retries, dead
+//! letters, tag filters, lag; and pub/sub in `listen` mode: SUBSCRIBE, PSUBSCRIBE and
+//! SSUBSCRIBE, resubscribed after every reconnect, with a gap event whenever messages may
+//! have been missed.
 //!
 //! # Layout
 //! - `shard`: the per-core loop — connections, credits, timers, idle PINGs, dispatch and
@@ -15,8 +17,9 @@
 //! - `pipeline`: the seam between the loop and a delivery mode, and the modes behind it:
 //!   `pipeline::pop` ([`Queue`], [`PopConsumer`], lanes, reply parsing) and
 //!   `pipeline::listen` ([`ListenConsumer`], [`Subscription`], [`Overflow`]) and
-//!   `pipeline::reliable` ([`ReliableConsumer`], [`Backoff`]); [`envelope`]: reliable
-//!   mode's wire format and key names.
+//!   `pipeline::reliable` ([`ReliableConsumer`], [`Backoff`]) and `pipeline::stream`
+//!   ([`StreamConsumer`], [`Stream`], [`StartAt`]); [`envelope`]: reliable mode's wire
+//!   format and key names.
 //! - `backend`: the driver interface and its contract, and [`IoBackend`]; `ring`: its
 //!   io_uring implementation and its epoll one (the only `unsafe` code), the
 //!   provided-buffer ring, the kernel feature probe, the few plain syscalls.
