@@ -63,6 +63,8 @@ on_redis_and_valkey!(
     replies_lost_in_flight_lose_nothing,
     a_server_restart_with_appendfsync_always_loses_nothing,
     a_frozen_server_loses_nothing,
+    delete_on_ack_removes_settled_entries,
+    a_deleted_group_stops_the_engine_with_a_clear_error,
 );
 
 /// (stream, payload, deliveries, when) of each delivery.
@@ -631,4 +633,48 @@ fn a_frozen_server_loses_nothing(kind: Kind) {
         "the deadline fired and the connections were replaced"
     );
     assert_eq!(pending(&mut c, "sz", "g"), 0);
+}
+
+fn delete_on_ack_removes_settled_entries(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    xadd(&mut c, "sdel", "d", 500, None);
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(
+            from_start(&["sdel"], "c1").delete_on_ack(true),
+            acker(&seen),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 500));
+    assert!(
+        wait_until(WAIT, || int(c.cmd(["XLEN", "sdel"]).unwrap()) == 0),
+        "acked entries deleted"
+    );
+    running.shutdown().unwrap();
+    assert_eq!(pending(&mut c, "sdel", "g"), 0);
+}
+
+fn a_deleted_group_stops_the_engine_with_a_clear_error(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .start(StreamConsumer::new("g", "c1", ["sg"]), acker(&seen))
+        .unwrap();
+    assert!(wait_until(WAIT, || c
+        .client_list()
+        .unwrap()
+        .iter()
+        .any(|i| i.is_blocked())));
+    c.cmd(["XGROUP", "DESTROY", "sg", "g"]).unwrap();
+    c.cmd(["XADD", "sg", "*", "payload", "x"]).unwrap();
+    let err = running
+        .wait()
+        .expect_err("a destroyed group stops the engine");
+    let text = err.to_string();
+    assert!(
+        text.contains("no longer exists") && text.contains("XGROUP CREATE"),
+        "{text}"
+    );
 }

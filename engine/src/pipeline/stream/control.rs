@@ -109,7 +109,15 @@ impl StreamPipeline {
                     .arg("XACKDEL")
                     .finish();
             });
-            self.phase = Phase::Creating(n + 1);
+            // XREADGROUP … CLAIM (Redis 8.4) is an argument, not a command: its docs say.
+            ctl.command(Tag::Pipe(StreamTag::ProbeClaim), now, allow, |buf| {
+                CommandWriter::new(buf, 3)
+                    .arg("COMMAND")
+                    .arg("DOCS")
+                    .arg("XREADGROUP")
+                    .finish();
+            });
+            self.phase = Phase::Creating(n + 2);
             return;
         }
         if matches!(self.phase, Phase::Creating(_)) {
@@ -269,7 +277,7 @@ impl StreamPipeline {
             let e = ServerError::parse(m.clone());
             match cmd {
                 StreamTag::Create { .. } if e.code() == "BUSYGROUP" => {}
-                StreamTag::Probe | StreamTag::Info { .. } => {
+                StreamTag::Probe | StreamTag::ProbeClaim | StreamTag::Info { .. } => {
                     tracing::debug!("{cmd:?}: {e}");
                 }
                 _ => return Err(reply::server_error(&self.plan, m.clone())),
@@ -286,9 +294,16 @@ impl StreamPipeline {
                     )));
                 }
             }
-            StreamTag::Create { .. } | StreamTag::Probe => {
+            StreamTag::Create { .. } | StreamTag::Probe | StreamTag::ProbeClaim => {
                 if cmd == StreamTag::Probe {
                     self.xackdel = matches!(&f, Frame::Array(v) if v.iter().any(|x| !matches!(x, Frame::Null)));
+                }
+                if cmd == StreamTag::ProbeClaim {
+                    self.claim_in_read = !matches!(f, Frame::SimpleError(_) | Frame::BulkError(_))
+                        && frame.windows(5).any(|w| w.eq_ignore_ascii_case(b"claim"));
+                    if self.claim_in_read {
+                        tracing::info!("the server has XREADGROUP … CLAIM: idle entries are claimed by the reads themselves");
+                    }
                 }
                 if let Phase::Creating(left) = self.phase {
                     if left <= 1 {

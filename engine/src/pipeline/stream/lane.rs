@@ -47,6 +47,7 @@ impl Lane {
     pub(crate) fn fill(
         &mut self,
         plan: &StreamPlan,
+        claim: bool,
         conn: &mut Conn<StreamTag>,
         credits: &mut Credits,
         now: Instant,
@@ -108,7 +109,7 @@ impl Lane {
                 now,
                 allow,
                 |buf| {
-                    let n = 7 + if blocking { 2 } else { 0 } + 2 * k;
+                    let n = 7 + if blocking { 2 } else { 0 } + if claim { 2 } else { 0 } + 2 * k;
                     let mut w = CommandWriter::new(buf, n)
                         .arg("XREADGROUP")
                         .arg("GROUP")
@@ -118,6 +119,10 @@ impl Lane {
                         .arg_int(i64::from(per));
                     if blocking {
                         w = w.arg("BLOCK").arg(block);
+                    }
+                    if claim {
+                        // Entries idle past the lease with any consumer come first.
+                        w = w.arg("CLAIM").arg_int(c.lease.as_millis().max(1) as i64);
                     }
                     w.arg("STREAMS")
                         .args(names)

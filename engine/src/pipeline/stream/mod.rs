@@ -19,7 +19,9 @@
 //!   consumer redelivers it (the server counts the delivery).
 //! - **Claiming from dead consumers.** Every half lease, the fetch script in `claim` mode
 //!   (XAUTOCLAIM with min-idle = the lease, following the cursor to `0-0`), with delivery
-//!   counts from XPENDING; deleted ids are counted.
+//!   counts from XPENDING; deleted ids are counted. Where the server's XREADGROUP takes
+//!   `CLAIM` (Redis ≥ 8.4, probed with `COMMAND DOCS`), the reads claim idle entries
+//!   themselves, with their delivery counts, and the loop is off.
 //! - **Tags.** An entry whose tag does not pass its stream's filter is acknowledged
 //!   without reaching the handler (`Stats::filtered`).
 //! - **Visibility.** `XINFO GROUPS` every second: the group's lag and pending count in
@@ -60,6 +62,8 @@ pub(crate) enum StreamTag {
     Create { s: u32 },
     /// `COMMAND INFO XACKDEL`.
     Probe,
+    /// `COMMAND DOCS XREADGROUP`: whether it takes `CLAIM` (Redis ≥ 8.4).
+    ProbeClaim,
     /// The fetch script for stream `s` (own pending entries, or claims), holding credit.
     Fetch {
         s: u32,
@@ -176,6 +180,9 @@ pub(crate) struct StreamPipeline {
     redeliver: HashMap<Bytes, u32>,
     filtered: Vec<(u32, Range<usize>)>,
     xackdel: bool,
+    /// The server's XREADGROUP takes `CLAIM min-idle`: reads claim idle entries, and the
+    /// XAUTOCLAIM loop is not needed.
+    claim_in_read: bool,
     timers_on: bool,
     rng: u64,
     fill_from: usize,
@@ -236,10 +243,16 @@ impl StreamPipeline {
             redeliver: HashMap::new(),
             filtered: Vec::new(),
             xackdel: false,
+            claim_in_read: false,
             timers_on: false,
             rng: now_ms() | 1,
             fill_from: 0,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn plan(&self) -> &StreamPlan {
+        &self.plan
     }
 
     fn unit(&mut self) -> f64 {
@@ -379,7 +392,13 @@ impl Pipeline for StreamPipeline {
             }
             let Some(l) = io.fetch_of(id) else { continue };
             if let Some(lane) = self.lanes.get_mut(l as usize) {
-                lane.fill(&self.plan, &mut io.conns[id], &mut io.credits, now);
+                lane.fill(
+                    &self.plan,
+                    self.claim_in_read,
+                    &mut io.conns[id],
+                    &mut io.credits,
+                    now,
+                );
             }
         }
     }
@@ -563,7 +582,9 @@ impl Pipeline for StreamPipeline {
                     io.credits
                         .release(self.plan.lane_of[s as usize], count, bytes);
                 }
-                StreamTag::Create { .. } | StreamTag::Probe => self.phase = Phase::Setup,
+                StreamTag::Create { .. } | StreamTag::Probe | StreamTag::ProbeClaim => {
+                    self.phase = Phase::Setup;
+                }
                 _ => {}
             }
         }
@@ -591,6 +612,9 @@ impl Pipeline for StreamPipeline {
         match id {
             TIMER_CLAIM => {
                 io.timer(now + self.plan.consumer.lease / 2, TIMER_CLAIM);
+                if self.claim_in_read {
+                    return;
+                }
                 for st in self.streams.iter_mut().filter(|s| s.mine) {
                     st.claim.get_or_insert_with(|| b"0-0".to_vec());
                 }

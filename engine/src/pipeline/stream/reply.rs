@@ -84,10 +84,13 @@ fn entry<'f>(
     out: &mut Vec<Message<'f>>,
     filtered: &mut Vec<(u32, Range<usize>)>,
 ) -> Result<Range<usize>, Failure> {
-    match r.next_value_token().map_err(proto)? {
-        Token::Array(2) => {}
+    // [id, fields], or with XREADGROUP … CLAIM a claimed entry [id, fields, idle ms,
+    // deliveries] (integers since Redis 8.4.2, strings before).
+    let claimed = match r.next_value_token().map_err(proto)? {
+        Token::Array(2) => false,
+        Token::Array(4) => true,
         t => return Err(malformed("expected an entry [id, fields]", &t)),
-    }
+    };
     let id = match r.next_range().map_err(proto)? {
         Ok(at) => at,
         Err(t) => return Err(malformed("expected an entry id", &t)),
@@ -95,7 +98,13 @@ fn entry<'f>(
     let nfields = match r.next_value_token().map_err(proto)? {
         Token::Array(n) | Token::Map(n) => n,
         // A pending entry the server deleted: nothing to deliver.
-        Token::Null => return Ok(id),
+        Token::Null => {
+            if claimed {
+                r.skip_value().map_err(proto)?;
+                r.skip_value().map_err(proto)?;
+            }
+            return Ok(id);
+        }
         t => return Err(malformed("expected the entry's fields", &t)),
     };
     let pairs = nfields / 2;
@@ -114,6 +123,19 @@ fn entry<'f>(
         } else if frame[name] == plan.consumer.tag_field[..] {
             tag = Some(value);
         }
+    }
+    let mut deliveries = deliveries;
+    if claimed {
+        r.skip_value().map_err(proto)?;
+        let n = match r.next_value_token().map_err(proto)? {
+            Token::Integer(n) => n,
+            Token::BulkString(b) | Token::SimpleString(b) => std::str::from_utf8(&b)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(2),
+            t => return Err(malformed("expected a delivery count", &t)),
+        };
+        deliveries = n.clamp(1, i64::from(u32::MAX)) as u32;
     }
     let stream = &plan.consumer.streams[s as usize];
     if !stream.accepts(tag.map(|t| &frame[t])) {
@@ -308,4 +330,47 @@ pub(crate) fn parse_claim<'f>(
         )?;
     }
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::stream::{StreamConsumer, StreamPipeline};
+
+    #[test]
+    fn reads_new_and_claimed_entries_in_both_protocols() {
+        let p = StreamPipeline::new(
+            &StreamConsumer::new("g", "c", ["s"]),
+            None,
+            vec![vec![0]],
+            std::time::Duration::from_secs(1),
+        );
+        let plan = p.plan();
+        // RESP2: a new entry, and a claimed one (idle 5000 ms, 3 deliveries) as XREADGROUP
+        // … CLAIM answers.
+        let resp2 = Bytes::from_static(
+            b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n\
+              *2\r\n$3\r\n1-0\r\n*2\r\n$7\r\npayload\r\n$1\r\na\r\n\
+              *4\r\n$3\r\n2-0\r\n*4\r\n$3\r\ntag\r\n$1\r\nT\r\n$7\r\npayload\r\n$1\r\nb\r\n:5000\r\n:3\r\n",
+        );
+        let (mut out, mut filtered) = (Vec::new(), Vec::new());
+        let r = parse_read(plan, &resp2, 0, &mut out, &mut filtered).unwrap();
+        assert_eq!(r.count, 2);
+        assert_eq!(
+            (out[0].payload(), out[0].id(), out[0].deliveries()),
+            (&b"a"[..], &b"1-0"[..], 1)
+        );
+        assert_eq!(
+            (out[1].payload(), out[1].id(), out[1].deliveries()),
+            (&b"b"[..], &b"2-0"[..], 3)
+        );
+        // RESP3: a map of streams; a claimed count as a string (before 8.4.2).
+        let resp3 = Bytes::from_static(
+            b"%1\r\n$1\r\ns\r\n*1\r\n*4\r\n$3\r\n3-0\r\n*2\r\n$7\r\npayload\r\n$1\r\nc\r\n$4\r\n1000\r\n$1\r\n7\r\n",
+        );
+        out.clear();
+        parse_read(plan, &resp3, 0, &mut out, &mut filtered).unwrap();
+        assert_eq!((out[0].payload(), out[0].deliveries()), (&b"c"[..], 7));
+        assert!(filtered.is_empty());
+    }
 }
