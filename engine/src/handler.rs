@@ -236,6 +236,32 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// Stream mode: the value of the entry's field `name` (`None` when it has none, and in
+    /// the other modes). Found by walking the entry's fields in the reply it came in, so it
+    /// costs nothing unless called: for example an orderly key,
+    /// `Dispatch::orderly_by(4, |m| hash(m.field(b"customer")))`.
+    pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
+        if self.source.kind != SourceKind::Stream || self.aux.len == 0 {
+            return None;
+        }
+        let frame = self.payload.frame();
+        // The fields follow the id's bulk string and its CRLF.
+        let start = self.aux.start as usize + self.aux.len as usize + 2;
+        let mut r = ringq_resp::Reader::new(frame.slice(start.min(frame.len())..));
+        let n = match r.next_value_token().ok()? {
+            ringq_resp::Token::Array(n) | ringq_resp::Token::Map(n) => n,
+            _ => return None,
+        };
+        for _ in 0..n / 2 {
+            let k = r.next_range().ok()?.ok()?;
+            let v = r.next_range().ok()?.ok()?;
+            if frame.get(start + k.start..start + k.end)? == name {
+                return frame.get(start + v.start..start + v.end);
+            }
+        }
+        None
+    }
+
     /// Listen mode: the pattern that matched, for a pattern subscription (`PSUBSCRIBE`).
     pub fn pattern(&self) -> Option<&[u8]> {
         (self.source.kind == SourceKind::Pattern).then_some(self.source.name)

@@ -65,6 +65,7 @@ on_redis_and_valkey!(
     a_frozen_server_loses_nothing,
     delete_on_ack_removes_settled_entries,
     a_deleted_group_stops_the_engine_with_a_clear_error,
+    orderly_by_a_field_keeps_each_keys_order,
 );
 
 /// (stream, payload, deliveries, when) of each delivery.
@@ -677,4 +678,44 @@ fn a_deleted_group_stops_the_engine_with_a_clear_error(kind: Kind) {
         text.contains("no longer exists") && text.contains("XGROUP CREATE"),
         "{text}"
     );
+}
+
+fn orderly_by_a_field_keeps_each_keys_order(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    for i in 0..600 {
+        let (k, p) = (format!("k{}", i % 3), format!("{i:05}"));
+        c.send(["XADD", "sk2", "*", "payload", &p, "key", &k])
+            .unwrap();
+    }
+    for _ in 0..600 {
+        c.read_reply().unwrap();
+    }
+    let log: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let l2 = log.clone();
+    let handler = move |m: &Message<'_>| {
+        let key = String::from_utf8_lossy(m.field(b"key").unwrap_or(b"?")).into_owned();
+        l2.lock()
+            .unwrap()
+            .push((key, String::from_utf8_lossy(m.payload()).into_owned()));
+        std::thread::sleep(Duration::from_micros(50));
+        Outcome::Ack
+    };
+    let running = builder(server.url())
+        .dispatch(Dispatch::orderly_by(3, |m: &Message<'_>| {
+            m.field(b"key")
+                .map_or(0, |k| k.iter().map(|&b| u64::from(b)).sum())
+        }))
+        .start(from_start(&["sk2"], "c1").batch(32), handler)
+        .unwrap();
+    assert!(wait_until(WAIT, || log.lock().unwrap().len() >= 600));
+    running.shutdown().unwrap();
+    let log = log.lock().unwrap().clone();
+    for k in ["k0", "k1", "k2"] {
+        let got: Vec<&String> = log.iter().filter(|(x, _)| x == k).map(|(_, p)| p).collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got.len(), 200, "{k}: every entry, its field read back");
+        assert_eq!(got, sorted, "{k} in order");
+    }
 }
