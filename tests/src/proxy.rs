@@ -233,9 +233,11 @@ fn forward(mut from: TcpStream, to: TcpStream, replies: bool, shared: &Shared) {
                     .all(|b| to.write_all(std::slice::from_ref(b)).is_ok())
             }
             (Fault::ResetAfterReply, true) => {
-                let _ = to.write_all(chunk);
+                // Counted (and switched off) before the reply goes out: a client that
+                // reads the reply must already see the fault as fired.
                 shared.fired.fetch_add(1, Ordering::SeqCst);
                 *lock(&shared.fault) = Fault::None;
+                let _ = to.write_all(chunk);
                 reset(to, shared);
                 let _ = from.shutdown(Shutdown::Both);
                 return;
