@@ -82,7 +82,8 @@ impl Error {
     }
 
     pub(crate) fn server(context: &str, e: ServerError) -> Self {
-        let mut err = Self::new(ErrorKind::Server, format!("{context}: {e}"));
+        let shown = crate::conn::classify::plain(&e);
+        let mut err = Self::new(ErrorKind::Server, format!("{context}: {shown}"));
         err.inner.server = Some(e);
         err
     }

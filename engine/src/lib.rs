@@ -65,6 +65,7 @@ mod dispatch;
 mod engine;
 pub mod envelope;
 mod error;
+mod frames;
 mod handler;
 mod intern;
 mod pipeline;

@@ -35,7 +35,9 @@ pub enum ServerErrorKind {
     /// `UNBLOCKED`: a blocking command was unblocked (CLIENT UNBLOCK ERROR, or the key
     /// moved to another cluster node).
     Unblocked,
-    /// `WRONGPASS`: bad user name or password.
+    /// `WRONGPASS`: bad user name or password; also the `ERR` forms of a refused `AUTH`
+    /// (`ERR invalid password`, `ERR AUTH <password> called without any password
+    /// configured…`, `ERR Client sent AUTH, but no password is set`).
     WrongPass,
     /// `NOAUTH`: authentication required.
     NoAuth,
@@ -49,8 +51,38 @@ pub enum ServerErrorKind {
     TryAgain,
     /// `WRONGTYPE`: the key holds another type.
     WrongType,
+    /// `NOSCRIPT`: `EVALSHA` of a script the server does not have (never loaded, `SCRIPT
+    /// FLUSH`, a restart, or a new primary after a failover): load it again.
+    NoScript,
+    /// `BUSYGROUP`: `XGROUP CREATE` of a group that exists already.
+    BusyGroup,
+    /// `MASTERDOWN`: a replica that lost its link to the master refuses the command.
+    MasterDown,
+    /// `CROSSSLOT`: a multi-key command whose keys hash to different cluster slots.
+    CrossSlot,
+    /// `NOPROTO`: `HELLO` asked for a protocol version the server does not speak.
+    NoProto,
+    /// `ERR unknown command …`: the server does not have this command (an older
+    /// version, or a proxy that does not forward it).
+    UnknownCommand,
+    /// `ERR max number of clients reached`: the server is full; retry later.
+    MaxClients,
     /// Any other error; see [`ServerError::code`].
     Other,
+}
+
+impl ServerErrorKind {
+    /// For `MOVED` and `ASK`: the node to connect to, as `host:port`. `None` for any
+    /// other kind, and when the server did not know the node's endpoint (an empty host,
+    /// as in `MOVED 3999 :6380`, or `?`): then the client asks the cluster's topology
+    /// instead of connecting anywhere.
+    pub fn redirect_endpoint(&self) -> Option<&str> {
+        let (ServerErrorKind::Moved { addr, .. } | ServerErrorKind::Ask { addr, .. }) = self else {
+            return None;
+        };
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        (!host.is_empty() && host != "?" && addr != "?").then_some(addr.as_str())
+    }
 }
 
 /// An error reply, with its kind and the full message.
@@ -85,6 +117,12 @@ impl ServerError {
             b"CLUSTERDOWN" => ServerErrorKind::ClusterDown,
             b"TRYAGAIN" => ServerErrorKind::TryAgain,
             b"WRONGTYPE" => ServerErrorKind::WrongType,
+            b"NOSCRIPT" => ServerErrorKind::NoScript,
+            b"BUSYGROUP" => ServerErrorKind::BusyGroup,
+            b"MASTERDOWN" => ServerErrorKind::MasterDown,
+            b"CROSSSLOT" => ServerErrorKind::CrossSlot,
+            b"NOPROTO" => ServerErrorKind::NoProto,
+            b"ERR" => err_kind(&message[code_len..]),
             _ => ServerErrorKind::Other,
         };
         Self { kind, message }
@@ -111,7 +149,7 @@ impl ServerError {
     }
 
     /// Whether the same command may succeed later without any change (LOADING, BUSY,
-    /// CLUSTERDOWN, TRYAGAIN).
+    /// CLUSTERDOWN, TRYAGAIN, max clients reached).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
@@ -119,6 +157,17 @@ impl ServerError {
                 | ServerErrorKind::Busy
                 | ServerErrorKind::ClusterDown
                 | ServerErrorKind::TryAgain
+                | ServerErrorKind::MaxClients
+        )
+    }
+
+    /// Whether the server is not a writable primary now (READONLY: a replica;
+    /// MASTERDOWN: a replica without its master): a failover, to follow by connecting
+    /// again (re-resolving the name, or asking Sentinel or the cluster).
+    pub fn is_role_change(&self) -> bool {
+        matches!(
+            self.kind,
+            ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown
         )
     }
 
@@ -137,6 +186,21 @@ impl ServerError {
             self.kind,
             ServerErrorKind::Moved { .. } | ServerErrorKind::Ask { .. }
         )
+    }
+}
+
+/// The kind of an `ERR …` reply, from the few texts a client branches on.
+fn err_kind(rest: &[u8]) -> ServerErrorKind {
+    let text = rest.trim_ascii_start();
+    let starts = |p: &[u8]| text.len() >= p.len() && text[..p.len()].eq_ignore_ascii_case(p);
+    if starts(b"unknown command") {
+        ServerErrorKind::UnknownCommand
+    } else if starts(b"invalid password") || starts(b"AUTH ") || starts(b"Client sent AUTH") {
+        ServerErrorKind::WrongPass
+    } else if starts(b"max number of clients reached") {
+        ServerErrorKind::MaxClients
+    } else {
+        ServerErrorKind::Other
     }
 }
 
@@ -231,7 +295,45 @@ mod tests {
             kind("WRONGTYPE Operation against a key holding the wrong kind of value"),
             ServerErrorKind::WrongType
         );
-        assert_eq!(kind("ERR unknown command"), ServerErrorKind::Other);
+        assert_eq!(
+            kind("ERR unknown command 'HELLO', with args beginning with: "),
+            ServerErrorKind::UnknownCommand
+        );
+        assert_eq!(
+            kind("ERR max number of clients reached"),
+            ServerErrorKind::MaxClients
+        );
+        assert_eq!(
+            kind("NOSCRIPT No matching script. Please use EVAL."),
+            ServerErrorKind::NoScript
+        );
+        assert_eq!(
+            kind("BUSYGROUP Consumer Group name already exists"),
+            ServerErrorKind::BusyGroup
+        );
+        assert_eq!(
+            kind(
+                "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."
+            ),
+            ServerErrorKind::MasterDown
+        );
+        assert_eq!(
+            kind("CROSSSLOT Keys in request don't hash to the same slot"),
+            ServerErrorKind::CrossSlot
+        );
+        assert_eq!(
+            kind("NOPROTO unsupported protocol version"),
+            ServerErrorKind::NoProto
+        );
+        assert_eq!(kind("ERR syntax error"), ServerErrorKind::Other);
+        for refused in [
+            "ERR invalid password",
+            "ERR AUTH <password> called without any password configured for the default user.",
+            "ERR Client sent AUTH, but no password is set",
+        ] {
+            assert_eq!(kind(refused), ServerErrorKind::WrongPass, "{refused}");
+        }
+        assert_eq!(kind("ERR"), ServerErrorKind::Other);
         assert_eq!(kind(""), ServerErrorKind::Other);
     }
 
@@ -243,5 +345,27 @@ mod tests {
         assert!(!e.is_auth());
         assert!(ServerError::parse(Bytes::from_static(b"WRONGPASS x")).is_auth());
         assert!(ServerError::parse(Bytes::from_static(b"MOVED 1 h:1")).is_redirect());
+        assert!(ServerError::parse(Bytes::from_static(b"READONLY x")).is_role_change());
+        assert!(ServerError::parse(Bytes::from_static(b"MASTERDOWN x")).is_role_change());
+        assert!(
+            ServerError::parse(Bytes::from_static(b"ERR max number of clients reached"))
+                .is_retryable()
+        );
+    }
+
+    #[test]
+    fn redirect_endpoints_unknown_to_the_server_are_not_addresses() {
+        assert_eq!(
+            kind("MOVED 1 10.0.0.1:7000").redirect_endpoint(),
+            Some("10.0.0.1:7000")
+        );
+        assert_eq!(
+            kind("ASK 1 node-a:7000").redirect_endpoint(),
+            Some("node-a:7000")
+        );
+        assert_eq!(kind("MOVED 1 :7000").redirect_endpoint(), None);
+        assert_eq!(kind("MOVED 1 ?:7000").redirect_endpoint(), None);
+        assert_eq!(kind("MOVED 1 ?").redirect_endpoint(), None);
+        assert_eq!(kind("LOADING x").redirect_endpoint(), None);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Decoder, Frame, ServerErrorKind};
 
-use super::{Conn, Failure, Pending, Phase, ServerInfo, Tag};
+use super::{classify, Conn, Failure, Pending, Phase, ServerInfo, Tag};
 use crate::error::{Error, ErrorKind};
 
 impl<C: Copy + std::fmt::Debug> Conn<C> {
@@ -30,10 +30,10 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
                 let e = f
                     .to_server_error()
                     .unwrap_or_else(|| ringq_resp::ServerError::parse(Bytes::new()));
-                let text = e.to_string();
-                if *e.kind() == ServerErrorKind::Other
-                    && (text.contains("unknown command") || e.code() == "NOPROTO")
-                {
+                if matches!(
+                    e.kind(),
+                    ServerErrorKind::UnknownCommand | ServerErrorKind::NoProto
+                ) {
                     // A server without HELLO (Redis < 6) or without RESP3: RESP2 + AUTH.
                     self.server = ServerInfo {
                         resp3: false,
@@ -112,13 +112,11 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
     /// the connection has worked before: a server that accepted this handshake earlier is
     /// most likely in a passing state.
     fn handshake_failure(&self, what: &str, e: ringq_resp::ServerError) -> Failure {
-        let text = e.to_string();
-        if e.is_auth() || text.contains("AUTH") || text.contains("password") {
+        let class = classify::class(&e);
+        if class == classify::Class::Auth {
             return Failure::Fatal(self.auth_error(e));
         }
-        let passing = e.is_retryable()
-            || e.code() == "MASTERDOWN"
-            || text.contains("max number of clients")
+        let passing = matches!(class, classify::Class::Passing | classify::Class::Failover)
             || (self.ever_ready && *e.kind() != ServerErrorKind::NoPerm);
         let err = Error::server(&format!("{what} on {}", self.peer()), e);
         if passing {

@@ -19,6 +19,7 @@
 //! command from a push frame (RESP3 `>`, or a RESP2 message array on a subscriber
 //! connection), which answers none.
 
+pub(crate) mod classify;
 mod fifo;
 mod handshake;
 mod socket;

@@ -36,9 +36,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use ringq_resp::{CommandWriter, ServerError};
+use ringq_resp::{CommandWriter, ServerError, ServerErrorKind};
 
 use super::{ControlUse, Drain, Io, Pipeline};
+use crate::conn::classify::{self, Class};
 use crate::conn::{Failure, Tag};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Event, GapCause, Message, Outcome, Payload, Source, SourceKind, Span};
@@ -383,15 +384,15 @@ impl Pipeline for ListenPipeline {
                 let spec = &self.subs[sub as usize].spec;
                 let text = frame.get(1..).unwrap_or_default();
                 let e = ServerError::parse(Bytes::copy_from_slice(text.trim_ascii_end()));
-                if e.is_retryable() {
-                    return Err(Failure::Retry(Error::server(&format!("{spec}"), e)));
-                }
-                let hint = if e.is_auth() || e.code() == "NOPERM" {
-                    ": the ACL user needs access to it (`&<channel>` or `allchannels` in ACL SETUSER)"
-                } else if e.to_string().contains("unknown command") {
-                    ": shard channels need Redis 7.0 or later"
-                } else {
-                    ""
+                let hint = match (classify::class(&e), e.kind()) {
+                    (Class::Passing | Class::Failover | Class::Scripts, _) => {
+                        return Err(Failure::Retry(Error::server(&format!("{spec}"), e)));
+                    }
+                    (Class::Auth, _) | (_, ServerErrorKind::NoPerm) => {
+                        ": the ACL user needs access to it (`&<channel>` or `allchannels` in ACL SETUSER)"
+                    }
+                    (_, ServerErrorKind::UnknownCommand) => ": shard channels need Redis 7.0 or later",
+                    _ => "",
                 };
                 Err(Failure::Fatal(Error::server(
                     &format!("the server refused to subscribe to {spec}{hint}"),

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ringq_resp::{Reader, ServerError, ServerErrorKind, Token};
 
 use super::PopPlan;
-use crate::conn::Failure;
+use crate::conn::{classify, Failure};
 use crate::envelope;
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Message, Payload, Source, Span};
@@ -38,45 +38,26 @@ fn malformed(what: &str, t: &Token) -> Failure {
 }
 
 fn server_error(plan: &PopPlan, msg: Bytes) -> Failure {
-    let e = ServerError::parse(msg);
-    if e.is_retryable() {
-        return Failure::Retry(Error::server("pop", e));
-    }
-    if e.code() == "NOSCRIPT" {
-        // Reliable mode's lease script is gone (SCRIPT FLUSH): a new connection loads it.
-        return Failure::Retry(Error::server(
-            "the lease script is not loaded (SCRIPT FLUSH?); reconnecting, which loads it again",
-            e,
-        ));
-    }
-    // A failover: the endpoint is a replica now (READONLY), or a replica that lost its
-    // master (MASTERDOWN). Managed endpoints move their name to the new primary, so
-    // reconnect (re-resolving the name) with backoff until it serves as a primary again.
-    if *e.kind() == ServerErrorKind::ReadOnly || e.code() == "MASTERDOWN" {
-        return Failure::Retry(Error::server(
-            "pop refused: the server is not a writable primary now (a failover?); \
-             reconnecting with backoff until it is one again",
-            e,
-        ));
-    }
     let names: Vec<String> = plan
         .consumer
         .queues
         .iter()
         .map(|q| String::from_utf8_lossy(&q.name).into_owned())
         .collect();
-    let hint = match e.kind() {
-        ServerErrorKind::WrongType => "; a queue key holds something other than a list",
-        ServerErrorKind::Moved { .. } | ServerErrorKind::Ask { .. } => {
-            "; this is a Redis Cluster node, and cluster mode is not supported yet"
-        }
-        ServerErrorKind::NoPerm => "; the ACL user needs +@list and access to the queue keys",
-        _ => "",
-    };
-    Failure::Fatal(Error::server(
-        &format!("pop from queues {names:?} failed{hint}"),
-        e,
-    ))
+    classify::failure(
+        &format!("pop from queues {names:?}"),
+        ServerError::parse(msg),
+        |kind| {
+            let hint = match kind {
+                ServerErrorKind::WrongType => "; a queue key holds something other than a list",
+                ServerErrorKind::NoPerm => {
+                    "; the ACL user needs +@list (and +evalsha in reliable mode) and access to the queue keys"
+                }
+                _ => return None,
+            };
+            Some(hint.to_owned())
+        },
+    )
 }
 
 /// Reads `_`/`*-1` (nothing), `*2 key value` (BRPOP) or `*2 key *N values…` (LMPOP, and

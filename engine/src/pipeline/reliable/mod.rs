@@ -28,14 +28,15 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use ringq_resp::{CommandWriter, Decoder, Frame, ServerError};
+use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
 
 use super::pop::{CarriesPop, Lease, PopPipeline, PopPlan, PopTag};
 use super::{ControlUse, Drain, Io, Pipeline};
 use crate::budget::Budget;
-use crate::conn::{Failure, Tag};
+use crate::conn::{classify, Failure, Tag};
 use crate::envelope::keys;
 use crate::error::{Error, ErrorKind};
+use crate::frames;
 use crate::handler::{Event, Message, Outcome, Source};
 
 pub use config::{Backoff, ReliableConsumer};
@@ -77,6 +78,20 @@ impl Mode {
             Mode::Orphans => "orphans",
             Mode::Stop => "stop",
             Mode::Sweep => "sweep",
+        }
+    }
+}
+
+impl RelTag {
+    /// What the command is, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            RelTag::Pop(_) => "lease",
+            RelTag::Load(_) => "SCRIPT LOAD",
+            RelTag::Settle => "settle script (acks, retries, dead letters)",
+            RelTag::Recover { .. } => "recover script (heartbeat, sweep, taking leases back)",
+            RelTag::Requeue => "requeue script (due retries)",
+            RelTag::Policy => "CONFIG GET maxmemory-policy",
         }
     }
 }
@@ -434,24 +449,29 @@ impl ReliablePipeline {
             .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
         if let Frame::SimpleError(m) | Frame::BulkError(m) = &f {
             let e = ServerError::parse(m.clone());
-            if e.is_retryable() || e.code() == "NOSCRIPT" {
-                return Err(Failure::Retry(Error::server(
-                    "a reliable-mode script could not run now (the server is loading, busy, or lost its scripts); reconnecting, which loads them again",
-                    e,
-                )));
-            }
             if cmd == RelTag::Policy {
                 tracing::debug!("could not read maxmemory-policy: {e}");
                 return Ok(());
             }
-            let hint = match cmd {
-                RelTag::Load(_) => "; the ACL user needs +script|load and +evalsha",
-                _ => "; a queue, processing, retry or dead key holds another type, or the ACL lacks access to it",
-            };
-            return Err(Failure::Fatal(Error::server(
-                &format!("reliable mode's {cmd:?} failed{hint}"),
+            return Err(classify::failure(
+                &format!("reliable mode's {}", cmd.what()),
                 e,
-            )));
+                |kind| {
+                    Some(
+                        match (cmd, kind) {
+                            (RelTag::Load(_), _) | (_, ServerErrorKind::NoPerm) => {
+                                "; the ACL user needs +script|load, +evalsha and access to the \
+                             queue keys and ringq's keys beside them ({queue}:…)"
+                            }
+                            (_, ServerErrorKind::WrongType) => {
+                                "; a queue, processing, retry or dead key holds another type"
+                            }
+                            _ => return None,
+                        }
+                        .to_owned(),
+                    )
+                },
+            ));
         }
         let ints = |f: &Frame| -> Vec<i64> {
             match f {
@@ -539,33 +559,19 @@ impl ReliablePipeline {
                 let n: i64 = ints(&f).iter().sum();
                 io.stats.add(&io.stats.requeued, n.max(0) as u64);
             }
-            RelTag::Policy => {
-                let text = format!("{f:?}");
-                if !text.contains("noeviction") && text.contains("maxmemory-policy") {
-                    tracing::warn!(
-                        "the server's maxmemory-policy is not noeviction ({}): when memory \
-                         runs out it may evict queue, processing or retry keys, and the \
-                         messages in them are lost. Set `maxmemory-policy noeviction`.",
-                        policy_value(&f).unwrap_or_default()
-                    );
-                }
-            }
+            RelTag::Policy => match frames::config_value(&f, "maxmemory-policy") {
+                Some(p) if p != b"noeviction" => tracing::warn!(
+                    "the server's maxmemory-policy is not noeviction ({}): when memory \
+                     runs out it may evict queue, processing or retry keys, and the \
+                     messages in them are lost. Set `maxmemory-policy noeviction`.",
+                    String::from_utf8_lossy(p)
+                ),
+                _ => {}
+            },
             RelTag::Pop(_) => {}
         }
         Ok(())
     }
-}
-
-fn policy_value(f: &Frame) -> Option<String> {
-    let items: Vec<&Frame> = match f {
-        Frame::Array(v) => v.iter().collect(),
-        Frame::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => return None,
-    };
-    items.get(1).map(|v| match v {
-        Frame::BulkString(b) | Frame::SimpleString(b) => String::from_utf8_lossy(b).into_owned(),
-        other => format!("{other:?}"),
-    })
 }
 
 impl Pipeline for ReliablePipeline {

@@ -5,11 +5,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringq_resp::{CommandWriter, Decoder, Frame, ServerError};
+use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
 
 use super::{now_ms, reply, scripts, Phase, Sent, StreamPipeline, StreamTag, MAX_IDS};
 use crate::conn::{Conn, Failure, Tag};
 use crate::error::{Error, ErrorKind};
+use crate::frames;
 use crate::pipeline::Io;
 
 impl StreamPipeline {
@@ -276,7 +277,7 @@ impl StreamPipeline {
         if let Frame::SimpleError(m) | Frame::BulkError(m) = &f {
             let e = ServerError::parse(m.clone());
             match cmd {
-                StreamTag::Create { .. } if e.code() == "BUSYGROUP" => {}
+                StreamTag::Create { .. } if *e.kind() == ServerErrorKind::BusyGroup => {}
                 StreamTag::Probe | StreamTag::ProbeClaim | StreamTag::Info { .. } => {
                     tracing::debug!("{cmd:?}: {e}");
                 }
@@ -296,11 +297,10 @@ impl StreamPipeline {
             }
             StreamTag::Create { .. } | StreamTag::Probe | StreamTag::ProbeClaim => {
                 if cmd == StreamTag::Probe {
-                    self.xackdel = matches!(&f, Frame::Array(v) if v.iter().any(|x| !matches!(x, Frame::Null)));
+                    self.xackdel = frames::command_exists(&f);
                 }
                 if cmd == StreamTag::ProbeClaim {
-                    self.claim_in_read = !matches!(f, Frame::SimpleError(_) | Frame::BulkError(_))
-                        && frame.windows(5).any(|w| w.eq_ignore_ascii_case(b"claim"));
+                    self.claim_in_read = frames::docs_have_token(&f, "CLAIM");
                     if self.claim_in_read {
                         tracing::info!("the server has XREADGROUP … CLAIM: idle entries are claimed by the reads themselves");
                     }

@@ -12,10 +12,10 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use ringq_resp::{Reader, ServerError, Token};
+use ringq_resp::{Reader, ServerError, ServerErrorKind, Token};
 
 use super::StreamPlan;
-use crate::conn::Failure;
+use crate::conn::{classify, Failure};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Message, Payload, Span};
 
@@ -49,25 +49,22 @@ fn malformed(what: &str, t: &Token) -> Failure {
 
 /// A server error on a stream command.
 pub(crate) fn server_error(plan: &StreamPlan, m: Bytes) -> Failure {
-    let e = ServerError::parse(m);
-    if e.is_retryable() || e.code() == "NOSCRIPT" {
-        return Failure::Retry(Error::server(
-            "stream command could not run now; reconnecting",
-            e,
-        ));
-    }
-    if e.code() == "NOGROUP" {
-        return Failure::Fatal(Error::server(
-            &format!(
-                "the consumer group {:?} no longer exists (XGROUP DESTROY, or the stream was \
-                 deleted). ringq does not recreate it by itself: where it would start is \
-                 your decision (XGROUP CREATE <stream> <group> $|0 MKSTREAM); then restart",
-                String::from_utf8_lossy(&plan.consumer.group)
-            ),
-            e,
-        ));
-    }
-    Failure::Fatal(Error::server("stream command failed", e))
+    classify::failure("stream command", ServerError::parse(m), |kind| match kind {
+        ServerErrorKind::NoGroup => Some(format!(
+            ": the consumer group {:?} no longer exists on the server: the server lost it \
+             (most likely a restart without persistence: AOF or RDB off), or someone ran \
+             XGROUP DESTROY or deleted the stream. ringq does not recreate it behind your \
+             back, because where the group starts reading again (new entries only, or \
+             from the start) is your decision: restart the consumer, which runs XGROUP \
+             CREATE … MKSTREAM at start from where it is configured to \
+             (StreamConsumer::start, `ringq consume --from`)",
+            String::from_utf8_lossy(&plan.consumer.group)
+        )),
+        ServerErrorKind::NoPerm => {
+            Some("; the ACL user needs +@stream, +evalsha and access to the stream keys".to_owned())
+        }
+        _ => None,
+    })
 }
 
 /// Walks one entry `[id, fields]` of stream `s`, delivering it to `out` (or to

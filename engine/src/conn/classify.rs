@@ -1,0 +1,159 @@
+//! The one place a server's error reply becomes a connection [`Failure`]: whether the
+//! connection reconnects (and the command is sent again on the new one) or the engine
+//! stops with an error that says what to do.
+//!
+//! Every decision is made on the typed [`ServerErrorKind`] that `ringq-resp` parsed, never
+//! on the message text. Pipelines add only their context (which command, which keys) and
+//! a hint for the errors a configuration change fixes.
+
+use ringq_resp::{ServerError, ServerErrorKind};
+
+use super::Failure;
+use crate::error::Error;
+
+/// What a server error means for the connection that received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// The server is in a passing state (LOADING, BUSY, CLUSTERDOWN, TRYAGAIN, full):
+    /// reconnect with backoff and send again.
+    Passing,
+    /// The server lacks ringq's scripts (NOSCRIPT after SCRIPT FLUSH, a restart or a
+    /// failover): a new connection loads them again.
+    Scripts,
+    /// The server is not a writable primary now (READONLY, MASTERDOWN): a failover;
+    /// reconnect, re-resolving the name, until it serves as a primary again.
+    Failover,
+    /// Credentials refused (WRONGPASS, NOAUTH): retrying cannot help.
+    Auth,
+    /// A Redis Cluster redirect (MOVED, ASK, CROSSSLOT).
+    Cluster,
+    /// Anything else: the command cannot succeed as configured.
+    Refused,
+}
+
+/// The class of `e`.
+pub(crate) fn class(e: &ServerError) -> Class {
+    match e.kind() {
+        _ if e.is_retryable() => Class::Passing,
+        ServerErrorKind::NoScript => Class::Scripts,
+        _ if e.is_role_change() => Class::Failover,
+        _ if e.is_auth() => Class::Auth,
+        ServerErrorKind::Moved { .. }
+        | ServerErrorKind::Ask { .. }
+        | ServerErrorKind::CrossSlot => Class::Cluster,
+        _ => Class::Refused,
+    }
+}
+
+/// The failure of a command (`what`: "pop from queues […]", "stream command", …) that the
+/// server answered with `e`. `hint` adds what to do for a refused command (it is given
+/// the error's kind and returns text starting with "; ", or nothing).
+pub(crate) fn failure(
+    what: &str,
+    e: ServerError,
+    hint: impl FnOnce(&ServerErrorKind) -> Option<String>,
+) -> Failure {
+    match class(&e) {
+        Class::Passing => Failure::Retry(Error::server(
+            &format!("{what} could not run now; reconnecting with backoff"),
+            e,
+        )),
+        Class::Scripts => Failure::Retry(Error::server(
+            &format!(
+                "{what}: the server does not have ringq's scripts (SCRIPT FLUSH, a restart or \
+                 a failover); reconnecting, which loads them again"
+            ),
+            e,
+        )),
+        Class::Failover => Failure::Retry(Error::server(
+            &format!(
+                "{what} refused: the server is not a writable primary now (a failover?); \
+                 reconnecting with backoff until it is one again"
+            ),
+            e,
+        )),
+        Class::Cluster => Failure::Fatal(Error::server(
+            &format!(
+                "{what} failed: this is a Redis Cluster node, and ringq does not speak the \
+                 cluster protocol yet; consume from a standalone server (or one primary)"
+            ),
+            e,
+        )),
+        Class::Auth | Class::Refused => {
+            let hint = hint(e.kind()).unwrap_or_default();
+            Failure::Fatal(Error::server(&format!("{what} failed{hint}"), e))
+        }
+    }
+}
+
+/// The message of `e` without what Redis appends to an error raised inside a script
+/// (`script: <sha>, on @user_script:<line>.`): users did not write that script.
+pub(crate) fn plain(e: &ServerError) -> String {
+    let text = e.to_string();
+    match text.find(" script: ") {
+        Some(at) => text[..at].trim_end_matches('.').to_owned(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn err(s: &'static str) -> ServerError {
+        ServerError::parse(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[test]
+    fn classes_follow_the_typed_kind() {
+        assert_eq!(class(&err("LOADING x")), Class::Passing);
+        assert_eq!(
+            class(&err("ERR max number of clients reached")),
+            Class::Passing
+        );
+        assert_eq!(class(&err("NOSCRIPT No matching script")), Class::Scripts);
+        assert_eq!(class(&err("READONLY You can't write")), Class::Failover);
+        assert_eq!(
+            class(&err("MASTERDOWN Link with MASTER is down")),
+            Class::Failover
+        );
+        assert_eq!(class(&err("WRONGPASS invalid")), Class::Auth);
+        assert_eq!(class(&err("MOVED 1 h:1")), Class::Cluster);
+        assert_eq!(class(&err("CROSSSLOT Keys")), Class::Cluster);
+        assert_eq!(class(&err("WRONGTYPE Operation")), Class::Refused);
+        // The text alone decides nothing: an ERR that mentions NOSCRIPT is refused.
+        assert_eq!(class(&err("ERR NOSCRIPT in the text")), Class::Refused);
+    }
+
+    #[test]
+    fn failures_retry_or_stop_with_the_hint() {
+        let f = failure("pop", err("NOSCRIPT x"), |_| None);
+        assert!(matches!(f, Failure::Retry(_)));
+        let f = failure("pop", err("WRONGTYPE x"), |k| {
+            (*k == ServerErrorKind::WrongType).then(|| "; not a list".to_owned())
+        });
+        let Failure::Fatal(e) = f else {
+            panic!("fatal expected")
+        };
+        assert!(
+            e.to_string()
+                .starts_with("pop failed; not a list: WRONGTYPE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn script_internals_are_cut_from_messages() {
+        let e = err(
+            "NOGROUP No such key 's' or consumer group 'g' in XREADGROUP with GROUP option \
+             script: 8e4f, on @user_script:3.",
+        );
+        assert_eq!(
+            plain(&e),
+            "NOGROUP No such key 's' or consumer group 'g' in XREADGROUP with GROUP option"
+        );
+        assert_eq!(plain(&err("WRONGTYPE x")), "WRONGTYPE x");
+    }
+}
