@@ -7,33 +7,29 @@
 //! server that cannot be reached at all at start) stop the engine and come back from
 //! [`Running::wait`].
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::IoBackend;
-use crate::budget::Budget;
-use crate::conn::ConnConfig;
-use crate::dispatch::{start_pool, Dispatch, ShardDispatch, ShardWaker};
-use crate::error::{Error, ErrorKind};
+use crate::dispatch::Dispatch;
+use crate::error::Error;
 use crate::handler::Handler;
-use crate::pipeline::listen::{ListenConsumer, ListenPipeline, Overflow};
-use crate::pipeline::pop::{PopConsumer, PopPipeline, MAX_BLOCK_TIMEOUT};
-use crate::pipeline::reliable::{ReliableConsumer, ReliablePipeline};
-use crate::pipeline::stream::{StreamConsumer, StreamPipeline};
-use crate::pipeline::Pipeline;
-use crate::resolve::{is_name, system_resolver, ResolveFn, Resolver};
-use crate::ring::{sys, RingConfig};
-use crate::shard::{self, HandlerSide, Periodic, ShardSpec};
-use crate::stats::ShardStats;
-use crate::url::{Address, ConnectionInfo};
-use crate::wake::Signals;
+use crate::pipeline::listen::ListenConsumer;
+use crate::pipeline::pop::{PopConsumer, MAX_BLOCK_TIMEOUT};
+use crate::pipeline::reliable::ReliableConsumer;
+use crate::pipeline::stream::StreamConsumer;
+use crate::pipeline::{Start, Timing};
+use crate::resolve::{system_resolver, ResolveFn};
+use crate::ring::RingConfig;
 
+pub(crate) mod launch;
 mod running;
+
+use launch::Launch;
 
 pub use running::{Running, ShutdownHandle};
 
-type PeriodicFactory = (
+pub(crate) type PeriodicFactory = (
     Duration,
     Arc<dyn Fn() -> Box<dyn FnMut() + Send> + Send + Sync>,
 );
@@ -77,19 +73,6 @@ impl From<ListenConsumer> for Consumer {
     fn from(c: ListenConsumer) -> Self {
         Consumer::Listen(c)
     }
-}
-
-/// What [`EngineBuilder::launch`] needs besides the pipelines: how the shards split the
-/// credit, the budget, and the names of the sources stats count messages per.
-pub(crate) struct Launch {
-    /// Fetch connections (credit accounts) on each shard; one shard per entry.
-    pub fetch_per_shard: Vec<usize>,
-    pub prefetch: u32,
-    pub prefetch_bytes: u64,
-    pub limit: Option<u64>,
-    pub sources: Vec<String>,
-    pub reply_timeout: Duration,
-    pub reply_grace: Duration,
 }
 
 /// Configures and starts an engine.
@@ -378,34 +361,39 @@ impl EngineBuilder {
         H: Handler + Clone,
     {
         match consumer.into() {
-            Consumer::Pop(c) => self.start_pop(c, handler),
-            Consumer::Listen(c) => self.start_listen(c, handler),
-            Consumer::Reliable(c) => self.start_reliable(c, handler),
-            Consumer::Stream(c) => self.start_stream(c, handler),
+            Consumer::Pop(c) => self.start_with(c, handler),
+            Consumer::Listen(c) => self.start_with(c, handler),
+            Consumer::Reliable(c) => self.start_with(c, handler),
+            Consumer::Stream(c) => self.start_with(c, handler),
         }
     }
 
-    /// The backend to run: `Auto` becomes io_uring when a ring can be set up here, else
-    /// epoll (with one warning saying why).
-    fn choose_backend(&self) -> Result<IoBackend, Error> {
-        let asked = self.backend.clone().map_err(|v| {
-            Error::config(format!(
-                "RINGQ_BACKEND={v:?} is not a backend: use auto, io_uring or epoll"
-            ))
-        })?;
-        if asked != IoBackend::Auto {
-            return Ok(asked);
-        }
-        match crate::ring::probe() {
-            Ok(_) => Ok(IoBackend::IoUring),
-            Err(e) => {
-                tracing::warn!(
-                    "io_uring is not available here, so ringq runs on epoll (slower per \
-                     message): {e}"
-                );
-                Ok(IoBackend::Epoll)
-            }
-        }
+    /// The one way in for every consumer type: check it, spread its sources over lanes,
+    /// and launch the shards with its pipeline.
+    fn start_with<K, H>(self, consumer: K, handler: H) -> Result<Running, Error>
+    where
+        K: Start + Send + 'static,
+        H: Handler + Clone,
+    {
+        consumer.check()?;
+        let sources = consumer.source_names();
+        let lanes_per_shard = self.lanes(sources.len(), K::SOURCES)?;
+        let timing = Timing {
+            reply_grace: self.reply_grace,
+            reply_timeout: self.reply_timeout,
+        };
+        let launch = Launch {
+            fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
+            prefetch: self.prefetch,
+            prefetch_bytes: self.prefetch_bytes,
+            limit: self.limit,
+            sources,
+            timing,
+        };
+        let mut lanes = lanes_per_shard.into_iter();
+        launch::launch(self, launch, handler, move |budget| {
+            consumer.pipeline(lanes.next().unwrap_or_default(), budget, timing)
+        })
     }
 
     /// Spreads `n` sources over the fetch connections: source `i` on lane `i mod L`, lane
@@ -434,351 +422,4 @@ impl EngineBuilder {
         }
         Ok(lanes_per_shard)
     }
-
-    fn start_listen<H: Handler + Clone>(
-        self,
-        consumer: ListenConsumer,
-        handler: H,
-    ) -> Result<Running, Error> {
-        if consumer.subscriptions.is_empty() {
-            return Err(Error::config(
-                "nothing to listen to: give at least one channel, pattern or shard channel",
-            ));
-        }
-        if let Overflow::DropOldest(0) = consumer.overflow {
-            return Err(Error::config(
-                "Overflow::DropOldest needs room for at least one message",
-            ));
-        }
-        let lanes_per_shard = self.lanes(consumer.subscriptions.len(), "subscriptions")?;
-        let launch = Launch {
-            fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
-            prefetch: self.prefetch,
-            prefetch_bytes: self.prefetch_bytes,
-            limit: self.limit,
-            sources: consumer
-                .subscriptions
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            reply_timeout: self.reply_timeout,
-            reply_grace: self.reply_grace,
-        };
-        let mut lanes = lanes_per_shard.into_iter();
-        self.launch(launch, handler, move |_, _| {
-            ListenPipeline::new(&consumer, lanes.next().unwrap_or_default())
-        })
-    }
-
-    fn start_reliable<H: Handler + Clone>(
-        self,
-        consumer: ReliableConsumer,
-        handler: H,
-    ) -> Result<Running, Error> {
-        check_queues(&consumer.pop)?;
-        let id = &consumer.id;
-        if id.is_empty()
-            || id
-                .iter()
-                .any(|&b| b.is_ascii_whitespace() || b == b'%' || b == b'{' || b == b'}')
-        {
-            return Err(Error::config(format!(
-                "consumer id {:?} must be non-empty, without spaces, '%' or braces: it is part of key names",
-                String::from_utf8_lossy(id)
-            )));
-        }
-        let lanes_per_shard = self.lanes(consumer.pop.queues.len(), "queues")?;
-        let launch = self.queue_launch(&consumer.pop, &lanes_per_shard);
-        let timing = (self.reply_grace, self.reply_timeout);
-        let mut lanes = lanes_per_shard.into_iter();
-        self.launch(launch, handler, move |_, budget| {
-            ReliablePipeline::new(&consumer, budget, lanes.next().unwrap_or_default(), timing)
-        })
-    }
-
-    fn start_stream<H: Handler + Clone>(
-        self,
-        consumer: StreamConsumer,
-        handler: H,
-    ) -> Result<Running, Error> {
-        if consumer.streams.is_empty() {
-            return Err(Error::config("no streams to consume: give at least one"));
-        }
-        for (what, v) in [("group", &consumer.group), ("consumer id", &consumer.id)] {
-            if v.is_empty() {
-                return Err(Error::config(format!("stream mode needs a {what}")));
-            }
-        }
-        let lanes_per_shard = self.lanes(consumer.streams.len(), "streams")?;
-        let launch = Launch {
-            fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
-            prefetch: self.prefetch,
-            prefetch_bytes: self.prefetch_bytes,
-            limit: self.limit,
-            sources: consumer
-                .streams
-                .iter()
-                .map(|s| String::from_utf8_lossy(s.name()).into_owned())
-                .collect(),
-            reply_timeout: self.reply_timeout,
-            reply_grace: self.reply_grace,
-        };
-        let grace = self.reply_grace;
-        let mut lanes = lanes_per_shard.into_iter();
-        self.launch(launch, handler, move |_, budget| {
-            StreamPipeline::new(&consumer, budget, lanes.next().unwrap_or_default(), grace)
-        })
-    }
-
-    /// The launch figures of a queue consumer (pop or reliable).
-    fn queue_launch(&self, consumer: &PopConsumer, lanes_per_shard: &[Vec<Vec<u32>>]) -> Launch {
-        Launch {
-            fetch_per_shard: lanes_per_shard.iter().map(Vec::len).collect(),
-            prefetch: self.prefetch,
-            prefetch_bytes: self.prefetch_bytes,
-            limit: self.limit,
-            sources: consumer
-                .queues
-                .iter()
-                .map(|q| String::from_utf8_lossy(q.name()).into_owned())
-                .collect(),
-            reply_timeout: self.reply_timeout,
-            reply_grace: self.reply_grace,
-        }
-    }
-
-    fn start_pop<H: Handler + Clone>(
-        self,
-        consumer: PopConsumer,
-        handler: H,
-    ) -> Result<Running, Error> {
-        check_queues(&consumer)?;
-        let lanes_per_shard = self.lanes(consumer.queues.len(), "queues")?;
-        let launch = self.queue_launch(&consumer, &lanes_per_shard);
-        let timing = (self.reply_grace, self.reply_timeout);
-        let mut lanes = lanes_per_shard.into_iter();
-        self.launch(launch, handler, move |_, budget| {
-            PopPipeline::new(
-                consumer.clone(),
-                budget,
-                lanes.next().unwrap_or_default(),
-                timing,
-            )
-        })
-    }
-
-    /// Starts one shard per entry of `launch.fetch_per_shard`, each running the pipeline
-    /// `make(shard, budget)` builds for it.
-    pub(crate) fn launch<P, H>(
-        self,
-        launch: Launch,
-        handler: H,
-        mut make: impl FnMut(usize, Option<Arc<Budget>>) -> P,
-    ) -> Result<Running, Error>
-    where
-        P: Pipeline,
-        H: Handler + Clone,
-    {
-        let info = ConnectionInfo::parse(&self.url)?;
-        let backend = self.choose_backend()?;
-        let nshards = launch.fetch_per_shard.len();
-        let nlanes: usize = launch.fetch_per_shard.iter().sum::<usize>().max(1);
-        let mut wake_fds = Vec::with_capacity(nshards);
-        for _ in 0..nshards {
-            match sys::eventfd() {
-                Ok(fd) => wake_fds.push(fd),
-                Err(e) => {
-                    for fd in wake_fds {
-                        sys::close(fd);
-                    }
-                    return Err(Error::io("eventfd", e));
-                }
-            }
-        }
-        let shared = Arc::new(Signals {
-            stop: AtomicBool::new(false),
-            fatal: Mutex::new(None),
-            wake_fds,
-        });
-        let (addr, resolver) = match &info.address {
-            Address::Tcp { host, port } if is_name(host) => {
-                let first = crate::resolve::resolve_with(&*self.resolver, host, *port)?;
-                let r = Resolver::start(
-                    self.resolver.clone(),
-                    host.clone(),
-                    *port,
-                    nshards,
-                    shared.clone(),
-                )?;
-                (crate::url::ResolvedAddr::Tcp(first), Some(Arc::new(r)))
-            }
-            _ => (info.resolve()?, None),
-        };
-        let conn_cfg = Arc::new(ConnConfig {
-            info,
-            addr,
-            resolver,
-            connect_timeout: self.connect_timeout,
-            backoff_min: self.backoff_min,
-            backoff_max: self.backoff_max,
-            start_attempts: self.start_attempts,
-            client_name: self.client_name.clone(),
-        });
-        let cores = if self.pin_cores {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let budget = launch
-            .limit
-            .map(|n| Arc::new(Budget::new(n, Some(shared.clone()))));
-        if launch.limit == Some(0) {
-            shared.stop_all();
-        }
-        let epoch = Instant::now();
-        // Credit follows the lanes: shard i gets its lanes' share of the limits, so every
-        // lane's reserve is about `prefetch / lanes` wherever it runs.
-        let lane_counts: Vec<u64> = launch.fetch_per_shard.iter().map(|&n| n as u64).collect();
-        let share = |total: u64, i: usize| -> u64 {
-            let before: u64 = lane_counts[..i].iter().sum();
-            let upto = before + lane_counts[i];
-            // Cumulative split, so the shares add up to `total` exactly.
-            let cut = |k: u64| (u128::from(total) * u128::from(k) / nlanes as u128) as u64;
-            (cut(upto) - cut(before)).max(1)
-        };
-        let max_share = (0..nshards)
-            .map(|i| share(u64::from(launch.prefetch), i))
-            .max()
-            .unwrap_or(1) as usize
-            + 1;
-        let mut sides: Vec<Option<ShardDispatch>> = (0..nshards).map(|_| None).collect();
-        let mut workers = Vec::new();
-        let mut worker_latency = Vec::new();
-        if self.dispatch.worker_count() > 0 {
-            let wakers: Vec<Arc<ShardWaker>> = shared
-                .wake_fds
-                .iter()
-                .map(|&fd| Arc::new(ShardWaker::new(fd)))
-                .collect();
-            let sh = shared.clone();
-            let on_fatal: Arc<dyn Fn(Error) + Send + Sync> = Arc::new(move |e| sh.fail(e));
-            let pool = start_pool(
-                &self.dispatch,
-                &handler,
-                &wakers,
-                max_share,
-                epoch,
-                on_fatal,
-            )?;
-            workers = pool.threads;
-            worker_latency = pool.latency;
-            for (slot, side) in sides.iter_mut().zip(pool.shard_sides) {
-                *slot = Some(side);
-            }
-        }
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let mut threads = Vec::with_capacity(nshards);
-        let mut spawn_err = None;
-        let mut shard_stats = Vec::with_capacity(nshards);
-        for i in 0..nshards {
-            let stats = Arc::new(ShardStats::new(launch.sources.len()));
-            let pipeline = make(i, budget.clone());
-            shard_stats.push(stats.clone());
-            let periodic: Vec<Periodic> = self.periodic.iter().map(|(p, f)| (*p, f())).collect();
-            let spec = ShardSpec {
-                index: i,
-                core: if cores.is_empty() {
-                    None
-                } else {
-                    Some(cores[i % cores.len()])
-                },
-                pipeline,
-                credits: share(u64::from(launch.prefetch), i) as u32,
-                credit_bytes: share(launch.prefetch_bytes, i),
-                budget: budget.clone(),
-                conn: conn_cfg.clone(),
-                ring: self.ring,
-                backend,
-                event_handler: sides[i]
-                    .is_some()
-                    .then(|| Box::new(handler.clone()) as Box<dyn Handler>),
-                handler: match sides[i].take() {
-                    Some(side) => HandlerSide::Workers(side),
-                    None => HandlerSide::Inline(Box::new(handler.clone())),
-                },
-                epoch,
-                stats,
-                shared: shared.clone(),
-                wake_fd: shared.wake_fds[i],
-                periodic,
-                idle_ping: self.idle_ping,
-                stalled_drain: self.stalled_drain,
-                reply_timeout: launch.reply_timeout,
-                reply_grace: launch.reply_grace,
-            };
-            let tx = ready_tx.clone();
-            match std::thread::Builder::new()
-                .name(format!("ringq-shard-{i}"))
-                .spawn(move || shard::run(spec, tx))
-            {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    // The shards already started must not go on consuming unowned: they
-                    // are stopped and joined below, with this as the error.
-                    spawn_err = Some(Error::io("spawning a shard thread", e));
-                    break;
-                }
-            }
-        }
-        drop(ready_tx);
-        // Worker links of shards never spawned (after a spawn failure) must go too: a
-        // worker exits only once every shard's end of its rings is gone.
-        drop(sides);
-        let mut features = None;
-        let mut first_err = spawn_err;
-        for _ in 0..threads.len() {
-            match ready_rx.recv() {
-                Ok(Ok(f)) => features = f,
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert(Error::new(
-                        ErrorKind::Io,
-                        "a shard thread died during start-up",
-                    ));
-                }
-            }
-        }
-        let running = Running {
-            workers,
-            worker_latency,
-            shared,
-            threads,
-            stats: shard_stats,
-            source_names: launch.sources,
-            backend,
-            features,
-        };
-        if let Some(e) = first_err {
-            running.shared.stop_all();
-            let _ = running.join();
-            return Err(e);
-        }
-        Ok(running)
-    }
-}
-
-/// A queue consumer's list and block timeout, checked.
-fn check_queues(consumer: &PopConsumer) -> Result<(), Error> {
-    if consumer.queues.is_empty() {
-        return Err(Error::config("no queues to consume: give at least one"));
-    }
-    if consumer.block_timeout > MAX_BLOCK_TIMEOUT {
-        return Err(Error::config(format!(
-            "block timeout {:?} is longer than the longest allowed, {MAX_BLOCK_TIMEOUT:?}",
-            consumer.block_timeout
-        )));
-    }
-    Ok(())
 }

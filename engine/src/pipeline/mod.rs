@@ -51,6 +51,71 @@ use crate::stats::ShardStats;
 use crate::timer::{TimerEvent, Timers};
 use crate::wake::Signals;
 
+/// How long a command may take before its reply is overdue: the engine's
+/// [`EngineBuilder::reply_grace`](crate::EngineBuilder::reply_grace) and
+/// [`EngineBuilder::reply_timeout`](crate::EngineBuilder::reply_timeout), the same for
+/// every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// Extra time past a blocking command's block timeout.
+    pub reply_grace: Duration,
+    /// How long a non-blocking command may take.
+    pub reply_timeout: Duration,
+}
+
+impl Timing {
+    /// The deadline of a command that blocks for `block` on the server (`None`: one that
+    /// does not block).
+    pub(crate) fn allow(&self, block: Option<Duration>) -> Duration {
+        match block {
+            Some(b) => b.saturating_add(self.reply_grace),
+            None => self.reply_timeout,
+        }
+    }
+}
+
+/// A consumer type's way into the engine: checked, its sources named, its pipeline built
+/// for each shard. [`EngineBuilder::start`](crate::EngineBuilder::start) runs every mode
+/// through this one path.
+pub(crate) trait Start {
+    /// The pipeline this consumer runs on each shard.
+    type Pipeline: Pipeline;
+
+    /// What its sources are, plural, for messages ("queues", "streams").
+    const SOURCES: &'static str;
+
+    /// Refuses a consumer that cannot work, before anything starts.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config), saying what to change.
+    fn check(&self) -> Result<(), crate::Error>;
+
+    /// Its sources' names, in order: stats count messages per source.
+    fn source_names(&self) -> Vec<String>;
+
+    /// The pipeline of a shard whose lane `l` fetches the sources `lanes[l]` (indices
+    /// into [`Start::source_names`]).
+    fn pipeline(
+        &self,
+        lanes: Vec<Vec<u32>>,
+        budget: Option<Arc<Budget>>,
+        timing: Timing,
+    ) -> Self::Pipeline;
+}
+
+/// Refuses a block timeout longer than [`MAX_BLOCK_TIMEOUT`](crate::MAX_BLOCK_TIMEOUT):
+/// every mode that blocks checks it at start, so no deadline computed from it can
+/// overflow on a shard thread.
+pub(crate) fn check_block_timeout(d: Duration) -> Result<(), crate::Error> {
+    if d > pop::MAX_BLOCK_TIMEOUT {
+        return Err(crate::Error::config(format!(
+            "block timeout {d:?} is longer than the longest allowed, {:?}",
+            pop::MAX_BLOCK_TIMEOUT
+        )));
+    }
+    Ok(())
+}
+
 /// When the shard opens its Control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ControlUse {

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, ServerError, ServerErrorKind};
 
-use super::{ControlUse, Drain, Io, Pipeline};
+use super::{ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::conn::classify::{self, Class};
 use crate::conn::{Failure, Tag};
 use crate::error::{Error, ErrorKind};
@@ -112,6 +112,38 @@ pub(crate) struct ListenPipeline {
     /// Subscribe rounds sent so far (each ends with its barrier).
     rounds: u32,
     dropped_unreported: u64,
+}
+
+impl Start for ListenConsumer {
+    type Pipeline = ListenPipeline;
+    const SOURCES: &'static str = "subscriptions";
+
+    fn check(&self) -> Result<(), Error> {
+        if self.subscriptions.is_empty() {
+            return Err(Error::config(
+                "nothing to listen to: give at least one channel, pattern or shard channel",
+            ));
+        }
+        if let Overflow::DropOldest(0) = self.overflow {
+            return Err(Error::config(
+                "Overflow::DropOldest needs room for at least one message",
+            ));
+        }
+        Ok(())
+    }
+
+    fn source_names(&self) -> Vec<String> {
+        self.subscriptions.iter().map(ToString::to_string).collect()
+    }
+
+    fn pipeline(
+        &self,
+        lanes: Vec<Vec<u32>>,
+        _budget: Option<std::sync::Arc<crate::budget::Budget>>,
+        _timing: Timing,
+    ) -> ListenPipeline {
+        ListenPipeline::new(self, lanes)
+    }
 }
 
 impl ListenPipeline {

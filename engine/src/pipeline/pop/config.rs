@@ -11,6 +11,7 @@ use crate::budget::Budget;
 use crate::handler::Source;
 use crate::handler::SourceKind;
 use crate::intern::intern_source;
+use crate::pipeline::Timing;
 
 /// The longest block timeout a pop may have (24 hours). Redis takes the timeout as
 /// seconds in a double and refuses values whose milliseconds overflow ("timeout is
@@ -218,7 +219,7 @@ impl PopPlan {
         consumer: PopConsumer,
         budget: Option<Arc<Budget>>,
         lanes: &[Vec<u32>],
-        (reply_grace, reply_timeout): (Duration, Duration),
+        timing: Timing,
     ) -> Self {
         let mut lane_of = vec![u32::MAX; consumer.queues.len()];
         for (l, queues) in lanes.iter().enumerate() {
@@ -240,8 +241,8 @@ impl PopPlan {
         let secs = (consumer.block_timeout.as_millis().max(1) as f64) / 1000.0;
         Self {
             consumer,
-            reply_grace,
-            reply_timeout,
+            reply_grace: timing.reply_grace,
+            reply_timeout: timing.reply_timeout,
             budget,
             keys,
             lane_of,
@@ -253,6 +254,14 @@ impl PopPlan {
 }
 
 impl PopPlan {
+    /// The engine's reply deadlines.
+    pub(crate) fn timing(&self) -> Timing {
+        Timing {
+            reply_grace: self.reply_grace,
+            reply_timeout: self.reply_timeout,
+        }
+    }
+
     /// Where messages of Redis key `key` come from, if the consumer pops it.
     pub(crate) fn source_of(&self, key: &[u8]) -> Option<&'static Source> {
         self.keys.get(key).copied()

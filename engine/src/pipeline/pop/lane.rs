@@ -244,11 +244,7 @@ impl Lane {
                 .map(|q| c.queues[q as usize].levels.len())
                 .sum();
             let keys = queues.clone().flat_map(keys_of);
-            let allow = if blocking {
-                c.block_timeout + plan.reply_grace
-            } else {
-                plan.reply_timeout
-            };
+            let allow = plan.timing().allow(blocking.then_some(c.block_timeout));
             let block = if conn.server().version >= (6, 0, 0) {
                 &plan.block_secs
             } else {
@@ -533,10 +529,10 @@ mod tests {
             PopConsumer::new([Queue::new("a").weight(2), Queue::new("b"), Queue::new("c")]),
             None,
             &[vec![0, 1, 2]],
-            (
-                std::time::Duration::from_secs(2),
-                std::time::Duration::from_secs(10),
-            ),
+            crate::pipeline::Timing {
+                reply_grace: std::time::Duration::from_secs(2),
+                reply_timeout: std::time::Duration::from_secs(10),
+            },
         );
         let mut lane = Lane::new(0, vec![0, 1, 2]);
         lane.rotate_after(&p, 0);

@@ -30,12 +30,13 @@ mod config;
 mod lane;
 mod reply;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Decoder, Frame};
 
-use super::{ControlUse, Drain, Io, Pipeline};
+use super::{check_block_timeout, ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Phase, Tag};
 use crate::error::Error;
@@ -134,6 +135,46 @@ pub(crate) struct PopPipeline {
     fill_from: usize,
 }
 
+impl PopConsumer {
+    /// The queue list and block timeout, checked (pop and reliable mode).
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.queues.is_empty() {
+            return Err(Error::config("no queues to consume: give at least one"));
+        }
+        check_block_timeout(self.block_timeout)
+    }
+
+    /// The queues' names, in order.
+    pub(crate) fn queue_names(&self) -> Vec<String> {
+        self.queues
+            .iter()
+            .map(|q| String::from_utf8_lossy(q.name()).into_owned())
+            .collect()
+    }
+}
+
+impl Start for PopConsumer {
+    type Pipeline = PopPipeline;
+    const SOURCES: &'static str = "queues";
+
+    fn check(&self) -> Result<(), Error> {
+        PopConsumer::check(self)
+    }
+
+    fn source_names(&self) -> Vec<String> {
+        self.queue_names()
+    }
+
+    fn pipeline(
+        &self,
+        lanes: Vec<Vec<u32>>,
+        budget: Option<Arc<Budget>>,
+        timing: Timing,
+    ) -> PopPipeline {
+        PopPipeline::new(self.clone(), budget, lanes, timing)
+    }
+}
+
 impl PopPipeline {
     /// The pop pipeline of a shard whose lane `l` pops the queues `lanes[l]` (queue
     /// indices into the consumer's list).
@@ -141,7 +182,7 @@ impl PopPipeline {
         consumer: PopConsumer,
         budget: Option<std::sync::Arc<Budget>>,
         lanes: Vec<Vec<u32>>,
-        timing: (Duration, Duration),
+        timing: Timing,
     ) -> Self {
         let plan = PopPlan::new(consumer, budget, &lanes, timing);
         let lanes = lanes

@@ -186,10 +186,10 @@ mod tests {
 
     use crate::pipeline::pop::{PopConsumer, Queue};
 
-    const TIMING: (std::time::Duration, std::time::Duration) = (
-        std::time::Duration::from_secs(2),
-        std::time::Duration::from_secs(10),
-    );
+    const TIMING: crate::pipeline::Timing = crate::pipeline::Timing {
+        reply_grace: std::time::Duration::from_secs(2),
+        reply_timeout: std::time::Duration::from_secs(10),
+    };
 
     fn plan(queues: Vec<Queue>) -> PopPlan {
         let lane = (0..queues.len() as u32).collect();

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
 
 use super::pop::{CarriesPop, Lease, PopPipeline, PopPlan, PopTag};
-use super::{ControlUse, Drain, Io, Pipeline};
+use super::{ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
 use crate::conn::{classify, Failure, Tag};
 use crate::envelope::keys;
@@ -198,13 +198,47 @@ fn ms(d: Duration) -> i64 {
     d.as_millis().clamp(1, i64::MAX as u128) as i64
 }
 
+impl Start for ReliableConsumer {
+    type Pipeline = ReliablePipeline;
+    const SOURCES: &'static str = "queues";
+
+    fn check(&self) -> Result<(), Error> {
+        self.pop.check()?;
+        let id = &self.id;
+        if id.is_empty()
+            || id
+                .iter()
+                .any(|&b| b.is_ascii_whitespace() || b == b'%' || b == b'{' || b == b'}')
+        {
+            return Err(Error::config(format!(
+                "consumer id {:?} must be non-empty, without spaces, '%' or braces: it is part of key names",
+                String::from_utf8_lossy(id)
+            )));
+        }
+        Ok(())
+    }
+
+    fn source_names(&self) -> Vec<String> {
+        self.pop.queue_names()
+    }
+
+    fn pipeline(
+        &self,
+        lanes: Vec<Vec<u32>>,
+        budget: Option<std::sync::Arc<Budget>>,
+        timing: Timing,
+    ) -> ReliablePipeline {
+        ReliablePipeline::new(self, budget, lanes, timing)
+    }
+}
+
 impl ReliablePipeline {
     /// The reliable pipeline of a shard whose lane `l` leases the queues `lanes[l]`.
     pub(crate) fn new(
         consumer: &ReliableConsumer,
         budget: Option<std::sync::Arc<Budget>>,
         lanes: Vec<Vec<u32>>,
-        timing: (Duration, Duration),
+        timing: Timing,
     ) -> Self {
         let id = consumer.id.clone();
         let pc = &consumer.pop;

@@ -94,11 +94,7 @@ impl Lane {
                 .iter()
                 .take(k)
                 .map(|&s| &c.streams[s as usize].name);
-            let allow = if blocking {
-                c.block_timeout + plan.reply_grace
-            } else {
-                plan.reply_grace.max(std::time::Duration::from_secs(1)) * 5
-            };
+            let allow = plan.timing.allow(blocking.then_some(c.block_timeout));
             let block = &plan.block_ms;
             conn.command(
                 Tag::Pipe(StreamTag::Read(ReadCmd {

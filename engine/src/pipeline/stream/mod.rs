@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ringq_resp::CommandWriter;
 
-use super::{ControlUse, Drain, Io, Pipeline};
+use super::{check_block_timeout, ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Tag};
 use crate::error::{Error, ErrorKind};
@@ -88,7 +88,7 @@ pub(crate) struct StreamPlan {
     pub lane_of: Vec<usize>,
     pub block_ms: Bytes,
     pub budget: Option<Arc<Budget>>,
-    pub reply_grace: Duration,
+    pub timing: Timing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,13 +188,46 @@ pub(crate) struct StreamPipeline {
     fill_from: usize,
 }
 
+impl Start for StreamConsumer {
+    type Pipeline = StreamPipeline;
+    const SOURCES: &'static str = "streams";
+
+    fn check(&self) -> Result<(), Error> {
+        if self.streams.is_empty() {
+            return Err(Error::config("no streams to consume: give at least one"));
+        }
+        for (what, v) in [("group", &self.group), ("consumer id", &self.id)] {
+            if v.is_empty() {
+                return Err(Error::config(format!("stream mode needs a {what}")));
+            }
+        }
+        check_block_timeout(self.block_timeout)
+    }
+
+    fn source_names(&self) -> Vec<String> {
+        self.streams
+            .iter()
+            .map(|s| String::from_utf8_lossy(s.name()).into_owned())
+            .collect()
+    }
+
+    fn pipeline(
+        &self,
+        lanes: Vec<Vec<u32>>,
+        budget: Option<Arc<Budget>>,
+        timing: Timing,
+    ) -> StreamPipeline {
+        StreamPipeline::new(self, budget, lanes, timing)
+    }
+}
+
 impl StreamPipeline {
     /// The stream pipeline of a shard whose lane `l` reads the streams `lanes[l]`.
     pub(crate) fn new(
         consumer: &StreamConsumer,
         budget: Option<Arc<Budget>>,
         lanes: Vec<Vec<u32>>,
-        reply_grace: Duration,
+        timing: Timing,
     ) -> Self {
         let sources = consumer
             .streams
@@ -225,7 +258,7 @@ impl StreamPipeline {
             lane_of,
             block_ms: Bytes::from(consumer.block_timeout.as_millis().max(1).to_string()),
             budget,
-            reply_grace,
+            timing,
         };
         Self {
             lanes: lanes

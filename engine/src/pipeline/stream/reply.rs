@@ -340,7 +340,10 @@ mod tests {
             &StreamConsumer::new("g", "c", ["s"]),
             None,
             vec![vec![0]],
-            std::time::Duration::from_secs(1),
+            crate::pipeline::Timing {
+                reply_grace: std::time::Duration::from_secs(1),
+                reply_timeout: std::time::Duration::from_secs(10),
+            },
         );
         let plan = p.plan();
         // RESP2: a new entry, and a claimed one (idle 5000 ms, 3 deliveries) as XREADGROUP

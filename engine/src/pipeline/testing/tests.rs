@@ -7,7 +7,8 @@ use bytes::Bytes;
 use ringq_tests::{RedisServer, Script, ScriptedServer};
 
 use super::{Record, RecordingPipeline, TestCmd};
-use crate::engine::Launch;
+use crate::engine::launch::{launch as launch_with, Launch};
+use crate::pipeline::Timing;
 use crate::{Dispatch, EngineBuilder, Message, Outcome, Running};
 
 const HELLO3: &str = "%2\r\n$7\r\nversion\r\n$5\r\n7.2.0\r\n$2\r\nid\r\n:7\r\n";
@@ -19,25 +20,28 @@ fn launch(url: &str, dispatch: Dispatch, pipeline: RecordingPipeline) -> Running
         prefetch_bytes: 1 << 20,
         limit: None,
         sources: vec!["test".into()],
-        reply_timeout: Duration::from_secs(10),
-        reply_grace: Duration::from_secs(2),
+        timing: Timing {
+            reply_timeout: Duration::from_secs(10),
+            reply_grace: Duration::from_secs(2),
+        },
     };
     let mut once = Some(pipeline);
-    EngineBuilder::new(url)
+    let builder = EngineBuilder::new(url)
         .pin_cores(false)
         .backoff(Duration::from_millis(5), Duration::from_millis(20))
         .idle_ping(Duration::from_secs(600))
-        .dispatch(dispatch)
-        .launch(
-            launch,
-            |m: &Message<'_>| match m.payload().last() {
-                Some(b'7') => Outcome::Dead,
-                Some(b'3') => Outcome::Retry,
-                _ => Outcome::Ack,
-            },
-            move |_, _| once.take().expect("one shard"),
-        )
-        .expect("engine starts")
+        .dispatch(dispatch);
+    launch_with(
+        builder,
+        launch,
+        |m: &Message<'_>| match m.payload().last() {
+            Some(b'7') => Outcome::Dead,
+            Some(b'3') => Outcome::Retry,
+            _ => Outcome::Ack,
+        },
+        move |_| once.take().expect("one shard"),
+    )
+    .expect("engine starts")
 }
 
 fn wait_for(rec: &Mutex<Record>, what: &str, f: impl Fn(&Record) -> bool) {
