@@ -30,6 +30,7 @@
 //! message is never acknowledged unless its handler said so. What `Retry` does is the
 //! mode's: pop mode (at-most-once) counts it; an at-least-once mode delivers it again.
 
+pub(crate) mod alo;
 pub(crate) mod listen;
 pub(crate) mod pop;
 pub(crate) mod reliable;

@@ -1,68 +1,11 @@
-//! What a reliable consumer is configured with ([`ReliableConsumer`], [`Backoff`]).
+//! What a reliable consumer is configured with ([`ReliableConsumer`]).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::pipeline::alo::Backoff;
 use crate::pipeline::pop::{PopConsumer, Queue};
-
-/// How long a retried message waits before it is delivered again.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Backoff {
-    /// `base × 2^(deliveries − 1)`, at most `max`, then spread by ± `jitter` (a fraction,
-    /// 0–1) so that retries of a burst do not all come back at once.
-    Exponential {
-        /// The first retry's delay.
-        base: Duration,
-        /// The longest delay.
-        max: Duration,
-        /// Random spread, as a fraction of the delay.
-        jitter: f64,
-    },
-    /// Fixed delays by delivery (RocketMQ's levels: 1 s, 5 s, 10 s, 30 s, 1 min…): the
-    /// `n`th retry waits `levels[n − 1]`, the last level for any later one.
-    Levels(Vec<Duration>),
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::Exponential {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(600),
-            jitter: 0.2,
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before delivery `deliveries + 1`, after `deliveries` failed ones;
-    /// `unit` in [0, 1) picks the jitter.
-    pub(crate) fn delay(&self, deliveries: u32, unit: f64) -> Duration {
-        match self {
-            Backoff::Exponential { base, max, jitter } => {
-                let exp = deliveries.saturating_sub(1).min(32);
-                let d = base.saturating_mul(1u32 << exp.min(31)).min(*max);
-                let spread = jitter.clamp(0.0, 1.0) * (2.0 * unit - 1.0);
-                d.mul_f64((1.0 + spread).max(0.0))
-            }
-            Backoff::Levels(levels) => {
-                let i = (deliveries.max(1) as usize - 1).min(levels.len().saturating_sub(1));
-                levels.get(i).copied().unwrap_or(Duration::ZERO)
-            }
-        }
-    }
-
-    /// The shortest delay it can give (how often due retries are looked for).
-    pub(crate) fn shortest(&self) -> Duration {
-        match self {
-            Backoff::Exponential { base, jitter, .. } => {
-                base.mul_f64((1.0 - jitter.clamp(0.0, 1.0)).max(0.0))
-            }
-            Backoff::Levels(l) => l.iter().min().copied().unwrap_or(Duration::ZERO),
-        }
-    }
-}
 
 /// A `reliable`-mode consumer (at-least-once list queues): each message is leased into
 /// the consumer's processing list as it is fetched, and leaves it only by its outcome —

@@ -13,7 +13,7 @@
 //! - **Liveness** (on Control, by timers): the heartbeat `{q}:consumer:<id>` every third
 //!   of the lease; the recovery sweep of consumers whose heartbeat expired every half
 //!   lease, under a lock; due retries moved back.
-//! - **Phases.** At start the consumer takes back its own processing lists (a restart
+//! - **Stages** (the at-least-once core's [`Stage`]). At start the consumer takes back its own processing lists (a restart
 //!   with the same id); only then does it lease. A fetch connection lost with leases
 //!   unanswered leaves their elements in the processing list, unseen: leasing pauses
 //!   until every message in hand is settled, then the lists (now only those orphans) are
@@ -24,23 +24,25 @@ mod config;
 pub(crate) mod scripts;
 mod settle;
 
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
 
+use super::alo::{
+    any_in_flight, ms, now_ms, require_version, Policy, Recovery, Rng, SettleQueue, Stage, Verdict,
+};
 use super::pop::{CarriesPop, Lease, PopPipeline, PopPlan, PopTag};
 use super::{ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
 use crate::conn::{classify, Failure, Tag};
 use crate::envelope::keys;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::frames;
 use crate::handler::{Event, Message, Outcome, Source};
 
-pub use config::{Backoff, ReliableConsumer};
-pub(crate) use scripts::Script;
+pub use config::ReliableConsumer;
 use settle::Batch;
 
 /// A reliable-mode command awaiting its reply.
@@ -48,9 +50,9 @@ use settle::Batch;
 pub(crate) enum RelTag {
     /// A lease (the pop lanes' command).
     Pop(PopTag),
-    /// `SCRIPT LOAD` of script `n` (see [`scripts::all`]).
+    /// `SCRIPT LOAD` of script `n` (see [`scripts::SET`]).
     Load(u8),
-    /// The settle script of the oldest batch in `settling`.
+    /// The settle script of the oldest batch in the settle queue.
     Settle,
     /// The recover script of queue `queue` (its index on this shard) in `mode`.
     Recover { queue: u32, mode: Mode },
@@ -116,19 +118,14 @@ impl CarriesPop for RelTag {
     }
 }
 
-/// Where the pipeline is (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Its own processing lists are to be taken back (`mode`) once Control is ready.
-    Claim(Mode),
-    /// Recover scripts in `mode` sent, `left` replies awaited.
-    Claiming(Mode, u32),
-    /// Leasing.
-    Running,
-    /// A lease reply was lost: no leasing until everything in hand is settled.
-    Orphaned,
-    /// Stopped: its lists are back in the queues, its heartbeat deleted.
-    Stopped,
+impl From<Recovery> for Mode {
+    fn from(r: Recovery) -> Self {
+        match r {
+            Recovery::Start => Mode::Start,
+            Recovery::Orphans => Mode::Orphans,
+            Recovery::Stop => Mode::Stop,
+        }
+    }
 }
 
 const TIMER_BEAT: u32 = 1;
@@ -163,8 +160,6 @@ pub(crate) struct ReliablePipeline {
     pop: PopPipeline,
     id: Bytes,
     lease: Duration,
-    max_deliveries: u32,
-    backoff: Backoff,
     dead_max_len: u32,
     dead_max_age: Duration,
     queues: Vec<QueueKeys>,
@@ -175,27 +170,16 @@ pub(crate) struct ReliablePipeline {
     pending: Vec<Batch>,
     /// Keys whose batch holds something.
     dirty: Vec<u32>,
-    /// Batches of a lost Control connection, sent again first.
-    resend: VecDeque<Batch>,
-    /// Batches sent on Control, oldest first (replies come in that order).
-    settling: VecDeque<Batch>,
-    phase: Phase,
+    /// Batches sent on Control and unanswered, and those of a lost Control to send again.
+    settle: SettleQueue<Batch>,
+    stage: Stage,
     /// Messages handed to the handler without an outcome yet.
     outstanding: u64,
     timers_on: bool,
     policy_checked: bool,
-    rng: u64,
+    policy: Policy,
+    rng: Rng,
     seq: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn ms(d: Duration) -> i64 {
-    d.as_millis().clamp(1, i64::MAX as u128) as i64
 }
 
 impl Start for ReliableConsumer {
@@ -290,13 +274,15 @@ impl ReliablePipeline {
                 key_of.insert(source as *const Source as usize, k as u32);
             }
         }
-        let seed = now_ms() ^ (std::process::id() as u64) << 32 ^ (&key_of as *const _ as u64);
+        let seed = &key_of as *const _ as u64;
         Self {
             pop,
             id,
             lease: consumer.lease,
-            max_deliveries: consumer.max_deliveries,
-            backoff: consumer.backoff.clone(),
+            policy: Policy {
+                max_deliveries: consumer.max_deliveries,
+                backoff: consumer.backoff.clone(),
+            },
             dead_max_len: consumer.dead_max_len,
             dead_max_age: consumer.dead_max_age,
             pending: (0..key_names.len()).map(|_| Batch::default()).collect(),
@@ -304,23 +290,14 @@ impl ReliablePipeline {
             queues,
             key_of,
             dirty: Vec::new(),
-            resend: VecDeque::new(),
-            settling: VecDeque::new(),
-            phase: Phase::Claim(Mode::Start),
+            settle: SettleQueue::default(),
+            stage: Stage::Recover(Recovery::Start),
             outstanding: 0,
             timers_on: false,
             policy_checked: false,
-            rng: seed | 1,
+            rng: Rng::seeded(seed),
             seq: 0,
         }
-    }
-
-    /// A uniform number in [0, 1) (xorshift: jitter and ids need no more).
-    fn unit(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Records one handled message's outcome in its key's batch.
@@ -336,21 +313,14 @@ impl ReliablePipeline {
         }
         let element = msg.aux();
         let deliveries = msg.deliveries();
-        match outcome {
-            Outcome::Ack => self.pending[k as usize].ack(element),
-            Outcome::Retry if deliveries < self.max_deliveries => {
-                let unit = self.unit();
-                let delay = self.backoff.delay(deliveries, unit);
+        match self.policy.verdict(outcome, deliveries, &mut self.rng) {
+            Verdict::Ack => self.pending[k as usize].ack(element),
+            Verdict::Retry { delay } => {
                 let due = now_ms() + delay.as_millis() as u64;
                 let id = self.identity(element);
                 self.pending[k as usize].retry(element, deliveries, &id, msg.payload(), due);
             }
-            _ => {
-                let why = if outcome == Outcome::Dead {
-                    "the handler returned Outcome::Dead".to_owned()
-                } else {
-                    format!("retries exhausted after {deliveries} deliveries")
-                };
+            Verdict::Dead { reason } => {
                 let id = self.identity(element);
                 self.pending[k as usize].dead(
                     element,
@@ -358,7 +328,7 @@ impl ReliablePipeline {
                     &id,
                     msg.payload(),
                     now_ms(),
-                    &why,
+                    &reason,
                 );
             }
         }
@@ -371,7 +341,7 @@ impl ReliablePipeline {
             return id.to_vec();
         }
         self.seq += 1;
-        let r = (self.unit() * (1u64 << 52) as f64) as u64;
+        let r = (self.rng.unit() * (1u64 << 52) as f64) as u64;
         format!(
             "{}-{:x}{:x}",
             String::from_utf8_lossy(&self.id),
@@ -386,12 +356,8 @@ impl ReliablePipeline {
     fn quiet<C: CarriesPop>(&self, io: &Io<C>) -> bool {
         self.outstanding == 0
             && self.dirty.is_empty()
-            && self.resend.is_empty()
-            && self.settling.is_empty()
-            && !io
-                .conns
-                .iter()
-                .any(|c| c.any_cmd(|t| matches!(t.as_pop(), Some(PopTag::Pop(_)))))
+            && self.settle.is_empty()
+            && !any_in_flight(io, |t| matches!(t.as_pop(), Some(PopTag::Pop(_))))
     }
 
     /// Sends what waits for Control: settles, and the recover scripts of a claim.
@@ -404,23 +370,24 @@ impl ReliablePipeline {
             now_ms().saturating_sub(self.dead_max_age.as_millis() as u64),
             self.dead_max_len,
         );
-        while let Some(b) = self.resend.pop_front() {
+        let again: Vec<Batch> = self.settle.take_resend().collect();
+        for b in again {
             b.write(ctl, &self.keys[b.key as usize], cap, cutoff, now, allow);
-            self.settling.push_back(b);
+            self.settle.sent(b, true);
         }
         for k in self.dirty.drain(..) {
             let b = std::mem::take(&mut self.pending[k as usize]);
             b.write(ctl, &self.keys[k as usize], cap, cutoff, now, allow);
-            self.settling.push_back(b);
+            self.settle.sent(b, false);
         }
-        if let Phase::Claim(mode) = self.phase {
+        if let Stage::Recover(why) = self.stage {
             for q in 0..self.queues.len() {
-                self.recover(ctl, q, mode, now, allow);
+                self.recover(ctl, q, why.into(), now, allow);
             }
-            self.phase = if self.queues.is_empty() {
-                Phase::Running
+            self.stage = if self.queues.is_empty() {
+                Stage::Running
             } else {
-                Phase::Claiming(mode, self.queues.len() as u32)
+                Stage::Recovering(why, self.queues.len() as u32)
             };
         }
     }
@@ -518,28 +485,13 @@ impl ReliablePipeline {
             }
         };
         match cmd {
-            RelTag::Load(n) => {
-                let want = &scripts::all()[n as usize].sha;
-                let got = match &f {
-                    Frame::BulkString(b) | Frame::SimpleString(b) => b.as_ref(),
-                    _ => b"",
-                };
-                if got != want.as_bytes() {
-                    return Err(Failure::Fatal(Error::new(
-                        ErrorKind::Protocol,
-                        format!(
-                            "SCRIPT LOAD of the {} script answered {f:?}, not its SHA-1 {want}",
-                            scripts::all()[n as usize].name
-                        ),
-                    )));
-                }
-            }
+            RelTag::Load(n) => scripts::SET.check_loaded(n, &f)?,
             RelTag::Settle => {
-                let Some(b) = self.settling.pop_front() else {
+                let Some((b, resent)) = self.settle.answered() else {
                     return Ok(());
                 };
                 let stale: i64 = ints(&f).iter().sum();
-                if stale > 0 && !b.resent {
+                if stale > 0 && !resent {
                     let key = String::from_utf8_lossy(&self.keys[b.key as usize].key).into_owned();
                     tracing::warn!(
                         "{stale} outcome(s) for messages of {key:?} not applied: their lease \
@@ -579,12 +531,12 @@ impl ReliablePipeline {
                         });
                     }
                 }
-                if let Phase::Claiming(m, left) = self.phase {
-                    if m == mode {
-                        self.phase = match (left.saturating_sub(1), mode) {
-                            (0, Mode::Stop) => Phase::Stopped,
-                            (0, _) => Phase::Running,
-                            (n, _) => Phase::Claiming(m, n),
+                if let Stage::Recovering(why, left) = self.stage {
+                    if Mode::from(why) == mode {
+                        self.stage = match (left.saturating_sub(1), why) {
+                            (0, Recovery::Stop) => Stage::Stopped,
+                            (0, _) => Stage::Running,
+                            (n, _) => Stage::Recovering(why, n),
                         };
                     }
                 }
@@ -621,31 +573,16 @@ impl Pipeline for ReliablePipeline {
 
     fn on_ready(&mut self, io: &mut Io<RelTag>, conn: usize, now: Instant) {
         let allow = io.reply_timeout;
-        let version = io.conns[conn].server().version;
-        if version < (6, 2, 0) {
-            io.shared.fail(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "reliable mode needs Redis 6.2 or later (LMOVE, BLMOVE, RPOP with a count); \
-                     {} is {}.{}.{}",
-                    io.conns[conn].peer(),
-                    version.0,
-                    version.1,
-                    version.2
-                ),
-            ));
+        if !require_version(
+            io,
+            conn,
+            (6, 2, 0),
+            "reliable mode (LMOVE, BLMOVE, RPOP with a count)",
+        ) {
             return;
         }
         let c = &mut io.conns[conn];
-        for (n, s) in scripts::all().iter().enumerate() {
-            c.command(Tag::Pipe(RelTag::Load(n as u8)), now, allow, |buf| {
-                CommandWriter::new(buf, 3)
-                    .arg("SCRIPT")
-                    .arg("LOAD")
-                    .arg(s.src)
-                    .finish();
-            });
-        }
+        scripts::SET.load(c, now, allow, RelTag::Load);
         if Some(conn) != io.control {
             return;
         }
@@ -666,11 +603,11 @@ impl Pipeline for ReliablePipeline {
     }
 
     fn fill(&mut self, io: &mut Io<RelTag>, now: Instant) {
-        if self.phase == Phase::Orphaned && self.quiet(io) {
-            self.phase = Phase::Claim(Mode::Orphans);
+        if self.stage == Stage::Orphaned && self.quiet(io) {
+            self.stage = Stage::Recover(Recovery::Orphans);
         }
         self.flush(io, now);
-        if self.phase == Phase::Running {
+        if self.stage == Stage::Running {
             self.pop.fill_lanes(io, now);
         }
     }
@@ -721,7 +658,7 @@ impl Pipeline for ReliablePipeline {
 
     fn owes_effects(&self, _cmd: &RelTag) -> bool {
         // Nothing is lost with a connection: a lease whose reply never comes left its
-        // elements in the processing list, and they are taken back (`Phase::Orphaned`).
+        // elements in the processing list, and they are taken back (`Stage::Orphaned`).
         false
     }
 
@@ -737,13 +674,9 @@ impl Pipeline for ReliablePipeline {
         if Some(conn) == io.control || io.fetch_of(conn).is_none() {
             // Settles not answered are sent again (they act only on elements still
             // leased, so one that was applied does nothing the second time).
-            let lost = self.settling.len();
-            for mut b in self.settling.drain(..).rev() {
-                b.resent = true;
-                self.resend.push_front(b);
-            }
-            if let Phase::Claiming(mode, _) = self.phase {
-                self.phase = Phase::Claim(mode);
+            let lost = self.settle.control_lost();
+            if let Stage::Recovering(why, _) = self.stage {
+                self.stage = Stage::Recover(why);
             }
             if lost > 0 {
                 tracing::info!("{lost} outcome batch(es) unanswered on the lost Control connection; sending them again");
@@ -761,8 +694,8 @@ impl Pipeline for ReliablePipeline {
                 "{leases} lease(s) unanswered: what they leased is in the processing list, \
                  and goes back to its queue once the messages in hand are settled"
             );
-            if matches!(self.phase, Phase::Running) {
-                self.phase = Phase::Orphaned;
+            if self.stage == Stage::Running {
+                self.stage = Stage::Orphaned;
             }
         }
     }
@@ -774,7 +707,7 @@ impl Pipeline for ReliablePipeline {
             TIMER_SWEEP => (Some(Mode::Sweep), self.lease / 2),
             _ => (None, self.requeue_period()),
         };
-        let stopped = self.phase == Phase::Stopped;
+        let stopped = self.stage == Stage::Stopped;
         if !stopped {
             io.timer(now + next, id);
         }
@@ -811,17 +744,17 @@ impl Pipeline for ReliablePipeline {
     }
 
     fn on_stop(&mut self, io: &mut Io<RelTag>, now: Instant) -> Drain {
-        match self.phase {
-            Phase::Stopped => return Drain::Drained,
-            Phase::Claiming(..) => {}
-            Phase::Claim(_) | Phase::Running | Phase::Orphaned => {
+        match self.stage {
+            Stage::Stopped => return Drain::Drained,
+            Stage::Recovering(..) | Stage::Setup | Stage::SettingUp(_) => {}
+            Stage::Recover(_) | Stage::Running | Stage::Orphaned => {
                 if self.quiet(io) {
-                    self.phase = Phase::Claim(Mode::Stop);
+                    self.stage = Stage::Recover(Recovery::Stop);
                 }
             }
         }
         self.flush(io, now);
-        if self.phase == Phase::Stopped {
+        if self.stage == Stage::Stopped {
             Drain::Drained
         } else {
             Drain::Waiting
@@ -833,18 +766,19 @@ impl ReliablePipeline {
     /// How often due retries are looked for: a quarter of the shortest backoff, between
     /// 10 ms and 1 s.
     fn requeue_period(&self) -> Duration {
-        (self.backoff.shortest() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        (self.policy.backoff.shortest() / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 }
 
 impl Drop for ReliablePipeline {
     fn drop(&mut self) {
-        if self.outstanding > 0 || !self.dirty.is_empty() || !self.settling.is_empty() {
+        if self.outstanding > 0 || !self.dirty.is_empty() || self.settle.in_flight() > 0 {
             tracing::warn!(
                 "reliable consumer stopped with {} message(s) unsettled; they stay in its \
                  processing lists and are delivered again after a restart with the same id, \
                  or by another consumer once the lease runs out",
-                self.outstanding + self.settling.len() as u64
+                self.outstanding + self.settle.in_flight() as u64
             );
         }
     }

@@ -8,22 +8,7 @@
 
 use std::sync::LazyLock;
 
-/// A script and its SHA-1 (hex), as `EVALSHA` names it.
-pub(crate) struct Script {
-    pub name: &'static str,
-    pub src: &'static str,
-    pub sha: String,
-}
-
-impl Script {
-    pub(crate) fn new(name: &'static str, src: &'static str) -> Self {
-        Self {
-            name,
-            src,
-            sha: sha1_smol::Sha1::from(src).digest().to_string(),
-        }
-    }
-}
+use crate::pipeline::alo::{Script, ScriptSet};
 
 /// `KEYS`: pairs (queue key, processing list); `ARGV[1]`: most elements to take. Takes up
 /// to that many from the first non-empty queue key (`RPOP` with a count) and pushes them
@@ -190,6 +175,4 @@ return {swept, moved}
 });
 
 /// Every script, in load order.
-pub(crate) fn all() -> [&'static Script; 4] {
-    [&LEASE, &SETTLE, &REQUEUE, &RECOVER]
-}
+pub(crate) static SET: ScriptSet = ScriptSet(&[&LEASE, &SETTLE, &REQUEUE, &RECOVER]);

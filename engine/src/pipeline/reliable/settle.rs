@@ -15,9 +15,6 @@ use crate::envelope;
 pub(super) struct Batch {
     /// The key (index into the shard's keys).
     pub key: u32,
-    /// Sent once already on a Control connection that was lost: it may have been applied,
-    /// so elements it does not find are not stale.
-    pub resent: bool,
     buf: Vec<u8>,
     acks: Vec<Range<usize>>,
     /// (element, new element, due ms)

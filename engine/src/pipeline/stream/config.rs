@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::pipeline::reliable::Backoff;
+use crate::pipeline::alo::Backoff;
 
 /// Where a new consumer group starts reading (`XGROUP CREATE … <id> MKSTREAM`). A group
 /// that exists already keeps its position.

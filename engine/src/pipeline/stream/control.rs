@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
 
-use super::{now_ms, reply, scripts, Phase, Sent, StreamPipeline, StreamTag, MAX_IDS};
+use super::{reply, scripts, Sent, StreamPipeline, StreamTag, MAX_IDS};
 use crate::conn::{Conn, Failure, Tag};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::frames;
+use crate::pipeline::alo::{now_ms, Recovery, Stage};
 use crate::pipeline::Io;
 
 impl StreamPipeline {
@@ -86,7 +87,7 @@ impl StreamPipeline {
         if io.control_ready().is_none() {
             return;
         }
-        if self.phase == Phase::Setup {
+        if self.stage == Stage::Setup {
             let c = &self.plan.consumer;
             let ctl = &mut io.conns[ctl_id];
             let mut n = 0;
@@ -118,40 +119,46 @@ impl StreamPipeline {
                     .arg("XREADGROUP")
                     .finish();
             });
-            self.phase = Phase::Creating(n + 2);
+            self.stage = Stage::SettingUp(n + 2);
             return;
         }
-        if matches!(self.phase, Phase::Creating(_)) {
+        if matches!(self.stage, Stage::SettingUp(_)) {
             return;
         }
         // Settles.
-        let mut sends: Vec<Sent> = self.resend.drain(..).collect();
+        let mut sends: Vec<(Sent, bool)> = self.settle.take_resend().map(|t| (t, true)).collect();
         for s in 0..self.streams.len() as u32 {
             let st = &mut self.streams[s as usize];
             while !st.acks.is_empty() {
                 let n = st.acks.len().min(MAX_IDS);
-                sends.push(Sent::Ack {
-                    s,
-                    ids: st.acks.drain(..n).collect(),
-                });
+                sends.push((
+                    Sent::Ack {
+                        s,
+                        ids: st.acks.drain(..n).collect(),
+                    },
+                    false,
+                ));
             }
             while !st.deads.is_empty() {
                 let n = st.deads.len().min(MAX_IDS / 3);
-                sends.push(Sent::Dead {
-                    s,
-                    items: st.deads.drain(..n).collect(),
-                });
+                sends.push((
+                    Sent::Dead {
+                        s,
+                        items: st.deads.drain(..n).collect(),
+                    },
+                    false,
+                ));
             }
         }
-        for sent in sends {
+        for (sent, resent) in sends {
             self.write_sent(&mut io.conns[ctl_id], &sent, now, allow);
-            self.settling.push_back(sent);
+            self.settle.sent(sent, resent);
         }
         if io.stopping {
             return;
         }
-        if self.phase == Phase::Orphaned && self.quiet(io) {
-            self.begin_own();
+        if self.stage == Stage::Orphaned && self.quiet(io) {
+            self.begin_own(Recovery::Orphans);
         }
         // Own pending entries, claims and due retries: each holds credit of its lane.
         let c = &self.plan.consumer;
@@ -163,7 +170,7 @@ impl StreamPipeline {
             }
             let (own, cursor) = match (&st.own, &st.claim) {
                 (Some(cur), _) => (true, cur.clone()),
-                (None, Some(cur)) if self.phase == Phase::Running => (false, cur.clone()),
+                (None, Some(cur)) if self.stage == Stage::Running => (false, cur.clone()),
                 _ => continue,
             };
             let lane = self.plan.lane_of[s as usize];
@@ -200,7 +207,7 @@ impl StreamPipeline {
             );
             self.streams[s as usize].busy = true;
         }
-        if self.phase != Phase::Running {
+        if self.stage != Stage::Running {
             return;
         }
         while let Some(top) = self.retries.peek() {
@@ -256,11 +263,11 @@ impl StreamPipeline {
     }
 
     /// Reads own pending entries again, from the start, before anything new.
-    pub(super) fn begin_own(&mut self) {
+    pub(super) fn begin_own(&mut self, why: Recovery) {
         for st in self.streams.iter_mut().filter(|s| s.mine) {
             st.own = Some(b"0".to_vec());
         }
-        self.phase = Phase::Own;
+        self.stage = Stage::Recovering(why, 0);
     }
 
     pub(super) fn on_control(
@@ -285,16 +292,7 @@ impl StreamPipeline {
             }
         }
         match cmd {
-            StreamTag::Load(n) => {
-                let want = &scripts::all()[n as usize].sha;
-                let ok = matches!(&f, Frame::BulkString(b) | Frame::SimpleString(b) if b.as_ref() == want.as_bytes());
-                if !ok {
-                    return Err(Failure::Fatal(Error::new(
-                        ErrorKind::Protocol,
-                        format!("SCRIPT LOAD answered {f:?}, not the SHA-1 {want}"),
-                    )));
-                }
-            }
+            StreamTag::Load(n) => scripts::SET.check_loaded(n, &f)?,
             StreamTag::Create { .. } | StreamTag::Probe | StreamTag::ProbeClaim => {
                 if cmd == StreamTag::Probe {
                     self.xackdel = frames::command_exists(&f);
@@ -305,16 +303,16 @@ impl StreamPipeline {
                         tracing::info!("the server has XREADGROUP … CLAIM: idle entries are claimed by the reads themselves");
                     }
                 }
-                if let Phase::Creating(left) = self.phase {
+                if let Stage::SettingUp(left) = self.stage {
                     if left <= 1 {
-                        self.begin_own();
+                        self.begin_own(Recovery::Start);
                     } else {
-                        self.phase = Phase::Creating(left - 1);
+                        self.stage = Stage::SettingUp(left - 1);
                     }
                 }
             }
             StreamTag::Settle => {
-                self.settling.pop_front();
+                self.settle.answered();
             }
             StreamTag::Info { s } => {
                 if let Some((lag, pending)) = group_info(&f, &self.plan.consumer.group) {

@@ -33,18 +33,19 @@ mod lane;
 mod reply;
 mod scripts;
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringq_resp::CommandWriter;
 
+use super::alo::{any_in_flight, require_version, Policy, Rng, SettleQueue, Stage, Verdict};
 use super::{check_block_timeout, ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Tag};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::handler::{Message, Outcome, Source, SourceKind};
 use crate::intern::intern_source;
 
@@ -73,7 +74,7 @@ pub(crate) enum StreamTag {
     },
     /// XCLAIM of due retries of stream `s`, holding credit.
     Claim { s: u32, count: u32, bytes: u64 },
-    /// The oldest batch in `settling` (XACK, XACKDEL or the dead script).
+    /// The oldest command in the settle queue (XACK, XACKDEL or the dead script).
     Settle,
     /// `XINFO GROUPS` of stream `s`.
     Info { s: u32 },
@@ -89,19 +90,6 @@ pub(crate) struct StreamPlan {
     pub block_ms: Bytes,
     pub budget: Option<Arc<Budget>>,
     pub timing: Timing,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Groups to create once Control is ready.
-    Setup,
-    /// `left` group creations (and the probe) unanswered.
-    Creating(u32),
-    /// Reading own pending entries again before anything new.
-    Own,
-    Running,
-    /// A read was lost: nothing new until everything in hand is settled.
-    Orphaned,
 }
 
 /// Per-stream state on this shard.
@@ -160,21 +148,14 @@ const INFO_PERIOD: Duration = Duration::from_secs(1);
 /// Most ids in one XACK or script call (Lua's `unpack` has a limit).
 const MAX_IDS: usize = 1000;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The stream pipeline of one shard.
 pub(crate) struct StreamPipeline {
     plan: StreamPlan,
     lanes: Vec<Lane>,
     streams: Vec<StreamState>,
-    phase: Phase,
+    stage: Stage,
     outstanding: u64,
-    settling: VecDeque<Sent>,
-    resend: VecDeque<Sent>,
+    settle: SettleQueue<Sent>,
     retries: BinaryHeap<Due>,
     /// Deliveries of ids being redelivered by XCLAIM.
     redeliver: HashMap<Bytes, u32>,
@@ -184,7 +165,8 @@ pub(crate) struct StreamPipeline {
     /// XAUTOCLAIM loop is not needed.
     claim_in_read: bool,
     timers_on: bool,
-    rng: u64,
+    policy: Policy,
+    rng: Rng,
     fill_from: usize,
 }
 
@@ -268,17 +250,20 @@ impl StreamPipeline {
                 .collect(),
             plan,
             streams,
-            phase: Phase::Setup,
+            stage: Stage::Setup,
             outstanding: 0,
-            settling: VecDeque::new(),
-            resend: VecDeque::new(),
+            settle: SettleQueue::default(),
             retries: BinaryHeap::new(),
             redeliver: HashMap::new(),
             filtered: Vec::new(),
             xackdel: false,
             claim_in_read: false,
             timers_on: false,
-            rng: now_ms() | 1,
+            policy: Policy {
+                max_deliveries: consumer.max_deliveries,
+                backoff: consumer.backoff.clone(),
+            },
+            rng: Rng::seeded(consumer.streams.len() as u64),
             fill_from: 0,
         }
     }
@@ -286,13 +271,6 @@ impl StreamPipeline {
     #[cfg(test)]
     pub(crate) fn plan(&self) -> &StreamPlan {
         &self.plan
-    }
-
-    fn unit(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
     fn mine(&self) -> impl Iterator<Item = u32> + '_ {
@@ -318,47 +296,33 @@ impl StreamPipeline {
         let s = msg.source.index;
         let id = Bytes::copy_from_slice(msg.aux());
         let d = msg.deliveries();
-        match outcome {
-            Outcome::Ack => self.streams[s as usize].acks.push(id),
-            Outcome::Retry if d < self.plan.consumer.max_deliveries => {
-                let unit = self.unit();
-                let delay = self
-                    .plan
-                    .consumer
-                    .backoff
-                    .delay(d, unit)
-                    .min(self.plan.consumer.lease / 2);
-                self.retries.push(Due {
-                    at: Instant::now() + delay,
-                    s,
-                    id,
-                    deliveries: d,
-                });
-            }
-            _ => {
-                let why = if outcome == Outcome::Dead {
-                    "the handler returned Outcome::Dead".to_owned()
-                } else {
-                    format!("retries exhausted after {d} deliveries")
-                };
-                self.streams[s as usize].deads.push((id, why, d));
-            }
+        match self.policy.verdict(outcome, d, &mut self.rng) {
+            Verdict::Ack => self.streams[s as usize].acks.push(id),
+            Verdict::Retry { delay } => self.retries.push(Due {
+                at: Instant::now() + delay.min(self.plan.consumer.lease / 2),
+                s,
+                id,
+                deliveries: d,
+            }),
+            Verdict::Dead { reason } => self.streams[s as usize].deads.push((id, reason, d)),
         }
+    }
+
+    /// Every outcome recorded is applied on the server, and no claim or own-entry read is
+    /// in flight.
+    fn settled(&self) -> bool {
+        self.settle.is_empty()
+            && self
+                .streams
+                .iter()
+                .all(|s| s.acks.is_empty() && s.deads.is_empty() && !s.busy)
     }
 
     /// Everything handed out is settled and no read is in flight anywhere.
     fn quiet(&self, io: &Io<StreamTag>) -> bool {
         self.outstanding == 0
-            && self.settling.is_empty()
-            && self.resend.is_empty()
-            && self
-                .streams
-                .iter()
-                .all(|s| s.acks.is_empty() && s.deads.is_empty() && !s.busy)
-            && !io
-                .conns
-                .iter()
-                .any(|c| c.any_cmd(|t| matches!(t, StreamTag::Read(_))))
+            && self.settled()
+            && !any_in_flight(io, |t| matches!(t, StreamTag::Read(_)))
     }
 }
 
@@ -375,33 +339,13 @@ impl Pipeline for StreamPipeline {
 
     fn on_ready(&mut self, io: &mut Io<StreamTag>, conn: usize, now: Instant) {
         let allow = io.reply_timeout;
-        let version = io.conns[conn].server().version;
-        if version < (6, 2, 0) {
-            io.shared.fail(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "stream mode needs Redis 6.2 or later (XAUTOCLAIM); {} is {}.{}.{}",
-                    io.conns[conn].peer(),
-                    version.0,
-                    version.1,
-                    version.2
-                ),
-            ));
+        if !require_version(io, conn, (6, 2, 0), "stream mode (XAUTOCLAIM)") {
             return;
         }
         if Some(conn) != io.control {
             return;
         }
-        let c = &mut io.conns[conn];
-        for (n, s) in scripts::all().iter().enumerate() {
-            c.command(Tag::Pipe(StreamTag::Load(n as u8)), now, allow, |buf| {
-                CommandWriter::new(buf, 3)
-                    .arg("SCRIPT")
-                    .arg("LOAD")
-                    .arg(s.src)
-                    .finish();
-            });
-        }
+        scripts::SET.load(&mut io.conns[conn], now, allow, StreamTag::Load);
         if !std::mem::replace(&mut self.timers_on, true) {
             io.timer(now + self.plan.consumer.lease / 2, TIMER_CLAIM);
             io.timer(now + INFO_PERIOD, TIMER_INFO);
@@ -410,10 +354,12 @@ impl Pipeline for StreamPipeline {
 
     fn fill(&mut self, io: &mut Io<StreamTag>, now: Instant) {
         self.flush(io, now);
-        if self.phase == Phase::Own && self.streams.iter().all(|s| s.own.is_none() && !s.busy) {
-            self.phase = Phase::Running;
+        if matches!(self.stage, Stage::Recovering(..))
+            && self.streams.iter().all(|s| s.own.is_none() && !s.busy)
+        {
+            self.stage = Stage::Running;
         }
-        if self.phase != Phase::Running {
+        if self.stage != Stage::Running {
             return;
         }
         let n = io.conns.len();
@@ -616,7 +562,7 @@ impl Pipeline for StreamPipeline {
                         .release(self.plan.lane_of[s as usize], count, bytes);
                 }
                 StreamTag::Create { .. } | StreamTag::Probe | StreamTag::ProbeClaim => {
-                    self.phase = Phase::Setup;
+                    self.stage = Stage::Setup;
                 }
                 _ => {}
             }
@@ -626,17 +572,15 @@ impl Pipeline for StreamPipeline {
         } else {
             // XACK and the dead script only act on entries still pending: sending an
             // answered batch again changes nothing.
-            for sent in self.settling.drain(..).rev() {
-                self.resend.push_front(sent);
-            }
+            self.settle.control_lost();
         }
-        if reads > 0 && matches!(self.phase, Phase::Running | Phase::Own) {
+        if reads > 0 && matches!(self.stage, Stage::Running | Stage::Recovering(..)) {
             tracing::info!(
                 conn = %io.conns[conn].name(),
                 "{reads} read(s) unanswered: their entries are pending with this consumer and \
                  are read again once the messages in hand are settled"
             );
-            self.phase = Phase::Orphaned;
+            self.stage = Stage::Orphaned;
         }
     }
 
@@ -674,14 +618,7 @@ impl Pipeline for StreamPipeline {
 
     fn on_stop(&mut self, io: &mut Io<StreamTag>, now: Instant) -> Drain {
         self.flush(io, now);
-        if self.outstanding == 0
-            && self.settling.is_empty()
-            && self.resend.is_empty()
-            && self
-                .streams
-                .iter()
-                .all(|s| s.acks.is_empty() && s.deads.is_empty() && !s.busy)
-        {
+        if self.outstanding == 0 && self.settled() {
             Drain::Drained
         } else {
             Drain::Waiting

@@ -1,10 +1,10 @@
 //! Stream mode's server-side steps that must be atomic or need the delivery counts, as
-//! Lua scripts (loaded on every connection, run with EVALSHA; see the reliable mode's
-//! `Script`).
+//! Lua scripts (a [`ScriptSet`] of the at-least-once core: loaded on Control, run with
+//! EVALSHA).
 
 use std::sync::LazyLock;
 
-use crate::pipeline::reliable::Script;
+use crate::pipeline::alo::{Script, ScriptSet};
 
 /// Own pending entries, or claims from dead consumers, with their delivery counts.
 /// `KEYS`: the stream. `ARGV`: group, consumer, mode (`own` | `claim`), cursor, count,
@@ -101,6 +101,4 @@ return n
 });
 
 /// Every script, in load order.
-pub(crate) fn all() -> [&'static Script; 3] {
-    [&FETCH, &DEAD, &ACKDEL]
-}
+pub(crate) static SET: ScriptSet = ScriptSet(&[&FETCH, &DEAD, &ACKDEL]);

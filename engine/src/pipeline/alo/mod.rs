@@ -1,0 +1,98 @@
+//! The at-least-once core that reliable and stream mode share; each mode keeps only its
+//! own wire commands.
+//!
+//! - `scripts`: a mode's Lua scripts as a set that loads and checks itself per
+//!   connection ([`ScriptSet`]).
+//! - `policy`: what an outcome becomes — ack, a retry after a backoff ([`Backoff`]), or a
+//!   dead letter with a reason ([`Verdict`]).
+//! - `settle`: outcome commands in flight on Control, sent again when Control is lost
+//!   ([`SettleQueue`]).
+//! - `clock`: the wall clock written into server records, and the random source.
+//! - [`Stage`]: where a consumer is between start, running, a lost fetch and a stop — the
+//!   same stages in both modes — and [`require_version`], the version gate.
+
+mod clock;
+mod policy;
+mod scripts;
+mod settle;
+
+pub(crate) use clock::{now_ms, Rng};
+pub use policy::Backoff;
+pub(crate) use policy::{Policy, Verdict};
+pub(crate) use scripts::{Script, ScriptSet};
+pub(crate) use settle::SettleQueue;
+
+use super::Io;
+use crate::error::{Error, ErrorKind};
+
+/// Why a consumer takes back what it holds on the server before it fetches anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// At start: what a previous run with the same id left (a restart).
+    Start,
+    /// After a fetch reply was lost with its connection: what that reply carried, once
+    /// every message in hand is settled.
+    Orphans,
+    /// At a stop: give back what was fetched and not handled (reliable mode).
+    Stop,
+}
+
+/// Where an at-least-once consumer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Setup commands (group creation, probes) to send once Control is ready.
+    Setup,
+    /// `left` setup replies awaited.
+    SettingUp(u32),
+    /// Recovery to start once Control is ready.
+    Recover(Recovery),
+    /// Recovery under way (`left` replies awaited, where the mode counts them).
+    Recovering(Recovery, u32),
+    /// Fetching.
+    Running,
+    /// A fetch reply was lost: nothing new until everything in hand is settled, then
+    /// [`Recovery::Orphans`].
+    Orphaned,
+    /// Stopped: everything given back.
+    Stopped,
+}
+
+/// Fails the engine unless the server on `conn` is at least `min` (`what` says which
+/// mode needs it and for which commands). Returns whether it is.
+pub(crate) fn require_version<C: Copy + std::fmt::Debug>(
+    io: &mut Io<C>,
+    conn: usize,
+    min: (u32, u32, u32),
+    what: &str,
+) -> bool {
+    let version = io.conns[conn].server().version;
+    if version >= min {
+        return true;
+    }
+    io.shared.fail(Error::new(
+        ErrorKind::Config,
+        format!(
+            "{what} needs Redis {}.{} or later; {} is {}.{}.{}",
+            min.0,
+            min.1,
+            io.conns[conn].peer(),
+            version.0,
+            version.1,
+            version.2
+        ),
+    ));
+    false
+}
+
+/// Whether `io` has a command matching `pred` in flight on any connection.
+pub(crate) fn any_in_flight<C: Copy + std::fmt::Debug>(
+    io: &Io<C>,
+    pred: impl Fn(&C) -> bool + Copy,
+) -> bool {
+    io.conns.iter().any(|c| c.any_cmd(pred))
+}
+
+/// Milliseconds for a script argument, at least 1.
+pub(crate) fn ms(d: std::time::Duration) -> i64 {
+    d.as_millis().clamp(1, i64::MAX as u128) as i64
+}
