@@ -31,7 +31,8 @@ fn dispatch(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
     for batch in [1usize, 16, 256] {
         g.throughput(Throughput::Elements(batch as u64));
-        let mut pool = LoopbackPool::new(&Dispatch::workers(2).batch(batch), &Touch, CAPACITY);
+        let mut pool = LoopbackPool::new(&Dispatch::workers(2).batch(batch), &Touch, CAPACITY)
+            .expect("the benchmark's worker pool starts");
         let mut msgs = Vec::with_capacity(batch);
         g.bench_with_input(BenchmarkId::new("workers", batch), &batch, |b, &batch| {
             b.iter_custom(|iters| {
@@ -58,7 +59,8 @@ fn dispatch(c: &mut Criterion) {
             })
         });
         let mut inline = Touch;
-        let pool2 = LoopbackPool::new(&Dispatch::workers(1), &Touch, 1);
+        let pool2 = LoopbackPool::new(&Dispatch::workers(1), &Touch, 1)
+            .expect("the benchmark's worker pool starts");
         let mut out = Vec::with_capacity(batch);
         g.bench_with_input(BenchmarkId::new("inline", batch), &batch, |b, &batch| {
             b.iter(|| {

@@ -191,10 +191,6 @@ impl<'a> Message<'a> {
 
     /// The mode's second part of the reply frame (see the type's docs); empty in `pop`
     /// mode.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "the reliable and stream modes read it")
-    )]
     pub(crate) fn aux(&self) -> &[u8] {
         self.payload.frame().get(self.aux.range()).unwrap_or(&[])
     }

@@ -82,7 +82,10 @@ mod url;
 mod wake;
 
 pub use backend::IoBackend;
-pub use dispatch::{bench_support, Dispatch, KeyFn};
+#[cfg(feature = "bench-support")]
+#[doc(hidden)]
+pub use dispatch::bench_support;
+pub use dispatch::{Dispatch, KeyFn};
 pub use engine::{Consumer, EngineBuilder, Running, ShutdownHandle};
 pub use error::{Error, ErrorKind};
 pub use handler::{Event, GapCause, Handler, Message, Outcome};

@@ -21,7 +21,6 @@ pub(crate) enum TimerEvent {
     PublishStats,
     /// PING every ready connection with no command in flight.
     IdlePing,
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     /// A pipeline's own timer (`Io::timer`).
     Pipeline(u32),
     /// User periodic callback number `n`.

@@ -10,7 +10,6 @@ use super::{Conn, Deadline, Failure, Pending, Reply, Tag};
 use crate::error::{Error, ErrorKind};
 
 impl<C: Copy + std::fmt::Debug> Conn<C> {
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     /// From now on RESP2 message and (un)subscribe arrays are push frames (RESP3 push
     /// frames are told apart by their type byte on any connection).
     pub(crate) fn set_subscriber(&mut self, on: bool) {
@@ -160,7 +159,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         });
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
+    #[cfg_attr(not(test), expect(dead_code, reason = "only the seam tests use it"))]
     /// Queues a command no reply answers in order: its only answers are push frames
     /// (RESP3 SUBSCRIBE, redis#11784; every SUBSCRIBE-family command in RESP2 subscribe
     /// mode), which the pipeline counts itself.

@@ -138,7 +138,6 @@ impl<C> Pending<C> {
 /// Facts learned in the handshake.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ServerInfo {
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     pub resp3: bool,
     pub version: (u32, u32, u32),
     pub client_id: Option<i64>,

@@ -187,7 +187,6 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         Ok(())
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     /// Stops reading (backpressure): at the end of the turn the receive is cancelled, so
     /// the socket's receive buffer fills and TCP pushes back on the server. Replies
     /// already buffered stay here until [`Conn::resume_reading`]; [`Conn::next_reply`]
@@ -196,7 +195,6 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         self.paused = true;
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     /// Reads again after [`Conn::pause_reading`]: at the end of the turn the receive is
     /// re-armed and the replies buffered meanwhile are processed.
     pub(crate) fn resume_reading(&mut self) {
@@ -211,7 +209,6 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         }
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     /// Whether reading is paused.
     pub(crate) fn reading_paused(&self) -> bool {
         self.paused

@@ -24,21 +24,31 @@ pub struct LoopbackPool {
 impl LoopbackPool {
     /// Starts `dispatch`'s workers with rings of `capacity` messages.
     ///
-    /// # Panics
-    /// When the eventfd or the threads cannot be created.
-    pub fn new<H: Handler + Clone>(dispatch: &Dispatch, handler: &H, capacity: usize) -> Self {
-        let fd = sys::eventfd().expect("eventfd");
+    /// # Errors
+    /// When the eventfd or the worker threads cannot be created.
+    pub fn new<H: Handler + Clone>(
+        dispatch: &Dispatch,
+        handler: &H,
+        capacity: usize,
+    ) -> Result<Self, Error> {
+        let fd = sys::eventfd().map_err(|e| Error::io("eventfd", e))?;
         let waker = Arc::new(ShardWaker::new(fd));
         let epoch = Instant::now();
-        let fatal: Arc<dyn Fn(Error) + Send + Sync> = Arc::new(|e| panic!("{e}"));
-        let mut pool =
-            start_pool(dispatch, handler, &[waker], capacity, epoch, fatal).expect("pool");
-        Self {
+        let fatal: Arc<dyn Fn(Error) + Send + Sync> =
+            Arc::new(|e| tracing::error!("a benchmark worker failed: {e}"));
+        let mut pool = match start_pool(dispatch, handler, &[waker], capacity, epoch, fatal) {
+            Ok(p) => p,
+            Err(e) => {
+                sys::close(fd);
+                return Err(e);
+            }
+        };
+        Ok(Self {
             side: pool.shard_sides.pop(),
             threads: pool.threads,
             fd,
             epoch,
-        }
+        })
     }
 
     /// A message as the shard would build it.

@@ -24,6 +24,8 @@
 //! (RocketMQ's SUSPEND_CURRENT_QUEUE_A_MOMENT) up to a bound before the worker moves on.
 
 #[doc(hidden)]
+#[cfg(feature = "bench-support")]
+#[doc(hidden)]
 pub mod bench_support;
 #[cfg(test)]
 mod tests;

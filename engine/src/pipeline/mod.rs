@@ -131,7 +131,6 @@ pub(crate) enum ControlUse {
 /// Where a stopping pipeline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Drain {
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     /// Commands it must see answered are still in flight (last acks): keep Control open.
     Waiting,
     /// Nothing more to wait for.
@@ -167,13 +166,11 @@ pub(crate) struct Io<C> {
 }
 
 impl<C: Copy + Debug> Io<C> {
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     /// Calls [`Pipeline::on_timer`] with `id` at `at`.
     pub(crate) fn timer(&mut self, at: Instant, id: u32) {
         self.timers.add(at, TimerEvent::Pipeline(id));
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "seam tests use it; listen will"))]
     /// The Control connection, when it is ready to carry commands.
     pub(crate) fn control_ready(&mut self) -> Option<&mut Conn<C>> {
         let id = self.control?;

@@ -92,6 +92,7 @@ pub(crate) fn eventfd_signal(fd: RawFd) {
 
 /// Waits until `fd` is readable or `timeout_ms` passes (poll(2)); true when readable.
 /// For tests and benchmarks that sleep as a shard would, outside a ring.
+#[cfg(any(test, feature = "bench-support"))]
 pub(crate) fn wait_readable(fd: RawFd, timeout_ms: i32) -> bool {
     let mut pfd = libc::pollfd {
         fd,
@@ -105,6 +106,7 @@ pub(crate) fn wait_readable(fd: RawFd, timeout_ms: i32) -> bool {
 
 /// Reads (and so resets) an eventfd's counter with read(2). Blocks if it is zero: call it
 /// after [`wait_readable`] said it is readable.
+#[cfg(any(test, feature = "bench-support"))]
 pub(crate) fn eventfd_read(fd: RawFd) {
     let mut buf = [0u8; 8];
     // SAFETY: reads at most 8 bytes into a live 8-byte buffer from an eventfd we own.

@@ -132,7 +132,10 @@ impl Lane {
 
     /// A read answered: its messages go to `out`, its credit is settled, the order
     /// rotates, and an empty answer means the streams are dry.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "a read reply updates the lane, the credits and two outputs, each borrowed separately from the pipeline"
+    )]
     pub(crate) fn on_reply<'f>(
         &mut self,
         plan: &StreamPlan,

@@ -69,7 +69,10 @@ pub(crate) fn server_error(plan: &StreamPlan, m: Bytes) -> Failure {
 
 /// Walks one entry `[id, fields]` of stream `s`, delivering it to `out` (or to
 /// `filtered` when its tag does not pass) with `deliveries`. Returns the id's range.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one entry of a reply: the plan, the reader, the frame, the stream, its delivery count and the three outputs, all borrowed from the caller's loop"
+)]
 fn entry<'f>(
     plan: &StreamPlan,
     r: &mut Reader,
