@@ -1,0 +1,223 @@
+//! What the reliable pipeline sends and reads on the Control connection: outcome
+//! batches (the settle script), the recover script in each of its modes (heartbeat,
+//! sweep, taking back its own leases at start, after a lost lease and at a stop), due
+//! retries, and the maxmemory-policy check — and how each reply moves the pipeline on.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
+
+use super::settle::Batch;
+use super::{scripts, Mode, RelTag, ReliablePipeline};
+use crate::conn::{classify, Conn, Failure, Tag};
+use crate::error::Error;
+use crate::frames;
+use crate::handler::Event;
+use crate::pipeline::alo::{ms, now_ms, Recovery, Stage};
+use crate::pipeline::Io;
+
+impl ReliablePipeline {
+    /// Sends what waits for Control: settles, and the recover scripts of a claim.
+    pub(super) fn flush(&mut self, io: &mut Io<RelTag>, now: Instant) {
+        let allow = io.reply_timeout;
+        let Some(ctl) = io.control_ready() else {
+            return;
+        };
+        let (cutoff, cap) = (
+            now_ms().saturating_sub(self.dead_max_age.as_millis() as u64),
+            self.dead_max_len,
+        );
+        let again: Vec<Batch> = self.settle.take_resend().collect();
+        for b in again {
+            b.write(ctl, &self.keys[b.key as usize], cap, cutoff, now, allow);
+            self.settle.sent(b, true);
+        }
+        for k in self.dirty.drain(..) {
+            let b = std::mem::take(&mut self.pending[k as usize]);
+            b.write(ctl, &self.keys[k as usize], cap, cutoff, now, allow);
+            self.settle.sent(b, false);
+        }
+        if let Stage::Recover(why) = self.stage {
+            for q in 0..self.queues.len() {
+                self.recover(ctl, q, why.into(), now, allow);
+            }
+            self.stage = if self.queues.is_empty() {
+                Stage::Running
+            } else {
+                Stage::Recovering(why, self.queues.len() as u32)
+            };
+        }
+    }
+
+    /// The recover script of queue `q` in `mode`.
+    pub(super) fn recover(
+        &self,
+        ctl: &mut Conn<RelTag>,
+        q: usize,
+        mode: Mode,
+        now: Instant,
+        allow: Duration,
+    ) {
+        let qk = &self.queues[q];
+        // The sweep lock lapses just before the next sweep is due, so the consumer that
+        // swept can sweep again.
+        let lease = match mode {
+            Mode::Sweep => ms(self.lease / 2).saturating_mul(9) / 10,
+            _ => ms(self.lease),
+        };
+        let at = now_ms() as i64;
+        ctl.command(
+            Tag::Pipe(RelTag::Recover {
+                queue: q as u32,
+                mode,
+            }),
+            now,
+            allow,
+            |buf| {
+                let levels = qk.levels.iter().map(|&k| &self.keys[k as usize]);
+                let pairs = levels.flat_map(|k| [&k.key, &k.processing_prefix]);
+                CommandWriter::new(buf, 11 + 2 * qk.levels.len())
+                    .arg("EVALSHA")
+                    .arg(&scripts::RECOVER.sha)
+                    .arg("3")
+                    .arg(&qk.heartbeat)
+                    .arg(&qk.consumers)
+                    .arg(&qk.sweep)
+                    .arg(mode.arg())
+                    .arg(&self.id)
+                    .arg_int(at)
+                    .arg_int(lease)
+                    .arg(&qk.heartbeat_prefix)
+                    .args(pairs)
+                    .finish();
+            },
+        );
+    }
+
+    pub(super) fn on_control_reply(
+        &mut self,
+        io: &mut Io<RelTag>,
+        conn: usize,
+        cmd: RelTag,
+        frame: &Bytes,
+    ) -> Result<(), Failure> {
+        let peer = io.conns[conn].peer();
+        let f = Decoder::new()
+            .build(frame)
+            .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
+        if let Frame::SimpleError(m) | Frame::BulkError(m) = &f {
+            let e = ServerError::parse(m.clone());
+            if cmd == RelTag::Policy {
+                tracing::debug!("could not read maxmemory-policy: {e}");
+                return Ok(());
+            }
+            return Err(classify::failure(
+                &format!("reliable mode's {}", cmd.what()),
+                e,
+                |kind| {
+                    Some(
+                        match (cmd, kind) {
+                            (RelTag::Load(_), _) | (_, ServerErrorKind::NoPerm) => {
+                                "; the ACL user needs +script|load, +evalsha and access to the \
+                             queue keys and ringq's keys beside them ({queue}:…)"
+                            }
+                            (_, ServerErrorKind::WrongType) => {
+                                "; a queue, processing, retry or dead key holds another type"
+                            }
+                            _ => return None,
+                        }
+                        .to_owned(),
+                    )
+                },
+            ));
+        }
+        let ints = |f: &Frame| -> Vec<i64> {
+            match f {
+                Frame::Array(v) => v
+                    .iter()
+                    .map(|x| if let Frame::Integer(n) = x { *n } else { 0 })
+                    .collect(),
+                Frame::Integer(n) => vec![*n],
+                _ => Vec::new(),
+            }
+        };
+        match cmd {
+            RelTag::Load(n) => scripts::SET.check_loaded(n, &f)?,
+            RelTag::Settle => {
+                let Some((b, resent)) = self.settle.answered() else {
+                    return Ok(());
+                };
+                let stale: i64 = ints(&f).iter().sum();
+                if stale > 0 && !resent {
+                    let key = String::from_utf8_lossy(&self.keys[b.key as usize].key).into_owned();
+                    tracing::warn!(
+                        "{stale} outcome(s) for messages of {key:?} not applied: their lease \
+                         had run out and they were delivered again elsewhere (raise the lease \
+                         if this consumer was only slow)"
+                    );
+                    io.stats.add(&io.stats.stale_outcomes, stale as u64);
+                    io.events.push(Event::StaleOutcomes {
+                        key,
+                        count: stale as u64,
+                    });
+                }
+            }
+            RelTag::Recover { queue, mode } => self.on_recovered(io, queue, mode, &ints(&f)),
+            RelTag::Requeue => {
+                let n: i64 = ints(&f).iter().sum();
+                io.stats.add(&io.stats.requeued, n.max(0) as u64);
+            }
+            RelTag::Policy => match frames::config_value(&f, "maxmemory-policy") {
+                Some(p) if p != b"noeviction" => tracing::warn!(
+                    "the server's maxmemory-policy is not noeviction ({}): when memory \
+                     runs out it may evict queue, processing or retry keys, and the \
+                     messages in them are lost. Set `maxmemory-policy noeviction`.",
+                    String::from_utf8_lossy(p)
+                ),
+                _ => {}
+            },
+            RelTag::Pop(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A recover script's reply `v` (`{consumers swept, messages moved}`) for queue
+    /// `queue` in `mode`: counted, reported, and the stage moved on when it was the last
+    /// reply of a recovery.
+    fn on_recovered(&mut self, io: &mut Io<RelTag>, queue: u32, mode: Mode, v: &[i64]) {
+        let (swept, moved) = (
+            v.first().copied().unwrap_or(0),
+            v.get(1).copied().unwrap_or(0),
+        );
+        let name = String::from_utf8_lossy(&self.queues[queue as usize].name).into_owned();
+        if moved > 0 {
+            io.stats.add(&io.stats.recovered, moved as u64);
+            match mode {
+                Mode::Sweep => tracing::warn!(
+                    "took back {moved} message(s) of {swept} consumer(s) of {name:?} whose heartbeat expired"
+                ),
+                Mode::Start => tracing::info!(
+                    "took back {moved} unfinished message(s) of {name:?} left by this consumer's previous run"
+                ),
+                _ => tracing::info!("put {moved} leased message(s) back on {name:?}"),
+            }
+            if mode != Mode::Stop {
+                io.events.push(Event::Recovered {
+                    queue: name,
+                    swept: swept.max(0) as u64,
+                    messages: moved as u64,
+                });
+            }
+        }
+        if let Stage::Recovering(why, left) = self.stage {
+            if Mode::from(why) == mode {
+                self.stage = match (left.saturating_sub(1), why) {
+                    (0, Recovery::Stop) => Stage::Stopped,
+                    (0, _) => Stage::Running,
+                    (n, _) => Stage::Recovering(why, n),
+                };
+            }
+        }
+    }
+}
