@@ -178,12 +178,40 @@ impl<C: Copy + Debug> Io<C> {
         (c.phase() == Phase::Ready).then_some(c)
     }
 
-    /// The fetch connection number of connection `id` (`None` for Control).
-    pub(crate) fn fetch_of(&self, id: usize) -> Option<u32> {
+    /// The lane (fetch connection number) connection `id` serves; `None` for Control,
+    /// which has none. [`FetchLane`] cannot be made up, so a caller cannot quietly take
+    /// Control for lane 0: it handles `None`, or uses [`Io::lane_of_reply`].
+    pub(crate) fn fetch_of(&self, id: usize) -> Option<FetchLane> {
         match self.conns.get(id)?.role() {
-            Role::Fetch(n) => Some(n),
+            Role::Fetch(n) => Some(FetchLane(n as usize)),
             Role::Control => None,
         }
+    }
+
+    /// The lane of connection `id`, which just answered a fetching command.
+    ///
+    /// # Errors
+    /// A fatal failure if `id` has no lane: a fetching command's reply on Control would
+    /// be a bug in the engine, and is never credited to some other lane.
+    pub(crate) fn lane_of_reply(&self, id: usize) -> Result<usize, Failure> {
+        self.fetch_of(id).map(FetchLane::index).ok_or_else(|| {
+            Failure::Fatal(crate::Error::new(
+                crate::ErrorKind::Protocol,
+                "internal error: a fetching command was answered on the Control connection; \
+                 please report this",
+            ))
+        })
+    }
+}
+
+/// The lane a fetch connection serves: only [`Io::fetch_of`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FetchLane(usize);
+
+impl FetchLane {
+    /// The lane's index on its shard.
+    pub(crate) fn index(self) -> usize {
+        self.0
     }
 }
 

@@ -56,27 +56,6 @@ const TOKEN_WAKE: u64 = u64::MAX;
 /// How often shard-local stats are merged into the shared snapshot.
 const STATS_PERIOD: Duration = Duration::from_millis(100);
 
-/// Outcome counts of handled messages.
-#[derive(Default)]
-struct OutcomeCounts {
-    n: u64,
-    bytes: u64,
-    ack: u64,
-    retry: u64,
-    dead: u64,
-}
-
-impl OutcomeCounts {
-    fn add(&mut self, o: Outcome) {
-        self.n += 1;
-        match o {
-            Outcome::Ack => self.ack += 1,
-            Outcome::Retry => self.retry += 1,
-            Outcome::Dead => self.dead += 1,
-        }
-    }
-}
-
 /// A user periodic callback: its period and the shard's own instance.
 pub(crate) type Periodic = (Duration, Box<dyn FnMut() + Send>);
 

@@ -7,12 +7,33 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{recycle, HandlerSide, OutcomeCounts, Shard};
+use super::{recycle, HandlerSide, Shard};
 use crate::backend::Backend;
 use crate::conn::{Failure, Phase, Reply, Tag};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Message, Outcome};
 use crate::pipeline::Pipeline;
+
+/// Outcome counts of handled messages.
+#[derive(Default)]
+struct OutcomeCounts {
+    n: u64,
+    bytes: u64,
+    ack: u64,
+    retry: u64,
+    dead: u64,
+}
+
+impl OutcomeCounts {
+    fn add(&mut self, o: Outcome) {
+        self.n += 1;
+        match o {
+            Outcome::Ack => self.ack += 1,
+            Outcome::Retry => self.retry += 1,
+            Outcome::Dead => self.dead += 1,
+        }
+    }
+}
 
 impl<P: Pipeline, B: Backend> Shard<P, B> {
     /// Decodes and routes every complete frame of connection `id`.

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::ListenPipeline;
+use crate::error::Error;
+use crate::pipeline::{Start, Timing};
+
 /// What one subscription listens to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subscription {
@@ -121,5 +125,37 @@ impl ListenConsumer {
     /// The subscriptions, in configuration order.
     pub fn subscriptions(&self) -> &[Subscription] {
         &self.subscriptions
+    }
+}
+
+impl Start for ListenConsumer {
+    type Pipeline = ListenPipeline;
+    const SOURCES: &'static str = "subscriptions";
+
+    fn check(&self) -> Result<(), Error> {
+        if self.subscriptions.is_empty() {
+            return Err(Error::config(
+                "nothing to listen to: give at least one channel, pattern or shard channel",
+            ));
+        }
+        if let Overflow::DropOldest(0) = self.overflow {
+            return Err(Error::config(
+                "Overflow::DropOldest needs room for at least one message",
+            ));
+        }
+        Ok(())
+    }
+
+    fn source_names(&self) -> Vec<String> {
+        self.subscriptions.iter().map(ToString::to_string).collect()
+    }
+
+    fn pipeline(
+        &self,
+        lanes: Vec<Vec<u32>>,
+        _budget: Option<std::sync::Arc<crate::budget::Budget>>,
+        _timing: Timing,
+    ) -> ListenPipeline {
+        ListenPipeline::new(self, lanes)
     }
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, ServerError, ServerErrorKind};
 
-use super::{ControlUse, Drain, Io, Pipeline, Start, Timing};
+use super::{ControlUse, Drain, FetchLane, Io, Pipeline};
 use crate::conn::classify::{self, Class};
 use crate::conn::{Failure, Tag};
 use crate::error::{Error, ErrorKind};
@@ -112,38 +112,6 @@ pub(crate) struct ListenPipeline {
     /// Subscribe rounds sent so far (each ends with its barrier).
     rounds: u32,
     dropped_unreported: u64,
-}
-
-impl Start for ListenConsumer {
-    type Pipeline = ListenPipeline;
-    const SOURCES: &'static str = "subscriptions";
-
-    fn check(&self) -> Result<(), Error> {
-        if self.subscriptions.is_empty() {
-            return Err(Error::config(
-                "nothing to listen to: give at least one channel, pattern or shard channel",
-            ));
-        }
-        if let Overflow::DropOldest(0) = self.overflow {
-            return Err(Error::config(
-                "Overflow::DropOldest needs room for at least one message",
-            ));
-        }
-        Ok(())
-    }
-
-    fn source_names(&self) -> Vec<String> {
-        self.subscriptions.iter().map(ToString::to_string).collect()
-    }
-
-    fn pipeline(
-        &self,
-        lanes: Vec<Vec<u32>>,
-        _budget: Option<std::sync::Arc<crate::budget::Budget>>,
-        _timing: Timing,
-    ) -> ListenPipeline {
-        ListenPipeline::new(self, lanes)
-    }
 }
 
 impl ListenPipeline {
@@ -226,8 +194,8 @@ impl ListenPipeline {
     }
 
     /// The lane of connection `conn`.
-    fn lane_of(io: &Io<ListenTag>, conn: usize) -> usize {
-        io.fetch_of(conn).unwrap_or(0) as usize
+    fn lane_of(io: &Io<ListenTag>, conn: usize) -> Result<usize, Failure> {
+        io.lane_of_reply(conn)
     }
 
     /// Every subscription of a gap is in force again: the handler hears of it.
@@ -276,11 +244,9 @@ impl ListenPipeline {
         io.credits.release(lane, 1, bytes);
         if self.lanes[lane].paused && io.credits.is_below_half(lane) {
             self.lanes[lane].paused = false;
-            if let Some(c) = io
-                .conns
-                .iter_mut()
-                .find(|c| c.serves() && io_lane(c) == Some(lane))
-            {
+            if let Some(c) = io.conns.iter_mut().find(|c| {
+                c.serves() && matches!(c.role(), crate::conn::Role::Fetch(n) if n as usize == lane)
+            }) {
                 c.resume_reading();
             }
         }
@@ -363,14 +329,6 @@ fn kind_slot(kind: SourceKind) -> usize {
     }
 }
 
-/// The lane a connection serves (its fetch number).
-fn io_lane<C: Copy + std::fmt::Debug>(c: &crate::conn::Conn<C>) -> Option<usize> {
-    match c.role() {
-        crate::conn::Role::Fetch(n) => Some(n as usize),
-        crate::conn::Role::Control => None,
-    }
-}
-
 impl Pipeline for ListenPipeline {
     type Cmd = ListenTag;
 
@@ -384,8 +342,8 @@ impl Pipeline for ListenPipeline {
 
     fn on_ready(&mut self, io: &mut Io<ListenTag>, conn: usize, _now: Instant) {
         if let Some(lane) = io.fetch_of(conn) {
-            self.lanes[lane as usize].paused = false;
-            self.subscribe(io, conn, lane as usize, None);
+            self.lanes[lane.index()].paused = false;
+            self.subscribe(io, conn, lane.index(), None);
         }
     }
 
@@ -409,7 +367,7 @@ impl Pipeline for ListenPipeline {
         _out: &mut Vec<Message<'f>>,
         _now: Instant,
     ) -> Result<u64, Failure> {
-        let lane = Self::lane_of(io, conn);
+        let lane = Self::lane_of(io, conn)?;
         match cmd {
             ListenTag::Subscribe { sub } => {
                 // Only an error answers a subscribe command with a reply.
@@ -578,7 +536,9 @@ impl Pipeline for ListenPipeline {
         _unanswered: &[ListenTag],
         _stalled: bool,
     ) {
-        let lane = Self::lane_of(io, conn);
+        let Some(lane) = io.fetch_of(conn).map(FetchLane::index) else {
+            return; // Control: no subscription rides on it
+        };
         let why = io.conns[conn]
             .last_error()
             .unwrap_or("connection lost")

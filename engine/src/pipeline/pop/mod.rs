@@ -36,7 +36,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Decoder, Frame};
 
-use super::{check_block_timeout, ControlUse, Drain, Io, Pipeline, Start, Timing};
+use super::{check_block_timeout, ControlUse, Drain, FetchLane, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Phase, Tag};
 use crate::error::Error;
@@ -252,7 +252,7 @@ impl PopPipeline {
         out: &mut Vec<Message<'f>>,
         now: Instant,
     ) -> Result<u64, Failure> {
-        let lane = io.fetch_of(id).unwrap_or(0) as usize;
+        let lane = io.lane_of_reply(id)?;
         let unblock_sent = io.conns[id].take_unblock_sent();
         let reply =
             self.lanes[lane].on_reply(&self.plan, frame, pop, io.turn_ns, &mut io.credits, out)?;
@@ -323,7 +323,7 @@ impl PopPipeline {
             let Some(lane_id) = io.fetch_of(id) else {
                 continue;
             };
-            let lane_id = lane_id as usize;
+            let lane_id = lane_id.index();
             let Some(lane) = self.lanes.get_mut(lane_id) else {
                 continue;
             };
@@ -388,7 +388,7 @@ impl PopPipeline {
         // only gives their credit back (the shard counts it). Pop stages nothing, so
         // every batch came in on a connection.
         if let Some(lane) = conn.and_then(|c| io.fetch_of(c)) {
-            io.credits.release(lane as usize, msgs.len() as u32, bytes);
+            io.credits.release(lane.index(), msgs.len() as u32, bytes);
         }
     }
 
@@ -399,7 +399,10 @@ impl PopPipeline {
     }
 
     pub(crate) fn stalled<C: CarriesPop>(&mut self, io: &mut Io<C>, conn: usize) -> String {
-        let lane = io.fetch_of(conn).unwrap_or(0) as usize;
+        let Some(lane) = io.fetch_of(conn).map(FetchLane::index) else {
+            // Control never carries pops, so it never stalls owing any.
+            return "nothing".to_owned();
+        };
         let (mut pops, mut asked) = (0u32, 0u64);
         let (conns, credits) = (&mut io.conns, &mut io.credits);
         for cmd in conns[conn].cmds_mut() {
@@ -430,7 +433,7 @@ impl PopPipeline {
         let Some(lane) = io.fetch_of(conn) else {
             return;
         };
-        let lane = lane as usize;
+        let lane = lane.index();
         let (mut pops, mut asked, mut unreturned) = (0u64, 0u64, 0u32);
         for cmd in unanswered.iter().filter_map(CarriesPop::as_pop) {
             match cmd {

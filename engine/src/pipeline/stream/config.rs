@@ -4,7 +4,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
+use super::StreamPipeline;
+use crate::budget::Budget;
+use crate::error::Error;
 use crate::pipeline::alo::Backoff;
+use crate::pipeline::{check_block_timeout, Start, Timing};
 
 /// Where a new consumer group starts reading (`XGROUP CREATE … <id> MKSTREAM`). A group
 /// that exists already keeps its position.
@@ -210,6 +216,39 @@ impl StreamConsumer {
     /// The streams, in configuration order.
     pub fn streams(&self) -> &[Stream] {
         &self.streams
+    }
+}
+
+impl Start for StreamConsumer {
+    type Pipeline = StreamPipeline;
+    const SOURCES: &'static str = "streams";
+
+    fn check(&self) -> Result<(), Error> {
+        if self.streams.is_empty() {
+            return Err(Error::config("no streams to consume: give at least one"));
+        }
+        for (what, v) in [("group", &self.group), ("consumer id", &self.id)] {
+            if v.is_empty() {
+                return Err(Error::config(format!("stream mode needs a {what}")));
+            }
+        }
+        check_block_timeout(self.block_timeout)
+    }
+
+    fn source_names(&self) -> Vec<String> {
+        self.streams
+            .iter()
+            .map(|s| String::from_utf8_lossy(s.name()).into_owned())
+            .collect()
+    }
+
+    fn pipeline(
+        &self,
+        lanes: Vec<Vec<u32>>,
+        budget: Option<Arc<Budget>>,
+        timing: Timing,
+    ) -> StreamPipeline {
+        StreamPipeline::new(self, budget, lanes, timing)
     }
 }
 

@@ -42,10 +42,9 @@ use bytes::Bytes;
 use ringq_resp::CommandWriter;
 
 use super::alo::{any_in_flight, require_version, Policy, Rng, SettleQueue, Stage, Verdict};
-use super::{check_block_timeout, ControlUse, Drain, Io, Pipeline, Start, Timing};
+use super::{ControlUse, Drain, Io, Pipeline, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Tag};
-use crate::error::Error;
 use crate::handler::{Message, Outcome, Source, SourceKind};
 use crate::intern::intern_source;
 
@@ -168,39 +167,6 @@ pub(crate) struct StreamPipeline {
     policy: Policy,
     rng: Rng,
     fill_from: usize,
-}
-
-impl Start for StreamConsumer {
-    type Pipeline = StreamPipeline;
-    const SOURCES: &'static str = "streams";
-
-    fn check(&self) -> Result<(), Error> {
-        if self.streams.is_empty() {
-            return Err(Error::config("no streams to consume: give at least one"));
-        }
-        for (what, v) in [("group", &self.group), ("consumer id", &self.id)] {
-            if v.is_empty() {
-                return Err(Error::config(format!("stream mode needs a {what}")));
-            }
-        }
-        check_block_timeout(self.block_timeout)
-    }
-
-    fn source_names(&self) -> Vec<String> {
-        self.streams
-            .iter()
-            .map(|s| String::from_utf8_lossy(s.name()).into_owned())
-            .collect()
-    }
-
-    fn pipeline(
-        &self,
-        lanes: Vec<Vec<u32>>,
-        budget: Option<Arc<Budget>>,
-        timing: Timing,
-    ) -> StreamPipeline {
-        StreamPipeline::new(self, budget, lanes, timing)
-    }
 }
 
 impl StreamPipeline {
@@ -370,7 +336,7 @@ impl Pipeline for StreamPipeline {
                 continue;
             }
             let Some(l) = io.fetch_of(id) else { continue };
-            if let Some(lane) = self.lanes.get_mut(l as usize) {
+            if let Some(lane) = self.lanes.get_mut(l.index()) {
                 lane.fill(
                     &self.plan,
                     self.claim_in_read,
@@ -394,7 +360,7 @@ impl Pipeline for StreamPipeline {
         let before = out.len();
         let bytes = match cmd {
             StreamTag::Read(read) => {
-                let l = io.fetch_of(conn).unwrap_or(0) as usize;
+                let l = io.lane_of_reply(conn)?;
                 let r = self.lanes[l].on_reply(
                     &self.plan,
                     read,
@@ -549,7 +515,7 @@ impl Pipeline for StreamPipeline {
                 StreamTag::Read(r) => {
                     reads += 1;
                     if let Some(l) = io.fetch_of(conn) {
-                        self.lanes[l as usize].forget(&self.plan, r, &mut io.credits);
+                        self.lanes[l.index()].forget(&self.plan, r, &mut io.credits);
                     }
                 }
                 StreamTag::Fetch {
@@ -568,7 +534,7 @@ impl Pipeline for StreamPipeline {
             }
         }
         if let Some(l) = io.fetch_of(conn) {
-            self.lanes[l as usize].reset();
+            self.lanes[l.index()].reset();
         } else {
             // XACK and the dead script only act on entries still pending: sending an
             // answered batch again changes nothing.
