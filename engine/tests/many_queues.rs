@@ -248,7 +248,7 @@ fn queues_17_and_999_drain_with_a_blocking_wait_between() {
 /// that drain goes on (the periodic check of the queues not known to hold messages, once
 /// per block timeout), not only once the other queue runs dry.
 #[test]
-fn a_queue_that_fills_mid_drain_is_served_within_a_block_timeout() {
+fn a_queue_that_fills_mid_drain_is_served_before_the_drain_ends() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
     let names = names();

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringq::{
     Dispatch, EngineBuilder, ErrorKind, Message, Outcome, PopConsumer, PopStrategy, Queue, Running,
@@ -510,14 +510,23 @@ fn shutdown_while_blocked_returns_within_the_block_timeout_and_loses_nothing() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
     let rec = Recorder::default();
+    let block = Duration::from_secs(30);
     let running = start(
         &server.url(),
         1,
-        PopConsumer::new(["idle"]).block_timeout(Duration::from_millis(300)),
+        PopConsumer::new(["idle"]).block_timeout(block),
         &rec,
     );
-    assert!(wait_until(WAIT, || command_calls(&mut c, "blmpop") >= 1));
+    wait_for_blocked_clients(&mut c, 1);
+    let asked = Instant::now();
     let stats = running.shutdown().unwrap();
+    let took = asked.elapsed();
+    // A behaviour bound, not a speed target: a stop that waited for the blocked pop
+    // would take the rest of its 30 s block timeout.
+    assert!(
+        took < block / 3,
+        "the stop took {took:?}: it waited out the {block:?} block timeout"
+    );
     assert_eq!(stats.messages, 0);
     assert_eq!(stats.connections_ready, 0);
     // Nothing was popped and dropped: a message pushed now is still there.
