@@ -1,33 +1,22 @@
 //! The engine against a scripted server: malformed replies and old-server handshakes.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringq::{EngineBuilder, ErrorKind, Message, Outcome, PopConsumer};
+use ringq::{EngineBuilder, ErrorKind, PopConsumer};
 use ringq_tests::{wait_until, Script, ScriptedServer};
 
 const HELLO_7: &[u8] = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n";
 
-fn collect() -> (
-    Arc<Mutex<Vec<String>>>,
-    impl FnMut(&Message<'_>) -> Outcome + Clone + Send + 'static,
-) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    (log, move |m: &Message<'_>| {
-        l.lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(m.payload()).into_owned());
-        Outcome::Ack
-    })
-}
+mod support;
+
+/// Every delivered payload.
+type Log = support::Recorder<String>;
 
 fn run_against(script: Script) -> ringq::Error {
     let server = ScriptedServer::start(script).unwrap();
-    let (_, h) = collect();
     let running = EngineBuilder::new(server.url())
         .pin_cores(false)
-        .start(PopConsumer::new(["q"]), h)
+        .start(PopConsumer::new(["q"]), Log::default())
         .unwrap();
     running
         .wait()
@@ -81,20 +70,16 @@ fn server_without_hello_gets_a_resp2_handshake_and_brpop() {
         .reply(&b"+OK\r\n"[..])
         .reply(&b"*2\r\n$1\r\nq\r\n$5\r\nhello\r\n"[..]);
     let server = ScriptedServer::start(script).unwrap();
-    let (log, h) = collect();
+    let log = Log::default();
     let running = EngineBuilder::new(server.url())
         .pin_cores(false)
         .start(
             PopConsumer::new(["q"]).block_timeout(Duration::from_millis(100)),
-            h,
+            log.clone(),
         )
         .unwrap();
-    assert!(wait_until(Duration::from_secs(30), || log
-        .lock()
-        .unwrap()
-        .len()
-        == 1));
-    assert_eq!(log.lock().unwrap()[0], "hello");
+    assert!(wait_until(Duration::from_secs(30), || log.len() == 1));
+    assert_eq!(log.snapshot()[0], "hello");
     let commands = server.received();
     assert!(
         commands
@@ -118,11 +103,11 @@ fn a_server_that_accepts_the_handshake_but_fails_every_pop_gets_a_growing_backof
         .reply(HELLO_7)
         .reply(&b"-LOADING Redis is loading the dataset in memory\r\n"[..]);
     let server = ScriptedServer::start(script).unwrap();
-    let (log, h) = collect();
+    let log = Log::default();
     let running = EngineBuilder::new(server.url())
         .pin_cores(false)
         .backoff(Duration::from_millis(20), Duration::from_secs(2))
-        .start(PopConsumer::new(["q"]), h)
+        .start(PopConsumer::new(["q"]), log.clone())
         .unwrap();
     assert!(wait_until(Duration::from_secs(30), || server.connections() >= 2));
     // A window of time, not a synchronisation: how many reconnects happen within it.
@@ -134,6 +119,6 @@ fn a_server_that_accepts_the_handshake_but_fails_every_pop_gets_a_growing_backof
         "{during} reconnects in 1.5 s: the backoff does not grow"
     );
     assert!(!running.is_stopping(), "LOADING is not fatal");
-    assert!(log.lock().unwrap().is_empty());
+    assert!(log.snapshot().is_empty());
     running.shutdown().unwrap();
 }

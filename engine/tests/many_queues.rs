@@ -3,57 +3,28 @@
 //! fairness, weights, priority levels, per-queue order, the `limit` budget — and a queue
 //! that fills while others drain is noticed within a block timeout.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringq::{EngineBuilder, Message, Outcome, PopConsumer, Queue, Running};
-use ringq_tests::{wait_until, RedisServer, TestClient};
+use ringq::{EngineBuilder, PopConsumer, Queue, Running};
+use ringq_tests::{wait_until, RedisServer};
 
-const WAIT: Duration = Duration::from_secs(60);
+mod support;
+use support::{blocked_clients as blocked, payloads, WAIT};
+
 const QUEUES: usize = 1000;
 
-type Log = Arc<Mutex<Vec<(String, String, u8)>>>;
-
-fn recorder(log: &Log, pause: Duration) -> impl FnMut(&Message<'_>) -> Outcome + Clone + Send {
-    let log = log.clone();
-    move |m: &Message<'_>| {
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
-        log.lock().unwrap().push((
-            String::from_utf8_lossy(m.queue()).into_owned(),
-            String::from_utf8_lossy(m.payload()).into_owned(),
-            m.priority(),
-        ));
-        Outcome::Ack
-    }
-}
+/// Every delivered message as (queue, payload, priority), in handler-call order.
+type Log = support::Recorder<(String, String, u8)>;
 
 fn names() -> Vec<String> {
     (0..QUEUES).map(|i| format!("mq{i}")).collect()
 }
 
-fn payloads(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i:08}")).collect()
-}
-
 fn start(server: &RedisServer, consumer: PopConsumer, log: &Log, pause: Duration) -> Running {
     EngineBuilder::new(server.url())
         .pin_cores(false)
-        .start(consumer, recorder(log, pause))
+        .start(consumer, log.with_pause(pause))
         .expect("engine starts")
-}
-
-fn len(log: &Log) -> usize {
-    log.lock().unwrap().len()
-}
-
-fn blocked(c: &mut TestClient) -> usize {
-    c.client_list()
-        .unwrap()
-        .iter()
-        .filter(|i| i.is_blocked())
-        .count()
 }
 
 /// As `flooded_queue_does_not_starve_a_small_one`, among 998 empty queues.
@@ -71,9 +42,9 @@ fn a_flooded_queue_does_not_starve_a_small_one_among_1000() {
         &log,
         Duration::ZERO,
     );
-    assert!(wait_until(WAIT, || len(&log) >= 10_100));
+    assert!(wait_until(WAIT, || log.len() >= 10_100));
     running.shutdown().unwrap();
-    let log = log.lock().unwrap().clone();
+    let log = log.snapshot();
     let last_b = log
         .iter()
         .rposition(|(q, _, _)| q == &names[900])
@@ -108,9 +79,9 @@ fn weights_give_consecutive_turns_among_1000() {
         &log,
         Duration::ZERO,
     );
-    assert!(wait_until(WAIT, || len(&log) >= 200));
+    assert!(wait_until(WAIT, || log.len() >= 200));
     running.shutdown().unwrap();
-    let log = log.lock().unwrap().clone();
+    let log = log.snapshot();
     let first_200_a = log[..200].iter().filter(|(q, _, _)| q == &names[5]).count();
     assert_eq!(
         first_200_a, 150,
@@ -147,9 +118,9 @@ fn priority_levels_are_served_highest_first_among_1000() {
         &log,
         Duration::ZERO,
     );
-    assert!(wait_until(WAIT, || len(&log) >= 600));
+    assert!(wait_until(WAIT, || log.len() >= 600));
     running.shutdown().unwrap();
-    let prios: Vec<u8> = log.lock().unwrap().iter().map(|m| m.2).collect();
+    let prios: Vec<u8> = log.snapshot().iter().map(|m| m.2).collect();
     assert_eq!(prios.len(), 600);
     assert!(
         prios.windows(2).all(|w| w[0] >= w[1]),
@@ -174,9 +145,9 @@ fn every_queue_drains_in_order_among_1000() {
         &log,
         Duration::ZERO,
     );
-    assert!(wait_until(WAIT, || len(&log) >= 5_000));
+    assert!(wait_until(WAIT, || log.len() >= 5_000));
     running.shutdown().unwrap();
-    let log = log.lock().unwrap().clone();
+    let log = log.snapshot();
     assert_eq!(log.len(), 5_000);
     for n in names.iter().step_by(10) {
         let got: Vec<&String> = log.iter().filter(|m| &m.0 == n).map(|m| &m.1).collect();
@@ -201,13 +172,13 @@ fn a_limit_over_1000_queues_pops_exactly_n() {
         .limit(777)
         .start(
             PopConsumer::new(names.clone()).batch(32).pipeline(4),
-            recorder(&log, Duration::ZERO),
+            log.clone(),
         )
         .unwrap()
         .wait()
         .unwrap();
     assert_eq!(stats.messages, 777);
-    assert_eq!(len(&log), 777);
+    assert_eq!(log.len(), 777);
     let left: i64 = names.iter().map(|n| c.llen(n).unwrap()).sum();
     assert_eq!(
         left as usize,
@@ -231,15 +202,15 @@ fn queues_17_and_999_drain_with_a_blocking_wait_between() {
         &log,
         Duration::ZERO,
     );
-    assert!(wait_until(WAIT, || len(&log) == 300));
+    assert!(wait_until(WAIT, || log.len() == 300));
     assert!(
         wait_until(WAIT, || blocked(&mut c) == 1),
         "waits blocked once dry"
     );
     c.lpush_many(&names[999], payloads("b", 300)).unwrap();
-    assert!(wait_until(WAIT, || len(&log) == 600), "got {}", len(&log));
+    assert!(wait_until(WAIT, || log.len() == 600), "got {}", log.len());
     running.shutdown().unwrap();
-    let log = log.lock().unwrap().clone();
+    let log = log.snapshot();
     assert!(log[..300].iter().all(|m| m.0 == names[17]));
     assert!(log[300..].iter().all(|m| m.0 == names[999]));
 }
@@ -248,7 +219,7 @@ fn queues_17_and_999_drain_with_a_blocking_wait_between() {
 /// that drain goes on (the periodic check of the queues not known to hold messages, once
 /// per block timeout), not only once the other queue runs dry.
 #[test]
-fn a_queue_that_fills_mid_drain_is_served_within_a_block_timeout() {
+fn a_queue_that_fills_mid_drain_is_served_before_the_drain_ends() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
     let names = names();
@@ -263,14 +234,10 @@ fn a_queue_that_fills_mid_drain_is_served_within_a_block_timeout() {
         &log,
         Duration::from_micros(100),
     );
-    assert!(wait_until(WAIT, || len(&log) >= 1_000));
+    assert!(wait_until(WAIT, || log.len() >= 1_000));
     c.lpush_many(&names[500], ["late"]).unwrap();
     assert!(
-        wait_until(WAIT, || log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|m| m.0 == names[500])),
+        wait_until(WAIT, || log.snapshot().iter().any(|m| m.0 == names[500])),
         "the late queue was never served"
     );
     running.shutdown().unwrap();
@@ -298,13 +265,13 @@ fn many_queues_filling_mid_drain_are_noticed_together() {
         &log,
         Duration::from_micros(100),
     );
-    assert!(wait_until(WAIT, || len(&log) >= 1_000));
+    assert!(wait_until(WAIT, || log.len() >= 1_000));
     for n in names.iter().skip(100).step_by(20) {
         c.lpush_many(n, ["late"]).unwrap();
     }
     let late = names.iter().skip(100).step_by(20).count();
     assert!(wait_until(WAIT, || {
-        log.lock().unwrap().iter().filter(|m| m.1 == "late").count() == late
+        log.snapshot().iter().filter(|m| m.1 == "late").count() == late
     }));
     running.shutdown().unwrap();
     // 45 queues at one check per block timeout would take 22 s; the bulk queue drains

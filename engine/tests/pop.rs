@@ -2,40 +2,18 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringq::{
     Dispatch, EngineBuilder, ErrorKind, Message, Outcome, PopConsumer, PopStrategy, Queue, Running,
 };
 use ringq_tests::{wait_until, RedisServer, TestClient};
 
-const WAIT: Duration = Duration::from_secs(60);
+mod support;
+use support::{payloads, WAIT};
 
-/// Every delivered message as (queue, payload), in handler-call order per shard.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(String, String, u8)>>>);
-
-impl Recorder {
-    fn handler(&self) -> impl FnMut(&Message<'_>) -> Outcome + Clone + Send + 'static {
-        let log = self.0.clone();
-        move |m: &Message<'_>| {
-            let q = String::from_utf8_lossy(m.queue()).into_owned();
-            let p = String::from_utf8_lossy(m.payload()).into_owned();
-            log.lock().unwrap().push((q, p, m.priority()));
-            Outcome::Ack
-        }
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn snapshot(&self) -> Vec<(String, String, u8)> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-fn seq_payloads(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i:08}")).collect()
-}
+/// Every delivered message as (queue, payload, priority), in handler-call order per shard.
+type Recorder = support::Recorder<(String, String, u8)>;
 
 /// Asserts each queue's messages arrived exactly once and in push order.
 fn assert_exactly_once_in_order(
@@ -64,7 +42,7 @@ fn start(server_url: &str, shards: usize, consumer: PopConsumer, rec: &Recorder)
     EngineBuilder::new(server_url)
         .shards(shards)
         .pin_cores(false)
-        .start(consumer, rec.handler())
+        .start(consumer, rec.clone())
         .expect("engine starts")
 }
 
@@ -83,7 +61,7 @@ fn drains_100k_messages_from_4_queues_with_2_shards_exactly_once_in_order() {
     let mut expected = HashMap::new();
     for q in 0..4 {
         let name = format!("q{q}");
-        let items = seq_payloads(&name, 25_000);
+        let items = payloads(&name, 25_000);
         // LPUSH + RPOP consumption = FIFO in push order.
         c.lpush_many(&name, &items).unwrap();
         expected.insert(name, items);
@@ -94,7 +72,7 @@ fn drains_100k_messages_from_4_queues_with_2_shards_exactly_once_in_order() {
         .shards(2)
         .connections_per_shard(2)
         .pin_cores(false)
-        .start(consumer, rec.handler())
+        .start(consumer, rec.clone())
         .unwrap();
     assert!(
         wait_until(WAIT, || rec.len() >= 100_000),
@@ -117,8 +95,8 @@ fn drains_100k_messages_from_4_queues_with_2_shards_exactly_once_in_order() {
 fn flooded_queue_does_not_starve_a_small_one() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
-    c.lpush_many("A", seq_payloads("A", 10_000)).unwrap();
-    c.lpush_many("B", seq_payloads("B", 100)).unwrap();
+    c.lpush_many("A", payloads("A", 10_000)).unwrap();
+    c.lpush_many("B", payloads("B", 100)).unwrap();
     let rec = Recorder::default();
     let running = start(
         &server.url(),
@@ -144,8 +122,8 @@ fn flooded_queue_does_not_starve_a_small_one() {
 fn weights_give_a_queue_consecutive_turns() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
-    c.lpush_many("A", seq_payloads("A", 300)).unwrap();
-    c.lpush_many("B", seq_payloads("B", 300)).unwrap();
+    c.lpush_many("A", payloads("A", 300)).unwrap();
+    c.lpush_many("B", payloads("B", 300)).unwrap();
     let rec = Recorder::default();
     let consumer = PopConsumer::new([Queue::new("A").weight(3), Queue::new("B")])
         .batch(10)
@@ -168,7 +146,7 @@ fn higher_priority_levels_are_served_first() {
     let mut c = server.client().unwrap();
     let q = Queue::new("jobs").priorities([0, 5, 9]);
     for p in [0u8, 5, 9] {
-        c.lpush_many(q.key_for_priority(p), seq_payloads(&format!("p{p}"), 200))
+        c.lpush_many(q.key_for_priority(p), payloads(&format!("p{p}"), 200))
             .unwrap();
     }
     let rec = Recorder::default();
@@ -192,7 +170,7 @@ fn higher_priority_levels_are_served_first() {
 fn prefetch_limit_is_never_exceeded_with_a_slow_handler() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
-    c.lpush_many("slow", seq_payloads("s", 400)).unwrap();
+    c.lpush_many("slow", payloads("s", 400)).unwrap();
     let largest_batch = Arc::new(Mutex::new(0usize));
     #[derive(Clone)]
     struct Slow(Arc<Mutex<usize>>, Arc<Mutex<usize>>);
@@ -259,7 +237,7 @@ fn command_calls(c: &mut TestClient, cmd: &str) -> u64 {
 fn forced_brpop_path_pops_one_message_per_command() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
-    c.lpush_many("one", seq_payloads("x", 500)).unwrap();
+    c.lpush_many("one", payloads("x", 500)).unwrap();
     let rec = Recorder::default();
     let consumer = PopConsumer::new(["one"])
         .strategy(PopStrategy::Single)
@@ -277,7 +255,7 @@ fn forced_brpop_path_pops_one_message_per_command() {
     assert_eq!(command_calls(&mut c, "blmpop"), 0);
     assert_exactly_once_in_order(
         &rec.snapshot(),
-        &HashMap::from([("one".to_owned(), seq_payloads("x", 500))]),
+        &HashMap::from([("one".to_owned(), payloads("x", 500))]),
     );
 }
 
@@ -290,7 +268,7 @@ fn forced_blmpop_path_pops_batches() {
         server.version()
     );
     let mut c = server.client().unwrap();
-    c.lpush_many("batch", seq_payloads("x", 1000)).unwrap();
+    c.lpush_many("batch", payloads("x", 1000)).unwrap();
     let rec = Recorder::default();
     let consumer = PopConsumer::new(["batch"])
         .strategy(PopStrategy::BlockingBatch)
@@ -304,7 +282,7 @@ fn forced_blmpop_path_pops_batches() {
     assert_eq!(command_calls(&mut c, "lmpop"), 0);
     assert_exactly_once_in_order(
         &rec.snapshot(),
-        &HashMap::from([("batch".to_owned(), seq_payloads("x", 1000))]),
+        &HashMap::from([("batch".to_owned(), payloads("x", 1000))]),
     );
 }
 
@@ -312,7 +290,7 @@ fn forced_blmpop_path_pops_batches() {
 fn adaptive_path_uses_lmpop_with_backlog_and_blmpop_when_dry() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
-    c.lpush_many("ad", seq_payloads("x", 2000)).unwrap();
+    c.lpush_many("ad", payloads("x", 2000)).unwrap();
     let rec = Recorder::default();
     let consumer = PopConsumer::new(["ad"])
         .batch(100)
@@ -339,7 +317,7 @@ fn consumption_resumes_after_client_kill_without_duplicates() {
         .connections_per_shard(2)
         .pin_cores(false)
         .client_name("killme")
-        .start(consumer, rec.handler())
+        .start(consumer, rec.clone())
         .unwrap();
     assert!(wait_until(WAIT, || running.stats().connections_ready == 2));
     // Kill the consumer's connections while they are blocked in pops.
@@ -353,7 +331,7 @@ fn consumption_resumes_after_client_kill_without_duplicates() {
         wait_until(WAIT, || running.stats().reconnects >= 2),
         "did not reconnect"
     );
-    let items = seq_payloads("after", 1000);
+    let items = payloads("after", 1000);
     c.lpush_many("k1", &items).unwrap();
     c.lpush_many("k2", &items).unwrap();
     assert!(
@@ -373,20 +351,11 @@ fn consumption_resumes_after_client_kill_without_duplicates() {
 fn server_restart_during_a_drain_resumes_without_duplicates() {
     let server = RedisServer::builder().aof_always(true).start().unwrap();
     let mut c = server.client().unwrap();
-    let items = seq_payloads("r", 20_000);
+    let items = payloads("r", 20_000);
     c.lpush_many("rq", &items).unwrap();
     let rec = Recorder::default();
-    let log = rec.0.clone();
     // A handler slow enough that the restart lands mid-drain.
-    let handler = move |m: &Message<'_>| {
-        log.lock().unwrap().push((
-            String::new(),
-            String::from_utf8_lossy(m.payload()).into_owned(),
-            0,
-        ));
-        std::thread::sleep(Duration::from_micros(50));
-        Outcome::Ack
-    };
+    let handler = rec.deciding(support::ack_after(Duration::from_micros(50)));
     let prefetch = 64;
     let consumer = PopConsumer::new(["rq"])
         .batch(32)
@@ -498,7 +467,7 @@ fn unreachable_server_fails_after_the_start_attempts() {
         .pin_cores(false)
         .start_attempts(2)
         .backoff(Duration::from_millis(5), Duration::from_millis(10))
-        .start(PopConsumer::new(["q"]), rec.handler())
+        .start(PopConsumer::new(["q"]), rec.clone())
         .unwrap();
     let err = running.wait().expect_err("nothing listens there");
     assert!(err.is_connection_lost(), "{err}");
@@ -510,14 +479,23 @@ fn shutdown_while_blocked_returns_within_the_block_timeout_and_loses_nothing() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
     let rec = Recorder::default();
+    let block = Duration::from_secs(30);
     let running = start(
         &server.url(),
         1,
-        PopConsumer::new(["idle"]).block_timeout(Duration::from_millis(300)),
+        PopConsumer::new(["idle"]).block_timeout(block),
         &rec,
     );
-    assert!(wait_until(WAIT, || command_calls(&mut c, "blmpop") >= 1));
+    wait_for_blocked_clients(&mut c, 1);
+    let asked = Instant::now();
     let stats = running.shutdown().unwrap();
+    let took = asked.elapsed();
+    // A behaviour bound, not a speed target: a stop that waited for the blocked pop
+    // would take the rest of its 30 s block timeout.
+    assert!(
+        took < block / 3,
+        "the stop took {took:?}: it waited out the {block:?} block timeout"
+    );
     assert_eq!(stats.messages, 0);
     assert_eq!(stats.connections_ready, 0);
     // Nothing was popped and dropped: a message pushed now is still there.
@@ -529,14 +507,14 @@ fn shutdown_while_blocked_returns_within_the_block_timeout_and_loses_nothing() {
 fn limit_pops_exactly_n_and_leaves_the_rest_on_the_server() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
-    c.lpush_many("lim", seq_payloads("m", 1000)).unwrap();
+    c.lpush_many("lim", payloads("m", 1000)).unwrap();
     for _ in 0..2 {
         let rec = Recorder::default();
         let consumer = PopConsumer::new(["lim"]).batch(64).pipeline(4);
         let running = EngineBuilder::new(server.url())
             .limit(150)
             .pin_cores(false)
-            .start(consumer, rec.handler())
+            .start(consumer, rec.clone())
             .expect("engine starts");
         // The engine stops by itself once 150 messages are handled.
         let stats = running.wait().unwrap();
@@ -566,7 +544,7 @@ fn periodic_callbacks_run_on_every_shard() {
                 .unwrap()
                 .insert(std::thread::current().name().unwrap_or("").to_owned());
         })
-        .start(PopConsumer::new(["p1", "p2"]), rec.handler())
+        .start(PopConsumer::new(["p1", "p2"]), rec.clone())
         .unwrap();
     assert!(wait_until(WAIT, || calls
         .load(std::sync::atomic::Ordering::Relaxed)
@@ -626,7 +604,7 @@ fn a_hung_server_is_detected_by_command_deadlines_and_consumption_resumes() {
         .pin_cores(false)
         .connect_timeout(Duration::from_millis(500))
         .backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .start(consumer, rec.handler())
+        .start(consumer, rec.clone())
         .unwrap();
     assert!(wait_until(WAIT, || running.stats().connections_ready == 1));
     // SIGSTOP: sockets stay open, nothing answers. Only a per-command deadline notices.
@@ -641,13 +619,13 @@ fn a_hung_server_is_detected_by_command_deadlines_and_consumption_resumes() {
         "did not reconnect after thaw"
     );
     let mut c = server.client().unwrap();
-    c.lpush_many("hung", seq_payloads("h", 100)).unwrap();
+    c.lpush_many("hung", payloads("h", 100)).unwrap();
     assert!(wait_until(WAIT, || rec.len() >= 100));
     let stats = running.shutdown().unwrap();
     assert!(stats.reconnects >= 1);
     assert_exactly_once_in_order(
         &rec.snapshot(),
-        &HashMap::from([("hung".to_owned(), seq_payloads("h", 100))]),
+        &HashMap::from([("hung".to_owned(), payloads("h", 100))]),
     );
 }
 
@@ -660,7 +638,7 @@ fn limit_equal_to_the_backlog_drains_every_queue_over_several_lanes() {
     let mut c = server.client().unwrap();
     let mut expected = HashMap::new();
     for q in ["la", "lb", "lc"] {
-        let p = seq_payloads(q, 666);
+        let p = payloads(q, 666);
         c.lpush_many(q, &p).unwrap();
         expected.insert(q.to_string(), p);
     }
@@ -684,7 +662,7 @@ fn limit_equal_to_the_backlog_drains_every_queue_over_several_lanes() {
             .shards(shards)
             .connections_per_shard(conns)
             .pin_cores(false)
-            .start(consumer, rec.handler())
+            .start(consumer, rec.clone())
             .expect("engine starts");
         let stop = running.shutdown_handle();
         // A lane starved of budget used to hang here for good; the watchdog turns a hang
@@ -729,12 +707,12 @@ fn messages_popped_beyond_the_limit_go_back_to_their_list_in_order() {
         .shards(1)
         .connections_per_shard(2)
         .pin_cores(false)
-        .start(consumer, rec.handler())
+        .start(consumer, rec.clone())
         .expect("engine starts");
     // Both connections blocked, each asking for the whole budget of 5.
     wait_for_blocked_clients(&mut c, 2);
-    let a = seq_payloads("a", 5);
-    let b = seq_payloads("b", 5);
+    let a = payloads("a", 5);
+    let b = payloads("b", 5);
     // One transaction: both blocked pops are served in the same server turn.
     c.cmd(["MULTI"]).unwrap();
     let mut lpush = |k: &str, v: &[String]| {
@@ -782,7 +760,7 @@ fn a_panicking_periodic_callback_stops_the_engine_with_a_handler_error() {
         .shards(2)
         .pin_cores(false)
         .every(Duration::from_millis(10), || panic!("boom in every"))
-        .start(PopConsumer::new(["pp1", "pp2"]), rec.handler())
+        .start(PopConsumer::new(["pp1", "pp2"]), rec.clone())
         .unwrap();
     let err = running.wait().expect_err("the engine stops with an error");
     assert_eq!(err.kind(), ErrorKind::Handler, "{err}");
@@ -796,7 +774,7 @@ fn a_panicking_periodic_callback_stops_the_engine_with_a_handler_error() {
 fn excess_from_pipelined_pops_goes_back_in_list_order() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
-    let all = seq_payloads("o", 6);
+    let all = payloads("o", 6);
     c.lpush_many("ord", &all).unwrap();
     let rec = Recorder::default();
     let consumer = PopConsumer::new(["ord"])
@@ -808,7 +786,7 @@ fn excess_from_pipelined_pops_goes_back_in_list_order() {
         .limit(1)
         .shards(1)
         .pin_cores(false)
-        .start(consumer, rec.handler())
+        .start(consumer, rec.clone())
         .expect("engine starts");
     let stats = running.wait().unwrap();
     assert_eq!(stats.messages, 1);
@@ -909,7 +887,7 @@ fn a_full_server_is_retried_until_it_has_room() {
         .start_attempts(1000)
         .start(
             PopConsumer::new(["q"]).block_timeout(Duration::from_millis(100)),
-            rec.handler(),
+            rec.clone(),
         )
         .expect("engine starts");
     let mut c = admin.join().unwrap();
@@ -1010,13 +988,13 @@ fn the_backend_asked_for_is_the_one_that_runs() {
     let server = RedisServer::start().unwrap();
     let mut c = server.client().unwrap();
     for backend in [IoBackend::IoUring, IoBackend::Epoll] {
-        c.lpush_many("be", seq_payloads("m", 10_000)).unwrap();
+        c.lpush_many("be", payloads("m", 10_000)).unwrap();
         let rec = Recorder::default();
         let running = EngineBuilder::new(server.url())
             .pin_cores(false)
             .backend(backend)
             .limit(10_000)
-            .start(PopConsumer::new(["be"]), rec.handler())
+            .start(PopConsumer::new(["be"]), rec.clone())
             .unwrap();
         assert_eq!(running.backend(), backend);
         let stats = running.wait().unwrap();

@@ -5,55 +5,19 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringq::{
-    Dispatch, EngineBuilder, ErrorKind, Event, Handler, Message, Outcome, PopConsumer, PopStrategy,
-    Running,
+    Dispatch, EngineBuilder, ErrorKind, Event, Message, Outcome, PopConsumer, PopStrategy, Running,
 };
-use ringq_tests::{wait_until, RedisServer, TestClient};
+use ringq_tests::{wait_until, RedisServer};
 
-const WAIT: Duration = Duration::from_secs(60);
+mod support;
+use support::{wait_blocked, WAIT};
 
 /// Every delivered payload, in handler-call order.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn handler(&self) -> impl FnMut(&Message<'_>) -> Outcome + Clone + Send + 'static {
-        let log = self.0.clone();
-        move |m: &Message<'_>| {
-            log.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(m.payload()).into_owned());
-            Outcome::Ack
-        }
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn snapshot(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-fn blocked_clients(c: &mut TestClient) -> usize {
-    c.client_list()
-        .unwrap()
-        .iter()
-        .filter(|i| i.is_blocked())
-        .count()
-}
-
-/// Waits until `n` clients are blocked in a pop, with a message naming how many were.
-fn wait_blocked(c: &mut TestClient, n: usize) {
-    assert!(
-        wait_until(WAIT, || blocked_clients(c) == n),
-        "expected every one of the {n} connections blocked in a pop; {} are",
-        blocked_clients(c)
-    );
-}
+type Log = support::Recorder<String>;
 
 fn start(
     engine: EngineBuilder,
@@ -66,7 +30,7 @@ fn start(
         .shards(shards)
         .connections_per_shard(conns)
         .pin_cores(false)
-        .start(consumer, log.handler())
+        .start(consumer, log.clone())
         .expect("engine starts")
 }
 
@@ -246,15 +210,8 @@ fn freeze_during_drain(strategy: PopStrategy, dispatch: Dispatch) {
     let items: Vec<String> = (0..TOTAL).map(|i| format!("{i:06}")).collect();
     c.lpush_many("drain", &items).unwrap();
     let log = Log::default();
-    let inner = log.handler();
     // Slow enough that the drain outlasts three freezes.
-    let handler = {
-        let mut inner = inner;
-        move |m: &Message<'_>| {
-            std::thread::sleep(Duration::from_micros(40));
-            inner(m)
-        }
-    };
+    let handler = log.with_pause(Duration::from_micros(40));
     let running = EngineBuilder::new(server.url())
         .pin_cores(false)
         .dispatch(dispatch)
@@ -344,7 +301,7 @@ fn a_role_swap_does_not_end_the_consumer() {
     let running = EngineBuilder::new(primary.url())
         .pin_cores(false)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .start(PopConsumer::new(["jobs"]), log.handler())
+        .start(PopConsumer::new(["jobs"]), log.clone())
         .unwrap();
     c.lpush_many("jobs", ["before"]).unwrap();
     assert!(wait_until(WAIT, || log.len() == 1));
@@ -398,7 +355,7 @@ fn reconnects_follow_a_host_name_to_its_new_address() {
                 p.load(Ordering::SeqCst),
             ))])
         })
-        .start(PopConsumer::new(["jobs"]), log.handler())
+        .start(PopConsumer::new(["jobs"]), log.clone())
         .unwrap();
     let mut a = first.client().unwrap();
     a.lpush_many("jobs", ["on-first"]).unwrap();
@@ -422,24 +379,8 @@ fn reconnects_follow_a_host_name_to_its_new_address() {
     );
 }
 
-/// A handler that records the events it is told about.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<Event>>>);
-
-impl Handler for Events {
-    fn handle(&mut self, _: &Message<'_>) -> Outcome {
-        Outcome::Ack
-    }
-    fn on_event(&mut self, event: &Event) {
-        self.0.lock().unwrap().push(event.clone());
-    }
-}
-
-impl Events {
-    fn snapshot(&self) -> Vec<Event> {
-        self.0.lock().unwrap().clone()
-    }
-}
+/// A handler that records the events it is told about (and the payloads).
+type Events = support::Recorder<String>;
 
 /// A connection killed while its blocking pop waits: the handler is told that what the
 /// pop may have taken is lost (inline on the shard's handler, and with workers on the
@@ -461,13 +402,13 @@ fn the_handler_is_told_when_a_lost_connection_may_have_lost_messages() {
             .unwrap();
         wait_blocked(&mut c, 1);
         assert_eq!(c.client_kill_by_name("ringq-s0-c0").unwrap(), 1);
-        assert!(wait_until(WAIT, || !events.snapshot().is_empty()));
+        assert!(wait_until(WAIT, || !events.events().is_empty()));
         // It reconnects and waits on its queue again.
         wait_blocked(&mut c, 1);
         let stats = running.shutdown().unwrap();
         assert!(stats.possibly_lost >= 1);
         assert_eq!(
-            events.snapshot(),
+            events.events(),
             [Event::PossiblyLost {
                 connection: "ringq-s0-c0".into(),
                 commands: 1,
@@ -495,15 +436,15 @@ fn the_handler_is_told_when_a_stalled_connection_is_replaced() {
     server.freeze().unwrap();
     let stalled = || {
         events
-            .snapshot()
+            .events()
             .iter()
             .any(|e| matches!(e, Event::Stalled { .. }))
     };
     let seen = wait_until(WAIT, stalled);
     server.thaw().unwrap();
-    assert!(seen, "no Stalled event; saw {:?}", events.snapshot());
+    assert!(seen, "no Stalled event; saw {:?}", events.events());
     let stats = running.shutdown().unwrap();
-    let evs = events.snapshot();
+    let evs = events.events();
     assert_eq!(
         evs[0],
         Event::Stalled {
@@ -537,7 +478,7 @@ fn replies_lost_in_flight_are_counted_never_silent() {
         .backoff(Duration::from_millis(5), Duration::from_millis(20))
         .start(
             PopConsumer::new(["lossy"]).batch(50).pipeline(4),
-            log.handler(),
+            log.clone(),
         )
         .unwrap();
     let mut resets = 0;

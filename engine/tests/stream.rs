@@ -4,50 +4,17 @@
 //! faults between the server and the engine. Fault tests check the fault happened, then
 //! count delivered, lost (must be 0) and duplicated.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringq::{
-    Backoff, Dispatch, EngineBuilder, Event, Handler, Message, Outcome, StartAt, Stream,
-    StreamConsumer,
-};
+use ringq::{Backoff, Dispatch, Message, Outcome, StartAt, Stream, StreamConsumer};
 use ringq_resp::Frame;
-use ringq_tests::{
-    find_valkey_server, wait_until, Fault, FaultProxy, RedisServer, RedisServerBuilder, TestClient,
+use ringq_tests::{wait_until, Fault, FaultProxy, TestClient};
+
+mod support;
+use support::{
+    ack_after, builder, builder_for, on_redis_and_valkey, start, wait_any_blocked, Kind, WAIT,
 };
-
-const WAIT: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Redis,
-    Valkey,
-}
-
-fn builder_for(kind: Kind) -> RedisServerBuilder {
-    match kind {
-        Kind::Redis => RedisServer::builder(),
-        Kind::Valkey => RedisServer::builder().binary(find_valkey_server().unwrap_or_else(|e| {
-            panic!("the stream-mode tests run against Valkey 9 too and need it: {e}")
-        })),
-    }
-}
-
-fn start(kind: Kind) -> RedisServer {
-    builder_for(kind).start().unwrap()
-}
-
-macro_rules! on_redis_and_valkey {
-    ($($case:ident),* $(,)?) => {
-        mod redis {
-            $(#[test] fn $case() { super::$case(super::Kind::Redis) })*
-        }
-        mod valkey {
-            $(#[test] fn $case() { super::$case(super::Kind::Valkey) })*
-        }
-    };
-}
 
 on_redis_and_valkey!(
     drains_a_group_with_acks,
@@ -69,74 +36,7 @@ on_redis_and_valkey!(
 );
 
 /// (stream, payload, deliveries, when) of each delivery.
-type Log = Arc<Mutex<Vec<(String, String, u32, Instant)>>>;
-
-#[derive(Clone, Default)]
-struct Seen {
-    log: Log,
-    events: Arc<Mutex<Vec<Event>>>,
-}
-
-impl Seen {
-    fn len(&self) -> usize {
-        self.log.lock().unwrap().len()
-    }
-
-    fn distinct(&self) -> usize {
-        let mut m = HashMap::new();
-        for (s, p, _, _) in self.log.lock().unwrap().iter() {
-            *m.entry((s.clone(), p.clone())).or_insert(0) += 1;
-        }
-        m.len()
-    }
-
-    fn dups(&self) -> usize {
-        self.len() - self.distinct()
-    }
-}
-
-#[derive(Clone)]
-struct Recorder<F> {
-    seen: Seen,
-    decide: F,
-}
-
-impl<F: FnMut(&str, u32) -> Outcome + Clone + Send + 'static> Handler for Recorder<F> {
-    fn handle(&mut self, m: &Message<'_>) -> Outcome {
-        let p = String::from_utf8_lossy(m.payload()).into_owned();
-        self.seen.log.lock().unwrap().push((
-            String::from_utf8_lossy(m.queue()).into_owned(),
-            p.clone(),
-            m.deliveries(),
-            Instant::now(),
-        ));
-        (self.decide)(&p, m.deliveries())
-    }
-
-    fn on_event(&mut self, e: &Event) {
-        self.seen.events.lock().unwrap().push(e.clone());
-    }
-}
-
-fn acker(seen: &Seen) -> Recorder<impl FnMut(&str, u32) -> Outcome + Clone + Send + 'static> {
-    Recorder {
-        seen: seen.clone(),
-        decide: |_: &str, _: u32| Outcome::Ack,
-    }
-}
-
-fn slow_acker(
-    seen: &Seen,
-    pause: Duration,
-) -> Recorder<impl FnMut(&str, u32) -> Outcome + Clone + Send + 'static> {
-    Recorder {
-        seen: seen.clone(),
-        decide: move |_: &str, _: u32| {
-            std::thread::sleep(pause);
-            Outcome::Ack
-        },
-    }
-}
+type Seen = support::Recorder<(String, String, u32, Instant)>;
 
 /// XADDs `n` entries `payload = <prefix>-<i>` (plus `tag` when given), pipelined.
 fn xadd(c: &mut TestClient, stream: &str, prefix: &str, n: usize, tag: Option<&str>) {
@@ -171,10 +71,6 @@ fn pending(c: &mut TestClient, stream: &str, group: &str) -> i64 {
     }
 }
 
-fn builder(url: String) -> EngineBuilder {
-    EngineBuilder::new(url).pin_cores(false)
-}
-
 fn from_start(streams: &[&str], id: &str) -> StreamConsumer {
     StreamConsumer::new("g", id.to_owned(), streams.iter().map(|s| Stream::from(*s)))
         .start_at(StartAt::Beginning)
@@ -187,7 +83,7 @@ fn drains_a_group_with_acks(kind: Kind) {
     xadd(&mut c, "sb", "b", 2000, None);
     let seen = Seen::default();
     let running = builder(server.url())
-        .start(from_start(&["sa", "sb"], "c1").batch(64), acker(&seen))
+        .start(from_start(&["sa", "sb"], "c1").batch(64), seen.clone())
         .unwrap();
     assert!(
         wait_until(WAIT, || seen.len() >= 5000),
@@ -206,17 +102,13 @@ fn a_new_group_starts_with_new_entries_by_default(kind: Kind) {
     xadd(&mut c, "sn", "old", 10, None);
     let seen = Seen::default();
     let running = builder(server.url())
-        .start(StreamConsumer::new("g", "c1", ["sn"]), acker(&seen))
+        .start(StreamConsumer::new("g", "c1", ["sn"]), seen.clone())
         .unwrap();
-    assert!(wait_until(WAIT, || c
-        .client_list()
-        .unwrap()
-        .iter()
-        .any(|i| i.is_blocked())));
+    wait_any_blocked(&mut c);
     xadd(&mut c, "sn", "new", 5, None);
     assert!(wait_until(WAIT, || seen.len() >= 5));
     running.shutdown().unwrap();
-    let log = seen.log.lock().unwrap().clone();
+    let log = seen.snapshot();
     assert!(
         log.iter()
             .all(|(_, p, d, _)| p.starts_with("new") && *d == 1),
@@ -249,12 +141,12 @@ fn a_restart_with_the_same_id_reads_its_pending_entries_first(kind: Kind) {
     let running = builder(server.url())
         .start(
             StreamConsumer::new("g", "c1", ["sr"]).lease(Duration::from_secs(600)),
-            acker(&seen),
+            seen.clone(),
         )
         .unwrap();
     assert!(wait_until(WAIT, || seen.len() >= 70));
     running.shutdown().unwrap();
-    let log = seen.log.lock().unwrap().clone();
+    let log = seen.snapshot();
     assert_eq!(seen.distinct(), 70);
     // Its own pending entries first, each as its second delivery; then the new ones.
     assert!(
@@ -291,7 +183,7 @@ fn another_consumer_claims_a_dead_consumers_entries_after_the_lease(kind: Kind) 
     let running = builder(server.url())
         .start(
             StreamConsumer::new("g", "alive", ["sc"]).lease(Duration::from_secs(1)),
-            acker(&seen),
+            seen.clone(),
         )
         .unwrap();
     assert!(
@@ -300,7 +192,7 @@ fn another_consumer_claims_a_dead_consumers_entries_after_the_lease(kind: Kind) 
         seen.len()
     );
     let stats = running.shutdown().unwrap();
-    let log = seen.log.lock().unwrap().clone();
+    let log = seen.snapshot();
     assert_eq!(seen.distinct(), 100);
     assert!(
         log.iter().all(|(_, _, d, _)| *d == 2),
@@ -319,16 +211,13 @@ fn a_poison_entry_goes_dead_after_exactly_max_deliveries(kind: Kind) {
         .unwrap();
     c.cmd(["XADD", "sp", "*", "payload", "fine"]).unwrap();
     let seen = Seen::default();
-    let handler = Recorder {
-        seen: seen.clone(),
-        decide: |p: &str, _: u32| {
-            if p == "poison" {
-                Outcome::Retry
-            } else {
-                Outcome::Ack
-            }
-        },
-    };
+    let handler = seen.deciding(|p: &str, _: u32| {
+        if p == "poison" {
+            Outcome::Retry
+        } else {
+            Outcome::Ack
+        }
+    });
     let backoff = Backoff::Exponential {
         base: Duration::from_millis(100),
         max: Duration::from_secs(5),
@@ -348,7 +237,7 @@ fn a_poison_entry_goes_dead_after_exactly_max_deliveries(kind: Kind) {
         .unwrap())
         == 1));
     running.shutdown().unwrap();
-    let log = seen.log.lock().unwrap().clone();
+    let log = seen.snapshot();
     let poison: Vec<_> = log.iter().filter(|(_, p, _, _)| p == "poison").collect();
     let deliveries: Vec<u32> = poison.iter().map(|(_, _, d, _)| *d).collect();
     assert_eq!(
@@ -408,7 +297,7 @@ fn a_deleted_pending_entry_is_skipped_and_acked(kind: Kind) {
     assert_eq!(int(c.cmd(["XDEL", "sd", &id]).unwrap()), 1);
     let seen = Seen::default();
     let running = builder(server.url())
-        .start(StreamConsumer::new("g", "c1", ["sd"]), acker(&seen))
+        .start(StreamConsumer::new("g", "c1", ["sd"]), seen.clone())
         .unwrap();
     assert!(wait_until(WAIT, || seen.len() >= 5));
     let stats = running.shutdown().unwrap();
@@ -432,13 +321,13 @@ fn the_tag_filter_acks_what_it_does_not_deliver(kind: Kind) {
         .start(
             StreamConsumer::new("g", "c1", [Stream::new("st").tags("TagA || TagB")])
                 .start_at(StartAt::Beginning),
-            acker(&seen),
+            seen.clone(),
         )
         .unwrap();
     assert!(wait_until(WAIT, || seen.len() >= 50));
     assert!(wait_until(WAIT, || pending(&mut c, "st", "g") == 0));
     let stats = running.shutdown().unwrap();
-    let log = seen.log.lock().unwrap().clone();
+    let log = seen.snapshot();
     assert_eq!(log.len(), 50);
     assert!(log
         .iter()
@@ -457,12 +346,12 @@ fn orderly_dispatch_keeps_each_streams_order(kind: Kind) {
         .dispatch(Dispatch::orderly(3))
         .start(
             from_start(&["o1", "o2", "o3"], "c1").batch(16),
-            slow_acker(&seen, Duration::from_micros(100)),
+            seen.deciding(ack_after(Duration::from_micros(100))),
         )
         .unwrap();
     assert!(wait_until(WAIT, || seen.len() >= 1500));
     running.shutdown().unwrap();
-    let log = seen.log.lock().unwrap().clone();
+    let log = seen.snapshot();
     for s in ["o1", "o2", "o3"] {
         let got: Vec<&String> = log
             .iter()
@@ -484,13 +373,10 @@ fn lag_and_pending_are_reported(kind: Kind) {
     let gate = Arc::new(Mutex::new(()));
     let held = gate.lock().unwrap();
     let g2 = gate.clone();
-    let handler = Recorder {
-        seen: seen.clone(),
-        decide: move |_: &str, _: u32| {
-            drop(g2.lock().unwrap());
-            Outcome::Ack
-        },
-    };
+    let handler = seen.deciding(move |_: &str, _: u32| {
+        drop(g2.lock().unwrap());
+        Outcome::Ack
+    });
     let running = builder(server.url())
         .prefetch(100)
         .dispatch(Dispatch::workers(1))
@@ -518,13 +404,9 @@ fn client_kill_while_blocked_loses_nothing(kind: Kind) {
     let mut c = server.client().unwrap();
     let seen = Seen::default();
     let running = builder(server.url())
-        .start(StreamConsumer::new("g", "c1", ["sk"]), acker(&seen))
+        .start(StreamConsumer::new("g", "c1", ["sk"]), seen.clone())
         .unwrap();
-    assert!(wait_until(WAIT, || c
-        .client_list()
-        .unwrap()
-        .iter()
-        .any(|i| i.is_blocked())));
+    wait_any_blocked(&mut c);
     let killed = c
         .client_kill(&[("TYPE", "normal"), ("SKIPME", "yes")])
         .unwrap();
@@ -546,7 +428,7 @@ fn replies_lost_in_flight_lose_nothing(kind: Kind) {
     let seen = Seen::default();
     let running = builder(proxy.url())
         .prefetch(512)
-        .start(from_start(&["sx"], "c1").batch(64), acker(&seen))
+        .start(from_start(&["sx"], "c1").batch(64), seen.clone())
         .unwrap();
     for _ in 0..3 {
         let before = seen.len();
@@ -584,7 +466,7 @@ fn a_server_restart_with_appendfsync_always_loses_nothing(kind: Kind) {
     let running = builder(server.url())
         .start(
             from_start(&["sf"], "c1").batch(32),
-            slow_acker(&seen, Duration::from_micros(100)),
+            seen.deciding(ack_after(Duration::from_micros(100))),
         )
         .unwrap();
     assert!(wait_until(WAIT, || seen.len() >= 1000));
@@ -613,7 +495,7 @@ fn a_frozen_server_loses_nothing(kind: Kind) {
         .reply_grace(Duration::from_secs(1))
         .start(
             from_start(&["sz"], "c1").batch(16),
-            slow_acker(&seen, Duration::from_micros(200)),
+            seen.deciding(ack_after(Duration::from_micros(200))),
         )
         .unwrap();
     assert!(wait_until(WAIT, || seen.len() >= 500));
@@ -644,7 +526,7 @@ fn delete_on_ack_removes_settled_entries(kind: Kind) {
     let running = builder(server.url())
         .start(
             from_start(&["sdel"], "c1").delete_on_ack(true),
-            acker(&seen),
+            seen.clone(),
         )
         .unwrap();
     assert!(wait_until(WAIT, || seen.len() >= 500));
@@ -661,13 +543,9 @@ fn a_deleted_group_stops_the_engine_with_a_clear_error(kind: Kind) {
     let mut c = server.client().unwrap();
     let seen = Seen::default();
     let running = builder(server.url())
-        .start(StreamConsumer::new("g", "c1", ["sg"]), acker(&seen))
+        .start(StreamConsumer::new("g", "c1", ["sg"]), seen.clone())
         .unwrap();
-    assert!(wait_until(WAIT, || c
-        .client_list()
-        .unwrap()
-        .iter()
-        .any(|i| i.is_blocked())));
+    wait_any_blocked(&mut c);
     c.cmd(["XGROUP", "DESTROY", "sg", "g"]).unwrap();
     c.cmd(["XADD", "sg", "*", "payload", "x"]).unwrap();
     let err = running

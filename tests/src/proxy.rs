@@ -29,8 +29,9 @@ pub enum Fault {
     /// Forward server-to-client bytes one `write` per byte.
     OneByteWrites,
     /// Forward the next server-to-client chunk, then reset both connections at once
-    /// (SO_LINGER 0): the client may never read that reply. Fires once per connection,
-    /// then the proxy forwards normally again for new connections.
+    /// (SO_LINGER 0): the client may never read that reply. Fires exactly once, on
+    /// whichever connection's reply is read first, and switches itself back to
+    /// [`Fault::None`] in the same step.
     ResetAfterReply,
     /// Forward nothing in either direction and close nothing: a half-open connection.
     BlackHole,
@@ -128,6 +129,11 @@ impl FaultProxy {
 
     /// How many times a fault acted (a delayed or split chunk, a reset, a swallowed
     /// chunk).
+    ///
+    /// Counted before the fault acts on the chunk, so a client that sees the effect (a
+    /// held, split or reset reply) already sees it counted. A swallowed chunk
+    /// ([`Fault::BlackHole`]) is counted when the proxy reads it, which nothing the client
+    /// sees is ordered after: poll for that count ([`crate::wait_until`]).
     pub fn fired(&self) -> u64 {
         self.shared.fired.load(Ordering::SeqCst)
     }
@@ -214,7 +220,16 @@ fn forward(mut from: TcpStream, to: TcpStream, replies: bool, shared: &Shared) {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let fault = *lock(&shared.fault);
+        // Read, and for a reset switched off, in one step: two connections whose replies
+        // arrive together cannot both fire it.
+        let fault = {
+            let mut current = lock(&shared.fault);
+            let fault = *current;
+            if replies && fault == Fault::ResetAfterReply {
+                *current = Fault::None;
+            }
+            fault
+        };
         let chunk = &buf[..n];
         let ok = match (fault, replies) {
             (Fault::BlackHole, _) => {
@@ -233,10 +248,9 @@ fn forward(mut from: TcpStream, to: TcpStream, replies: bool, shared: &Shared) {
                     .all(|b| to.write_all(std::slice::from_ref(b)).is_ok())
             }
             (Fault::ResetAfterReply, true) => {
-                // Counted (and switched off) before the reply goes out: a client that
-                // reads the reply must already see the fault as fired.
+                // Counted (and already switched off) before the reply goes out: a client
+                // that reads the reply must already see the fault as fired.
                 shared.fired.fetch_add(1, Ordering::SeqCst);
-                *lock(&shared.fault) = Fault::None;
                 let _ = to.write_all(chunk);
                 reset(to, shared);
                 let _ = from.shutdown(Shutdown::Both);

@@ -513,6 +513,29 @@ mod fault_proxy {
         again.ping().unwrap();
     }
 
+    /// Two connections with replies in flight when the reset is armed: exactly one of
+    /// them is reset, and it is counted once (the switch-off and the check are one step).
+    #[test]
+    fn reset_after_reply_fires_once_across_connections() {
+        let server = RedisServer::start().unwrap();
+        let proxy = FaultProxy::start(server.addr()).unwrap();
+        let mut a = TestClient::connect(&proxy.url()).unwrap();
+        let mut b = TestClient::connect(&proxy.url()).unwrap();
+        a.ping().unwrap();
+        b.ping().unwrap();
+        proxy.set(Fault::ResetAfterReply);
+        a.send(["PING"]).unwrap();
+        b.send(["PING"]).unwrap();
+        let _maybe = (a.read_reply(), b.read_reply());
+        assert_eq!(proxy.fired(), 1);
+        let alive = [a.ping().is_ok(), b.ping().is_ok()];
+        assert_eq!(
+            alive.iter().filter(|ok| **ok).count(),
+            1,
+            "exactly one connection reset: {alive:?}"
+        );
+    }
+
     /// A black hole answers nothing and closes nothing: a half-open connection.
     #[test]
     fn a_black_hole_swallows_everything_and_closes_nothing() {
@@ -525,7 +548,12 @@ mod fault_proxy {
             .unwrap();
         let err = c.ping().unwrap_err();
         assert!(err.is_timeout(), "no answer, no close: {err}");
-        assert!(proxy.fired() >= 1);
+        // The client saw nothing, so nothing orders its timeout after the proxy's read of
+        // the PING (where the fault counts): wait for the count rather than assume it.
+        assert!(
+            ringq_tests::wait_until(Duration::from_secs(10), || proxy.fired() >= 1),
+            "the proxy never swallowed the PING"
+        );
         proxy.set(Fault::None);
         let mut fresh = TestClient::connect(&proxy.url()).unwrap();
         fresh.ping().unwrap();
