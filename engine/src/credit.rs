@@ -26,6 +26,8 @@
 //! Accounting is O(1) per pop and per handled batch: the shard keeps `Σ max(used,
 //! reserve)` up to date as each lane's usage changes.
 
+use crate::budget::Budget;
+
 /// The largest payload a Redis server accepts by default (`proto-max-bulk-len`, 512 MiB):
 /// what a message of unknown size is planned as.
 pub(crate) const LARGEST_MESSAGE: u64 = 512 << 20;
@@ -138,6 +140,56 @@ impl Credits {
         };
         self.charge(lane, g.count, g.bytes);
         Some(g)
+    }
+
+    /// Grants credit to `lane`'s next fetch as [`Credits::grant`] does, together with its
+    /// claim on the engine's message budget (`EngineBuilder::limit`), when there is one:
+    /// never more than the budget has left, and a non-blocking fetch claims what it was
+    /// granted before it is sent (a blocking one claims on arrival: see [`Budget`]). The
+    /// grant that comes back is what the fetch may ask for; `None`: it must wait.
+    pub(crate) fn grant_fetch(
+        &mut self,
+        budget: Option<&Budget>,
+        lane: usize,
+        blocking: bool,
+        want: u32,
+        estimate: Option<u64>,
+        depth: u32,
+    ) -> Option<Grant> {
+        let want = budget.map_or(want, |b| b.available(want));
+        if want == 0 {
+            return None;
+        }
+        let mut grant = self.grant(lane, blocking, want, estimate, depth)?;
+        if let (Some(b), false) = (budget, blocking) {
+            // Another shard may have claimed meanwhile: ask for what was claimed.
+            let claimed = b.claim(grant.count);
+            if claimed == 0 {
+                self.release(lane, grant.count, grant.bytes);
+                return None;
+            }
+            if claimed < grant.count {
+                self.release(lane, grant.count - claimed, 0);
+                grant.count = claimed;
+            }
+        }
+        Some(grant)
+    }
+
+    /// Gives back what a fetch on `lane` held that will bring nothing (its connection was
+    /// lost, or its reply failed): its credit, and for a non-blocking one its budget
+    /// claim.
+    pub(crate) fn forget_fetch(
+        &mut self,
+        budget: Option<&Budget>,
+        lane: usize,
+        grant: Grant,
+        blocking: bool,
+    ) {
+        self.release(lane, grant.count, grant.bytes);
+        if let (Some(b), false) = (budget, blocking) {
+            b.unclaim(grant.count);
+        }
     }
 
     /// A command's reply arrived: its grant is replaced by what it actually carried

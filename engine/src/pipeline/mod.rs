@@ -188,6 +188,26 @@ impl<C: Copy + Debug> Io<C> {
         }
     }
 
+    /// This turn's fill order over the connections that may fetch now (ready, not
+    /// draining, with a lane): it starts one connection further than the last turn's
+    /// (`from` keeps the place), so no connection is always first to the shared part of
+    /// the credit. The iterator borrows nothing: the caller queues on each connection as
+    /// it goes, checking it with [`Io::fetching`].
+    pub(crate) fn fill_order(&self, from: &mut usize) -> impl Iterator<Item = usize> {
+        let n = self.conns.len();
+        *from = (*from + 1) % n.max(1);
+        let start = *from;
+        (0..n).map(move |k| (start + k) % n)
+    }
+
+    /// The lane of connection `id` if it may fetch now (ready and not draining).
+    pub(crate) fn fetching(&self, id: usize) -> Option<FetchLane> {
+        if !self.conns.get(id)?.serves() {
+            return None;
+        }
+        self.fetch_of(id)
+    }
+
     /// The lane of connection `id`, which just answered a fetching command.
     ///
     /// # Errors

@@ -189,36 +189,21 @@ impl Lane {
                 PopStrategy::Adaptive => !self.backlog || !lmpop,
             };
             // A blocking lease (BLMOVE) moves one message.
-            let mut want = if lmpop && !(blocking && lease.is_some()) {
+            let want = if lmpop && !(blocking && lease.is_some()) {
                 c.batch
             } else {
                 1
             };
-            if let Some(b) = &plan.budget {
-                // Never ask for more than the budget has left unclaimed.
-                want = b.available(want);
-                if want == 0 {
-                    return;
-                }
-            }
-            let Some(mut grant) =
-                credits.grant(self.index, blocking, want, self.sizes.get(), depth)
-            else {
+            let Some(grant) = credits.grant_fetch(
+                plan.budget.as_deref(),
+                self.index,
+                blocking,
+                want,
+                self.sizes.get(),
+                depth,
+            ) else {
                 return;
             };
-            if let (Some(b), false) = (&plan.budget, blocking) {
-                // See `Budget`: only non-blocking pops reserve. Another shard may have
-                // claimed meanwhile; ask for what was granted.
-                let claimed = b.claim(grant.count);
-                if claimed < grant.count {
-                    credits.release(self.index, grant.count - claimed, 0);
-                    grant.count = claimed;
-                }
-                if claimed == 0 {
-                    credits.release(self.index, 0, grant.bytes);
-                    return;
-                }
-            }
             let count = grant.count;
             let scope = if std::mem::take(&mut self.recheck) {
                 Scope::All

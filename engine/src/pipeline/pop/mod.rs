@@ -310,20 +310,10 @@ impl PopPipeline {
     /// starting connection rotates each turn, so none is always first to the shared part
     /// of the credit (each lane's own reserve is its own whatever the order).
     pub(crate) fn fill_lanes<C: CarriesPop>(&mut self, io: &mut Io<C>, now: Instant) {
-        let n = io.conns.len();
-        if n == 0 {
-            return;
-        }
-        self.fill_from = (self.fill_from + 1) % n;
-        for k in 0..n {
-            let id = (self.fill_from + k) % n;
-            if !io.conns[id].serves() {
-                continue;
-            }
-            let Some(lane_id) = io.fetch_of(id) else {
+        for id in io.fill_order(&mut self.fill_from) {
+            let Some(lane_id) = io.fetching(id).map(FetchLane::index) else {
                 continue;
             };
-            let lane_id = lane_id.index();
             let Some(lane) = self.lanes.get_mut(lane_id) else {
                 continue;
             };

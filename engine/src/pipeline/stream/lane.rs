@@ -23,6 +23,16 @@ pub(crate) struct ReadCmd {
     pub blocking: bool,
 }
 
+impl ReadCmd {
+    /// What the read holds of its lane's credit.
+    fn grant(&self) -> Grant {
+        Grant {
+            count: self.count,
+            bytes: self.bytes,
+        }
+    }
+}
+
 pub(crate) struct Lane {
     index: usize,
     order: VecDeque<u32>,
@@ -62,29 +72,17 @@ impl Lane {
                 return;
             }
             let blocking = !self.backlog;
-            let mut want = c.batch.saturating_mul(self.order.len() as u32);
-            if let Some(b) = &plan.budget {
-                want = b.available(want);
-                if want == 0 {
-                    return;
-                }
-            }
-            let Some(mut grant) =
-                credits.grant(self.index, blocking, want, self.sizes.get(), depth)
-            else {
+            let want = c.batch.saturating_mul(self.order.len() as u32);
+            let Some(grant) = credits.grant_fetch(
+                plan.budget.as_deref(),
+                self.index,
+                blocking,
+                want,
+                self.sizes.get(),
+                depth,
+            ) else {
                 return;
             };
-            if let (Some(b), false) = (&plan.budget, blocking) {
-                let claimed = b.claim(grant.count);
-                if claimed < grant.count {
-                    credits.release(self.index, grant.count - claimed, 0);
-                    grant.count = claimed;
-                }
-                if claimed == 0 {
-                    credits.release(self.index, 0, grant.bytes);
-                    return;
-                }
-            }
             // COUNT is per stream: name as many streams as the grant has messages, and
             // ask each for its share.
             let k = (self.order.len() as u32).min(grant.count).max(1) as usize;
@@ -152,10 +150,7 @@ impl Lane {
             Ok(r) => r,
             Err(e) => {
                 out.truncate(start);
-                credits.release(self.index, read.count, read.bytes);
-                if let (Some(b), false) = (&plan.budget, read.blocking) {
-                    b.unclaim(read.count);
-                }
+                credits.forget_fetch(plan.budget.as_deref(), self.index, read.grant(), read.blocking);
                 return Err(e);
             }
         };
@@ -192,10 +187,7 @@ impl Lane {
     /// A read that will not answer: its credit and budget claim come back.
     pub(crate) fn forget(&mut self, plan: &StreamPlan, read: ReadCmd, credits: &mut Credits) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        credits.release(self.index, read.count, read.bytes);
-        if let (Some(b), false) = (&plan.budget, read.blocking) {
-            b.unclaim(read.count);
-        }
+        credits.forget_fetch(plan.budget.as_deref(), self.index, read.grant(), read.blocking);
     }
 
     /// The connection was lost: nothing is in flight on it any more.

@@ -328,14 +328,8 @@ impl Pipeline for StreamPipeline {
         if self.stage != Stage::Running {
             return;
         }
-        let n = io.conns.len();
-        self.fill_from = (self.fill_from + 1) % n.max(1);
-        for k in 0..n {
-            let id = (self.fill_from + k) % n;
-            if !io.conns[id].serves() {
-                continue;
-            }
-            let Some(l) = io.fetch_of(id) else { continue };
+        for id in io.fill_order(&mut self.fill_from) {
+            let Some(l) = io.fetching(id) else { continue };
             if let Some(lane) = self.lanes.get_mut(l.index()) {
                 lane.fill(
                     &self.plan,
