@@ -179,8 +179,8 @@ impl From<String> for Queue {
     }
 }
 
-/// The consumer's immutable tables, shared by its lanes on one shard.
-pub(crate) struct PopPlan {
+/// The consumer's immutable tables, shared by its lanes on one shard, and how they fetch.
+pub(crate) struct PopPlan<D> {
     pub consumer: PopConsumer,
     /// Extra time past the block timeout before a blocking pop is overdue.
     pub reply_grace: Duration,
@@ -197,29 +197,18 @@ pub(crate) struct PopPlan {
     /// The same, rounded up to whole seconds, for servers before 6.0 (which reject a
     /// fractional timeout).
     pub(super) block_secs_whole: Bytes,
-    /// Reliable mode: pops lease (move each message into the consumer's processing list)
-    /// instead of popping.
-    pub(crate) lease: Option<Lease>,
+    /// How the lanes fetch: pop, or lease (reliable mode).
+    pub(crate) dialect: D,
 }
 
-/// How the lanes lease in reliable mode: a non-blocking pop is the lease script naming
-/// (queue key, processing list) pairs, a blocking one `BLMOVE` of one key.
-pub(crate) struct Lease {
-    /// The lease script's SHA-1, for `EVALSHA`.
-    pub sha: Bytes,
-    /// The processing list of each queue's keys, as `consumer.queues[q].levels`.
-    pub processing: Vec<Vec<Bytes>>,
-    /// How long a lane with several keys waits on one before checking them all again.
-    pub poll_secs: Bytes,
-}
-
-impl PopPlan {
+impl<D> PopPlan<D> {
     /// The tables for a shard whose lane `l` pops the queues `lanes[l]` (queue indices).
     pub(crate) fn new(
         consumer: PopConsumer,
         budget: Option<Arc<Budget>>,
         lanes: &[Vec<u32>],
         timing: Timing,
+        dialect: D,
     ) -> Self {
         let mut lane_of = vec![u32::MAX; consumer.queues.len()];
         for (l, queues) in lanes.iter().enumerate() {
@@ -248,12 +237,12 @@ impl PopPlan {
             lane_of,
             block_secs: Bytes::from(fmt_secs(secs)),
             block_secs_whole: Bytes::from(secs.ceil().max(1.0).to_string()),
-            lease: None,
+            dialect,
         }
     }
 }
 
-impl PopPlan {
+impl<D> PopPlan<D> {
     /// The engine's reply deadlines.
     pub(crate) fn timing(&self) -> Timing {
         Timing {
@@ -267,17 +256,17 @@ impl PopPlan {
         self.keys.get(key).copied()
     }
 
-    /// A block timeout as a command argument (milliseconds resolution).
-    pub(crate) fn secs_arg(d: Duration) -> Bytes {
-        Bytes::from(fmt_secs((d.as_millis().max(1) as f64) / 1000.0))
-    }
-
     /// The lane that pops queue `queue_index` on this shard.
     pub(crate) fn lane_of(&self, queue_index: u32) -> usize {
         self.lane_of
             .get(queue_index as usize)
             .map_or(usize::MAX, |&l| l as usize)
     }
+}
+
+/// A block timeout as a command argument (milliseconds resolution).
+pub(crate) fn secs_arg(d: Duration) -> Bytes {
+    Bytes::from(fmt_secs((d.as_millis().max(1) as f64) / 1000.0))
 }
 
 fn fmt_secs(s: f64) -> String {

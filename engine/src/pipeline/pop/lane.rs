@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use ringq_resp::CommandWriter;
 
+use super::dialect::{Dialect, Fetch};
 use super::reply::{parse_pop_reply, PopReply};
-use super::{CarriesPop, PopCmd, PopPlan, PopStrategy, PopTag, Scope, HOT_KEYS};
+use super::{CarriesPop, PopCmd, PopPlan, PopTag, Scope, HOT_KEYS};
 use crate::conn::{Conn, Failure, Tag};
 use crate::credit::{Credits, Grant, SizeEstimate};
 use crate::handler::Message;
@@ -92,7 +92,12 @@ impl Lane {
 
     /// A pop of this lane will not answer (its connection was lost): its credit and its
     /// budget claim come back. Returns how many messages it had asked for.
-    pub(crate) fn forget(&mut self, plan: &PopPlan, pop: &PopCmd, credits: &mut Credits) -> u32 {
+    pub(crate) fn forget<D: Dialect>(
+        &mut self,
+        plan: &PopPlan<D>,
+        pop: &PopCmd,
+        credits: &mut Credits,
+    ) -> u32 {
         if !pop.late {
             self.in_flight = self.in_flight.saturating_sub(1);
             credits.release(self.index, pop.count, pop.bytes);
@@ -160,175 +165,120 @@ impl Lane {
         self.all_hot(None);
     }
 
-    /// Queues as many pops as credits, pipeline depth and mode allow.
-    pub(crate) fn fill<C: CarriesPop>(
+    /// Queues as many fetches as credits, pipeline depth and the dialect allow.
+    pub(crate) fn fill<C: CarriesPop, D: Dialect>(
         &mut self,
-        plan: &PopPlan,
+        plan: &PopPlan<D>,
         conn: &mut Conn<C>,
         credits: &mut Credits,
         now: Instant,
     ) {
+        while self.fill_one(plan, conn, credits, now) {}
+    }
+
+    /// Queues the lane's next fetch if it may go now; false when it may not.
+    fn fill_one<C: CarriesPop, D: Dialect>(
+        &mut self,
+        plan: &PopPlan<D>,
+        conn: &mut Conn<C>,
+        credits: &mut Credits,
+        now: Instant,
+    ) -> bool {
         let c = &plan.consumer;
-        loop {
-            if self.order.is_empty() || !self.returns.is_empty() {
-                return;
-            }
-            // With backlog, pops (even BRPOP/BLMPOP, which then answer at once) are
-            // pipelined; once the queues run dry, one blocking pop goes out alone, so
-            // nothing waits behind a command that may block for the whole timeout.
-            let depth = if self.backlog { c.pipeline } else { 1 };
-            if self.in_flight >= depth {
-                return;
-            }
-            let lease = plan.lease.as_ref();
-            let lmpop =
-                lease.is_some() || (conn.server().has_lmpop() && c.strategy != PopStrategy::Single);
-            let blocking = match c.strategy {
-                _ if lease.is_some() => !self.backlog && !self.recheck,
-                PopStrategy::Single | PopStrategy::BlockingBatch => true,
-                PopStrategy::Adaptive => !self.backlog || !lmpop,
-            };
-            // A blocking lease (BLMOVE) moves one message.
-            let want = if lmpop && !(blocking && lease.is_some()) {
-                c.batch
-            } else {
-                1
-            };
-            let Some(grant) = credits.grant_fetch(
-                plan.budget.as_deref(),
-                self.index,
-                blocking,
-                want,
-                self.sizes.get(),
-                depth,
-            ) else {
-                return;
-            };
-            let count = grant.count;
-            let scope = if std::mem::take(&mut self.recheck) {
-                Scope::All
-            } else {
-                self.scope(blocking, lmpop, plan, now)
-            };
-            let single = (blocking && lease.is_some()).then(|| self.order[0]);
-            let in_hot = &self.in_hot;
-            let cold_only = scope == Scope::Cold;
-            let queues = match &scope {
-                Scope::Hot { queues, len } => Either::Left(queues[..*len as usize].iter().copied()),
-                _ => Either::Right(
-                    self.order
-                        .iter()
-                        .copied()
-                        .filter(move |&q| !cold_only || !in_hot[q as usize]),
-                ),
-            };
-            // Keys are counted and then written from the same (allocation-free) walk.
-            let keys_of = |q: u32| c.queues[q as usize].levels.iter().map(|(_, k)| k);
-            let nkeys: usize = queues
-                .clone()
-                .map(|q| c.queues[q as usize].levels.len())
-                .sum();
-            let keys = queues.clone().flat_map(keys_of);
-            let allow = plan.timing().allow(blocking.then_some(c.block_timeout));
-            let block = if conn.server().version >= (6, 0, 0) {
-                &plan.block_secs
-            } else {
-                &plan.block_secs_whole
-            };
-            if let Some(l) = lease {
-                let q = single;
-                let lane_keys = if q.is_some() { self.keys(plan) } else { 0 };
-                conn.command(
-                    Tag::Pipe(C::from_pop(PopTag::Pop(PopCmd {
-                        count,
-                        blocking,
-                        bytes: grant.bytes,
-                        late: false,
-                        scope,
-                        single,
-                    }))),
-                    now,
-                    allow,
-                    |buf: &mut BytesMut| match q {
-                        // BLMOVE key processing RIGHT LEFT timeout: the queue's first
-                        // (highest) key; a lane with other keys checks them again soon.
-                        Some(q) => {
-                            let (key, proc) = (
-                                &c.queues[q as usize].levels[0].1,
-                                &l.processing[q as usize][0],
-                            );
-                            let wait = if lane_keys == 1 { block } else { &l.poll_secs };
-                            CommandWriter::new(buf, 6)
-                                .arg("BLMOVE")
-                                .arg(key)
-                                .arg(proc)
-                                .arg("RIGHT")
-                                .arg("LEFT")
-                                .arg(wait)
-                                .finish();
-                        }
-                        // EVALSHA lease 2n key1 processing1 … count
-                        None => {
-                            let pairs = queues.flat_map(|q| {
-                                c.queues[q as usize]
-                                    .levels
-                                    .iter()
-                                    .zip(&l.processing[q as usize])
-                                    .flat_map(|((_, k), p)| [k, p])
-                            });
-                            CommandWriter::new(buf, 4 + 2 * nkeys)
-                                .arg("EVALSHA")
-                                .arg(&l.sha)
-                                .arg_int(2 * nkeys as i64)
-                                .args(pairs)
-                                .arg_int(i64::from(count))
-                                .finish();
-                        }
-                    },
-                );
-                self.in_flight += 1;
-                continue;
-            }
-            conn.command(
-                Tag::Pipe(C::from_pop(PopTag::Pop(PopCmd {
-                    count,
-                    blocking,
-                    bytes: grant.bytes,
-                    late: false,
-                    scope,
-                    single: None,
-                }))),
-                now,
-                allow,
-                |buf: &mut BytesMut| {
-                    if !lmpop {
-                        // BRPOP key [key ...] timeout
-                        let mut w = CommandWriter::new(buf, 2 + nkeys).arg("BRPOP").args(keys);
-                        w = w.arg(block);
-                        w.finish();
-                    } else {
-                        // BLMPOP timeout numkeys key [key ...] RIGHT COUNT n, or
-                        // LMPOP numkeys key [key ...] RIGHT COUNT n
-                        let w = if blocking {
-                            CommandWriter::new(buf, 6 + nkeys).arg("BLMPOP").arg(block)
-                        } else {
-                            CommandWriter::new(buf, 5 + nkeys).arg("LMPOP")
-                        };
-                        w.arg_int(nkeys as i64)
-                            .args(keys)
-                            .arg("RIGHT")
-                            .arg("COUNT")
-                            .arg_int(i64::from(count))
-                            .finish();
-                    }
-                },
-            );
-            self.in_flight += 1;
+        if self.order.is_empty() || !self.returns.is_empty() {
+            return false;
         }
+        // With backlog, fetches (even blocking ones, which then answer at once) are
+        // pipelined; once the queues run dry, one blocking fetch goes out alone, so
+        // nothing waits behind a command that may block for the whole timeout.
+        let depth = if self.backlog { c.pipeline } else { 1 };
+        if self.in_flight >= depth {
+            return false;
+        }
+        let shape = plan.dialect.shape(
+            c.strategy,
+            conn.server().has_lmpop(),
+            self.backlog,
+            self.recheck,
+        );
+        let want = if shape.counted && !shape.single {
+            c.batch
+        } else {
+            1
+        };
+        let Some(grant) = credits.grant_fetch(
+            plan.budget.as_deref(),
+            self.index,
+            shape.blocking,
+            want,
+            self.sizes.get(),
+            depth,
+        ) else {
+            return false;
+        };
+        let scope = if std::mem::take(&mut self.recheck) {
+            Scope::All
+        } else {
+            self.scope(shape.blocking, shape.counted, plan, now)
+        };
+        let single = shape.single.then(|| self.order[0]);
+        let tag = PopTag::Pop(PopCmd {
+            count: grant.count,
+            blocking: shape.blocking,
+            bytes: grant.bytes,
+            late: false,
+            scope,
+            single,
+        });
+        let allow = plan
+            .timing()
+            .allow(shape.blocking.then_some(c.block_timeout));
+        let block = if conn.server().version >= (6, 0, 0) {
+            &plan.block_secs
+        } else {
+            &plan.block_secs_whole
+        };
+        let in_hot = &self.in_hot;
+        let cold_only = scope == Scope::Cold;
+        let queues = match &scope {
+            Scope::Hot { queues, len } => Either::Left(queues[..*len as usize].iter().copied()),
+            _ => Either::Right(
+                self.order
+                    .iter()
+                    .copied()
+                    .filter(move |&q| !cold_only || !in_hot[q as usize]),
+            ),
+        };
+        // Keys are counted and then written from the same (allocation-free) walk.
+        let nkeys = queues
+            .clone()
+            .map(|q| c.queues[q as usize].levels.len())
+            .sum();
+        let fetch = Fetch {
+            consumer: c,
+            queues,
+            nkeys,
+            single,
+            lane_keys: if single.is_some() { self.keys(plan) } else { 0 },
+            count: grant.count,
+            blocking: shape.blocking,
+            counted: shape.counted,
+            block,
+        };
+        conn.command(
+            Tag::Pipe(C::from_pop(tag)),
+            now,
+            allow,
+            |buf: &mut BytesMut| {
+                plan.dialect.write(buf, &fetch);
+            },
+        );
+        self.in_flight += 1;
+        true
     }
 
     /// How many keys (queues × priority levels) the lane pops.
-    fn keys(&self, plan: &PopPlan) -> usize {
+    fn keys<D: Dialect>(&self, plan: &PopPlan<D>) -> usize {
         self.order
             .iter()
             .map(|&q| plan.consumer.queues[q as usize].levels.len())
@@ -338,7 +288,13 @@ impl Lane {
     /// Which queues the next pop names: with backlog and non-blocking LMPOP, the first
     /// few known to hold messages (or, once per block timeout, every other queue, to
     /// notice one that filled); otherwise all of them.
-    fn scope(&mut self, blocking: bool, lmpop: bool, plan: &PopPlan, now: Instant) -> Scope {
+    fn scope<D: Dialect>(
+        &mut self,
+        blocking: bool,
+        lmpop: bool,
+        plan: &PopPlan<D>,
+        now: Instant,
+    ) -> Scope {
         if blocking || !lmpop || self.order.len() <= HOT_KEYS {
             return Scope::All;
         }
@@ -397,9 +353,9 @@ impl Lane {
     ///
     /// # Errors
     /// `Retry` errors (LOADING, READONLY…) or fatal ones (WRONGTYPE…).
-    pub(crate) fn on_reply<'f>(
+    pub(crate) fn on_reply<'f, D: Dialect>(
         &mut self,
-        plan: &PopPlan,
+        plan: &PopPlan<D>,
         frame: &'f Bytes,
         pop: PopCmd,
         received_ns: u64,
@@ -477,7 +433,7 @@ impl Lane {
         Ok(reply)
     }
 
-    fn rotate_after(&mut self, plan: &PopPlan, q: u32) {
+    fn rotate_after<D: Dialect>(&mut self, plan: &PopPlan<D>, q: u32) {
         let weight = plan.consumer.queues.get(q as usize).map_or(1, |x| x.weight);
         if self.streak.0 == q {
             self.streak.1 += 1;
@@ -518,6 +474,7 @@ mod tests {
                 reply_grace: std::time::Duration::from_secs(2),
                 reply_timeout: std::time::Duration::from_secs(10),
             },
+            crate::pipeline::pop::Popping,
         );
         let mut lane = Lane::new(0, vec![0, 1, 2]);
         lane.rotate_after(&p, 0);

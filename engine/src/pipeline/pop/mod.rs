@@ -27,6 +27,7 @@
 //! lane moves to a fresh connection.
 
 mod config;
+pub(crate) mod dialect;
 mod lane;
 mod reply;
 
@@ -42,8 +43,9 @@ use crate::conn::{Failure, Phase, Tag};
 use crate::error::Error;
 use crate::handler::{Event, Message, Outcome};
 
-pub(crate) use config::{Lease, PopPlan};
+pub(crate) use config::{secs_arg, PopPlan};
 pub use config::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
+pub(crate) use dialect::{Dialect, Leasing, Popping};
 use lane::Lane;
 
 /// A pop-mode command awaiting its reply.
@@ -127,8 +129,8 @@ pub(crate) enum Scope {
 pub(crate) const HOT_KEYS: usize = 4;
 
 /// The pop pipeline of one shard: its lanes (one per fetch connection) and the plan.
-pub(crate) struct PopPipeline {
-    plan: PopPlan,
+pub(crate) struct PopPipeline<D> {
+    plan: PopPlan<D>,
     lanes: Vec<Lane>,
     /// Where the next turn's fill starts, so no connection always comes first for the
     /// shared part of the credit.
@@ -154,7 +156,7 @@ impl PopConsumer {
 }
 
 impl Start for PopConsumer {
-    type Pipeline = PopPipeline;
+    type Pipeline = PopPipeline<Popping>;
     const SOURCES: &'static str = "queues";
 
     fn check(&self) -> Result<(), Error> {
@@ -170,21 +172,22 @@ impl Start for PopConsumer {
         lanes: Vec<Vec<u32>>,
         budget: Option<Arc<Budget>>,
         timing: Timing,
-    ) -> PopPipeline {
-        PopPipeline::new(self.clone(), budget, lanes, timing)
+    ) -> PopPipeline<Popping> {
+        PopPipeline::new(self.clone(), budget, lanes, timing, Popping)
     }
 }
 
-impl PopPipeline {
-    /// The pop pipeline of a shard whose lane `l` pops the queues `lanes[l]` (queue
-    /// indices into the consumer's list).
+impl<D: Dialect> PopPipeline<D> {
+    /// The pipeline of a shard whose lane `l` fetches the queues `lanes[l]` (queue
+    /// indices into the consumer's list) in `dialect`.
     pub(crate) fn new(
         consumer: PopConsumer,
         budget: Option<std::sync::Arc<Budget>>,
         lanes: Vec<Vec<u32>>,
         timing: Timing,
+        dialect: D,
     ) -> Self {
-        let plan = PopPlan::new(consumer, budget, &lanes, timing);
+        let plan = PopPlan::new(consumer, budget, &lanes, timing, dialect);
         let lanes = lanes
             .into_iter()
             .enumerate()
@@ -197,14 +200,13 @@ impl PopPipeline {
         }
     }
 
-    /// Makes the lanes lease (reliable mode) instead of pop.
-    pub(crate) fn leasing(mut self, lease: Lease) -> Self {
-        self.plan.lease = Some(lease);
-        self
+    /// Fetch connections (lanes) on this shard.
+    pub(crate) fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// The consumer's tables.
-    pub(crate) fn plan(&self) -> &PopPlan {
+    pub(crate) fn plan(&self) -> &PopPlan<D> {
         &self.plan
     }
 
@@ -269,7 +271,7 @@ impl PopPipeline {
                 );
             }
         }
-        if reply.excess > 0 && self.plan.lease.is_some() {
+        if reply.excess > 0 && D::LEASES {
             // Leased beyond the budget: they stay in the processing list, and go back to
             // the queue with the rest of it when the consumer stops.
             out.truncate(reply.count as usize);
@@ -305,7 +307,7 @@ impl PopPipeline {
     }
 }
 
-impl PopPipeline {
+impl<D: Dialect> PopPipeline<D> {
     /// Lets every lane queue the pops its credit allows on its ready connection. The
     /// starting connection rotates each turn, so none is always first to the shared part
     /// of the credit (each lane's own reserve is its own whatever the order).
@@ -437,7 +439,7 @@ impl PopPipeline {
             }
         }
         io.stats.add(&io.stats.unanswered_pops, pops);
-        let leased = self.plan.lease.is_some();
+        let leased = D::LEASES;
         if !leased {
             io.stats.add(&io.stats.possibly_lost, asked);
         }
@@ -468,7 +470,7 @@ impl PopPipeline {
     }
 }
 
-impl Pipeline for PopPipeline {
+impl Pipeline for PopPipeline<Popping> {
     type Cmd = PopTag;
 
     fn fetch_connections(&self) -> usize {

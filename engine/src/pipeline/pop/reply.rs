@@ -6,6 +6,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use ringq_resp::{Reader, ServerError, ServerErrorKind, Token};
 
+use super::dialect::Dialect;
 use super::PopPlan;
 use crate::conn::{classify, Failure};
 use crate::envelope;
@@ -37,7 +38,7 @@ fn malformed(what: &str, t: &Token) -> Failure {
     ))
 }
 
-fn server_error(plan: &PopPlan, msg: Bytes) -> Failure {
+fn server_error<D>(plan: &PopPlan<D>, msg: Bytes) -> Failure {
     let names: Vec<String> = plan
         .consumer
         .queues
@@ -65,8 +66,8 @@ fn server_error(plan: &PopPlan, msg: Bytes) -> Failure {
 /// element or nothing. The messages borrow their payloads from `frame`: no reference
 /// count per message. In reliable mode a message's `aux` is the whole list element (what
 /// its outcome names), its payload what follows the envelope, if it has one.
-pub(super) fn parse_pop_reply<'f>(
-    plan: &PopPlan,
+pub(super) fn parse_pop_reply<'f, D: Dialect>(
+    plan: &PopPlan<D>,
     single: Option<u32>,
     frame: &'f Bytes,
     received_ns: u64,
@@ -81,7 +82,7 @@ pub(super) fn parse_pop_reply<'f>(
     };
     let mut bytes = 0;
     let mut largest = 0;
-    let leased = plan.lease.is_some();
+    let leased = D::LEASES;
     let mut push = |at: Range<usize>, source: &'static Source| {
         let element = &frame[at.clone()];
         bytes += element.len() as u64;
@@ -184,6 +185,7 @@ pub(super) fn parse_pop_reply<'f>(
 mod tests {
     use super::*;
 
+    use crate::pipeline::pop::dialect::Popping;
     use crate::pipeline::pop::{PopConsumer, Queue};
 
     const TIMING: crate::pipeline::Timing = crate::pipeline::Timing {
@@ -191,9 +193,9 @@ mod tests {
         reply_timeout: std::time::Duration::from_secs(10),
     };
 
-    fn plan(queues: Vec<Queue>) -> PopPlan {
+    fn plan(queues: Vec<Queue>) -> PopPlan<Popping> {
         let lane = (0..queues.len() as u32).collect();
-        PopPlan::new(PopConsumer::new(queues), None, &[lane], TIMING)
+        PopPlan::new(PopConsumer::new(queues), None, &[lane], TIMING, Popping)
     }
 
     #[test]

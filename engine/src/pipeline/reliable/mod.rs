@@ -34,7 +34,7 @@ use ringq_resp::CommandWriter;
 use super::alo::{
     any_in_flight, now_ms, require_version, Policy, Recovery, Rng, SettleQueue, Stage, Verdict,
 };
-use super::pop::{CarriesPop, Lease, PopPipeline, PopPlan, PopTag};
+use super::pop::{secs_arg, CarriesPop, Leasing, PopPipeline, PopTag};
 use super::{ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Tag};
@@ -157,7 +157,7 @@ struct KeyNames {
 
 /// The reliable pipeline of one shard.
 pub(crate) struct ReliablePipeline {
-    pop: PopPipeline,
+    pop: PopPipeline<Leasing>,
     id: Bytes,
     lease: Duration,
     dead_max_len: u32,
@@ -236,10 +236,10 @@ impl ReliablePipeline {
                     .collect()
             })
             .collect();
-        let lease = Lease {
+        let lease = Leasing {
             sha: Bytes::from(scripts::LEASE.sha.clone()),
             processing,
-            poll_secs: PopPlan::secs_arg(consumer.idle_check.min(pc.block_timeout)),
+            poll_secs: secs_arg(consumer.idle_check.min(pc.block_timeout)),
         };
         let mut queues = Vec::new();
         let mut key_names = Vec::new();
@@ -267,7 +267,7 @@ impl ReliablePipeline {
                 levels,
             });
         }
-        let pop = PopPipeline::new(pc.clone(), budget, lanes, timing).leasing(lease);
+        let pop = PopPipeline::new(pc.clone(), budget, lanes, timing, lease);
         let mut key_of = HashMap::new();
         for (k, names) in key_names.iter().enumerate() {
             if let Some(source) = pop.plan().source_of(&names.key) {
@@ -365,7 +365,7 @@ impl Pipeline for ReliablePipeline {
     type Cmd = RelTag;
 
     fn fetch_connections(&self) -> usize {
-        self.pop.fetch_connections()
+        self.pop.lanes()
     }
 
     fn control(&self) -> ControlUse {

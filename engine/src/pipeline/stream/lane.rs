@@ -150,7 +150,12 @@ impl Lane {
             Ok(r) => r,
             Err(e) => {
                 out.truncate(start);
-                credits.forget_fetch(plan.budget.as_deref(), self.index, read.grant(), read.blocking);
+                credits.forget_fetch(
+                    plan.budget.as_deref(),
+                    self.index,
+                    read.grant(),
+                    read.blocking,
+                );
                 return Err(e);
             }
         };
@@ -187,7 +192,12 @@ impl Lane {
     /// A read that will not answer: its credit and budget claim come back.
     pub(crate) fn forget(&mut self, plan: &StreamPlan, read: ReadCmd, credits: &mut Credits) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        credits.forget_fetch(plan.budget.as_deref(), self.index, read.grant(), read.blocking);
+        credits.forget_fetch(
+            plan.budget.as_deref(),
+            self.index,
+            read.grant(),
+            read.blocking,
+        );
     }
 
     /// The connection was lost: nothing is in flight on it any more.

@@ -1,0 +1,188 @@
+//! How a queue lane fetches: its *dialect*. The lanes (rotation, weights, priority
+//! levels, the hot set, credits, the budget) are the same in pop and reliable mode; the
+//! dialect decides the rest, statically (the lanes and the pipeline are generic over it):
+//!
+//! | | [`Popping`] (pop mode) | [`Leasing`] (reliable mode) |
+//! |---|---|---|
+//! | with backlog | `LMPOP … COUNT n` (or `BRPOP` on servers before 7.0, or by choice) | the lease script: `RPOP q n` + `LPUSH` onto the processing list, atomic |
+//! | when dry | `BLMPOP` / `BRPOP` over every queue | `BLMOVE` of one key into the processing list |
+//! | a message | its payload | its whole element (what its outcome names) and the envelope's delivery count |
+//! | fetched beyond the budget | pushed back to the right end of its list | stays leased; goes back with the rest at the stop |
+//! | a fetch lost unanswered | counted as possibly lost | nothing lost: its elements are in the processing list |
+
+use bytes::{Bytes, BytesMut};
+use ringq_resp::CommandWriter;
+
+use super::config::{PopConsumer, PopStrategy};
+
+/// What the next fetch of a lane is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// It may wait on the server for the block timeout.
+    pub blocking: bool,
+    /// It takes a count and says which key answered (LMPOP's shape), so it may ask for a
+    /// batch and name only the queues known to hold messages.
+    pub counted: bool,
+    /// It names one queue only (reliable mode's `BLMOVE`).
+    pub single: bool,
+}
+
+/// One fetch to write: what it names and asks for.
+pub(crate) struct Fetch<'a, Q> {
+    pub consumer: &'a PopConsumer,
+    /// The queues it names, in order (indices into the consumer's list).
+    pub queues: Q,
+    /// How many keys (queues × priority levels) that is.
+    pub nkeys: usize,
+    /// The one queue of a single-queue fetch.
+    pub single: Option<u32>,
+    /// How many keys the whole lane has (a single-queue fetch of a lane with more waits
+    /// only briefly, then checks them all).
+    pub lane_keys: usize,
+    pub count: u32,
+    pub blocking: bool,
+    /// Of the [`Shape`]: a counted command.
+    pub counted: bool,
+    /// The block timeout, as the server takes it.
+    pub block: &'a Bytes,
+}
+
+impl<Q: Iterator<Item = u32> + Clone> Fetch<'_, Q> {
+    fn keys(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        let c = self.consumer;
+        self.queues
+            .clone()
+            .flat_map(move |q| c.queues[q as usize].levels.iter().map(|(_, k)| k))
+    }
+}
+
+/// How a lane fetches. See the module docs.
+pub(crate) trait Dialect: Send + 'static {
+    /// Fetched messages are leases: each carries its whole list element and the delivery
+    /// count of its envelope; a fetch beyond the budget or lost unanswered loses nothing.
+    const LEASES: bool;
+
+    /// The next fetch's shape, from the consumer's strategy, whether the server has
+    /// LMPOP, whether the lane has backlog, and whether its last single-queue fetch came
+    /// back empty (`recheck`: check every key next).
+    fn shape(&self, strategy: PopStrategy, has_lmpop: bool, backlog: bool, recheck: bool) -> Shape;
+
+    /// Writes `f` into `buf`.
+    fn write<Q: Iterator<Item = u32> + Clone>(&self, buf: &mut BytesMut, f: &Fetch<'_, Q>);
+}
+
+/// Pop mode: at-most-once pops.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Popping;
+
+impl Dialect for Popping {
+    const LEASES: bool = false;
+
+    fn shape(&self, strategy: PopStrategy, has_lmpop: bool, backlog: bool, _: bool) -> Shape {
+        let counted = has_lmpop && strategy != PopStrategy::Single;
+        let blocking = match strategy {
+            PopStrategy::Single | PopStrategy::BlockingBatch => true,
+            PopStrategy::Adaptive => !backlog || !counted,
+        };
+        Shape {
+            blocking,
+            counted,
+            single: false,
+        }
+    }
+
+    fn write<Q: Iterator<Item = u32> + Clone>(&self, buf: &mut BytesMut, f: &Fetch<'_, Q>) {
+        if !f.counted {
+            // BRPOP key [key ...] timeout
+            CommandWriter::new(buf, 2 + f.nkeys)
+                .arg("BRPOP")
+                .args(f.keys())
+                .arg(f.block)
+                .finish();
+            return;
+        }
+        // BLMPOP timeout numkeys key [key ...] RIGHT COUNT n, or
+        // LMPOP numkeys key [key ...] RIGHT COUNT n
+        let w = if f.blocking {
+            CommandWriter::new(buf, 6 + f.nkeys)
+                .arg("BLMPOP")
+                .arg(f.block)
+        } else {
+            CommandWriter::new(buf, 5 + f.nkeys).arg("LMPOP")
+        };
+        w.arg_int(f.nkeys as i64)
+            .args(f.keys())
+            .arg("RIGHT")
+            .arg("COUNT")
+            .arg_int(i64::from(f.count))
+            .finish();
+    }
+}
+
+/// Reliable mode: leases into the consumer's processing lists.
+pub(crate) struct Leasing {
+    /// The lease script's SHA-1, for `EVALSHA`.
+    pub sha: Bytes,
+    /// The processing list of each queue's keys, as `consumer.queues[q].levels`.
+    pub processing: Vec<Vec<Bytes>>,
+    /// How long a single-queue fetch of a lane with several keys waits before the lane
+    /// checks them all again.
+    pub poll_secs: Bytes,
+}
+
+impl Dialect for Leasing {
+    const LEASES: bool = true;
+
+    fn shape(&self, _: PopStrategy, _: bool, backlog: bool, recheck: bool) -> Shape {
+        let blocking = !backlog && !recheck;
+        Shape {
+            blocking,
+            counted: true,
+            single: blocking,
+        }
+    }
+
+    fn write<Q: Iterator<Item = u32> + Clone>(&self, buf: &mut BytesMut, f: &Fetch<'_, Q>) {
+        let c = f.consumer;
+        match f.single {
+            // BLMOVE key processing RIGHT LEFT timeout: the queue's first (highest) key;
+            // a lane with other keys checks them again soon.
+            Some(q) => {
+                let (key, proc) = (
+                    &c.queues[q as usize].levels[0].1,
+                    &self.processing[q as usize][0],
+                );
+                let wait = if f.lane_keys == 1 {
+                    f.block
+                } else {
+                    &self.poll_secs
+                };
+                CommandWriter::new(buf, 6)
+                    .arg("BLMOVE")
+                    .arg(key)
+                    .arg(proc)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .arg(wait)
+                    .finish();
+            }
+            // EVALSHA lease 2n key1 processing1 … count
+            None => {
+                let pairs = f.queues.clone().flat_map(|q| {
+                    c.queues[q as usize]
+                        .levels
+                        .iter()
+                        .zip(&self.processing[q as usize])
+                        .flat_map(|((_, k), p)| [k, p])
+                });
+                CommandWriter::new(buf, 4 + 2 * f.nkeys)
+                    .arg("EVALSHA")
+                    .arg(&self.sha)
+                    .arg_int(2 * f.nkeys as i64)
+                    .args(pairs)
+                    .arg_int(i64::from(f.count))
+                    .finish();
+            }
+        }
+    }
+}
