@@ -146,6 +146,16 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
     )
 }
 
+/// Stdout without std's line buffering (a `dup` of descriptor 1), so the writer thread's
+/// one `writev` per drain reaches the kernel as it is; std's `Stdout` if `dup` fails.
+fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
+    use std::os::fd::AsFd;
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(std::io::stdout()),
+    }
+}
+
 /// Starts the engine with `printer`'s handler and waits until it stops: after `--count`,
 /// on a signal or a closed stdout (the stop switch), or on a fatal error.
 ///
@@ -159,11 +169,14 @@ pub fn print_until_stopped(
 ) -> Result<(), Exit> {
     let stop = Arc::new(StopSwitch::default());
     watch_signals(stop.clone())?;
-    let output = Arc::new(Output::new(
-        lines.format,
-        Box::new(std::io::stdout()),
-        stop.clone(),
-    ));
+    let output = if lines.listen {
+        // Nothing is acknowledged in listen mode: lines can wait in the writer's queue.
+        Output::queued(lines.format, stdout_unbuffered(), stop.clone())
+            .map_err(|e| Exit::runtime(format!("cannot start the stdout writer thread: {e}")))?
+    } else {
+        Output::new(lines.format, Box::new(std::io::stdout()), stop.clone())
+    };
+    let output = Arc::new(output);
     let running = builder
         .start(consumer, Printer::new(output.clone(), lines.listen))
         .map_err(Exit::engine)?;
