@@ -271,19 +271,13 @@ impl Handler for Printer {
             } => format!(
                 "{connection} was cut with pops unanswered: up to {messages} message(s) lost"
             ),
-            Event::StaleOutcomes { key, count } => format!(
-                "{count} outcome(s) for messages of '{key}' not applied: this consumer's lease \
-                 ran out (it was frozen or cut off) and they went to another consumer; raise \
-                 --lease-ms if it was only slow"
-            ),
+            // The engine logs these two itself (a `tracing` warning, shown by `log`):
+            // printing the event as well would say it twice.
+            Event::StaleOutcomes { .. } => return,
+            Event::Recovered { swept, .. } if *swept > 0 => return,
             Event::Recovered {
-                queue,
-                swept,
-                messages,
-            } if *swept > 0 => format!(
-                "took back {messages} message(s) of {swept} consumer(s) of '{queue}' whose heartbeat expired"
-            ),
-            Event::Recovered { queue, messages, .. } => {
+                queue, messages, ..
+            } => {
                 format!("put {messages} leased message(s) back on '{queue}'")
             }
             other => format!("{other:?}"),
