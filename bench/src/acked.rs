@@ -16,20 +16,17 @@
 //! "cpu_us_per_msg", "server_cpu_us_per_msg", "left"}]}` (`left`: messages still queued,
 //! leased or pending after the run; 0 unless something was lost or left behind).
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use crate::child;
 use crate::cli::{Cli, ClientKind};
-use crate::conn::RawConn;
 use crate::error::{Error, Result};
 use crate::load;
+use crate::noise::measured;
 use crate::progress;
-use crate::report::write_file;
-use crate::scenario::{base_spec, join_notes, measured, server_label};
+use crate::report::{join_notes, opt, ratio, verdict, write_file, Table};
 use crate::server::Broker;
-use crate::spec::{RELIABLE_ID, STREAM_GROUP};
+use crate::spec::{ChildSpec, RELIABLE_ID, STREAM_GROUP};
 
 /// Which at-least-once scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,27 +50,6 @@ struct Outcome {
     row: std::result::Result<Row, String>,
     name: &'static str,
     note: Option<String>,
-}
-
-/// The server's `used_cpu_user + used_cpu_sys`, in seconds.
-fn server_cpu(url: &str) -> Result<f64> {
-    let mut c = RawConn::connect(url)?;
-    let f = c.command_ok(["INFO", "cpu"])?;
-    let text = match f {
-        ringq_resp::Frame::BulkString(b) | ringq_resp::Frame::SimpleString(b) => {
-            String::from_utf8_lossy(&b).into_owned()
-        }
-        ringq_resp::Frame::VerbatimString { text, .. } => {
-            String::from_utf8_lossy(&text).into_owned()
-        }
-        other => return Err(Error::new(format!("INFO cpu answered {other:?}"))),
-    };
-    let field = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    Ok(field("used_cpu_user") + field("used_cpu_sys"))
 }
 
 /// Runs the scenario, prints its table, writes `--json`.
@@ -116,7 +92,7 @@ pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
             cli.size,
             cli.batch,
             cli.pipeline,
-            server_label(&broker)
+            broker.label()
         )
     } else {
         format!(
@@ -124,7 +100,7 @@ pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
             cli.size,
             cli.batch,
             cli.pipeline,
-            server_label(&broker)
+            broker.label()
         )
     };
     eprintln!("{title}");
@@ -157,16 +133,16 @@ pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
             load::fill(&broker.url, &queues, n, cli.size, &pb)?;
         }
         pb.finish_and_clear();
-        let mut spec = base_spec(cli, &broker, &queues, kind);
+        let mut spec = ChildSpec::base(cli, &broker, &queues, kind);
         spec.reliable = reliable && !stream;
         spec.stream = stream;
         spec.expected = n;
         spec.shards = 1;
         spec.deadline_secs = 60.0 + n as f64 / 2000.0;
         eprintln!("draining: {name} ...");
-        let before = server_cpu(&broker.url)?;
+        let before = broker.cpu_seconds()?;
         let (outcome, noise) = measured(&broker, || child::run(&spec, || Ok(())));
-        let after = server_cpu(&broker.url)?;
+        let after = broker.cpu_seconds()?;
         let left = if stream {
             load::stream_left(&broker.url, &queues[0], STREAM_GROUP)?
         } else {
@@ -215,8 +191,6 @@ pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
 }
 
 fn render(title: &str, results: &[Outcome], flavor: Flavor) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "### {title}\n");
     let find = |prefix: &str| {
         results
             .iter()
@@ -224,118 +198,98 @@ fn render(title: &str, results: &[Outcome], flavor: Flavor) -> String {
             .and_then(|r| r.row.as_ref().ok())
     };
     let baseline = find("redis-rs");
-    let pop = find("ringq pop");
-    let _ = writeln!(
-        s,
-        "| client | messages | seconds | msgs/s | CPU µs/msg | server CPU µs/msg | msgs/s ÷ redis-rs | CPU ÷ redis-rs | server CPU ÷ redis-rs | left |"
+    let mut table = Table::new(
+        title.to_owned(),
+        vec![
+            "client",
+            "messages",
+            "seconds",
+            "msgs/s",
+            "CPU µs/msg",
+            "server CPU µs/msg",
+            "msgs/s ÷ redis-rs",
+            "CPU ÷ redis-rs",
+            "server CPU ÷ redis-rs",
+            "left",
+        ],
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-        _ => "–".into(),
-    };
     for r in results {
+        table.note(r.name, r.note.as_deref());
         match &r.row {
-            Ok(row) => {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {:.3} | {:.0} | {:.3} | {} | {} | {} | {} | {} |",
-                    row.name,
-                    row.messages,
-                    row.seconds,
-                    row.msgs_per_sec,
-                    row.cpu_us_per_msg,
-                    row.server_cpu_us_per_msg
-                        .map_or("–".into(), |v| format!("{v:.3}")),
-                    ratio(Some(row.msgs_per_sec), baseline.map(|b| b.msgs_per_sec)),
-                    ratio(Some(row.cpu_us_per_msg), baseline.map(|b| b.cpu_us_per_msg)),
-                    ratio(
-                        row.server_cpu_us_per_msg,
-                        baseline.and_then(|b| b.server_cpu_us_per_msg)
-                    ),
-                    row.left
-                );
-            }
-            Err(why) => {
-                let why = why.replace('|', "/").replace('\n', " ");
-                let _ = writeln!(s, "| {} | **failed**: {why} | | | | | | | | |", r.name);
-            }
+            Ok(row) => table.row(vec![
+                row.name.clone(),
+                row.messages.to_string(),
+                format!("{:.3}", row.seconds),
+                format!("{:.0}", row.msgs_per_sec),
+                format!("{:.3}", row.cpu_us_per_msg),
+                opt(row.server_cpu_us_per_msg, 3),
+                ratio(Some(row.msgs_per_sec), baseline.map(|b| b.msgs_per_sec)),
+                ratio(Some(row.cpu_us_per_msg), baseline.map(|b| b.cpu_us_per_msg)),
+                ratio(
+                    row.server_cpu_us_per_msg,
+                    baseline.and_then(|b| b.server_cpu_us_per_msg),
+                ),
+                row.left.to_string(),
+            ]),
+            Err(why) => table.failed(r.name, why),
         }
     }
-    let notes: Vec<String> = results
-        .iter()
-        .filter_map(|r| r.note.as_ref().map(|n| format!("- {}: {n}", r.name)))
-        .collect();
-    if !notes.is_empty() {
-        let _ = writeln!(s, "\n{}", notes.join("\n"));
-    }
-    if flavor == Flavor::Stream {
-        if let Some(ringq) = find("ringq stream") {
-            let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-            let limit = find("limit");
-            let _ = writeln!(s, "\nTargets (issue 12; reported, not asserted):");
-            match limit {
-                Some(l) => {
-                    let r = ringq.msgs_per_sec / l.msgs_per_sec.max(1e-9);
-                    let _ = writeln!(
-                        s,
-                        "- entries/s ÷ limit client: {r:.2}× (target ≥ 0.9×) — {}",
-                        verdict(r >= 0.9)
-                    );
-                    if let (Some(a), Some(b)) =
-                        (ringq.server_cpu_us_per_msg, l.server_cpu_us_per_msg)
-                    {
-                        let _ = writeln!(
-                            s,
-                            "- server CPU per entry: {a:.3} µs against the limit client's {b:.3} (target: no higher) — {}",
-                            verdict(a <= b * 1.02)
-                        );
+    let t = &mut table.targets;
+    match flavor {
+        Flavor::Stream => {
+            if let Some(ringq) = find("ringq stream") {
+                match find("limit") {
+                    Some(l) => {
+                        let r = ringq.msgs_per_sec / l.msgs_per_sec.max(1e-9);
+                        t.push(format!(
+                            "entries/s ÷ limit client: {r:.2}× (target ≥ 0.9×) — {}",
+                            verdict(r >= 0.9)
+                        ));
+                        if let (Some(a), Some(b)) =
+                            (ringq.server_cpu_us_per_msg, l.server_cpu_us_per_msg)
+                        {
+                            t.push(format!(
+                                "server CPU per entry: {a:.3} µs against the limit client's {b:.3} (target: no higher) — {}",
+                                verdict(a <= b * 1.02)
+                            ));
+                        }
                     }
+                    None => t.push("÷ limit client: not measured (limit did not run)".into()),
                 }
-                None => {
-                    let _ = writeln!(s, "- ÷ limit client: not measured (limit did not run)");
+                if let Some(b) = baseline {
+                    let r = ringq.cpu_us_per_msg / b.cpu_us_per_msg.max(1e-12);
+                    t.push(format!(
+                        "consumer CPU ÷ redis-rs: {r:.2}× (target ≤ 0.3×) — {}",
+                        verdict(r <= 0.3)
+                    ));
                 }
-            }
-            if let Some(b) = baseline {
-                let r = ringq.cpu_us_per_msg / b.cpu_us_per_msg.max(1e-12);
-                let _ = writeln!(
-                    s,
-                    "- consumer CPU ÷ redis-rs: {r:.2}× (target ≤ 0.3×) — {}",
-                    verdict(r <= 0.3)
-                );
             }
         }
-        return s;
-    }
-    if let Some(ringq) = find("ringq reliable") {
-        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-        let _ = writeln!(s, "\nTargets (issue 11; reported, not asserted):");
-        let _ = writeln!(
-            s,
-            "- leased and acked: {:.0} msgs/s (target ≥ 1,000,000) — {}",
-            ringq.msgs_per_sec,
-            verdict(ringq.msgs_per_sec >= 1e6)
-        );
-        if let Some(cpu) = ringq.server_cpu_us_per_msg {
-            let _ = writeln!(
-                s,
-                "- server CPU: {cpu:.3} µs/msg (target ≤ 1) — {}",
-                verdict(cpu <= 1.0)
-            );
-        }
-        match pop {
-            Some(p) => {
-                let r = ringq.msgs_per_sec / p.msgs_per_sec.max(1e-9);
-                let _ = writeln!(
-                    s,
-                    "- reliable ÷ pop mode, same run: {r:.2}× (target ≥ 0.25×) — {}",
-                    verdict(r >= 0.25)
-                );
-            }
-            None => {
-                let _ = writeln!(s, "- reliable ÷ pop mode: not measured (pop did not run)");
+        Flavor::Reliable => {
+            if let Some(ringq) = find("ringq reliable") {
+                t.push(format!(
+                    "leased and acked: {:.0} msgs/s (target ≥ 1,000,000) — {}",
+                    ringq.msgs_per_sec,
+                    verdict(ringq.msgs_per_sec >= 1e6)
+                ));
+                if let Some(cpu) = ringq.server_cpu_us_per_msg {
+                    t.push(format!(
+                        "server CPU: {cpu:.3} µs/msg (target ≤ 1) — {}",
+                        verdict(cpu <= 1.0)
+                    ));
+                }
+                match find("ringq pop") {
+                    Some(p) => {
+                        let r = ringq.msgs_per_sec / p.msgs_per_sec.max(1e-9);
+                        t.push(format!(
+                            "reliable ÷ pop mode, same run: {r:.2}× (target ≥ 0.25×) — {}",
+                            verdict(r >= 0.25)
+                        ));
+                    }
+                    None => t.push("reliable ÷ pop mode: not measured (pop did not run)".into()),
+                }
             }
         }
     }
-    s
+    table.render()
 }

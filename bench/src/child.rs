@@ -1,4 +1,5 @@
-//! Consumer children: the parent re-executes this binary as `ringq-bench __child SPEC`,
+//! Consumer children, the parent's side (the child's is `clients::child_main`): the
+//! parent re-executes this binary as `ringq-bench __child SPEC`,
 //! so each client's consumer is alone in its process and the kernel's CPU accounting of
 //! that process (`wait4`'s rusage: user + system time of all its threads) is the
 //! consumer's cost and nothing else's.
@@ -7,16 +8,13 @@
 //! JSON [`ChildReport`] line. Its stderr is collected and shown when it fails. A child
 //! gets `PR_SET_PDEATHSIG`, so it dies if the parent does.
 
-use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::clients;
 use crate::error::{Error, Result};
-use crate::spec::{ChildReport, ChildSpec, READY_LINE};
-use crate::CHILD_SUBCOMMAND;
+use crate::spec::{ChildReport, ChildSpec, CHILD_SUBCOMMAND, READY_LINE};
 
 /// What the parent learns from one child.
 #[derive(Debug)]
@@ -157,33 +155,4 @@ fn describe_status(status: libc::c_int) -> String {
     } else {
         format!("wait status {status}")
     }
-}
-
-/// The child's `main`: parses the spec, runs the client, prints the report.
-pub fn child_main(spec: Option<OsString>) -> ExitCode {
-    let result = spec
-        .ok_or_else(|| Error::new("missing child spec"))
-        .and_then(|s| serde_json::from_str::<ChildSpec>(&s.to_string_lossy()).map_err(Error::from))
-        .and_then(|spec| clients::run(&spec));
-    match result {
-        Ok(report) => {
-            let line = serde_json::to_string(&report).unwrap_or_default();
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-            // Blocked pops of baselines may still be pending: leave without waiting.
-            std::process::exit(0)
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Tells the parent this child is consuming.
-pub fn signal_ready() {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{READY_LINE}");
-    let _ = out.flush();
 }

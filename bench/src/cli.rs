@@ -2,11 +2,13 @@
 //!
 //! One flat set of options shared by all scenarios (each scenario reads the ones it
 //! needs), so a suite script can pass the same workload flags everywhere.
+//! `ringq-bench SCENARIO --help` shows that scenario's description and only the options it
+//! reads ([`Cli::parse_args`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 const LONG_ABOUT: &str = "\
@@ -39,13 +41,23 @@ SCENARIOS
                --rate messages per second for --duration seconds stamped with their send
                time. Reports received, lost, receive rate ÷ the publisher's, consumer and
                server CPU per message, and p50/p99 latency at the fixed rate
-  reliable     not available yet
+  reliable     at-least-once: drain --messages with acks — ringq's reliable mode (leases
+               and batched acks), ringq's pop mode (the at-most-once ceiling) and redis-rs
+               (pipelined LMOVE into a processing list, LREM per message), with the
+               server's CPU per message
+  stream       drain one stream of --messages entries through a consumer group with acks —
+               ringq's stream mode, redis-rs (XREADGROUP COUNT + XACK) and the limit client
+               (pipelined XREADGROUP, walking only the ids to XACK) — with the server's CPU
+               per entry
+
+  `ringq-bench SCENARIO --help` shows one scenario and only the options it reads.
 
 OUTPUT
   A markdown table on stdout: msgs/s, CPU µs per message, latency percentiles (latency
   scenario), and ratios to the best baseline (redis-rs, tokio-uring): msgs/s and CPU in
   drain (plus msgs/s to the limit probe), p99 and CPU in latency (plus p99 to PING's).
-  Then the targets ringq is held to, each with its measured ratio.
+  pubsub, reliable and stream add the server's CPU per message (INFO cpu before and
+  after). Then the targets ringq is held to, each with its measured ratio.
   --json PATH writes {\"scenario\", \"clients\": [{\"name\", \"messages\", \"seconds\",
   \"msgs_per_sec\", \"cpu_us_per_msg\", \"p50_us\", \"p99_us\", \"p999_us\", \"max_us\"}]}
   (latency fields null where not measured) and, for the latency scenario, an SVG
@@ -62,6 +74,112 @@ EXAMPLES
   ringq-bench drain --pop single --messages 200000 --clients ringq,redis-rs
   ringq-bench latency --rate 10000 --duration 10 --json target/ringq-bench/latency.json
   ringq-bench drain --url redis://127.0.0.1:6379 --queues 4 --connections 2 --shards 2";
+
+/// What `ringq-bench SCENARIO --help` says about each scenario, and the options it reads.
+const SCENARIO_HELP: [(Scenario, &str, &[&str]); 5] = [
+    (
+        Scenario::Drain,
+        "Fill --queues lists with --messages messages of --size bytes, then consume them all \
+         with each client in turn: --pop single is one message per BRPOP, --pop batch uses \
+         COUNT. Reports msgs/s and consumer CPU per message, with ratios to the best \
+         baseline (redis-rs, tokio-uring) and to the limit probe.",
+        &[
+            "url",
+            "messages",
+            "size",
+            "queues",
+            "connections",
+            "shards",
+            "pop",
+            "batch",
+            "pipeline",
+            "clients",
+            "backend",
+            "pin_cores",
+            "json",
+        ],
+    ),
+    (
+        Scenario::Latency,
+        "A producer pushes --rate messages per second for --duration seconds over --queues \
+         lists, each carrying its intended send time; latency runs from that time to the \
+         consumer's handler (coordinated-omission corrected, as wrk2 does). PING round trips \
+         at the same rate run first: the floor. --json also writes an SVG percentile plot.",
+        &[
+            "url",
+            "size",
+            "queues",
+            "connections",
+            "shards",
+            "pop",
+            "batch",
+            "pipeline",
+            "rate",
+            "duration",
+            "clients",
+            "backend",
+            "pin_cores",
+            "json",
+        ],
+    ),
+    (
+        Scenario::Pubsub,
+        "One subscriber per client (ringq, ringq-epoll, redis-rs) on one channel. A separate \
+         process publishes --messages messages of --size bytes pipelined at full speed, then \
+         --rate messages per second for --duration seconds stamped with their send time. \
+         Reports received, lost, receive rate ÷ the publisher's, consumer CPU and server \
+         CPU (INFO cpu) per message, and p50/p99 latency at the fixed rate.",
+        &[
+            "url",
+            "messages",
+            "size",
+            "rate",
+            "duration",
+            "clients",
+            "backend",
+            "pin_cores",
+            "json",
+        ],
+    ),
+    (
+        Scenario::Reliable,
+        "At-least-once: drain --messages messages of --size bytes from one queue with acks — \
+         ringq's reliable mode (leases and batched acks), ringq's pop mode (the at-most-once \
+         ceiling, popping as --pop says) and redis-rs (pipelined LMOVE into a processing \
+         list, LREM per message). Reports consumer CPU and server CPU (INFO cpu) per \
+         message, and what was left queued or leased.",
+        &[
+            "url",
+            "messages",
+            "size",
+            "pop",
+            "batch",
+            "pipeline",
+            "clients",
+            "backend",
+            "pin_cores",
+            "json",
+        ],
+    ),
+    (
+        Scenario::Stream,
+        "Drain one stream of --messages entries of --size bytes through a consumer group \
+         with acks — ringq's stream mode, redis-rs (XREADGROUP COUNT + XACK) and the limit \
+         client (pipelined XREADGROUP, walking only the ids to XACK). Reports consumer CPU \
+         and server CPU (INFO cpu) per entry, and what was left pending.",
+        &[
+            "url",
+            "messages",
+            "size",
+            "batch",
+            "pipeline",
+            "clients",
+            "backend",
+            "pin_cores",
+            "json",
+        ],
+    ),
+];
 
 /// `ringq-bench`'s command line.
 #[derive(Debug, Parser)]
@@ -81,7 +199,7 @@ pub struct Cli {
     #[arg(long)]
     pub url: Option<String>,
 
-    /// Messages to drain (drain).
+    /// Messages: drained (drain, reliable, stream) or published in the burst (pubsub).
     #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
 
@@ -90,41 +208,44 @@ pub struct Cli {
     #[arg(long, default_value_t = 64)]
     pub size: usize,
 
-    /// Number of list queues; messages are spread evenly over them.
+    /// Number of list queues (drain, latency); messages are spread evenly over them.
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
 
-    /// Connections per client (each queue is served by one connection; at most --queues
-    /// are used).
+    /// Connections per client (drain, latency: each queue is served by one connection; at
+    /// most --queues are used).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
 
-    /// ringq shard threads; the tokio-based baselines get as many runtime threads, the
-    /// limit probe one thread per connection.
+    /// ringq shard threads (drain, latency; the other scenarios use one); the tokio-based
+    /// baselines get as many runtime threads, the limit probe one thread per connection.
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
 
-    /// How messages are popped: one per BRPOP, or batches (LMPOP/BLMPOP COUNT).
+    /// How messages are popped: one per BRPOP, or batches (LMPOP/BLMPOP COUNT). Drain,
+    /// latency, and reliable's `ringq pop` row.
     #[arg(long, value_enum, default_value_t = PopMode::Batch)]
     pub pop: PopMode,
 
-    /// COUNT of batch pops.
+    /// COUNT of batch pops, of leases (reliable) and of XREADGROUP reads (stream).
     #[arg(long, default_value_t = 256)]
     pub batch: u32,
 
-    /// Pops in flight per connection while there is backlog (every client uses the same).
+    /// Pops (leases, reads) in flight per connection while there is backlog (every client
+    /// uses the same).
     #[arg(long, default_value_t = 4)]
     pub pipeline: u32,
 
-    /// Messages per second (latency).
+    /// Messages per second (latency, and pubsub's latency phase).
     #[arg(long, default_value_t = 10_000)]
     pub rate: u32,
 
-    /// Seconds of producing (latency).
+    /// Seconds of producing (latency, and pubsub's latency phase).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
 
-    /// Clients to measure, comma-separated, in order.
+    /// Clients to measure, comma-separated, in order; a scenario skips (and says so) the
+    /// clients it has no consumer for.
     #[arg(
         long,
         value_enum,
@@ -222,7 +343,64 @@ impl ClientKind {
     }
 }
 
+impl Scenario {
+    /// The command `ringq-bench SCENARIO --help` prints: this scenario's description and
+    /// only the options it reads.
+    pub fn command(self) -> clap::Command {
+        let (_, about, keep) = SCENARIO_HELP
+            .iter()
+            .find(|(s, _, _)| *s == self)
+            .copied()
+            .unwrap_or((self, "", &[]));
+        let name = self
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned());
+        let mut cmd = Cli::command()
+            .about(about)
+            .long_about(about)
+            .override_usage(format!("ringq-bench {name} [OPTIONS]"));
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for id in ids {
+            if !keep.contains(&id.as_str()) && id != "help" && id != "version" {
+                cmd = cmd.mut_arg(id, |a| a.hide(true));
+            }
+        }
+        cmd
+    }
+}
+
 impl Cli {
+    /// Parses the command line, exiting on errors and help as clap does — except that
+    /// `--help` after a scenario name prints that scenario's help ([`Scenario::command`]).
+    pub fn parse_args() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+                let named = std::env::args()
+                    .skip(1)
+                    .filter(|a| !a.starts_with('-'))
+                    .find_map(|a| Scenario::from_str(&a, true).ok());
+                match named {
+                    Some(s) => {
+                        let long = std::env::args().any(|a| a == "--help");
+                        let mut cmd = s.command();
+                        let _ = if long {
+                            cmd.print_long_help()
+                        } else {
+                            cmd.print_help()
+                        };
+                        std::process::exit(0)
+                    }
+                    None => e.exit(),
+                }
+            }
+            Err(e) => e.exit(),
+        }
+    }
+
     /// `--duration` as a `Duration` (at least 1 ms).
     pub fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.duration.max(0.001))

@@ -9,23 +9,28 @@
 //! # Layout
 //! - `cli`: the command line (clap) and its help text.
 //! - `scenario`: the parent's side of `drain` and `latency`: prepare the server, run each
-//!   client's child, collect results.
-//! - `child`: spawning a consumer child, the `ready` handshake on its stdout, its report,
-//!   and its CPU time from `wait4`.
-//! - `spec`: what the parent tells a child (`ChildSpec`) and what it answers
-//!   (`ChildReport`), as JSON.
-//! - `clients`: the consumers measured — `ringq`, `redis-rs`, `tokio-uring`, the raw
-//!   `limit` probe, and the `ping` reference — and the per-message work they all share.
+//!   client's child, collect results. `pubsub` and `acked` (`reliable`, `stream`) are the
+//!   other scenarios, each on its own.
+//! - `child`: the parent's side of a consumer child: spawning it, the `ready` handshake
+//!   on its stdout, its report, and its CPU time from `wait4`.
+//! - `spec`: what the parent tells a child (`ChildSpec`, built from the command line by
+//!   `ChildSpec::base`) and what it answers (`ChildReport`), as JSON.
+//! - `clients`: the child's side (`child_main`) and the consumers measured — `ringq`,
+//!   `redis-rs`, `tokio-uring`, the raw `limit` probe, and the `ping` reference — and the
+//!   per-message work they all share.
 //! - `load`: the parent's load generators: queue filling and the paced producer; the
 //!   monotonic clock and absolute sleeps they use.
 //! - `conn`: a small blocking RESP connection (connect, AUTH, SELECT, pipelined writes).
-//! - `server`: the embedded `redis-server` (or the one at `--url`) and its version.
+//! - `server`: the embedded `redis-server` (or the one at `--url`), its version, and its
+//!   CPU time (`INFO cpu`).
 //! - `latency`: payload time stamps and histogram summaries.
 //! - `acked`: the `reliable` and `stream` scenarios (drains with acks, server CPU per
 //!   message).
-//! - `report`: the table, the JSON file, the targets; `plot`: the SVG percentile plot.
+//! - `report`: the one table renderer, the drain and latency rows and targets, the JSON
+//!   file; `plot`: the SVG percentile plot.
 //! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
-//! - `noise`: other processes' CPU load during a measurement, noted in the table.
+//! - `noise`: a measured child run, with other processes' CPU load meanwhile noted in the
+//!   table.
 //! - `error`: [`error::Error`].
 
 mod acked;
@@ -47,19 +52,22 @@ mod spec;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-/// The hidden subcommand a parent uses to start a consumer child: `ringq-bench
-/// __child '<ChildSpec as JSON>'`.
-pub(crate) const CHILD_SUBCOMMAND: &str = "__child";
+use crate::cli::Scenario;
+use crate::spec::CHILD_SUBCOMMAND;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == CHILD_SUBCOMMAND) {
-        return child::child_main(args.next());
+        return clients::child_main(args.next());
     }
-    let cli = cli::Cli::parse();
-    match scenario::run(&cli) {
+    let cli = cli::Cli::parse_args();
+    let result = match cli.scenario {
+        Scenario::Drain | Scenario::Latency => scenario::run(&cli),
+        Scenario::Pubsub => pubsub::run(&cli),
+        Scenario::Reliable => acked::run(&cli, acked::Flavor::Reliable),
+        Scenario::Stream => acked::run(&cli, acked::Flavor::Stream),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringq-bench: {e}");

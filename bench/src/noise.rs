@@ -8,6 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::child::ChildOutcome;
+use crate::error::Result;
+use crate::server::Broker;
+
 /// Average other load (cores) worth a note.
 const NOTE_CORES: f64 = 0.15;
 /// Runs shorter than this are not judged: `/proc/stat` counts in clock ticks (10 ms).
@@ -49,8 +53,19 @@ fn machine_busy() -> Option<Duration> {
     Some(ticks_to_duration(busy))
 }
 
+/// Runs one client's child through `f`, and notes other processes' load meanwhile.
+pub fn measured(
+    broker: &Broker,
+    f: impl FnOnce() -> Result<ChildOutcome>,
+) -> (Result<ChildOutcome>, Option<String>) {
+    let before = Snapshot::take(broker.server_pid());
+    let outcome = f();
+    let note = outcome.as_ref().ok().and_then(|o| before.note_since(o.cpu));
+    (outcome, note)
+}
+
 /// utime + stime of process `pid`.
-pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
+fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -4,8 +4,8 @@
 //!    `--size` bytes pipelined as fast as the server takes them, to a subscriber child
 //!    that counts until it has all of them or none arrived for a while. Reported:
 //!    received, lost, the receive rate and its ratio to the publisher's rate, the
-//!    consumer's CPU per message (`wait4`), and the server's CPU per message (embedded
-//!    server: `/proc/PID/stat` around the run).
+//!    consumer's CPU per message (`wait4`), and the server's CPU per message (`INFO cpu`
+//!    before and after the burst).
 //! 2. **Latency.** `--rate` messages per second for `--duration` seconds, each stamped with
 //!    its intended send time: p50/p99 from the intended time to the handler.
 //!
@@ -14,19 +14,17 @@
 //! "lost", "publisher_msgs_per_sec", "server_cpu_us_per_msg"}]}` — `messages` is what was
 //! received in the burst.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use crate::child::{self, ChildOutcome};
 use crate::cli::{Cli, ClientKind};
 use crate::error::Result;
 use crate::load;
-use crate::noise::process_cpu;
+use crate::noise::measured;
 use crate::progress;
-use crate::report::write_file;
-use crate::scenario::{base_spec, join_notes, measured, server_label};
+use crate::report::{join_notes, opt, verdict, write_file, Table};
 use crate::server::Broker;
+use crate::spec::ChildSpec;
 
 const CHANNEL: &str = "ringq-bench:channel";
 
@@ -68,7 +66,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         "pubsub: a burst of {n} messages of {} B published pipelined at full speed, then {rate} msg/s for {:.1} s; one subscriber; {}",
         cli.size,
         cli.duration().as_secs_f64(),
-        server_label(&broker)
+        broker.label()
     );
     eprintln!("{title}");
     let mut results = Vec::new();
@@ -111,14 +109,13 @@ fn one_client(
     rate: u32,
     count: u64,
 ) -> Outcome {
-    let server_pid = broker.server_pid();
     // 1. The burst.
-    let mut spec = base_spec(cli, broker, &[], kind);
+    let mut spec = ChildSpec::base(cli, broker, &[], kind);
     spec.channel = Some(CHANNEL.to_owned());
     spec.expected = n;
     spec.shards = 1;
     spec.deadline_secs = 60.0 + n as f64 / 20_000.0;
-    let server_before = server_pid.and_then(process_cpu);
+    let server_before = broker.cpu_seconds().ok();
     let mut published = (0.0, 0);
     eprintln!(
         "publishing {n} messages to {}'s subscriber ...",
@@ -130,7 +127,7 @@ fn one_client(
             Ok(())
         })
     });
-    let server_after = server_pid.and_then(process_cpu);
+    let server_after = broker.cpu_seconds().ok();
     let burst = match burst {
         Ok(b) => b,
         Err(e) => {
@@ -143,7 +140,7 @@ fn one_client(
         }
     };
     // 2. Latency at a fixed rate.
-    let mut spec = base_spec(cli, broker, &[], kind);
+    let mut spec = ChildSpec::base(cli, broker, &[], kind);
     spec.channel = Some(CHANNEL.to_owned());
     spec.expected = count;
     spec.latency = true;
@@ -166,7 +163,7 @@ fn one_client(
     let received = report.messages;
     let seconds = report.seconds.max(1e-9);
     let server_cpu = match (server_before, server_after) {
-        (Some(a), Some(b)) => Some((b.saturating_sub(a)).as_secs_f64() * 1e6 / n as f64),
+        (Some(a), Some(b)) => Some((b - a).max(0.0) * 1e6 / n as f64),
         _ => None,
     };
     let (latency, lat_note) = match lat {
@@ -199,106 +196,81 @@ fn one_client(
 }
 
 fn render(title: &str, results: &[Outcome]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "### {title}\n");
-    let header = [
-        "client",
-        "published",
-        "received",
-        "lost",
-        "msgs/s",
-        "÷ publisher",
-        "CPU µs/msg",
-        "server CPU µs/msg",
-        "p50 µs",
-        "p99 µs",
-        "CPU ÷ redis-rs",
-    ];
-    let _ = writeln!(s, "| {} |", header.join(" | "));
-    let _ = writeln!(s, "|---|{}", "---:|".repeat(header.len() - 1));
+    let mut table = Table::new(
+        title.to_owned(),
+        vec![
+            "client",
+            "published",
+            "received",
+            "lost",
+            "msgs/s",
+            "÷ publisher",
+            "CPU µs/msg",
+            "server CPU µs/msg",
+            "p50 µs",
+            "p99 µs",
+            "CPU ÷ redis-rs",
+        ],
+    );
     let redis_cpu = results
         .iter()
         .find(|r| r.kind == ClientKind::RedisRs)
         .and_then(|r| r.row.as_ref().ok())
         .map(|r| r.cpu_us_per_msg);
-    let opt = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
     for r in results {
+        table.note(r.kind.name(), r.note.as_deref());
         match &r.row {
-            Ok(row) => {
-                let cells = [
-                    row.name.clone(),
-                    row.published.to_string(),
-                    row.messages.to_string(),
-                    row.lost.to_string(),
-                    format!("{:.0}", row.msgs_per_sec),
-                    format!(
-                        "{:.2}×",
-                        row.msgs_per_sec / row.publisher_msgs_per_sec.max(1e-9)
-                    ),
-                    format!("{:.3}", row.cpu_us_per_msg),
-                    opt(row.server_cpu_us_per_msg, 3),
-                    opt(row.p50_us, 1),
-                    opt(row.p99_us, 1),
-                    opt(redis_cpu.map(|c| row.cpu_us_per_msg / c.max(1e-12)), 2),
-                ];
-                let _ = writeln!(s, "| {} |", cells.join(" | "));
-            }
-            Err(why) => {
-                let why = why.replace('|', "/").replace('\n', " ");
-                let blanks = " |".repeat(header.len() - 2);
-                let _ = writeln!(s, "| {} | **failed**: {why} |{blanks}", r.kind.name());
-            }
+            Ok(row) => table.row(vec![
+                row.name.clone(),
+                row.published.to_string(),
+                row.messages.to_string(),
+                row.lost.to_string(),
+                format!("{:.0}", row.msgs_per_sec),
+                format!(
+                    "{:.2}×",
+                    row.msgs_per_sec / row.publisher_msgs_per_sec.max(1e-9)
+                ),
+                format!("{:.3}", row.cpu_us_per_msg),
+                opt(row.server_cpu_us_per_msg, 3),
+                opt(row.p50_us, 1),
+                opt(row.p99_us, 1),
+                opt(redis_cpu.map(|c| row.cpu_us_per_msg / c.max(1e-12)), 2),
+            ]),
+            Err(why) => table.failed(r.kind.name(), why),
         }
-    }
-    let notes: Vec<String> = results
-        .iter()
-        .filter_map(|r| r.note.as_ref().map(|n| format!("- {}: {n}", r.kind.name())))
-        .collect();
-    if !notes.is_empty() {
-        let _ = writeln!(s, "\n{}", notes.join("\n"));
     }
     if let Some(ringq) = results
         .iter()
         .find(|r| r.kind == ClientKind::Ringq)
         .and_then(|r| r.row.as_ref().ok())
     {
-        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let t = &mut table.targets;
         let ratio = ringq.msgs_per_sec / ringq.publisher_msgs_per_sec.max(1e-9);
-        let _ = writeln!(s, "\nTargets (issue 10, reported, not asserted):");
-        let _ = writeln!(
-            s,
-            "- every message received: {} of {} — {}",
+        t.push(format!(
+            "every message received: {} of {} — {}",
             ringq.messages,
             ringq.published,
             verdict(ringq.lost == 0)
-        );
-        let _ = writeln!(
-            s,
-            "- receive rate ÷ publisher's: {ratio:.2}× (target ≥ 0.95×) — {}",
+        ));
+        t.push(format!(
+            "receive rate ÷ publisher's: {ratio:.2}× (target ≥ 0.95×) — {}",
             verdict(ratio >= 0.95)
-        );
-        let _ = writeln!(
-            s,
-            "- consumer CPU: {:.3} µs/msg (target ≤ 0.5) — {}",
+        ));
+        t.push(format!(
+            "consumer CPU: {:.3} µs/msg (target ≤ 0.5) — {}",
             ringq.cpu_us_per_msg,
             verdict(ringq.cpu_us_per_msg <= 0.5)
-        );
-        match redis_cpu {
+        ));
+        t.push(match redis_cpu {
             Some(c) => {
                 let r = ringq.cpu_us_per_msg / c.max(1e-12);
-                let _ = writeln!(
-                    s,
-                    "- consumer CPU ÷ redis-rs: {r:.2}× (target ≤ 0.3×) — {}",
+                format!(
+                    "consumer CPU ÷ redis-rs: {r:.2}× (target ≤ 0.3×) — {}",
                     verdict(r <= 0.3)
-                );
+                )
             }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "- consumer CPU ÷ redis-rs: not measured (redis-rs did not run)"
-                );
-            }
-        }
+            None => "consumer CPU ÷ redis-rs: not measured (redis-rs did not run)".into(),
+        });
     }
-    s
+    table.render()
 }

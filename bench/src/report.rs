@@ -1,4 +1,5 @@
-//! Results: one row per client, the markdown table on stdout, the targets of issue 5, and
+//! Results: [`Table`], the one markdown renderer every scenario prints with (rows, failed
+//! clients, footnotes, targets); the `drain` and `latency` rows and their targets; and
 //! the `--json` file in the contract's shape:
 //! `{"scenario", "clients": [{"name", "messages", "seconds", "msgs_per_sec",
 //! "cpu_us_per_msg", "p50_us", "p99_us", "p999_us", "max_us"}]}` — latency fields are
@@ -105,8 +106,6 @@ impl ScenarioReport {
 
     /// The markdown table, its footnotes and the targets.
     pub fn render(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "### {}\n", self.title);
         let lat = self.is_latency();
         let mut header = vec!["client", "messages", "seconds", "msgs/s", "CPU µs/msg"];
         if lat {
@@ -123,33 +122,18 @@ impl ScenarioReport {
                 "msgs/s ÷ limit",
             ]);
         }
-        let _ = writeln!(s, "| {} |", header.join(" | "));
-        let _ = writeln!(
-            s,
-            "|{}",
-            header
-                .iter()
-                .enumerate()
-                .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
-                .collect::<String>()
-        );
+        let mut table = Table::new(self.title.clone(), header);
         let best_rate = self.best_baseline_rate();
         let best_cpu = self.best_baseline_cpu();
         let best_p99 = self.best_baseline_p99();
         let limit_rate = self.row(ClientKind::Limit).map(|r| r.msgs_per_sec);
         let ping_p99 = self.row(ClientKind::Ping).and_then(|r| r.p99_us);
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-            _ => "–".into(),
-        };
-        let opt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
         for r in &self.results {
+            table.note(r.kind.name(), r.note.as_deref());
             let row = match &r.outcome {
                 Ok(row) => row,
                 Err(why) => {
-                    let blanks = " |".repeat(header.len() - 2);
-                    let why = why.replace('|', "/").replace('\n', " ");
-                    let _ = writeln!(s, "| {} | **failed**: {why} |{blanks}", r.kind.name());
+                    table.failed(r.kind.name(), why);
                     continue;
                 }
             };
@@ -163,10 +147,10 @@ impl ScenarioReport {
             let comparable = r.kind != ClientKind::Ping;
             if lat {
                 cells.extend([
-                    opt(row.p50_us),
-                    opt(row.p99_us),
-                    opt(row.p999_us),
-                    opt(row.max_us),
+                    opt(row.p50_us, 1),
+                    opt(row.p99_us, 1),
+                    opt(row.p999_us, 1),
+                    opt(row.max_us, 1),
                     ratio(row.p99_us, ping_p99),
                 ]);
             }
@@ -183,24 +167,10 @@ impl ScenarioReport {
             if !lat {
                 cells.push(ratio(Some(row.msgs_per_sec), limit_rate));
             }
-            let _ = writeln!(s, "| {} |", cells.join(" | "));
+            table.row(cells);
         }
-        let notes: Vec<String> = self
-            .results
-            .iter()
-            .filter_map(|r| r.note.as_ref().map(|n| format!("- {}: {n}", r.kind.name())))
-            .collect();
-        if !notes.is_empty() {
-            let _ = writeln!(s, "\n{}", notes.join("\n"));
-        }
-        let targets = self.targets();
-        if !targets.is_empty() {
-            let _ = writeln!(s, "\nTargets (reported, not asserted):");
-            for t in targets {
-                let _ = writeln!(s, "- {t}");
-            }
-        }
-        s
+        table.targets = self.targets();
+        table.render()
     }
 
     /// The targets that apply to this scenario, each with its measured value and verdict.
@@ -208,7 +178,6 @@ impl ScenarioReport {
         let Some(ringq) = self.row(ClientKind::Ringq) else {
             return Vec::new();
         };
-        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         let mut out = Vec::new();
         let mut check = |what: &str, value: Option<f64>, goal: f64, at_least: bool| {
             let line = match value {
@@ -241,13 +210,13 @@ impl ScenarioReport {
                 );
                 let epoll = self.row(ClientKind::RingqEpoll);
                 check(
-                    "batch drain, epoll msgs/s ÷ io_uring (issue 15)",
+                    "batch drain, epoll msgs/s ÷ io_uring",
                     epoll.and_then(|e| div(e.msgs_per_sec, Some(ringq.msgs_per_sec))),
                     0.85,
                     true,
                 );
                 check(
-                    "batch drain, epoll CPU per message ÷ io_uring (issue 15)",
+                    "batch drain, epoll CPU per message ÷ io_uring",
                     epoll.and_then(|e| div(e.cpu_us_per_msg, Some(ringq.cpu_us_per_msg))),
                     1.3,
                     false,
@@ -287,6 +256,106 @@ impl ScenarioReport {
         };
         let text = serde_json::to_string_pretty(&report)?;
         write_file(path, &text)
+    }
+}
+
+/// A markdown table as every scenario prints it: a `###` title, a header row (the first
+/// column left-aligned, the figures right-aligned), one row per client — or the reason it
+/// failed — then the clients' footnotes and the targets, each with its verdict.
+pub struct Table {
+    title: String,
+    header: Vec<&'static str>,
+    rows: Vec<String>,
+    notes: Vec<String>,
+    /// One line per target (without the leading `- `).
+    pub targets: Vec<String>,
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new(title: String, header: Vec<&'static str>) -> Self {
+        Self {
+            title,
+            header,
+            rows: Vec::new(),
+            notes: Vec::new(),
+            targets: Vec::new(),
+        }
+    }
+
+    /// A row of figures (as many cells as the header has columns).
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(format!("| {} |", cells.join(" | ")));
+    }
+
+    /// A client that has no figures, with the reason.
+    pub fn failed(&mut self, name: &str, why: &str) {
+        let why = why.replace('|', "/").replace('\n', " ");
+        let blanks = " |".repeat(self.header.len().saturating_sub(2));
+        self.rows
+            .push(format!("| {name} | **failed**: {why} |{blanks}"));
+    }
+
+    /// A footnote about client `name`, if there is one.
+    pub fn note(&mut self, name: &str, note: Option<&str>) {
+        if let Some(n) = note {
+            self.notes.push(format!("- {name}: {n}"));
+        }
+    }
+
+    /// The markdown text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "### {}\n", self.title);
+        let _ = writeln!(s, "| {} |", self.header.join(" | "));
+        let _ = writeln!(
+            s,
+            "|---|{}",
+            "---:|".repeat(self.header.len().saturating_sub(1))
+        );
+        for r in &self.rows {
+            let _ = writeln!(s, "{r}");
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "\n{}", self.notes.join("\n"));
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(s, "\nTargets (reported, not asserted):");
+            for t in &self.targets {
+                let _ = writeln!(s, "- {t}");
+            }
+        }
+        s
+    }
+}
+
+/// `a ÷ b` as `1.23×`, or `–` when either is missing or `b` is not positive.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+/// `v` with `digits` decimals, or `–`.
+pub fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.digits$}"))
+}
+
+/// A target's verdict.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// Both footnotes, joined, or whichever there is.
+pub fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
     }
 }
 

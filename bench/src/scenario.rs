@@ -1,6 +1,7 @@
-//! The parent's side of each scenario: prepare the server for one client, run that
-//! client's consumer child (producing in the parent for `latency`), turn its report and
-//! CPU time into a row, and move on to the next client on a clean slate.
+//! The parent's side of the list-queue scenarios, `drain` and `latency`: prepare the
+//! server for one client, run that client's consumer child (producing in the parent for
+//! `latency`), turn its report and CPU time into a row, and move on to the next client on
+//! a clean slate.
 //!
 //! Clients run one after another, never at once: on a small machine they would otherwise
 //! compete for the same cores and for the server.
@@ -13,26 +14,20 @@ use crate::child::{self, ChildOutcome};
 use crate::cli::{Cli, ClientKind, PopMode, Scenario};
 use crate::error::{Error, Result};
 use crate::load;
-use crate::noise;
+use crate::noise::measured;
 use crate::plot;
 use crate::progress;
-use crate::report::{self, ClientResult, ClientRow, ScenarioReport};
+use crate::report::{self, join_notes, ClientResult, ClientRow, ScenarioReport};
 use crate::server::Broker;
 use crate::spec::ChildSpec;
 
-/// Runs the scenario `cli` names, prints its table, writes `--json` (and the plot).
+/// Runs `drain` or `latency` (the scenario `cli` names), prints its table, writes
+/// `--json` (and the plot).
 ///
 /// # Errors
-/// An unavailable scenario, bad options, a server that cannot be started or reached, or
-/// an output file that cannot be written. A client that fails is a row in the table, not
-/// an error.
+/// Bad options, a server that cannot be started or reached, or an output file that cannot
+/// be written. A client that fails is a row in the table, not an error.
 pub fn run(cli: &Cli) -> Result<()> {
-    match cli.scenario {
-        Scenario::Pubsub => return crate::pubsub::run(cli),
-        Scenario::Reliable => return crate::acked::run(cli, crate::acked::Flavor::Reliable),
-        Scenario::Stream => return crate::acked::run(cli, crate::acked::Flavor::Stream),
-        Scenario::Drain | Scenario::Latency => {}
-    }
     if cli.queues == 0 || cli.connections == 0 || cli.shards == 0 {
         return Err(Error::new(
             "--queues, --connections and --shards must be at least 1",
@@ -77,15 +72,6 @@ pub fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn server_label(broker: &Broker) -> String {
-    let place = if broker.is_embedded() {
-        "embedded"
-    } else {
-        "--url"
-    };
-    format!("{} ({place})", broker.version)
-}
-
 fn pop_label(pop: PopMode) -> &'static str {
     match pop {
         PopMode::Single => "single",
@@ -93,55 +79,7 @@ fn pop_label(pop: PopMode) -> &'static str {
     }
 }
 
-pub(crate) fn base_spec(
-    cli: &Cli,
-    broker: &Broker,
-    queues: &[String],
-    client: ClientKind,
-) -> ChildSpec {
-    ChildSpec {
-        client,
-        url: broker.url.clone(),
-        queues: queues.to_vec(),
-        pop: cli.pop,
-        batch: cli.batch.max(1),
-        pipeline: cli.pipeline.max(1),
-        connections: cli.connections,
-        shards: cli.shards,
-        pin_cores: cli.pin_cores,
-        expected: 0,
-        latency: false,
-        rate: cli.rate,
-        deadline_secs: 60.0,
-        channel: None,
-        reliable: false,
-        stream: false,
-        backend: match client {
-            ClientKind::RingqEpoll => "epoll".to_owned(),
-            _ => cli.backend.clone(),
-        },
-    }
-}
-
-/// Runs one client's child through `f`, and notes other processes' load meanwhile.
-pub(crate) fn measured(
-    broker: &Broker,
-    f: impl FnOnce() -> Result<ChildOutcome>,
-) -> (Result<ChildOutcome>, Option<String>) {
-    let before = noise::Snapshot::take(broker.server_pid());
-    let outcome = f();
-    let note = outcome.as_ref().ok().and_then(|o| before.note_since(o.cpu));
-    (outcome, note)
-}
-
-pub(crate) fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-        (a, b) => a.or(b),
-    }
-}
-
-pub(crate) fn to_result(
+fn to_result(
     kind: ClientKind,
     outcome: Result<ChildOutcome>,
     note: Option<String>,
@@ -193,7 +131,7 @@ fn drain(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioReport
         cli.shards,
         cli.batch,
         cli.pipeline,
-        server_label(broker)
+        broker.label()
     );
     eprintln!("{title}");
     let mut results = Vec::new();
@@ -205,7 +143,7 @@ fn drain(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioReport
         let pb = progress::bar(total, &format!("filling for {}", kind.name()));
         load::fill(&broker.url, queues, per_queue, cli.size, &pb)?;
         pb.finish_and_clear();
-        let mut spec = base_spec(cli, broker, queues, kind);
+        let mut spec = ChildSpec::base(cli, broker, queues, kind);
         spec.expected = total;
         // Generous: a consumer at 2k msg/s still finishes; a lost message fails the row.
         spec.deadline_secs = 60.0 + total as f64 / 2000.0;
@@ -270,14 +208,14 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioRepo
         cli.shards,
         cli.batch,
         cli.pipeline,
-        server_label(broker)
+        broker.label()
     );
     eprintln!("{title}");
     let deadline = cli.duration().as_secs_f64() + 30.0;
     let mut results = Vec::new();
 
     // The floor first: PING round trips on the same schedule.
-    let mut spec = base_spec(cli, broker, queues, ClientKind::Ping);
+    let mut spec = ChildSpec::base(cli, broker, queues, ClientKind::Ping);
     spec.expected = count;
     spec.latency = true;
     spec.rate = rate;
@@ -288,7 +226,7 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioRepo
 
     for &kind in cli.clients.iter().filter(|&&k| k != ClientKind::Ping) {
         load::delete(&broker.url, queues)?;
-        let mut spec = base_spec(cli, broker, queues, kind);
+        let mut spec = ChildSpec::base(cli, broker, queues, kind);
         spec.expected = count;
         spec.latency = true;
         spec.deadline_secs = deadline;

@@ -84,4 +84,36 @@ impl Broker {
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
     }
+
+    /// "redis 7.0.15 (embedded)" or "… (--url)", for titles.
+    pub fn label(&self) -> String {
+        let place = if self.is_embedded() {
+            "embedded"
+        } else {
+            "--url"
+        };
+        format!("{} ({place})", self.version)
+    }
+
+    /// The server's CPU time so far, `used_cpu_user + used_cpu_sys` of `INFO cpu`, in
+    /// seconds: the one server-CPU probe of every scenario (it works with `--url` too).
+    ///
+    /// # Errors
+    /// The server cannot be reached or does not answer INFO.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let mut c = RawConn::connect(&self.url)?;
+        let text = match c.command_ok(["INFO", "cpu"])? {
+            Frame::BulkString(b) | Frame::SimpleString(b) => {
+                String::from_utf8_lossy(&b).into_owned()
+            }
+            Frame::VerbatimString { text, .. } => String::from_utf8_lossy(&text).into_owned(),
+            other => return Err(Error::new(format!("INFO cpu answered {other:?}"))),
+        };
+        let field = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(field("used_cpu_user") + field("used_cpu_sys"))
+    }
 }

@@ -4,7 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{ClientKind, PopMode};
+use crate::cli::{Cli, ClientKind, PopMode};
+use crate::server::Broker;
+
+/// The hidden subcommand a parent uses to start a consumer child: `ringq-bench
+/// __child '<ChildSpec as JSON>'`.
+pub const CHILD_SUBCOMMAND: &str = "__child";
 
 /// The stdout line a child prints once it is connected and consuming.
 pub const READY_LINE: &str = "ready";
@@ -63,6 +68,33 @@ pub const STREAM_GROUP: &str = "ringq-bench";
 pub const RELIABLE_ID: &str = "ringq-bench";
 
 impl ChildSpec {
+    /// The spec every scenario starts from: `cli`'s workload flags for client `client`
+    /// on `queues` of `broker` (the scenario then sets what it measures).
+    pub fn base(cli: &Cli, broker: &Broker, queues: &[String], client: ClientKind) -> Self {
+        Self {
+            client,
+            url: broker.url.clone(),
+            queues: queues.to_vec(),
+            pop: cli.pop,
+            batch: cli.batch.max(1),
+            pipeline: cli.pipeline.max(1),
+            connections: cli.connections,
+            shards: cli.shards,
+            pin_cores: cli.pin_cores,
+            expected: 0,
+            latency: false,
+            rate: cli.rate,
+            deadline_secs: 60.0,
+            channel: None,
+            reliable: false,
+            stream: false,
+            backend: match client {
+                ClientKind::RingqEpoll => "epoll".to_owned(),
+                _ => cli.backend.clone(),
+            },
+        }
+    }
+
     /// Connections actually used: one per queue at most.
     pub fn lanes(&self) -> usize {
         self.connections.clamp(1, self.queues.len().max(1))

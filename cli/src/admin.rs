@@ -10,7 +10,7 @@ use ringq::envelope::{self, keys};
 use ringq_resp::Frame;
 use serde_json::json;
 
-use crate::args::{DeadAction, DeadArgs, Format, Mode, StatsArgs, StatsFormat};
+use crate::args::{AdminMode, DeadAction, DeadArgs, Format, StatsArgs, StatsFormat};
 use crate::client::Conn;
 use crate::exit::Exit;
 use crate::output::write_raw;
@@ -91,7 +91,7 @@ struct ConsumerRow {
 /// A bad URL (status 2); a connection or command failure (status 1).
 pub fn stats(a: StatsArgs) -> Result<(), Exit> {
     let mut c = Conn::open(&a.server.url)?;
-    if a.mode == Mode::Stream {
+    if a.mode == AdminMode::Stream {
         return crate::stream_admin::stats(&mut c, &a.queues, a.format);
     }
     for q in &a.queues {
@@ -195,7 +195,7 @@ pub fn stats(a: StatsArgs) -> Result<(), Exit> {
 /// A bad URL (status 2); a connection or command failure (status 1).
 pub fn dead(a: DeadArgs) -> Result<(), Exit> {
     let mut c = Conn::open(&a.server.url)?;
-    if a.mode == Mode::Stream {
+    if a.mode == AdminMode::Stream {
         return crate::stream_admin::dead(&mut c, &a.queue, a.action);
     }
     let q = a.queue.as_bytes();

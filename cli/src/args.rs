@@ -58,6 +58,10 @@ pub enum Command {
     /// its heartbeat, waiting for a retry, dead) or, with --mode stream, a stream's groups
     /// (lag, pending per consumer, dead).
     ///
+    /// A queue or stream that does not exist is shown with zeros (and, for a stream,
+    /// "does not exist"), not as an error: a plain list queue shows its length as
+    /// pending.
+    ///
     /// Example: ringq stats --queue jobs --format json
     Stats(StatsArgs),
     /// List, requeue or purge a reliable-mode queue's or a stream's dead letters ({Q}:dead).
@@ -100,14 +104,16 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "G")]
     pub group: Option<String>,
 
-    /// Stream mode: where a group that does not exist yet starts: `new` (entries added
-    /// from now on, the default), `start` (every entry), or an entry id.
-    #[arg(long, value_name = "new|start|ID")]
+    /// Stream mode: where a group that does not exist yet starts: `new` or `$` (entries
+    /// added from now on, the default), `start` or `0` (every entry), or an entry id
+    /// (`MS` or `MS-SEQ`, as XADD returns them: entries after it).
+    #[arg(long, value_name = "new|start|ID", value_parser = start_id)]
     pub from: Option<String>,
 
     /// Stream mode: only entries whose `tag` field is one of these (`TagA || TagB`; `*`
-    /// is everything); the others are acknowledged without being printed.
-    #[arg(long, value_name = "EXPR")]
+    /// is everything); the others are acknowledged without being printed, and counted
+    /// on stderr at exit. A tag is one word: no spaces, `|`, `(`, `)`, `&` or `!`.
+    #[arg(long, value_name = "EXPR", value_parser = tag_expression)]
     pub tag: Option<String>,
 
     /// Reliable and stream modes: most deliveries of one message before it goes to the
@@ -122,7 +128,7 @@ pub struct ConsumeArgs {
     pub lease_ms: Option<u64>,
 
     /// Exit 0 after exactly N messages. No more than N are popped: the rest stay queued.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = count)]
     pub count: Option<u64>,
 
     /// Most messages one pop asks for (the COUNT of LMPOP/BLMPOP).
@@ -138,8 +144,8 @@ pub struct ConsumeArgs {
 
     /// Consumer identity: 1 to 200 printable ASCII characters, no spaces (what Redis
     /// accepts in a connection name). Names the connections (CLIENT SETNAME
-    /// ID-s<shard>-c<n>); the reliable and stream modes will key their processing lists
-    /// and groups by it.
+    /// ID-s<shard>-c<n>); the reliable and stream modes key their processing lists and
+    /// group consumers by it.
     #[arg(long, value_name = "ID", value_parser = consumer_id)]
     pub consumer_id: Option<String>,
 
@@ -273,7 +279,7 @@ pub struct SubscribeArgs {
     pub shard_channel: Vec<String>,
 
     /// Exit 0 after N messages.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = count)]
     pub count: Option<u64>,
 
     /// Output format: raw payloads, or JSON objects with channel, pattern (when a pattern
@@ -345,6 +351,15 @@ pub enum Mode {
     Stream,
 }
 
+/// `stats --mode` and `dead --mode`: the modes that keep state on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdminMode {
+    /// List queues and their {Q}:* keys.
+    Reliable,
+    /// Streams, their groups and {S}:dead.
+    Stream,
+}
+
 /// `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
@@ -403,6 +418,60 @@ fn consumer_id(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// `--count`: a whole number, with a message that says so (clap alone would call `-1` an
+/// unexpected argument).
+fn count(s: &str) -> Result<u64, String> {
+    s.trim().parse().map_err(|_| {
+        format!("'{s}' is not a number of messages: --count takes a whole number, 0 or more")
+    })
+}
+
+/// `--from`: what XGROUP CREATE accepts as a start, checked here so a typo is a usage
+/// error naming the flag rather than the server's "Invalid stream ID" at run time.
+fn start_id(s: &str) -> Result<String, String> {
+    let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+    let ok = matches!(s, "new" | "start" | "$")
+        || match s.split_once('-') {
+            None => digits(s),
+            Some((ms, seq)) => digits(ms) && digits(seq),
+        };
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "'{s}' is not a start: use new (or $), start (or 0), or an entry id MS or MS-SEQ \
+             such as 1700000000000-0"
+        ))
+    }
+}
+
+/// `--tag`: the grammar `Stream::tags` documents — `*`, or tags separated by `||` — where
+/// a tag is one word. The engine takes any text (an expression it cannot read becomes a
+/// tag no entry has, so every entry would be acknowledged unseen), so the check is here.
+fn tag_expression(s: &str) -> Result<String, String> {
+    const NOT_IN_A_TAG: &[char] = &['|', '(', ')', '&', '!'];
+    let fail = |why: String| {
+        Err(format!(
+            "{why}: --tag takes `*` or tags separated by `||`, such as 'TagA || TagB'"
+        ))
+    };
+    if s.trim().is_empty() {
+        return fail("the expression is empty".into());
+    }
+    for alt in s.split("||").map(str::trim) {
+        if alt.is_empty() {
+            return fail(format!("'{s}' has an empty alternative"));
+        }
+        if let Some(c) = alt
+            .chars()
+            .find(|c| c.is_whitespace() || NOT_IN_A_TAG.contains(c))
+        {
+            return fail(format!("'{alt}' is not a tag ({c:?} cannot be in one)"));
+        }
+    }
+    Ok(s.to_owned())
+}
+
 fn positive_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s
         .parse()
@@ -457,6 +526,25 @@ mod tests {
             "18446744073709551615",
         ]);
         assert!(e.is_err(), "a block timeout beyond a day is refused");
+        for good in ["new", "start", "$", "0", "1700000000000", "1700000000000-7"] {
+            assert_eq!(start_id(good).as_deref(), Ok(good), "--from {good}");
+        }
+        for bad in ["garbage", "", "1-", "-1", "1-2-3", "12a", "NEW"] {
+            assert!(start_id(bad).is_err(), "--from {bad:?} must be refused");
+        }
+        for good in ["*", "A", "A || B", "A||B", " A ", "order.created || *"] {
+            assert!(tag_expression(good).is_ok(), "--tag {good:?}");
+        }
+        for bad in ["((", "", "A ||", "|| B", "A | B", "A && B", "A B", "!A"] {
+            assert!(
+                tag_expression(bad).is_err(),
+                "--tag {bad:?} must be refused"
+            );
+        }
+        assert!(count("-1")
+            .unwrap_err()
+            .contains("--count takes a whole number"));
+        assert_eq!(count("0"), Ok(0));
         assert!(positive_rate("0").is_err());
         assert!(positive_rate("nan").is_err());
         assert_eq!(positive_rate("2.5"), Ok(2.5));
@@ -468,10 +556,10 @@ pub struct StatsArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
-    /// `reliable` (list queues, the default) or `stream` (streams: every group's lag and
-    /// pending entries, and each consumer's).
-    #[arg(long, value_enum, default_value_t = Mode::Reliable)]
-    pub mode: Mode,
+    /// `reliable` (list queues, the default; plain pop-mode queues too) or `stream`
+    /// (streams: every group's lag and pending entries, and each consumer's).
+    #[arg(long, value_enum, default_value_t = AdminMode::Reliable)]
+    pub mode: AdminMode,
 
     /// A queue to show; repeat for several.
     #[arg(long = "queue", value_name = "Q", required = true)]
@@ -495,8 +583,8 @@ pub struct DeadArgs {
     pub server: ServerArgs,
 
     /// `reliable` ({Q}:dead is a list, the default) or `stream` ({S}:dead is a stream).
-    #[arg(long, value_enum, default_value_t = Mode::Reliable)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = AdminMode::Reliable)]
+    pub mode: AdminMode,
 
     /// The queue whose dead list ({Q}:dead) to work on (before the action).
     #[arg(long, value_name = "Q")]
@@ -512,7 +600,8 @@ pub enum DeadAction {
     /// deliveries, when and why it died, and its id.
     List {
         /// At most N entries.
-        #[arg(long, value_name = "N", default_value_t = 100)]
+        #[arg(long, value_name = "N", default_value_t = 100,
+              allow_hyphen_values = true, value_parser = count)]
         count: u64,
         #[arg(long, value_enum, default_value_t = Format::Raw)]
         format: Format,
@@ -521,7 +610,7 @@ pub enum DeadAction {
     /// delivery count; atomic per message.
     Requeue {
         /// At most N entries (default: all).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = count)]
         count: Option<u64>,
     },
     /// Delete the dead list.

@@ -136,37 +136,76 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         builder = builder.client_name(id.as_str());
     }
 
-    print_until_stopped(
+    let group = a.group.clone().unwrap_or_default();
+    let stats = print_until_stopped(
         builder,
         consumer,
         Lines {
             format: a.format,
             listen: false,
         },
-    )
+        |e| stream.then(|| group_lost(e, &group)).flatten(),
+    )?;
+    if let (Some(tag), Some(stats)) = (&a.tag, stats) {
+        eprintln!(
+            "ringq: {} entr(ies) did not match --tag '{tag}': acknowledged without being printed",
+            stats.filtered
+        );
+    }
+    Ok(())
+}
+
+/// The engine's NOGROUP failure, said for the command line: what most likely happened and
+/// that starting `consume` again is the fix (it creates missing groups itself).
+fn group_lost(e: &ringq::Error, group: &str) -> Option<Exit> {
+    let kind = e.server_error()?.kind();
+    matches!(kind, ringq_resp::ServerErrorKind::NoGroup).then(|| {
+        Exit::runtime(format!(
+            "the server no longer has consumer group '{group}' (NOGROUP): it lost it — most \
+             likely it restarted without persistence (or someone ran XGROUP DESTROY or \
+             deleted the stream). Start `ringq consume` again: it creates missing groups \
+             itself, where --from says (new by default; --from start reads every entry still \
+             in the stream)"
+        ))
+    })
+}
+
+/// Stdout without std's line buffering (a `dup` of descriptor 1), so the writer thread's
+/// one `writev` per drain reaches the kernel as it is; std's `Stdout` if `dup` fails.
+fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
+    use std::os::fd::AsFd;
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(std::io::stdout()),
+    }
 }
 
 /// Starts the engine with `printer`'s handler and waits until it stops: after `--count`,
-/// on a signal or a closed stdout (the stop switch), or on a fatal error.
+/// on a signal or a closed stdout (the stop switch), or on a fatal error. Returns the
+/// engine's figures (none when the reader of stdout went away first).
 ///
 /// # Errors
-/// Whatever stopped the engine (status 1, or 2 for a usage error the engine found), or a
-/// failed write to stdout.
+/// Whatever stopped the engine (status 1, or 2 for a usage error the engine found) — as
+/// `explain` words it for the command line where it does — or a failed write to stdout.
 pub fn print_until_stopped(
     builder: EngineBuilder,
     consumer: impl Into<Consumer>,
     lines: Lines,
-) -> Result<(), Exit> {
+    explain: impl Fn(&ringq::Error) -> Option<Exit>,
+) -> Result<Option<ringq::Stats>, Exit> {
     let stop = Arc::new(StopSwitch::default());
     watch_signals(stop.clone())?;
-    let output = Arc::new(Output::new(
-        lines.format,
-        Box::new(std::io::stdout()),
-        stop.clone(),
-    ));
+    let output = if lines.listen {
+        // Nothing is acknowledged in listen mode: lines can wait in the writer's queue.
+        Output::queued(lines.format, stdout_unbuffered(), stop.clone())
+            .map_err(|e| Exit::runtime(format!("cannot start the stdout writer thread: {e}")))?
+    } else {
+        Output::new(lines.format, Box::new(std::io::stdout()), stop.clone())
+    };
+    let output = Arc::new(output);
     let running = builder
         .start(consumer, Printer::new(output.clone(), lines.listen))
-        .map_err(Exit::engine)?;
+        .map_err(|e| explain(&e).unwrap_or_else(|| Exit::engine(e)))?;
     stop.arm(running.shutdown_handle());
     let result = running.wait();
 
@@ -178,10 +217,10 @@ pub fn print_until_stopped(
         )));
     }
     match result {
-        Ok(_) => Ok(()),
+        Ok(stats) => Ok(Some(stats)),
         // The reader went away first; whatever the engine hit while stopping no longer
         // has anyone to tell.
-        Err(_) if out.closed => Ok(()),
-        Err(e) => Err(Exit::engine(e)),
+        Err(_) if out.closed => Ok(None),
+        Err(e) => Err(explain(&e).unwrap_or_else(|| Exit::engine(e))),
     }
 }

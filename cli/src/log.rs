@@ -24,7 +24,14 @@ pub fn install() {
         Some("info") => LevelFilter::INFO,
         Some("debug") => LevelFilter::DEBUG,
         Some("trace") => LevelFilter::TRACE,
-        _ => LevelFilter::WARN,
+        None | Some("warn" | "") => LevelFilter::WARN,
+        Some(other) => {
+            eprintln!(
+                "ringq: warning: RINGQ_LOG={other:?} is not a level \
+                 (off, error, warn, info, debug, trace); using warn"
+            );
+            LevelFilter::WARN
+        }
     };
     if max != LevelFilter::OFF {
         let _ = tracing::subscriber::set_global_default(Stderr {

@@ -27,6 +27,7 @@
 //!   `stream_admin`: the same for streams (`--mode stream`).
 //! - `client`: the blocking RESP2 connection of `produce`, `publish`, `stats`, `dead`.
 //! - `output`: the handler that prints messages (raw or JSON) without interleaving lines.
+//! - `writer`: `subscribe`'s stdout writer thread, fed through a bounded byte queue.
 //! - `subscribe`: `ringq subscribe` — the engine in listen mode.
 //! - `produce`: `ringq produce` and `ringq publish` — a blocking, pipelined client with
 //!   pacing.
@@ -45,6 +46,7 @@ mod produce;
 mod stop;
 mod stream_admin;
 mod subscribe;
+mod writer;
 
 use clap::Parser;
 

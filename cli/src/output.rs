@@ -1,9 +1,12 @@
 //! Printing messages: the [`Printer`] handler and the line formats.
 //!
 //! Each handler instance (one per shard thread, or per worker thread with `--workers`)
-//! formats a whole batch into its own buffer, then writes it to stdout in one `write_all`
-//! under the [`Output`] lock and flushes: lines never interleave mid-line, the lock is
-//! taken once per batch, and nothing printed waits in a buffer when the process stops.
+//! formats a whole batch into its own buffer, then hands it to the [`Output`] whole, so
+//! lines never interleave mid-line. The output is either:
+//! - **direct** (`consume`): written with one `write_all` under a lock and flushed before
+//!   the handler returns — reliable and stream modes acknowledge a message only then;
+//! - **queued** (`subscribe`): copied into the bounded queue of a writer thread
+//!   ([`crate::writer`]) that coalesces writes under load and prints at once when quiet.
 //!
 //! # JSON lines
 //! `{"queue":"jobs","payload":"hello","deliveries":1}`. Strings are escaped as RFC 8259
@@ -14,18 +17,29 @@
 //! A consumer that needs the bytes reads `payload_base64` when present, else `payload`.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ringq::{Event, GapCause, Handler, Message, Outcome};
 
 use crate::args::Format;
 use crate::stop::StopSwitch;
+use crate::writer::StdoutQueue;
 
-/// Where every handler instance writes: stdout behind one lock, plus what went wrong.
+/// Where every handler instance writes: stdout behind one lock, or the writer thread's
+/// queue; plus what went wrong.
 pub struct Output {
     format: Format,
     stop: Arc<StopSwitch>,
-    sink: Mutex<Sink>,
+    target: Target,
+}
+
+enum Target {
+    Direct(Mutex<Sink>),
+    Queued {
+        queue: StdoutQueue,
+        lines: AtomicU64,
+    },
 }
 
 struct Sink {
@@ -42,27 +56,58 @@ struct Sink {
 pub struct Summary {
     pub closed: bool,
     pub error: Option<io::Error>,
+    /// Lines written (direct), or handed to the writer thread (queued).
     pub lines: u64,
 }
 
 impl Output {
-    /// Output to `out` (stdout in the tool, a buffer in tests).
+    /// Direct output to `out` (stdout in the tool, a buffer in tests): each batch is
+    /// written and flushed before [`Printer`] returns its outcomes.
     pub fn new(format: Format, out: Box<dyn Write + Send>, stop: Arc<StopSwitch>) -> Self {
         Self {
             format,
             stop,
-            sink: Mutex::new(Sink {
+            target: Target::Direct(Mutex::new(Sink {
                 out,
                 closed: false,
                 error: None,
                 lines: 0,
-            }),
+            })),
         }
     }
 
-    /// Writes and flushes one batch of lines; false if they were not written.
+    /// Queued output to `out` through a writer thread (see [`crate::writer`]).
+    ///
+    /// # Errors
+    /// The writer thread could not be started.
+    pub fn queued(
+        format: Format,
+        out: Box<dyn Write + Send>,
+        stop: Arc<StopSwitch>,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            format,
+            target: Target::Queued {
+                queue: StdoutQueue::start(out, stop.clone())?,
+                lines: AtomicU64::new(0),
+            },
+            stop,
+        })
+    }
+
+    /// Writes and flushes one batch of lines (direct), or queues it; false if it was not.
     fn write_batch(&self, buf: &[u8], lines: u64) -> bool {
-        let mut s = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let sink = match &self.target {
+            Target::Direct(sink) => sink,
+            Target::Queued { queue, lines: n } => {
+                let queued = queue.push(buf);
+                if queued {
+                    n.fetch_add(lines, Ordering::Relaxed);
+                }
+                return queued;
+            }
+        };
+        let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
         if s.closed || s.error.is_some() {
             return false;
         }
@@ -84,9 +129,21 @@ impl Output {
         }
     }
 
-    /// Flushes (a no-op unless a write was cut short) and says how the output ended.
+    /// Flushes (direct: a no-op unless a write was cut short; queued: writes what is
+    /// queued and ends the writer thread) and says how the output ended.
     pub fn finish(&self) -> Summary {
-        let mut s = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let sink = match &self.target {
+            Target::Direct(sink) => sink,
+            Target::Queued { queue, lines } => {
+                let end = queue.finish();
+                return Summary {
+                    closed: end.closed,
+                    error: end.error,
+                    lines: lines.load(Ordering::Relaxed),
+                };
+            }
+        };
+        let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
         if !s.closed && s.error.is_none() {
             if let Err(e) = s.out.flush() {
                 if e.kind() == io::ErrorKind::BrokenPipe {
@@ -105,7 +162,8 @@ impl Output {
 }
 
 /// What lines look like: the format, and whether messages come from channels (listen:
-/// JSON names the channel and pattern) or queues.
+/// JSON names the channel and pattern; printed through the queued output) or queues
+/// (direct output: acknowledged only once written and flushed).
 #[derive(Debug, Clone, Copy)]
 pub struct Lines {
     pub format: Format,
@@ -213,19 +271,13 @@ impl Handler for Printer {
             } => format!(
                 "{connection} was cut with pops unanswered: up to {messages} message(s) lost"
             ),
-            Event::StaleOutcomes { key, count } => format!(
-                "{count} outcome(s) for messages of '{key}' not applied: this consumer's lease \
-                 ran out (it was frozen or cut off) and they went to another consumer; raise \
-                 --lease-ms if it was only slow"
-            ),
+            // The engine logs these two itself (a `tracing` warning, shown by `log`):
+            // printing the event as well would say it twice.
+            Event::StaleOutcomes { .. } => return,
+            Event::Recovered { swept, .. } if *swept > 0 => return,
             Event::Recovered {
-                queue,
-                swept,
-                messages,
-            } if *swept > 0 => format!(
-                "took back {messages} message(s) of {swept} consumer(s) of '{queue}' whose heartbeat expired"
-            ),
-            Event::Recovered { queue, messages, .. } => {
+                queue, messages, ..
+            } => {
                 format!("put {messages} leased message(s) back on '{queue}'")
             }
             other => format!("{other:?}"),

@@ -70,7 +70,8 @@ fn list(f: Frame) -> Vec<Frame> {
     }
 }
 
-/// `ringq stats --mode stream`.
+/// `ringq stats --mode stream`. A stream that does not exist is shown as such, with
+/// zeros (`"exists": false` in JSON), as a list queue that does not exist shows zeros.
 ///
 /// # Errors
 /// A connection or command failure (status 1).
@@ -79,7 +80,13 @@ pub fn stats(c: &mut Conn, streams: &[String], format: StatsFormat) -> Result<()
         let what = format!("reading stream '{s}'");
         let len = c.cmd(&["XLEN", s.as_str()], &what)?;
         let dead = c.cmd(&[&b"XLEN"[..], &keys::dead(s.as_bytes())], &what)?;
-        let groups = list(c.cmd(&["XINFO", "GROUPS", s.as_str()], &what)?);
+        // XINFO GROUPS fails on a missing key ("ERR no such key"): ask first.
+        let exists = matches!(c.cmd(&["EXISTS", s.as_str()], &what)?, Frame::Integer(n) if n > 0);
+        let groups = if exists {
+            list(c.cmd(&["XINFO", "GROUPS", s.as_str()], &what)?)
+        } else {
+            Vec::new()
+        };
         let mut out_groups = Vec::new();
         for g in &groups {
             let fields = pairs(g);
@@ -115,6 +122,7 @@ pub fn stats(c: &mut Conn, streams: &[String], format: StatsFormat) -> Result<()
         }
         let line = json!({
             "stream": s,
+            "exists": exists,
             "length": to_json(&len),
             "dead": to_json(&dead),
             "groups": out_groups,
@@ -122,8 +130,9 @@ pub fn stats(c: &mut Conn, streams: &[String], format: StatsFormat) -> Result<()
         match format {
             StatsFormat::Json => println!("{line}"),
             StatsFormat::Text => {
+                let missing = if exists { "" } else { " (does not exist)" };
                 println!(
-                    "stream {s}: length {}, dead {}",
+                    "stream {s}{missing}: length {}, dead {}",
                     line["length"], line["dead"]
                 );
                 for g in line["groups"].as_array().into_iter().flatten() {

@@ -51,5 +51,7 @@ pub fn run(a: SubscribeArgs) -> Result<(), Exit> {
             format: a.format,
             listen: true,
         },
+        |_| None,
     )
+    .map(|_| ())
 }

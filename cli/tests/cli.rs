@@ -672,3 +672,57 @@ fn help_documents_every_command_and_flag() {
         assert!(publish.contains(flag), "{flag} missing from publish --help");
     }
 }
+
+#[test]
+fn a_negative_count_says_what_count_takes() {
+    for args in [
+        &["consume", "--queue", "q", "--count", "-1"][..],
+        &["subscribe", "--channel", "c", "--count", "-1"][..],
+        &["dead", "--queue", "q", "list", "--count", "-1"][..],
+    ] {
+        let done = run(args);
+        done.assert_fails_with(2, "--count takes a whole number");
+        assert!(
+            !done.stderr.contains("unexpected argument"),
+            "{}",
+            done.stderr
+        );
+    }
+}
+
+#[test]
+fn an_unknown_ringq_log_level_warns_and_uses_warn() {
+    let s = server();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringq"))
+        .args(["stats", "--url", &s.url(), "--queue", "q"])
+        .env("RINGQ_LOG", "verbose")
+        .output()
+        .expect("run ringq");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            "ringq: warning: RINGQ_LOG=\"verbose\" is not a level (off, error, warn, info, \
+             debug, trace); using warn"
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn stats_and_dead_offer_only_the_modes_that_keep_state() {
+    for args in [
+        &["stats", "--queue", "q", "--mode", "pop"][..],
+        &["dead", "--queue", "q", "--mode", "pop", "list"][..],
+    ] {
+        run(args).assert_fails_with(2, "invalid value 'pop' for '--mode");
+    }
+    // A plain (pop-mode) list queue still shows under the default mode.
+    let s = server();
+    let url = s.url();
+    produce_seq(&url, "plain", 3);
+    let done = run(&["stats", "--url", &url, "--queue", "plain"]);
+    done.assert_success();
+    assert_eq!(done.lines(), ["queue plain: pending 3, retry 0, dead 0"]);
+}

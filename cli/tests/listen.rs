@@ -33,6 +33,9 @@ fn stderr_of(p: &Proc) -> String {
 
 #[test]
 fn subscribe_prints_what_publish_sends_in_order_and_count_exits_0() {
+    // A burst big enough to pass through the writer thread's coalesced writes many
+    // times over (and to fill its queue when stdout is slow): every line once, in order.
+    const N: u64 = 200_000;
     let s = server();
     let mut c = client(&s);
     let url = s.url();
@@ -43,7 +46,7 @@ fn subscribe_prints_what_publish_sends_in_order_and_count_exits_0() {
         "--channel",
         "news",
         "--count",
-        "2000",
+        &N.to_string(),
     ]);
     wait_subscribed(&mut c, "news");
     let done = run(&[
@@ -53,18 +56,50 @@ fn subscribe_prints_what_publish_sends_in_order_and_count_exits_0() {
         "--channel",
         "news",
         "--messages",
-        "2000",
+        &N.to_string(),
     ]);
     done.assert_success();
     assert!(
-        done.stderr.contains("published 2000 messages to 'news'")
-            && done.stderr.contains("2000 deliveries"),
+        done.stderr
+            .contains(&format!("published {N} messages to 'news'"))
+            && done.stderr.contains(&format!("{N} deliveries")),
         "{}",
         done.stderr
     );
     let got = sub.finish();
     got.assert_success();
-    assert_eq!(got.lines(), seq(0..2000));
+    assert_eq!(got.lines(), seq(0..N));
+}
+
+#[test]
+fn an_idle_subscriber_prints_each_message_as_it_arrives() {
+    // Output is coalesced under load, but a quiet subscriber must not hold a line back
+    // waiting for more: each message is published only once the previous one is on
+    // stdout, so a held line would never be followed by the next.
+    let s = server();
+    let mut c = client(&s);
+    let url = s.url();
+    let sub = spawn(&[
+        "subscribe",
+        "--url",
+        &url,
+        "--channel",
+        "quiet",
+        "--count",
+        "3",
+    ]);
+    wait_subscribed(&mut c, "quiet");
+    for i in 0..3 {
+        c.publish("quiet", format!("m{i}")).unwrap();
+        assert!(
+            wait_until(WAIT, || sub.stdout_lines() == i + 1),
+            "message {i} was not printed before the next was published; stderr:\n{}",
+            stderr_of(&sub)
+        );
+    }
+    let got = sub.finish();
+    got.assert_success();
+    assert_eq!(got.lines(), ["m0", "m1", "m2"]);
 }
 
 #[test]

@@ -208,6 +208,13 @@ fn tags_filter_and_json_lines_carry_the_entry_id() {
         "json",
     ]);
     done.assert_success();
+    assert!(
+        done.stderr.contains(
+            "30 entr(ies) did not match --tag 'TagB': acknowledged without being printed"
+        ),
+        "the filtered entries are counted at exit:\n{}",
+        done.stderr
+    );
     let rows: Vec<serde_json::Value> = done
         .lines()
         .iter()
@@ -311,4 +318,91 @@ fn stream_stats_and_dead_letters() {
     ]);
     purge.assert_success();
     assert_eq!(xlen(&mut c, "{ds}:dead"), 0);
+}
+
+#[test]
+fn a_bad_from_or_tag_is_a_usage_error_naming_the_flag() {
+    let s = server();
+    let url = s.url();
+    let base = [
+        "consume",
+        "--url",
+        &url,
+        "--mode",
+        "stream",
+        "--group",
+        "g",
+        "--consumer-id",
+        "c1",
+        "--queue",
+        "s",
+    ];
+    for (flag, value) in [
+        ("--from", "garbage"),
+        ("--from", "1-2-3"),
+        ("--tag", "(("),
+        ("--tag", "A ||"),
+        ("--tag", "A | B"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([flag, value]);
+        let done = run(&args);
+        done.assert_fails_with(2, flag);
+    }
+    // Nothing was created: the check came before anything connected.
+    let mut c = client(&s);
+    assert_eq!(xlen(&mut c, "s"), 0);
+}
+
+#[test]
+fn stats_of_a_stream_that_does_not_exist_shows_zeros_and_succeeds() {
+    let s = server();
+    let url = s.url();
+    let text = run(&[
+        "stats", "--url", &url, "--mode", "stream", "--queue", "nope",
+    ]);
+    text.assert_success();
+    assert_eq!(
+        text.lines(),
+        ["stream nope (does not exist): length 0, dead 0"],
+        "{}",
+        text.stderr
+    );
+    let json = run(&[
+        "stats", "--url", &url, "--mode", "stream", "--queue", "nope", "--format", "json",
+    ]);
+    json.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&json.lines()[0]).unwrap();
+    assert_eq!(
+        (&v["exists"], &v["length"], &v["groups"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!(0),
+            &serde_json::json!([])
+        )
+    );
+    // A list queue that does not exist shows zeros the same way.
+    let list = run(&["stats", "--url", &url, "--queue", "nope"]);
+    list.assert_success();
+    assert_eq!(list.lines(), ["queue nope: pending 0, retry 0, dead 0"]);
+}
+
+#[test]
+fn a_group_lost_in_a_restart_without_persistence_says_to_start_consume_again() {
+    let s = server();
+    let url = s.url();
+    produce_stream(&url, "lost", 5, None);
+    let consumer = stream_consumer(&url, "c1", "lost", &["--lease-ms", "1000"]);
+    assert!(wait_until(WAIT, || consumer.count() == 5), "never drained");
+    // The test servers never save: a restart comes back empty, without the group.
+    s.kill().unwrap();
+    s.restart().unwrap();
+    let (_, err, code) = consumer.finish();
+    assert_eq!(code, Some(1), "stderr:\n{err}");
+    assert!(
+        err.contains("no longer has consumer group 'g' (NOGROUP)")
+            && err.contains("restarted without persistence")
+            && err.contains("Start `ringq consume` again"),
+        "{err}"
+    );
 }

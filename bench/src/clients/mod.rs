@@ -1,5 +1,6 @@
-//! The consumers a run measures, each run inside a child process, and the per-message
-//! work they all do ([`Sink`]), so they differ only in how they get messages.
+//! The child's side: [`child_main`] (the `__child` subcommand), the consumers a run
+//! measures, each run inside a child process, and the per-message work they all do
+//! ([`Sink`]), so they differ only in how they get messages.
 //!
 //! - `ringq_client`: the engine, with a [`ringq::Handler`] feeding the sink per batch.
 //! - `redis_rs`: redis-rs on tokio; `--pipeline` tasks per multiplexed connection.
@@ -16,6 +17,9 @@ mod redis_rs;
 mod ringq_client;
 mod tokio_uring;
 
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -25,7 +29,29 @@ use hdrhistogram::Histogram;
 use crate::cli::ClientKind;
 use crate::error::{Error, Result};
 use crate::latency;
-use crate::spec::{ChildReport, ChildSpec};
+use crate::spec::{ChildReport, ChildSpec, READY_LINE};
+
+/// The child's `main`: parses the spec, runs the client, prints the report.
+pub fn child_main(spec: Option<OsString>) -> ExitCode {
+    let result = spec
+        .ok_or_else(|| Error::new("missing child spec"))
+        .and_then(|s| serde_json::from_str::<ChildSpec>(&s.to_string_lossy()).map_err(Error::from))
+        .and_then(|spec| run(&spec));
+    match result {
+        Ok(report) => {
+            let line = serde_json::to_string(&report).unwrap_or_default();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            // Blocked pops of baselines may still be pending: leave without waiting.
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Runs the client `spec` names and reports what it measured.
 ///
@@ -128,7 +154,9 @@ impl Sink {
         if self.latency {
             self.start_ns.store(latency::mono_ns(), Ordering::Relaxed);
         }
-        crate::child::signal_ready();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{READY_LINE}");
+        let _ = out.flush();
     }
 
     /// Handles the messages of one reply. Returns true once every expected message has
