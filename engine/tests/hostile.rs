@@ -78,7 +78,11 @@ fn server_without_hello_gets_a_resp2_handshake_and_brpop() {
             log.clone(),
         )
         .unwrap();
-    assert!(wait_until(Duration::from_secs(30), || log.len() == 1));
+    assert!(
+        wait_until(Duration::from_secs(30), || log.len() == 1),
+        "nothing delivered; the server was sent {:?}",
+        server.received()
+    );
     assert_eq!(log.snapshot()[0], "hello");
     let commands = server.received();
     assert!(
