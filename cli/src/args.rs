@@ -449,27 +449,13 @@ fn start_id(s: &str) -> Result<String, String> {
 /// a tag is one word. The engine takes any text (an expression it cannot read becomes a
 /// tag no entry has, so every entry would be acknowledged unseen), so the check is here.
 fn tag_expression(s: &str) -> Result<String, String> {
-    const NOT_IN_A_TAG: &[char] = &['|', '(', ')', '&', '!'];
-    let fail = |why: String| {
-        Err(format!(
-            "{why}: --tag takes `*` or tags separated by `||`, such as 'TagA || TagB'"
-        ))
-    };
-    if s.trim().is_empty() {
-        return fail("the expression is empty".into());
-    }
-    for alt in s.split("||").map(str::trim) {
-        if alt.is_empty() {
-            return fail(format!("'{s}' has an empty alternative"));
-        }
-        if let Some(c) = alt
-            .chars()
-            .find(|c| c.is_whitespace() || NOT_IN_A_TAG.contains(c))
-        {
-            return fail(format!("'{alt}' is not a tag ({c:?} cannot be in one)"));
-        }
-    }
-    Ok(s.to_owned())
+    // The engine's own grammar, so the CLI and the library refuse the same expressions.
+    ringq::Stream::new("")
+        .try_tags(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| {
+            format!("{e} (--tag takes `*` or tags separated by `||`, such as 'TagA || TagB')")
+        })
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {

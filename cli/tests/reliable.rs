@@ -127,8 +127,23 @@ fn another_consumer_takes_over_a_killed_ones_messages_after_its_lease() {
     let mut c = client(&s);
     let a = reliable(&url, "a", "ko", &["--lease-ms", "1000"]);
     assert!(wait_until(WAIT, || a.count() >= 3000));
+    // Killed holding leases: a SIGKILL could land between batches, when it holds none,
+    // so it is frozen first until it is seen holding some (as the frozen-consumer test).
+    let mut leased = 0;
+    for _ in 0..50 {
+        a.signal(libc::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(20));
+        leased = llen(&mut c, &keys::processing(b"ko", b"a"));
+        if leased > 0 {
+            break;
+        }
+        a.signal(libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(leased > 0, "a was frozen holding leased messages");
     a.signal(libc::SIGKILL);
     let (mut lines, _, _) = a.finish();
+    // What the server ran of a's last commands after the freeze counts too.
     let leased = llen(&mut c, &keys::processing(b"ko", b"a"));
     assert!(leased > 0, "a was killed holding leased messages");
     let b = reliable(&url, "b", "ko", &["--lease-ms", "1000"]);

@@ -12,9 +12,9 @@
 //! failure it cancels its operations and waits in `Closing` until every one of them has
 //! ended, then closes the fd and schedules a reconnect with backoff and jitter.
 //!
-//! Pipelines (pop now; listen, reliable and stream later) only queue commands with
-//! [`Conn::command`] (or [`Conn::command_unanswered`] for commands whose only answer is a
-//! push frame) and receive their replies back from the shard. The reply FIFO is generic
+//! Pipelines only queue commands with [`Conn::command`] (listen's subscribe commands
+//! with `Conn::command_pushed`, whose confirmations come as push frames) and receive
+//! their replies back from the shard. The reply FIFO is generic
 //! over the pipeline's command tag `C`; [`Conn::next_reply`] tells a reply to a queued
 //! command from a push frame (RESP3 `>`, or a RESP2 message array on a subscriber
 //! connection), which answers none.

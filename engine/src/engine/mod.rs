@@ -350,12 +350,17 @@ impl EngineBuilder {
         self
     }
 
-    /// Starts the shards and begins consuming: any kind of [`Consumer`] (a
-    /// [`PopConsumer`] today).
+    /// Starts the shards and begins consuming: any kind of [`Consumer`] — a
+    /// [`PopConsumer`], [`ReliableConsumer`], [`StreamConsumer`] or [`ListenConsumer`].
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] for a bad URL or empty queue list, [`ErrorKind::UringUnavailable`]
-    /// when io_uring cannot be used here (the message says why and what to do).
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a bad URL or a consumer that
+    /// cannot work (no sources, a block timeout past [`MAX_BLOCK_TIMEOUT`], a tag
+    /// expression that does not parse, …);
+    /// [`ErrorKind::UringUnavailable`](crate::ErrorKind::UringUnavailable) when
+    /// [`IoBackend::IoUring`] was asked for and io_uring cannot be used here (with the
+    /// default [`IoBackend::Auto`] the engine runs on epoll instead, with one warning);
+    /// connection and authentication errors when no connection could be made at start.
     pub fn start<H>(self, consumer: impl Into<Consumer>, handler: H) -> Result<Running, Error>
     where
         H: Handler + Clone,

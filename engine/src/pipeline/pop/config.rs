@@ -187,7 +187,6 @@ pub(crate) struct PopPlan<D> {
     /// How long a non-blocking pop may take.
     pub reply_timeout: Duration,
     pub budget: Option<Arc<Budget>>,
-    /// key → (queue index, priority, interned key)
     /// key → where its messages come from (queue, level, position), interned.
     pub(super) keys: HashMap<Bytes, &'static Source>,
     /// The shard-local lane of each queue, by queue index (`u32::MAX`: another shard's).

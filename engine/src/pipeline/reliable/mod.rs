@@ -1,7 +1,7 @@
 //! The reliable pipeline (delivery mode `reliable`, at-least-once list queues).
 //!
 //! - **Fetch = lease.** The pop pipeline's lanes, rotation, weights, priority levels,
-//!   hot set, credits and budget, with the lease dialect ([`Lease`]): a non-blocking pop
+//!   hot set, credits and budget, with the lease dialect (`pop::Leasing`): a non-blocking pop
 //!   is the lease script (`RPOP q n` + `LPUSH {q}:processing:<id>`, one atomic step), a
 //!   blocking one `BLMOVE`. The element in the processing list is the lease.
 //! - **Outcomes** (`settle.rs`) are batched per key per loop turn and sent on the Control

@@ -41,6 +41,9 @@ pub struct Stream {
     pub(crate) name: Bytes,
     /// Alternatives of `TagA || TagB`; empty for `*` (everything).
     pub(crate) tags: Vec<Bytes>,
+    /// Why the tag expression given to [`Stream::tags`] does not parse: `start` refuses
+    /// the consumer with it.
+    pub(crate) bad_tags: Option<String>,
 }
 
 impl Stream {
@@ -49,23 +52,61 @@ impl Stream {
         Self {
             name: name.into(),
             tags: Vec::new(),
+            bad_tags: None,
         }
     }
 
     /// Only entries whose tag field is one of `expr`'s alternatives (RocketMQ's
     /// `"TagA || TagB"`); `*` is everything. Entries that do not match are acknowledged
-    /// without reaching the handler, and counted (`Stats::filtered`).
-    pub fn tags(mut self, expr: &str) -> Self {
-        self.tags = expr
-            .split("||")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| Bytes::copy_from_slice(t.as_bytes()))
-            .collect();
-        if self.tags.iter().any(|t| t.as_ref() == b"*") {
-            self.tags.clear();
+    /// without reaching the handler, and counted (`Stats::filtered`). An expression that
+    /// does not parse (see [`Stream::try_tags`]) makes `start` fail with
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) rather than filter out everything.
+    pub fn tags(self, expr: &str) -> Self {
+        let name = self.name.clone();
+        match self.try_tags(expr) {
+            Ok(s) => s,
+            Err(e) => Self {
+                name,
+                tags: Vec::new(),
+                bad_tags: Some(e.to_string()),
+            },
         }
-        self
+    }
+
+    /// [`Stream::tags`], checked at once: `*`, or tags separated by `||` (a tag is one
+    /// word: no white space, none of `|()&!`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config), saying what is wrong with `expr`.
+    pub fn try_tags(mut self, expr: &str) -> Result<Self, Error> {
+        const NOT_IN_A_TAG: &[char] = &['|', '(', ')', '&', '!'];
+        let fail = |why: String| {
+            Err(Error::config(format!(
+                "{why}: a tag expression is `*` or tags separated by `||`, such as 'TagA || TagB'"
+            )))
+        };
+        if expr.trim().is_empty() {
+            return fail("the tag expression is empty".into());
+        }
+        let mut tags = Vec::new();
+        for alt in expr.split("||").map(str::trim) {
+            if alt.is_empty() {
+                return fail(format!("'{expr}' has an empty alternative"));
+            }
+            if let Some(c) = alt
+                .chars()
+                .find(|c| c.is_whitespace() || NOT_IN_A_TAG.contains(c))
+            {
+                return fail(format!("'{alt}' is not a tag ({c:?} cannot be in one)"));
+            }
+            tags.push(Bytes::copy_from_slice(alt.as_bytes()));
+        }
+        if tags.iter().any(|t| t.as_ref() == b"*") {
+            tags.clear();
+        }
+        self.tags = tags;
+        self.bad_tags = None;
+        Ok(self)
     }
 
     /// The stream's name.
@@ -227,6 +268,16 @@ impl Start for StreamConsumer {
         if self.streams.is_empty() {
             return Err(Error::config("no streams to consume: give at least one"));
         }
+        if let Some((s, why)) = self
+            .streams
+            .iter()
+            .find_map(|s| Some((s, s.bad_tags.as_ref()?)))
+        {
+            return Err(Error::config(format!(
+                "stream {:?}: {why}",
+                String::from_utf8_lossy(&s.name)
+            )));
+        }
         for (what, v) in [("group", &self.group), ("consumer id", &self.id)] {
             if v.is_empty() {
                 return Err(Error::config(format!("stream mode needs a {what}")));
@@ -255,6 +306,18 @@ impl Start for StreamConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_expressions_that_do_not_parse_are_refused() {
+        for bad in ["((", "", "a ||", "a b", "a && b", "!a"] {
+            let e = Stream::new("s").try_tags(bad).expect_err(bad);
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}");
+            let c = StreamConsumer::new("g", "c", [Stream::new("s").tags(bad)]);
+            let e = c.check().expect_err(bad);
+            assert!(e.to_string().contains("tag expression"), "{e}");
+        }
+        assert!(Stream::new("s").try_tags(" A || B ").is_ok());
+    }
 
     #[test]
     fn tag_expressions() {
