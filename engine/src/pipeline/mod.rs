@@ -38,6 +38,8 @@ pub(crate) mod stream;
 #[cfg(test)]
 mod testing;
 
+pub(crate) use crate::shard::{FetchLane, Io};
+
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,12 +47,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::budget::Budget;
-use crate::conn::{Conn, Failure, Phase, Role};
-use crate::credit::Credits;
-use crate::handler::{Event, Message, Outcome};
-use crate::stats::ShardStats;
-use crate::timer::{TimerEvent, Timers};
-use crate::wake::Signals;
+use crate::conn::Failure;
+use crate::handler::{Message, Outcome};
 
 /// How long a command may take before its reply is overdue: the engine's
 /// [`EngineBuilder::reply_grace`](crate::EngineBuilder::reply_grace) and
@@ -137,104 +135,6 @@ pub(crate) enum Drain {
     Drained,
 }
 
-/// The part of a shard a pipeline works with.
-pub(crate) struct Io<C> {
-    /// The shard's index.
-    pub shard: usize,
-    /// The shard's connections: fetch connections first (slot `i` starts with role
-    /// `Fetch(i)`), then replacements of stalled ones and the Control connection.
-    pub conns: Vec<Conn<C>>,
-    /// Prefetch credit, one account per fetch connection plus a shared pool.
-    pub credits: Credits,
-    /// The engine-wide message budget (`EngineBuilder::limit`), if any.
-    pub budget: Option<Arc<Budget>>,
-    pub stats: Arc<ShardStats>,
-    pub shared: Arc<Signals>,
-    pub(crate) timers: Timers,
-    /// The shard is stopping: nothing new is fetched.
-    pub stopping: bool,
-    /// When this turn's completions were reaped, in ns since the engine's epoch.
-    pub turn_ns: u64,
-    /// How long a non-blocking command may take before its reply is overdue.
-    pub reply_timeout: Duration,
-    /// The Control connection's slot, once opened.
-    pub control: Option<usize>,
-    /// Set by the pipeline to have the shard open the Control connection.
-    pub want_control: bool,
-    /// Events for the handler's `on_event`, delivered by the shard at the end of the turn.
-    pub events: Vec<Event>,
-}
-
-impl<C: Copy + Debug> Io<C> {
-    /// Calls [`Pipeline::on_timer`] with `id` at `at`.
-    pub(crate) fn timer(&mut self, at: Instant, id: u32) {
-        self.timers.add(at, TimerEvent::Pipeline(id));
-    }
-
-    /// The Control connection, when it is ready to carry commands.
-    pub(crate) fn control_ready(&mut self) -> Option<&mut Conn<C>> {
-        let id = self.control?;
-        let c = self.conns.get_mut(id)?;
-        (c.phase() == Phase::Ready).then_some(c)
-    }
-
-    /// The lane (fetch connection number) connection `id` serves; `None` for Control,
-    /// which has none. [`FetchLane`] cannot be made up, so a caller cannot quietly take
-    /// Control for lane 0: it handles `None`, or uses [`Io::lane_of_reply`].
-    pub(crate) fn fetch_of(&self, id: usize) -> Option<FetchLane> {
-        match self.conns.get(id)?.role() {
-            Role::Fetch(n) => Some(FetchLane(n as usize)),
-            Role::Control => None,
-        }
-    }
-
-    /// This turn's fill order over the connections that may fetch now (ready, not
-    /// draining, with a lane): it starts one connection further than the last turn's
-    /// (`from` keeps the place), so no connection is always first to the shared part of
-    /// the credit. The iterator borrows nothing: the caller queues on each connection as
-    /// it goes, checking it with [`Io::fetching`].
-    pub(crate) fn fill_order(&self, from: &mut usize) -> impl Iterator<Item = usize> {
-        let n = self.conns.len();
-        *from = (*from + 1) % n.max(1);
-        let start = *from;
-        (0..n).map(move |k| (start + k) % n)
-    }
-
-    /// The lane of connection `id` if it may fetch now (ready and not draining).
-    pub(crate) fn fetching(&self, id: usize) -> Option<FetchLane> {
-        if !self.conns.get(id)?.serves() {
-            return None;
-        }
-        self.fetch_of(id)
-    }
-
-    /// The lane of connection `id`, which just answered a fetching command.
-    ///
-    /// # Errors
-    /// A fatal failure if `id` has no lane: a fetching command's reply on Control would
-    /// be a bug in the engine, and is never credited to some other lane.
-    pub(crate) fn lane_of_reply(&self, id: usize) -> Result<usize, Failure> {
-        self.fetch_of(id).map(FetchLane::index).ok_or_else(|| {
-            Failure::Fatal(crate::Error::new(
-                crate::ErrorKind::Protocol,
-                "internal error: a fetching command was answered on the Control connection; \
-                 please report this",
-            ))
-        })
-    }
-}
-
-/// The lane a fetch connection serves: only [`Io::fetch_of`] makes one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FetchLane(usize);
-
-impl FetchLane {
-    /// The lane's index on its shard.
-    pub(crate) fn index(self) -> usize {
-        self.0
-    }
-}
-
 /// A delivery mode, as the shard loop drives it. See the module docs.
 pub(crate) trait Pipeline: Send + 'static {
     /// What the pipeline remembers about each command it queued, handed back with the
@@ -287,9 +187,9 @@ pub(crate) trait Pipeline: Send + 'static {
         now: Instant,
     ) -> Result<u64, Failure> {
         let _ = (out, now);
-        io.stats.add(&io.stats.push_frames, 1);
+        io.stats().add(&io.stats().push_frames, 1);
         tracing::debug!(
-            conn = %io.conns[conn].name(),
+            conn = %io.conn(conn).name(),
             "ignored a push frame: {}",
             String::from_utf8_lossy(&frame[..frame.len().min(64)])
         );
@@ -324,16 +224,28 @@ pub(crate) trait Pipeline: Send + 'static {
     );
 
     /// Whether closing a connection with `cmd` unanswered would lose what the server did
-    /// for it (popped messages): such a connection is kept open to drain when it stalls.
-    fn owes_effects(&self, cmd: &Self::Cmd) -> bool;
+    /// for it (popped messages): such a connection is kept open to drain when it stalls
+    /// (see [`Pipeline::on_stalled`]). Default: nothing is lost with a connection (the
+    /// at-least-once modes keep what a lost reply carried on the server; listen
+    /// resubscribes).
+    fn owes_effects(&self, cmd: &Self::Cmd) -> bool {
+        let _ = cmd;
+        false
+    }
 
     /// Whether `cmd` may block on the server (a stop ends it with `CLIENT UNBLOCK`).
     fn blocks(&self, cmd: &Self::Cmd) -> bool;
 
-    /// Connection `conn` stalled with commands that owe effects; it stays open to drain
-    /// and a fresh connection takes over its role. Update its commands (`cmds_mut`) and
-    /// give back what the fresh one needs; returns what they had asked for, for the log.
-    fn on_stalled(&mut self, io: &mut Io<Self::Cmd>, conn: usize) -> String;
+    /// The optional part of stall handling, for a pipeline whose commands owe effects
+    /// ([`Pipeline::owes_effects`]; only pop mode's do): connection `conn` stalled with
+    /// such commands; it stays open to drain and a fresh connection takes over its role.
+    /// Update its commands (`cmds_mut`) and give back what the fresh one needs; returns
+    /// what they had asked for, for the log. Never called for other pipelines: their
+    /// stalled connections are closed and reconnected.
+    fn on_stalled(&mut self, io: &mut Io<Self::Cmd>, conn: usize) -> String {
+        let _ = (io, conn);
+        String::new()
+    }
 
     /// Connection `conn` was lost with `unanswered` commands (oldest first) that will
     /// never be answered. `stalled`: it was a drained stalled connection, whose role a
@@ -353,9 +265,4 @@ pub(crate) trait Pipeline: Send + 'static {
 
     /// Called every loop turn while the shard stops, before connections are closed.
     fn on_stop(&mut self, io: &mut Io<Self::Cmd>, now: Instant) -> Drain;
-
-    /// Shard-local figures to publish (every 100 ms and at exit).
-    fn publish_stats(&mut self, io: &Io<Self::Cmd>) {
-        let _ = io;
-    }
 }

@@ -21,6 +21,7 @@
 //! answered), then closes its sockets and waits for the kernel to finish with every
 //! operation before the ring is dropped.
 
+mod io;
 mod lost;
 mod replies;
 mod stop;
@@ -42,7 +43,9 @@ use crate::credit::Credits;
 use crate::dispatch::{epoch_nanos, ShardDispatch};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Handler, Message, Outcome};
-use crate::pipeline::{ControlUse, Io, Pipeline};
+pub(crate) use io::{FetchLane, Io};
+
+use crate::pipeline::{ControlUse, Pipeline};
 use crate::resolve::Resolved;
 use crate::ring::epoll::Epoll;
 use crate::ring::{Driver, RingConfig, RingFeatures};
@@ -568,7 +571,6 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             .fetch_max(self.io.credits.high_water(), Ordering::Relaxed);
         s.max_in_flight_bytes
             .fetch_max(self.io.credits.high_water_bytes(), Ordering::Relaxed);
-        self.pipeline.publish_stats(&self.io);
     }
 }
 

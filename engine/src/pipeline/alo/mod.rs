@@ -65,31 +65,23 @@ pub(crate) fn require_version<C: Copy + std::fmt::Debug>(
     min: (u32, u32, u32),
     what: &str,
 ) -> bool {
-    let version = io.conns[conn].server().version;
+    let version = io.conn(conn).server().version;
     if version >= min {
         return true;
     }
-    io.shared.fail(Error::new(
+    io.fail(Error::new(
         ErrorKind::Config,
         format!(
             "{what} needs Redis {}.{} or later; {} is {}.{}.{}",
             min.0,
             min.1,
-            io.conns[conn].peer(),
+            io.conn(conn).peer(),
             version.0,
             version.1,
             version.2
         ),
     ));
     false
-}
-
-/// Whether `io` has a command matching `pred` in flight on any connection.
-pub(crate) fn any_in_flight<C: Copy + std::fmt::Debug>(
-    io: &Io<C>,
-    pred: impl Fn(&C) -> bool + Copy,
-) -> bool {
-    io.conns.iter().any(|c| c.any_cmd(pred))
 }
 
 /// Milliseconds for a script argument, at least 1.

@@ -153,9 +153,9 @@ impl Start for ListenConsumer {
     fn pipeline(
         &self,
         lanes: Vec<Vec<u32>>,
-        _budget: Option<std::sync::Arc<crate::budget::Budget>>,
+        budget: Option<std::sync::Arc<crate::budget::Budget>>,
         _timing: Timing,
     ) -> ListenPipeline {
-        ListenPipeline::new(self, lanes)
+        ListenPipeline::new(self, lanes, budget)
     }
 }

@@ -112,12 +112,18 @@ pub(crate) struct ListenPipeline {
     /// Subscribe rounds sent so far (each ends with its barrier).
     rounds: u32,
     dropped_unreported: u64,
+    /// The engine-wide message budget (`EngineBuilder::limit`), if any.
+    budget: Option<std::sync::Arc<crate::budget::Budget>>,
 }
 
 impl ListenPipeline {
     /// The listen pipeline of a shard whose lane `l` holds the subscriptions `lanes[l]`
     /// (indices into the consumer's list).
-    pub(crate) fn new(consumer: &ListenConsumer, lanes: Vec<Vec<u32>>) -> Self {
+    pub(crate) fn new(
+        consumer: &ListenConsumer,
+        lanes: Vec<Vec<u32>>,
+        budget: Option<std::sync::Arc<crate::budget::Budget>>,
+    ) -> Self {
         let mut subs = Vec::new();
         let mut by_name: [HashMap<Bytes, usize>; 3] = Default::default();
         let mut by_index = vec![usize::MAX; consumer.subscriptions.len()];
@@ -148,6 +154,7 @@ impl ListenPipeline {
             lane_states.push(lane);
         }
         Self {
+            budget,
             subs,
             by_name,
             by_index,
@@ -163,9 +170,9 @@ impl ListenPipeline {
     /// Sends the subscribe command of every subscription of `lane` (or just `only`) on
     /// connection `conn`, then the PING that comes back after their confirmations.
     fn subscribe(&mut self, io: &mut Io<ListenTag>, conn: usize, lane: usize, only: Option<usize>) {
-        let allow = self.confirm_timeout.unwrap_or(io.reply_timeout);
+        let allow = self.confirm_timeout.unwrap_or(io.reply_timeout());
         let now = Instant::now();
-        let c = &mut io.conns[conn];
+        let c = io.conn_mut(conn);
         let resp3 = c.server().resp3;
         c.set_subscriber(!resp3);
         let members: Vec<usize> = match only {
@@ -216,13 +223,13 @@ impl ListenPipeline {
                 |d| format!("{d:?}"),
             );
         tracing::warn!(
-            shard = io.shard,
+            shard = io.shard(),
             "pub/sub gap on {}: messages published meanwhile were missed ({lasted}; {:?})",
             names.join(", "),
             gap.cause
         );
-        io.stats.add(&io.stats.gaps, 1);
-        io.events.push(Event::Gap {
+        io.stats().add(&io.stats().gaps, 1);
+        io.event(Event::Gap {
             subscriptions: names,
             disconnected_at: gap.since,
             resubscribed_at: until,
@@ -241,13 +248,13 @@ impl ListenPipeline {
             return;
         };
         let lane = sub.lane;
-        io.credits.release(lane, 1, bytes);
-        if self.lanes[lane].paused && io.credits.is_below_half(lane) {
+        io.credits().release(lane, 1, bytes);
+        if self.lanes[lane].paused && io.credits().is_below_half(lane) {
             self.lanes[lane].paused = false;
-            if let Some(c) = io.conns.iter_mut().find(|c| {
-                c.serves() && matches!(c.role(), crate::conn::Role::Fetch(n) if n as usize == lane)
-            }) {
-                c.resume_reading();
+            let serving = (0..io.conns().len())
+                .find(|&id| io.fetching(id).map(FetchLane::index) == Some(lane));
+            if let Some(id) = serving {
+                io.conn_mut(id).resume_reading();
             }
         }
     }
@@ -271,7 +278,7 @@ impl ListenPipeline {
             tracing::debug!("a message for a subscription this shard does not hold; ignored");
             return 0;
         };
-        if let Some(b) = &io.budget {
+        if let Some(b) = &self.budget {
             // `limit`: exactly N messages, then the engine stops.
             if b.claim(1) == 0 {
                 return 0;
@@ -287,9 +294,9 @@ impl ListenPipeline {
             source: self.subs[s].source,
             aux: Span::of(&frame[channel], frame),
             deliveries: 1,
-            received_ns: io.turn_ns,
+            received_ns: io.turn_ns(),
         };
-        let full = io.credits.is_full(lane);
+        let full = io.credits().is_full(lane);
         match self.overflow {
             Overflow::DropOldest(cap) if full || !self.staged[lane].is_empty() => {
                 // Behind the lane's staged ones, to keep each channel's order.
@@ -297,8 +304,8 @@ impl ListenPipeline {
                 if staged.len() >= cap.max(1) {
                     staged.pop_front();
                     self.dropped_unreported += 1;
-                    io.stats.add(&io.stats.dropped, 1);
-                    if let Some(b) = &io.budget {
+                    io.stats().add(&io.stats().dropped, 1);
+                    if let Some(b) = &self.budget {
                         // A dropped message was never delivered: its claim goes back.
                         b.unclaim(1);
                     }
@@ -307,11 +314,11 @@ impl ListenPipeline {
                 0
             }
             _ => {
-                io.credits.hold(lane, 1, len);
-                if self.overflow == Overflow::Block && io.credits.is_full(lane) {
+                io.credits().hold(lane, 1, len);
+                if self.overflow == Overflow::Block && io.credits().is_full(lane) {
                     // `Block`: no credit left; stop reading until handlers catch up.
                     self.lanes[lane].paused = true;
-                    io.conns[conn].pause_reading();
+                    io.conn_mut(conn).pause_reading();
                 }
                 out.push(msg);
                 len
@@ -351,10 +358,10 @@ impl Pipeline for ListenPipeline {
         if self.dropped_unreported > 0 {
             let count = std::mem::take(&mut self.dropped_unreported);
             tracing::warn!(
-                shard = io.shard,
+                shard = io.shard(),
                 "dropped {count} pub/sub message(s): the handlers are behind and the staging area is full (Overflow::DropOldest)"
             );
-            io.events.push(Event::Dropped { count });
+            io.event(Event::Dropped { count });
         }
     }
 
@@ -395,7 +402,7 @@ impl Pipeline for ListenPipeline {
                         ErrorKind::Server,
                         format!(
                             "{} answered PING after the subscriptions with {}",
-                            io.conns[conn].peer(),
+                            io.conn(conn).peer(),
                             String::from_utf8_lossy(frame).trim_end()
                         ),
                     )));
@@ -413,7 +420,7 @@ impl Pipeline for ListenPipeline {
                         ErrorKind::Protocol,
                         format!(
                             "{} did not confirm {}; subscribing again",
-                            io.conns[conn].peer(),
+                            io.conn(conn).peer(),
                             missing.join(", ")
                         ),
                     )));
@@ -446,15 +453,15 @@ impl Pipeline for ListenPipeline {
                 };
                 if on {
                     // The confirmation answers that subscription's command.
-                    io.conns[conn].push_answered();
+                    io.conn_mut(conn).push_answered();
                     self.subs[s].state = State::On;
-                } else if !io.stopping {
+                } else if !io.stopping() {
                     // Nobody asked: subscribe again, and report the gap once restored.
                     let lane = self.subs[s].lane;
                     tracing::warn!(
-                        conn = %io.conns[conn].name(),
+                        conn = %io.conn(conn).name(),
                         "{} ended {} without being asked; subscribing again",
-                        io.conns[conn].peer(),
+                        io.conn(conn).peer(),
                         self.subs[s].spec
                     );
                     self.subs[s].state = State::Off;
@@ -471,7 +478,7 @@ impl Pipeline for ListenPipeline {
                 Ok(0)
             }
             Push::Other => {
-                io.stats.add(&io.stats.push_frames, 1);
+                io.stats().add(&io.stats().push_frames, 1);
                 Ok(0)
             }
         }
@@ -503,11 +510,11 @@ impl Pipeline for ListenPipeline {
         let mut bytes = 0;
         for (lane, staged) in self.staged.iter_mut().enumerate() {
             while let Some(m) = staged.front() {
-                if io.credits.is_full(lane) {
+                if io.credits().is_full(lane) {
                     break;
                 }
                 let len = m.payload().len() as u64;
-                io.credits.hold(lane, 1, len);
+                io.credits().hold(lane, 1, len);
                 bytes += len;
                 out.extend(staged.pop_front());
             }
@@ -515,18 +522,8 @@ impl Pipeline for ListenPipeline {
         bytes
     }
 
-    fn owes_effects(&self, _cmd: &ListenTag) -> bool {
-        // Nothing the server did for a subscribe is lost by closing: it is redone.
-        false
-    }
-
     fn blocks(&self, _cmd: &ListenTag) -> bool {
         false
-    }
-
-    fn on_stalled(&mut self, _io: &mut Io<ListenTag>, _conn: usize) -> String {
-        // Never called: no command owes effects.
-        String::from("its subscriptions")
     }
 
     fn on_lost(
@@ -539,7 +536,8 @@ impl Pipeline for ListenPipeline {
         let Some(lane) = io.fetch_of(conn).map(FetchLane::index) else {
             return; // Control: no subscription rides on it
         };
-        let why = io.conns[conn]
+        let why = io
+            .conn(conn)
             .last_error()
             .unwrap_or("connection lost")
             .to_owned();
@@ -555,7 +553,7 @@ impl Pipeline for ListenPipeline {
             self.subs[s].state = State::Off;
         }
         let paused = std::mem::take(&mut self.lanes[lane].paused);
-        if io.stopping || was_on.is_empty() && self.lanes[lane].gap.is_none() {
+        if io.stopping() || was_on.is_empty() && self.lanes[lane].gap.is_none() {
             return;
         }
         let cause = if paused {
@@ -569,7 +567,7 @@ impl Pipeline for ListenPipeline {
             GapCause::ConnectionLost(why)
         };
         if let GapCause::OutputBufferLimit(text) = &cause {
-            tracing::warn!(conn = %io.conns[conn].name(), "{text}");
+            tracing::warn!(conn = %io.conn(conn).name(), "{text}");
         }
         let gap = self.lanes[lane].gap.get_or_insert_with(|| Gap {
             since: SystemTime::now(),

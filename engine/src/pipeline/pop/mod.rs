@@ -217,7 +217,7 @@ impl<D: Dialect> PopPipeline<D> {
     /// the pops.
     fn push_back<C: CarriesPop>(&mut self, io: &mut Io<C>, id: usize, lane: usize, now: Instant) {
         let back = std::mem::take(&mut self.lanes[lane].returns);
-        let allow = io.reply_timeout;
+        let allow = io.reply_timeout();
         let mut end = back.len();
         while end > 0 {
             let key = back[end - 1].key();
@@ -227,7 +227,7 @@ impl<D: Dialect> PopPipeline<D> {
             }
             let run = &back[begin..end];
             let count = run.len() as u32;
-            io.conns[id].command(
+            io.conn_mut(id).command(
                 Tag::Pipe(C::from_pop(PopTag::PushBack { count })),
                 now,
                 allow,
@@ -255,18 +255,18 @@ impl<D: Dialect> PopPipeline<D> {
         now: Instant,
     ) -> Result<u64, Failure> {
         let lane = io.lane_of_reply(id)?;
-        let unblock_sent = io.conns[id].take_unblock_sent();
+        let unblock_sent = io.conn_mut(id).take_unblock_sent();
         let reply =
-            self.lanes[lane].on_reply(&self.plan, frame, pop, io.turn_ns, &mut io.credits, out)?;
+            self.lanes[lane].on_reply(&self.plan, frame, pop, io.turn_ns(), io.credits(), out)?;
         if let Some(text) = &reply.unblocked {
             if !unblock_sent {
                 // Not ours: an administrator's CLIENT UNBLOCK, or a role change (the
                 // server became a replica). The next pop tells which: a replica refuses
                 // it with READONLY, and the connection then reconnects with backoff.
                 tracing::warn!(
-                    conn = %io.conns[id].name(),
+                    conn = %io.conn(id).name(),
                     "{} ended a blocked pop: {}; popping again",
-                    io.conns[id].peer(),
+                    io.conn(id).peer(),
                     String::from_utf8_lossy(text)
                 );
             }
@@ -280,7 +280,7 @@ impl<D: Dialect> PopPipeline<D> {
             let excess = out.drain(kept..).map(|m| m.detach());
             self.lanes[lane].returns.extend(excess);
         }
-        let conn = &io.conns[id];
+        let conn = &io.conn(id);
         let pops_left = if conn.draining().is_some() {
             conn.any_cmd(is_pop)
         } else {
@@ -289,7 +289,7 @@ impl<D: Dialect> PopPipeline<D> {
         if !pops_left && !self.lanes[lane].returns.is_empty() {
             self.push_back(io, id, lane, now);
         }
-        let s = &io.stats;
+        let s = &io.stats();
         s.add(&s.pops, 1);
         if reply.count == 0 {
             s.add(&s.empty_pops, 1);
@@ -324,8 +324,8 @@ impl<D: Dialect> PopPipeline<D> {
                 // meanwhile). Normally the reply that brought them sends them; if that
                 // was a stalled connection lost before its last pop answered, nothing
                 // would: once no pop of the lane is still owed anywhere, send them here.
-                let owed = io.conns.iter().any(|c| {
-                    c.role() == io.conns[id].role()
+                let owed = io.conns().iter().any(|c| {
+                    c.role() == io.conn(id).role()
                         && c.draining().is_some()
                         && c.phase() == Phase::Ready
                         && c.any_cmd(is_pop)
@@ -335,7 +335,8 @@ impl<D: Dialect> PopPipeline<D> {
                 }
                 continue;
             }
-            lane.fill(&self.plan, &mut io.conns[id], &mut io.credits, now);
+            let (conn, credits) = io.conn_and_credits(id);
+            lane.fill(&self.plan, conn, credits, now);
         }
     }
 
@@ -351,7 +352,7 @@ impl<D: Dialect> PopPipeline<D> {
         match cmd {
             PopTag::Pop(pop) => self.on_pop_reply(io, conn, pop, frame, out, now),
             PopTag::PushBack { count } => {
-                let c = &io.conns[conn];
+                let c = &io.conn(conn);
                 match Decoder::new().build(frame) {
                     Ok(Frame::Integer(_)) => {
                         tracing::debug!(conn = %c.name(), count, "pushed back messages beyond the limit");
@@ -380,13 +381,13 @@ impl<D: Dialect> PopPipeline<D> {
         // only gives their credit back (the shard counts it). Pop stages nothing, so
         // every batch came in on a connection.
         if let Some(lane) = conn.and_then(|c| io.fetch_of(c)) {
-            io.credits.release(lane.index(), msgs.len() as u32, bytes);
+            io.credits().release(lane.index(), msgs.len() as u32, bytes);
         }
     }
 
     pub(crate) fn worker_outcome<C: CarriesPop>(&mut self, io: &mut Io<C>, msg: &Message<'static>) {
         let len = msg.payload().len() as u64;
-        io.credits
+        io.credits()
             .release(self.plan.lane_of(msg.source.index), 1, len);
     }
 
@@ -396,8 +397,8 @@ impl<D: Dialect> PopPipeline<D> {
             return "nothing".to_owned();
         };
         let (mut pops, mut asked) = (0u32, 0u64);
-        let (conns, credits) = (&mut io.conns, &mut io.credits);
-        for cmd in conns[conn].cmds_mut() {
+        let (c, credits) = io.conn_and_credits(conn);
+        for cmd in c.cmds_mut() {
             if let Some(PopTag::Pop(pop)) = cmd.as_pop_mut() {
                 if let Some(l) = self.lanes.get_mut(lane) {
                     l.detach(pop, credits);
@@ -407,8 +408,8 @@ impl<D: Dialect> PopPipeline<D> {
                 asked += u64::from(pop.count);
             }
         }
-        io.events.push(Event::Stalled {
-            connection: io.conns[conn].name().to_owned(),
+        io.event(Event::Stalled {
+            connection: io.conn(conn).name().to_owned(),
             commands: u64::from(pops),
         });
         format!("its {pops} pop(s) (asking for up to {asked} messages)")
@@ -432,32 +433,32 @@ impl<D: Dialect> PopPipeline<D> {
                 PopTag::Pop(pop) => {
                     pops += 1;
                     if let Some(l) = self.lanes.get_mut(lane) {
-                        asked += u64::from(l.forget(&self.plan, &pop, &mut io.credits));
+                        asked += u64::from(l.forget(&self.plan, &pop, io.credits()));
                     }
                 }
                 PopTag::PushBack { count } => unreturned += count,
             }
         }
-        io.stats.add(&io.stats.unanswered_pops, pops);
+        io.stats().add(&io.stats().unanswered_pops, pops);
         let leased = D::LEASES;
         if !leased {
-            io.stats.add(&io.stats.possibly_lost, asked);
+            io.stats().add(&io.stats().possibly_lost, asked);
         }
-        let c = &io.conns[conn];
+        let c = io.conn(conn).name().to_owned();
         if pops > 0 && !leased {
             tracing::warn!(
-                shard = io.shard, conn = %c.name(),
+                shard = io.shard(), conn = %c,
                 "{pops} pop(s) unanswered: up to {asked} messages they may have taken are lost"
             );
-            io.events.push(Event::PossiblyLost {
-                connection: c.name().to_owned(),
+            io.event(Event::PossiblyLost {
+                connection: c.clone(),
                 commands: pops,
                 messages: asked,
             });
         }
         if unreturned > 0 {
             tracing::error!(
-                conn = %c.name(),
+                conn = %c,
                 "connection lost before {unreturned} message(s) popped beyond the limit were pushed back; they may be lost"
             );
         }

@@ -20,7 +20,7 @@ use crate::pipeline::Io;
 impl ReliablePipeline {
     /// Sends what waits for Control: settles, and the recover scripts of a claim.
     pub(super) fn flush(&mut self, io: &mut Io<RelTag>, now: Instant) {
-        let allow = io.reply_timeout;
+        let allow = io.reply_timeout();
         let Some(ctl) = io.control_ready() else {
             return;
         };
@@ -102,7 +102,7 @@ impl ReliablePipeline {
         cmd: RelTag,
         frame: &Bytes,
     ) -> Result<(), Failure> {
-        let peer = io.conns[conn].peer();
+        let peer = io.conn(conn).peer();
         let f = Decoder::new()
             .build(frame)
             .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
@@ -156,8 +156,8 @@ impl ReliablePipeline {
                          had run out and they were delivered again elsewhere (raise the lease \
                          if this consumer was only slow)"
                     );
-                    io.stats.add(&io.stats.stale_outcomes, stale as u64);
-                    io.events.push(Event::StaleOutcomes {
+                    io.stats().add(&io.stats().stale_outcomes, stale as u64);
+                    io.event(Event::StaleOutcomes {
                         key,
                         count: stale as u64,
                     });
@@ -166,7 +166,7 @@ impl ReliablePipeline {
             RelTag::Recover { queue, mode } => self.on_recovered(io, queue, mode, &ints(&f)),
             RelTag::Requeue => {
                 let n: i64 = ints(&f).iter().sum();
-                io.stats.add(&io.stats.requeued, n.max(0) as u64);
+                io.stats().add(&io.stats().requeued, n.max(0) as u64);
             }
             RelTag::Policy => match frames::config_value(&f, "maxmemory-policy") {
                 Some(p) if p != b"noeviction" => tracing::warn!(
@@ -192,7 +192,7 @@ impl ReliablePipeline {
         );
         let name = String::from_utf8_lossy(&self.queues[queue as usize].name).into_owned();
         if moved > 0 {
-            io.stats.add(&io.stats.recovered, moved as u64);
+            io.stats().add(&io.stats().recovered, moved as u64);
             match mode {
                 Mode::Sweep => tracing::warn!(
                     "took back {moved} message(s) of {swept} consumer(s) of {name:?} whose heartbeat expired"
@@ -203,7 +203,7 @@ impl ReliablePipeline {
                 _ => tracing::info!("put {moved} leased message(s) back on {name:?}"),
             }
             if mode != Mode::Stop {
-                io.events.push(Event::Recovered {
+                io.event(Event::Recovered {
                     queue: name,
                     swept: swept.max(0) as u64,
                     messages: moved as u64,

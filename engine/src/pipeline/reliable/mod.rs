@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringq_resp::CommandWriter;
 
-use super::alo::{
-    any_in_flight, now_ms, require_version, Policy, Recovery, Rng, SettleQueue, Stage, Verdict,
-};
+use super::alo::{now_ms, require_version, Policy, Recovery, Rng, SettleQueue, Stage, Verdict};
 use super::pop::{secs_arg, CarriesPop, Leasing, PopPipeline, PopTag};
 use super::{ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
@@ -357,7 +355,7 @@ impl ReliablePipeline {
         self.outstanding == 0
             && self.dirty.is_empty()
             && self.settle.is_empty()
-            && !any_in_flight(io, |t| matches!(t.as_pop(), Some(PopTag::Pop(_))))
+            && !io.any_cmd(|t| matches!(t.as_pop(), Some(PopTag::Pop(_))))
     }
 }
 
@@ -373,7 +371,7 @@ impl Pipeline for ReliablePipeline {
     }
 
     fn on_ready(&mut self, io: &mut Io<RelTag>, conn: usize, now: Instant) {
-        let allow = io.reply_timeout;
+        let allow = io.reply_timeout();
         if !require_version(
             io,
             conn,
@@ -382,11 +380,11 @@ impl Pipeline for ReliablePipeline {
         ) {
             return;
         }
-        let c = &mut io.conns[conn];
-        scripts::SET.load(c, now, allow, RelTag::Load);
-        if Some(conn) != io.control {
+        scripts::SET.load(io.conn_mut(conn), now, allow, RelTag::Load);
+        if Some(conn) != io.control_id() {
             return;
         }
+        let c = io.conn_mut(conn);
         if !std::mem::replace(&mut self.policy_checked, true) {
             c.command(Tag::Pipe(RelTag::Policy), now, allow, |buf| {
                 CommandWriter::new(buf, 3)
@@ -457,22 +455,12 @@ impl Pipeline for ReliablePipeline {
         self.record(msg, outcome);
     }
 
-    fn owes_effects(&self, _cmd: &RelTag) -> bool {
-        // Nothing is lost with a connection: a lease whose reply never comes left its
-        // elements in the processing list, and they are taken back (`Stage::Orphaned`).
-        false
-    }
-
     fn blocks(&self, cmd: &RelTag) -> bool {
         matches!(cmd, RelTag::Pop(p) if p.blocks())
     }
 
-    fn on_stalled(&mut self, io: &mut Io<RelTag>, conn: usize) -> String {
-        self.pop.stalled(io, conn)
-    }
-
     fn on_lost(&mut self, io: &mut Io<RelTag>, conn: usize, unanswered: &[RelTag], stalled: bool) {
-        if Some(conn) == io.control || io.fetch_of(conn).is_none() {
+        if Some(conn) == io.control_id() || io.fetch_of(conn).is_none() {
             // Settles not answered are sent again (they act only on elements still
             // leased, so one that was applied does nothing the second time).
             let lost = self.settle.control_lost();
@@ -491,7 +479,7 @@ impl Pipeline for ReliablePipeline {
         self.pop.lost(io, conn, unanswered, stalled);
         if leases > 0 {
             tracing::info!(
-                conn = %io.conns[conn].name(),
+                conn = %io.conn(conn).name(),
                 "{leases} lease(s) unanswered: what they leased is in the processing list, \
                  and goes back to its queue once the messages in hand are settled"
             );
@@ -502,7 +490,7 @@ impl Pipeline for ReliablePipeline {
     }
 
     fn on_timer(&mut self, io: &mut Io<RelTag>, id: u32, now: Instant) {
-        let allow = io.reply_timeout;
+        let allow = io.reply_timeout();
         let (mode, next) = match id {
             TIMER_BEAT => (Some(Mode::Beat), self.lease / 3),
             TIMER_SWEEP => (Some(Mode::Sweep), self.lease / 2),
@@ -512,7 +500,7 @@ impl Pipeline for ReliablePipeline {
         if !stopped {
             io.timer(now + next, id);
         }
-        let stopping = io.stopping;
+        let stopping = io.stopping();
         let Some(ctl) = io.control_ready() else {
             return;
         };

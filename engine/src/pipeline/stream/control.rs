@@ -82,14 +82,16 @@ impl StreamPipeline {
     /// Sends what waits for Control: group creation, settles, own-entry reads, claims,
     /// due retries.
     pub(super) fn flush(&mut self, io: &mut Io<StreamTag>, now: Instant) {
-        let allow = io.reply_timeout;
-        let Some(ctl_id) = io.control else { return };
+        let allow = io.reply_timeout();
+        let Some(ctl_id) = io.control_id() else {
+            return;
+        };
         if io.control_ready().is_none() {
             return;
         }
         if self.stage == Stage::Setup {
             let c = &self.plan.consumer;
-            let ctl = &mut io.conns[ctl_id];
+            let ctl = io.conn_mut(ctl_id);
             let mut n = 0;
             for s in (0..self.streams.len() as u32).filter(|&s| self.streams[s as usize].mine) {
                 n += 1;
@@ -151,10 +153,10 @@ impl StreamPipeline {
             }
         }
         for (sent, resent) in sends {
-            self.write_sent(&mut io.conns[ctl_id], &sent, now, allow);
+            self.write_sent(io.conn_mut(ctl_id), &sent, now, allow);
             self.settle.sent(sent, resent);
         }
-        if io.stopping {
+        if io.stopping() {
             return;
         }
         if self.stage == Stage::Orphaned && self.quiet(io) {
@@ -175,13 +177,13 @@ impl StreamPipeline {
             };
             let lane = self.plan.lane_of[s as usize];
             let Some(g) = io
-                .credits
+                .credits()
                 .grant(lane, false, c.batch, self.lanes[lane].sizes.get(), 1)
             else {
                 continue;
             };
             let lease = c.lease.as_millis().max(1) as i64;
-            io.conns[ctl_id].command(
+            io.conn_mut(ctl_id).command(
                 Tag::Pipe(StreamTag::Fetch {
                     s,
                     own,
@@ -223,7 +225,7 @@ impl StreamPipeline {
                 }
                 due.extend(self.retries.pop());
             }
-            let Some(g) = io.credits.grant(
+            let Some(g) = io.credits().grant(
                 lane,
                 false,
                 due.len() as u32,
@@ -239,7 +241,7 @@ impl StreamPipeline {
             for d in &due {
                 self.redeliver.insert(d.id.clone(), d.deliveries + 1);
             }
-            io.conns[ctl_id].command(
+            io.conn_mut(ctl_id).command(
                 Tag::Pipe(StreamTag::Claim {
                     s,
                     count: g.count,
@@ -277,7 +279,7 @@ impl StreamPipeline {
         cmd: StreamTag,
         frame: &Bytes,
     ) -> Result<(), Failure> {
-        let peer = io.conns[conn].peer();
+        let peer = io.conn(conn).peer();
         let f = Decoder::new()
             .build(frame)
             .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
@@ -323,10 +325,10 @@ impl StreamPipeline {
                         .streams
                         .iter()
                         .fold((0, 0), |(a, b), s| (a + s.lag, b + s.pending));
-                    io.stats
+                    io.stats()
                         .stream_lag
                         .store(lag, std::sync::atomic::Ordering::Relaxed);
-                    io.stats
+                    io.stats()
                         .stream_pending
                         .store(pending, std::sync::atomic::Ordering::Relaxed);
                 }

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringq_resp::CommandWriter;
 
-use super::alo::{any_in_flight, require_version, Policy, Rng, SettleQueue, Stage, Verdict};
+use super::alo::{require_version, Policy, Rng, SettleQueue, Stage, Verdict};
 use super::{ControlUse, Drain, Io, Pipeline, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Tag};
@@ -252,7 +252,8 @@ impl StreamPipeline {
         if self.filtered.is_empty() {
             return;
         }
-        io.stats.add(&io.stats.filtered, self.filtered.len() as u64);
+        io.stats()
+            .add(&io.stats().filtered, self.filtered.len() as u64);
         for (s, at) in self.filtered.drain(..) {
             self.streams[s as usize].acks.push(frame.slice(at));
         }
@@ -286,9 +287,7 @@ impl StreamPipeline {
 
     /// Everything handed out is settled and no read is in flight anywhere.
     fn quiet(&self, io: &Io<StreamTag>) -> bool {
-        self.outstanding == 0
-            && self.settled()
-            && !any_in_flight(io, |t| matches!(t, StreamTag::Read(_)))
+        self.outstanding == 0 && self.settled() && !io.any_cmd(|t| matches!(t, StreamTag::Read(_)))
     }
 }
 
@@ -304,14 +303,14 @@ impl Pipeline for StreamPipeline {
     }
 
     fn on_ready(&mut self, io: &mut Io<StreamTag>, conn: usize, now: Instant) {
-        let allow = io.reply_timeout;
+        let allow = io.reply_timeout();
         if !require_version(io, conn, (6, 2, 0), "stream mode (XAUTOCLAIM)") {
             return;
         }
-        if Some(conn) != io.control {
+        if Some(conn) != io.control_id() {
             return;
         }
-        scripts::SET.load(&mut io.conns[conn], now, allow, StreamTag::Load);
+        scripts::SET.load(io.conn_mut(conn), now, allow, StreamTag::Load);
         if !std::mem::replace(&mut self.timers_on, true) {
             io.timer(now + self.plan.consumer.lease / 2, TIMER_CLAIM);
             io.timer(now + INFO_PERIOD, TIMER_INFO);
@@ -331,13 +330,8 @@ impl Pipeline for StreamPipeline {
         for id in io.fill_order(&mut self.fill_from) {
             let Some(l) = io.fetching(id) else { continue };
             if let Some(lane) = self.lanes.get_mut(l.index()) {
-                lane.fill(
-                    &self.plan,
-                    self.claim_in_read,
-                    &mut io.conns[id],
-                    &mut io.credits,
-                    now,
-                );
+                let (conn, credits) = io.conn_and_credits(id);
+                lane.fill(&self.plan, self.claim_in_read, conn, credits, now);
             }
         }
     }
@@ -359,8 +353,8 @@ impl Pipeline for StreamPipeline {
                     &self.plan,
                     read,
                     frame,
-                    io.turn_ns,
-                    &mut io.credits,
+                    io.turn_ns(),
+                    io.credits(),
                     out,
                     &mut self.filtered,
                 );
@@ -376,18 +370,18 @@ impl Pipeline for StreamPipeline {
                 self.streams[s as usize].busy = false;
                 let lane = self.plan.lane_of[s as usize];
                 let r =
-                    reply::parse_fetch(&self.plan, s, frame, io.turn_ns, out, &mut self.filtered);
+                    reply::parse_fetch(&self.plan, s, frame, io.turn_ns(), out, &mut self.filtered);
                 let grant = crate::credit::Grant { count, bytes };
                 let r = match r {
                     Ok(r) => r,
                     Err(e) => {
-                        io.credits.release(lane, count, bytes);
+                        io.credits().release(lane, count, bytes);
                         return Err(e);
                     }
                 };
-                io.credits.settle(lane, grant, r.count, r.bytes);
+                io.credits().settle(lane, grant, r.count, r.bytes);
                 self.take_filtered(io, frame);
-                io.stats.add(&io.stats.deleted, r.deleted);
+                io.stats().add(&io.stats().deleted, r.deleted);
                 let cursor = r.cursor.map(|at| frame[at].to_vec()).unwrap_or_default();
                 let st = &mut self.streams[s as usize];
                 if own {
@@ -399,7 +393,7 @@ impl Pipeline for StreamPipeline {
                         while i < out.len() {
                             if waiting.contains(&Bytes::copy_from_slice(out[i].aux())) {
                                 let m = out.remove(i);
-                                io.credits.release(lane, 1, m.payload().len() as u64);
+                                io.credits().release(lane, 1, m.payload().len() as u64);
                             } else {
                                 i += 1;
                             }
@@ -409,8 +403,8 @@ impl Pipeline for StreamPipeline {
                 } else {
                     st.claim = (cursor != b"0-0" && !cursor.is_empty()).then_some(cursor);
                     if out.len() > before {
-                        io.stats
-                            .add(&io.stats.recovered, (out.len() - before) as u64);
+                        io.stats()
+                            .add(&io.stats().recovered, (out.len() - before) as u64);
                     }
                 }
                 out[before..].iter().map(|m| m.payload().len() as u64).sum()
@@ -424,7 +418,7 @@ impl Pipeline for StreamPipeline {
                     &self.plan,
                     s,
                     frame,
-                    io.turn_ns,
+                    io.turn_ns(),
                     &mut deliveries,
                     out,
                     &mut self.filtered,
@@ -432,11 +426,11 @@ impl Pipeline for StreamPipeline {
                 let r = match r {
                     Ok(r) => r,
                     Err(e) => {
-                        io.credits.release(lane, count, bytes);
+                        io.credits().release(lane, count, bytes);
                         return Err(e);
                     }
                 };
-                io.credits.settle(
+                io.credits().settle(
                     lane,
                     crate::credit::Grant { count, bytes },
                     r.count,
@@ -465,7 +459,7 @@ impl Pipeline for StreamPipeline {
         self.outstanding = self.outstanding.saturating_sub(msgs.len() as u64);
         for (m, &o) in msgs.iter().zip(outcomes) {
             let lane = self.plan.lane_of[m.source.index as usize];
-            io.credits.release(lane, 1, m.payload().len() as u64);
+            io.credits().release(lane, 1, m.payload().len() as u64);
             self.record(m, o);
         }
     }
@@ -478,22 +472,12 @@ impl Pipeline for StreamPipeline {
     ) {
         self.outstanding = self.outstanding.saturating_sub(1);
         let lane = self.plan.lane_of[msg.source.index as usize];
-        io.credits.release(lane, 1, msg.payload().len() as u64);
+        io.credits().release(lane, 1, msg.payload().len() as u64);
         self.record(msg, outcome);
-    }
-
-    fn owes_effects(&self, _cmd: &StreamTag) -> bool {
-        // A lost read's entries are pending with this consumer: read again, not lost.
-        false
     }
 
     fn blocks(&self, cmd: &StreamTag) -> bool {
         matches!(cmd, StreamTag::Read(r) if r.blocking)
-    }
-
-    fn on_stalled(&mut self, _io: &mut Io<StreamTag>, _conn: usize) -> String {
-        // Not reached: no command owes effects, so a stalled connection is closed.
-        "its reads".to_owned()
     }
 
     fn on_lost(
@@ -509,7 +493,7 @@ impl Pipeline for StreamPipeline {
                 StreamTag::Read(r) => {
                     reads += 1;
                     if let Some(l) = io.fetch_of(conn) {
-                        self.lanes[l.index()].forget(&self.plan, r, &mut io.credits);
+                        self.lanes[l.index()].forget(&self.plan, r, io.credits());
                     }
                 }
                 StreamTag::Fetch {
@@ -518,7 +502,7 @@ impl Pipeline for StreamPipeline {
                 | StreamTag::Claim { s, count, bytes } => {
                     reads += 1;
                     self.streams[s as usize].busy = false;
-                    io.credits
+                    io.credits()
                         .release(self.plan.lane_of[s as usize], count, bytes);
                 }
                 StreamTag::Create { .. } | StreamTag::Probe | StreamTag::ProbeClaim => {
@@ -536,7 +520,7 @@ impl Pipeline for StreamPipeline {
         }
         if reads > 0 && matches!(self.stage, Stage::Running | Stage::Recovering(..)) {
             tracing::info!(
-                conn = %io.conns[conn].name(),
+                conn = %io.conn(conn).name(),
                 "{reads} read(s) unanswered: their entries are pending with this consumer and \
                  are read again once the messages in hand are settled"
             );
@@ -545,7 +529,7 @@ impl Pipeline for StreamPipeline {
     }
 
     fn on_timer(&mut self, io: &mut Io<StreamTag>, id: u32, now: Instant) {
-        let allow = io.reply_timeout;
+        let allow = io.reply_timeout();
         match id {
             TIMER_CLAIM => {
                 io.timer(now + self.plan.consumer.lease / 2, TIMER_CLAIM);

@@ -96,18 +96,18 @@ impl RecordingPipeline {
         self.outcomes += 1;
         if self.acks {
             self.unsent.push(payload);
-            if io.control.is_none() {
-                io.want_control = true;
+            if io.control_id().is_none() {
+                io.want_control();
             }
             self.send_acks(io);
         }
         if self.stop_after == Some(self.outcomes) {
-            io.shared.stop_all();
+            io.stop_all();
         }
     }
 
     fn send_acks(&mut self, io: &mut Io<TestCmd>) {
-        let allow = io.reply_timeout;
+        let allow = io.reply_timeout();
         let Some(control) = io.control_ready() else {
             return;
         };
@@ -158,18 +158,19 @@ impl Pipeline for RecordingPipeline {
         if let Ok(mut r) = self.rec.lock() {
             r.ready += 1;
         }
-        if io.conns[conn].role() == Role::Control {
-            let allow = io.reply_timeout;
-            io.conns[conn].command(Tag::Pipe(TestCmd::Warm), now, allow, |buf| {
-                CommandWriter::new(buf, 2).arg("ECHO").arg("warm").finish();
-            });
+        if io.conn(conn).role() == Role::Control {
+            let allow = io.reply_timeout();
+            io.conn_mut(conn)
+                .command(Tag::Pipe(TestCmd::Warm), now, allow, |buf| {
+                    CommandWriter::new(buf, 2).arg("ECHO").arg("warm").finish();
+                });
             self.send_acks(io);
             return;
         }
         io.timer(now + Duration::from_millis(1), 7);
         self.fetch_conn = conn;
         if self.subscribe {
-            let c = &mut io.conns[conn];
+            let c = io.conn_mut(conn);
             let resp2 = !c.server().resp3;
             c.set_subscriber(resp2);
             c.command_unanswered(|buf| {
@@ -182,14 +183,15 @@ impl Pipeline for RecordingPipeline {
         if std::mem::replace(&mut self.sent, true) {
             return;
         }
-        let allow = io.reply_timeout;
+        let allow = io.reply_timeout();
         for n in 0..self.fetches {
-            io.conns[conn].command(Tag::Pipe(TestCmd::Fetch(n)), now, allow, |buf| {
-                CommandWriter::new(buf, 2)
-                    .arg("ECHO")
-                    .arg(format!("m{n}").as_bytes())
-                    .finish();
-            });
+            io.conn_mut(conn)
+                .command(Tag::Pipe(TestCmd::Fetch(n)), now, allow, |buf| {
+                    CommandWriter::new(buf, 2)
+                        .arg("ECHO")
+                        .arg(format!("m{n}").as_bytes())
+                        .finish();
+                });
         }
     }
 
@@ -217,11 +219,11 @@ impl Pipeline for RecordingPipeline {
         match cmd {
             TestCmd::Fetch(n) => {
                 if n == 0 && self.pause_after_first {
-                    io.conns[self.fetch_conn].pause_reading();
+                    io.conn_mut(self.fetch_conn).pause_reading();
                     io.timer(Instant::now() + Duration::from_millis(50), 9);
                 }
                 let len = at.len() as u64;
-                out.push(message(frame, at, io.turn_ns));
+                out.push(message(frame, at, io.turn_ns()));
                 Ok(len)
             }
             TestCmd::Warm => Ok(0),
@@ -267,7 +269,7 @@ impl Pipeline for RecordingPipeline {
             return Err(malformed("expected the payload"));
         };
         let len = at.len() as u64;
-        out.push(message(frame, at, io.turn_ns));
+        out.push(message(frame, at, io.turn_ns()));
         Ok(len)
     }
 
@@ -327,9 +329,9 @@ impl Pipeline for RecordingPipeline {
         if let Ok(mut r) = self.rec.lock() {
             r.timers.push(id);
             if id == 9 {
-                assert!(io.conns[self.fetch_conn].reading_paused());
+                assert!(io.conn(self.fetch_conn).reading_paused());
                 r.replies_at_resume = Some(r.replies.len());
-                io.conns[self.fetch_conn].resume_reading();
+                io.conn_mut(self.fetch_conn).resume_reading();
             }
         }
     }
@@ -337,8 +339,8 @@ impl Pipeline for RecordingPipeline {
     fn on_stop(&mut self, io: &mut Io<TestCmd>, _now: Instant) -> Drain {
         self.send_acks(io);
         let control_gone = io
-            .control
-            .is_some_and(|c| matches!(io.conns[c].phase(), Phase::Closing | Phase::Done));
+            .control_id()
+            .is_some_and(|c| matches!(io.conn(c).phase(), Phase::Closing | Phase::Done));
         if control_gone || (self.unanswered == 0 && self.unsent.is_empty()) {
             return Drain::Drained;
         }

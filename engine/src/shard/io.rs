@@ -1,0 +1,200 @@
+//! [`Io`]: the part of a shard a pipeline works with. The shard owns it and reaches its
+//! fields; a pipeline sees narrow methods: the connections (to read their state and queue
+//! commands), the Control connection, the fetch lanes, the credits, timers, stats,
+//! events, and the engine-wide stop. Commands a pipeline queues are sent at the end of
+//! the turn; it never touches the driver.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::budget::Budget;
+use crate::conn::{Conn, Failure, Phase, Role};
+use crate::credit::Credits;
+use crate::handler::Event;
+use crate::stats::ShardStats;
+use crate::timer::{TimerEvent, Timers};
+use crate::wake::Signals;
+
+/// The part of a shard a pipeline works with.
+pub(crate) struct Io<C> {
+    /// The shard's index.
+    pub(super) shard: usize,
+    /// The shard's connections: fetch connections first (slot `i` starts with role
+    /// `Fetch(i)`), then replacements of stalled ones and the Control connection.
+    pub(super) conns: Vec<Conn<C>>,
+    /// Prefetch credit, one account per fetch connection plus a shared pool.
+    pub(super) credits: Credits,
+    /// The engine-wide message budget (`EngineBuilder::limit`), if any.
+    pub(super) budget: Option<Arc<Budget>>,
+    pub(super) stats: Arc<ShardStats>,
+    pub(super) shared: Arc<Signals>,
+    pub(super) timers: Timers,
+    /// The shard is stopping: nothing new is fetched.
+    pub(super) stopping: bool,
+    /// When this turn's completions were reaped, in ns since the engine's epoch.
+    pub(super) turn_ns: u64,
+    /// How long a non-blocking command may take before its reply is overdue.
+    pub(super) reply_timeout: Duration,
+    /// The Control connection's slot, once opened.
+    pub(super) control: Option<usize>,
+    /// Set by the pipeline to have the shard open the Control connection.
+    pub(super) want_control: bool,
+    /// Events for the handler's `on_event`, delivered by the shard at the end of the turn.
+    pub(super) events: Vec<Event>,
+}
+
+impl<C: Copy + Debug> Io<C> {
+    /// The shard's index.
+    pub(crate) fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// The shard's connections, to read their state: fetch connections first (slot `i`
+    /// starts with role `Fetch(i)`), then replacements of stalled ones and Control.
+    pub(crate) fn conns(&self) -> &[Conn<C>] {
+        &self.conns
+    }
+
+    /// Connection `id`.
+    pub(crate) fn conn(&self, id: usize) -> &Conn<C> {
+        &self.conns[id]
+    }
+
+    /// Connection `id`, to queue commands on.
+    pub(crate) fn conn_mut(&mut self, id: usize) -> &mut Conn<C> {
+        &mut self.conns[id]
+    }
+
+    /// Connection `id` and the credits, together: a fetch is queued on the one with a
+    /// grant from the other.
+    pub(crate) fn conn_and_credits(&mut self, id: usize) -> (&mut Conn<C>, &mut Credits) {
+        (&mut self.conns[id], &mut self.credits)
+    }
+
+    /// Whether a command matching `pred` is in flight on any connection.
+    pub(crate) fn any_cmd(&self, pred: impl Fn(&C) -> bool + Copy) -> bool {
+        self.conns.iter().any(|c| c.any_cmd(pred))
+    }
+
+    /// Prefetch credit, one account per fetch connection plus a shared pool.
+    pub(crate) fn credits(&mut self) -> &mut Credits {
+        &mut self.credits
+    }
+
+    /// The shard's counters.
+    pub(crate) fn stats(&self) -> &ShardStats {
+        &self.stats
+    }
+
+    /// Stops the engine with `e` (it comes back from `Running::wait`).
+    pub(crate) fn fail(&self, e: crate::Error) {
+        self.shared.fail(e);
+    }
+
+    /// Stops every shard, as a shutdown does.
+    #[cfg(test)]
+    pub(crate) fn stop_all(&self) {
+        self.shared.stop_all();
+    }
+
+    /// The shard is stopping: nothing new is fetched.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// When this turn's completions were reaped, in ns since the engine's epoch.
+    pub(crate) fn turn_ns(&self) -> u64 {
+        self.turn_ns
+    }
+
+    /// How long a non-blocking command may take before its reply is overdue.
+    pub(crate) fn reply_timeout(&self) -> Duration {
+        self.reply_timeout
+    }
+
+    /// The Control connection's slot, once opened.
+    pub(crate) fn control_id(&self) -> Option<usize> {
+        self.control
+    }
+
+    /// Has the shard open the Control connection (see `ControlUse::OnDemand`); no mode
+    /// needs it yet (pop mode's stop opens Control through the shard).
+    #[cfg(test)]
+    pub(crate) fn want_control(&mut self) {
+        self.want_control = true;
+    }
+
+    /// Tells the handler's `on_event` of `e`, at the end of the turn.
+    pub(crate) fn event(&mut self, e: Event) {
+        self.events.push(e);
+    }
+
+    /// Calls [`Pipeline::on_timer`] with `id` at `at`.
+    pub(crate) fn timer(&mut self, at: Instant, id: u32) {
+        self.timers.add(at, TimerEvent::Pipeline(id));
+    }
+
+    /// The Control connection, when it is ready to carry commands.
+    pub(crate) fn control_ready(&mut self) -> Option<&mut Conn<C>> {
+        let id = self.control?;
+        let c = self.conns.get_mut(id)?;
+        (c.phase() == Phase::Ready).then_some(c)
+    }
+
+    /// The lane (fetch connection number) connection `id` serves; `None` for Control,
+    /// which has none. [`FetchLane`] cannot be made up, so a caller cannot quietly take
+    /// Control for lane 0: it handles `None`, or uses [`Io::lane_of_reply`].
+    pub(crate) fn fetch_of(&self, id: usize) -> Option<FetchLane> {
+        match self.conns.get(id)?.role() {
+            Role::Fetch(n) => Some(FetchLane(n as usize)),
+            Role::Control => None,
+        }
+    }
+
+    /// This turn's fill order over the connections that may fetch now (ready, not
+    /// draining, with a lane): it starts one connection further than the last turn's
+    /// (`from` keeps the place), so no connection is always first to the shared part of
+    /// the credit. The iterator borrows nothing: the caller queues on each connection as
+    /// it goes, checking it with [`Io::fetching`].
+    pub(crate) fn fill_order(&self, from: &mut usize) -> impl Iterator<Item = usize> {
+        let n = self.conns.len();
+        *from = (*from + 1) % n.max(1);
+        let start = *from;
+        (0..n).map(move |k| (start + k) % n)
+    }
+
+    /// The lane of connection `id` if it may fetch now (ready and not draining).
+    pub(crate) fn fetching(&self, id: usize) -> Option<FetchLane> {
+        if !self.conns.get(id)?.serves() {
+            return None;
+        }
+        self.fetch_of(id)
+    }
+
+    /// The lane of connection `id`, which just answered a fetching command.
+    ///
+    /// # Errors
+    /// A fatal failure if `id` has no lane: a fetching command's reply on Control would
+    /// be a bug in the engine, and is never credited to some other lane.
+    pub(crate) fn lane_of_reply(&self, id: usize) -> Result<usize, Failure> {
+        self.fetch_of(id).map(FetchLane::index).ok_or_else(|| {
+            Failure::Fatal(crate::Error::new(
+                crate::ErrorKind::Protocol,
+                "internal error: a fetching command was answered on the Control connection; \
+                 please report this",
+            ))
+        })
+    }
+}
+
+/// The lane a fetch connection serves: only [`Io::fetch_of`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FetchLane(usize);
+
+impl FetchLane {
+    /// The lane's index on its shard.
+    pub(crate) fn index(self) -> usize {
+        self.0
+    }
+}
