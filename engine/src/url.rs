@@ -61,52 +61,34 @@ impl ConnectionInfo {
     /// # Errors
     /// [`crate::ErrorKind::Config`] saying what part of the URL is wrong.
     pub fn parse(url: &str) -> Result<Self, Error> {
-        let bad = |why: &str| Error::config(format!("invalid server URL '{}': {why}", redact(url)));
+        Self::parse_parts(url)
+            .map_err(|why| Error::config(format!("invalid server URL '{}': {why}", redact(url))))
+    }
+
+    fn parse_parts(url: &str) -> Result<Self, String> {
         if let Some(rest) = url.strip_prefix("unix://") {
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
             if path.is_empty() {
-                return Err(bad("no socket path"));
-            }
-            let mut db = 0;
-            for kv in query.split('&').filter(|s| !s.is_empty()) {
-                match kv.split_once('=') {
-                    Some(("db", v)) => db = v.parse().map_err(|_| bad("db must be a number"))?,
-                    _ => return Err(bad("unknown query parameter (only db=N is understood)")),
-                }
+                return Err("no socket path".into());
             }
             return Ok(Self {
                 address: Address::Unix(PathBuf::from(path)),
                 username: None,
                 password: None,
-                db,
+                db: query_db(query)?.unwrap_or(0),
             });
         }
         if url.starts_with("rediss://") {
-            return Err(bad(
-                "TLS (rediss://) is not supported yet; use redis:// or a local TLS proxy",
-            ));
+            return Err(
+                "TLS (rediss://) is not supported yet; use redis:// or a local TLS proxy".into(),
+            );
         }
         let rest = url
             .strip_prefix("redis://")
-            .ok_or_else(|| bad("expected redis:// or unix://"))?;
+            .ok_or("expected redis:// or unix://")?;
         // `redis://host:6379?db=1` (redis-py and redis-rs accept it) as well as `/1`.
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut query_db = None;
-        for kv in query.split('&').filter(|s| !s.is_empty()) {
-            match kv.split_once('=') {
-                Some(("db", v)) => {
-                    query_db = Some(
-                        v.parse::<u32>()
-                            .map_err(|_| bad("db must be a number, as in ?db=1"))?,
-                    )
-                }
-                _ => {
-                    return Err(bad(&format!(
-                        "unknown query parameter '{kv}' (only db=N is understood)"
-                    )))
-                }
-            }
-        }
+        let query_db = query_db(query)?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
@@ -115,69 +97,19 @@ impl ConnectionInfo {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(ui) => {
-                let (u, p) = match ui.split_once(':') {
-                    Some((u, p)) => (u, Some(p)),
-                    None => (ui, None),
-                };
-                let u =
-                    percent_decode(u).ok_or_else(|| bad("bad percent-encoding in user name"))?;
-                let p = match p {
-                    Some(p) => Some(
-                        percent_decode(p).ok_or_else(|| bad("bad percent-encoding in password"))?,
-                    ),
-                    None => None,
-                };
-                match p {
-                    // `redis://secret@host` is the common shorthand for a password alone.
-                    None if !u.is_empty() => (None, Some(u)),
-                    p => (Some(u).filter(|u| !u.is_empty()), p),
-                }
-            }
-        };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| bad("unclosed [ in IPv6 host"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| bad("port must be a number from 1 to 65535"))?,
-                None if after.is_empty() => 6379,
-                None => return Err(bad("junk after IPv6 host")),
-            };
-            (h.to_owned(), port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_owned(),
-                    p.parse()
-                        .map_err(|_| bad("port must be a number from 1 to 65535"))?,
-                ),
-                None => (hostport.to_owned(), 6379),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        if port == 0 {
-            return Err(bad("port must be a number from 1 to 65535"));
-        }
+        let (username, password) = userinfo.map_or(Ok((None, None)), credentials)?;
+        let (host, port) = host_port(hostport)?;
         let path_db = if path.is_empty() {
             None
         } else {
             Some(
                 path.parse::<u32>()
-                    .map_err(|_| bad("database must be a number, as in /0"))?,
+                    .map_err(|_| "database must be a number, as in /0")?,
             )
         };
         let db = match (path_db, query_db) {
             (Some(p), Some(q)) if p != q => {
-                return Err(bad(
-                    "the database is given twice (/N and ?db=N) and differs",
-                ))
+                return Err("the database is given twice (/N and ?db=N) and differs".into())
             }
             (p, q) => p.or(q).unwrap_or(0),
         };
@@ -239,6 +171,72 @@ fn redact(url: &str) -> String {
         (Some(s), Some(a)) if a > s => format!("{}<credentials>{}", &url[..s + 3], &url[a..]),
         _ => url.to_owned(),
     }
+}
+
+/// The database of a URL's query string (`db=N`, the only parameter understood).
+fn query_db(query: &str) -> Result<Option<u32>, String> {
+    let mut db = None;
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        match kv.split_once('=') {
+            Some(("db", v)) => {
+                db = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| "db must be a number, as in ?db=1")?,
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "unknown query parameter '{kv}' (only db=N is understood)"
+                ))
+            }
+        }
+    }
+    Ok(db)
+}
+
+/// The user name and password of a URL's user info (percent-decoded).
+fn credentials(userinfo: &str) -> Result<(Option<String>, Option<String>), String> {
+    let (u, p) = match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (userinfo, None),
+    };
+    let u = percent_decode(u).ok_or("bad percent-encoding in user name")?;
+    let p = match p {
+        Some(p) => Some(percent_decode(p).ok_or("bad percent-encoding in password")?),
+        None => None,
+    };
+    Ok(match p {
+        // `redis://secret@host` is the common shorthand for a password alone.
+        None if !u.is_empty() => (None, Some(u)),
+        p => (Some(u).filter(|u| !u.is_empty()), p),
+    })
+}
+
+/// The host and port of a URL's authority (`host`, `host:port`, `[v6]`, `[v6]:port`;
+/// the port defaults to 6379).
+fn host_port(hostport: &str) -> Result<(String, u16), String> {
+    const BAD_PORT: &str = "port must be a number from 1 to 65535";
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unclosed [ in IPv6 host")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| BAD_PORT)?,
+            None if after.is_empty() => 6379,
+            None => return Err("junk after IPv6 host".into()),
+        };
+        (h.to_owned(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| BAD_PORT)?),
+            None => (hostport.to_owned(), 6379),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if port == 0 {
+        return Err(BAD_PORT.into());
+    }
+    Ok((host, port))
 }
 
 #[cfg(test)]

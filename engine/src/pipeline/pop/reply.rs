@@ -74,39 +74,12 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
     out: &mut Vec<Message<'f>>,
 ) -> Result<PopReply, Failure> {
     let mut r = Reader::new(frame.clone());
-    let proto = |e| {
-        Failure::Fatal(Error::new(
-            ErrorKind::Protocol,
-            format!("malformed pop reply: {e}"),
-        ))
-    };
-    let mut bytes = 0;
-    let mut largest = 0;
-    let leased = D::LEASES;
-    let mut push = |at: Range<usize>, source: &'static Source| {
-        let element = &frame[at.clone()];
-        bytes += element.len() as u64;
-        largest = largest.max(element.len() as u64);
-        let (at, aux, deliveries) =
-            match (leased, leased.then(|| envelope::parse(element)).flatten()) {
-                (false, _) => (at, Span::default(), 1),
-                (true, None) => (at, Span::of(element, frame), 1),
-                (true, Some(env)) => (
-                    at.start + env.header_len..at.end,
-                    Span::of(element, frame),
-                    env.deliveries.saturating_add(1),
-                ),
-            };
-        out.push(Message {
-            payload: Payload::Lent {
-                bytes: &frame[at],
-                frame,
-            },
-            source,
-            aux,
-            deliveries,
-            received_ns,
-        });
+    let mut lend = Lender::<D> {
+        frame,
+        received_ns,
+        bytes: 0,
+        largest: 0,
+        dialect: std::marker::PhantomData,
     };
     let t = match single {
         Some(q) => {
@@ -114,14 +87,8 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
             let source = plan.keys[key];
             match r.next_range().map_err(proto)? {
                 Ok(at) => {
-                    push(at, source);
-                    return Ok(PopReply {
-                        count: 1,
-                        bytes,
-                        largest,
-                        queue: Some(q),
-                        ..PopReply::default()
-                    });
+                    out.push(lend.message(at, source));
+                    return Ok(lend.reply(1, q));
                 }
                 Err(t) => t,
             }
@@ -131,7 +98,8 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
     match t {
         Token::Null | Token::Boolean(false) => return Ok(PopReply::default()),
         Token::SimpleError(m) | Token::BulkError(m) => {
-            if m.starts_with(b"UNBLOCKED") {
+            let e = ServerError::parse(m.clone());
+            if *e.kind() == ServerErrorKind::Unblocked {
                 // An unblocked pop held nothing, or it would not have been blocked.
                 return Ok(PopReply {
                     unblocked: Some(m),
@@ -158,13 +126,13 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
     };
     let count = match r.next_range().map_err(proto)? {
         Ok(at) => {
-            push(at, source);
+            out.push(lend.message(at, source));
             1
         }
         Err(Token::Array(n)) => {
             for _ in 0..n {
                 match r.next_range().map_err(proto)? {
-                    Ok(at) => push(at, source),
+                    Ok(at) => out.push(lend.message(at, source)),
                     Err(t) => return Err(malformed("expected a message", &t)),
                 }
             }
@@ -172,13 +140,68 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
         }
         Err(t) => return Err(malformed("expected a message or an array of messages", &t)),
     };
-    Ok(PopReply {
-        count,
-        bytes,
-        largest,
-        queue: Some(source.index),
-        ..PopReply::default()
-    })
+    Ok(lend.reply(count, source.index))
+}
+
+fn proto(e: ringq_resp::DecodeError) -> Failure {
+    Failure::Fatal(Error::new(
+        ErrorKind::Protocol,
+        format!("malformed pop reply: {e}"),
+    ))
+}
+
+/// Turns the elements of one reply into messages that borrow from it, counting their
+/// bytes as it goes.
+struct Lender<'f, D> {
+    frame: &'f Bytes,
+    received_ns: u64,
+    bytes: u64,
+    largest: u64,
+    dialect: std::marker::PhantomData<D>,
+}
+
+impl<'f, D: Dialect> Lender<'f, D> {
+    /// The message of the element at `at`: its payload, and in the lease dialect the
+    /// whole element as `aux` and the envelope's delivery count.
+    fn message(&mut self, at: Range<usize>, source: &'static Source) -> Message<'f> {
+        let frame = self.frame;
+        let element = &frame[at.clone()];
+        self.bytes += element.len() as u64;
+        self.largest = self.largest.max(element.len() as u64);
+        let (at, aux, deliveries) = match (
+            D::LEASES,
+            D::LEASES.then(|| envelope::parse(element)).flatten(),
+        ) {
+            (false, _) => (at, Span::default(), 1),
+            (true, None) => (at, Span::of(element, frame), 1),
+            (true, Some(env)) => (
+                at.start + env.header_len..at.end,
+                Span::of(element, frame),
+                env.deliveries.saturating_add(1),
+            ),
+        };
+        Message {
+            payload: Payload::Lent {
+                bytes: &frame[at],
+                frame,
+            },
+            source,
+            aux,
+            deliveries,
+            received_ns: self.received_ns,
+        }
+    }
+
+    /// The reply's summary: `count` messages from queue `queue`.
+    fn reply(&self, count: u32, queue: u32) -> PopReply {
+        PopReply {
+            count,
+            bytes: self.bytes,
+            largest: self.largest,
+            queue: Some(queue),
+            ..PopReply::default()
+        }
+    }
 }
 
 #[cfg(test)]

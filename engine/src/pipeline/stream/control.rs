@@ -9,8 +9,10 @@ use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
 
 use super::{reply, scripts, Sent, StreamPipeline, StreamTag, MAX_IDS};
 use crate::conn::{Conn, Failure, Tag};
+use crate::credit::Grant;
 use crate::error::Error;
 use crate::frames;
+use crate::handler::Message;
 use crate::pipeline::alo::{now_ms, Recovery, Stage};
 use crate::pipeline::Io;
 
@@ -89,45 +91,66 @@ impl StreamPipeline {
         if io.control_ready().is_none() {
             return;
         }
-        if self.stage == Stage::Setup {
-            let c = &self.plan.consumer;
-            let ctl = io.conn_mut(ctl_id);
-            let mut n = 0;
-            for s in (0..self.streams.len() as u32).filter(|&s| self.streams[s as usize].mine) {
-                n += 1;
-                ctl.command(Tag::Pipe(StreamTag::Create { s }), now, allow, |buf| {
-                    CommandWriter::new(buf, 6)
-                        .arg("XGROUP")
-                        .arg("CREATE")
-                        .arg(&c.streams[s as usize].name)
-                        .arg(&c.group)
-                        .arg(c.start.arg())
-                        .arg("MKSTREAM")
-                        .finish();
-                });
+        match self.stage {
+            Stage::Setup => {
+                let n = self.send_setup(io.conn_mut(ctl_id), now, allow);
+                self.stage = Stage::SettingUp(n);
+                return;
             }
-            ctl.command(Tag::Pipe(StreamTag::Probe), now, allow, |buf| {
-                CommandWriter::new(buf, 3)
-                    .arg("COMMAND")
-                    .arg("INFO")
-                    .arg("XACKDEL")
-                    .finish();
-            });
-            // XREADGROUP … CLAIM (Redis 8.4) is an argument, not a command: its docs say.
-            ctl.command(Tag::Pipe(StreamTag::ProbeClaim), now, allow, |buf| {
-                CommandWriter::new(buf, 3)
-                    .arg("COMMAND")
-                    .arg("DOCS")
-                    .arg("XREADGROUP")
-                    .finish();
-            });
-            self.stage = Stage::SettingUp(n + 2);
+            Stage::SettingUp(_) => return,
+            _ => {}
+        }
+        self.send_settles(io.conn_mut(ctl_id), now, allow);
+        if io.stopping() {
             return;
         }
-        if matches!(self.stage, Stage::SettingUp(_)) {
-            return;
+        if self.stage == Stage::Orphaned && self.quiet(io) {
+            self.begin_own(Recovery::Orphans);
         }
-        // Settles.
+        self.send_fetches(io, ctl_id, now, allow);
+        if self.stage == Stage::Running {
+            self.send_due_retries(io, ctl_id, now, allow);
+        }
+    }
+
+    /// Group creation for every stream of this shard, and the probes; returns how many
+    /// replies to wait for.
+    fn send_setup(&self, ctl: &mut Conn<StreamTag>, now: Instant, allow: Duration) -> u32 {
+        let c = &self.plan.consumer;
+        let mut n = 0;
+        for s in (0..self.streams.len() as u32).filter(|&s| self.streams[s as usize].mine) {
+            n += 1;
+            ctl.command(Tag::Pipe(StreamTag::Create { s }), now, allow, |buf| {
+                CommandWriter::new(buf, 6)
+                    .arg("XGROUP")
+                    .arg("CREATE")
+                    .arg(&c.streams[s as usize].name)
+                    .arg(&c.group)
+                    .arg(c.start.arg())
+                    .arg("MKSTREAM")
+                    .finish();
+            });
+        }
+        ctl.command(Tag::Pipe(StreamTag::Probe), now, allow, |buf| {
+            CommandWriter::new(buf, 3)
+                .arg("COMMAND")
+                .arg("INFO")
+                .arg("XACKDEL")
+                .finish();
+        });
+        // XREADGROUP … CLAIM (Redis 8.4) is an argument, not a command: its docs say.
+        ctl.command(Tag::Pipe(StreamTag::ProbeClaim), now, allow, |buf| {
+            CommandWriter::new(buf, 3)
+                .arg("COMMAND")
+                .arg("DOCS")
+                .arg("XREADGROUP")
+                .finish();
+        });
+        n + 2
+    }
+
+    /// Outcome batches: those of a lost Control again first, then the new ones.
+    fn send_settles(&mut self, ctl: &mut Conn<StreamTag>, now: Instant, allow: Duration) {
         let mut sends: Vec<(Sent, bool)> = self.settle.take_resend().map(|t| (t, true)).collect();
         for s in 0..self.streams.len() as u32 {
             let st = &mut self.streams[s as usize];
@@ -153,16 +176,20 @@ impl StreamPipeline {
             }
         }
         for (sent, resent) in sends {
-            self.write_sent(io.conn_mut(ctl_id), &sent, now, allow);
+            self.write_sent(ctl, &sent, now, allow);
             self.settle.sent(sent, resent);
         }
-        if io.stopping() {
-            return;
-        }
-        if self.stage == Stage::Orphaned && self.quiet(io) {
-            self.begin_own(Recovery::Orphans);
-        }
-        // Own pending entries, claims and due retries: each holds credit of its lane.
+    }
+
+    /// Own pending entries (after a start or a lost read) and claims from dead
+    /// consumers, one fetch script per stream at a time: each holds credit of its lane.
+    fn send_fetches(
+        &mut self,
+        io: &mut Io<StreamTag>,
+        ctl_id: usize,
+        now: Instant,
+        allow: Duration,
+    ) {
         let c = &self.plan.consumer;
         let mine: Vec<u32> = self.mine().collect();
         for s in mine {
@@ -209,9 +236,18 @@ impl StreamPipeline {
             );
             self.streams[s as usize].busy = true;
         }
-        if self.stage != Stage::Running {
-            return;
-        }
+    }
+
+    /// Retries that are due, XCLAIMed back to this consumer (the server counts the
+    /// delivery), a batch per stream: each holds credit of its lane.
+    fn send_due_retries(
+        &mut self,
+        io: &mut Io<StreamTag>,
+        ctl_id: usize,
+        now: Instant,
+        allow: Duration,
+    ) {
+        let c = &self.plan.consumer;
         while let Some(top) = self.retries.peek() {
             if top.at > now || self.streams[top.s as usize].busy {
                 break;
@@ -262,6 +298,93 @@ impl StreamPipeline {
             );
             self.streams[s as usize].busy = true;
         }
+    }
+
+    /// The fetch script's reply for stream `s` (`own`: this consumer's pending entries
+    /// read again; else claims from dead consumers), which held `grant`.
+    pub(super) fn on_fetched<'f>(
+        &mut self,
+        io: &mut Io<StreamTag>,
+        s: u32,
+        own: bool,
+        grant: Grant,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+    ) -> Result<u64, Failure> {
+        self.streams[s as usize].busy = false;
+        let lane = self.plan.lane_of[s as usize];
+        let before = out.len();
+        let r = reply::parse_fetch(&self.plan, s, frame, io.turn_ns(), out, &mut self.filtered);
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                io.credits().release(lane, grant.count, grant.bytes);
+                return Err(e);
+            }
+        };
+        io.credits().settle(lane, grant, r.count, r.bytes);
+        self.take_filtered(io, frame);
+        io.stats().add(&io.stats().deleted, r.deleted);
+        let cursor = r.cursor.map(|at| frame[at].to_vec()).unwrap_or_default();
+        let st = &mut self.streams[s as usize];
+        if own {
+            // Entries waiting for a retry are pending too: their schedule stays.
+            if !self.retries.is_empty() {
+                let waiting: std::collections::HashSet<&Bytes> =
+                    self.retries.iter().map(|d| &d.id).collect();
+                let mut i = before;
+                while i < out.len() {
+                    if waiting.contains(&Bytes::copy_from_slice(out[i].aux())) {
+                        let m = out.remove(i);
+                        io.credits().release(lane, 1, m.payload().len() as u64);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            st.own = (!cursor.is_empty()).then_some(cursor);
+        } else {
+            st.claim = (cursor != b"0-0" && !cursor.is_empty()).then_some(cursor);
+            if out.len() > before {
+                io.stats()
+                    .add(&io.stats().recovered, (out.len() - before) as u64);
+            }
+        }
+        Ok(out[before..].iter().map(|m| m.payload().len() as u64).sum())
+    }
+
+    /// The XCLAIM of due retries of stream `s`, which held `grant`.
+    pub(super) fn on_claimed<'f>(
+        &mut self,
+        io: &mut Io<StreamTag>,
+        s: u32,
+        grant: Grant,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+    ) -> Result<u64, Failure> {
+        self.streams[s as usize].busy = false;
+        let lane = self.plan.lane_of[s as usize];
+        let redeliver = &mut self.redeliver;
+        let mut deliveries = |id: &[u8]| redeliver.remove(id).unwrap_or(2);
+        let r = reply::parse_claim(
+            &self.plan,
+            s,
+            frame,
+            io.turn_ns(),
+            &mut deliveries,
+            out,
+            &mut self.filtered,
+        );
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                io.credits().release(lane, grant.count, grant.bytes);
+                return Err(e);
+            }
+        };
+        io.credits().settle(lane, grant, r.count, r.bytes);
+        self.take_filtered(io, frame);
+        Ok(r.bytes)
     }
 
     /// Reads own pending entries again, from the start, before anything new.

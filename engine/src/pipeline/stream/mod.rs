@@ -45,6 +45,7 @@ use super::alo::{require_version, Policy, Rng, SettleQueue, Stage, Verdict};
 use super::{ControlUse, Drain, Io, Pipeline, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Tag};
+use crate::credit::Grant;
 use crate::handler::{Message, Outcome, Source, SourceKind};
 use crate::intern::intern_source;
 
@@ -366,78 +367,9 @@ impl Pipeline for StreamPipeline {
                 own,
                 count,
                 bytes,
-            } => {
-                self.streams[s as usize].busy = false;
-                let lane = self.plan.lane_of[s as usize];
-                let r =
-                    reply::parse_fetch(&self.plan, s, frame, io.turn_ns(), out, &mut self.filtered);
-                let grant = crate::credit::Grant { count, bytes };
-                let r = match r {
-                    Ok(r) => r,
-                    Err(e) => {
-                        io.credits().release(lane, count, bytes);
-                        return Err(e);
-                    }
-                };
-                io.credits().settle(lane, grant, r.count, r.bytes);
-                self.take_filtered(io, frame);
-                io.stats().add(&io.stats().deleted, r.deleted);
-                let cursor = r.cursor.map(|at| frame[at].to_vec()).unwrap_or_default();
-                let st = &mut self.streams[s as usize];
-                if own {
-                    // Entries waiting for a retry are pending too: their schedule stays.
-                    if !self.retries.is_empty() {
-                        let waiting: std::collections::HashSet<&Bytes> =
-                            self.retries.iter().map(|d| &d.id).collect();
-                        let mut i = before;
-                        while i < out.len() {
-                            if waiting.contains(&Bytes::copy_from_slice(out[i].aux())) {
-                                let m = out.remove(i);
-                                io.credits().release(lane, 1, m.payload().len() as u64);
-                            } else {
-                                i += 1;
-                            }
-                        }
-                    }
-                    st.own = (!cursor.is_empty()).then_some(cursor);
-                } else {
-                    st.claim = (cursor != b"0-0" && !cursor.is_empty()).then_some(cursor);
-                    if out.len() > before {
-                        io.stats()
-                            .add(&io.stats().recovered, (out.len() - before) as u64);
-                    }
-                }
-                out[before..].iter().map(|m| m.payload().len() as u64).sum()
-            }
+            } => self.on_fetched(io, s, own, Grant { count, bytes }, frame, out)?,
             StreamTag::Claim { s, count, bytes } => {
-                self.streams[s as usize].busy = false;
-                let lane = self.plan.lane_of[s as usize];
-                let redeliver = &mut self.redeliver;
-                let mut deliveries = |id: &[u8]| redeliver.remove(id).unwrap_or(2);
-                let r = reply::parse_claim(
-                    &self.plan,
-                    s,
-                    frame,
-                    io.turn_ns(),
-                    &mut deliveries,
-                    out,
-                    &mut self.filtered,
-                );
-                let r = match r {
-                    Ok(r) => r,
-                    Err(e) => {
-                        io.credits().release(lane, count, bytes);
-                        return Err(e);
-                    }
-                };
-                io.credits().settle(
-                    lane,
-                    crate::credit::Grant { count, bytes },
-                    r.count,
-                    r.bytes,
-                );
-                self.take_filtered(io, frame);
-                r.bytes
+                self.on_claimed(io, s, Grant { count, bytes }, frame, out)?
             }
             _ => {
                 self.on_control(io, conn, cmd, frame)?;
