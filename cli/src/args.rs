@@ -445,12 +445,12 @@ fn start_id(s: &str) -> Result<String, String> {
     }
 }
 
-/// `--tag`: the grammar `Stream::tags` documents — `*`, or tags separated by `||` — where
+/// `--tag`: the grammar `StreamKey::tags` documents — `*`, or tags separated by `||` — where
 /// a tag is one word. The engine takes any text (an expression it cannot read becomes a
 /// tag no entry has, so every entry would be acknowledged unseen), so the check is here.
 fn tag_expression(s: &str) -> Result<String, String> {
     // The engine's own grammar, so the CLI and the library refuse the same expressions.
-    ringq::Stream::new("")
+    ringq::StreamKey::new("")
         .try_tags(s)
         .map(|_| s.to_owned())
         .map_err(|e| {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ringq::{
     ConnectionInfo, Consumer, Dispatch, EngineBuilder, PopConsumer, PopStrategy, ReliableConsumer,
-    StartAt, Stream, StreamConsumer,
+    StartAt, StreamConsumer, StreamKey,
 };
 
 use crate::args::{ConsumeArgs, Mode, Strategy};
@@ -74,7 +74,9 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         let mut c = StreamConsumer::new(
             a.group.clone().unwrap_or_default(),
             a.consumer_id.clone().unwrap_or_default(),
-            a.queues.iter().map(|q| Stream::from(q.as_str()).tags(tag)),
+            a.queues
+                .iter()
+                .map(|q| StreamKey::from(q.as_str()).tags(tag)),
         )
         .batch(a.batch)
         .block_timeout(Duration::from_millis(a.block_timeout_ms))

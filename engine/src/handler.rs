@@ -19,7 +19,24 @@ use std::fmt;
 
 use bytes::Bytes;
 
-/// One message taken from a queue.
+/// One message: from a queue (pop, reliable), a stream entry (stream) or a pub/sub
+/// channel (listen).
+///
+/// Every getter works in every mode and costs nothing unless called; the mode-specific
+/// ones return an empty value where the mode has nothing to say, rather than an
+/// `Option` a handler of one mode would unwrap on every message:
+///
+/// | getter | pop / reliable | stream | listen |
+/// |---|---|---|---|
+/// | [`payload`](Message::payload) | the element (reliable: after its envelope) | the `payload` field | the message |
+/// | [`queue`](Message::queue) | the queue | the stream | the channel, pattern or shard channel subscribed |
+/// | [`key`](Message::key) | the key popped (a priority level's) | the stream | as `queue` |
+/// | [`priority`](Message::priority) | the level | 0 | 0 |
+/// | [`channel`](Message::channel) | empty | empty | the channel published to |
+/// | [`pattern`](Message::pattern) | `None` | `None` | the pattern that matched |
+/// | [`id`](Message::id) | empty | the entry id | empty |
+/// | [`field`](Message::field) | `None` | the entry's field | `None` |
+/// | [`deliveries`](Message::deliveries) | pop: 1; reliable: from the envelope | from the PEL | 1 |
 ///
 /// The lifetime is that of the reply the payload is borrowed from; `Message<'static>` owns
 /// its payload (see [`Message::detach`]). Cloning is cheap either way: where it came from
@@ -195,7 +212,8 @@ impl<'a> Message<'a> {
         self.payload.frame().get(self.aux.range()).unwrap_or(&[])
     }
 
-    /// The logical queue's name, as configured.
+    /// Where it came from, as configured: the queue (pop, reliable), the stream
+    /// (stream), or the channel, pattern or shard channel subscribed (listen).
     pub fn queue(&self) -> &[u8] {
         self.source.name
     }

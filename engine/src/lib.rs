@@ -18,7 +18,7 @@
 //!   `pipeline::pop` ([`Queue`], [`PopConsumer`], lanes, reply parsing) and
 //!   `pipeline::listen` ([`ListenConsumer`], [`Subscription`], [`Overflow`]) and
 //!   `pipeline::reliable` ([`ReliableConsumer`], [`Backoff`]) and `pipeline::stream`
-//!   ([`StreamConsumer`], [`Stream`], [`StartAt`]); [`envelope`]: reliable mode's wire
+//!   ([`StreamConsumer`], [`StreamKey`], [`StartAt`]); [`envelope`]: reliable mode's wire
 //!   format and key names.
 //! - `backend`: the driver interface and its contract, and [`IoBackend`]; `ring`: its
 //!   io_uring implementation and its epoll one (the only `unsafe` code), the
@@ -93,7 +93,7 @@ pub use pipeline::alo::Backoff;
 pub use pipeline::listen::{ListenConsumer, Overflow, Subscription};
 pub use pipeline::pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 pub use pipeline::reliable::ReliableConsumer;
-pub use pipeline::stream::{StartAt, Stream, StreamConsumer};
+pub use pipeline::stream::{StartAt, StreamConsumer, StreamKey};
 pub use ring::{probe, RingFeatures};
 pub use stats::Stats;
 pub use url::{Address, ConnectionInfo};

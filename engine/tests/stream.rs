@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringq::{Backoff, Dispatch, Message, Outcome, StartAt, Stream, StreamConsumer};
+use ringq::{Backoff, Dispatch, Message, Outcome, StartAt, StreamConsumer, StreamKey};
 use ringq_resp::Frame;
 use ringq_tests::{wait_until, Fault, FaultProxy, TestClient};
 
@@ -72,8 +72,12 @@ fn pending(c: &mut TestClient, stream: &str, group: &str) -> i64 {
 }
 
 fn from_start(streams: &[&str], id: &str) -> StreamConsumer {
-    StreamConsumer::new("g", id.to_owned(), streams.iter().map(|s| Stream::from(*s)))
-        .start_at(StartAt::Beginning)
+    StreamConsumer::new(
+        "g",
+        id.to_owned(),
+        streams.iter().map(|s| StreamKey::from(*s)),
+    )
+    .start_at(StartAt::Beginning)
 }
 
 fn drains_a_group_with_acks(kind: Kind) {
@@ -319,7 +323,7 @@ fn the_tag_filter_acks_what_it_does_not_deliver(kind: Kind) {
     let seen = Seen::default();
     let running = builder(server.url())
         .start(
-            StreamConsumer::new("g", "c1", [Stream::new("st").tags("TagA || TagB")])
+            StreamConsumer::new("g", "c1", [StreamKey::new("st").tags("TagA || TagB")])
                 .start_at(StartAt::Beginning),
             seen.clone(),
         )

@@ -53,7 +53,9 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         StreamConsumer::new(
             crate::spec::STREAM_GROUP,
             "ringq",
-            spec.queues.iter().map(|q| ringq::Stream::from(q.as_str())),
+            spec.queues
+                .iter()
+                .map(|q| ringq::StreamKey::from(q.as_str())),
         )
         .batch(spec.batch)
         .pipeline(spec.pipeline)

@@ -1,4 +1,4 @@
-//! What a stream consumer is configured with ([`StreamConsumer`], [`Stream`], [`StartAt`]).
+//! What a stream consumer is configured with ([`StreamConsumer`], [`StreamKey`], [`StartAt`]).
 
 use std::time::Duration;
 
@@ -35,18 +35,21 @@ impl StartAt {
     }
 }
 
-/// A stream, with the tag expression its entries are filtered by.
+/// A stream key to consume, with the tag expression its entries are filtered by.
+///
+/// (Named `StreamKey`, not `Stream`, so that it never clashes with the `Stream` trait of
+/// `futures`/`tokio-stream` that async code has in scope.)
 #[derive(Debug, Clone)]
-pub struct Stream {
+pub struct StreamKey {
     pub(crate) name: Bytes,
     /// Alternatives of `TagA || TagB`; empty for `*` (everything).
     pub(crate) tags: Vec<Bytes>,
-    /// Why the tag expression given to [`Stream::tags`] does not parse: `start` refuses
+    /// Why the tag expression given to [`StreamKey::tags`] does not parse: `start` refuses
     /// the consumer with it.
     pub(crate) bad_tags: Option<String>,
 }
 
-impl Stream {
+impl StreamKey {
     /// The stream `name`, every entry.
     pub fn new(name: impl Into<Bytes>) -> Self {
         Self {
@@ -59,7 +62,7 @@ impl Stream {
     /// Only entries whose tag field is one of `expr`'s alternatives (RocketMQ's
     /// `"TagA || TagB"`); `*` is everything. Entries that do not match are acknowledged
     /// without reaching the handler, and counted (`Stats::filtered`). An expression that
-    /// does not parse (see [`Stream::try_tags`]) makes `start` fail with
+    /// does not parse (see [`StreamKey::try_tags`]) makes `start` fail with
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) rather than filter out everything.
     pub fn tags(self, expr: &str) -> Self {
         let name = self.name.clone();
@@ -73,7 +76,7 @@ impl Stream {
         }
     }
 
-    /// [`Stream::tags`], checked at once: `*`, or tags separated by `||` (a tag is one
+    /// [`StreamKey::tags`], checked at once: `*`, or tags separated by `||` (a tag is one
     /// word: no white space, none of `|()&!`).
     ///
     /// # Errors
@@ -120,15 +123,15 @@ impl Stream {
     }
 }
 
-impl From<&str> for Stream {
+impl From<&str> for StreamKey {
     fn from(s: &str) -> Self {
-        Stream::new(Bytes::copy_from_slice(s.as_bytes()))
+        StreamKey::new(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
-impl From<String> for Stream {
+impl From<String> for StreamKey {
     fn from(s: String) -> Self {
-        Stream::new(Bytes::from(s))
+        StreamKey::new(Bytes::from(s))
     }
 }
 
@@ -137,7 +140,7 @@ impl From<String> for Stream {
 /// group; entries pending with a consumer survive its crash).
 #[derive(Debug, Clone)]
 pub struct StreamConsumer {
-    pub(crate) streams: Vec<Stream>,
+    pub(crate) streams: Vec<StreamKey>,
     pub(crate) group: Bytes,
     pub(crate) id: Bytes,
     pub(crate) start: StartAt,
@@ -158,7 +161,7 @@ impl StreamConsumer {
     /// [`StartAt::New`], COUNT 128, block 1 s, pipeline 2, lease 30 s, at most 25
     /// deliveries, reliable mode's default backoff, a dead stream capped near 10 000
     /// entries, the payload in field `payload` and the tag in field `tag`.
-    pub fn new<S: Into<Stream>>(
+    pub fn new<S: Into<StreamKey>>(
         group: impl Into<Bytes>,
         id: impl Into<Bytes>,
         streams: impl IntoIterator<Item = S>,
@@ -255,7 +258,7 @@ impl StreamConsumer {
     }
 
     /// The streams, in configuration order.
-    pub fn streams(&self) -> &[Stream] {
+    pub fn streams(&self) -> &[StreamKey] {
         &self.streams
     }
 }
@@ -310,21 +313,21 @@ mod tests {
     #[test]
     fn tag_expressions_that_do_not_parse_are_refused() {
         for bad in ["((", "", "a ||", "a b", "a && b", "!a"] {
-            let e = Stream::new("s").try_tags(bad).expect_err(bad);
+            let e = StreamKey::new("s").try_tags(bad).expect_err(bad);
             assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}");
-            let c = StreamConsumer::new("g", "c", [Stream::new("s").tags(bad)]);
+            let c = StreamConsumer::new("g", "c", [StreamKey::new("s").tags(bad)]);
             let e = c.check().expect_err(bad);
             assert!(e.to_string().contains("tag expression"), "{e}");
         }
-        assert!(Stream::new("s").try_tags(" A || B ").is_ok());
+        assert!(StreamKey::new("s").try_tags(" A || B ").is_ok());
     }
 
     #[test]
     fn tag_expressions() {
-        let s = Stream::new("s").tags("A || B");
+        let s = StreamKey::new("s").tags("A || B");
         assert!(s.accepts(Some(b"A")) && s.accepts(Some(b"B")));
         assert!(!s.accepts(Some(b"C")) && !s.accepts(None));
-        let all = Stream::new("s").tags("*");
+        let all = StreamKey::new("s").tags("*");
         assert!(all.accepts(None) && all.accepts(Some(b"x")));
     }
 }

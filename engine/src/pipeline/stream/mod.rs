@@ -49,7 +49,7 @@ use crate::credit::Grant;
 use crate::handler::{Message, Outcome, Source, SourceKind};
 use crate::intern::intern_source;
 
-pub use config::{StartAt, Stream, StreamConsumer};
+pub use config::{StartAt, StreamConsumer, StreamKey};
 use lane::{Lane, ReadCmd};
 
 /// A stream-mode command awaiting its reply.
