@@ -481,17 +481,26 @@ fn replies_lost_in_flight_are_counted_never_silent() {
             log.clone(),
         )
         .unwrap();
+    // The faults come mid-drain: after messages were delivered, with messages left.
+    assert!(wait_until(WAIT, || log.len() > 0));
     let mut resets = 0;
+    let mut first_at = None;
     while resets < 5 && log.len() < total as usize {
         let before = proxy.fired();
+        let delivered = log.len();
         proxy.set(Fault::ResetAfterReply);
         if wait_until(WAIT, || proxy.fired() > before) {
             resets += 1;
+            first_at.get_or_insert(delivered);
         }
         let seen = log.len();
         wait_until(WAIT, || log.len() > seen + 100 || log.len() as u64 >= total);
     }
-    assert!(resets >= 1, "the fault really happened mid-drain");
+    assert!(resets >= 1, "the fault really happened");
+    assert!(
+        first_at.is_some_and(|n| n > 0 && (n as u64) < total),
+        "the first fault was armed mid-drain: {first_at:?} of {total} delivered"
+    );
     assert!(wait_until(WAIT, || c.llen("lossy").unwrap() == 0));
     let stats = running.shutdown().unwrap();
     let delivered = log.len() as u64;

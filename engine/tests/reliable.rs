@@ -400,6 +400,11 @@ fn replies_lost_in_flight_lose_nothing(kind: Kind) {
         // The proxy forwards the next reply, then resets the connection before the
         // engine can read it: a lease applied on the server whose answer is lost.
         let fired = proxy.fired();
+        let delivered = seen.distinct();
+        assert!(
+            delivered < N,
+            "armed mid-drain: {delivered} of {N} delivered"
+        );
         proxy.set(Fault::ResetAfterReply);
         assert!(
             wait_until(WAIT, || proxy.fired() > fired),

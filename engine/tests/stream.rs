@@ -438,6 +438,11 @@ fn replies_lost_in_flight_lose_nothing(kind: Kind) {
         let before = seen.len();
         assert!(wait_until(WAIT, || seen.len() > before + 1000));
         let fired = proxy.fired();
+        let delivered = seen.distinct();
+        assert!(
+            delivered < N,
+            "armed mid-drain: {delivered} of {N} delivered"
+        );
         proxy.set(Fault::ResetAfterReply);
         assert!(
             wait_until(WAIT, || proxy.fired() > fired),
