@@ -76,7 +76,11 @@ impl Visit for Line {
 
 impl Subscriber for Stderr {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.is_event() && *metadata.level() <= self.max
+        // The engine's lines that an event says too (a gap, drops, pops possibly lost):
+        // the CLI prints the event itself, one line each.
+        metadata.is_event()
+            && *metadata.level() <= self.max
+            && metadata.target() != ringq::EVENT_TARGET
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {

@@ -177,6 +177,8 @@ pub struct Printer {
     output: Arc<Output>,
     listen: bool,
     buf: Vec<u8>,
+    /// Messages dropped so far (`--drop-oldest`), for the running total.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Printer {
@@ -184,6 +186,7 @@ impl Printer {
         Self {
             output,
             listen,
+            dropped: Arc::default(),
             buf: Vec::with_capacity(64 * 1024),
         }
     }
@@ -191,7 +194,9 @@ impl Printer {
 
 impl Clone for Printer {
     fn clone(&self) -> Self {
-        Self::new(self.output.clone(), self.listen)
+        let mut p = Self::new(self.output.clone(), self.listen);
+        p.dropped = self.dropped.clone();
+        p
     }
 }
 
@@ -243,27 +248,45 @@ impl Handler for Printer {
                 disconnected_at,
                 resubscribed_at,
                 cause,
+                ..
             } => {
-                let lasted = resubscribed_at
-                    .and_then(|t| t.duration_since(*disconnected_at).ok())
-                    .map_or_else(
-                        || "not restored before the stop".to_owned(),
-                        |d| format!("for {:.3} s", d.as_secs_f64()),
-                    );
+                let span = match resubscribed_at {
+                    Some(t) => format!(
+                        "from {} to {} UTC ({:.3} s)",
+                        clock(*disconnected_at),
+                        clock(*t),
+                        t.duration_since(*disconnected_at)
+                            .unwrap_or_default()
+                            .as_secs_f64()
+                    ),
+                    None => format!(
+                        "from {} UTC, not restored before the stop",
+                        clock(*disconnected_at)
+                    ),
+                };
                 let why = match cause {
-                    GapCause::ConnectionLost(e) => format!("the connection was lost: {e}"),
-                    GapCause::OutputBufferLimit(e) => e.clone(),
-                    GapCause::Unsubscribed => "the server ended the subscription".to_owned(),
-                    _ => format!("{cause:?}"),
+                    GapCause::OutputBufferLimit(_) => format!(
+                        "{cause} Advice: raise the server's client-output-buffer-limit pubsub, \
+                         speed up the reader, or use --drop-oldest"
+                    ),
+                    _ => cause.to_string(),
                 };
                 format!(
-                    "gap: messages published to {} were missed {lasted} ({why})",
+                    "gap on {}: messages published {span} were missed, how many the server \
+                     cannot tell; resubscribed. Why: {why}",
                     subscriptions.join(", ")
                 )
             }
-            Event::Dropped { count } => format!(
-                "dropped {count} message(s): stdout is slower than the publishers (--drop-oldest)"
-            ),
+            Event::Dropped { count } => {
+                let total = self
+                    .dropped
+                    .fetch_add(*count, std::sync::atomic::Ordering::Relaxed)
+                    + count;
+                format!(
+                    "dropped {count} message(s) ({total} in all): stdout is slower than the \
+                     publishers (--drop-oldest)"
+                )
+            }
             Event::PossiblyLost {
                 connection,
                 messages,
@@ -475,4 +498,18 @@ mod tests {
         assert!(s.closed && s.error.is_none() && s.lines == 0, "{s:?}");
         assert!(stop.request(), "EPIPE must have asked for a stop already");
     }
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a wall-clock time, for stderr lines.
+fn clock(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let (s, ms) = (ms / 1000, ms % 1000);
+    format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60
+    )
 }

@@ -6,7 +6,7 @@
 //! [`Printer`](crate::output::Printer)'s event callback). `--count N` exits after N
 //! messages; SIGINT/SIGTERM exit 0 after printing what was received.
 
-use ringq::{ConnectionInfo, EngineBuilder, ListenConsumer, Overflow};
+use ringq::{ConnectionInfo, Dispatch, EngineBuilder, ListenConsumer, Overflow};
 
 use crate::args::SubscribeArgs;
 use crate::consume::print_until_stopped;
@@ -38,6 +38,12 @@ pub fn run(a: SubscribeArgs) -> Result<(), Exit> {
     let mut builder = EngineBuilder::new(a.server.url.as_str())
         .pin_cores(!a.no_pin)
         .prefetch(a.prefetch);
+    if a.drop_oldest.is_some() {
+        // The shard must go on reading whatever stdout does: printing happens on one
+        // worker thread (one keeps the order), and what it cannot take is staged, the
+        // oldest dropped and counted.
+        builder = builder.dispatch(Dispatch::workers(1));
+    }
     if let Some(n) = a.count {
         builder = builder.limit(n);
     }

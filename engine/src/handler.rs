@@ -301,6 +301,12 @@ pub enum Outcome {
     Dead,
 }
 
+/// The `tracing` target of the engine's log lines that say what an [`Event`] also says
+/// (a gap, drops, possibly lost pops, the loss of a subscriber connection). A program
+/// that reports events itself (as `ringq subscribe` does, one line each) filters this
+/// target out so each is said once; with no such reporting, the log has them.
+pub const EVENT_TARGET: &str = "ringq::event";
+
 /// Something the application should know about, beyond messages: when it may have
 /// missed some, or when a connection was replaced. Given to [`Handler::on_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +391,20 @@ pub enum GapCause {
     /// The server ended the subscription itself (an `unsubscribe` nobody asked for: a
     /// shard channel's slot moved, an ACL change); ringq subscribed again.
     Unsubscribed,
+}
+
+impl fmt::Display for GapCause {
+    /// One human-readable sentence (no `Debug` form in logs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GapCause::ConnectionLost(why) => write!(f, "the connection was lost ({why})"),
+            GapCause::OutputBufferLimit(why) => write!(f, "{why}"),
+            GapCause::Unsubscribed => f.write_str(
+                "the server ended the subscription itself (a shard channel's slot moved, or \
+                 an ACL change)",
+            ),
+        }
+    }
 }
 
 /// User code that consumes messages. One instance runs per shard thread with

@@ -88,7 +88,7 @@ pub use dispatch::bench_support;
 pub use dispatch::{Dispatch, KeyFn};
 pub use engine::{Consumer, EngineBuilder, Running, ShutdownHandle};
 pub use error::{Error, ErrorKind};
-pub use handler::{Event, GapCause, Handler, Message, Outcome};
+pub use handler::{Event, GapCause, Handler, Message, Outcome, EVENT_TARGET};
 pub use pipeline::alo::Backoff;
 pub use pipeline::listen::{ListenConsumer, Overflow, Subscription};
 pub use pipeline::pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};

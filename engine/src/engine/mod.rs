@@ -381,6 +381,7 @@ impl EngineBuilder {
         H: Handler + Clone,
     {
         consumer.check()?;
+        consumer.check_dispatch(&self.dispatch)?;
         let sources = consumer.source_names();
         let lanes_per_shard = self.lanes(sources.len(), K::SOURCES)?;
         let timing = Timing {

@@ -89,6 +89,16 @@ pub(crate) trait Start {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config), saying what to change.
     fn check(&self) -> Result<(), crate::Error>;
 
+    /// Refuses a dispatch the consumer cannot keep its promises with (default: any
+    /// works).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config), saying what to change.
+    fn check_dispatch(&self, dispatch: &crate::Dispatch) -> Result<(), crate::Error> {
+        let _ = dispatch;
+        Ok(())
+    }
+
     /// Its sources' names, in order: stats count messages per source.
     fn source_names(&self) -> Vec<String>;
 
@@ -141,6 +151,12 @@ pub(crate) trait Pipeline: Send + 'static {
     /// command's reply ([`Pipeline::on_reply`]) or when the connection is lost
     /// ([`Pipeline::on_lost`]).
     type Cmd: Copy + Debug + Send + 'static;
+
+    /// Whether every lost fetch connection reaches the handler as an event of its own
+    /// (listen mode's gaps, which carry the error): the shard then logs the loss under
+    /// the event target (`handler::EVENT_TARGET`), which a program that reports events
+    /// itself can filter out.
+    const LOSSES_ARE_EVENTS: bool = false;
 
     /// Fetch connections on this shard.
     fn fetch_connections(&self) -> usize;

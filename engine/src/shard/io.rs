@@ -42,6 +42,9 @@ pub(crate) struct Io<C> {
     pub(super) want_control: bool,
     /// Events for the handler's `on_event`, delivered by the shard at the end of the turn.
     pub(super) events: Vec<Event>,
+    /// Connections (id, generation) a pipeline found dead, to close as lost with the
+    /// error at the start of the next turn.
+    pub(super) lose: Vec<(usize, u32, crate::Error)>,
 }
 
 impl<C: Copy + Debug> Io<C> {
@@ -118,11 +121,19 @@ impl<C: Copy + Debug> Io<C> {
         self.control
     }
 
-    /// Has the shard open the Control connection (see `ControlUse::OnDemand`); no mode
-    /// needs it yet (pop mode's stop opens Control through the shard).
-    #[cfg(test)]
+    /// Has the shard open the Control connection (see `ControlUse::OnDemand`).
     pub(crate) fn want_control(&mut self) {
         self.want_control = true;
+    }
+
+    /// Closes connection `id` as lost with `e`, at the start of the next turn: a pipeline
+    /// that learned from elsewhere (another connection, the server) that it is dead. It
+    /// reconnects like any lost connection, and the pipeline's `on_lost` hears of it.
+    /// Nothing happens if `id` has been replaced by then.
+    pub(crate) fn drop_conn(&mut self, id: usize, e: crate::Error) {
+        if let Some(c) = self.conns.get(id) {
+            self.lose.push((id, c.gen(), e));
+        }
     }
 
     /// Tells the handler's `on_event` of `e`, at the end of the turn.

@@ -159,7 +159,12 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 self.io.shared.fail(e);
             }
             Failure::Retry(e) => {
-                tracing::warn!(shard = self.index, conn = %conn.name(), "{e}");
+                if P::LOSSES_ARE_EVENTS {
+                    // Told as an event (a gap) as well: see `handler::EVENT_TARGET`.
+                    tracing::warn!(target: "ringq::event", shard = self.index, conn = %conn.name(), "{e}");
+                } else {
+                    tracing::warn!(shard = self.index, conn = %conn.name(), "{e}");
+                }
                 conn.set_last_error(e.to_string());
                 if self.io.stopping || draining {
                     conn.stop_after_close();

@@ -38,7 +38,7 @@ use ringq_resp::CommandWriter;
 use crate::backend::IoBackend;
 use crate::backend::{Backend, Completion, OpKind};
 use crate::budget::Budget;
-use crate::conn::{Conn, ConnConfig, Phase, Role, Tag};
+use crate::conn::{Conn, ConnConfig, Failure, Phase, Role, Tag};
 use crate::credit::Credits;
 use crate::dispatch::{epoch_nanos, ShardDispatch};
 use crate::error::{Error, ErrorKind};
@@ -199,6 +199,7 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         control: None,
         want_control: spec.pipeline.control() == ControlUse::Always,
         events: Vec::new(),
+        lose: Vec::new(),
     };
     let mut shard: Shard<P, B> = Shard {
         index: spec.index,
@@ -283,6 +284,13 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             }
             if self.io.want_control && self.io.control.is_none() {
                 self.open_control(now);
+            }
+            for (id, gen, e) in std::mem::take(&mut self.io.lose) {
+                if self.io.conns.get(id).is_some_and(|c| c.gen() == gen) {
+                    self.fail_conn(id, Failure::Retry(e), now);
+                    // Nothing may be in flight to complete the close (a paused reader).
+                    self.finish_close(id, now);
+                }
             }
             if self.io.stopping {
                 if self.stop_turn(now) {

@@ -146,6 +146,17 @@ impl Start for ListenConsumer {
         Ok(())
     }
 
+    fn check_dispatch(&self, dispatch: &crate::Dispatch) -> Result<(), Error> {
+        if matches!(self.overflow, Overflow::DropOldest(_)) && dispatch.worker_count() == 0 {
+            return Err(Error::config(
+                "Overflow::DropOldest keeps reading the socket whatever the handler does, which \
+                 needs the handler off the shard thread: use Dispatch::workers(1) (one worker \
+                 keeps the order), or Overflow::Block",
+            ));
+        }
+        Ok(())
+    }
+
     fn source_names(&self) -> Vec<String> {
         self.subscriptions.iter().map(ToString::to_string).collect()
     }

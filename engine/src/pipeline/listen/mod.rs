@@ -31,6 +31,7 @@
 
 mod config;
 mod push;
+mod watch;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -42,11 +43,11 @@ use super::{ControlUse, Drain, FetchLane, Io, Pipeline};
 use crate::conn::classify::{self, Class};
 use crate::conn::{Failure, Tag};
 use crate::error::{Error, ErrorKind};
-use crate::handler::{Event, GapCause, Message, Outcome, Payload, Source, SourceKind, Span};
+use crate::handler::{GapCause, Message, Outcome, Payload, Source, SourceKind, Span};
 use crate::intern::intern_source;
 
 pub use config::{ListenConsumer, Overflow, Subscription};
-use push::Push;
+use push::{kind_slot, Push};
 
 /// A listen-mode command awaiting its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub(crate) enum ListenTag {
     Subscribe { sub: u32 },
     /// The PING after a round of subscribe commands: their confirmations come first.
     Barrier { round: u32 },
+    /// On Control: `CLIENT LIST ID client` about paused connection `conn` of `lane`.
+    Alive { lane: u32, conn: u32, client: i64 },
 }
 
 /// Where a subscription is.
@@ -92,6 +95,21 @@ struct Lane {
     /// Reading is paused for want of credit (`Overflow::Block`).
     paused: bool,
     gap: Option<Gap>,
+    /// When the server last listed its paused connection (see `watch`).
+    alive_at: Option<SystemTime>,
+    /// When its last message arrived (ns since the engine's epoch; 0: none yet).
+    last_msg_ns: u64,
+    /// When reading last resumed after a pause.
+    resumed_at: Option<Instant>,
+}
+
+impl Lane {
+    /// Reading resumed within [`watch::RESUME_GRACE`]: what it reads is what the server
+    /// buffered while it was paused.
+    fn resumed_recently(&self) -> bool {
+        self.resumed_at
+            .is_some_and(|t| t.elapsed() < watch::RESUME_GRACE)
+    }
 }
 
 /// The listen pipeline of one shard.
@@ -112,6 +130,12 @@ pub(crate) struct ListenPipeline {
     /// Subscribe rounds sent so far (each ends with its barrier).
     rounds: u32,
     dropped_unreported: u64,
+    /// When drops were last reported (once per `watch::WATCH_PERIOD` at most).
+    dropped_reported_at: Option<Instant>,
+    /// The watch timer is set.
+    watching: bool,
+    /// `CLIENT LIST` works here (false once the server refused it).
+    watch_usable: bool,
     /// The engine-wide message budget (`EngineBuilder::limit`), if any.
     budget: Option<std::sync::Arc<crate::budget::Budget>>,
 }
@@ -164,6 +188,9 @@ impl ListenPipeline {
             staged: (0..nlanes).map(|_| VecDeque::new()).collect(),
             rounds: 0,
             dropped_unreported: 0,
+            dropped_reported_at: None,
+            watching: false,
+            watch_usable: true,
         }
     }
 
@@ -205,38 +232,6 @@ impl ListenPipeline {
         io.lane_of_reply(conn)
     }
 
-    /// Every subscription of a gap is in force again: the handler hears of it.
-    fn close_gap(&mut self, io: &mut Io<ListenTag>, lane: usize, resubscribed: bool) {
-        let Some(gap) = self.lanes[lane].gap.take() else {
-            return;
-        };
-        let names: Vec<String> = gap
-            .subs
-            .iter()
-            .map(|&s| self.subs[s].spec.to_string())
-            .collect();
-        let until = resubscribed.then(SystemTime::now);
-        let lasted = until
-            .and_then(|t| t.duration_since(gap.since).ok())
-            .map_or_else(
-                || "never restored before the stop".to_owned(),
-                |d| format!("{d:?}"),
-            );
-        tracing::warn!(
-            shard = io.shard(),
-            "pub/sub gap on {}: messages published meanwhile were missed ({lasted}; {:?})",
-            names.join(", "),
-            gap.cause
-        );
-        io.stats().add(&io.stats().gaps, 1);
-        io.event(Event::Gap {
-            subscriptions: names,
-            disconnected_at: gap.since,
-            resubscribed_at: until,
-            cause: gap.cause,
-        });
-    }
-
     /// Gives credit back for one handled message of subscription `index`, and resumes a
     /// paused reader once half its reserve is free.
     fn handled(&mut self, io: &mut Io<ListenTag>, index: u32, bytes: u64) {
@@ -251,6 +246,7 @@ impl ListenPipeline {
         io.credits().release(lane, 1, bytes);
         if self.lanes[lane].paused && io.credits().is_below_half(lane) {
             self.lanes[lane].paused = false;
+            self.lanes[lane].resumed_at = Some(Instant::now());
             let serving = (0..io.conns().len())
                 .find(|&id| io.fetching(id).map(FetchLane::index) == Some(lane));
             if let Some(id) = serving {
@@ -285,6 +281,7 @@ impl ListenPipeline {
             }
         }
         let lane = self.subs[s].lane;
+        self.lanes[lane].last_msg_ns = io.turn_ns();
         let len = payload.len() as u64;
         let msg = Message {
             payload: Payload::Lent {
@@ -327,17 +324,9 @@ impl ListenPipeline {
     }
 }
 
-/// Which of the name maps holds subscriptions of `kind`.
-fn kind_slot(kind: SourceKind) -> usize {
-    match kind {
-        SourceKind::Pattern => 1,
-        SourceKind::ShardChannel => 2,
-        SourceKind::Channel | SourceKind::Queue | SourceKind::Stream => 0,
-    }
-}
-
 impl Pipeline for ListenPipeline {
     type Cmd = ListenTag;
+    const LOSSES_ARE_EVENTS: bool = true;
 
     fn fetch_connections(&self) -> usize {
         self.lanes.len()
@@ -349,19 +338,21 @@ impl Pipeline for ListenPipeline {
 
     fn on_ready(&mut self, io: &mut Io<ListenTag>, conn: usize, _now: Instant) {
         if let Some(lane) = io.fetch_of(conn) {
-            self.lanes[lane.index()].paused = false;
+            let l = &mut self.lanes[lane.index()];
+            l.paused = false;
+            l.alive_at = None;
+            l.resumed_at = None;
             self.subscribe(io, conn, lane.index(), None);
         }
     }
 
-    fn fill(&mut self, io: &mut Io<ListenTag>, _now: Instant) {
-        if self.dropped_unreported > 0 {
-            let count = std::mem::take(&mut self.dropped_unreported);
-            tracing::warn!(
-                shard = io.shard(),
-                "dropped {count} pub/sub message(s): the handlers are behind and the staging area is full (Overflow::DropOldest)"
-            );
-            io.event(Event::Dropped { count });
+    fn fill(&mut self, io: &mut Io<ListenTag>, now: Instant) {
+        self.tend(io, now);
+    }
+
+    fn on_timer(&mut self, io: &mut Io<ListenTag>, id: u32, now: Instant) {
+        if id == watch::TIMER_WATCH {
+            self.on_watch_timer(io, now);
         }
     }
 
@@ -374,6 +365,10 @@ impl Pipeline for ListenPipeline {
         _out: &mut Vec<Message<'f>>,
         _now: Instant,
     ) -> Result<u64, Failure> {
+        if let ListenTag::Alive { lane, conn, client } = cmd {
+            self.on_alive(io, lane as usize, conn as usize, client, frame)?;
+            return Ok(0);
+        }
         let lane = Self::lane_of(io, conn)?;
         match cmd {
             ListenTag::Subscribe { sub } => {
@@ -434,6 +429,7 @@ impl Pipeline for ListenPipeline {
                 }
                 Ok(0)
             }
+            ListenTag::Alive { .. } => Ok(0),
         }
     }
 
@@ -455,10 +451,23 @@ impl Pipeline for ListenPipeline {
                     // The confirmation answers that subscription's command.
                     io.conn_mut(conn).push_answered();
                     self.subs[s].state = State::On;
+                    // The gap ends when the last of its lane's subscriptions is in force
+                    // again: reported now, not when the round's barrier PING is read
+                    // (which may wait behind messages while reading is paused).
+                    let lane = self.subs[s].lane;
+                    if self.lanes[lane].gap.is_some()
+                        && self.lanes[lane]
+                            .subs
+                            .iter()
+                            .all(|&x| self.subs[x].state == State::On)
+                    {
+                        self.close_gap(io, lane, true);
+                    }
                 } else if !io.stopping() {
                     // Nobody asked: subscribe again, and report the gap once restored.
                     let lane = self.subs[s].lane;
                     tracing::warn!(
+                        target: crate::handler::EVENT_TARGET,
                         conn = %io.conn(conn).name(),
                         "{} ended {} without being asked; subscribing again",
                         io.conn(conn).peer(),
@@ -556,7 +565,8 @@ impl Pipeline for ListenPipeline {
         if io.stopping() || was_on.is_empty() && self.lanes[lane].gap.is_none() {
             return;
         }
-        let cause = if paused {
+        let since = self.lost_since(io, lane, paused);
+        let cause = if paused || self.lanes[lane].resumed_recently() {
             GapCause::OutputBufferLimit(format!(
                 "{why}; ringq had stopped reading because the handlers were behind, so the \
                  server most likely dropped the subscriber at its client-output-buffer-limit \
@@ -566,11 +576,8 @@ impl Pipeline for ListenPipeline {
         } else {
             GapCause::ConnectionLost(why)
         };
-        if let GapCause::OutputBufferLimit(text) = &cause {
-            tracing::warn!(conn = %io.conn(conn).name(), "{text}");
-        }
         let gap = self.lanes[lane].gap.get_or_insert_with(|| Gap {
-            since: SystemTime::now(),
+            since,
             cause,
             subs: Vec::new(),
         });
@@ -585,7 +592,7 @@ impl Pipeline for ListenPipeline {
         for lane in 0..self.lanes.len() {
             self.close_gap(io, lane, false);
         }
-        self.fill(io, Instant::now());
+        self.report_drops(io, Instant::now());
         Drain::Drained
     }
 }

@@ -170,3 +170,12 @@ mod tests {
         );
     }
 }
+
+/// Which of the name maps holds subscriptions of `kind`.
+pub(super) fn kind_slot(kind: SourceKind) -> usize {
+    match kind {
+        SourceKind::Pattern => 1,
+        SourceKind::ShardChannel => 2,
+        SourceKind::Channel | SourceKind::Queue | SourceKind::Stream => 0,
+    }
+}

@@ -447,6 +447,7 @@ impl<D: Dialect> PopPipeline<D> {
         let c = io.conn(conn).name().to_owned();
         if pops > 0 && !leased {
             tracing::warn!(
+                target: crate::handler::EVENT_TARGET,
                 shard = io.shard(), conn = %c,
                 "{pops} pop(s) unanswered: up to {asked} messages they may have taken are lost"
             );
