@@ -377,6 +377,20 @@ fn write_base64(out: &mut Vec<u8>, data: &[u8]) {
     out.truncate(start + written);
 }
 
+/// `HH:MM:SS.mmm` (UTC) of a wall-clock time, for stderr lines.
+fn clock(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let (s, ms) = (ms / 1000, ms % 1000);
+    format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,18 +512,4 @@ mod tests {
         assert!(s.closed && s.error.is_none() && s.lines == 0, "{s:?}");
         assert!(stop.request(), "EPIPE must have asked for a stop already");
     }
-}
-
-/// `HH:MM:SS.mmm` (UTC) of a wall-clock time, for stderr lines.
-fn clock(t: std::time::SystemTime) -> String {
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let (s, ms) = (ms / 1000, ms % 1000);
-    format!(
-        "{:02}:{:02}:{:02}.{ms:03}",
-        (s / 3600) % 24,
-        (s / 60) % 60,
-        s % 60
-    )
 }

@@ -102,6 +102,15 @@ pub(super) fn parse(frame: &Bytes) -> Result<Push, Failure> {
     }))
 }
 
+/// Which of the name maps holds subscriptions of `kind`.
+pub(super) fn kind_slot(kind: SourceKind) -> usize {
+    match kind {
+        SourceKind::Pattern => 1,
+        SourceKind::ShardChannel => 2,
+        SourceKind::Channel | SourceKind::Queue | SourceKind::Stream => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,14 +177,5 @@ mod tests {
             parse(&f).is_err(),
             "a message without a payload is malformed"
         );
-    }
-}
-
-/// Which of the name maps holds subscriptions of `kind`.
-pub(super) fn kind_slot(kind: SourceKind) -> usize {
-    match kind {
-        SourceKind::Pattern => 1,
-        SourceKind::ShardChannel => 2,
-        SourceKind::Channel | SourceKind::Queue | SourceKind::Stream => 0,
     }
 }
