@@ -265,10 +265,12 @@ impl Handler for Printer {
                     ),
                 };
                 let why = match cause {
-                    GapCause::OutputBufferLimit(_) => format!(
-                        "{cause} Advice: raise the server's client-output-buffer-limit pubsub, \
-                         speed up the reader, or use --drop-oldest"
-                    ),
+                    GapCause::OutputBufferLimit(_) => "the server dropped the subscriber at \
+                        its client-output-buffer-limit pubsub while ringq had stopped reading \
+                        (stdout was behind). Raise the limit (CONFIG SET \
+                        client-output-buffer-limit \"pubsub 0 0 0\" removes it), read stdout \
+                        faster, or use --drop-oldest"
+                        .to_owned(),
                     _ => cause.to_string(),
                 };
                 format!(

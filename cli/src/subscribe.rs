@@ -38,12 +38,11 @@ pub fn run(a: SubscribeArgs) -> Result<(), Exit> {
     let mut builder = EngineBuilder::new(a.server.url.as_str())
         .pin_cores(!a.no_pin)
         .prefetch(a.prefetch);
-    if a.drop_oldest.is_some() {
-        // The shard must go on reading whatever stdout does: printing happens on one
-        // worker thread (one keeps the order), and what it cannot take is staged, the
-        // oldest dropped and counted.
-        builder = builder.dispatch(Dispatch::workers(1));
-    }
+    // Printing happens on one worker thread (one keeps the order), never on the shard:
+    // whatever stdout does, the shard goes on — reading and staging with --drop-oldest,
+    // and with the default (pausing the socket while stdout is behind) watching whether
+    // the server drops the paused subscriber, so a gap is told when it happens.
+    builder = builder.dispatch(Dispatch::workers(1));
     if let Some(n) = a.count {
         builder = builder.limit(n);
     }

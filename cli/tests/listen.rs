@@ -212,10 +212,13 @@ fn a_killed_subscriber_warns_of_the_gap_and_sigint_exits_0() {
     assert_eq!(done.lines(), ["before", "after"]);
     assert!(
         done.stderr
-            .contains("ringq: warning: gap: messages published to channel g were missed"),
+            .contains("ringq: warning: gap on channel g: messages published from "),
         "{}",
         done.stderr
     );
+    // One gap, one line: not the connection error, the gap and a Debug form besides.
+    assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
+    assert!(done.stderr.contains("the connection was lost"), "{}", done.stderr);
 }
 
 /// F15 through the CLI: a channel the ACL user may not read is an error (exit 1) that

@@ -58,13 +58,18 @@ impl std::fmt::Display for Subscription {
 pub enum Overflow {
     /// Stop reading the connection, so TCP pushes back on the server (default). Nothing is
     /// dropped by ringq; the server keeps the messages in the client's output buffer, and
-    /// drops the connection when it passes `client-output-buffer-limit pubsub`: then a
-    /// gap event says so and the subscriptions are restored.
+    /// drops the connection when it passes `client-output-buffer-limit pubsub`. While
+    /// reading is paused, ringq asks the server every second (on a second connection,
+    /// `CLIENT LIST ID`) whether it still holds the subscriber, so such a drop is noticed
+    /// within about a second, not when the handlers catch up: the connection is replaced,
+    /// the subscriptions restored, and a gap event names the limit.
     #[default]
     Block,
-    /// Keep reading; hold up to `n` messages beyond the credit in a staging area, dropping
-    /// the oldest when it is full. Every drop is counted (`Stats::dropped`) and reported
-    /// (`Event::Dropped`).
+    /// Keep reading whatever the handler does; hold up to `n` messages beyond the credit
+    /// in a staging area, dropping the oldest when it is full. Every drop is counted
+    /// (`Stats::dropped`) and reported (`Event::Dropped`, about once a second). Needs the
+    /// handler off the shard thread: `start` refuses it with `Dispatch::inline`
+    /// (`Dispatch::workers(1)` keeps the order).
     DropOldest(usize),
 }
 

@@ -568,8 +568,8 @@ impl Pipeline for ListenPipeline {
         let since = self.lost_since(io, lane, paused);
         let cause = if paused || self.lanes[lane].resumed_recently() {
             GapCause::OutputBufferLimit(format!(
-                "{why}; ringq had stopped reading because the handlers were behind, so the \
-                 server most likely dropped the subscriber at its client-output-buffer-limit \
+                "{why}; reading was paused because the handlers were behind, so the server \
+                 most likely dropped the subscriber at its client-output-buffer-limit \
                  pubsub: raise it (CONFIG SET client-output-buffer-limit \"pubsub 0 0 0\" \
                  removes it), add workers, or use Overflow::DropOldest"
             ))
