@@ -218,7 +218,11 @@ fn a_killed_subscriber_warns_of_the_gap_and_sigint_exits_0() {
     );
     // One gap, one line: not the connection error, the gap and a Debug form besides.
     assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
-    assert!(done.stderr.contains("the connection was lost"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("the connection was lost"),
+        "{}",
+        done.stderr
+    );
 }
 
 /// F15 through the CLI: a channel the ACL user may not read is an error (exit 1) that

@@ -5,117 +5,26 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, run, server};
+use common::{client, run, server, spawn_held, Proc};
 use ringq_tests::{wait_until, TestClient};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A `ringq subscribe` whose stdout is not read until [`Held::read`]; stderr is
-/// collected as it comes.
-struct Held {
-    child: Child,
-    out: Option<std::process::ChildStdout>,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-fn collect(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 64 * 1024];
-        while let Ok(n) = r.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            buf.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    })
-}
-
-impl Held {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringq"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringq");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![collect(child.stderr.take().unwrap(), stderr.clone())];
-        Self {
-            out: child.stdout.take(),
-            child,
-            stdout: Arc::default(),
-            stderr,
-            readers,
-        }
-    }
-
-    /// Starts reading stdout.
-    fn read(&mut self) {
-        if let Some(out) = self.out.take() {
-            self.readers.push(collect(out, self.stdout.clone()));
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// SIGINT, then waits for the exit; returns the exit code.
-    fn interrupt(mut self) -> (Option<i32>, Vec<String>, String) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let mut code = None;
-        assert!(
-            wait_until(WAIT, || {
-                code = self.child.try_wait().unwrap().map(|s| s.code());
-                code.is_some()
-            }),
-            "ringq subscribe did not exit after SIGINT"
-        );
-        for r in self.readers.drain(..) {
-            r.join().unwrap();
-        }
-        (code.flatten(), self.lines(), self.stderr())
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn pubsub_clients(c: &mut TestClient) -> usize {
-    let list = c.cmd(["CLIENT", "LIST", "TYPE", "pubsub"]).unwrap();
-    let text = list.as_bytes().map(|b| b.to_vec()).unwrap_or_default();
-    String::from_utf8_lossy(&text).lines().count()
+    let clients = c.client_list().unwrap();
+    clients.iter().filter(|i| i.is_subscriber()).count()
 }
 
 /// Waits until `lines` stops growing for a second.
-fn settled(h: &Held) {
+fn settled(h: &Proc) {
     let mut last = usize::MAX;
     let mut since = Instant::now();
     assert!(wait_until(Duration::from_secs(120), || {
-        let n = h.lines().len();
+        let n = h.stdout_text_lines().len();
         if n != last {
             last = n;
             since = Instant::now();
@@ -137,7 +46,7 @@ fn drop_oldest_into_an_unread_pipe_keeps_reading_and_accounts_for_every_message(
     ])
     .unwrap();
     let url = s.url();
-    let mut sub = Held::spawn(&[
+    let mut sub = spawn_held(&[
         "subscribe",
         "--url",
         &url,
@@ -162,10 +71,12 @@ fn drop_oldest_into_an_unread_pipe_keeps_reading_and_accounts_for_every_message(
     // Nobody reads stdout for 5 s.
     std::thread::sleep(Duration::from_secs(5).saturating_sub(started.elapsed()));
     assert_eq!(pubsub_clients(&mut c), 1, "the server kept the subscriber");
-    sub.read();
+    sub.read_stdout();
     settled(&sub);
-    let (code, lines, stderr) = sub.interrupt();
-    assert_eq!(code, Some(0), "{stderr}");
+    sub.signal(libc::SIGINT);
+    let done = sub.finish();
+    done.assert_success();
+    let (lines, stderr) = (done.lines(), done.stderr.clone());
     let drops: Vec<&str> = stderr.lines().filter(|l| l.contains("dropped")).collect();
     let total: u64 = drops
         .last()
@@ -201,7 +112,7 @@ fn a_blocked_subscriber_dropped_by_the_server_says_so_in_one_line_while_stdout_i
     ])
     .unwrap();
     let url = s.url();
-    let mut sub = Held::spawn(&["subscribe", "--url", &url, "--channel", "stuck"]);
+    let mut sub = spawn_held(&["subscribe", "--url", &url, "--channel", "stuck"]);
     assert!(wait_until(WAIT, || pubsub_clients(&mut c) == 1));
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
@@ -220,7 +131,7 @@ fn a_blocked_subscriber_dropped_by_the_server_says_so_in_one_line_while_stdout_i
     };
     let closed = wait_until(WAIT, || pubsub_clients(&mut c) == 0);
     let gone_at = Instant::now();
-    let told = closed && wait_until(WAIT, || sub.stderr().contains("gap on"));
+    let told = closed && wait_until(WAIT, || sub.stderr_text().contains("gap on"));
     let told_after = gone_at.elapsed();
     stop.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
@@ -228,13 +139,13 @@ fn a_blocked_subscriber_dropped_by_the_server_says_so_in_one_line_while_stdout_i
     assert!(
         told,
         "no gap said while stdout was stuck:\n{}",
-        sub.stderr()
+        sub.stderr_text()
     );
     assert!(
         told_after < Duration::from_secs(5),
         "the gap was said {told_after:?} after the server's close"
     );
-    let stderr = sub.stderr();
+    let stderr = sub.stderr_text();
     let gap_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("gap")).collect();
     assert!(
         gap_lines
@@ -247,14 +158,14 @@ fn a_blocked_subscriber_dropped_by_the_server_says_so_in_one_line_while_stdout_i
         "no Debug form:\n{stderr}"
     );
     // The reader goes on: a later message arrives.
-    sub.read();
+    sub.read_stdout();
     assert!(
         wait_until(WAIT, || {
             let _ = c.publish("stuck", "after");
-            sub.lines().iter().any(|l| l == "after")
+            sub.stdout_text_lines().iter().any(|l| l == "after")
         }),
         "nothing printed after stdout was read again"
     );
-    let (code, _, stderr) = sub.interrupt();
-    assert_eq!(code, Some(0), "{stderr}");
+    sub.signal(libc::SIGINT);
+    sub.finish().assert_success();
 }

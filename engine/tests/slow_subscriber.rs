@@ -24,9 +24,8 @@ fn redis_and_valkey() -> Vec<(&'static str, RedisServer)> {
 }
 
 fn pubsub_clients(c: &mut TestClient) -> usize {
-    let list = c.cmd(["CLIENT", "LIST", "TYPE", "pubsub"]).unwrap();
-    let text = list.as_bytes().map(|b| b.to_vec()).unwrap_or_default();
-    String::from_utf8_lossy(&text).lines().count()
+    let clients = c.client_list().unwrap();
+    clients.iter().filter(|i| i.is_subscriber()).count()
 }
 
 fn wait_subscribed(c: &mut TestClient) {

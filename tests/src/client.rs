@@ -79,6 +79,11 @@ impl ClientInfo {
     pub fn is_blocked(&self) -> bool {
         self.flags.contains('b')
     }
+
+    /// Whether the client is a pub/sub subscriber (`P` in its flags).
+    pub fn is_subscriber(&self) -> bool {
+        self.flags.contains('P')
+    }
 }
 
 /// A blocking RESP2 client for test set-up and assertions.

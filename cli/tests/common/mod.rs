@@ -28,6 +28,8 @@ pub struct Proc {
     pub out: Arc<Mutex<Vec<u8>>>,
     pub err: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
+    /// Stdout not read yet ([`spawn_held`]).
+    held: Option<std::process::ChildStdout>,
 }
 
 pub struct Done {
@@ -70,6 +72,26 @@ impl Done {
 }
 
 pub fn spawn(args: &[&str]) -> Proc {
+    let mut p = spawn_held(args);
+    p.read_stdout();
+    p
+}
+
+fn collect(mut r: Box<dyn Read + Send>, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 64 * 1024];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    })
+}
+
+/// A running `ringq` whose stdout nobody reads until [`Proc::read_stdout`] (a pipe that
+/// fills: a slow consumer); stderr is collected as it arrives.
+pub fn spawn_held(args: &[&str]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringq"))
         .args(args)
         .stdin(Stdio::null())
@@ -79,22 +101,9 @@ pub fn spawn(args: &[&str]) -> Proc {
         .expect("spawn ringq");
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
-    let collect = |mut r: Box<dyn Read + Send>, buf: Arc<Mutex<Vec<u8>>>| {
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 64 * 1024];
-            while let Ok(n) = r.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        })
-    };
-    let readers = vec![
-        collect(Box::new(child.stdout.take().unwrap()), out.clone()),
-        collect(Box::new(child.stderr.take().unwrap()), err.clone()),
-    ];
+    let readers = vec![collect(Box::new(child.stderr.take().unwrap()), err.clone())];
     Proc {
+        held: child.stdout.take(),
         child,
         out,
         err,
@@ -103,6 +112,26 @@ pub fn spawn(args: &[&str]) -> Proc {
 }
 
 impl Proc {
+    /// Starts collecting stdout (at once for [`spawn`]).
+    pub fn read_stdout(&mut self) {
+        if let Some(out) = self.held.take() {
+            self.readers.push(collect(Box::new(out), self.out.clone()));
+        }
+    }
+
+    /// Stdout so far, as lines.
+    pub fn stdout_text_lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.out.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Stderr so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned()
+    }
+
     pub fn stdout_lines(&self) -> usize {
         self.out
             .lock()
@@ -121,6 +150,8 @@ impl Proc {
     }
 
     pub fn finish(mut self) -> Done {
+        // A stdout nobody will read would hold the child in a write forever.
+        self.held.take();
         let mut status = None;
         let exited = wait_until(RUN_TIMEOUT, || {
             status = self.child.try_wait().expect("try_wait");

@@ -80,6 +80,23 @@ impl<C: Copy + Debug> Io<C> {
         self.conns.iter().any(|c| c.any_cmd(pred))
     }
 
+    /// The reply `frame` that came on connection `id`, decoded into a [`Frame`] (for the
+    /// few replies read whole: Control's, probes).
+    ///
+    /// # Errors
+    /// A fatal protocol failure naming the server, when the bytes are not RESP.
+    ///
+    /// [`Frame`]: ringq_resp::Frame
+    pub(crate) fn decode(
+        &self,
+        id: usize,
+        frame: &bytes::Bytes,
+    ) -> Result<ringq_resp::Frame, Failure> {
+        ringq_resp::Decoder::new()
+            .build(frame)
+            .map_err(|e| Failure::Fatal(crate::Error::protocol(&self.conns[id].peer(), e)))
+    }
+
     /// Prefetch credit, one account per fetch connection plus a shared pool.
     pub(crate) fn credits(&mut self) -> &mut Credits {
         &mut self.credits

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use ringq_resp::{CommandWriter, Decoder, Frame};
+use ringq_resp::{CommandWriter, Frame};
 
 use super::{ListenPipeline, ListenTag};
 use crate::conn::{Failure, Tag};
@@ -156,10 +156,7 @@ impl ListenPipeline {
         client: i64,
         frame: &Bytes,
     ) -> Result<(), Failure> {
-        let peer = io.conn(conn).peer();
-        let f = Decoder::new()
-            .build(frame)
-            .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
+        let f = io.decode(conn, frame)?;
         if f.is_error() {
             self.watch_usable = false;
             tracing::warn!(

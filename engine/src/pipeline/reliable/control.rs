@@ -6,12 +6,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
+use ringq_resp::{CommandWriter, Frame, ServerError, ServerErrorKind};
 
 use super::settle::Batch;
 use super::{scripts, Mode, RelTag, ReliablePipeline};
 use crate::conn::{classify, Conn, Failure, Tag};
-use crate::error::Error;
 use crate::frames;
 use crate::handler::Event;
 use crate::pipeline::alo::{ms, now_ms, Recovery, Stage};
@@ -102,10 +101,7 @@ impl ReliablePipeline {
         cmd: RelTag,
         frame: &Bytes,
     ) -> Result<(), Failure> {
-        let peer = io.conn(conn).peer();
-        let f = Decoder::new()
-            .build(frame)
-            .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
+        let f = io.decode(conn, frame)?;
         if let Frame::SimpleError(m) | Frame::BulkError(m) = &f {
             let e = ServerError::parse(m.clone());
             if cmd == RelTag::Policy {

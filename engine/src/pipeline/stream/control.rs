@@ -5,12 +5,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringq_resp::{CommandWriter, Decoder, Frame, ServerError, ServerErrorKind};
+use ringq_resp::{CommandWriter, Frame, ServerError, ServerErrorKind};
 
 use super::{reply, scripts, Sent, StreamPipeline, StreamTag, MAX_IDS};
 use crate::conn::{Conn, Failure, Tag};
 use crate::credit::Grant;
-use crate::error::Error;
 use crate::frames;
 use crate::handler::Message;
 use crate::pipeline::alo::{now_ms, Recovery, Stage};
@@ -402,10 +401,7 @@ impl StreamPipeline {
         cmd: StreamTag,
         frame: &Bytes,
     ) -> Result<(), Failure> {
-        let peer = io.conn(conn).peer();
-        let f = Decoder::new()
-            .build(frame)
-            .map_err(|e| Failure::Fatal(Error::protocol(&peer, e)))?;
+        let f = io.decode(conn, frame)?;
         if let Frame::SimpleError(m) | Frame::BulkError(m) = &f {
             let e = ServerError::parse(m.clone());
             match cmd {
