@@ -194,9 +194,9 @@ pub struct Cli {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// Server URL (redis://[user:pass@]host[:port][/db] or unix:///path); without it, a
-    /// private redis-server is started and stopped.
-    #[arg(long)]
+    /// Server URL (redis://[user:pass@]host[:port][/db] or unix:///path; default
+    /// $RINGQ_URL); without either, a private redis-server is started and stopped.
+    #[arg(long, env = "RINGQ_URL", hide_env_values = true)]
     pub url: Option<String>,
 
     /// Messages: drained (drain, reliable, stream) or published in the burst (pubsub).

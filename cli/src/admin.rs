@@ -90,7 +90,7 @@ struct ConsumerRow {
 /// # Errors
 /// A bad URL (status 2); a connection or command failure (status 1).
 pub fn stats(a: StatsArgs) -> Result<(), Exit> {
-    let mut c = Conn::open(&a.server.url)?;
+    let mut c = Conn::open(&a.server)?;
     if a.mode == AdminMode::Stream {
         return crate::stream_admin::stats(&mut c, &a.queues, a.format);
     }
@@ -194,7 +194,7 @@ pub fn stats(a: StatsArgs) -> Result<(), Exit> {
 /// # Errors
 /// A bad URL (status 2); a connection or command failure (status 1).
 pub fn dead(a: DeadArgs) -> Result<(), Exit> {
-    let mut c = Conn::open(&a.server.url)?;
+    let mut c = Conn::open(&a.server)?;
     if a.mode == AdminMode::Stream {
         return crate::stream_admin::dead(&mut c, &a.queue, a.action);
     }

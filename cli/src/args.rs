@@ -74,12 +74,41 @@ pub enum Command {
 }
 
 /// Where the server is.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct ServerArgs {
-    /// Server URL: redis://[user[:password]@]host[:port][/db] or unix:///path[?db=N].
-    /// Percent-encode special characters in the credentials.
-    #[arg(long, value_name = "URL", default_value = DEFAULT_URL)]
+    /// Server URL: redis://[user[:password]@]host[:port][/db] or unix:///path[?db=N]
+    /// (default: $RINGQ_URL, else redis://127.0.0.1:6379). Percent-encode special
+    /// characters in the credentials. A password in a URL on the command line is visible
+    /// to `ps` and kept in shell history: prefer --password-file, $RINGQ_PASSWORD, or the
+    /// URL in $RINGQ_URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RINGQ_URL",
+        hide_env_values = true,
+        default_value = DEFAULT_URL
+    )]
     pub url: String,
+
+    /// Read the password from FILE (its first line; a trailing newline is not part of
+    /// it) instead of the URL. $RINGQ_PASSWORD does the same from the environment; the
+    /// file wins over it, and both win over a password in the URL.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for ServerArgs {
+    /// Never shows the password the URL may carry.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerArgs")
+            .field(
+                "url",
+                &ringq::ConnectionInfo::parse(&self.url)
+                    .map_or_else(|_| "<invalid>".to_owned(), |i| format!("{i}")),
+            )
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Args)]

@@ -166,9 +166,10 @@ impl Conn {
     /// Connects and runs the URL's handshake.
     ///
     /// # Errors
-    /// A bad URL (status 2), or a connection, AUTH or SELECT failure (status 1).
-    pub fn open(url: &str) -> Result<Self, Exit> {
-        let info = ConnectionInfo::parse(url).map_err(Exit::engine)?;
+    /// A bad URL or password file (status 2), or a connection, AUTH or SELECT failure
+    /// (status 1).
+    pub fn open(server: &crate::args::ServerArgs) -> Result<Self, Exit> {
+        let info = server.info()?;
         let mut c = Self::connect(&info)?;
         c.handshake(&info)?;
         Ok(c)

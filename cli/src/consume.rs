@@ -55,7 +55,7 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
     }
     // Parsed here as well as by the engine so a bad URL is a usage error with the
     // engine's (password-redacting) message, before any thread starts.
-    ConnectionInfo::parse(&a.server.url).map_err(Exit::engine)?;
+    a.server.info()?;
     // Every connection that owns queues needs credit to wait on them; the engine would
     // refuse this too, but only the command line knows the flags' names.
     let lanes = (u64::from(a.shards) * u64::from(a.connections)).min(a.queues.len() as u64);
@@ -120,7 +120,9 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         (Some(n), false) => Dispatch::workers(usize::from(n)),
         (Some(n), true) => Dispatch::orderly(usize::from(n)),
     };
-    let mut builder = EngineBuilder::new(a.server.url.as_str())
+    let mut builder = a
+        .server
+        .builder()?
         .shards(usize::from(a.shards))
         .connections_per_shard(usize::from(a.connections))
         .pin_cores(!a.no_pin)

@@ -43,6 +43,7 @@ mod exit;
 mod log;
 mod output;
 mod produce;
+mod server;
 mod stop;
 mod stream_admin;
 mod subscribe;

@@ -31,7 +31,7 @@ const PROGRESS_PERIOD: Duration = Duration::from_millis(200);
 /// A bad URL (status 2); a connection, AUTH, SELECT or LPUSH failure (status 1).
 pub fn run(a: ProduceArgs) -> Result<(), Exit> {
     let done = pump(&Pump {
-        url: &a.server.url,
+        server: &a.server,
         command: if a.stream { "XADD" } else { "LPUSH" },
         key: &a.queue,
         tag: a.tag.as_deref(),
@@ -55,7 +55,7 @@ pub fn run(a: ProduceArgs) -> Result<(), Exit> {
 /// A bad URL (status 2); a connection, AUTH, SELECT or PUBLISH failure (status 1).
 pub fn publish(a: PublishArgs) -> Result<(), Exit> {
     let done = pump(&Pump {
-        url: &a.server.url,
+        server: &a.server,
         command: if a.shard { "SPUBLISH" } else { "PUBLISH" },
         key: &a.channel,
         tag: None,
@@ -78,7 +78,7 @@ pub fn publish(a: PublishArgs) -> Result<(), Exit> {
 
 /// One pipelined run: `messages` commands `command key payload`.
 struct Pump<'a> {
-    url: &'a str,
+    server: &'a crate::args::ServerArgs,
     command: &'static str,
     key: &'a str,
     /// XADD only: a `tag` field.
@@ -97,7 +97,7 @@ struct Pumped {
 }
 
 fn pump(p: &Pump<'_>) -> Result<Pumped, Exit> {
-    let info = ConnectionInfo::parse(p.url).map_err(Exit::engine)?;
+    let info = p.server.info()?;
     let mut conn = Conn::connect(&info)?;
     conn.handshake(&info)?;
 

@@ -19,7 +19,7 @@ use crate::output::Lines;
 /// A bad URL (status 2); whatever stopped the engine (status 1): a refused subscription,
 /// a server unreachable at start, a failed write to stdout.
 pub fn run(a: SubscribeArgs) -> Result<(), Exit> {
-    ConnectionInfo::parse(&a.server.url).map_err(Exit::engine)?;
+    a.server.info()?;
     let mut consumer = ListenConsumer::new();
     for c in &a.channel {
         consumer = consumer.channel(c.clone());
@@ -35,7 +35,9 @@ pub fn run(a: SubscribeArgs) -> Result<(), Exit> {
             usize::try_from(n).unwrap_or(usize::MAX),
         ));
     }
-    let mut builder = EngineBuilder::new(a.server.url.as_str())
+    let mut builder = a
+        .server
+        .builder()?
         .pin_cores(!a.no_pin)
         .prefetch(a.prefetch);
     // Printing happens on one worker thread (one keeps the order), never on the shard:

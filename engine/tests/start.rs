@@ -111,3 +111,31 @@ fn stream_reads_honour_the_engines_reply_timeout() {
     );
     assert_eq!(stats.messages, N);
 }
+
+/// The password can come apart from the URL (`EngineBuilder::password`), and a refused
+/// one is never shown in the error.
+#[test]
+fn a_password_given_apart_from_the_url_authenticates_and_is_never_shown() {
+    let server = RedisServer::builder()
+        .requirepass("apart-pw-5521")
+        .start()
+        .unwrap();
+    let mut c = server.client().unwrap();
+    c.rpush_many("pw", ["a", "b"]).unwrap();
+    let running = EngineBuilder::new(server.url_without_auth())
+        .password("apart-pw-5521")
+        .limit(2)
+        .start(PopConsumer::new(["pw"]), ack)
+        .unwrap();
+    assert_eq!(running.wait().unwrap().messages, 2);
+    let err = match EngineBuilder::new(server.url_without_auth())
+        .password("wrong-pw-8812")
+        .start_attempts(1)
+        .start(PopConsumer::new(["pw"]), ack)
+    {
+        Ok(r) => r.wait().expect_err("a wrong password stops the engine"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(!err.to_string().contains("wrong-pw-8812"), "{err}");
+}

@@ -63,7 +63,7 @@ where
     P: Pipeline,
     H: Handler + Clone,
 {
-    let info = ConnectionInfo::parse(&builder.url)?;
+    let info = builder.connection_info()?;
     let backend = builder.choose_backend()?;
     let nshards = launch.fetch_per_shard.len();
     let shared = signals(nshards)?;

@@ -21,6 +21,7 @@ use crate::pipeline::stream::StreamConsumer;
 use crate::pipeline::{Start, Timing};
 use crate::resolve::{system_resolver, ResolveFn};
 use crate::ring::RingConfig;
+use crate::url::ConnectionInfo;
 
 pub(crate) mod launch;
 mod running;
@@ -96,6 +97,9 @@ impl From<ListenConsumer> for Consumer {
 /// ```
 pub struct EngineBuilder {
     url: String,
+    /// Credentials given apart from the URL (they win over the URL's).
+    username: Option<String>,
+    password: Option<String>,
     shards: usize,
     connections_per_shard: usize,
     pin_cores: bool,
@@ -126,6 +130,8 @@ impl EngineBuilder {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            username: None,
+            password: None,
             shards: 1,
             connections_per_shard: 1,
             pin_cores: true,
@@ -154,6 +160,32 @@ impl EngineBuilder {
             reply_grace: Duration::from_secs(2),
             reply_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// The password to authenticate with, instead of one in the URL: a URL is easily
+    /// shown (`ps`, shell history, a config dump), so keep the password apart, read from a
+    /// file or a secret store. Never logged or shown in an error.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The ACL user name, instead of the URL's (`None` there means `default`).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The URL parsed, with the credentials given apart from it.
+    pub(crate) fn connection_info(&self) -> Result<ConnectionInfo, Error> {
+        let mut info = ConnectionInfo::parse(&self.url)?;
+        if let Some(u) = &self.username {
+            info.username = Some(u.clone());
+        }
+        if let Some(p) = &self.password {
+            info.password = Some(p.clone());
+        }
+        Ok(info)
     }
 
     /// Hands exactly `n` messages to the handler, then stops the engine
