@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringq::{
-    ConnectionInfo, Consumer, Dispatch, EngineBuilder, PopConsumer, PopStrategy, ReliableConsumer,
-    StartAt, StreamConsumer, StreamKey,
+    Consumer, Dispatch, EngineBuilder, PopConsumer, PopStrategy, ReliableConsumer, StartAt,
+    StreamConsumer, StreamKey,
 };
 
 use crate::args::{ConsumeArgs, Mode, Strategy};

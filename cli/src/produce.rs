@@ -11,7 +11,6 @@
 use std::io::{self, IsTerminal};
 use std::time::{Duration, Instant};
 
-use ringq::ConnectionInfo;
 use ringq_resp::{encode_command, Frame};
 
 use crate::args::{ProduceArgs, PublishArgs};

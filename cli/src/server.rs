@@ -16,13 +16,14 @@ impl ServerArgs {
     /// A file that cannot be read (status 2), naming the file, never its contents.
     pub fn password(&self) -> Result<Option<String>, Exit> {
         if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Exit::usage(format!("--password-file {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Exit::usage(format!("--password-file {}: {e}", path.display())))?;
             let first = text.lines().next().unwrap_or("");
             return Ok(Some(first.to_owned()));
         }
-        Ok(std::env::var("RINGQ_PASSWORD").ok().filter(|p| !p.is_empty()))
+        Ok(std::env::var("RINGQ_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()))
     }
 
     /// The server's address and credentials: the URL parsed, with the password given

@@ -6,7 +6,7 @@
 //! [`Printer`](crate::output::Printer)'s event callback). `--count N` exits after N
 //! messages; SIGINT/SIGTERM exit 0 after printing what was received.
 
-use ringq::{ConnectionInfo, Dispatch, EngineBuilder, ListenConsumer, Overflow};
+use ringq::{Dispatch, ListenConsumer, Overflow};
 
 use crate::args::SubscribeArgs;
 use crate::consume::print_until_stopped;

@@ -54,19 +54,33 @@ fn ringq_url_and_a_password_file_work_for_every_command() {
     for args in [
         &["produce", "--queue", "q", "--messages", "20"][..],
         &["consume", "--queue", "q", "--count", "10"][..],
-        &["consume", "--queue", "q", "--count", "10", "--mode", "reliable", "--consumer-id", "c1"][..],
+        &[
+            "consume",
+            "--queue",
+            "q",
+            "--count",
+            "10",
+            "--mode",
+            "reliable",
+            "--consumer-id",
+            "c1",
+        ][..],
         &["stats", "--queue", "q"][..],
         &["dead", "--queue", "q", "list"][..],
         &["publish", "--channel", "ch", "--messages", "5"][..],
     ] {
+        // Right after the command (`dead … list` takes options of its own after `list`).
         let mut a: Vec<&str> = args.to_vec();
-        a.extend(["--password-file", pf]);
+        a.splice(1..1, ["--password-file", pf]);
         let stderr = ok(&ringq(&a, &env));
         assert!(!stderr.contains(PASSWORD), "{args:?}: {stderr}");
-        assert!(!stderr.contains("visible to other users"), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("visible to other users"),
+            "{args:?}: {stderr}"
+        );
     }
     // Subscribe too: RINGQ_PASSWORD this time, until --count.
-    let mut sub = Command::new(env!("CARGO_BIN_EXE_ringq"))
+    let sub = Command::new(env!("CARGO_BIN_EXE_ringq"))
         .args(["subscribe", "--channel", "ch2", "--count", "1"])
         .env("RINGQ_URL", &url)
         .env("RINGQ_PASSWORD", PASSWORD)
@@ -88,12 +102,23 @@ fn a_password_in_url_on_the_command_line_warns_once_and_in_ringq_url_does_not() 
     let s = server();
     let with_pw = s.url_as(None, PASSWORD);
     let stderr = ok(&ringq(
-        &["produce", "--url", &with_pw, "--queue", "w", "--messages", "3"],
+        &[
+            "produce",
+            "--url",
+            &with_pw,
+            "--queue",
+            "w",
+            "--messages",
+            "3",
+        ],
         &[],
     ));
     let warnings = stderr.matches("visible to other users").count();
     assert_eq!(warnings, 1, "{stderr}");
-    assert!(stderr.contains("--password-file"), "says what to do: {stderr}");
+    assert!(
+        stderr.contains("--password-file"),
+        "says what to do: {stderr}"
+    );
     assert!(!stderr.contains(PASSWORD), "{stderr}");
     // The same URL from the environment: nothing to warn about.
     let stderr = ok(&ringq(
@@ -109,18 +134,48 @@ fn a_wrong_password_fails_without_echoing_it() {
     let url = s.url_without_auth();
     let wrong = "not-the-pw-99";
     for args in [
-        &["produce", "--url", url.as_str(), "--queue", "q", "--messages", "1"][..],
-        &["consume", "--url", url.as_str(), "--queue", "q", "--count", "1"][..],
+        &[
+            "produce",
+            "--url",
+            url.as_str(),
+            "--queue",
+            "q",
+            "--messages",
+            "1",
+        ][..],
+        &[
+            "consume",
+            "--url",
+            url.as_str(),
+            "--queue",
+            "q",
+            "--count",
+            "1",
+        ][..],
     ] {
         let o = ringq(args, &[("RINGQ_PASSWORD", wrong)]);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(!stderr.contains(wrong), "{args:?} echoed the password: {stderr}");
-        assert!(stderr.to_lowercase().contains("auth") || stderr.contains("WRONGPASS"), "{stderr}");
+        assert!(
+            !stderr.contains(wrong),
+            "{args:?} echoed the password: {stderr}"
+        );
+        assert!(
+            stderr.to_lowercase().contains("auth") || stderr.contains("WRONGPASS"),
+            "{stderr}"
+        );
     }
     // A password file that does not exist is a usage error naming the file.
     let o = ringq(
-        &["stats", "--url", &url, "--queue", "q", "--password-file", "/nonexistent/pw"],
+        &[
+            "stats",
+            "--url",
+            &url,
+            "--queue",
+            "q",
+            "--password-file",
+            "/nonexistent/pw",
+        ],
         &[],
     );
     assert_eq!(o.status.code(), Some(2));
