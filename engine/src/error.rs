@@ -21,6 +21,9 @@ pub enum ErrorKind {
     ConnectionLost,
     /// The server rejected our credentials, or requires some.
     Auth,
+    /// TLS failed: an untrusted or mismatched certificate, a refused client certificate,
+    /// TLS against a plaintext port or the reverse.
+    Tls,
     /// The server sent bytes that are not valid RESP, or broke a decoder limit.
     Protocol,
     /// The server answered a command with an error the engine cannot recover from.

@@ -29,7 +29,7 @@
 //! - `handler`: [`Message`], [`Outcome`], [`Event`], [`Handler`].
 //! - `dispatch`: [`Dispatch`] — inline, or worker threads fed by SPSC rings, orderly or not.
 //! - `engine`: [`EngineBuilder`], [`Consumer`], [`Running`], [`ShutdownHandle`].
-//! - `stats`, `url`, `error`: [`Stats`], [`ConnectionInfo`], [`Error`].
+//! - `stats`, `url`, `tls`, `error`: [`Stats`], [`ConnectionInfo`], [`Tls`], [`Error`].
 //!
 //! # Example
 //! ```no_run
@@ -78,6 +78,7 @@ mod ring;
 mod shard;
 mod stats;
 mod timer;
+mod tls;
 mod url;
 mod wake;
 
@@ -95,7 +96,10 @@ pub use pipeline::pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 pub use pipeline::reliable::ReliableConsumer;
 pub use pipeline::stream::{StartAt, StreamConsumer, StreamKey};
 pub use ring::{probe, RingFeatures};
+/// The rustls version ringq links, for building a [`Tls::config`] of your own.
+pub use rustls;
 pub use stats::Stats;
+pub use tls::Tls;
 pub use url::{Address, ConnectionInfo};
 
 /// The README's code examples, compiled as doctests so they cannot drift from the API.

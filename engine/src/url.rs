@@ -1,5 +1,6 @@
-//! Server addresses: `redis://[user[:password]@]host[:port][/db]` and
-//! `unix:///path/to/socket[?db=N]`, with percent-decoding of the credentials.
+//! Server addresses: `redis://[user[:password]@]host[:port][/db]`, the same with
+//! `rediss://` for TLS, and `unix:///path/to/socket[?db=N]`, with percent-decoding of the
+//! credentials.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -32,6 +33,9 @@ pub struct ConnectionInfo {
     pub password: Option<String>,
     /// Logical database selected after the handshake.
     pub db: u32,
+    /// `rediss://`: TLS, with the settings of [`crate::EngineBuilder::tls`] (the system's
+    /// roots and the host's name by default).
+    pub tls: bool,
 }
 
 impl fmt::Debug for ConnectionInfo {
@@ -41,6 +45,7 @@ impl fmt::Debug for ConnectionInfo {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -56,7 +61,7 @@ impl fmt::Display for ConnectionInfo {
 }
 
 impl ConnectionInfo {
-    /// Parses a `redis://` or `unix://` URL.
+    /// Parses a `redis://`, `rediss://` or `unix://` URL.
     ///
     /// # Errors
     /// [`crate::ErrorKind::Config`] saying what part of the URL is wrong.
@@ -76,16 +81,17 @@ impl ConnectionInfo {
                 username: None,
                 password: None,
                 db: query_db(query)?.unwrap_or(0),
+                tls: false,
             });
         }
-        if url.starts_with("rediss://") {
-            return Err(
-                "TLS (rediss://) is not supported yet; use redis:// or a local TLS proxy".into(),
-            );
-        }
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or("expected redis:// or unix://")?;
+        let (rest, tls) = match url.strip_prefix("rediss://") {
+            Some(rest) => (rest, true),
+            None => (
+                url.strip_prefix("redis://")
+                    .ok_or("expected redis://, rediss:// or unix://")?,
+                false,
+            ),
+        };
         // `redis://host:6379?db=1` (redis-py and redis-rs accept it) as well as `/1`.
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let query_db = query_db(query)?;
@@ -118,6 +124,7 @@ impl ConnectionInfo {
             username,
             password,
             db,
+            tls,
         })
     }
 
@@ -287,6 +294,25 @@ mod tests {
     }
 
     #[test]
+    fn rediss_is_tls_and_the_rest_is_the_same() {
+        let c = ConnectionInfo::parse("rediss://u:pw@example.com:6380/2").unwrap();
+        assert!(c.tls);
+        assert_eq!(
+            (c.address, c.username.as_deref(), c.db),
+            (
+                Address::Tcp {
+                    host: "example.com".into(),
+                    port: 6380
+                },
+                Some("u"),
+                2
+            )
+        );
+        assert!(!ConnectionInfo::parse("redis://h").unwrap().tls);
+        assert!(!ConnectionInfo::parse("unix:///s").unwrap().tls);
+    }
+
+    #[test]
     fn password_only_forms() {
         let c = ConnectionInfo::parse("redis://:pw@127.0.0.1").unwrap();
         assert_eq!((c.username, c.password.as_deref()), (None, Some("pw")));
@@ -326,7 +352,7 @@ mod tests {
             "redis://h:notaport",
             "redis://h:0",
             "redis://h/x",
-            "rediss://h",
+            "rediss://h:bad",
         ] {
             let e = ConnectionInfo::parse(bad).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}");

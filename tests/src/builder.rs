@@ -41,6 +41,16 @@ pub struct RedisServerBuilder {
     debug_command: bool,
     extra: Vec<OsString>,
     start_timeout: Duration,
+    tls: Option<TlsFiles>,
+}
+
+/// The files a TLS server is started with.
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    auth_clients: bool,
 }
 
 impl Default for RedisServerBuilder {
@@ -53,6 +63,7 @@ impl Default for RedisServerBuilder {
             debug_command: false,
             extra: Vec::new(),
             start_timeout: DEFAULT_START_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -111,6 +122,20 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Also listens with TLS on a second port ([`RedisServer::tls_port`]), with the
+    /// server certificate of `pki` (for `localhost` and `127.0.0.1`); clients must present
+    /// a certificate signed by its CA when `require_client_cert` is true
+    /// (`--tls-auth-clients yes`). The plaintext port stays open for the test's own client.
+    pub fn tls(mut self, pki: &crate::TestPki, require_client_cert: bool) -> Self {
+        self.tls = Some(TlsFiles {
+            cert: pki.server_cert(),
+            key: pki.server_key(),
+            ca: pki.ca_cert(),
+            auth_clients: require_client_cert,
+        });
+        self
+    }
+
     /// How long the server may take to answer PING (default 15 s).
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
@@ -137,7 +162,7 @@ impl RedisServerBuilder {
             .prefix("ringq-redis-")
             .tempdir()
             .map_err(|e| Error::io("creating a temp dir for redis-server", e))?;
-        let launcher = Launcher {
+        let mut launcher = Launcher {
             binary,
             args: self.server_args(dir.path()),
             dir: dir.path().to_owned(),
@@ -148,10 +173,14 @@ impl RedisServerBuilder {
                 .map(|(_, p)| p.clone())
                 .or(self.requirepass.clone()),
             start_timeout: self.start_timeout,
+            tls_port: None,
         };
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
+            if self.tls.is_some() {
+                launcher.tls_port = Some(free_port()?);
+            }
             match launcher.launch(port) {
                 Ok(child) => {
                     let server = RedisServer {
@@ -199,6 +228,19 @@ impl RedisServerBuilder {
             args.extend(
                 ["--user", user.as_str(), "on", &pass, "~*", "&*", "+@all"].map(OsString::from),
             );
+        }
+        if let Some(t) = &self.tls {
+            for (name, value) in [
+                ("--tls-cert-file", t.cert.as_os_str()),
+                ("--tls-key-file", t.key.as_os_str()),
+                ("--tls-ca-cert-file", t.ca.as_os_str()),
+                (
+                    "--tls-auth-clients",
+                    if t.auth_clients { "yes" } else { "no" }.as_ref(),
+                ),
+            ] {
+                args.extend([OsString::from(name), value.to_os_string()]);
+            }
         }
         if self.debug_command {
             args.extend(["--enable-debug-command", "local"].map(OsString::from));

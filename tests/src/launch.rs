@@ -43,6 +43,8 @@ pub(crate) struct Launcher {
     pub(crate) user: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) start_timeout: Duration,
+    /// The TLS port (`--tls-port`), fixed once the first start succeeded.
+    pub(crate) tls_port: Option<u16>,
 }
 
 impl Launcher {
@@ -64,6 +66,12 @@ impl Launcher {
         command
             .arg("--port")
             .arg(port.to_string())
+            .args(
+                self.tls_port
+                    .map(|p| ["--tls-port".to_owned(), p.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())

@@ -51,6 +51,7 @@ mod process;
 mod proxy;
 mod scripted;
 mod server;
+mod tls;
 mod url;
 mod version;
 mod wait;
@@ -64,6 +65,7 @@ pub use process::{
 pub use proxy::{Fault, FaultProxy};
 pub use scripted::{Script, ScriptedServer, Step};
 pub use server::RedisServer;
+pub use tls::TestPki;
 pub use url::ConnectionInfo;
 pub use version::Version;
 pub use wait::wait_until;

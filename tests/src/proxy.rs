@@ -35,6 +35,55 @@ pub enum Fault {
     ResetAfterReply,
     /// Forward nothing in either direction and close nothing: a half-open connection.
     BlackHole,
+    /// For TLS: forward the next server-to-client bytes up to the middle of a TLS record
+    /// (inside its header or body), then reset both connections. Fires once, like
+    /// [`Fault::ResetAfterReply`]; a chunk that ends exactly on a record boundary with
+    /// nothing after it is forwarded whole and the fault waits for the next one.
+    ResetMidRecord,
+}
+
+/// Where the server-to-client stream is in its TLS records (5-byte header: type,
+/// version, 16-bit length), so a cut can land inside one.
+#[derive(Default)]
+struct Records {
+    header: Vec<u8>,
+    body_left: usize,
+}
+
+impl Records {
+    fn advance(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(chunk.len());
+                self.body_left -= n;
+                chunk = &chunk[n..];
+                continue;
+            }
+            let n = (5 - self.header.len()).min(chunk.len());
+            self.header.extend_from_slice(&chunk[..n]);
+            chunk = &chunk[n..];
+            if self.header.len() == 5 {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header.clear();
+            }
+        }
+    }
+
+    /// A length of `chunk` to forward that ends inside a record, if there is one.
+    fn cut(&self, chunk: &[u8]) -> Option<usize> {
+        if self.body_left >= 2 || !self.header.is_empty() {
+            // The chunk starts inside a record: stop half-way through what is left of it.
+            let rest = if self.header.is_empty() {
+                self.body_left
+            } else {
+                5 - self.header.len() + 1
+            };
+            return Some((rest / 2).clamp(1, chunk.len()));
+        }
+        // The next record starts `self.body_left` (0 or 1) bytes in: cut inside its header.
+        let at = self.body_left + 3;
+        (at <= chunk.len()).then_some(at)
+    }
 }
 
 #[derive(Default)]
@@ -212,6 +261,7 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
 fn forward(mut from: TcpStream, to: TcpStream, replies: bool, shared: &Shared) {
     let mut to = to;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut records = Records::default();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -225,12 +275,31 @@ fn forward(mut from: TcpStream, to: TcpStream, replies: bool, shared: &Shared) {
         let fault = {
             let mut current = lock(&shared.fault);
             let fault = *current;
-            if replies && fault == Fault::ResetAfterReply {
+            let cut = records.cut(&buf[..n]);
+            if replies
+                && (fault == Fault::ResetAfterReply
+                    || (fault == Fault::ResetMidRecord && cut.is_some()))
+            {
                 *current = Fault::None;
             }
-            fault
+            match fault {
+                Fault::ResetMidRecord if cut.is_none() || !replies => Fault::None,
+                Fault::ResetMidRecord => {
+                    let cut = cut.unwrap_or(n);
+                    shared.fired.fetch_add(1, Ordering::SeqCst);
+                    drop(current);
+                    let _ = to.write_all(&buf[..cut]);
+                    reset(to, shared);
+                    let _ = from.shutdown(Shutdown::Both);
+                    return;
+                }
+                f => f,
+            }
         };
         let chunk = &buf[..n];
+        if replies {
+            records.advance(chunk);
+        }
         let ok = match (fault, replies) {
             (Fault::BlackHole, _) => {
                 shared.fired.fetch_add(1, Ordering::SeqCst);

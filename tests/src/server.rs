@@ -98,6 +98,33 @@ impl RedisServer {
         }
     }
 
+    /// The TLS port of a server started with [`RedisServerBuilder::tls`].
+    ///
+    /// # Panics
+    /// When the server was started without TLS.
+    pub fn tls_port(&self) -> u16 {
+        self.launcher
+            .tls_port
+            .expect("the server was started without TLS (RedisServerBuilder::tls)")
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, with the same credentials as [`RedisServer::url`].
+    pub fn tls_url(&self) -> String {
+        self.tls_url_for("127.0.0.1")
+    }
+
+    /// The TLS URL with another host name for the same loopback server (`localhost`,
+    /// to check a DNS name against the certificate).
+    pub fn tls_url_for(&self, host: &str) -> String {
+        let plain = self.url();
+        let creds = plain
+            .strip_prefix("redis://")
+            .and_then(|r| r.split_once('@'))
+            .map(|(c, _)| format!("{c}@"))
+            .unwrap_or_default();
+        format!("rediss://{creds}{host}:{}", self.tls_port())
+    }
+
     /// `redis://127.0.0.1:PORT` with no credentials, whatever the configuration.
     pub fn url_without_auth(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

@@ -10,6 +10,27 @@ use super::{classify, Conn, Failure, Pending, Phase, ServerInfo, Tag};
 use crate::error::{Error, ErrorKind};
 
 impl<C: Copy + std::fmt::Debug> Conn<C> {
+    /// Queues `HELLO 3 [AUTH user pass] SETNAME name` in place of the placeholder that
+    /// counted the connect deadline (the connect and the handshake share it).
+    pub(super) fn send_hello(&mut self) {
+        self.phase = Phase::Hello;
+        let deadline = self
+            .pending
+            .pop_front()
+            .map_or_else(Instant::now, |p| p.deadline);
+        let info = &self.cfg.info;
+        let user = info.username.as_deref().unwrap_or("default");
+        let nargs = 2 + if info.password.is_some() { 3 } else { 0 } + 2;
+        let mut w = CommandWriter::new(&mut self.wbuf, nargs)
+            .arg("HELLO")
+            .arg("3");
+        if let Some(pw) = &info.password {
+            w = w.arg("AUTH").arg(user).arg(pw);
+        }
+        w.arg("SETNAME").arg(&self.name).finish();
+        self.pending.push_back(Pending::new(Tag::Hello, deadline));
+    }
+
     /// Handles a handshake reply. Returns `true` when the connection became ready.
     pub(crate) fn on_handshake_reply(
         &mut self,

@@ -1,10 +1,14 @@
 //! The connection state machine:
 //!
 //! ```text
-//! Idle ──connect──▶ Connecting ──▶ Hello ──▶ [Select] ──▶ Ready ──▶ Closing ──▶ Idle (backoff)
-//!                                   │ unknown command                  ▲
-//!                                   └──▶ Auth2 ──▶ SetName2 ──▶ [Select] ┘ (RESP2 fallback)
+//! Idle ──connect──▶ Connecting ──▶ [Tls] ──▶ Hello ──▶ [Select] ──▶ Ready ──▶ Closing ──▶ Idle (backoff)
+//!                                            │ unknown command                  ▲
+//!                                            └──▶ Auth2 ──▶ SetName2 ──▶ [Select] ┘ (RESP2 fallback)
 //! ```
+//!
+//! On a `rediss://` server the TLS handshake is a phase of its own (`Tls`), under the
+//! same connect deadline as the connect and the HELLO; from then on every byte passes
+//! through the connection's `TlsLayer` (`conn/tls.rs`) and nothing else changes.
 //!
 //! A `Conn` owns its socket, read and write buffers, decoder and the queue of replies it
 //! expects (in order: RESP replies come back in command order). It never builds SQEs: it
@@ -23,6 +27,7 @@ pub(crate) mod classify;
 mod fifo;
 mod handshake;
 mod socket;
+mod tls;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -46,6 +51,8 @@ pub(crate) enum Phase {
     Resolving,
     /// `connect` in flight.
     Connecting,
+    /// TLS handshake in progress (`rediss://`).
+    Tls,
     /// `HELLO 3` sent.
     Hello,
     /// RESP2 fallback: `AUTH` sent.
@@ -165,6 +172,16 @@ pub(crate) struct ConnConfig {
     /// Connection attempts before a connection that has never been ready gives up.
     pub start_attempts: u32,
     pub client_name: String,
+    /// TLS settings for a `rediss://` server (`None`: plaintext).
+    pub tls: Option<TlsConnect>,
+}
+
+/// What every TLS connection of an engine starts from.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsConnect {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the certificate must carry (and the SNI sent, for a DNS name).
+    pub name: rustls::pki_types::ServerName<'static>,
 }
 
 /// Why a connection is closing.
@@ -192,6 +209,10 @@ pub(crate) struct Conn<C> {
     rbuf: BytesMut,
     dec: Decoder,
     wbuf: BytesMut,
+    /// TLS session of a `rediss://` connection (the handshake runs in `Phase::Tls`).
+    tls: Option<Box<tls::TlsLayer>>,
+    /// Ciphertext to send: handshake records and encrypted commands, in order.
+    tls_out: BytesMut,
     in_send: Bytes,
     pending: VecDeque<Pending<C>>,
     server: ServerInfo,
@@ -203,6 +224,9 @@ pub(crate) struct Conn<C> {
     /// After closing, go to `Done` instead of reconnecting.
     stop_after_close: bool,
     last_error: Option<String>,
+    /// The kind of the last error: a start that runs out of attempts reports
+    /// `ErrorKind::Tls` when TLS was the trouble, `ConnectionLost` otherwise.
+    last_kind: Option<crate::ErrorKind>,
     /// During a stop: a `CLIENT UNBLOCK` for the blocking command at the head is on its
     /// way.
     unblock_sent: bool,
@@ -244,6 +268,8 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             rbuf: BytesMut::with_capacity(64 * 1024),
             dec: Decoder::new(),
             wbuf: BytesMut::with_capacity(4 * 1024),
+            tls: None,
+            tls_out: BytesMut::new(),
             in_send: Bytes::new(),
             pending: VecDeque::with_capacity(16),
             server: ServerInfo::default(),
@@ -252,6 +278,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             ever_ready: false,
             stop_after_close: false,
             last_error: None,
+            last_kind: None,
             unblock_sent: false,
             draining: None,
             retired: false,
@@ -276,6 +303,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         c.failures = self.failures;
         c.ever_ready = self.ever_ready;
         c.last_error = self.last_error.clone();
+        c.last_kind = self.last_kind;
         c
     }
 
@@ -325,8 +353,14 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         self.last_error.as_deref()
     }
 
-    pub(crate) fn set_last_error(&mut self, e: String) {
-        self.last_error = Some(e);
+    pub(crate) fn set_last_error(&mut self, e: &Error) {
+        self.last_error = Some(e.to_string());
+        self.last_kind = Some(e.kind());
+    }
+
+    /// The kind of the last error, if any.
+    pub(crate) fn last_kind(&self) -> Option<crate::ErrorKind> {
+        self.last_kind
     }
 
     /// After its next close, it stays closed (`Done`) instead of reconnecting.
@@ -347,6 +381,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
     /// A lookup failed: counts as a failed attempt (`try_finish_close` then backs off).
     pub(crate) fn lookup_failed(&mut self, e: String) {
         self.last_error = Some(e);
+        self.last_kind = Some(crate::ErrorKind::ConnectionLost);
         self.phase = Phase::Closing;
     }
 

@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringq_resp::CommandWriter;
 
-use super::{Conn, Failure, Pending, Phase, ServerInfo, Tag};
+use super::{tls, Conn, Failure, Pending, Phase, ServerInfo, Tag};
 use crate::backend::{Backend, SockAddr};
 use crate::error::{Error, ErrorKind};
 use crate::url::ResolvedAddr;
@@ -29,6 +28,8 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         self.gen = self.gen.wrapping_add(1);
         self.rbuf.clear();
         self.wbuf.clear();
+        self.tls = None;
+        self.tls_out.clear();
         self.dec.reset();
         self.pending.clear();
         self.server = ServerInfo::default();
@@ -71,37 +72,47 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             return Err(self.lost(format_args!("cannot connect to {}", self.peer()), result));
         }
         self.recv_op = Some(driver.recv(self.token(), self.fd).map_err(Failure::Fatal)?);
-        self.phase = Phase::Hello;
-        // Replace the connect's placeholder with the HELLO it stands for.
-        let deadline = self
-            .pending
-            .pop_front()
-            .map_or_else(Instant::now, |p| p.deadline);
-        let info = &self.cfg.info;
-        let user = info.username.as_deref().unwrap_or("default");
-        let name = self.name.clone();
-        let nargs = 2 + if info.password.is_some() { 3 } else { 0 } + 2;
-        let mut w = CommandWriter::new(&mut self.wbuf, nargs)
-            .arg("HELLO")
-            .arg("3");
-        if let Some(pw) = &info.password {
-            w = w.arg("AUTH").arg(user).arg(pw);
+        if let Some(t) = &self.cfg.tls {
+            // The HELLO placeholder keeps counting the connect deadline through the
+            // TLS handshake.
+            let mut layer = tls::TlsLayer::new(t.config.clone(), t.name.clone())
+                .map_err(|e| Failure::Fatal(crate::tls::explain(&self.peer(), e)))?;
+            layer
+                .handshake(&mut self.tls_out)
+                .map_err(|e| Failure::Fatal(crate::tls::explain(&self.peer(), e)))?;
+            self.tls = Some(Box::new(layer));
+            self.phase = Phase::Tls;
+        } else {
+            self.send_hello();
         }
-        w.arg("SETNAME").arg(&name).finish();
-        self.pending.push_back(Pending::new(Tag::Hello, deadline));
         self.flush(driver)
     }
 
     /// Hands queued bytes to the kernel if no send is in flight.
     pub(crate) fn flush(&mut self, driver: &mut impl Backend) -> Result<(), Failure> {
         if self.send_op.is_some()
-            || self.wbuf.is_empty()
+            || (self.wbuf.is_empty() && self.tls_out.is_empty())
             || self.fd < 0
             || self.phase == Phase::Closing
         {
             return Ok(());
         }
-        let buf = self.wbuf.split().freeze();
+        let buf = match &mut self.tls {
+            None => self.wbuf.split().freeze(),
+            Some(t) => {
+                if t.ready() && !self.wbuf.is_empty() {
+                    let sealed = t.seal(&self.wbuf, &mut self.rbuf, &mut self.tls_out);
+                    self.wbuf.clear();
+                    sealed.map_err(|e| {
+                        Failure::Retry(crate::tls::explain(&self.cfg.info.to_string(), e))
+                    })?;
+                }
+                if self.tls_out.is_empty() {
+                    return Ok(());
+                }
+                self.tls_out.split().freeze()
+            }
+        };
         self.in_send = buf.clone();
         self.send_op = Some(
             driver
@@ -140,10 +151,35 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         self.flush(driver)
     }
 
-    /// Appends received bytes.
-    pub(crate) fn on_data(&mut self, data: &[u8]) {
-        if self.phase != Phase::Closing {
+    /// Appends received bytes (decrypted first on a TLS connection; a handshake that
+    /// completes here queues the HELLO).
+    pub(crate) fn on_data(&mut self, data: &[u8]) -> Result<(), Failure> {
+        if self.phase == Phase::Closing || self.phase == Phase::Done {
+            return Ok(());
+        }
+        let Some(t) = &mut self.tls else {
+            if self.phase == Phase::Hello && self.rbuf.is_empty() {
+                plaintext_to_tls(data, &self.peer())?;
+            }
             self.rbuf.extend_from_slice(data);
+            return Ok(());
+        };
+        t.open(data, &mut self.rbuf, &mut self.tls_out)
+            .map_err(|e| self.tls_failure(e))?;
+        if self.phase == Phase::Tls && self.tls.as_ref().is_some_and(|t| t.ready()) {
+            self.send_hello();
+        }
+        Ok(())
+    }
+
+    /// A TLS error: fatal while the connection has never been ready (a certificate, a
+    /// name, a plaintext port — retrying cannot fix them), a loss afterwards.
+    fn tls_failure(&self, e: rustls::Error) -> Failure {
+        let e = crate::tls::explain(&self.peer(), e);
+        if self.ever_ready {
+            Failure::Retry(e)
+        } else {
+            Failure::Fatal(e)
         }
     }
 
@@ -166,12 +202,55 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             return Ok(!self.paused);
         }
         if result == 0 {
-            return Err(Failure::Retry(Error::new(
-                ErrorKind::ConnectionLost,
-                format!("{} closed the connection", self.peer()),
-            )));
+            return Err(self.closed_by_peer());
         }
-        Err(self.lost(format_args!("receive from {} failed", self.peer()), result))
+        let hint = if self.phase == Phase::Hello && self.tls.is_none() && !self.ever_ready {
+            " (while waiting for the answer to HELLO: if it is a TLS port, use rediss://)"
+        } else {
+            ""
+        };
+        Err(self.lost(
+            format_args!("receive from {} failed{hint}", self.peer()),
+            result,
+        ))
+    }
+
+    /// The server closed the connection. In the handshake that usually means the two
+    /// sides disagree about TLS: say so. A plaintext HELLO to a TLS port is dropped by
+    /// the server; so is a TLS handshake it refuses.
+    fn closed_by_peer(&self) -> Failure {
+        let peer = self.peer();
+        let (kind, why) = match (self.phase, self.tls.as_ref()) {
+            (Phase::Tls, _) => (
+                ErrorKind::Tls,
+                format!(
+                    "{peer} closed the connection during the TLS handshake: is it a plaintext \
+                     port (use redis://), or does it require a client certificate \
+                     (--tls-cert, --tls-key)?"
+                ),
+            ),
+            (Phase::Hello, None) if !self.ever_ready => (
+                ErrorKind::ConnectionLost,
+                format!(
+                    "{peer} closed the connection before answering HELLO: if it is a TLS \
+                     port, use rediss://"
+                ),
+            ),
+            (_, Some(t)) if t.peer_closed() => (
+                ErrorKind::ConnectionLost,
+                format!("{peer} closed the TLS session"),
+            ),
+            _ => (
+                ErrorKind::ConnectionLost,
+                format!("{peer} closed the connection"),
+            ),
+        };
+        let e = Error::new(kind, why);
+        if kind == ErrorKind::Tls && !self.ever_ready {
+            Failure::Fatal(e)
+        } else {
+            Failure::Retry(e)
+        }
     }
 
     /// The connection is lost: operation `what` ended with `-errno`.
@@ -299,4 +378,16 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
     pub(crate) fn out_of_start_attempts(&self) -> bool {
         !self.ever_ready && self.failures >= self.cfg.start_attempts
     }
+}
+
+/// The first bytes answering our plaintext HELLO look like a TLS record (an alert or a
+/// handshake): the port speaks TLS.
+fn plaintext_to_tls(data: &[u8], peer: &str) -> Result<(), Failure> {
+    if let [0x15 | 0x16, 3, 0..=4, ..] = data {
+        return Err(Failure::Fatal(Error::new(
+            ErrorKind::Tls,
+            format!("{peer} answered in TLS: it is a TLS port; use rediss:// (and --tls-ca-cert)"),
+        )));
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::{EngineBuilder, Running};
 use crate::backend::IoBackend;
 use crate::budget::Budget;
-use crate::conn::ConnConfig;
+use crate::conn::{ConnConfig, TlsConnect};
 use crate::dispatch::{start_pool, ShardDispatch, ShardWaker};
 use crate::error::{Error, ErrorKind};
 use crate::handler::Handler;
@@ -183,6 +183,7 @@ fn conn_config(
     nshards: usize,
     shared: &Arc<Signals>,
 ) -> Result<ConnConfig, Error> {
+    let tls = tls_connect(builder, &info)?;
     let (addr, resolver) = match &info.address {
         Address::Tcp { host, port } if is_name(host) => {
             let first = crate::resolve::resolve_with(&*builder.resolver, host, *port)?;
@@ -206,7 +207,39 @@ fn conn_config(
         backoff_max: builder.backoff_max,
         start_attempts: builder.start_attempts,
         client_name: builder.client_name.clone(),
+        tls,
     })
+}
+
+/// The TLS settings of a `rediss://` URL, built once for every connection.
+fn tls_connect(
+    builder: &EngineBuilder,
+    info: &ConnectionInfo,
+) -> Result<Option<TlsConnect>, Error> {
+    let settings = builder.tls_settings();
+    if !info.tls {
+        if settings.is_some() {
+            return Err(Error::config(
+                "TLS settings were given for a redis:// URL; use rediss:// to connect with TLS",
+            ));
+        }
+        return Ok(None);
+    }
+    let Address::Tcp { host, .. } = &info.address else {
+        return Err(Error::config("TLS needs a TCP address"));
+    };
+    let default = crate::Tls::new();
+    let settings = settings.unwrap_or(&default);
+    if settings.is_insecure() {
+        tracing::warn!(
+            "TLS certificate verification is OFF (--tls-insecure): anyone on the path to {info} \
+             can read and change this traffic; use it for test set-ups only"
+        );
+    }
+    Ok(Some(TlsConnect {
+        config: settings.client_config()?,
+        name: crate::tls::server_name(host)?,
+    }))
 }
 
 /// The worker pool (none with inline dispatch): its threads, their latency

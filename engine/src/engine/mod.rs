@@ -100,6 +100,7 @@ pub struct EngineBuilder {
     /// Credentials given apart from the URL (they win over the URL's).
     username: Option<String>,
     password: Option<String>,
+    tls: Option<crate::Tls>,
     shards: usize,
     connections_per_shard: usize,
     pin_cores: bool,
@@ -124,14 +125,15 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// An engine for the server at `url` (`redis://[user:pass@]host[:port][/db]` or
-    /// `unix:///path`), with one shard, one connection per shard, cores pinned, prefetch
+    /// An engine for the server at `url` (`redis://[user:pass@]host[:port][/db]`,
+    /// `rediss://…` for TLS, or `unix:///path`), with one shard, one connection per shard, cores pinned, prefetch
     /// 1024 messages and 64 MiB, no message limit, reply grace 2 s, reply timeout 10 s.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             username: None,
             password: None,
+            tls: None,
             shards: 1,
             connections_per_shard: 1,
             pin_cores: true,
@@ -174,6 +176,21 @@ impl EngineBuilder {
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
+    }
+
+    /// TLS settings for a `rediss://` URL: a CA file, a client certificate, or a rustls
+    /// `ClientConfig` of your own (see [`crate::Tls`]). Without this, a `rediss://` server's
+    /// certificate is verified against the system's roots. Settings given with a
+    /// `redis://` URL are refused at start rather than ignored: the URL decides whether
+    /// the traffic is encrypted.
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS settings given, if any.
+    pub(crate) fn tls_settings(&self) -> Option<&crate::Tls> {
+        self.tls.as_ref()
     }
 
     /// The URL parsed, with the credentials given apart from it.

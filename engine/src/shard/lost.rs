@@ -60,7 +60,17 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         };
         let pipeline = &self.pipeline;
         let owes_effects = c.any_cmd(|cmd| pipeline.owes_effects(cmd));
-        let what = format!("no reply from {} to {head:?} within its deadline", c.peer(),);
+        let what = match c.phase() {
+            Phase::Connecting => {
+                format!("cannot connect to {} within the connect timeout", c.peer())
+            }
+            Phase::Tls => format!(
+                "no TLS handshake with {} within the connect timeout: is it a plaintext port \
+                 (use redis://)?",
+                c.peer()
+            ),
+            _ => format!("no reply from {} to {head:?} within its deadline", c.peer()),
+        };
         if owes_effects
             && c.phase() == Phase::Ready
             && !self.io.stopping
@@ -69,7 +79,12 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             self.retire(id, what, now);
             return;
         }
-        let e = Error::new(ErrorKind::Timeout, format!("{what}; reconnecting"));
+        let kind = if c.phase() == Phase::Tls {
+            ErrorKind::Tls
+        } else {
+            ErrorKind::Timeout
+        };
+        let e = Error::new(kind, format!("{what}; reconnecting"));
         self.fail_conn(id, Failure::Retry(e), now);
         self.finish_close(id, now);
     }
@@ -155,7 +170,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         match f {
             Failure::Fatal(e) => {
                 conn.stop_after_close();
-                conn.set_last_error(e.to_string());
+                conn.set_last_error(&e);
                 self.io.shared.fail(e);
             }
             Failure::Retry(e) => {
@@ -165,7 +180,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 } else {
                     tracing::warn!(shard = self.index, conn = %conn.name(), "{e}");
                 }
-                conn.set_last_error(e.to_string());
+                conn.set_last_error(&e);
                 if self.io.stopping || draining {
                     conn.stop_after_close();
                 }
@@ -186,9 +201,13 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             Some(Some(backoff)) => {
                 if conn.out_of_start_attempts() {
                     let why = conn.last_error().unwrap_or("unknown error").to_owned();
+                    let kind = match conn.last_kind() {
+                        Some(ErrorKind::Tls) => ErrorKind::Tls,
+                        _ => ErrorKind::ConnectionLost,
+                    };
                     conn.set_done();
                     self.io.shared.fail(Error::new(
-                        ErrorKind::ConnectionLost,
+                        kind,
                         format!(
                             "could not connect after {} attempts: {why}",
                             conn.failures()

@@ -503,18 +503,19 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             OpKind::Connect => conn.on_connected(&mut self.driver, c.result),
             OpKind::Send => conn.on_sent(&mut self.driver, c.result),
             OpKind::Recv | OpKind::Read => {
+                let mut data = Ok(());
                 if let Some(d) = c.data {
-                    conn.on_data(self.driver.data(&d));
+                    data = conn.on_data(self.driver.data(&d));
                     self.driver.release(d);
                 }
                 if c.result == -libc::ENOBUFS {
                     self.io.stats.add(&self.io.stats.enobufs, 1);
                 }
-                match conn.on_recv(c.result, c.more) {
+                data.and_then(|()| match conn.on_recv(c.result, c.more) {
                     Ok(true) => conn.rearm_recv(&mut self.driver),
                     Ok(false) => Ok(()),
                     Err(f) => Err(f),
-                }
+                })
                 .and_then(|()| self.process_replies(id, now))
             }
         };
