@@ -76,8 +76,8 @@ pub enum Command {
 /// Where the server is.
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Server URL: redis://[user[:password]@]host[:port][/db] or unix:///path[?db=N]
-    /// (default: $RINGQ_URL, else redis://127.0.0.1:6379). Percent-encode special
+    /// Server URL: redis://[user[:password]@]host[:port][/db], rediss://… for TLS, or
+    /// unix:///path[?db=N] (default: $RINGQ_URL, else redis://127.0.0.1:6379). Percent-encode special
     /// characters in the credentials. A password in a URL on the command line is visible
     /// to `ps` and kept in shell history: prefer --password-file, $RINGQ_PASSWORD, or the
     /// URL in $RINGQ_URL.
@@ -95,6 +95,26 @@ pub struct ServerArgs {
     /// file wins over it, and both win over a password in the URL.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
+
+    /// With a rediss:// URL: trust the CA certificates in FILE (PEM) instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_cert: Option<std::path::PathBuf>,
+
+    /// With a rediss:// URL: present this client certificate (PEM) for mutual TLS; needs
+    /// --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// With a rediss:// URL: do not verify the server's certificate. For test set-ups
+    /// only: anyone on the path can read and change the traffic (a warning says so at
+    /// every start).
+    #[arg(long)]
+    pub tls_insecure: bool,
 }
 
 impl std::fmt::Debug for ServerArgs {
@@ -107,6 +127,10 @@ impl std::fmt::Debug for ServerArgs {
                     .map_or_else(|_| "<invalid>".to_owned(), |i| format!("{i}")),
             )
             .field("password_file", &self.password_file)
+            .field("tls_ca_cert", &self.tls_ca_cert)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_insecure", &self.tls_insecure)
             .finish()
     }
 }

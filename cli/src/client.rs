@@ -1,6 +1,7 @@
 //! A blocking RESP2 connection for the tool's own commands (`produce`, `publish`,
-//! `stats`, `dead`): a plain `std` socket, `AUTH` and `SELECT` from the URL, replies read
-//! with the codec. Not the engine.
+//! `stats`, `dead`): a plain `std` socket (wrapped in rustls's blocking stream for a
+//! `rediss://` URL, with the same settings and messages as the engine), `AUTH` and
+//! `SELECT` from the URL, replies read with the codec. Not the engine.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -8,7 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ringq::{Address, ConnectionInfo};
+use ringq::rustls::{ClientConnection, StreamOwned};
+use ringq::{Address, ConnectionInfo, Tls};
 use ringq_resp::{encode_command, Decoder, Frame};
 
 use crate::exit::Exit;
@@ -19,8 +21,22 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Stream {
     Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
     Unix(UnixStream),
 }
+
+impl Stream {
+    fn io(&mut self) -> &mut dyn ReadWrite {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.as_mut(),
+            Stream::Unix(s) => s,
+        }
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// One blocking RESP2 connection.
 pub struct Conn {
@@ -31,7 +47,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn connect(info: &ConnectionInfo) -> Result<Self, Exit> {
+    /// Connects to `info`'s server (with TLS when its URL is `rediss://`, `tls` being the
+    /// settings of the flags, the system's roots by default).
+    pub fn connect(info: &ConnectionInfo, tls: Option<Tls>) -> Result<Self, Exit> {
         let peer = info.to_string();
         let fail = |e: io::Error| Exit::runtime(format!("cannot connect to {peer}: {e}"));
         let stream = match &info.address {
@@ -66,7 +84,23 @@ impl Conn {
                 };
                 s.set_nodelay(true).map_err(fail)?;
                 s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(fail)?;
-                Stream::Tcp(s)
+                if info.tls {
+                    let t = tls.unwrap_or_default();
+                    if t.is_insecure() {
+                        eprintln!(
+                            "ringq: warning: TLS certificate verification is OFF \
+                             (--tls-insecure): anyone on the path to {peer} can read and change \
+                             this traffic; use it for test set-ups only"
+                        );
+                    }
+                    let config = t.client_config().map_err(Exit::engine)?;
+                    let name = Tls::server_name(host).map_err(Exit::engine)?;
+                    let session = ClientConnection::new(config, name)
+                        .map_err(|e| Exit::engine(Tls::explain_error(&peer, e)))?;
+                    Stream::Tls(Box::new(StreamOwned::new(session, s)))
+                } else {
+                    Stream::Tcp(s)
+                }
             }
         };
         Ok(Self {
@@ -112,11 +146,22 @@ impl Conn {
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Exit> {
-        let r = match &mut self.stream {
-            Stream::Tcp(s) => s.write_all(bytes),
-            Stream::Unix(s) => s.write_all(bytes),
-        };
-        r.map_err(|e| Exit::runtime(format!("writing to {}: {e}", self.peer)))
+        let s = self.stream.io();
+        s.write_all(bytes)
+            .and_then(|()| s.flush())
+            .map_err(|e| self.io_failure("writing to", e))
+    }
+
+    /// An I/O error, or the TLS failure inside it, explained.
+    fn io_failure(&self, what: &str, e: io::Error) -> Exit {
+        let tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<ringq::rustls::Error>())
+            .cloned();
+        match tls {
+            Some(t) => Exit::engine(Tls::explain_error(&self.peer, t)),
+            None => Exit::runtime(format!("{what} {}: {e}", self.peer)),
+        }
     }
 
     /// The next reply, error replies included (as frames).
@@ -133,10 +178,7 @@ impl Conn {
                     )))
                 }
             }
-            let r = match &mut self.stream {
-                Stream::Tcp(s) => s.read(&mut chunk),
-                Stream::Unix(s) => s.read(&mut chunk),
-            };
+            let r = self.stream.io().read(&mut chunk);
             match r {
                 Ok(0) => {
                     return Err(Exit::runtime(format!(
@@ -158,7 +200,7 @@ impl Conn {
                         REPLY_TIMEOUT.as_secs()
                     )))
                 }
-                Err(e) => return Err(Exit::runtime(format!("reading from {}: {e}", self.peer))),
+                Err(e) => return Err(self.io_failure("reading from", e)),
             }
         }
     }
@@ -170,7 +212,8 @@ impl Conn {
     /// (status 1).
     pub fn open(server: &crate::args::ServerArgs) -> Result<Self, Exit> {
         let info = server.info()?;
-        let mut c = Self::connect(&info)?;
+        let tls = server.tls(&info)?;
+        let mut c = Self::connect(&info, tls)?;
         c.handshake(&info)?;
         Ok(c)
     }

@@ -96,9 +96,7 @@ struct Pumped {
 }
 
 fn pump(p: &Pump<'_>) -> Result<Pumped, Exit> {
-    let info = p.server.info()?;
-    let mut conn = Conn::connect(&info)?;
-    conn.handshake(&info)?;
+    let mut conn = Conn::open(p.server)?;
 
     let filler = p.size.map(|s| vec![b'x'; s as usize]);
     let payload = |i: u64, buf: &mut Vec<u8>| {

@@ -1,9 +1,11 @@
-//! Where the server is and how to authenticate: `--url` (or `$RINGQ_URL`), and a password
-//! kept off the command line (`--password-file`, `$RINGQ_PASSWORD`).
+//! Where the server is and how to authenticate: `--url` (or `$RINGQ_URL`), a password
+//! kept off the command line (`--password-file`, `$RINGQ_PASSWORD`), and the TLS
+//! settings of a `rediss://` URL (`--tls-ca-cert`, `--tls-cert`/`--tls-key`,
+//! `--tls-insecure`).
 
 use std::sync::Once;
 
-use ringq::{ConnectionInfo, EngineBuilder};
+use ringq::{ConnectionInfo, EngineBuilder, Tls};
 
 use crate::args::ServerArgs;
 use crate::exit::Exit;
@@ -42,6 +44,34 @@ impl ServerArgs {
         Ok(info)
     }
 
+    /// The TLS settings of the flags, for a `rediss://` URL (`None` with no flag: the
+    /// system's roots). Warns when verification is off.
+    ///
+    /// # Errors
+    /// A TLS flag with a URL that is not `rediss://` (status 2).
+    pub fn tls(&self, info: &ConnectionInfo) -> Result<Option<Tls>, Exit> {
+        let given = self.tls_ca_cert.is_some() || self.tls_cert.is_some() || self.tls_insecure;
+        if !given {
+            return Ok(None);
+        }
+        if !info.tls {
+            return Err(Exit::usage(
+                "the --tls-* flags need a rediss:// URL (TLS); the URL given is not one",
+            ));
+        }
+        let mut t = Tls::new();
+        if let Some(ca) = &self.tls_ca_cert {
+            t = t.ca_cert(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            t = t.client_cert(cert, key);
+        }
+        if self.tls_insecure {
+            t = t.insecure_skip_verify();
+        }
+        Ok(Some(t))
+    }
+
     /// An engine for this server, with the password given apart from the URL.
     ///
     /// # Errors
@@ -49,6 +79,9 @@ impl ServerArgs {
     pub fn builder(&self) -> Result<EngineBuilder, Exit> {
         let info = self.info()?;
         let mut b = EngineBuilder::new(self.url.as_str());
+        if let Some(t) = self.tls(&info)? {
+            b = b.tls(t);
+        }
         if let Some(p) = info.password {
             b = b.password(p);
         }

@@ -89,6 +89,22 @@ impl Tls {
         }
     }
 
+    /// What a TLS failure with `peer` means and what to do about it, as the engine
+    /// reports it ([`ErrorKind::Tls`]): for tools that drive a rustls connection of their
+    /// own with these settings (the `ringq` CLI's admin commands do).
+    pub fn explain_error(peer: &str, e: rustls::Error) -> Error {
+        explain(peer, e)
+    }
+
+    /// The name a `rediss://` host's certificate must carry (a DNS name, sent as SNI, or
+    /// an IP address).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for a host that is neither.
+    pub fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
+        server_name(host)
+    }
+
     /// Whether verification is turned off.
     pub fn is_insecure(&self) -> bool {
         self.insecure
