@@ -115,6 +115,14 @@ scenarios() {
         --pop single --messages "$single_messages" --size 16
     step "${prefix}latency" scenario "$dir" latency latency "${url_args[@]}" \
         --rate 10000 --duration "$latency_secs" --size 16
+    if [[ ${#url_args[@]} -eq 0 && ${bench_tls:-1} == 1 ]]; then
+        # TLS needs the embedded server (it makes a throw-away CA for the run); the
+        # Valkey 9 wheel is built without TLS.
+        step "${prefix}drain-batch-tls" scenario "$dir" drain-batch-tls drain --tls \
+            --pop batch --messages "$batch_messages" --size 16 --clients ringq,ringq-epoll,redis-rs
+        step "${prefix}latency-tls" scenario "$dir" latency-tls latency --tls \
+            --rate 10000 --duration "$latency_secs" --size 16 --clients ringq,redis-rs
+    fi
     step "${prefix}pubsub" scenario "$dir" pubsub pubsub "${url_args[@]}" \
         --messages "$batch_messages" --size 16 --rate 10000 --duration "$latency_secs" \
         --clients ringq,ringq-epoll,redis-rs
@@ -130,7 +138,9 @@ scenarios() {
         echo '```'
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
-        for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency pubsub reliable stream; do
+        for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency \
+            drain-batch-tls latency-tls pubsub reliable stream; do
+            [[ -f $dir/$name.md ]] || continue
             echo
             cat "$dir/$name.md"
         done
@@ -151,7 +161,7 @@ if [[ -n ${VALKEY_SERVER:-} ]]; then
     echo "broker:  $("$VALKEY_SERVER" --version)" | tee -a "$out/valkey/machine.txt"
     saved_url_args=("${url_args[@]}")
     url_args=()
-    REDIS_SERVER=$VALKEY_SERVER scenarios "$out/valkey" valkey-
+    bench_tls=0 REDIS_SERVER=$VALKEY_SERVER scenarios "$out/valkey" valkey-
     url_args=("${saved_url_args[@]}")
     if command -v jq >/dev/null 2>&1; then
         {

@@ -61,6 +61,11 @@ pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
     if cli.clients.is_empty() {
         return Err(Error::new("--clients names no client"));
     }
+    if cli.tls {
+        return Err(Error::new(
+            "--tls applies to the drain and latency scenarios (this one runs over plaintext)",
+        ));
+    }
     let broker = Broker::open(cli.url.as_deref())?;
     if broker.redis_version < (6, 2, 0) {
         return Err(Error::new(format!(

@@ -196,6 +196,7 @@ pub struct Cli {
 
     /// Server URL (redis://[user:pass@]host[:port][/db] or unix:///path; default
     /// $RINGQ_URL); without either, a private redis-server is started and stopped.
+    /// (`--tls` needs that private server.)
     #[arg(long, env = "RINGQ_URL", hide_env_values = true)]
     pub url: Option<String>,
 
@@ -263,6 +264,14 @@ pub struct Cli {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub pin_cores: bool,
 
+    /// drain and latency over TLS: the embedded server also listens with TLS (a
+    /// throw-away CA made for the run) and every client that speaks TLS connects there
+    /// (tokio-uring and the limit probe do not, and are skipped); the latency floor is
+    /// a TLS PING client. drain runs each client over plaintext too, in the same run, and
+    /// adds a TLS ÷ plaintext table with the server's CPU per message.
+    #[arg(long)]
+    pub tls: bool,
+
     /// Write the results as JSON here (and the latency plot next to it, as .svg).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -325,6 +334,14 @@ fn parse_backend(s: &str) -> Result<String, String> {
 }
 
 impl ClientKind {
+    /// Whether the client can connect with TLS (`--tls`).
+    pub fn speaks_tls(self) -> bool {
+        matches!(
+            self,
+            ClientKind::Ringq | ClientKind::RingqEpoll | ClientKind::RedisRs | ClientKind::Ping
+        )
+    }
+
     /// The name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {

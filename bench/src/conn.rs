@@ -1,12 +1,17 @@
 //! A small blocking RESP2 connection for everything that is not a measured async client:
 //! filling queues, producing, the limit probe, PING, `INFO`, `DEL`. Connects over TCP
 //! (`TCP_NODELAY`) or a Unix socket, authenticates and selects the database the URL names
-//! (parsed by `ringq::ConnectionInfo`, so every client reads a URL the same way).
+//! (parsed by `ringq::ConnectionInfo`, so every client reads a URL the same way). A
+//! `rediss://` URL (`--tls`: the PING floor) goes over rustls, with a session that a
+//! reading thread and a writing thread share.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use ringq::rustls::ClientConnection;
 
 use bytes::{Bytes, BytesMut};
 use ringq::{Address, ConnectionInfo};
@@ -24,6 +29,73 @@ pub enum Stream {
     Tcp(TcpStream),
     /// A Unix domain socket.
     Unix(UnixStream),
+    /// TLS over TCP: the session is shared by every handle (one may read while another
+    /// writes), the socket is each handle's own `dup`.
+    Tls(Arc<Mutex<ClientConnection>>, TcpStream),
+}
+
+fn lock(s: &Mutex<ClientConnection>) -> std::sync::MutexGuard<'_, ClientConnection> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Plaintext from a TLS handle: what the session has decrypted, else one more read of
+/// ciphertext from the socket (without holding the session, so a writer is not held up).
+fn tls_read(
+    session: &Mutex<ClientConnection>,
+    sock: &mut TcpStream,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let mut cipher = [0u8; 16 * 1024];
+    loop {
+        {
+            let mut s = lock(session);
+            match s.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let n = sock.read(&mut cipher)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut s = lock(session);
+        s.read_tls(&mut &cipher[..n])?;
+        s.process_new_packets()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    }
+}
+
+/// Encrypts `buf` and sends the records (and anything else the session has to send).
+fn tls_write(
+    session: &Mutex<ClientConnection>,
+    sock: &mut TcpStream,
+    buf: &[u8],
+) -> std::io::Result<usize> {
+    let mut out = Vec::with_capacity(buf.len() + 64);
+    {
+        let mut s = lock(session);
+        s.writer().write_all(buf)?;
+        while s.wants_write() {
+            s.write_tls(&mut out)?;
+        }
+    }
+    sock.write_all(&out)?;
+    Ok(buf.len())
+}
+
+/// Connects TLS over `sock`, trusting the CA in `ca`, and completes the handshake.
+fn tls_connect(mut sock: TcpStream, host: &str, ca: &std::path::Path) -> Result<Stream> {
+    let config = ringq::Tls::new().ca_cert(ca).client_config()?;
+    let name = ringq::Tls::server_name(host)?;
+    let mut session = ClientConnection::new(config, name)
+        .map_err(|e| Error::from(ringq::Tls::explain_error(host, e)))?;
+    while session.is_handshaking() {
+        session
+            .complete_io(&mut sock)
+            .map_err(|e| Error::io(format!("TLS handshake with {host}"), e))?;
+    }
+    Ok(Stream::Tls(Arc::new(Mutex::new(session)), sock))
 }
 
 impl Read for Stream {
@@ -31,6 +103,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Tls(session, sock) => tls_read(session, sock, buf),
         }
     }
 }
@@ -40,6 +113,7 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(session, sock) => tls_write(session, sock, buf),
         }
     }
 
@@ -54,6 +128,7 @@ impl Stream {
         Ok(match self {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tls(session, s) => Stream::Tls(session.clone(), s.try_clone()?),
         })
     }
 }
@@ -72,6 +147,15 @@ impl RawConn {
     /// # Errors
     /// A bad URL, a refused connection, or a refused `AUTH`/`SELECT`.
     pub fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, None)
+    }
+
+    /// Connects to `url`; a `rediss://` one with TLS, trusting the CA in `tls_ca` (the
+    /// system's roots without one).
+    ///
+    /// # Errors
+    /// As [`RawConn::connect`], and TLS failures.
+    pub fn connect_with(url: &str, tls_ca: Option<&std::path::Path>) -> Result<Self> {
         let info = ConnectionInfo::parse(url)?;
         let stream = match &info.address {
             Address::Tcp { host, port } => {
@@ -79,7 +163,13 @@ impl RawConn {
                     .map_err(|e| Error::io(format!("connecting to {info}"), e))?;
                 s.set_nodelay(true)
                     .map_err(|e| Error::io("setting TCP_NODELAY", e))?;
-                Stream::Tcp(s)
+                match (info.tls, tls_ca) {
+                    (true, Some(ca)) => tls_connect(s, host, ca)?,
+                    (true, None) => {
+                        return Err(Error::new("a rediss:// URL needs the CA file (--tls)"))
+                    }
+                    _ => Stream::Tcp(s),
+                }
             }
             Address::Unix(path) => Stream::Unix(
                 UnixStream::connect(path)
@@ -188,9 +278,21 @@ impl RawConn {
             self.inbuf.reserve(READ_CHUNK);
         }
         let spare = self.inbuf.spare_capacity_mut();
-        let fd = match &self.stream {
+        let fd = match &mut self.stream {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(..) => {
+                let mut chunk = vec![0u8; READ_CHUNK];
+                let n = self
+                    .stream
+                    .read(&mut chunk)
+                    .map_err(|e| Error::io("reading from the server", e))?;
+                if n == 0 {
+                    return Err(Error::new("the server closed the connection"));
+                }
+                self.inbuf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
         };
         let n = loop {
             // SAFETY: `spare` is writable memory owned by `inbuf` for `spare.len()` bytes,
@@ -237,7 +339,7 @@ impl RawConn {
     /// wakes up (with an error).
     pub fn shutdown(&self) {
         let _ = match &self.stream {
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) | Stream::Tls(_, s) => s.shutdown(std::net::Shutdown::Both),
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
         };
     }

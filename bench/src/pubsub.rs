@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::child::{self, ChildOutcome};
 use crate::cli::{Cli, ClientKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::load;
 use crate::noise::measured;
 use crate::progress;
@@ -58,6 +58,11 @@ struct Outcome {
 /// # Errors
 /// A server that cannot be started or reached, or an output file that cannot be written.
 pub fn run(cli: &Cli) -> Result<()> {
+    if cli.tls {
+        return Err(Error::new(
+            "--tls applies to the drain and latency scenarios (this one runs over plaintext)",
+        ));
+    }
     let broker = Broker::open(cli.url.as_deref())?;
     let n = cli.messages.max(1);
     let rate = cli.rate.max(1);

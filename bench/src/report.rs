@@ -28,6 +28,9 @@ pub struct ClientRow {
     pub msgs_per_sec: f64,
     /// Consumer CPU (user + system, whole child process) per message, µs.
     pub cpu_us_per_msg: f64,
+    /// The server's CPU (`INFO cpu`, user + system) per message over the run, µs (drain;
+    /// null where not measured).
+    pub server_cpu_us_per_msg: Option<f64>,
     /// Latency median, µs (null when not measured).
     pub p50_us: Option<f64>,
     /// Latency 99th percentile, µs.
@@ -60,14 +63,24 @@ pub struct ScenarioReport {
     pub pop: PopMode,
     /// One line describing the workload and the server.
     pub title: String,
-    /// Every client, in run order.
+    /// Every client, in run order (over TLS with `--tls`).
     pub results: Vec<ClientResult>,
+    /// `drain --tls`: the same clients over plaintext, in the same run.
+    pub plain: Vec<ClientResult>,
+    /// `results` ran over TLS.
+    pub tls: bool,
 }
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
     scenario: &'a str,
+    /// Whether `clients` ran over TLS (`--tls`; absent otherwise).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls: bool,
     clients: Vec<&'a ClientRow>,
+    /// `drain --tls`: the same clients over plaintext.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    plaintext_clients: Vec<&'a ClientRow>,
 }
 
 impl ScenarioReport {
@@ -104,10 +117,56 @@ impl ScenarioReport {
         self.scenario == "latency"
     }
 
+    /// The TLS ÷ plaintext table of `drain --tls`: each client's rate and CPU (its own
+    /// and the server's) per message over both, from the same run.
+    fn tls_table(&self) -> Option<String> {
+        if self.plain.is_empty() {
+            return None;
+        }
+        let mut t = Table::new(
+            "TLS ÷ plaintext, same clients, same server, same run".into(),
+            vec![
+                "client",
+                "msgs/s plain",
+                "msgs/s TLS",
+                "TLS ÷ plain",
+                "CPU µs/msg plain",
+                "CPU µs/msg TLS",
+                "TLS ÷ plain",
+                "server CPU µs/msg plain",
+                "server CPU µs/msg TLS",
+                "TLS ÷ plain",
+            ],
+        );
+        for (p, s) in self.plain.iter().zip(&self.results) {
+            let (Ok(p), Ok(s)) = (&p.outcome, &s.outcome) else {
+                t.failed(s.kind.name(), "a run failed (see above)");
+                continue;
+            };
+            t.row(vec![
+                s.name.clone(),
+                format!("{:.0}", p.msgs_per_sec),
+                format!("{:.0}", s.msgs_per_sec),
+                ratio(Some(s.msgs_per_sec), Some(p.msgs_per_sec)),
+                format!("{:.3}", p.cpu_us_per_msg),
+                format!("{:.3}", s.cpu_us_per_msg),
+                ratio(Some(s.cpu_us_per_msg), Some(p.cpu_us_per_msg)),
+                opt(p.server_cpu_us_per_msg, 3),
+                opt(s.server_cpu_us_per_msg, 3),
+                ratio(s.server_cpu_us_per_msg, p.server_cpu_us_per_msg),
+            ]);
+        }
+        Some(t.render())
+    }
+
     /// The markdown table, its footnotes and the targets.
     pub fn render(&self) -> String {
         let lat = self.is_latency();
         let mut header = vec!["client", "messages", "seconds", "msgs/s", "CPU µs/msg"];
+        let server_cpu = !lat;
+        if server_cpu {
+            header.push("server CPU µs/msg");
+        }
         if lat {
             header.extend(["p50 µs", "p99 µs", "p99.9 µs", "max µs", "p99 ÷ ping p99"]);
         }
@@ -144,6 +203,9 @@ impl ScenarioReport {
                 format!("{:.0}", row.msgs_per_sec),
                 format!("{:.3}", row.cpu_us_per_msg),
             ];
+            if server_cpu {
+                cells.push(opt(row.server_cpu_us_per_msg, 3));
+            }
             let comparable = r.kind != ClientKind::Ping;
             if lat {
                 cells.extend([
@@ -170,7 +232,12 @@ impl ScenarioReport {
             table.row(cells);
         }
         table.targets = self.targets();
-        table.render()
+        let mut out = table.render();
+        if let Some(t) = self.tls_table() {
+            out.push('\n');
+            out.push_str(&t);
+        }
+        out
     }
 
     /// The targets that apply to this scenario, each with its measured value and verdict.
@@ -208,6 +275,14 @@ impl ScenarioReport {
                     0.8,
                     true,
                 );
+                if !self.plain.is_empty() {
+                    check(
+                        "batch drain over TLS, ringq CPU per message ÷ best baseline",
+                        div(ringq.cpu_us_per_msg, self.best_baseline_cpu()),
+                        0.5,
+                        false,
+                    );
+                }
                 let epoll = self.row(ClientKind::RingqEpoll);
                 check(
                     "batch drain, epoll msgs/s ÷ io_uring",
@@ -246,13 +321,14 @@ impl ScenarioReport {
     /// # Errors
     /// I/O errors.
     pub fn write_json(&self, path: &Path) -> Result<()> {
+        fn ok(v: &[ClientResult]) -> Vec<&ClientRow> {
+            v.iter().filter_map(|r| r.outcome.as_ref().ok()).collect()
+        }
         let report = JsonReport {
             scenario: self.scenario,
-            clients: self
-                .results
-                .iter()
-                .filter_map(|r| r.outcome.as_ref().ok())
-                .collect(),
+            tls: self.tls,
+            clients: ok(&self.results),
+            plaintext_clients: ok(&self.plain),
         };
         let text = serde_json::to_string_pretty(&report)?;
         write_file(path, &text)

@@ -36,7 +36,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     if cli.clients.is_empty() {
         return Err(Error::new("--clients names no client"));
     }
-    let broker = Broker::open(cli.url.as_deref())?;
+    let broker = Broker::open_with(cli.url.as_deref(), cli.tls)?;
     if cli.pop == PopMode::Batch && !broker.has_lmpop {
         return Err(Error::new(format!(
             "{} has no LMPOP/BLMPOP (Redis 7+): use --pop single",
@@ -84,6 +84,16 @@ fn to_result(
     outcome: Result<ChildOutcome>,
     note: Option<String>,
 ) -> ClientResult {
+    to_result_with(kind, outcome, note, None)
+}
+
+/// As [`to_result`], with the server's CPU seconds over the run when measured.
+fn to_result_with(
+    kind: ClientKind,
+    outcome: Result<ChildOutcome>,
+    note: Option<String>,
+    server_cpu: Option<f64>,
+) -> ClientResult {
     match outcome {
         Ok(ChildOutcome { report, cpu }) => {
             let messages = report.messages;
@@ -98,6 +108,7 @@ fn to_result(
                     seconds: report.seconds,
                     msgs_per_sec: messages as f64 / seconds,
                     cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / messages.max(1) as f64,
+                    server_cpu_us_per_msg: server_cpu.map(|s| s * 1e6 / messages.max(1) as f64),
                     p50_us: lat.as_ref().map(|l| l.p50_us),
                     p99_us: lat.as_ref().map(|l| l.p99_us),
                     p999_us: lat.as_ref().map(|l| l.p999_us),
@@ -135,35 +146,78 @@ fn drain(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioReport
     );
     eprintln!("{title}");
     let mut results = Vec::new();
+    let mut plain = Vec::new();
     for &kind in &cli.clients {
         if kind == ClientKind::Ping {
             eprintln!("ringq-bench: ping runs in the latency scenario only; skipped");
             continue;
         }
-        let pb = progress::bar(total, &format!("filling for {}", kind.name()));
-        load::fill(&broker.url, queues, per_queue, cli.size, &pb)?;
-        pb.finish_and_clear();
-        let mut spec = ChildSpec::base(cli, broker, queues, kind);
-        spec.expected = total;
-        // Generous: a consumer at 2k msg/s still finishes; a lost message fails the row.
-        spec.deadline_secs = 60.0 + total as f64 / 2000.0;
-        let pb = progress::bar(total, &format!("draining: {}", kind.name()));
-        let (outcome, noise) = measured(broker, || {
-            with_drain_progress(&broker.url, queues, total, &pb, || {
-                child::run(&spec, || Ok(()))
-            })
-        });
-        pb.finish_and_clear();
-        let left = load::total_len(&broker.url, queues)?;
-        let note = (left > 0).then(|| format!("{left} messages left in the queues"));
-        results.push(to_result(kind, outcome, join_notes(note, noise)));
+        if broker.tls.is_some() && !kind.speaks_tls() {
+            eprintln!(
+                "ringq-bench: {} has no TLS; skipped with --tls",
+                kind.name()
+            );
+            continue;
+        }
+        let run = |tls: bool| drain_one(cli, broker, queues, kind, per_queue, tls);
+        if broker.tls.is_some() {
+            // The same client over plaintext first, on the same server: the TLS table.
+            plain.push(run(false)?);
+        }
+        results.push(run(broker.tls.is_some())?);
     }
     Ok(ScenarioReport {
         scenario: "drain",
         pop: cli.pop,
         title,
         results,
+        plain,
+        tls: broker.tls.is_some(),
     })
+}
+
+/// Fills the queues, drains them with `kind` (over TLS when `tls`), and measures the
+/// client's and the server's CPU.
+fn drain_one(
+    cli: &Cli,
+    broker: &Broker,
+    queues: &[String],
+    kind: ClientKind,
+    per_queue: u64,
+    tls: bool,
+) -> Result<ClientResult> {
+    let total = per_queue * queues.len() as u64;
+    let how = if tls { " over TLS" } else { "" };
+    let pb = progress::bar(total, &format!("filling for {}{how}", kind.name()));
+    load::fill(&broker.url, queues, per_queue, cli.size, &pb)?;
+    pb.finish_and_clear();
+    let mut spec = ChildSpec::base(cli, broker, queues, kind);
+    if tls {
+        spec = spec.over_tls(broker);
+    }
+    spec.expected = total;
+    // Generous: a consumer at 2k msg/s still finishes; a lost message fails the row.
+    spec.deadline_secs = 60.0 + total as f64 / 2000.0;
+    let pb = progress::bar(total, &format!("draining: {}{how}", kind.name()));
+    let server_before = broker.cpu_seconds().ok();
+    let (outcome, noise) = measured(broker, || {
+        with_drain_progress(&broker.url, queues, total, &pb, || {
+            child::run(&spec, || Ok(()))
+        })
+    });
+    let server_cpu = match (server_before, broker.cpu_seconds().ok()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    pb.finish_and_clear();
+    let left = load::total_len(&broker.url, queues)?;
+    let note = (left > 0).then(|| format!("{left} messages left in the queues"));
+    Ok(to_result_with(
+        kind,
+        outcome,
+        join_notes(note, noise),
+        server_cpu,
+    ))
 }
 
 /// Runs `f` while a thread moves `pb` by polling the queues' length — only when the bar
@@ -214,8 +268,8 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioRepo
     let deadline = cli.duration().as_secs_f64() + 30.0;
     let mut results = Vec::new();
 
-    // The floor first: PING round trips on the same schedule.
-    let mut spec = ChildSpec::base(cli, broker, queues, ClientKind::Ping);
+    // The floor first: PING round trips on the same schedule (over TLS with --tls).
+    let mut spec = ChildSpec::base(cli, broker, queues, ClientKind::Ping).over_tls(broker);
     spec.expected = count;
     spec.latency = true;
     spec.rate = rate;
@@ -225,8 +279,15 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioRepo
     results.push(to_result(ClientKind::Ping, outcome, noise));
 
     for &kind in cli.clients.iter().filter(|&&k| k != ClientKind::Ping) {
+        if broker.tls.is_some() && !kind.speaks_tls() {
+            eprintln!(
+                "ringq-bench: {} has no TLS; skipped with --tls",
+                kind.name()
+            );
+            continue;
+        }
         load::delete(&broker.url, queues)?;
-        let mut spec = ChildSpec::base(cli, broker, queues, kind);
+        let mut spec = ChildSpec::base(cli, broker, queues, kind).over_tls(broker);
         spec.expected = count;
         spec.latency = true;
         spec.deadline_secs = deadline;
@@ -253,5 +314,7 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioRepo
         pop: cli.pop,
         title,
         results,
+        plain: Vec::new(),
+        tls: broker.tls.is_some(),
     })
 }

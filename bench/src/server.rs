@@ -4,7 +4,7 @@
 //! if ringq-bench itself is killed).
 
 use ringq_resp::Frame;
-use ringq_tests::RedisServer;
+use ringq_tests::{RedisServer, TestPki};
 
 use crate::conn::RawConn;
 use crate::error::{Error, Result};
@@ -19,8 +19,20 @@ pub struct Broker {
     pub has_lmpop: bool,
     /// `redis_version` as (major, minor, patch).
     pub redis_version: (u32, u32, u32),
+    /// `--tls`: where the measured clients connect with TLS.
+    pub tls: Option<BrokerTls>,
     /// The embedded server, stopped on drop.
     embedded: Option<RedisServer>,
+    /// The throw-away CA and certificates of `--tls`, removed on drop.
+    _pki: Option<TestPki>,
+}
+
+/// The TLS side of the embedded server (`--tls`).
+pub struct BrokerTls {
+    /// `rediss://127.0.0.1:<tls port>`.
+    pub url: String,
+    /// The CA certificate (PEM) the clients trust.
+    pub ca: std::path::PathBuf,
 }
 
 impl Broker {
@@ -30,15 +42,44 @@ impl Broker {
     /// No `redis-server` found (the message says to run `scripts/setup.sh` or set
     /// `REDIS_SERVER`), a server that does not start, or one that cannot be reached.
     pub fn open(url: Option<&str>) -> Result<Self> {
+        Self::open_with(url, false)
+    }
+
+    /// As [`Broker::open`]; with `tls`, the embedded server also listens with TLS.
+    ///
+    /// # Errors
+    /// As [`Broker::open`]; `tls` with a `--url` server.
+    pub fn open_with(url: Option<&str>, tls: bool) -> Result<Self> {
+        let pki = if tls {
+            if url.is_some() {
+                return Err(Error::new(
+                    "--tls runs its own TLS server (with a throw-away CA); it cannot be \
+                     combined with --url",
+                ));
+            }
+            Some(TestPki::generate()?)
+        } else {
+            None
+        };
         let (url, embedded) = match url {
             Some(u) => (u.to_owned(), None),
             None => {
-                let server = RedisServer::builder()
+                let mut b = RedisServer::builder()
                     // Queues of a few million messages must fit; no eviction, no saving.
-                    .arg("--maxmemory", "0")
-                    .start()?;
+                    .arg("--maxmemory", "0");
+                if let Some(p) = &pki {
+                    b = b.tls(p, false);
+                }
+                let server = b.start()?;
                 (server.url(), Some(server))
             }
+        };
+        let tls = match (&pki, &embedded) {
+            (Some(p), Some(s)) => Some(BrokerTls {
+                url: s.tls_url(),
+                ca: p.ca_cert(),
+            }),
+            _ => None,
         };
         let mut conn = RawConn::connect(&url).map_err(|e| e.context("checking the server"))?;
         let info = match conn.command_ok(["INFO", "server"])? {
@@ -71,7 +112,9 @@ impl Broker {
             version,
             has_lmpop: major >= 7,
             redis_version: triple,
+            tls,
             embedded,
+            _pki: pki,
         })
     }
 
@@ -85,12 +128,12 @@ impl Broker {
         self.embedded.is_some()
     }
 
-    /// "redis 7.0.15 (embedded)" or "… (--url)", for titles.
+    /// "redis 7.0.15 (embedded)", "… (embedded, TLS)" or "… (--url)", for titles.
     pub fn label(&self) -> String {
-        let place = if self.is_embedded() {
-            "embedded"
-        } else {
-            "--url"
+        let place = match (self.is_embedded(), self.tls.is_some()) {
+            (true, true) => "embedded, TLS",
+            (true, false) => "embedded",
+            _ => "--url",
         };
         format!("{} ({place})", self.version)
     }

@@ -59,6 +59,9 @@ pub struct ChildSpec {
     /// [`STREAM_GROUP`] (created by the parent), acknowledging every entry.
     #[serde(default)]
     pub stream: bool,
+    /// `--tls`: `url` is `rediss://`, and this PEM file holds the CA to trust.
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// The consumer group of the `stream` scenario.
@@ -88,11 +91,21 @@ impl ChildSpec {
             channel: None,
             reliable: false,
             stream: false,
+            tls_ca: None,
             backend: match client {
                 ClientKind::RingqEpoll => "epoll".to_owned(),
                 _ => cli.backend.clone(),
             },
         }
+    }
+
+    /// The same client over TLS (`broker`'s TLS port), when the broker has one.
+    pub fn over_tls(mut self, broker: &Broker) -> Self {
+        if let Some(t) = &broker.tls {
+            self.url = t.url.clone();
+            self.tls_ca = Some(t.ca.clone());
+        }
+        self
     }
 
     /// Connections actually used: one per queue at most.

@@ -8,12 +8,13 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringq-bench");
-const CONTRACT_FIELDS: [&str; 9] = [
+const CONTRACT_FIELDS: [&str; 10] = [
     "name",
     "messages",
     "seconds",
     "msgs_per_sec",
     "cpu_us_per_msg",
+    "server_cpu_us_per_msg",
     "p50_us",
     "p99_us",
     "p999_us",
@@ -41,8 +42,18 @@ fn clients(report: &Value, scenario: &str) -> Vec<(String, serde_json::Map<Strin
     let mut keys: Vec<&str> = top.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["clients", "scenario"]);
+    client_rows(report, "clients", scenario)
+}
+
+/// The rows of the array `field` of a report of `scenario`, checked against the contract.
+fn client_rows(
+    report: &Value,
+    field: &str,
+    scenario: &str,
+) -> Vec<(String, serde_json::Map<String, Value>)> {
+    let top = report.as_object().expect("a JSON object");
     assert_eq!(top["scenario"], scenario);
-    top["clients"]
+    top[field]
         .as_array()
         .expect("clients is an array")
         .iter()
@@ -401,4 +412,70 @@ fn help_lists_every_scenario_and_scenario_help_shows_only_its_options() {
         text.contains("--rate") && !text.contains("--messages"),
         "{text}"
     );
+}
+
+/// `--tls`: drain runs every client that speaks TLS over TLS and again over plaintext
+/// (the TLS ÷ plaintext table), skipping the ones that do not, loudly; latency's floor
+/// is a TLS PING client; the other scenarios refuse the flag.
+#[test]
+fn tls_drain_and_latency_run_over_tls_and_say_what_they_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("drain-tls.json");
+    let out = run(&[
+        "drain",
+        "--tls",
+        "--messages",
+        "2000",
+        "--clients",
+        "ringq,redis-rs,tokio-uring",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("TLS ÷ plaintext"), "{stdout}");
+    assert!(
+        stderr.contains("tokio-uring has no TLS; skipped"),
+        "{stderr}"
+    );
+    let report = read_json(&json);
+    assert_eq!(report["tls"], true);
+    for field in ["clients", "plaintext_clients"] {
+        let rows = client_rows(&report, field, "drain");
+        assert_eq!(names(&rows), ["ringq", "redis-rs"], "{field}");
+        for (name, c) in &rows {
+            assert_eq!(c["messages"], 2000, "{field}: {name} counted every message");
+            assert!(
+                c["server_cpu_us_per_msg"].as_f64().is_some_and(|v| v > 0.0),
+                "{field}: {name}: server CPU measured"
+            );
+        }
+    }
+
+    let json = dir.path().join("latency-tls.json");
+    let out = run(&[
+        "latency",
+        "--tls",
+        "--rate",
+        "2000",
+        "--duration",
+        "1",
+        "--clients",
+        "ringq",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report = read_json(&json);
+    let rows = client_rows(&report, "clients", "latency");
+    assert_eq!(names(&rows), ["ping", "ringq"]);
+    for (name, c) in &rows {
+        assert_eq!(c["messages"], 2000, "{name}");
+        assert!(c["p99_us"].as_f64().is_some_and(|v| v > 0.0), "{name}");
+    }
+
+    let out = run(&["pubsub", "--tls", "--messages", "10"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls applies to"));
 }

@@ -25,7 +25,7 @@ use crate::spec::ChildSpec;
 const MAX_BURST: u64 = 1000;
 
 pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
-    let mut conn = RawConn::connect(&spec.url)?;
+    let mut conn = RawConn::connect_with(&spec.url, spec.tls_ca.as_deref())?;
     let mut reader = RawConn::from_stream(conn.try_clone_stream()?);
     sink.watchdog(super::deadline(spec), || {});
     let mut ping = BytesMut::new();

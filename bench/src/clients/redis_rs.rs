@@ -32,7 +32,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     .map_err(|e| Error::io("building the tokio runtime", e))?;
     sink.watchdog(super::deadline(spec), || {});
     rt.block_on(async {
-        let client = redis::Client::open(redis_url(&spec.url))?;
+        let client = client(spec)?;
         let config =
             AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(3)));
         for lane in 0..spec.lanes() {
@@ -256,6 +256,27 @@ async fn group_loop(
 }
 
 /// redis-rs spells Unix sockets `redis+unix://`; ringq's `unix://path?db=N` maps onto it.
+/// redis-rs's client for `spec`: over TLS (its `tls-rustls` support, trusting the run's
+/// CA) when the spec says so.
+fn client(spec: &ChildSpec) -> Result<redis::Client> {
+    let url = redis_url(&spec.url);
+    let Some(ca) = &spec.tls_ca else {
+        return Ok(redis::Client::open(url)?);
+    };
+    // redis-rs builds its rustls config from the process-wide default provider: install
+    // the one ringq uses, or it has none to pick and panics.
+    #[allow(deprecated)]
+    let _ = ringq::rustls::crypto::ring::default_provider().install_default();
+    let root = std::fs::read(ca).map_err(|e| Error::io(format!("reading {}", ca.display()), e))?;
+    Ok(redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root),
+        },
+    )?)
+}
+
 fn redis_url(url: &str) -> String {
     match url.strip_prefix("unix://") {
         Some(rest) => format!("redis+unix://{rest}"),
@@ -274,7 +295,7 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     sink.watchdog(super::deadline(spec), || {});
     let channel = spec.channel.clone().unwrap_or_default();
     rt.block_on(async {
-        let client = redis::Client::open(redis_url(&spec.url))?;
+        let client = client(spec)?;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&channel).await?;
         sink.ready();

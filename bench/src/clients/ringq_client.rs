@@ -38,6 +38,14 @@ impl Handler for SinkHandler {
     }
 }
 
+/// `--tls`: trust the run's CA.
+fn with_tls(b: EngineBuilder, spec: &ChildSpec) -> EngineBuilder {
+    match &spec.tls_ca {
+        Some(ca) => b.tls(ringq::Tls::new().ca_cert(ca)),
+        None => b,
+    }
+}
+
 pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     let strategy = match spec.pop {
         PopMode::Single => PopStrategy::Single,
@@ -75,7 +83,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
             .block_timeout(Duration::from_secs(1))
             .into()
     };
-    let running = EngineBuilder::new(&spec.url)
+    let running = with_tls(EngineBuilder::new(&spec.url), spec)
         .backend(backend(spec))
         // Enough credit for every lane's full pipeline, twice over (one in flight, one
         // being handled).

@@ -24,14 +24,13 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     let mut per_shard: Vec<Vec<(std::net::TcpStream, Vec<String>)>> =
         (0..shards).map(|_| Vec::new()).collect();
     for lane in 0..spec.lanes() {
-        let stream = match RawConn::connect(&spec.url)?.into_stream()? {
-            Stream::Tcp(s) => s,
-            Stream::Unix(_) => {
-                return Err(Error::new(
-                    "the tokio-uring baseline supports TCP URLs only (not unix://)",
-                ))
-            }
-        };
+        let stream =
+            match RawConn::connect(&spec.url)?.into_stream()? {
+                Stream::Tcp(s) => s,
+                Stream::Unix(_) | Stream::Tls(..) => return Err(Error::new(
+                    "the tokio-uring baseline supports plain TCP URLs only (not unix:// or TLS)",
+                )),
+            };
         per_shard[lane % shards].push((stream, spec.lane_queues(lane)));
     }
     sink.watchdog(super::deadline(spec), || {});
