@@ -145,6 +145,13 @@ fn drain(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioReport
         broker.label()
     );
     eprintln!("{title}");
+    // A warm-up fill, deleted unmeasured: the first fill of a fresh server takes its
+    // memory from the OS and a later one reuses it, which made whichever client drained
+    // first look slower (seen as TLS "faster" than plaintext when plaintext ran first).
+    let pb = progress::bar(total, "warming the server up");
+    load::fill(&broker.url, queues, per_queue, cli.size, &pb)?;
+    load::delete(&broker.url, queues)?;
+    pb.finish_and_clear();
     let mut results = Vec::new();
     let mut plain = Vec::new();
     for &kind in &cli.clients {

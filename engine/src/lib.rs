@@ -75,6 +75,7 @@ mod resolve;
     reason = "the io_uring driver and the system calls: the only unsafe code"
 )]
 mod ring;
+mod sentinel;
 mod shard;
 mod stats;
 mod timer;

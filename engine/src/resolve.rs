@@ -8,7 +8,8 @@
 //! while a lookup runs (every connection of a failed server reconnects at once) are all
 //! answered by the next lookup.
 //!
-//! Addresses that need no lookup (IP literals, Unix sockets) never come here.
+//! Addresses that need no lookup (IP literals, Unix sockets) never come here. A master
+//! behind Sentinel always does: its lookup asks the sentinels (`sentinel/`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -16,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use crate::error::{Error, ErrorKind};
+use crate::sentinel::Sentinels;
+use crate::url::ResolvedAddr;
 use crate::wake::Signals;
 
 /// A host-name resolver: host and port in, addresses out (the first is dialled). The
@@ -50,11 +53,47 @@ pub(crate) fn is_name(host: &str) -> bool {
     host.parse::<IpAddr>().is_err()
 }
 
+/// What a lookup finds an address for.
+pub(crate) enum Lookup {
+    /// A host name, through `f`.
+    Host {
+        f: Arc<ResolveFn>,
+        host: String,
+        port: u16,
+    },
+    /// The master the sentinels know.
+    Sentinel(Arc<Sentinels>),
+}
+
+impl Lookup {
+    /// Runs the lookup (blocking).
+    pub(crate) fn run(&self) -> Result<ResolvedAddr, Error> {
+        match self {
+            Lookup::Host { f, host, port } => {
+                resolve_with(&**f, host, *port).map(|a| ResolvedAddr::Tcp(a, host.as_str().into()))
+            }
+            Lookup::Sentinel(s) => {
+                let (host, port) = s.master_addr()?;
+                let addr = crate::sentinel::socket_addr(&host, port)?;
+                Ok(ResolvedAddr::Tcp(addr, host.into()))
+            }
+        }
+    }
+
+    /// What is looked up, for messages.
+    fn what(&self) -> String {
+        match self {
+            Lookup::Host { host, .. } => format!("host '{host}'"),
+            Lookup::Sentinel(s) => format!("master '{}' at the sentinels", s.master()),
+        }
+    }
+}
+
 /// One lookup's answer for connection `conn` (generation `gen`) of a shard.
 pub(crate) struct Resolved {
     pub conn: u32,
     pub gen: u32,
-    pub addr: Result<SocketAddr, Error>,
+    pub addr: Result<ResolvedAddr, Error>,
 }
 
 #[derive(Default)]
@@ -76,12 +115,10 @@ pub(crate) struct Resolver {
 }
 
 impl Resolver {
-    /// Starts the resolver thread for `host:port`, answering `shards` shards. The thread
+    /// Starts the resolver thread for `lookup`, answering `shards` shards. The thread
     /// ends when the resolver is dropped (with the last connection settings holding it).
     pub(crate) fn start(
-        f: Arc<ResolveFn>,
-        host: String,
-        port: u16,
+        lookup: Lookup,
         shards: usize,
         shared: Arc<Signals>,
     ) -> Result<Self, Error> {
@@ -96,22 +133,24 @@ impl Resolver {
                     batch.extend(rx.try_iter());
                     // A panicking user resolver must not leave connections waiting
                     // for an answer forever: it answers with an error instead.
-                    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        resolve_with(&*f, &host, port)
-                    }))
-                    .unwrap_or_else(|_| {
-                        Err(Error::new(
-                            ErrorKind::ConnectionLost,
-                            format!("the resolver panicked while looking up '{host}'"),
-                        ))
-                    });
+                    let answer =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lookup.run()))
+                            .unwrap_or_else(|_| {
+                                Err(Error::new(
+                                    ErrorKind::ConnectionLost,
+                                    format!(
+                                        "the resolver panicked while looking up {}",
+                                        lookup.what()
+                                    ),
+                                ))
+                            });
                     let mut woken = vec![false; boxes.len()];
                     for r in batch {
                         let Some(inbox) = boxes.get(r.shard) else {
                             continue;
                         };
                         let addr = match &answer {
-                            Ok(a) => Ok(*a),
+                            Ok(a) => Ok(a.clone()),
                             Err(e) => Err(Error::new(e.kind(), e.to_string())),
                         };
                         if let Ok(mut v) = inbox.answers.lock() {

@@ -1,6 +1,9 @@
 //! Server addresses: `redis://[user[:password]@]host[:port][/db]`, the same with
-//! `rediss://` for TLS, and `unix:///path/to/socket[?db=N]`, with percent-decoding of the
-//! credentials.
+//! `rediss://` for TLS, `unix:///path/to/socket[?db=N]`, and a master found through
+//! Sentinel: `redis+sentinel://[user[:password]@]host1[:26379][,host2[:26379]…]/<master
+//! name>[/db]` (`rediss+sentinel://` for TLS to the sentinels and the data nodes alike),
+//! with percent-decoding of the credentials. The credentials are the data nodes'; the
+//! sentinels' own are set apart ([`crate::EngineBuilder::sentinel_password`]).
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -20,6 +23,13 @@ pub enum Address {
     },
     /// A Unix domain socket path.
     Unix(PathBuf),
+    /// The master named `master`, as the sentinels at `sentinels` (host, port) report it.
+    Sentinel {
+        /// The sentinels to ask, in order.
+        sentinels: Vec<(String, u16)>,
+        /// The master's name in the sentinels' configuration.
+        master: String,
+    },
 }
 
 /// A parsed server URL: address, credentials and database.
@@ -53,15 +63,35 @@ impl fmt::Debug for ConnectionInfo {
 impl fmt::Display for ConnectionInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.address {
-            Address::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Address::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Address::Tcp { host, port } => write!(f, "{}", HostPort(host, *port)),
             Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Sentinel { sentinels, master } => {
+                write!(f, "master '{master}' of sentinel")?;
+                for (i, (h, p)) in sentinels.iter().enumerate() {
+                    write!(f, "{}{}", if i == 0 { " " } else { "," }, HostPort(h, *p))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 host.
+pub(crate) struct HostPort<'a>(pub &'a str, pub u16);
+
+impl fmt::Display for HostPort<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.contains(':') {
+            write!(f, "[{}]:{}", self.0, self.1)
+        } else {
+            write!(f, "{}:{}", self.0, self.1)
         }
     }
 }
 
 impl ConnectionInfo {
-    /// Parses a `redis://`, `rediss://` or `unix://` URL.
+    /// Parses a `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://` or
+    /// `unix://` URL.
     ///
     /// # Errors
     /// [`crate::ErrorKind::Config`] saying what part of the URL is wrong.
@@ -84,14 +114,18 @@ impl ConnectionInfo {
                 tls: false,
             });
         }
-        let (rest, tls) = match url.strip_prefix("rediss://") {
-            Some(rest) => (rest, true),
-            None => (
-                url.strip_prefix("redis://")
-                    .ok_or("expected redis://, rediss:// or unix://")?,
-                false,
-            ),
-        };
+        let schemes = [
+            ("redis://", false, false),
+            ("rediss://", true, false),
+            ("redis+sentinel://", false, true),
+            ("rediss+sentinel://", true, true),
+        ];
+        let (rest, tls, sentinel) = schemes
+            .iter()
+            .find_map(|(s, tls, sentinel)| Some((url.strip_prefix(s)?, *tls, *sentinel)))
+            .ok_or(
+                "expected redis://, rediss://, redis+sentinel://, rediss+sentinel:// or unix://",
+            )?;
         // `redis://host:6379?db=1` (redis-py and redis-rs accept it) as well as `/1`.
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let query_db = query_db(query)?;
@@ -104,7 +138,24 @@ impl ConnectionInfo {
             None => (None, authority),
         };
         let (username, password) = userinfo.map_or(Ok((None, None)), credentials)?;
-        let (host, port) = host_port(hostport)?;
+        let (address, path) = if sentinel {
+            let sentinels = hostport
+                .split(',')
+                .map(|hp| host_port(hp, 26379))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (master, db) = path.split_once('/').unwrap_or((path, ""));
+            if master.is_empty() {
+                return Err(
+                    "no master name: redis+sentinel://host:26379[,host2:26379]/<master name>[/db]"
+                        .into(),
+                );
+            }
+            let master = percent_decode(master).ok_or("bad percent-encoding in master name")?;
+            (Address::Sentinel { sentinels, master }, db)
+        } else {
+            let (host, port) = host_port(hostport, 6379)?;
+            (Address::Tcp { host, port }, path)
+        };
         let path_db = if path.is_empty() {
             None
         } else {
@@ -120,7 +171,7 @@ impl ConnectionInfo {
             (p, q) => p.or(q).unwrap_or(0),
         };
         Ok(Self {
-            address: Address::Tcp { host, port },
+            address,
             username,
             password,
             db,
@@ -132,6 +183,9 @@ impl ConnectionInfo {
     pub(crate) fn resolve(&self) -> Result<ResolvedAddr, Error> {
         match &self.address {
             Address::Unix(p) => Ok(ResolvedAddr::Unix(p.clone())),
+            Address::Sentinel { .. } => Err(Error::config(
+                "a Sentinel address is found by asking the sentinels, not by a lookup",
+            )),
             Address::Tcp { host, port } => {
                 let mut addrs = (host.as_str(), *port).to_socket_addrs().map_err(|e| {
                     Error::new(
@@ -141,7 +195,7 @@ impl ConnectionInfo {
                 })?;
                 addrs
                     .next()
-                    .map(ResolvedAddr::Tcp)
+                    .map(|a| ResolvedAddr::Tcp(a, host.as_str().into()))
                     .ok_or_else(|| Error::config(format!("host '{host}' resolved to no address")))
             }
         }
@@ -151,7 +205,9 @@ impl ConnectionInfo {
 /// A resolved address ready for `connect(2)`.
 #[derive(Debug, Clone)]
 pub(crate) enum ResolvedAddr {
-    Tcp(SocketAddr),
+    /// The address, and the host name (or IP) it was found for: the name a TLS
+    /// certificate must carry.
+    Tcp(SocketAddr, std::sync::Arc<str>),
     Unix(PathBuf),
 }
 
@@ -220,21 +276,21 @@ fn credentials(userinfo: &str) -> Result<(Option<String>, Option<String>), Strin
 }
 
 /// The host and port of a URL's authority (`host`, `host:port`, `[v6]`, `[v6]:port`;
-/// the port defaults to 6379).
-fn host_port(hostport: &str) -> Result<(String, u16), String> {
+/// the port defaults to `default`).
+fn host_port(hostport: &str, default: u16) -> Result<(String, u16), String> {
     const BAD_PORT: &str = "port must be a number from 1 to 65535";
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (h, after) = v6.split_once(']').ok_or("unclosed [ in IPv6 host")?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| BAD_PORT)?,
-            None if after.is_empty() => 6379,
+            None if after.is_empty() => default,
             None => return Err("junk after IPv6 host".into()),
         };
         (h.to_owned(), port)
     } else {
         match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| BAD_PORT)?),
-            None => (hostport.to_owned(), 6379),
+            None => (hostport.to_owned(), default),
         }
     };
     if host.is_empty() {

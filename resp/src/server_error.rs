@@ -162,13 +162,16 @@ impl ServerError {
     }
 
     /// Whether the server is not a writable primary now (READONLY: a replica;
-    /// MASTERDOWN: a replica without its master): a failover, to follow by connecting
-    /// again (re-resolving the name, or asking Sentinel or the cluster).
+    /// MASTERDOWN: a replica without its master; UNBLOCKED with "instance state changed":
+    /// a blocked command ended because its master became a replica): a failover, to
+    /// follow by connecting again (re-resolving the name, or asking Sentinel or the
+    /// cluster).
     pub fn is_role_change(&self) -> bool {
-        matches!(
-            self.kind,
-            ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown
-        )
+        match self.kind {
+            ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown => true,
+            ServerErrorKind::Unblocked => contains(&self.message, b"instance state changed"),
+            _ => false,
+        }
     }
 
     /// Whether this is an authentication failure (WRONGPASS, NOAUTH), which retrying
@@ -222,6 +225,10 @@ impl fmt::Display for ServerError {
 }
 
 impl std::error::Error for ServerError {}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
 
 #[cfg(test)]
 mod tests {
@@ -347,6 +354,14 @@ mod tests {
         assert!(ServerError::parse(Bytes::from_static(b"MOVED 1 h:1")).is_redirect());
         assert!(ServerError::parse(Bytes::from_static(b"READONLY x")).is_role_change());
         assert!(ServerError::parse(Bytes::from_static(b"MASTERDOWN x")).is_role_change());
+        assert!(ServerError::parse(Bytes::from_static(
+            b"UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)"
+        ))
+        .is_role_change());
+        assert!(!ServerError::parse(Bytes::from_static(
+            b"UNBLOCKED client unblocked via CLIENT UNBLOCK"
+        ))
+        .is_role_change());
         assert!(
             ServerError::parse(Bytes::from_static(b"ERR max number of clients reached"))
                 .is_retryable()

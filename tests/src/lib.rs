@@ -50,6 +50,7 @@ mod launch;
 mod process;
 mod proxy;
 mod scripted;
+mod sentinel;
 mod server;
 mod tls;
 mod url;
@@ -64,6 +65,7 @@ pub use process::{
 };
 pub use proxy::{Fault, FaultProxy};
 pub use scripted::{Script, ScriptedServer, Step};
+pub use sentinel::SentinelGroup;
 pub use server::RedisServer;
 pub use tls::TestPki;
 pub use url::ConnectionInfo;

@@ -102,6 +102,29 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
                 return Err(self.handshake_failure(&what, e));
             }
             (Tag::SetName, _) | (Tag::Select, _) => {}
+            (Tag::Role, f) if f.is_error() => {
+                let e = f
+                    .to_server_error()
+                    .unwrap_or_else(|| ringq_resp::ServerError::parse(Bytes::new()));
+                return Err(self.handshake_failure("ROLE", e));
+            }
+            (Tag::Role, f) => {
+                let role = f
+                    .as_elements()
+                    .and_then(|v| v.first()?.as_bytes().cloned())
+                    .unwrap_or_default();
+                if role.as_ref() != b"master" {
+                    return Err(Failure::Retry(Error::new(
+                        ErrorKind::ConnectionLost,
+                        format!(
+                            "{} is a {}, not the master (a failover in progress?); asking the \
+                             sentinels again",
+                            self.peer(),
+                            String::from_utf8_lossy(&role)
+                        ),
+                    )));
+                }
+            }
             (t, f) => {
                 return Err(Failure::Fatal(Error::new(
                     ErrorKind::Protocol,
@@ -109,13 +132,20 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
                 )))
             }
         }
-        if !matches!(tag, Tag::Select) && info.db != 0 {
+        if !matches!(tag, Tag::Select | Tag::Role) && info.db != 0 {
             CommandWriter::new(&mut self.wbuf, 2)
                 .arg("SELECT")
                 .arg_int(i64::from(info.db))
                 .finish();
             self.pending.push_back(Pending::new(Tag::Select, deadline));
             self.phase = Phase::Select;
+            return Ok(false);
+        }
+        if self.cfg.sentinels.is_some() && !matches!(tag, Tag::Role) {
+            // The sentinels' answer is a claim: check it on this connection.
+            CommandWriter::new(&mut self.wbuf, 1).arg("ROLE").finish();
+            self.pending.push_back(Pending::new(Tag::Role, deadline));
+            self.phase = Phase::Role;
             return Ok(false);
         }
         self.phase = Phase::Ready;

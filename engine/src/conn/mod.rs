@@ -8,7 +8,9 @@
 //!
 //! On a `rediss://` server the TLS handshake is a phase of its own (`Tls`), under the
 //! same connect deadline as the connect and the HELLO; from then on every byte passes
-//! through the connection's `TlsLayer` (`conn/tls.rs`) and nothing else changes.
+//! through the connection's `TlsLayer` (`conn/tls.rs`) and nothing else changes. Behind
+//! Sentinel the handshake ends with `ROLE` (`Role`): a node that is not the master is
+//! not used, and the reconnect asks the sentinels again.
 //!
 //! A `Conn` owns its socket, read and write buffers, decoder and the queue of replies it
 //! expects (in order: RESP replies come back in command order). It never builds SQEs: it
@@ -61,6 +63,8 @@ pub(crate) enum Phase {
     SetName2,
     /// `SELECT` sent.
     Select,
+    /// `ROLE` sent (behind Sentinel: is this node the master?).
+    Role,
     /// Handshake done; the pipeline may send.
     Ready,
     /// Failed or stopping; waiting for in-flight operations to end.
@@ -77,6 +81,7 @@ pub(crate) enum Tag<C> {
     Auth,
     SetName,
     Select,
+    Role,
     /// An idle PING on a connection with nothing in flight.
     Ping,
     /// `CLIENT UNBLOCK` of connection `conn`'s blocked command, sent during a stop on the
@@ -174,14 +179,18 @@ pub(crate) struct ConnConfig {
     pub client_name: String,
     /// TLS settings for a `rediss://` server (`None`: plaintext).
     pub tls: Option<TlsConnect>,
+    /// Behind Sentinel: the sentinels (every handshake then checks `ROLE`, and the shard
+    /// follows their `+switch-master`).
+    pub sentinels: Option<Arc<crate::sentinel::Sentinels>>,
 }
 
 /// What every TLS connection of an engine starts from.
 #[derive(Debug, Clone)]
 pub(crate) struct TlsConnect {
     pub config: Arc<rustls::ClientConfig>,
-    /// The name the certificate must carry (and the SNI sent, for a DNS name).
-    pub name: rustls::pki_types::ServerName<'static>,
+    /// The name the certificate must carry (and the SNI sent, for a DNS name); `None`
+    /// behind Sentinel: the host the sentinels name for the master.
+    pub name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// Why a connection is closing.
@@ -203,6 +212,8 @@ pub(crate) struct Conn<C> {
     name: String,
     cfg: Arc<ConnConfig>,
     fd: RawFd,
+    /// The address dialled and the host it was found for (TCP).
+    target: Option<(std::net::SocketAddr, Arc<str>)>,
     connect_op: Option<OpId>,
     send_op: Option<OpId>,
     recv_op: Option<OpId>,
@@ -262,6 +273,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             name,
             cfg,
             fd: -1,
+            target: None,
             connect_op: None,
             send_op: None,
             recv_op: None,
@@ -422,7 +434,17 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
     }
 
     pub(crate) fn peer(&self) -> String {
-        self.cfg.info.to_string()
+        match (&self.cfg.info.address, &self.target) {
+            (crate::url::Address::Sentinel { master, .. }, Some((a, _))) => {
+                format!("{a} (master '{master}')")
+            }
+            _ => self.cfg.info.to_string(),
+        }
+    }
+
+    /// The address this connection dialled last (TCP).
+    pub(crate) fn target_addr(&self) -> Option<std::net::SocketAddr> {
+        self.target.as_ref().map(|(a, _)| *a)
     }
 
     /// A reply that shows the server serving, not just accepting connections: ends the

@@ -38,8 +38,12 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         self.paused = false;
         self.resumed = false;
         self.recv_cancelled = false;
+        self.target = None;
         let addr = match addr {
-            ResolvedAddr::Tcp(a) => SockAddr::from_std(a),
+            ResolvedAddr::Tcp(a, host) => {
+                self.target = Some((*a, host.clone()));
+                SockAddr::from_std(a)
+            }
             ResolvedAddr::Unix(p) => SockAddr::unix(p).map_err(|e| {
                 Failure::Fatal(Error::config(format!("unix socket {}: {e}", p.display())))
             })?,
@@ -75,7 +79,15 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         if let Some(t) = &self.cfg.tls {
             // The HELLO placeholder keeps counting the connect deadline through the
             // TLS handshake.
-            let mut layer = tls::TlsLayer::new(t.config.clone(), t.name.clone())
+            // The URL's host, or (behind Sentinel) the host the sentinels named.
+            let name = match (&t.name, &self.target) {
+                (Some(n), _) => n.clone(),
+                (None, Some((_, host))) => crate::tls::server_name(host).map_err(Failure::Fatal)?,
+                (None, None) => {
+                    return Err(Failure::Fatal(Error::config("TLS needs a TCP address")))
+                }
+            };
+            let mut layer = tls::TlsLayer::new(t.config.clone(), name)
                 .map_err(|e| Failure::Fatal(crate::tls::explain(&self.peer(), e)))?;
             layer
                 .handshake(&mut self.tls_out)

@@ -9,7 +9,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{EngineBuilder, Running};
 use crate::backend::IoBackend;
@@ -19,11 +19,12 @@ use crate::dispatch::{start_pool, ShardDispatch, ShardWaker};
 use crate::error::{Error, ErrorKind};
 use crate::handler::Handler;
 use crate::pipeline::{Pipeline, Timing};
-use crate::resolve::{is_name, Resolver};
+use crate::resolve::{is_name, Lookup, Resolver};
 use crate::ring::{sys, RingFeatures};
+use crate::sentinel::Sentinels;
 use crate::shard::{self, HandlerSide, Periodic, ShardSpec};
 use crate::stats::ShardStats;
-use crate::url::{Address, ConnectionInfo, ResolvedAddr};
+use crate::url::{Address, ConnectionInfo};
 use crate::wake::Signals;
 
 /// What launching needs besides the pipelines: how the shards split the credit, the
@@ -184,17 +185,36 @@ fn conn_config(
     shared: &Arc<Signals>,
 ) -> Result<ConnConfig, Error> {
     let tls = tls_connect(builder, &info)?;
+    let mut sentinels = None;
     let (addr, resolver) = match &info.address {
         Address::Tcp { host, port } if is_name(host) => {
-            let first = crate::resolve::resolve_with(&*builder.resolver, host, *port)?;
-            let r = Resolver::start(
-                builder.resolver.clone(),
-                host.clone(),
-                *port,
-                nshards,
-                shared.clone(),
-            )?;
-            (ResolvedAddr::Tcp(first), Some(Arc::new(r)))
+            let lookup = Lookup::Host {
+                f: builder.resolver.clone(),
+                host: host.clone(),
+                port: *port,
+            };
+            let first = lookup.run()?;
+            let r = Resolver::start(lookup, nshards, shared.clone())?;
+            (first, Some(Arc::new(r)))
+        }
+        Address::Sentinel {
+            sentinels: list,
+            master,
+        } => {
+            let s = Arc::new(Sentinels::new(
+                master.clone(),
+                list.clone(),
+                builder.sentinel_auth(),
+                tls.as_ref().map(|t| t.config.clone()),
+                // Each sentinel gets a short deadline: a slow one is skipped, not waited on.
+                builder.connect_timeout.min(Duration::from_secs(1)),
+            ));
+            let lookup = Lookup::Sentinel(s.clone());
+            let first = lookup.run()?;
+            let r = Resolver::start(lookup, nshards, shared.clone())?;
+            crate::sentinel::watch(s.clone(), shared.clone())?;
+            sentinels = Some(s);
+            (first, Some(Arc::new(r)))
         }
         _ => (info.resolve()?, None),
     };
@@ -208,6 +228,7 @@ fn conn_config(
         start_attempts: builder.start_attempts,
         client_name: builder.client_name.clone(),
         tls,
+        sentinels,
     })
 }
 
@@ -225,8 +246,11 @@ fn tls_connect(
         }
         return Ok(None);
     }
-    let Address::Tcp { host, .. } = &info.address else {
-        return Err(Error::config("TLS needs a TCP address"));
+    let name = match &info.address {
+        Address::Tcp { host, .. } => Some(crate::tls::server_name(host)?),
+        // The master's host, as the sentinels name it, for each connection.
+        Address::Sentinel { .. } => None,
+        Address::Unix(_) => return Err(Error::config("TLS needs a TCP address, not unix://")),
     };
     let default = crate::Tls::new();
     let settings = settings.unwrap_or(&default);
@@ -238,7 +262,7 @@ fn tls_connect(
     }
     Ok(Some(TlsConnect {
         config: settings.client_config()?,
-        name: crate::tls::server_name(host)?,
+        name,
     }))
 }
 

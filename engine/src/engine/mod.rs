@@ -100,6 +100,8 @@ pub struct EngineBuilder {
     /// Credentials given apart from the URL (they win over the URL's).
     username: Option<String>,
     password: Option<String>,
+    sentinel_username: Option<String>,
+    sentinel_password: Option<String>,
     tls: Option<crate::Tls>,
     shards: usize,
     connections_per_shard: usize,
@@ -126,13 +128,16 @@ pub struct EngineBuilder {
 
 impl EngineBuilder {
     /// An engine for the server at `url` (`redis://[user:pass@]host[:port][/db]`,
-    /// `rediss://…` for TLS, or `unix:///path`), with one shard, one connection per shard, cores pinned, prefetch
+    /// `rediss://…` for TLS, `unix:///path`, or the master of a Sentinel set:
+    /// `redis+sentinel://host1:26379[,host2:26379]/<master name>[/db]`), with one shard, one connection per shard, cores pinned, prefetch
     /// 1024 messages and 64 MiB, no message limit, reply grace 2 s, reply timeout 10 s.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             username: None,
             password: None,
+            sentinel_username: None,
+            sentinel_password: None,
             tls: None,
             shards: 1,
             connections_per_shard: 1,
@@ -176,6 +181,27 @@ impl EngineBuilder {
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
+    }
+
+    /// The sentinels' own password (`requirepass` in their configuration), for a
+    /// `redis+sentinel://` URL: the URL's credentials are the data nodes', and the
+    /// sentinels are asked without a password unless this is set.
+    pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+        self.sentinel_password = Some(password.into());
+        self
+    }
+
+    /// The ACL user name for the sentinels (with [`EngineBuilder::sentinel_password`]).
+    pub fn sentinel_username(mut self, username: impl Into<String>) -> Self {
+        self.sentinel_username = Some(username.into());
+        self
+    }
+
+    /// The sentinels' credentials, if any.
+    pub(crate) fn sentinel_auth(&self) -> Option<(Option<String>, String)> {
+        self.sentinel_password
+            .clone()
+            .map(|p| (self.sentinel_username.clone(), p))
     }
 
     /// TLS settings for a `rediss://` URL: a CA file, a client certificate, or a rustls

@@ -226,4 +226,39 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             }
         }
     }
+
+    /// Behind Sentinel: when the watcher heard of a failover (`+switch-master`), closes
+    /// every connection to another address, so it reconnects — asking the sentinels —
+    /// now, not when the old master's errors reach it.
+    pub(super) fn follow_failover(&mut self, now: Instant) {
+        let Some(s) = &self.conn_cfg.sentinels else {
+            return;
+        };
+        let (seen, to) = s.switched();
+        if seen == self.failovers_seen {
+            return;
+        }
+        self.failovers_seen = seen;
+        let Some(to) = to else {
+            return;
+        };
+        for id in 0..self.io.conns.len() {
+            let c = &self.io.conns[id];
+            let live = !matches!(
+                c.phase(),
+                Phase::Idle | Phase::Resolving | Phase::Closing | Phase::Done
+            );
+            if live && c.target_addr().is_some_and(|a| a != to) {
+                let e = Error::new(
+                    ErrorKind::ConnectionLost,
+                    format!(
+                        "failover: the sentinels moved the master from {} to {to}; reconnecting",
+                        c.peer()
+                    ),
+                );
+                self.fail_conn(id, Failure::Retry(e), now);
+                self.finish_close(id, now);
+            }
+        }
+    }
 }

@@ -118,6 +118,8 @@ struct Shard<P: Pipeline, B: Backend> {
     conn_cfg: Arc<ConnConfig>,
     /// Host-name lookups answered for reconnects (reused).
     resolved: Vec<Resolved>,
+    /// Behind Sentinel: the failovers followed so far (see `Shard::follow_failover`).
+    failovers_seen: u64,
     /// Reused for every reply's messages (see [`recycle`]).
     msgs: Vec<Message<'static>>,
     /// Reused for the messages a pipeline had staged.
@@ -217,6 +219,7 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         reply_grace: spec.reply_grace,
         conn_cfg: spec.conn,
         resolved: Vec::new(),
+        failovers_seen: 0,
         msgs: Vec::with_capacity(1024),
         staged: Vec::new(),
         outcomes: Vec::with_capacity(1024),
@@ -328,6 +331,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             self.completions = completions;
             let now = self.turn_started;
             self.take_resolved(now);
+            self.follow_failover(now);
             while let Some(ev) = self.io.timers.pop_due(now) {
                 self.on_timer(ev, now);
             }
@@ -459,7 +463,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 continue;
             }
             match a.addr {
-                Ok(addr) => self.connect(id, now, &crate::url::ResolvedAddr::Tcp(addr)),
+                Ok(addr) => self.connect(id, now, &addr),
                 Err(e) => {
                     // Counts as a failed attempt: back off and look it up again.
                     let conn = &mut self.io.conns[id];

@@ -99,7 +99,7 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
         Token::Null | Token::Boolean(false) => return Ok(PopReply::default()),
         Token::SimpleError(m) | Token::BulkError(m) => {
             let e = ServerError::parse(m.clone());
-            if *e.kind() == ServerErrorKind::Unblocked {
+            if *e.kind() == ServerErrorKind::Unblocked && !e.is_role_change() {
                 // An unblocked pop held nothing, or it would not have been blocked.
                 return Ok(PopReply {
                     unblocked: Some(m),

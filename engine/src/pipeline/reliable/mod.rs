@@ -351,6 +351,17 @@ impl ReliablePipeline {
 
     /// Nothing in hand: every message handed out has its outcome applied, and no lease
     /// is in flight on any connection.
+    /// A connection was lost: leases may be unanswered, and the server may have lost
+    /// writes it acknowledged (a failover to a replica that had not received them, a
+    /// restart without fsync), leaving acked messages in this consumer's processing
+    /// lists. Once the messages in hand are settled, everything still there goes back to
+    /// its queue (`Recovery::Orphans`): delivered again, never stuck.
+    fn suspect_lost_writes(&mut self) {
+        if self.stage == Stage::Running {
+            self.stage = Stage::Orphaned;
+        }
+    }
+
     fn quiet<C: CarriesPop>(&self, io: &Io<C>) -> bool {
         self.outstanding == 0
             && self.dirty.is_empty()
@@ -470,6 +481,7 @@ impl Pipeline for ReliablePipeline {
             if lost > 0 {
                 tracing::info!("{lost} outcome batch(es) unanswered on the lost Control connection; sending them again");
             }
+            self.suspect_lost_writes();
             return;
         }
         let leases = unanswered
@@ -483,10 +495,8 @@ impl Pipeline for ReliablePipeline {
                 "{leases} lease(s) unanswered: what they leased is in the processing list, \
                  and goes back to its queue once the messages in hand are settled"
             );
-            if self.stage == Stage::Running {
-                self.stage = Stage::Orphaned;
-            }
         }
+        self.suspect_lost_writes();
     }
 
     fn on_timer(&mut self, io: &mut Io<RelTag>, id: u32, now: Instant) {

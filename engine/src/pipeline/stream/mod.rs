@@ -450,12 +450,18 @@ impl Pipeline for StreamPipeline {
             // answered batch again changes nothing.
             self.settle.control_lost();
         }
-        if reads > 0 && matches!(self.stage, Stage::Running | Stage::Recovering(..)) {
+        if reads > 0 {
             tracing::info!(
                 conn = %io.conn(conn).name(),
                 "{reads} read(s) unanswered: their entries are pending with this consumer and \
                  are read again once the messages in hand are settled"
             );
+        }
+        // Any loss, not only unanswered reads: the server may have lost acks it took (a
+        // failover to a replica that had not received them, a restart without fsync),
+        // leaving settled entries pending with this consumer. Reading its own pending
+        // entries again delivers them again rather than leaving them stuck.
+        if matches!(self.stage, Stage::Running | Stage::Recovering(..)) {
             self.stage = Stage::Orphaned;
         }
     }

@@ -1,0 +1,363 @@
+//! Sentinel (`redis+sentinel://`, issue 21) against real servers: a master, a replica and
+//! three sentinels (`down-after-milliseconds` 1000) on loopback. Failovers during a drain
+//! in every mode — planned (`SENTINEL FAILOVER`) and a crash (SIGKILL of the master) —
+//! and then the counts: reliable and stream mode lose nothing (duplicates bounded by the
+//! prefetch), pop mode counts what it may have lost, listen mode reports a gap and
+//! resumes. Sentinels that are down or frozen are skipped.
+//!
+//! Each test checks the failover really happened mid-run (the master moved while
+//! messages were still queued), so it can fail.
+
+use std::time::{Duration, Instant};
+
+use ringq::{
+    ErrorKind, Event, ListenConsumer, PopConsumer, ReliableConsumer, StartAt, StreamConsumer,
+};
+use ringq_resp::Frame;
+use ringq_tests::{wait_until, SentinelGroup, TestClient};
+
+mod support;
+use support::{builder, payloads, Recorder, WAIT};
+
+fn group() -> SentinelGroup {
+    SentinelGroup::start("ringq-m", 1, 3).expect("a master, a replica and three sentinels")
+}
+
+/// A client of the current master.
+fn master(g: &SentinelGroup) -> TestClient {
+    g.master().unwrap().client().unwrap()
+}
+
+/// Waits until the replica has everything the master wrote (`WAIT 1`), so a failover
+/// loses no message the test produced.
+fn replicated(c: &mut TestClient) {
+    let f = c.cmd(["WAIT", "1", "10000"]).unwrap();
+    assert_eq!(f, Frame::Integer(1), "the replica acknowledged the writes");
+}
+
+fn xadd(c: &mut TestClient, stream: &str, prefix: &str, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        for &i in chunk {
+            c.send(["XADD", stream, "*", "payload", &format!("{prefix}-{i:08}")])
+                .unwrap();
+        }
+        for _ in chunk {
+            assert!(matches!(c.read_reply().unwrap(), Frame::BulkString(_)));
+        }
+    }
+}
+
+/// The group `g`'s pending count on `stream` (XPENDING summary).
+fn pending(c: &mut TestClient, stream: &str) -> i64 {
+    match c.cmd(["XPENDING", stream, "g"]) {
+        Ok(Frame::Array(v)) => v.first().and_then(Frame::as_integer).unwrap_or(-1),
+        _ => -1,
+    }
+}
+
+/// How a test moves the master.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `SENTINEL FAILOVER`.
+    Planned,
+    /// SIGKILL of the master; the sentinels notice after `down-after-milliseconds`.
+    Crash,
+}
+
+/// Moves the master away and returns when the sentinels name the new one.
+///
+/// In a planned failover the old master keeps accepting commands from the moment the
+/// replica is promoted until the sentinels announce the switch (`+switch-master`, at the
+/// end of the failover): what the engine leases and acks there is not replicated, so
+/// those messages are delivered again by the new master. Duplicates are bounded by what
+/// was delivered during the failover plus the prefetch, not by the prefetch alone.
+fn fail_over(g: &SentinelGroup, fault: Fault) -> Instant {
+    let before = g.master_addr().unwrap();
+    let at = Instant::now();
+    match fault {
+        Fault::Planned => {
+            g.failover().unwrap();
+        }
+        Fault::Crash => {
+            g.master().unwrap().kill().unwrap();
+            g.wait_switched(before).unwrap();
+        }
+    }
+    assert_ne!(g.master_addr().unwrap(), before, "the master moved");
+    at
+}
+
+fn reliable_loses_nothing(fault: Fault) {
+    let g = group();
+    let mut c = master(&g);
+    const N: usize = 30_000;
+    c.lpush_many("sq", payloads("r", N)).unwrap();
+    replicated(&mut c);
+    let seen = Recorder::<(String, u32, Instant)>::default();
+    let running = builder(g.url())
+        .prefetch(512)
+        .start(
+            ReliableConsumer::new("c1", ["sq"]).batch(32),
+            seen.deciding(support::ack_after(Duration::from_micros(100))),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 2000), "draining");
+    let before = seen.len();
+    let at = fail_over(&g, fault);
+    let in_window = seen.len() - before;
+    let during = seen.distinct();
+    assert!(
+        during < N,
+        "{fault:?}: the failover came mid-drain ({during} of {N})"
+    );
+    let first_after = wait_until(WAIT, || seen.distinct() > during);
+    assert!(first_after, "{fault:?}: messages flow from the new master");
+    println!(
+        "{fault:?}, reliable: first new message {:?} after the fault",
+        at.elapsed()
+    );
+    assert!(
+        wait_until(WAIT, || seen.distinct() >= N),
+        "{fault:?}: delivered {} of {N}",
+        seen.distinct()
+    );
+    // Nothing stays leased at the new master: acks the old master took and did not
+    // replicate leave their messages in the processing list there, and the engine takes
+    // them back (delivered again: duplicates, never stuck).
+    let processing = ringq::envelope::keys::processing(b"sq", b"c1");
+    let settled = wait_until(WAIT, || {
+        master(&g).llen(&processing).unwrap_or(1) == 0 && master(&g).llen("sq").unwrap_or(1) == 0
+    });
+    let stats = running.shutdown().unwrap();
+    assert!(
+        settled,
+        "{fault:?}: the processing list at the new master emptied ({} left)",
+        master(&g).llen(&processing).unwrap_or(-1)
+    );
+    let (distinct, dups) = seen.tally();
+    assert_eq!(distinct, N, "{fault:?}: 0 lost");
+    assert!(
+        stats.reconnects >= 1,
+        "{fault:?}: reconnected to the new master"
+    );
+    assert!(
+        dups <= in_window + 2 * 512,
+        "{fault:?}: duplicates ({dups}) bounded by the deliveries during the failover \
+         ({in_window}) and the prefetch"
+    );
+    println!(
+        "{fault:?}, reliable: {N} delivered, {dups} duplicates ({in_window} delivered during \
+         the failover)"
+    );
+}
+
+#[test]
+fn a_planned_failover_loses_nothing_in_reliable_mode() {
+    reliable_loses_nothing(Fault::Planned);
+}
+
+#[test]
+fn a_crashed_master_loses_nothing_in_reliable_mode() {
+    reliable_loses_nothing(Fault::Crash);
+}
+
+fn stream_loses_nothing(fault: Fault) {
+    let g = group();
+    let mut c = master(&g);
+    const N: usize = 30_000;
+    xadd(&mut c, "ss", "s", N);
+    replicated(&mut c);
+    let seen = Recorder::<(String, String, u32, Instant)>::default();
+    let running = builder(g.url())
+        .prefetch(512)
+        .start(
+            StreamConsumer::new("g", "c1", ["ss"])
+                .start_at(StartAt::Beginning)
+                .batch(32),
+            seen.deciding(support::ack_after(Duration::from_micros(100))),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 2000), "draining");
+    let before = seen.len();
+    let at = fail_over(&g, fault);
+    let in_window = seen.len() - before;
+    let during = seen.distinct();
+    assert!(
+        during < N,
+        "{fault:?}: the failover came mid-drain ({during} of {N})"
+    );
+    assert!(
+        wait_until(WAIT, || seen.distinct() > during),
+        "{fault:?}: flowing again"
+    );
+    println!(
+        "{fault:?}, stream: first new entry {:?} after the fault",
+        at.elapsed()
+    );
+    assert!(
+        wait_until(WAIT, || seen.distinct() >= N),
+        "{fault:?}: delivered {} of {N}",
+        seen.distinct()
+    );
+    // Nothing stays pending at the new master: entries whose acks the old master took and
+    // did not replicate are claimed again once their lease passes (duplicates).
+    let settled = wait_until(WAIT, || pending(&mut master(&g), "ss") == 0);
+    let stats = running.shutdown().unwrap();
+    assert!(
+        settled,
+        "{fault:?}: the group's pending entries at the new master were settled ({} left)",
+        pending(&mut master(&g), "ss")
+    );
+    let (distinct, dups) = seen.tally();
+    assert_eq!(distinct, N, "{fault:?}: 0 lost");
+    assert!(stats.reconnects >= 1);
+    assert!(
+        dups <= in_window + 2 * 512,
+        "{fault:?}: duplicates ({dups}) bounded by the deliveries during the failover \
+         ({in_window}) and the prefetch"
+    );
+    println!(
+        "{fault:?}, stream: {N} delivered, {dups} duplicates ({in_window} delivered during \
+         the failover)"
+    );
+}
+
+#[test]
+fn a_planned_failover_loses_nothing_in_stream_mode() {
+    stream_loses_nothing(Fault::Planned);
+}
+
+#[test]
+fn a_crashed_master_loses_nothing_in_stream_mode() {
+    stream_loses_nothing(Fault::Crash);
+}
+
+fn pop_counts_what_it_may_lose(fault: Fault) {
+    let g = group();
+    let mut c = master(&g);
+    const N: usize = 30_000;
+    c.lpush_many("pq", payloads("p", N)).unwrap();
+    replicated(&mut c);
+    let seen = Recorder::<String>::default();
+    let running = builder(g.url())
+        .prefetch(512)
+        .start(
+            PopConsumer::new(["pq"]).batch(32),
+            seen.deciding(support::ack_after(Duration::from_micros(100))),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 2000), "draining");
+    fail_over(&g, fault);
+    let during = seen.distinct();
+    assert!(during < N, "{fault:?}: the failover came mid-drain");
+    // At-most-once: the new master may still hold pops whose answers the old one sent
+    // and never replicated (redelivered: duplicates), or the old master applied pops it
+    // did not replicate whose answers were lost (lost: counted as possibly lost).
+    let settled = wait_until(WAIT, || {
+        let left = master(&g).llen("pq").unwrap_or(1);
+        left == 0 && seen.len() >= during
+    });
+    assert!(settled, "{fault:?}: the queue drained at the new master");
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = running.shutdown().unwrap();
+    let (distinct, dups) = seen.tally();
+    let lost = N - distinct;
+    println!(
+        "{fault:?}, pop: {distinct} of {N} delivered, {dups} duplicates, {lost} lost; \
+         possibly_lost counted {}, unanswered pops {}",
+        stats.possibly_lost, stats.unanswered_pops
+    );
+    assert!(stats.reconnects >= 1);
+    assert!(
+        lost as u64 <= stats.possibly_lost,
+        "{fault:?}: every lost message was counted as possibly lost ({lost} lost, {} counted)",
+        stats.possibly_lost
+    );
+}
+
+#[test]
+fn a_planned_failover_in_pop_mode_counts_what_may_be_lost() {
+    pop_counts_what_it_may_lose(Fault::Planned);
+}
+
+#[test]
+fn a_crashed_master_in_pop_mode_counts_what_may_be_lost() {
+    pop_counts_what_it_may_lose(Fault::Crash);
+}
+
+fn listen_reports_a_gap_and_resumes(fault: Fault) {
+    let g = group();
+    let seen = Recorder::<(String, Option<String>, String)>::default();
+    let running = builder(g.url())
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start(ListenConsumer::new().channel("news"), seen.clone())
+        .unwrap();
+    let subscribed = |g: &SentinelGroup| {
+        wait_until(WAIT, || {
+            master(g).publish("news", "probe").unwrap_or(0) >= 1
+        })
+    };
+    assert!(subscribed(&g), "subscribed at the first master");
+    fail_over(&g, fault);
+    assert!(
+        subscribed(&g),
+        "{fault:?}: subscribed again at the new master"
+    );
+    assert!(
+        wait_until(WAIT, || !seen.gaps().is_empty()),
+        "{fault:?}: a gap was reported"
+    );
+    let before = seen.len();
+    master(&g).publish("news", "after").unwrap();
+    assert!(
+        wait_until(WAIT, || seen.len() > before),
+        "{fault:?}: resumed"
+    );
+    let stats = running.shutdown().unwrap();
+    assert!(stats.gaps >= 1);
+    assert!(matches!(seen.gaps()[0], Event::Gap { .. }));
+}
+
+#[test]
+fn a_planned_failover_in_listen_mode_reports_a_gap_and_resumes() {
+    listen_reports_a_gap_and_resumes(Fault::Planned);
+}
+
+#[test]
+fn a_crashed_master_in_listen_mode_reports_a_gap_and_resumes() {
+    listen_reports_a_gap_and_resumes(Fault::Crash);
+}
+
+/// The first sentinel of the URL is down, the second frozen (it accepts connections and
+/// answers nothing): the engine asks them in turn, each with a short deadline, and
+/// connects through the third.
+#[test]
+fn a_sentinel_that_is_down_or_frozen_is_skipped() {
+    let g = group();
+    let mut c = master(&g);
+    c.lpush_many("kq", payloads("k", 100)).unwrap();
+    g.kill_sentinel(0).unwrap();
+    g.freeze_sentinel(1).unwrap();
+    let seen = Recorder::<String>::default();
+    let running = builder(g.url())
+        .start(PopConsumer::new(["kq"]), seen.clone())
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 100), "got {}", seen.len());
+    running.shutdown().unwrap();
+    g.thaw_sentinel(1).unwrap();
+}
+
+/// A master name no sentinel knows fails the start, saying what each sentinel said.
+#[test]
+fn an_unknown_master_name_is_a_clear_error() {
+    let g = group();
+    let url = g.url().replace("/ringq-m", "/no-such-master");
+    let e = match builder(url).start(PopConsumer::new(["q"]), Recorder::<String>::default()) {
+        Ok(r) => r.wait().expect_err("an unknown master stops the engine"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("no-such-master"), "{text}");
+    assert!(text.contains("does not know"), "{text}");
+}
