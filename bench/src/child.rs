@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::spec::{ChildReport, ChildSpec, CHILD_SUBCOMMAND, READY_LINE};
+use crate::spec::{ChildReport, ChildSpec, CHILD_SUBCOMMAND, READY_LINE, SPEC_ENV};
 
 /// What the parent learns from one child.
 #[derive(Debug)]
@@ -33,8 +33,10 @@ pub struct ChildOutcome {
 pub fn run(spec: &ChildSpec, on_ready: impl FnOnce() -> Result<()>) -> Result<ChildOutcome> {
     let exe = std::env::current_exe().map_err(|e| Error::io("finding ringq-bench itself", e))?;
     let mut cmd = Command::new(exe);
+    // The spec (with the URL, which may hold a password) goes through the environment,
+    // not argv: other users can read a process's arguments (`ps`), not its environment.
     cmd.arg(CHILD_SUBCOMMAND)
-        .arg(serde_json::to_string(spec)?)
+        .env(SPEC_ENV, serde_json::to_string(spec)?)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

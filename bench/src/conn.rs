@@ -158,7 +158,19 @@ impl RawConn {
     pub fn connect_with(url: &str, tls_ca: Option<&std::path::Path>) -> Result<Self> {
         let info = ConnectionInfo::parse(url)?;
         let stream = match &info.address {
-            Address::Tcp { host, port } => {
+            Address::Tcp { .. } | Address::Sentinel { .. } => {
+                let (host, port) = match &info.address {
+                    Address::Tcp { host, port } => (host.clone(), *port),
+                    // The master the sentinels name now (no sentinel password: the bench
+                    // takes none).
+                    _ => ringq::sentinel_master(
+                        &info,
+                        tls_ca.map(|ca| ringq::Tls::new().ca_cert(ca)).as_ref(),
+                        None,
+                        std::time::Duration::from_secs(1),
+                    )?,
+                };
+                let (host, port) = (&host, &port);
                 let s = TcpStream::connect((host.as_str(), *port))
                     .map_err(|e| Error::io(format!("connecting to {info}"), e))?;
                 s.set_nodelay(true)

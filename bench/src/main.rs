@@ -58,7 +58,7 @@ use crate::spec::CHILD_SUBCOMMAND;
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == CHILD_SUBCOMMAND) {
-        return clients::child_main(args.next());
+        return clients::child_main(std::env::var_os(spec::SPEC_ENV));
     }
     let cli = cli::Cli::parse_args();
     let result = match cli.scenario {

@@ -7,9 +7,12 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{Cli, ClientKind, PopMode};
 use crate::server::Broker;
 
-/// The hidden subcommand a parent uses to start a consumer child: `ringq-bench
-/// __child '<ChildSpec as JSON>'`.
+/// The hidden subcommand a parent uses to start a consumer child: `ringq-bench __child`
+/// with the [`ChildSpec`] as JSON in `$RINGQ_BENCH_CHILD_SPEC`.
 pub const CHILD_SUBCOMMAND: &str = "__child";
+
+/// The environment variable that carries a child's [`ChildSpec`] (JSON).
+pub const SPEC_ENV: &str = "RINGQ_BENCH_CHILD_SPEC";
 
 /// The stdout line a child prints once it is connected and consuming.
 pub const READY_LINE: &str = "ready";

@@ -76,8 +76,10 @@ pub enum Command {
 /// Where the server is.
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Server URL: redis://[user[:password]@]host[:port][/db], rediss://… for TLS, or
-    /// unix:///path[?db=N] (default: $RINGQ_URL, else redis://127.0.0.1:6379). Percent-encode special
+    /// Server URL: redis://[user[:password]@]host[:port][/db], rediss://… for TLS,
+    /// unix:///path[?db=N], or the master of a Sentinel set:
+    /// redis+sentinel://host1:26379[,host2:26379…]/<master name>[/db] (rediss+sentinel://
+    /// for TLS) (default: $RINGQ_URL, else redis://127.0.0.1:6379). Percent-encode special
     /// characters in the credentials. A password in a URL on the command line is visible
     /// to `ps` and kept in shell history: prefer --password-file, $RINGQ_PASSWORD, or the
     /// URL in $RINGQ_URL.
@@ -95,6 +97,12 @@ pub struct ServerArgs {
     /// file wins over it, and both win over a password in the URL.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
+
+    /// With a redis+sentinel:// URL: read the sentinels' own password from FILE (its
+    /// first line); $RINGQ_SENTINEL_PASSWORD does the same. The URL's credentials are the
+    /// data nodes'.
+    #[arg(long, value_name = "FILE")]
+    pub sentinel_password_file: Option<std::path::PathBuf>,
 
     /// With a rediss:// URL: trust the CA certificates in FILE (PEM) instead of the
     /// system's roots.
@@ -127,6 +135,7 @@ impl std::fmt::Debug for ServerArgs {
                     .map_or_else(|_| "<invalid>".to_owned(), |i| format!("{i}")),
             )
             .field("password_file", &self.password_file)
+            .field("sentinel_password_file", &self.sentinel_password_file)
             .field("tls_ca_cert", &self.tls_ca_cert)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)

@@ -48,17 +48,36 @@ pub struct Conn {
 
 impl Conn {
     /// Connects to `info`'s server (with TLS when its URL is `rediss://`, `tls` being the
-    /// settings of the flags, the system's roots by default).
-    pub fn connect(info: &ConnectionInfo, tls: Option<Tls>) -> Result<Self, Exit> {
-        let peer = info.to_string();
-        let fail = |e: io::Error| Exit::runtime(format!("cannot connect to {peer}: {e}"));
+    /// settings of the flags, the system's roots by default); behind Sentinel, to the
+    /// master the sentinels name (asked with `sentinel_password`, if any).
+    pub fn connect(
+        info: &ConnectionInfo,
+        tls: Option<Tls>,
+        sentinel_password: Option<&str>,
+    ) -> Result<Self, Exit> {
+        let mut peer = info.to_string();
         let stream = match &info.address {
             Address::Unix(path) => {
+                let fail = |e: io::Error| Exit::runtime(format!("cannot connect to {peer}: {e}"));
                 let s = UnixStream::connect(path).map_err(fail)?;
                 s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(fail)?;
                 Stream::Unix(s)
             }
-            Address::Tcp { host, port } => {
+            Address::Sentinel { .. } | Address::Tcp { .. } => {
+                let (host, port) = match &info.address {
+                    Address::Tcp { host, port } => (host.clone(), *port),
+                    _ => {
+                        let auth = sentinel_password.map(|p| (None, p));
+                        let (h, p) =
+                            ringq::sentinel_master(info, tls.as_ref(), auth, CONNECT_TIMEOUT)
+                                .map_err(Exit::engine)?;
+                        peer = format!("{h}:{p} ({info})");
+                        (h, p)
+                    }
+                };
+                let peer = &peer;
+                let fail = |e: io::Error| Exit::runtime(format!("cannot connect to {peer}: {e}"));
+                let (host, port) = (&host, &port);
                 let addrs = (host.as_str(), *port)
                     .to_socket_addrs()
                     .map_err(|e| Exit::runtime(format!("cannot resolve host '{host}': {e}")))?;
@@ -96,7 +115,7 @@ impl Conn {
                     let config = t.client_config().map_err(Exit::engine)?;
                     let name = Tls::server_name(host).map_err(Exit::engine)?;
                     let session = ClientConnection::new(config, name)
-                        .map_err(|e| Exit::engine(Tls::explain_error(&peer, e)))?;
+                        .map_err(|e| Exit::engine(Tls::explain_error(peer, e)))?;
                     Stream::Tls(Box::new(StreamOwned::new(session, s)))
                 } else {
                     Stream::Tcp(s)
@@ -213,7 +232,8 @@ impl Conn {
     pub fn open(server: &crate::args::ServerArgs) -> Result<Self, Exit> {
         let info = server.info()?;
         let tls = server.tls(&info)?;
-        let mut c = Self::connect(&info, tls)?;
+        let sentinel_password = server.sentinel_password()?;
+        let mut c = Self::connect(&info, tls, sentinel_password.as_deref())?;
         c.handshake(&info)?;
         Ok(c)
     }

@@ -28,6 +28,23 @@ impl ServerArgs {
             .filter(|p| !p.is_empty()))
     }
 
+    /// The sentinels' own password: `--sentinel-password-file` (its first line), else
+    /// `$RINGQ_SENTINEL_PASSWORD`.
+    ///
+    /// # Errors
+    /// A file that cannot be read (status 2).
+    pub fn sentinel_password(&self) -> Result<Option<String>, Exit> {
+        if let Some(path) = &self.sentinel_password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Exit::usage(format!("--sentinel-password-file {}: {e}", path.display()))
+            })?;
+            return Ok(Some(text.lines().next().unwrap_or("").to_owned()));
+        }
+        Ok(std::env::var("RINGQ_SENTINEL_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()))
+    }
+
     /// The server's address and credentials: the URL parsed, with the password given
     /// apart from it. Warns once when the password came inside `--url` on the command
     /// line.
@@ -84,6 +101,9 @@ impl ServerArgs {
         }
         if let Some(p) = info.password {
             b = b.password(p);
+        }
+        if let Some(p) = self.sentinel_password()? {
+            b = b.sentinel_password(p);
         }
         Ok(b)
     }

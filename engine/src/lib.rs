@@ -99,6 +99,7 @@ pub use pipeline::stream::{StartAt, StreamConsumer, StreamKey};
 pub use ring::{probe, RingFeatures};
 /// The rustls version ringq links, for building a [`Tls::config`] of your own.
 pub use rustls;
+pub use sentinel::sentinel_master;
 pub use stats::Stats;
 pub use tls::Tls;
 pub use url::{Address, ConnectionInfo};

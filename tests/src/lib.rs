@@ -65,7 +65,7 @@ pub use process::{
 };
 pub use proxy::{Fault, FaultProxy};
 pub use scripted::{Script, ScriptedServer, Step};
-pub use sentinel::SentinelGroup;
+pub use sentinel::{SentinelGroup, SentinelOptions};
 pub use server::RedisServer;
 pub use tls::TestPki;
 pub use url::ConnectionInfo;

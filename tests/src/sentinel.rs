@@ -32,10 +32,34 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// How long a failover gets to finish.
 const FAILOVER: Duration = Duration::from_secs(60);
 
+/// What [`SentinelGroup::start_with`] can add.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SentinelOptions<'a> {
+    /// The sentinels require this password (`requirepass`, `sentinel sentinel-pass`).
+    pub sentinel_password: Option<&'a str>,
+    /// The data nodes require this password (`requirepass`, `masterauth`; the sentinels
+    /// get `sentinel auth-pass`).
+    pub data_password: Option<&'a str>,
+    /// Everything speaks TLS with these certificates: the data nodes (a TLS port,
+    /// replication over TLS) and the sentinels (a TLS port they announce, TLS to the
+    /// nodes and to each other); the plaintext ports stay open for the harness.
+    pub tls: Option<&'a crate::TestPki>,
+}
+
+/// The certificate files of a TLS group.
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
 /// One sentinel process.
 #[derive(Debug)]
 struct Sentinel {
     port: u16,
+    /// Its TLS port (announced to the other sentinels), in a TLS group.
+    tls_port: Option<u16>,
     child: Mutex<Option<Child>>,
     dir: tempfile::TempDir,
 }
@@ -45,6 +69,12 @@ struct Sentinel {
 #[derive(Debug)]
 pub struct SentinelGroup {
     name: String,
+    /// The sentinels' own password, if they require one.
+    password: Option<String>,
+    /// The data nodes' password, if they require one.
+    data_password: Option<String>,
+    /// TLS everywhere.
+    tls: Option<TlsFiles>,
     /// Data nodes: the first started as the master.
     nodes: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
@@ -75,17 +105,51 @@ impl SentinelGroup {
     /// # Errors
     /// A server that does not start, or a group that does not settle in 30 s.
     pub fn start(name: &str, replicas: usize, sentinels: usize) -> Result<Self> {
-        let master = RedisServer::builder().start()?;
-        let mport = master.port().to_string();
+        Self::start_with(name, replicas, sentinels, &SentinelOptions::default())
+    }
+
+    /// As [`SentinelGroup::start`], with passwords and TLS as `opts` says.
+    ///
+    /// # Errors
+    /// As [`SentinelGroup::start`].
+    pub fn start_with(
+        name: &str,
+        replicas: usize,
+        sentinels: usize,
+        opts: &SentinelOptions<'_>,
+    ) -> Result<Self> {
+        let node = || {
+            let mut b = RedisServer::builder();
+            if let Some(p) = opts.data_password {
+                b = b.requirepass(p).arg("--masterauth", p);
+            }
+            if let Some(pki) = opts.tls {
+                b = b.tls(pki, false).arg("--tls-replication", "yes");
+            }
+            b
+        };
+        let master = node().start()?;
+        // Replicas (and sentinels) reach the master on its TLS port when there is one.
+        let mport = master
+            .tls_addr()
+            .map_or(master.port(), |a| a.port())
+            .to_string();
         let mut nodes = vec![master];
         for _ in 0..replicas {
-            let r = RedisServer::builder()
+            let r = node()
                 .args(["--replicaof", "127.0.0.1", mport.as_str()])
                 .start()?;
             nodes.push(r);
         }
         let mut g = Self {
             name: name.to_owned(),
+            password: opts.sentinel_password.map(str::to_owned),
+            data_password: opts.data_password.map(str::to_owned),
+            tls: opts.tls.map(|p| TlsFiles {
+                cert: p.server_cert(),
+                key: p.server_key(),
+                ca: p.ca_cert(),
+            }),
             nodes,
             sentinels: Vec::new(),
         };
@@ -143,8 +207,14 @@ impl SentinelGroup {
             .tempdir()
             .map_err(|e| Error::io("creating a temp dir for a sentinel", e))?;
         let port = free_port()?;
+        let tls_port = match self.tls {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
         let conf = dir.path().join("sentinel.conf");
-        let master = self.nodes[0].port();
+        let master = self.nodes[0]
+            .tls_addr()
+            .map_or(self.nodes[0].port(), |a| a.port());
         let name = &self.name;
         let text = format!(
             "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
@@ -154,6 +224,22 @@ impl SentinelGroup {
              sentinel parallel-syncs {name} 1\n",
             dir = dir.path().display(),
         );
+        let mut text = match &self.password {
+            Some(p) => format!("{text}requirepass {p}\nsentinel sentinel-pass {p}\n"),
+            None => text,
+        };
+        if let Some(p) = &self.data_password {
+            text.push_str(&format!("sentinel auth-pass {name} {p}\n"));
+        }
+        if let (Some(t), Some(tp)) = (&self.tls, tls_port) {
+            text.push_str(&format!(
+                "tls-port {tp}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-auth-clients no\ntls-replication yes\nsentinel announce-port {tp}\n",
+                t.cert.display(),
+                t.key.display(),
+                t.ca.display()
+            ));
+        }
         std::fs::write(&conf, text)
             .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
         let stdio = File::create(dir.path().join("sentinel.stdio"))
@@ -172,12 +258,16 @@ impl SentinelGroup {
             .map_err(|e| Error::io(format!("spawning {} --sentinel", binary.display()), e))?;
         let s = Sentinel {
             port,
+            tls_port,
             child: Mutex::new(Some(child)),
             dir,
         };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let up = wait_until(Duration::from_secs(15), || {
-            TestClient::connect_addr(addr).is_ok_and(|mut c| c.ping().is_ok())
+            TestClient::connect_addr(addr).is_ok_and(|mut c| {
+                // Any answer counts (NOAUTH included): the sentinel is serving.
+                c.send(["PING"]).is_ok() && c.read_frame().is_ok()
+            })
         });
         if !up {
             let log =
@@ -192,14 +282,21 @@ impl SentinelGroup {
         &self.name
     }
 
-    /// `redis+sentinel://127.0.0.1:P1,…/<name>`.
+    /// `redis+sentinel://127.0.0.1:P1,…/<name>` (`rediss+sentinel://` with the
+    /// sentinels' TLS ports in a TLS group), without credentials.
     pub fn url(&self) -> String {
+        let tls = self.tls.is_some();
         let list: Vec<String> = self
             .sentinels
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
+            .map(|s| format!("127.0.0.1:{}", s.tls_port.unwrap_or(s.port)))
             .collect();
-        format!("redis+sentinel://{}/{}", list.join(","), self.name)
+        let scheme = if tls {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://{}/{}", list.join(","), self.name)
     }
 
     /// The sentinels' ports, in start order.
@@ -213,7 +310,14 @@ impl SentinelGroup {
     /// As [`TestClient::connect_addr`].
     pub fn sentinel_client(&self, i: usize) -> Result<TestClient> {
         let port = self.sentinels[i].port;
-        TestClient::connect_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        let mut c = TestClient::connect_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+        if let Some(p) = &self.password {
+            let f = c.cmd(["AUTH", p.as_str()])?;
+            if f.is_error() {
+                return Err(start_failed(&format!("AUTH at a sentinel: {f:?}"), ""));
+            }
+        }
+        Ok(c)
     }
 
     /// The data nodes (the first started as the master; after a failover another one
@@ -251,10 +355,15 @@ impl SentinelGroup {
     /// As [`SentinelGroup::master_addr`].
     pub fn master(&self) -> Result<&RedisServer> {
         let at = self.master_addr()?;
+        self.node_at(at)
+            .ok_or_else(|| start_failed("the sentinels name a master that is not ours", ""))
+    }
+
+    /// The data node listening at `at` (its plaintext or TLS port).
+    fn node_at(&self, at: SocketAddr) -> Option<&RedisServer> {
         self.nodes
             .iter()
-            .find(|n| n.addr() == at)
-            .ok_or_else(|| start_failed("the sentinels name a master that is not ours", ""))
+            .find(|n| n.addr() == at || n.tls_addr() == Some(at))
     }
 
     /// `SENTINEL FAILOVER <name>` on the first sentinel, then waits until every sentinel
@@ -290,9 +399,7 @@ impl SentinelGroup {
                 return false;
             }
             let is_master = self
-                .nodes
-                .iter()
-                .find(|n| n.addr() == at)
+                .node_at(at)
                 .and_then(|n| n.client().ok())
                 .and_then(|mut c| c.cmd(["ROLE"]).ok())
                 .and_then(|f| f.as_elements().and_then(|v| v.first().and_then(text)))

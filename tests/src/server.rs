@@ -108,6 +108,13 @@ impl RedisServer {
             .expect("the server was started without TLS (RedisServerBuilder::tls)")
     }
 
+    /// `127.0.0.1:TLS_PORT` of a server started with TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.launcher
+            .tls_port
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+    }
+
     /// `rediss://127.0.0.1:TLS_PORT`, with the same credentials as [`RedisServer::url`].
     pub fn tls_url(&self) -> String {
         self.tls_url_for("127.0.0.1")

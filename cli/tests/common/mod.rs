@@ -268,6 +268,12 @@ impl Consumer {
         self.lines.lock().unwrap().len()
     }
 
+    /// Distinct lines so far (duplicates counted once).
+    pub fn distinct(&self) -> usize {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().collect::<std::collections::HashSet<_>>().len()
+    }
+
     pub fn signal(&self, sig: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,

@@ -235,6 +235,32 @@ fn sentinels_of(f: &Frame) -> Vec<(String, u16)> {
     out
 }
 
+/// Where the sentinels of a `redis+sentinel://` URL say its master is, for tools that
+/// open their own connection (the `ringq` CLI's `produce`, `stats`, `dead`): the same
+/// lookup the engine makes on every connect, with `tls` for `rediss+sentinel://` and the
+/// sentinels' own credentials `sentinel_auth` (user, password).
+///
+/// # Errors
+/// [`ErrorKind::Config`] for a URL that is not a Sentinel one; otherwise as the engine's
+/// lookup: every sentinel's failure named.
+pub fn sentinel_master(
+    info: &crate::ConnectionInfo,
+    tls: Option<&crate::Tls>,
+    sentinel_auth: Option<(Option<&str>, &str)>,
+    timeout: Duration,
+) -> Result<(String, u16), Error> {
+    let crate::Address::Sentinel { sentinels, master } = &info.address else {
+        return Err(Error::config("not a redis+sentinel:// URL"));
+    };
+    let config = if info.tls {
+        Some(tls.cloned().unwrap_or_default().client_config()?)
+    } else {
+        None
+    };
+    let auth = sentinel_auth.map(|(u, p)| (u.map(str::to_owned), p.to_owned()));
+    Sentinels::new(master.clone(), sentinels.clone(), auth, config, timeout).master_addr()
+}
+
 /// `host:port` turned into a socket address.
 pub(crate) fn socket_addr(host: &str, port: u16) -> Result<SocketAddr, Error> {
     (host, port)
