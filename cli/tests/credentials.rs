@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use ringq_tests::RedisServer;
 
@@ -16,25 +16,6 @@ fn server() -> RedisServer {
         .requirepass(PASSWORD)
         .start()
         .expect("start redis-server with a password")
-}
-
-/// Runs `ringq args` with `env` set (and RINGQ_URL / RINGQ_PASSWORD unset unless given).
-fn ringq(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ringq"));
-    c.args(args)
-        .env_remove("RINGQ_URL")
-        .env_remove("RINGQ_PASSWORD")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run ringq")
-}
-
-fn ok(o: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "ringq failed: {:?}\n{stderr}", o.status);
-    stderr
 }
 
 fn password_file() -> tempfile::NamedTempFile {
@@ -72,7 +53,7 @@ fn ringq_url_and_a_password_file_work_for_every_command() {
         // Right after the command (`dead … list` takes options of its own after `list`).
         let mut a: Vec<&str> = args.to_vec();
         a.splice(1..1, ["--password-file", pf]);
-        let stderr = ok(&ringq(&a, &env));
+        let stderr = common::stderr_of(&common::ringq_env(&a, &env));
         assert!(!stderr.contains(PASSWORD), "{args:?}: {stderr}");
         assert!(
             !stderr.contains("visible to other users"),
@@ -93,7 +74,7 @@ fn ringq_url_and_a_password_file_work_for_every_command() {
         c.publish("ch2", "hello").unwrap() == 1
     }));
     let out = sub.wait_with_output().unwrap();
-    ok(&out);
+    common::stderr_of(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
 }
 
@@ -101,7 +82,7 @@ fn ringq_url_and_a_password_file_work_for_every_command() {
 fn a_password_in_url_on_the_command_line_warns_once_and_in_ringq_url_does_not() {
     let s = server();
     let with_pw = s.url_as(None, PASSWORD);
-    let stderr = ok(&ringq(
+    let stderr = common::stderr_of(&common::ringq_env(
         &[
             "produce",
             "--url",
@@ -121,7 +102,7 @@ fn a_password_in_url_on_the_command_line_warns_once_and_in_ringq_url_does_not() 
     );
     assert!(!stderr.contains(PASSWORD), "{stderr}");
     // The same URL from the environment: nothing to warn about.
-    let stderr = ok(&ringq(
+    let stderr = common::stderr_of(&common::ringq_env(
         &["produce", "--queue", "w", "--messages", "3"],
         &[("RINGQ_URL", &with_pw)],
     ));
@@ -153,7 +134,7 @@ fn a_wrong_password_fails_without_echoing_it() {
             "1",
         ][..],
     ] {
-        let o = ringq(args, &[("RINGQ_PASSWORD", wrong)]);
+        let o = common::ringq_env(args, &[("RINGQ_PASSWORD", wrong)]);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
@@ -166,7 +147,7 @@ fn a_wrong_password_fails_without_echoing_it() {
         );
     }
     // A password file that does not exist is a usage error naming the file.
-    let o = ringq(
+    let o = common::ringq_env(
         &[
             "stats",
             "--url",

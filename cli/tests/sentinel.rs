@@ -7,28 +7,9 @@
 mod common;
 
 use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use ringq_tests::{wait_until, SentinelGroup, SentinelOptions};
-
-fn ringq(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ringq"));
-    c.args(args)
-        .env_remove("RINGQ_URL")
-        .env_remove("RINGQ_PASSWORD")
-        .env_remove("RINGQ_SENTINEL_PASSWORD")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run ringq")
-}
-
-fn ok(o: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "ringq failed: {:?}\n{stderr}", o.status);
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 const SENTINEL_PW: &str = "sentinel-pw-4242";
 
@@ -59,7 +40,7 @@ fn every_command_works_through_sentinels_with_their_own_password() {
     let run = |cmd: &[&str]| {
         let a = with(cmd);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        ok(&ringq(&a, &[]))
+        common::stdout_of(&common::ringq_env(&a, &[]))
     };
     run(&["produce", "--queue", "q", "--messages", "200"]);
     let out = run(&["consume", "--queue", "q", "--count", "100"]);
@@ -103,7 +84,7 @@ fn every_command_works_through_sentinels_with_their_own_password() {
         .unwrap()
         == 1));
     let out = sub.wait_with_output().unwrap();
-    ok(&out);
+    common::stdout_of(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
 
     // Without the sentinels' password: refused, saying so, never showing it.
@@ -119,7 +100,7 @@ fn every_command_works_through_sentinels_with_their_own_password() {
         ][..],
         &["stats", "--url", url.as_str(), "--queue", "q"][..],
     ] {
-        let o = ringq(cmd, &[("RINGQ_SENTINEL_PASSWORD", "wrong-sentinel-pw-77")]);
+        let o = common::ringq_env(cmd, &[("RINGQ_SENTINEL_PASSWORD", "wrong-sentinel-pw-77")]);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{cmd:?}: {stderr}");
         assert!(stderr.contains("sentinel"), "{cmd:?}: {stderr}");

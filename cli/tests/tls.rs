@@ -7,27 +7,9 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use ringq_tests::{wait_until, RedisServer, TestPki};
-
-fn ringq(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ringq"));
-    c.args(args)
-        .env_remove("RINGQ_URL")
-        .env_remove("RINGQ_PASSWORD")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run ringq")
-}
-
-fn ok(o: &Output) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "ringq failed: {:?}\n{stderr}", o.status);
-    (String::from_utf8_lossy(&o.stdout).into_owned(), stderr)
-}
 
 fn server(pki: &TestPki, mtls: bool) -> RedisServer {
     RedisServer::builder()
@@ -52,7 +34,7 @@ fn every_command_works_over_tls() {
     let run = |args: &[&str]| {
         let a = with(args);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        ok(&ringq(&a, &[]))
+        common::succeeded(&common::ringq_env(&a, &[]))
     };
     run(&["produce", "--queue", "q", "--messages", "300"]);
     let (out, _) = run(&["consume", "--queue", "q", "--count", "100"]);
@@ -113,7 +95,7 @@ fn every_command_works_over_tls() {
         .unwrap()
         == 1));
     let out = sub.wait_with_output().unwrap();
-    ok(&out);
+    common::succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
 }
 
@@ -129,7 +111,7 @@ fn mutual_tls_with_a_client_certificate() {
         key.to_str().unwrap(),
     );
     let produce = ["produce", "--url", &url, "--tls-ca-cert", ca];
-    let o = ringq(
+    let o = common::ringq_env(
         &[&produce[..], &["--queue", "m", "--messages", "10"]].concat(),
         &[],
     );
@@ -137,11 +119,11 @@ fn mutual_tls_with_a_client_certificate() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("client certificate"), "{stderr}");
     let mtls = ["--tls-cert", cert, "--tls-key", key];
-    ok(&ringq(
+    common::succeeded(&common::ringq_env(
         &[&produce[..], &mtls, &["--queue", "m", "--messages", "10"]].concat(),
         &[],
     ));
-    let (out, _) = ok(&ringq(
+    let (out, _) = common::succeeded(&common::ringq_env(
         &[
             &["consume", "--url", &url, "--tls-ca-cert", ca][..],
             &mtls,
@@ -169,7 +151,7 @@ fn failures_are_clear_and_insecure_warns_every_time() {
         &["consume", "--queue", "q", "--count", "1"][..],
         &["stats", "--queue", "q"][..],
     ] {
-        let o = ringq(
+        let o = common::ringq_env(
             &[
                 &[cmd[0], "--url", &url, "--tls-ca-cert", other][..],
                 &cmd[1..],
@@ -189,7 +171,7 @@ fn failures_are_clear_and_insecure_warns_every_time() {
         );
     }
     // A TLS flag with redis:// is a usage error.
-    let o = ringq(
+    let o = common::ringq_env(
         &[
             "stats",
             "--url",
@@ -208,7 +190,7 @@ fn failures_are_clear_and_insecure_warns_every_time() {
         &["produce", "--queue", "i", "--messages", "2"][..],
         &["consume", "--queue", "i", "--count", "2"][..],
     ] {
-        let (_, stderr) = ok(&ringq(
+        let (_, stderr) = common::succeeded(&common::ringq_env(
             &[&[cmd[0], "--url", &url, "--tls-insecure"][..], &cmd[1..]].concat(),
             &[("RINGQ_PASSWORD", "right-pw")],
         ));
@@ -223,7 +205,7 @@ fn failures_are_clear_and_insecure_warns_every_time() {
         &["produce", "--queue", "w", "--messages", "1"][..],
         &["consume", "--queue", "w", "--count", "1"][..],
     ] {
-        let o = ringq(
+        let o = common::ringq_env(
             &[
                 &[cmd[0], "--url", &url, "--tls-ca-cert", ca.to_str().unwrap()][..],
                 &cmd[1..],

@@ -17,7 +17,7 @@ use ringq_resp::Frame;
 use ringq_tests::{wait_until, SentinelGroup, SentinelOptions, TestClient, TestPki};
 
 mod support;
-use support::{builder, payloads, Recorder, WAIT};
+use support::{builder, payloads, xadd, Recorder, WAIT};
 
 fn group() -> SentinelGroup {
     SentinelGroup::start("ringq-m", 1, 3).expect("a master, a replica and three sentinels")
@@ -33,18 +33,6 @@ fn master(g: &SentinelGroup) -> TestClient {
 fn replicated(c: &mut TestClient) {
     let f = c.cmd(["WAIT", "1", "10000"]).unwrap();
     assert_eq!(f, Frame::Integer(1), "the replica acknowledged the writes");
-}
-
-fn xadd(c: &mut TestClient, stream: &str, prefix: &str, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        for &i in chunk {
-            c.send(["XADD", stream, "*", "payload", &format!("{prefix}-{i:08}")])
-                .unwrap();
-        }
-        for _ in chunk {
-            assert!(matches!(c.read_reply().unwrap(), Frame::BulkString(_)));
-        }
-    }
 }
 
 /// The group `g`'s pending count on `stream` (XPENDING summary).
@@ -87,20 +75,39 @@ fn fail_over(g: &SentinelGroup, fault: Fault) -> Instant {
     at
 }
 
-fn reliable_loses_nothing(fault: Fault) {
+/// The at-least-once modes, drained through a failover.
+#[derive(Clone, Copy, Debug)]
+enum Acked {
+    Reliable,
+    Stream,
+}
+
+/// Drains 30 000 messages in `mode` while `fault` moves the master; then nothing is
+/// lost, duplicates are bounded, and nothing stays leased or pending at the new master.
+fn acked_loses_nothing(fault: Fault, mode: Acked) {
     let g = group();
     let mut c = master(&g);
     const N: usize = 30_000;
-    c.lpush_many("sq", payloads("r", N)).unwrap();
+    match mode {
+        Acked::Reliable => {
+            c.lpush_many("aq", payloads("m", N)).unwrap();
+        }
+        Acked::Stream => xadd(&mut c, "aq", "m", N, None),
+    }
     replicated(&mut c);
-    let seen = Recorder::<(String, u32, Instant)>::default();
-    let running = builder(g.url())
-        .prefetch(512)
-        .start(
-            ReliableConsumer::new("c1", ["sq"]).batch(32),
-            seen.deciding(support::ack_after(Duration::from_micros(100))),
-        )
-        .unwrap();
+    let seen = Recorder::<String>::default();
+    let b = builder(g.url()).prefetch(512);
+    let handler = seen.deciding(support::ack_after(Duration::from_micros(100)));
+    let running = match mode {
+        Acked::Reliable => b.start(ReliableConsumer::new("c1", ["aq"]).batch(32), handler),
+        Acked::Stream => b.start(
+            StreamConsumer::new("g", "c1", ["aq"])
+                .start_at(StartAt::Beginning)
+                .batch(32),
+            handler,
+        ),
+    }
+    .unwrap();
     assert!(wait_until(WAIT, || seen.len() >= 2000), "draining");
     let before = seen.len();
     let at = fail_over(&g, fault);
@@ -110,10 +117,12 @@ fn reliable_loses_nothing(fault: Fault) {
         during < N,
         "{fault:?}: the failover came mid-drain ({during} of {N})"
     );
-    let first_after = wait_until(WAIT, || seen.distinct() > during);
-    assert!(first_after, "{fault:?}: messages flow from the new master");
+    assert!(
+        wait_until(WAIT, || seen.distinct() > during),
+        "{fault:?}: messages flow from the new master"
+    );
     println!(
-        "{fault:?}, reliable: first new message {:?} after the fault",
+        "{fault:?}, {mode:?}: first new message {:?} after the fault",
         at.elapsed()
     );
     assert!(
@@ -121,19 +130,22 @@ fn reliable_loses_nothing(fault: Fault) {
         "{fault:?}: delivered {} of {N}",
         seen.distinct()
     );
-    // Nothing stays leased at the new master: acks the old master took and did not
-    // replicate leave their messages in the processing list there, and the engine takes
-    // them back (delivered again: duplicates, never stuck).
-    let processing = ringq::envelope::keys::processing(b"sq", b"c1");
-    let settled = wait_until(WAIT, || {
-        master(&g).llen(&processing).unwrap_or(1) == 0 && master(&g).llen("sq").unwrap_or(1) == 0
-    });
+    // Nothing stays leased or pending at the new master: acks the old master took and
+    // did not replicate leave their messages there, and the engine takes them back
+    // (delivered again: duplicates, never stuck).
+    let left = |g: &SentinelGroup| -> i64 {
+        let mut c = master(g);
+        match mode {
+            Acked::Reliable => {
+                let processing = ringq::envelope::keys::processing(b"aq", b"c1");
+                c.llen(&processing).unwrap_or(-1) + c.llen("aq").unwrap_or(-1)
+            }
+            Acked::Stream => pending(&mut c, "aq"),
+        }
+    };
+    let settled = wait_until(WAIT, || left(&g) == 0);
     let stats = running.shutdown().unwrap();
-    assert!(
-        settled,
-        "{fault:?}: the processing list at the new master emptied ({} left)",
-        master(&g).llen(&processing).unwrap_or(-1)
-    );
+    assert!(settled, "{fault:?}: {} left leased or pending", left(&g));
     let (distinct, dups) = seen.tally();
     assert_eq!(distinct, N, "{fault:?}: 0 lost");
     assert!(
@@ -146,90 +158,29 @@ fn reliable_loses_nothing(fault: Fault) {
          ({in_window}) and the prefetch"
     );
     println!(
-        "{fault:?}, reliable: {N} delivered, {dups} duplicates ({in_window} delivered during \
+        "{fault:?}, {mode:?}: {N} delivered, {dups} duplicates ({in_window} delivered during \
          the failover)"
     );
 }
 
 #[test]
 fn a_planned_failover_loses_nothing_in_reliable_mode() {
-    reliable_loses_nothing(Fault::Planned);
+    acked_loses_nothing(Fault::Planned, Acked::Reliable);
 }
 
 #[test]
 fn a_crashed_master_loses_nothing_in_reliable_mode() {
-    reliable_loses_nothing(Fault::Crash);
-}
-
-fn stream_loses_nothing(fault: Fault) {
-    let g = group();
-    let mut c = master(&g);
-    const N: usize = 30_000;
-    xadd(&mut c, "ss", "s", N);
-    replicated(&mut c);
-    let seen = Recorder::<(String, String, u32, Instant)>::default();
-    let running = builder(g.url())
-        .prefetch(512)
-        .start(
-            StreamConsumer::new("g", "c1", ["ss"])
-                .start_at(StartAt::Beginning)
-                .batch(32),
-            seen.deciding(support::ack_after(Duration::from_micros(100))),
-        )
-        .unwrap();
-    assert!(wait_until(WAIT, || seen.len() >= 2000), "draining");
-    let before = seen.len();
-    let at = fail_over(&g, fault);
-    let in_window = seen.len() - before;
-    let during = seen.distinct();
-    assert!(
-        during < N,
-        "{fault:?}: the failover came mid-drain ({during} of {N})"
-    );
-    assert!(
-        wait_until(WAIT, || seen.distinct() > during),
-        "{fault:?}: flowing again"
-    );
-    println!(
-        "{fault:?}, stream: first new entry {:?} after the fault",
-        at.elapsed()
-    );
-    assert!(
-        wait_until(WAIT, || seen.distinct() >= N),
-        "{fault:?}: delivered {} of {N}",
-        seen.distinct()
-    );
-    // Nothing stays pending at the new master: entries whose acks the old master took and
-    // did not replicate are claimed again once their lease passes (duplicates).
-    let settled = wait_until(WAIT, || pending(&mut master(&g), "ss") == 0);
-    let stats = running.shutdown().unwrap();
-    assert!(
-        settled,
-        "{fault:?}: the group's pending entries at the new master were settled ({} left)",
-        pending(&mut master(&g), "ss")
-    );
-    let (distinct, dups) = seen.tally();
-    assert_eq!(distinct, N, "{fault:?}: 0 lost");
-    assert!(stats.reconnects >= 1);
-    assert!(
-        dups <= in_window + 2 * 512,
-        "{fault:?}: duplicates ({dups}) bounded by the deliveries during the failover \
-         ({in_window}) and the prefetch"
-    );
-    println!(
-        "{fault:?}, stream: {N} delivered, {dups} duplicates ({in_window} delivered during \
-         the failover)"
-    );
+    acked_loses_nothing(Fault::Crash, Acked::Reliable);
 }
 
 #[test]
 fn a_planned_failover_loses_nothing_in_stream_mode() {
-    stream_loses_nothing(Fault::Planned);
+    acked_loses_nothing(Fault::Planned, Acked::Stream);
 }
 
 #[test]
 fn a_crashed_master_loses_nothing_in_stream_mode() {
-    stream_loses_nothing(Fault::Crash);
+    acked_loses_nothing(Fault::Crash, Acked::Stream);
 }
 
 fn pop_counts_what_it_may_lose(fault: Fault) {

@@ -13,7 +13,7 @@ use ringq_tests::{wait_until, Fault, FaultProxy, TestClient};
 
 mod support;
 use support::{
-    ack_after, builder, builder_for, on_redis_and_valkey, start, wait_any_blocked, Kind, WAIT,
+    ack_after, builder, builder_for, on_redis_and_valkey, start, wait_any_blocked, xadd, Kind, WAIT,
 };
 
 on_redis_and_valkey!(
@@ -37,24 +37,6 @@ on_redis_and_valkey!(
 
 /// (stream, payload, deliveries, when) of each delivery.
 type Seen = support::Recorder<(String, String, u32, Instant)>;
-
-/// XADDs `n` entries `payload = <prefix>-<i>` (plus `tag` when given), pipelined.
-fn xadd(c: &mut TestClient, stream: &str, prefix: &str, n: usize, tag: Option<&str>) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        for &i in chunk {
-            let p = format!("{prefix}-{i:07}");
-            let mut args = vec!["XADD", stream, "*", "payload", &p];
-            if let Some(t) = tag {
-                args.extend(["tag", t]);
-            }
-            c.send(args).unwrap();
-        }
-        for _ in chunk {
-            let f = c.read_reply().unwrap();
-            assert!(matches!(f, Frame::BulkString(_)), "{f:?}");
-        }
-    }
-}
 
 fn int(f: Frame) -> i64 {
     match f {

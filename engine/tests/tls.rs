@@ -14,11 +14,10 @@ use ringq::{
     EngineBuilder, ErrorKind, ListenConsumer, PopConsumer, ReliableConsumer, StartAt,
     StreamConsumer, Tls,
 };
-use ringq_resp::Frame;
 use ringq_tests::{wait_until, Fault, FaultProxy, RedisServer, TestClient, TestPki};
 
 mod support;
-use support::{builder, payloads, wait_any_blocked, Recorder, WAIT};
+use support::{builder, payloads, wait_any_blocked, xadd, Recorder, WAIT};
 
 fn pki() -> TestPki {
     TestPki::generate().expect("test certificates")
@@ -45,19 +44,6 @@ fn engine_clients(c: &mut TestClient) -> usize {
         .iter()
         .filter(|i| i.get("name").is_some_and(|n| n.starts_with("ringq-")))
         .count()
-}
-
-/// XADDs `n` entries `payload = <prefix>-<i>`.
-fn xadd(c: &mut TestClient, stream: &str, prefix: &str, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        for &i in chunk {
-            c.send(["XADD", stream, "*", "payload", &format!("{prefix}-{i:08}")])
-                .unwrap();
-        }
-        for _ in chunk {
-            assert!(matches!(c.read_reply().unwrap(), Frame::BulkString(_)));
-        }
-    }
 }
 
 #[test]
@@ -136,7 +122,7 @@ fn stream_mode_over_tls_delivers_exactly_once_in_order() {
     let server = tls_server(&pki, false);
     let mut c = server.client().unwrap();
     const N: usize = 20_000;
-    xadd(&mut c, "ts", "s", N);
+    xadd(&mut c, "ts", "s", N, None);
     let seen = Recorder::<(String, String, u32, Instant)>::default();
     let running = builder(server.tls_url())
         .tls(trusting(&pki))
@@ -391,7 +377,7 @@ fn a_server_restart_over_tls_loses_nothing_in_stream_mode() {
         .unwrap();
     let mut c = server.client().unwrap();
     const N: usize = 20_000;
-    xadd(&mut c, "rs", "s", N);
+    xadd(&mut c, "rs", "s", N, None);
     let seen = Recorder::<(String, String, u32, Instant)>::default();
     let running = builder(server.tls_url())
         .tls(trusting(&pki))
@@ -425,7 +411,7 @@ fn a_cut_in_the_middle_of_a_tls_record_loses_nothing() {
     let mut c = server.client().unwrap();
     const N: usize = 20_000;
     c.lpush_many("cq", payloads("c", N)).unwrap();
-    xadd(&mut c, "cs", "s", N);
+    xadd(&mut c, "cs", "s", N, None);
     let proxy = FaultProxy::start(([127, 0, 0, 1], server.tls_port()).into()).unwrap();
     let url = format!("rediss://127.0.0.1:{}", proxy.addr().port());
     for mode in ["reliable", "stream"] {

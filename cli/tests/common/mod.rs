@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -308,4 +308,36 @@ impl Drop for Consumer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `ringq args` to the end with `env` set, and $RINGQ_URL, $RINGQ_PASSWORD and
+/// $RINGQ_SENTINEL_PASSWORD unset unless `env` sets them.
+pub fn ringq_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ringq"));
+    c.args(args)
+        .env_remove("RINGQ_URL")
+        .env_remove("RINGQ_PASSWORD")
+        .env_remove("RINGQ_SENTINEL_PASSWORD")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run ringq")
+}
+
+/// Asserts `o` succeeded (showing its stderr if not); returns (stdout, stderr).
+pub fn succeeded(o: &Output) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "ringq failed: {:?}\n{stderr}", o.status);
+    (String::from_utf8_lossy(&o.stdout).into_owned(), stderr)
+}
+
+/// [`succeeded`]'s stdout.
+pub fn stdout_of(o: &Output) -> String {
+    succeeded(o).0
+}
+
+/// [`succeeded`]'s stderr.
+pub fn stderr_of(o: &Output) -> String {
+    succeeded(o).1
 }

@@ -316,6 +316,25 @@ pub fn payloads(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:08}")).collect()
 }
 
+/// XADDs `n` entries `payload = <prefix>-<i>` (the payloads of [`payloads`]), plus
+/// `tag = T` when given, pipelined 500 at a time.
+pub fn xadd(c: &mut TestClient, stream: &str, prefix: &str, n: usize, tag: Option<&str>) {
+    let all = payloads(prefix, n);
+    for chunk in all.chunks(500) {
+        for p in chunk {
+            let mut args = vec!["XADD", stream, "*", "payload", p.as_str()];
+            if let Some(t) = tag {
+                args.extend(["tag", t]);
+            }
+            c.send(args).unwrap();
+        }
+        for _ in chunk {
+            let f = c.read_reply().unwrap();
+            assert!(matches!(f, ringq_resp::Frame::BulkString(_)), "{f:?}");
+        }
+    }
+}
+
 /// How many clients `CLIENT LIST` shows blocked in a blocking command.
 pub fn blocked_clients(c: &mut TestClient) -> usize {
     c.client_list()
