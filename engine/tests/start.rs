@@ -122,6 +122,25 @@ fn a_password_given_apart_from_the_url_authenticates_and_is_never_shown() {
         .unwrap();
     let mut c = server.client().unwrap();
     c.rpush_many("pw", ["a", "b"]).unwrap();
+    // A password in the URL and one apart from it: neither shows in the server's view
+    // of the connections (CLIENT LIST: names, and everything else it lists).
+    let running = EngineBuilder::new(server.url_as(None, "url-pw-xyz"))
+        .password("apart-pw-5521")
+        .start(PopConsumer::new(["another-queue"]), ack)
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || c
+        .client_list()
+        .unwrap()
+        .iter()
+        .any(|i| i
+            .get("name")
+            .is_some_and(|n| n.starts_with("ringq-")))));
+    let listed = format!("{:?}", c.cmd(["CLIENT", "LIST"]).unwrap());
+    assert!(
+        !listed.contains("apart-pw-5521") && !listed.contains("url-pw-xyz"),
+        "{listed}"
+    );
+    running.shutdown().unwrap();
     let running = EngineBuilder::new(server.url_without_auth())
         .password("apart-pw-5521")
         .limit(2)
