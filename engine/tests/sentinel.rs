@@ -370,3 +370,38 @@ fn tls_sentinels_with_passwords_fail_over_without_loss() {
     assert_eq!(seen.tally().0, N, "0 lost");
     assert!(stats.reconnects >= 1);
 }
+
+/// The URL names one sentinel; the engine learns the other two from its `SENTINEL
+/// SENTINELS`. With that one killed, a reconnect still finds the master through the
+/// sentinels it was never told about.
+#[test]
+fn sentinels_the_url_does_not_name_are_learned_and_used() {
+    let g = group();
+    let first = g.sentinel_ports()[0];
+    let url = format!("redis+sentinel://127.0.0.1:{first}/{}", g.name());
+    let mut c = master(&g);
+    let seen = Recorder::<String>::default();
+    let running = builder(url)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start(PopConsumer::new(["lq"]), seen.clone())
+        .unwrap();
+    c.lpush_many("lq", payloads("a", 10)).unwrap();
+    assert!(
+        wait_until(WAIT, || seen.len() >= 10),
+        "served through the one sentinel"
+    );
+    g.kill_sentinel(0).unwrap();
+    // Every connection of the engine is cut: each reconnect asks the sentinels.
+    let killed = c
+        .client_kill(&[("TYPE", "normal"), ("SKIPME", "yes")])
+        .unwrap();
+    assert!(killed >= 1, "the engine's connections were cut");
+    c.lpush_many("lq", payloads("b", 10)).unwrap();
+    assert!(
+        wait_until(WAIT, || seen.len() >= 20),
+        "served again through a sentinel learned from the first: got {}",
+        seen.len()
+    );
+    let stats = running.shutdown().unwrap();
+    assert!(stats.reconnects >= 1);
+}
