@@ -58,7 +58,9 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod backend;
+mod blocking;
 mod budget;
+mod cluster;
 mod conn;
 mod credit;
 mod dispatch;

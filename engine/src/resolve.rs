@@ -63,6 +63,9 @@ pub(crate) enum Lookup {
     },
     /// The master the sentinels know.
     Sentinel(Arc<Sentinels>),
+    /// Cluster nodes named by host in the topology: every request names its host
+    /// ([`Resolver::request_host`]).
+    Nodes(Arc<ResolveFn>),
 }
 
 impl Lookup {
@@ -77,7 +80,20 @@ impl Lookup {
                 let addr = crate::sentinel::socket_addr(&host, port)?;
                 Ok(ResolvedAddr::Tcp(addr, host.into()))
             }
+            Lookup::Nodes(_) => Err(Error::new(
+                ErrorKind::ConnectionLost,
+                "a cluster node lookup names its host",
+            )),
         }
+    }
+
+    /// Looks up `host:port` with the lookup's resolver (the system's behind Sentinel).
+    fn run_host(&self, host: &str, port: u16) -> Result<ResolvedAddr, Error> {
+        let addr = match self {
+            Lookup::Host { f, .. } | Lookup::Nodes(f) => resolve_with(&**f, host, port)?,
+            Lookup::Sentinel(_) => resolve_with(&*system_resolver(), host, port)?,
+        };
+        Ok(ResolvedAddr::Tcp(addr, host.into()))
     }
 
     /// What is looked up, for messages.
@@ -85,6 +101,7 @@ impl Lookup {
         match self {
             Lookup::Host { host, .. } => format!("host '{host}'"),
             Lookup::Sentinel(s) => format!("master '{}' at the sentinels", s.master()),
+            Lookup::Nodes(_) => "a cluster node".into(),
         }
     }
 }
@@ -106,6 +123,8 @@ struct Request {
     shard: usize,
     conn: u32,
     gen: u32,
+    /// The host to look up; `None`: the engine's own lookup.
+    host: Option<(String, u16)>,
 }
 
 /// The engine's resolver thread, and the shards' inboxes.
@@ -131,25 +150,22 @@ impl Resolver {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    // A panicking user resolver must not leave connections waiting
-                    // for an answer forever: it answers with an error instead.
-                    let answer =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lookup.run()))
-                            .unwrap_or_else(|_| {
-                                Err(Error::new(
-                                    ErrorKind::ConnectionLost,
-                                    format!(
-                                        "the resolver panicked while looking up {}",
-                                        lookup.what()
-                                    ),
-                                ))
-                            });
+                    // One lookup answers every request for the same thing in the batch.
+                    let mut answers: Vec<(Option<(String, u16)>, Result<ResolvedAddr, Error>)> =
+                        Vec::new();
                     let mut woken = vec![false; boxes.len()];
                     for r in batch {
                         let Some(inbox) = boxes.get(r.shard) else {
                             continue;
                         };
-                        let addr = match &answer {
+                        let at = match answers.iter().position(|(h, _)| *h == r.host) {
+                            Some(at) => at,
+                            None => {
+                                answers.push((r.host.clone(), run(&lookup, r.host.as_ref())));
+                                answers.len() - 1
+                            }
+                        };
+                        let addr = match &answers[at].1 {
                             Ok(a) => Ok(a.clone()),
                             Err(e) => Err(Error::new(e.kind(), e.to_string())),
                         };
@@ -178,9 +194,34 @@ impl Resolver {
     /// Asks for a fresh lookup for connection `conn` of shard `shard`. False when the
     /// resolver thread is gone (it cannot answer; dial the known address instead).
     pub(crate) fn request(&self, shard: usize, conn: u32, gen: u32) -> bool {
-        self.requests
-            .lock()
-            .is_ok_and(|tx| tx.send(Request { shard, conn, gen }).is_ok())
+        self.send(Request {
+            shard,
+            conn,
+            gen,
+            host: None,
+        })
+    }
+
+    /// Asks for a lookup of `host:port` for connection `conn` of shard `shard` (a
+    /// cluster node named by host). False when the resolver thread is gone.
+    pub(crate) fn request_host(
+        &self,
+        shard: usize,
+        conn: u32,
+        gen: u32,
+        host: String,
+        port: u16,
+    ) -> bool {
+        self.send(Request {
+            shard,
+            conn,
+            gen,
+            host: Some((host, port)),
+        })
+    }
+
+    fn send(&self, r: Request) -> bool {
+        self.requests.lock().is_ok_and(|tx| tx.send(r).is_ok())
     }
 
     /// Takes the answers that arrived for shard `shard` (cheap when there are none: one
@@ -196,6 +237,21 @@ impl Resolver {
             out.append(&mut v);
         }
     }
+}
+
+/// Runs one lookup (of `host`, or the engine's own), blocking. A panicking user resolver
+/// must not leave connections waiting for an answer forever: it answers with an error.
+fn run(lookup: &Lookup, host: Option<&(String, u16)>) -> Result<ResolvedAddr, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match host {
+        Some((h, p)) => lookup.run_host(h, *p),
+        None => lookup.run(),
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::ConnectionLost,
+            format!("the resolver panicked while looking up {}", lookup.what()),
+        ))
+    })
 }
 
 impl std::fmt::Debug for Resolver {

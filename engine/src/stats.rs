@@ -35,6 +35,7 @@ pub(crate) struct ShardStats {
     pub max_in_flight: AtomicU64,
     pub max_in_flight_bytes: AtomicU64,
     pub stalls: AtomicU64,
+    pub redirects: AtomicU64,
     pub late_messages: AtomicU64,
     pub unanswered_pops: AtomicU64,
     pub possibly_lost: AtomicU64,
@@ -70,6 +71,7 @@ impl ShardStats {
             max_in_flight: AtomicU64::new(0),
             max_in_flight_bytes: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
+            redirects: AtomicU64::new(0),
             late_messages: AtomicU64::new(0),
             unanswered_pops: AtomicU64::new(0),
             possibly_lost: AtomicU64::new(0),
@@ -139,6 +141,9 @@ pub struct Stats {
     /// Connections whose reply was overdue while pops were unanswered: each was replaced
     /// by a fresh connection and kept open to deliver its late replies.
     pub stalls: u64,
+    /// In a cluster: commands the cluster answered with MOVED, ASK, TRYAGAIN or
+    /// CLUSTERDOWN (each ran nowhere; the engine followed the slot or tried again).
+    pub redirects: u64,
     /// Messages delivered by the late replies of stalled connections.
     pub late_messages: u64,
     /// Pops whose connection was lost (or closed at a drain limit or a stop) before they
@@ -230,6 +235,7 @@ impl Stats {
                 .max()
                 .unwrap_or(0),
             stalls: total(|s| &s.stalls),
+            redirects: total(|s| &s.redirects),
             late_messages: total(|s| &s.late_messages),
             unanswered_pops: total(|s| &s.unanswered_pops),
             possibly_lost: total(|s| &s.possibly_lost),

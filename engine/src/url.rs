@@ -3,7 +3,9 @@
 //! Sentinel: `redis+sentinel://[user[:password]@]host1[:26379][,host2[:26379]…]/<master
 //! name>[/db]` (`rediss+sentinel://` for TLS to the sentinels and the data nodes alike),
 //! with percent-decoding of the credentials. The credentials are the data nodes'; the
-//! sentinels' own are set apart ([`crate::EngineBuilder::sentinel_password`]).
+//! sentinels' own are set apart ([`crate::EngineBuilder::sentinel_password`]). A Redis or
+//! Valkey Cluster: `redis+cluster://[user[:password]@]host1[:6379][,host2[:6379]…][/db]`
+//! (`rediss+cluster://` for TLS); one seed node is enough, the others are discovered.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -29,6 +31,11 @@ pub enum Address {
         sentinels: Vec<(String, u16)>,
         /// The master's name in the sentinels' configuration.
         master: String,
+    },
+    /// A Redis or Valkey Cluster, discovered from any of `seeds` (host, port).
+    Cluster {
+        /// Nodes asked for the topology at start, in order.
+        seeds: Vec<(String, u16)>,
     },
 }
 
@@ -72,6 +79,13 @@ impl fmt::Display for ConnectionInfo {
                 }
                 Ok(())
             }
+            Address::Cluster { seeds } => {
+                write!(f, "cluster")?;
+                for (i, (h, p)) in seeds.iter().enumerate() {
+                    write!(f, "{}{}", if i == 0 { " " } else { "," }, HostPort(h, *p))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -90,8 +104,8 @@ impl fmt::Display for HostPort<'_> {
 }
 
 impl ConnectionInfo {
-    /// Parses a `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://` or
-    /// `unix://` URL.
+    /// Parses a `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://`,
+    /// `redis+cluster://`, `rediss+cluster://` or `unix://` URL.
     ///
     /// # Errors
     /// [`crate::ErrorKind::Config`] saying what part of the URL is wrong.
@@ -115,16 +129,19 @@ impl ConnectionInfo {
             });
         }
         let schemes = [
-            ("redis://", false, false),
-            ("rediss://", true, false),
-            ("redis+sentinel://", false, true),
-            ("rediss+sentinel://", true, true),
+            ("redis://", false, Kind::Node),
+            ("rediss://", true, Kind::Node),
+            ("redis+sentinel://", false, Kind::Sentinel),
+            ("rediss+sentinel://", true, Kind::Sentinel),
+            ("redis+cluster://", false, Kind::Cluster),
+            ("rediss+cluster://", true, Kind::Cluster),
         ];
-        let (rest, tls, sentinel) = schemes
+        let (rest, tls, kind) = schemes
             .iter()
-            .find_map(|(s, tls, sentinel)| Some((url.strip_prefix(s)?, *tls, *sentinel)))
+            .find_map(|(s, tls, kind)| Some((url.strip_prefix(s)?, *tls, *kind)))
             .ok_or(
-                "expected redis://, rediss://, redis+sentinel://, rediss+sentinel:// or unix://",
+                "expected redis://, rediss://, redis+sentinel://, rediss+sentinel://, \
+                 redis+cluster://, rediss+cluster:// or unix://",
             )?;
         // `redis://host:6379?db=1` (redis-py and redis-rs accept it) as well as `/1`.
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -138,7 +155,13 @@ impl ConnectionInfo {
             None => (None, authority),
         };
         let (username, password) = userinfo.map_or(Ok((None, None)), credentials)?;
-        let (address, path) = if sentinel {
+        let (address, path) = if kind == Kind::Cluster {
+            let seeds = hostport
+                .split(',')
+                .map(|hp| host_port(hp, 6379))
+                .collect::<Result<Vec<_>, _>>()?;
+            (Address::Cluster { seeds }, path)
+        } else if kind == Kind::Sentinel {
             let sentinels = hostport
                 .split(',')
                 .map(|hp| host_port(hp, 26379))
@@ -186,6 +209,9 @@ impl ConnectionInfo {
             Address::Sentinel { .. } => Err(Error::config(
                 "a Sentinel address is found by asking the sentinels, not by a lookup",
             )),
+            Address::Cluster { .. } => Err(Error::config(
+                "a cluster node's address is found in the cluster's topology, not by a lookup",
+            )),
             Address::Tcp { host, port } => {
                 let mut addrs = (host.as_str(), *port).to_socket_addrs().map_err(|e| {
                     Error::new(
@@ -200,6 +226,14 @@ impl ConnectionInfo {
             }
         }
     }
+}
+
+/// What a URL's scheme names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Node,
+    Sentinel,
+    Cluster,
 }
 
 /// A resolved address ready for `connect(2)`.
@@ -366,6 +400,30 @@ mod tests {
         );
         assert!(!ConnectionInfo::parse("redis://h").unwrap().tls);
         assert!(!ConnectionInfo::parse("unix:///s").unwrap().tls);
+    }
+
+    #[test]
+    fn cluster_urls_list_seed_nodes() {
+        let c = ConnectionInfo::parse("rediss+cluster://u:p@10.0.0.1:7000,[::1],h:7002/0").unwrap();
+        assert_eq!(
+            c.address,
+            Address::Cluster {
+                seeds: vec![
+                    ("10.0.0.1".into(), 7000),
+                    ("::1".into(), 6379),
+                    ("h".into(), 7002)
+                ]
+            }
+        );
+        assert!(c.tls);
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        assert_eq!(c.to_string(), "cluster 10.0.0.1:7000,[::1]:6379,h:7002");
+        assert!(!ConnectionInfo::parse("redis+cluster://h").unwrap().tls);
+        assert!(ConnectionInfo::parse("redis+cluster://h:x").is_err());
+        assert!(ConnectionInfo::parse("redis+cluster://").is_err());
     }
 
     #[test]

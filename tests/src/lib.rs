@@ -45,6 +45,7 @@
 
 mod builder;
 mod client;
+mod cluster;
 mod error;
 mod launch;
 mod process;
@@ -59,6 +60,7 @@ mod wait;
 
 pub use builder::RedisServerBuilder;
 pub use client::{ClientInfo, TestClient};
+pub use cluster::ClusterGroup;
 pub use error::{Error, Result};
 pub use process::{
     find_redis_server, find_valkey_server, free_port, REDIS_SERVER_ENV, VALKEY_SERVER_ENV,

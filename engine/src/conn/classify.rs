@@ -25,8 +25,13 @@ pub(crate) enum Class {
     Failover,
     /// Credentials refused (WRONGPASS, NOAUTH): retrying cannot help.
     Auth,
-    /// A Redis Cluster redirect (MOVED, ASK, CROSSSLOT).
-    Cluster,
+    /// A Redis Cluster redirect (MOVED, ASK): the command did not run; its slot is served
+    /// elsewhere. A cluster engine follows it (the shard patches the topology and the
+    /// connection reconnects to the owner); a standalone one stops, naming the URL to use.
+    Redirect,
+    /// CROSSSLOT: keys of one command in different slots (ringq groups keys by slot, so
+    /// this is a name that defeats the hash tags).
+    CrossSlot,
     /// Anything else: the command cannot succeed as configured.
     Refused,
 }
@@ -38,9 +43,8 @@ pub(crate) fn class(e: &ServerError) -> Class {
         ServerErrorKind::NoScript => Class::Scripts,
         _ if e.is_role_change() => Class::Failover,
         _ if e.is_auth() => Class::Auth,
-        ServerErrorKind::Moved { .. }
-        | ServerErrorKind::Ask { .. }
-        | ServerErrorKind::CrossSlot => Class::Cluster,
+        ServerErrorKind::Moved { .. } | ServerErrorKind::Ask { .. } => Class::Redirect,
+        ServerErrorKind::CrossSlot => Class::CrossSlot,
         _ => Class::Refused,
     }
 }
@@ -72,10 +76,14 @@ pub(crate) fn failure(
             ),
             e,
         )),
-        Class::Cluster => Failure::Fatal(Error::server(
+        Class::Redirect => Failure::Retry(Error::server(
+            &format!("{what} was redirected by the cluster; following the slot to its owner"),
+            e,
+        )),
+        Class::CrossSlot => Failure::Fatal(Error::server(
             &format!(
-                "{what} failed: this is a Redis Cluster node, and ringq does not speak the \
-                 cluster protocol yet; consume from a standalone server (or one primary)"
+                "{what} failed: its keys are in different cluster slots; give the names one \
+                 hash tag ({{tag}}) or use names without braces"
             ),
             e,
         )),
@@ -120,8 +128,14 @@ mod tests {
             Class::Failover
         );
         assert_eq!(class(&err("WRONGPASS invalid")), Class::Auth);
-        assert_eq!(class(&err("MOVED 1 h:1")), Class::Cluster);
-        assert_eq!(class(&err("CROSSSLOT Keys")), Class::Cluster);
+        assert_eq!(class(&err("MOVED 1 h:1")), Class::Redirect);
+        assert_eq!(class(&err("ASK 1 h:1")), Class::Redirect);
+        assert_eq!(class(&err("CROSSSLOT Keys")), Class::CrossSlot);
+        assert_eq!(class(&err("TRYAGAIN Multiple keys")), Class::Passing);
+        assert_eq!(
+            class(&err("CLUSTERDOWN The cluster is down")),
+            Class::Passing
+        );
         assert_eq!(class(&err("WRONGTYPE Operation")), Class::Refused);
         // The text alone decides nothing: an ERR that mentions NOSCRIPT is refused.
         assert_eq!(class(&err("ERR NOSCRIPT in the text")), Class::Refused);

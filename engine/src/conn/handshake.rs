@@ -46,6 +46,15 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         match (tag, &frame) {
             (Tag::Hello, Frame::Map(_)) | (Tag::Hello, Frame::Array(_)) => {
                 self.server = parse_hello(&frame);
+                if self.server.cluster && self.cfg.cluster.is_none() {
+                    // It would serve the slots it owns and answer MOVED for the rest:
+                    // refused at start rather than half working.
+                    return Err(Failure::Fatal(Error::config(format!(
+                        "{} is a Redis Cluster node: connect with a redis+cluster:// (or \
+                         rediss+cluster://) URL, which follows the cluster's slots",
+                        self.peer()
+                    ))));
+                }
             }
             (Tag::Hello, f) if f.is_error() => {
                 let e = f
@@ -59,7 +68,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
                     self.server = ServerInfo {
                         resp3: false,
                         version: (5, 0, 0),
-                        client_id: None,
+                        ..ServerInfo::default()
                     };
                     if let Some(pw) = &info.password {
                         let mut w = CommandWriter::new(
@@ -235,6 +244,7 @@ fn parse_hello(frame: &Frame) -> ServerInfo {
                 }
             }
             Some(b"id") => info.client_id = v.as_integer(),
+            Some(b"mode") => info.cluster = v.as_bytes().is_some_and(|m| &m[..] == b"cluster"),
             _ => {}
         }
     }

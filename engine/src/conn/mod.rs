@@ -153,6 +153,8 @@ pub(crate) struct ServerInfo {
     pub resp3: bool,
     pub version: (u32, u32, u32),
     pub client_id: Option<i64>,
+    /// HELLO said `mode: cluster`.
+    pub cluster: bool,
 }
 
 impl ServerInfo {
@@ -182,6 +184,9 @@ pub(crate) struct ConnConfig {
     /// Behind Sentinel: the sentinels (every handshake then checks `ROLE`, and the shard
     /// follows their `+switch-master`).
     pub sentinels: Option<Arc<crate::sentinel::Sentinels>>,
+    /// A Redis or Valkey Cluster: the topology every connection's node is read from (see
+    /// `cluster/`).
+    pub cluster: Option<Arc<crate::cluster::Topology>>,
 }
 
 /// What every TLS connection of an engine starts from.
@@ -438,6 +443,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             (crate::url::Address::Sentinel { master, .. }, Some((a, _))) => {
                 format!("{a} (master '{master}')")
             }
+            (crate::url::Address::Cluster { .. }, Some((a, _))) => format!("cluster node {a}"),
             _ => self.cfg.info.to_string(),
         }
     }

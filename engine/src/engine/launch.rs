@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::{EngineBuilder, Running};
 use crate::backend::IoBackend;
 use crate::budget::Budget;
+use crate::cluster::Topology;
 use crate::conn::{ConnConfig, TlsConnect};
 use crate::dispatch::{start_pool, ShardDispatch, ShardWaker};
 use crate::error::{Error, ErrorKind};
@@ -37,6 +38,8 @@ pub(crate) struct Launch {
     pub limit: Option<u64>,
     pub sources: Vec<String>,
     pub timing: Timing,
+    /// In a cluster: each shard's lanes' hash slots (empty otherwise).
+    pub routes: Vec<Vec<u16>>,
 }
 
 impl Launch {
@@ -120,6 +123,7 @@ where
             stalled_drain: builder.stalled_drain,
             reply_timeout: launch.timing.reply_timeout,
             reply_grace: launch.timing.reply_grace,
+            routes: launch.routes.get(i).cloned().unwrap_or_default(),
         };
         match spawn_shard(i, spec, ready_tx.clone()) {
             Ok(t) => threads.push(t),
@@ -186,6 +190,7 @@ fn conn_config(
 ) -> Result<ConnConfig, Error> {
     let tls = tls_connect(builder, &info)?;
     let mut sentinels = None;
+    let mut cluster = None;
     let (addr, resolver) = match &info.address {
         Address::Tcp { host, port } if is_name(host) => {
             let lookup = Lookup::Host {
@@ -216,6 +221,39 @@ fn conn_config(
             sentinels = Some(s);
             (first, Some(Arc::new(r)))
         }
+        Address::Cluster { seeds } => {
+            let auth = info.password.clone().map(|p| (info.username.clone(), p));
+            let t = Topology::discover(
+                seeds.clone(),
+                auth,
+                tls.as_ref().map(|t| t.config.clone()),
+                // Each node gets a short deadline: a slow one is skipped, not waited on.
+                builder.connect_timeout.min(Duration::from_secs(1)),
+            )?;
+            t.follow(shared.clone())?;
+            let view = t.view();
+            let first = view
+                .primaries()
+                .first()
+                .map(|n| crate::sentinel::socket_addr(&n.host, n.port).map(|a| (a, n.host.clone())))
+                .transpose()?
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::ConnectionLost,
+                        format!("the cluster at {info} serves no slot"),
+                    )
+                })?;
+            let r = Resolver::start(
+                Lookup::Nodes(builder.resolver.clone()),
+                nshards,
+                shared.clone(),
+            )?;
+            cluster = Some(t);
+            (
+                crate::url::ResolvedAddr::Tcp(first.0, first.1.as_str().into()),
+                Some(Arc::new(r)),
+            )
+        }
         _ => (info.resolve()?, None),
     };
     Ok(ConnConfig {
@@ -229,6 +267,7 @@ fn conn_config(
         client_name: builder.client_name.clone(),
         tls,
         sentinels,
+        cluster,
     })
 }
 
@@ -248,8 +287,9 @@ fn tls_connect(
     }
     let name = match &info.address {
         Address::Tcp { host, .. } => Some(crate::tls::server_name(host)?),
-        // The master's host, as the sentinels name it, for each connection.
-        Address::Sentinel { .. } => None,
+        // The master's host, as the sentinels name it, or the node's, as the cluster's
+        // topology does, for each connection.
+        Address::Sentinel { .. } | Address::Cluster { .. } => None,
         Address::Unix(_) => return Err(Error::config("TLS needs a TCP address, not unix://")),
     };
     let default = crate::Tls::new();

@@ -458,7 +458,15 @@ impl EngineBuilder {
         consumer.check()?;
         consumer.check_dispatch(&self.dispatch)?;
         let sources = consumer.source_names();
-        let lanes_per_shard = self.lanes(sources.len(), K::SOURCES)?;
+        let cluster = matches!(
+            self.connection_info()?.address,
+            crate::url::Address::Cluster { .. }
+        );
+        let (lanes_per_shard, routes) = if cluster {
+            self.cluster_lanes(&consumer)?
+        } else {
+            (self.lanes(sources.len(), K::SOURCES)?, Vec::new())
+        };
         let timing = Timing {
             reply_grace: self.reply_grace,
             reply_timeout: self.reply_timeout,
@@ -470,6 +478,7 @@ impl EngineBuilder {
             limit: self.limit,
             sources,
             timing,
+            routes,
         };
         let mut lanes = lanes_per_shard.into_iter();
         launch::launch(self, launch, handler, move |budget| {
@@ -484,15 +493,7 @@ impl EngineBuilder {
         let total_conns = self.shards * self.connections_per_shard;
         let nlanes = total_conns.min(n);
         let nshards = self.shards.min(nlanes);
-        if u64::from(self.prefetch) < nlanes as u64 {
-            return Err(Error::config(format!(
-                "prefetch {} is below the {nlanes} connections that own {what}: each needs at \
-                 least one message of credit. Raise the prefetch to at least {nlanes}, or use \
-                 fewer connections (shards × connections per shard = {total_conns}, capped at \
-                 the {n} {what})",
-                self.prefetch,
-            )));
-        }
+        self.check_prefetch(nlanes, total_conns, n, what)?;
         let mut lanes_per_shard: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
         for l in 0..nlanes {
             let members = (0..n)
@@ -502,5 +503,73 @@ impl EngineBuilder {
             lanes_per_shard[l % nshards].push(members);
         }
         Ok(lanes_per_shard)
+    }
+
+    /// In a cluster: one lane per hash slot the sources use (a lane's multi-key commands
+    /// must name keys of one slot), lane `l` on shard `l mod S`. Returns each shard's lanes
+    /// and each lane's slot. Refuses a mode that does not run on a cluster yet, and a
+    /// source whose keys span slots.
+    fn cluster_lanes<K: Start>(
+        &self,
+        consumer: &K,
+    ) -> Result<(Vec<Vec<Vec<u32>>>, Vec<Vec<u16>>), Error> {
+        let names = consumer.source_names();
+        let mut groups: std::collections::BTreeMap<u16, Vec<u32>> = Default::default();
+        for (i, name) in names.iter().enumerate() {
+            let Some(keys) = consumer.source_keys(i) else {
+                return Err(Error::config(format!(
+                    "this consumer's mode does not run on a Redis Cluster yet (pop mode \
+                     does); connect it to one primary with a redis:// URL"
+                )));
+            };
+            let slot = keys
+                .first()
+                .map_or(0, |k| crate::cluster::slot::key_slot(k));
+            if let Some(k) = keys
+                .iter()
+                .find(|k| crate::cluster::slot::key_slot(k) != slot)
+            {
+                return Err(Error::config(format!(
+                    "{} '{name}' uses keys in two cluster slots ('{}' in {slot}, '{}' in {}): \
+                     a name with braces must hold a non-empty hash tag ({{tag}}) that every \
+                     key shares",
+                    K::SOURCES,
+                    String::from_utf8_lossy(&keys[0]),
+                    String::from_utf8_lossy(k),
+                    crate::cluster::slot::key_slot(k)
+                )));
+            }
+            groups.entry(slot).or_default().push(i as u32);
+        }
+        let nlanes = groups.len();
+        self.check_prefetch(nlanes, nlanes, names.len(), K::SOURCES)?;
+        let nshards = self.shards.min(nlanes).max(1);
+        let mut lanes: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
+        let mut routes: Vec<Vec<u16>> = vec![Vec::new(); nshards];
+        for (l, (slot, members)) in groups.into_iter().enumerate() {
+            lanes[l % nshards].push(members);
+            routes[l % nshards].push(slot);
+        }
+        Ok((lanes, routes))
+    }
+
+    /// Every lane needs at least one message of credit.
+    fn check_prefetch(
+        &self,
+        nlanes: usize,
+        total_conns: usize,
+        n: usize,
+        what: &str,
+    ) -> Result<(), Error> {
+        if u64::from(self.prefetch) < nlanes as u64 {
+            return Err(Error::config(format!(
+                "prefetch {} is below the {nlanes} connections that own {what}: each needs at \
+                 least one message of credit. Raise the prefetch to at least {nlanes}, or use \
+                 fewer connections (shards × connections per shard = {total_conns}, capped at \
+                 the {n} {what})",
+                self.prefetch,
+            )));
+        }
+        Ok(())
     }
 }

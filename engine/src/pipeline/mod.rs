@@ -102,6 +102,14 @@ pub(crate) trait Start {
     /// Its sources' names, in order: stats count messages per source.
     fn source_names(&self) -> Vec<String>;
 
+    /// Every key the commands for source `i` name, for a cluster engine: they must all be
+    /// in one hash slot, and the source's lane is routed to that slot's node. `None`: the
+    /// mode does not run on a cluster yet (the start is refused, saying so).
+    fn source_keys(&self, i: usize) -> Option<Vec<Bytes>> {
+        let _ = i;
+        None
+    }
+
     /// The pipeline of a shard whose lane `l` fetches the sources `lanes[l]` (indices
     /// into [`Start::source_names`]).
     fn pipeline(

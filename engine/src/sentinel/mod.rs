@@ -20,7 +20,6 @@
 //! The sentinels get their own credentials ([`crate::EngineBuilder::sentinel_password`]);
 //! the URL's are the data nodes'. TLS (`rediss+sentinel://`) applies to both.
 
-mod client;
 mod watch;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -31,7 +30,7 @@ use std::time::Duration;
 use ringq_resp::Frame;
 use rustls::ClientConfig;
 
-pub(crate) use client::Blocking;
+pub(crate) use crate::blocking::Blocking;
 pub(crate) use watch::watch;
 
 use crate::error::{Error, ErrorKind};
@@ -106,7 +105,14 @@ impl Sentinels {
 
     pub(crate) fn connect(&self, host: &str, port: u16) -> Result<Blocking, Error> {
         let auth = self.auth.as_ref().map(|(u, p)| (u.as_deref(), p.as_str()));
-        Blocking::connect(host, port, self.timeout, self.tls.as_ref(), auth)
+        Blocking::connect(
+            host,
+            port,
+            self.timeout,
+            self.tls.as_ref(),
+            auth,
+            "the sentinel password",
+        )
     }
 
     /// Asks the sentinels in turn where the master is: `(host, port)` as the first that

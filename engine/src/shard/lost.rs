@@ -91,7 +91,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
 
     /// Connection `id` stalled with commands that owe effects: a fresh connection takes
     /// over its role and this one drains (see the module docs).
-    fn retire(&mut self, id: usize, what: String, now: Instant) {
+    pub(super) fn retire(&mut self, id: usize, what: String, now: Instant) {
         let until = now + self.stalled_drain;
         self.io.conns[id].set_draining(until);
         let owed = self.pipeline.on_stalled(&mut self.io, id);
@@ -154,10 +154,11 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
     /// Handles a connection failure: fatal ones stop the engine, others reconnect. The
     /// pipeline's commands it had not seen answered are handed back to the pipeline.
     pub(super) fn fail_conn(&mut self, id: usize, f: Failure, _now: Instant) {
-        let conn = &mut self.io.conns[id];
-        if matches!(conn.phase(), Phase::Closing | Phase::Done) {
+        if matches!(self.io.conns[id].phase(), Phase::Closing | Phase::Done) {
             return;
         }
+        let f = self.note_failure(id, f);
+        let conn = &mut self.io.conns[id];
         if conn.serves() {
             self.io
                 .stats

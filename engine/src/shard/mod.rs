@@ -21,6 +21,7 @@
 //! answered), then closes its sockets and waits for the kernel to finish with every
 //! operation before the ring is dropped.
 
+mod cluster;
 mod io;
 mod lost;
 mod replies;
@@ -98,6 +99,8 @@ pub(crate) struct ShardSpec<P> {
     pub reply_timeout: Duration,
     /// How long a stop waits for a stalled connection.
     pub reply_grace: Duration,
+    /// In a cluster: the hash slot of each fetch lane's sources (see `cluster.rs`).
+    pub routes: Vec<u16>,
 }
 
 struct Shard<P: Pipeline, B: Backend> {
@@ -120,6 +123,10 @@ struct Shard<P: Pipeline, B: Backend> {
     resolved: Vec<Resolved>,
     /// Behind Sentinel: the failovers followed so far (see `Shard::follow_failover`).
     failovers_seen: u64,
+    /// In a cluster: each fetch lane's hash slot, and the topology epoch followed so far
+    /// (see `cluster.rs`).
+    routes: Vec<u16>,
+    topology_seen: u64,
     /// Reused for every reply's messages (see [`recycle`]).
     msgs: Vec<Message<'static>>,
     /// Reused for the messages a pipeline had staged.
@@ -220,6 +227,8 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         conn_cfg: spec.conn,
         resolved: Vec::new(),
         failovers_seen: 0,
+        routes: spec.routes,
+        topology_seen: 0,
         msgs: Vec::with_capacity(1024),
         staged: Vec::new(),
         outcomes: Vec::with_capacity(1024),
@@ -277,8 +286,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 .add(now + *period, TimerEvent::User(i as u32));
         }
         for id in 0..self.io.conns.len() {
-            let addr = self.conn_cfg.addr.clone();
-            self.connect(id, now, &addr);
+            self.dial(id, now);
         }
         loop {
             let now = Instant::now();
@@ -332,6 +340,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             let now = self.turn_started;
             self.take_resolved(now);
             self.follow_failover(now);
+            self.follow_topology(now);
             while let Some(ev) = self.io.timers.pop_due(now) {
                 self.on_timer(ev, now);
             }
@@ -418,8 +427,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         self.io.conns.push(control);
         self.io.control = Some(id);
         self.io.want_control = false;
-        let addr = self.conn_cfg.addr.clone();
-        self.connect(id, now, &addr);
+        self.dial(id, now);
     }
 
     /// Starts connection `id` connecting to `addr`.
@@ -433,6 +441,10 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
     /// Connects `id` again: after looking the host name up again where there is one (a
     /// failover may have moved it), else to the address found at start.
     fn reconnect(&mut self, id: usize, now: Instant) {
+        if self.conn_cfg.cluster.is_some() {
+            self.dial(id, now);
+            return;
+        }
         if let Some(r) = self.conn_cfg.resolver.clone() {
             let conn = &mut self.io.conns[id];
             conn.set_resolving();

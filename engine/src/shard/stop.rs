@@ -92,8 +92,13 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         }
         let control = self.io.control;
         let pipeline = &self.pipeline;
+        // Client ids are a server's own: in a cluster, Control unblocks only the
+        // connections on its own node (the others wait out their block timeouts).
+        let cluster = self.conn_cfg.cluster.is_some();
+        let node = control.and_then(|u| self.io.conns[u].target_addr());
         let blocked = |i: usize, c: &crate::conn::Conn<P::Cmd>| {
             Some(i) != control
+                && (!cluster || node.is_none() || c.target_addr() == node)
                 && c.phase() == Phase::Ready
                 && !c.unblock_sent()
                 && c.server().client_id.is_some()

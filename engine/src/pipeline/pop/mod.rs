@@ -167,6 +167,11 @@ impl Start for PopConsumer {
         self.queue_names()
     }
 
+    fn source_keys(&self, i: usize) -> Option<Vec<Bytes>> {
+        let q = self.queues.get(i)?;
+        Some(q.levels.iter().map(|(_, k)| k.clone()).collect())
+    }
+
     fn pipeline(
         &self,
         lanes: Vec<Vec<u32>>,

@@ -24,6 +24,7 @@ fn launch(url: &str, dispatch: Dispatch, pipeline: RecordingPipeline) -> Running
             reply_timeout: Duration::from_secs(10),
             reply_grace: Duration::from_secs(2),
         },
+        routes: Vec::new(),
     };
     let mut once = Some(pipeline);
     let builder = EngineBuilder::new(url)

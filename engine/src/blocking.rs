@@ -1,8 +1,8 @@
-//! A small blocking RESP connection for talking to sentinels from the engine's resolver
-//! and watcher threads (never from a shard): connect with a deadline, TLS through
-//! rustls's blocking stream when the URL is `rediss+sentinel://`, `AUTH`, one command at
-//! a time, and the push frames of a subscription. Every read has a deadline, so a
-//! sentinel that hangs is skipped rather than waited for.
+//! A small blocking RESP connection for the engine's helper threads (never a shard): the
+//! sentinel resolver and watcher, and the cluster topology thread. Connect with a
+//! deadline, TLS through rustls's blocking stream for `rediss+…://` URLs, `AUTH`, one
+//! command at a time, and the push frames of a subscription. Every read has a deadline,
+//! so a node that hangs is skipped rather than waited for.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -46,13 +46,15 @@ fn lost(peer: &str, what: &str, e: &io::Error) -> Error {
 
 impl Blocking {
     /// Connects to `host:port` within `timeout` (each read and write gets it too), with
-    /// TLS when `tls` is given, and authenticates with `auth` (user, password).
+    /// TLS when `tls` is given, and authenticates with `auth` (user, password; `secret`
+    /// names it in the error when it is refused).
     pub(crate) fn connect(
         host: &str,
         port: u16,
         timeout: Duration,
         tls: Option<&Arc<ClientConfig>>,
         auth: Option<(Option<&str>, &str)>,
+        secret: &str,
     ) -> Result<Self, Error> {
         let peer = HostPort(host, port).to_string();
         let addrs: Vec<SocketAddr> = (host, port)
@@ -111,7 +113,7 @@ impl Blocking {
             if let Some(e) = reply.to_server_error() {
                 return Err(Error::auth(
                     format!(
-                        "sentinel {} refused the sentinel password: {}",
+                        "{} refused {secret}: {}",
                         c.peer,
                         crate::conn::classify::plain(&e)
                     ),

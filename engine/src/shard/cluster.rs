@@ -1,0 +1,191 @@
+//! A shard of a cluster engine: which node each connection dials, what a redirect does
+//! to the topology, and moving connections when the topology changes. Everything else —
+//! the loop, reconnects, the stalled-connection drain — is the same as for one server.
+//!
+//! Each fetch connection has a *route*: the hash slot of its lane's sources (the engine
+//! puts only sources of one slot in a lane). Control follows the shard's first lane.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use ringq_resp::ServerErrorKind;
+
+use super::Shard;
+use crate::backend::Backend;
+use crate::conn::{Failure, Phase, Role};
+use crate::error::Error;
+use crate::pipeline::Pipeline;
+use crate::url::ResolvedAddr;
+
+impl<P: Pipeline, B: Backend> Shard<P, B> {
+    /// The hash slot connection `id` serves.
+    fn route(&self, id: usize) -> u16 {
+        let lane = match self.io.conns[id].role() {
+            Role::Fetch(l) => l as usize,
+            Role::Control => 0,
+        };
+        self.routes
+            .get(lane)
+            .or(self.routes.first())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Dials connection `id`: the address found at start, or in a cluster the current
+    /// owner of its slot (a host name is looked up on the resolver thread).
+    pub(super) fn dial(&mut self, id: usize, now: Instant) {
+        let Some(topology) = self.conn_cfg.cluster.clone() else {
+            let addr = self.conn_cfg.addr.clone();
+            self.connect(id, now, &addr);
+            return;
+        };
+        let slot = self.route(id);
+        let view = topology.view();
+        let Some(node) = view.owner(slot) else {
+            topology.trigger();
+            let conn = &mut self.io.conns[id];
+            conn.lookup_failed(format!(
+                "no node of the cluster serves slot {slot} now (a failover under way?); \
+                 asking the cluster again"
+            ));
+            self.finish_close(id, now);
+            return;
+        };
+        match node.host.parse::<IpAddr>() {
+            Ok(ip) => {
+                let addr =
+                    ResolvedAddr::Tcp(SocketAddr::new(ip, node.port), node.host.as_str().into());
+                self.connect(id, now, &addr);
+            }
+            Err(_) => {
+                let (host, port) = (node.host.clone(), node.port);
+                let Some(r) = self.conn_cfg.resolver.clone() else {
+                    let conn = &mut self.io.conns[id];
+                    conn.lookup_failed(format!("cannot look up cluster node {host}"));
+                    self.finish_close(id, now);
+                    return;
+                };
+                let conn = &mut self.io.conns[id];
+                conn.set_resolving();
+                if !r.request_host(self.index, conn.id(), conn.gen(), host, port) {
+                    conn.lookup_failed("the resolver thread is gone".into());
+                    self.finish_close(id, now);
+                }
+            }
+        }
+    }
+
+    /// What a connection's failure tells the topology. In a cluster every failure may
+    /// mean the map is stale: a MOVED patches its slot at once, anything else asks for a
+    /// (rate-limited) refresh. A MOVED or ASK from a server reached through a plain URL
+    /// stops the engine, naming the URL to use.
+    pub(super) fn note_failure(&mut self, id: usize, f: Failure) -> Failure {
+        let Failure::Retry(e) = f else {
+            return f;
+        };
+        let redirect = match e.server_error().map(|s| s.kind()) {
+            Some(ServerErrorKind::Moved { slot, addr }) => Some((Some(*slot), addr.clone())),
+            Some(ServerErrorKind::Ask { addr, .. }) => Some((None, addr.clone())),
+            _ => None,
+        };
+        let Some(topology) = self.conn_cfg.cluster.clone() else {
+            if redirect.is_some() {
+                return Failure::Fatal(Error::config(format!(
+                    "{}: {e}; this is a Redis Cluster node: connect with a redis+cluster:// \
+                     URL",
+                    self.io.conns[id].peer()
+                )));
+            }
+            return Failure::Retry(e);
+        };
+        let refused = matches!(
+            e.server_error().map(|s| s.kind()),
+            Some(
+                ServerErrorKind::Moved { .. }
+                    | ServerErrorKind::Ask { .. }
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+            )
+        );
+        if refused {
+            let s = &self.io.stats;
+            s.add(&s.redirects, 1);
+        }
+        match redirect {
+            Some((Some(slot), addr)) => {
+                let (host, port) = addr.rsplit_once(':').unwrap_or(("?", ""));
+                let host = match host {
+                    // An empty endpoint: the node that answered, on that port.
+                    "" => self.io.conns[id]
+                        .target_addr()
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    h => h.to_owned(),
+                };
+                match port.parse::<u16>() {
+                    Ok(port) if host != "?" => topology.moved(slot, &host, port),
+                    _ => topology.trigger(),
+                }
+            }
+            // ASK changes no map: the slot is still its owner's until the move ends.
+            Some((None, _)) => {}
+            None => topology.trigger(),
+        }
+        Failure::Retry(e)
+    }
+
+    /// In a cluster, when the topology changed: every connection whose slot is now
+    /// served by another node moves there — retired like a stalled connection when it
+    /// owes replies that carry messages (they are delivered if they come), else closed
+    /// and dialled again.
+    pub(super) fn follow_topology(&mut self, now: Instant) {
+        let Some(topology) = self.conn_cfg.cluster.clone() else {
+            return;
+        };
+        let epoch = topology.epoch();
+        if epoch == self.topology_seen || self.io.stopping {
+            return;
+        }
+        self.topology_seen = epoch;
+        let view = topology.view();
+        for id in 0..self.io.conns.len() {
+            let c = &self.io.conns[id];
+            let live = !matches!(
+                c.phase(),
+                Phase::Idle | Phase::Resolving | Phase::Closing | Phase::Done
+            );
+            if !live || c.draining().is_some() {
+                continue;
+            }
+            let Some(at) = c.target_addr() else {
+                continue;
+            };
+            let slot = self.route(id);
+            let owner = view.owner(slot);
+            let same = owner.is_some_and(|n| {
+                n.port == at.port() && n.host.parse::<IpAddr>().map_or(true, |ip| ip == at.ip())
+            });
+            if same || owner.is_none() {
+                // Unowned: wait for an owner rather than leave a node that may still
+                // serve it.
+                continue;
+            }
+            let what = format!(
+                "the cluster moved slot {slot} from {at} to {}",
+                owner.map(|n| n.addr()).unwrap_or_default()
+            );
+            let pipeline = &self.pipeline;
+            let owes = c.any_cmd(|cmd| pipeline.owes_effects(cmd));
+            if owes && c.phase() == Phase::Ready && Some(id) != self.io.control {
+                self.retire(id, what, now);
+            } else {
+                let e = Error::new(
+                    crate::ErrorKind::ConnectionLost,
+                    format!("{what}; reconnecting"),
+                );
+                self.fail_conn(id, Failure::Retry(e), now);
+                self.finish_close(id, now);
+            }
+        }
+    }
+}
