@@ -14,11 +14,29 @@ use ringq::{ErrorKind, PopConsumer, Queue, ReliableConsumer};
 use ringq_tests::{wait_until, ClusterGroup};
 
 mod support;
-use support::{builder, payloads, Recorder, WAIT};
+use support::{builder, on_redis_and_valkey, payloads, Kind, Recorder, WAIT};
+
+/// A 6-node cluster of `kind`'s server.
+fn cluster_of(kind: Kind) -> ClusterGroup {
+    let binary = match kind {
+        Kind::Redis => None,
+        Kind::Valkey => Some(ringq_tests::find_valkey_server().unwrap_or_else(|e| {
+            panic!("the cluster tests run against Valkey 9 too and need it: {e}")
+        })),
+    };
+    ClusterGroup::start_with(binary, 3).expect("a 6-node cluster (3 primaries, 3 replicas)")
+}
 
 fn cluster() -> ClusterGroup {
-    ClusterGroup::start().expect("a 6-node cluster (3 primaries, 3 replicas)")
+    cluster_of(Kind::Redis)
 }
+
+on_redis_and_valkey!(
+    pop_mode_drains_queues_on_every_primary,
+    a_resharded_slot_loses_nothing_in_pop_mode,
+    a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode,
+    a_killed_primary_resumes_at_its_replica_in_pop_mode,
+);
 
 /// RPUSHes `items` to `key` at the node that serves it.
 fn push(g: &ClusterGroup, key: &str, items: &[String]) {
@@ -48,9 +66,8 @@ fn ringq_clients(g: &ClusterGroup, i: usize) -> usize {
 
 /// Queues spread over all three primaries are all served, each from its own node, with
 /// nothing lost or duplicated; every primary has the engine's connections.
-#[test]
-fn pop_mode_drains_queues_on_every_primary() {
-    let g = cluster();
+fn pop_mode_drains_queues_on_every_primary(kind: Kind) {
+    let g = cluster_of(kind);
     let mut queues = Vec::new();
     for node in 0..g.primaries() {
         for k in 0..2 {
@@ -96,9 +113,8 @@ fn pop_mode_drains_queues_on_every_primary() {
 /// the source and level 5 does not exist, the pop over both levels is TRYAGAIN; once the
 /// keys have moved it is ASK; the engine tries again, pops nothing meanwhile, and after
 /// SETSLOT NODE follows MOVED to the third primary. Every message arrives exactly once.
-#[test]
-fn a_resharded_slot_loses_nothing_in_pop_mode() {
-    let g = cluster();
+fn a_resharded_slot_loses_nothing_in_pop_mode(kind: Kind) {
+    let g = cluster_of(kind);
     let q = g.key_on(0, "mq").unwrap();
     let slot = g.slot_of(&q).unwrap();
     let high = Queue::new(q.clone()).priorities([5, 0]).key_for_priority(5);
@@ -166,7 +182,7 @@ fn a_resharded_slot_loses_nothing_in_pop_mode() {
     let stats = running.shutdown().unwrap();
     let (distinct, dups) = seen.tally();
     println!(
-        "reshard, pop: {distinct} of {total} delivered, {dups} duplicates; {} redirects, {} \
+        "{kind:?} reshard, pop: {distinct} of {total} delivered, {dups} duplicates; {} redirects, {} \
          reconnects",
         stats.redirects, stats.reconnects
     );
@@ -177,9 +193,8 @@ fn a_resharded_slot_loses_nothing_in_pop_mode() {
 /// `CLUSTER FAILOVER` of the primary of a queue mid-drain (Redis answers the blocked or
 /// pending pops with UNBLOCKED and closes, Valkey with MOVED): the consumer resumes at
 /// the promoted replica; what it may have lost is counted.
-#[test]
-fn a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode() {
-    let g = cluster();
+fn a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode(kind: Kind) {
+    let g = cluster_of(kind);
     let q = g.key_on(0, "fq").unwrap();
     let other = g.key_on(1, "fo").unwrap();
     const N: usize = 20_000;
@@ -212,7 +227,7 @@ fn a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode() {
     let drained = wait_until(WAIT, || llen(&g, &q) == 0);
     assert!(drained, "the queue drained at the new primary");
     println!(
-        "failover, pop: drained {:?} after CLUSTER FAILOVER",
+        "{kind:?} failover, pop: drained {:?} after CLUSTER FAILOVER",
         at.elapsed()
     );
     // The other primary's queue was never disturbed.
@@ -239,7 +254,7 @@ fn a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode() {
         .len();
     let lost = N - distinct;
     println!(
-        "failover, pop: {distinct} of {N} delivered, {} duplicates, {lost} lost; possibly lost \
+        "{kind:?} failover, pop: {distinct} of {N} delivered, {} duplicates, {lost} lost; possibly lost \
          counted {}, redirects {}, reconnects {}",
         delivered.len() - distinct,
         stats.possibly_lost,
@@ -256,9 +271,8 @@ fn a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode() {
 
 /// SIGKILL of a primary mid-drain: the other primaries' queues keep flowing while the
 /// cluster fails over; the killed primary's queue resumes at its promoted replica.
-#[test]
-fn a_killed_primary_resumes_at_its_replica_in_pop_mode() {
-    let g = cluster();
+fn a_killed_primary_resumes_at_its_replica_in_pop_mode(kind: Kind) {
+    let g = cluster_of(kind);
     let q = g.key_on(2, "kq").unwrap();
     let other = g.key_on(0, "ko").unwrap();
     const N: usize = 20_000;
@@ -297,7 +311,7 @@ fn a_killed_primary_resumes_at_its_replica_in_pop_mode() {
         wait_until(WAIT, || llen(&g, &q) == 0),
         "the killed primary's queue drained at its replica"
     );
-    println!("kill -9, pop: drained {:?} after the kill", at.elapsed());
+    println!("{kind:?} kill -9, pop: drained {:?} after the kill", at.elapsed());
     std::thread::sleep(Duration::from_millis(300));
     let stats = running.shutdown().unwrap();
     let delivered: std::collections::HashSet<String> = seen
@@ -307,7 +321,7 @@ fn a_killed_primary_resumes_at_its_replica_in_pop_mode() {
         .collect();
     let lost = N - delivered.len();
     println!(
-        "kill -9, pop: {} of {N} delivered, {lost} lost; possibly lost counted {}",
+        "{kind:?} kill -9, pop: {} of {N} delivered, {lost} lost; possibly lost counted {}",
         delivered.len(),
         stats.possibly_lost
     );
