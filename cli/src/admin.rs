@@ -90,11 +90,12 @@ struct ConsumerRow {
 /// # Errors
 /// A bad URL (status 2); a connection or command failure (status 1).
 pub fn stats(a: StatsArgs) -> Result<(), Exit> {
-    let mut c = Conn::open(&a.server)?;
     if a.mode == AdminMode::Stream {
-        return crate::stream_admin::stats(&mut c, &a.queues, a.format);
+        return crate::stream_admin::stats(&a.server, &a.queues, a.format);
     }
     for q in &a.queues {
+        // In a cluster each queue's keys are on its own node.
+        let mut c = Conn::open(&a.server, q.as_bytes())?;
         let qb = q.as_bytes();
         let what = format!("reading queue '{q}'");
         let pending = int(&c.cmd(&[&b"LLEN"[..], qb], &what)?);
@@ -194,7 +195,7 @@ pub fn stats(a: StatsArgs) -> Result<(), Exit> {
 /// # Errors
 /// A bad URL (status 2); a connection or command failure (status 1).
 pub fn dead(a: DeadArgs) -> Result<(), Exit> {
-    let mut c = Conn::open(&a.server)?;
+    let mut c = Conn::open(&a.server, a.queue.as_bytes())?;
     if a.mode == AdminMode::Stream {
         return crate::stream_admin::dead(&mut c, &a.queue, a.action);
     }

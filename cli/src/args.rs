@@ -79,7 +79,9 @@ pub struct ServerArgs {
     /// Server URL: redis://[user[:password]@]host[:port][/db], rediss://… for TLS,
     /// unix:///path[?db=N], or the master of a Sentinel set:
     /// redis+sentinel://host1:26379[,host2:26379…]/<master name>[/db] (rediss+sentinel://
-    /// for TLS) (default: $RINGQ_URL, else redis://127.0.0.1:6379). Percent-encode special
+    /// for TLS), or a Redis/Valkey Cluster: redis+cluster://host1:port[,host2:port…][/db]
+    /// (rediss+cluster:// for TLS; one node is enough) (default: $RINGQ_URL, else
+    /// redis://127.0.0.1:6379). Percent-encode special
     /// characters in the credentials. A password in a URL on the command line is visible
     /// to `ps` and kept in shell history: prefer --password-file, $RINGQ_PASSWORD, or the
     /// URL in $RINGQ_URL.

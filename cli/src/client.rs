@@ -49,11 +49,13 @@ pub struct Conn {
 impl Conn {
     /// Connects to `info`'s server (with TLS when its URL is `rediss://`, `tls` being the
     /// settings of the flags, the system's roots by default); behind Sentinel, to the
-    /// master the sentinels name (asked with `sentinel_password`, if any).
+    /// master the sentinels name (asked with `sentinel_password`, if any); in a cluster,
+    /// to the node that serves `key` now.
     pub fn connect(
         info: &ConnectionInfo,
         tls: Option<Tls>,
         sentinel_password: Option<&str>,
+        key: &[u8],
     ) -> Result<Self, Exit> {
         let mut peer = info.to_string();
         let stream = match &info.address {
@@ -63,9 +65,19 @@ impl Conn {
                 s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(fail)?;
                 Stream::Unix(s)
             }
-            Address::Sentinel { .. } | Address::Tcp { .. } => {
+            Address::Sentinel { .. } | Address::Tcp { .. } | Address::Cluster { .. } => {
                 let (host, port) = match &info.address {
                     Address::Tcp { host, port } => (host.clone(), *port),
+                    Address::Cluster { .. } => {
+                        let (h, p) = ringq::cluster_node(info, tls.as_ref(), key, CONNECT_TIMEOUT)
+                            .map_err(Exit::engine)?;
+                        peer = if h.contains(':') {
+                            format!("cluster node [{h}]:{p}")
+                        } else {
+                            format!("cluster node {h}:{p}")
+                        };
+                        (h, p)
+                    }
                     _ => {
                         let auth = sentinel_password.map(|p| (None, p));
                         let (h, p) =
@@ -224,16 +236,17 @@ impl Conn {
         }
     }
 
-    /// Connects and runs the URL's handshake.
+    /// Connects and runs the URL's handshake; in a cluster, on the node that serves
+    /// `key` (a queue, stream or shard channel: its slot's owner now).
     ///
     /// # Errors
     /// A bad URL or password file (status 2), or a connection, AUTH or SELECT failure
     /// (status 1).
-    pub fn open(server: &crate::args::ServerArgs) -> Result<Self, Exit> {
+    pub fn open(server: &crate::args::ServerArgs, key: &[u8]) -> Result<Self, Exit> {
         let info = server.info()?;
         let tls = server.tls(&info)?;
         let sentinel_password = server.sentinel_password()?;
-        let mut c = Self::connect(&info, tls, sentinel_password.as_deref())?;
+        let mut c = Self::connect(&info, tls, sentinel_password.as_deref(), key)?;
         c.handshake(&info)?;
         Ok(c)
     }

@@ -96,7 +96,7 @@ struct Pumped {
 }
 
 fn pump(p: &Pump<'_>) -> Result<Pumped, Exit> {
-    let mut conn = Conn::open(p.server)?;
+    let mut conn = Conn::open(p.server, p.key.as_bytes())?;
 
     let filler = p.size.map(|s| vec![b'x'; s as usize]);
     let payload = |i: u64, buf: &mut Vec<u8>| {
@@ -152,6 +152,11 @@ fn pump(p: &Pump<'_>) -> Result<Pumped, Exit> {
                 other => {
                     let (cmd, key) = (p.command, p.key);
                     return Err(Exit::runtime(match other.to_server_error() {
+                        Some(e) if e.is_redirect() => format!(
+                            "{cmd} to '{key}' failed after {sent} messages: {e}; the cluster \
+                             moved '{key}' to another node: run again (it asks the cluster \
+                             where '{key}' is now)"
+                        ),
                         Some(e) => format!("{cmd} to '{key}' failed after {sent} messages: {e}"),
                         None => format!("{cmd} to '{key}': unexpected reply {other:?}"),
                     }));

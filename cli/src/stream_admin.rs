@@ -75,8 +75,15 @@ fn list(f: Frame) -> Vec<Frame> {
 ///
 /// # Errors
 /// A connection or command failure (status 1).
-pub fn stats(c: &mut Conn, streams: &[String], format: StatsFormat) -> Result<(), Exit> {
+pub fn stats(
+    server: &crate::args::ServerArgs,
+    streams: &[String],
+    format: StatsFormat,
+) -> Result<(), Exit> {
     for s in streams {
+        // In a cluster each stream is on its own node.
+        let mut conn = Conn::open(server, s.as_bytes())?;
+        let c = &mut conn;
         let what = format!("reading stream '{s}'");
         let len = c.cmd(&["XLEN", s.as_str()], &what)?;
         let dead = c.cmd(&[&b"XLEN"[..], &keys::dead(s.as_bytes())], &what)?;

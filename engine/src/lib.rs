@@ -86,6 +86,8 @@ mod url;
 mod wake;
 
 pub use backend::IoBackend;
+pub use cluster::cluster_node;
+pub use cluster::slot::key_slot;
 #[cfg(feature = "bench-support")]
 #[doc(hidden)]
 pub use dispatch::bench_support;

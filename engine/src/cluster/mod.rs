@@ -298,3 +298,39 @@ pub(crate) fn not_a_cluster(peer: &str) -> Error {
          for a standalone server"
     ))
 }
+
+/// Which node of a `redis+cluster://` URL's cluster serves `key` now, for tools that open
+/// their own connection (the `ringq` CLI's `produce`, `publish`, `stats`, `dead`): the
+/// same topology read the engine makes at start, with `tls` for `rediss+cluster://`.
+/// Returns the node's host and port.
+///
+/// # Errors
+/// [`ErrorKind::Config`] for a URL that is not a cluster one, or a seed that is not a
+/// cluster node; otherwise as the engine's start: every seed's failure named, or
+/// [`ErrorKind::ConnectionLost`] when no node serves the key's slot now.
+pub fn cluster_node(
+    info: &crate::ConnectionInfo,
+    tls: Option<&crate::Tls>,
+    key: &[u8],
+    timeout: Duration,
+) -> Result<(String, u16), Error> {
+    let crate::Address::Cluster { seeds } = &info.address else {
+        return Err(Error::config("not a redis+cluster:// URL"));
+    };
+    let config = if info.tls {
+        Some(tls.cloned().unwrap_or_default().client_config()?)
+    } else {
+        None
+    };
+    let auth = info.password.clone().map(|p| (info.username.clone(), p));
+    let t = Topology::discover(seeds.clone(), auth, config, timeout)?;
+    let slot = slot::key_slot(key);
+    let view = t.view();
+    let node = view.owner(slot).ok_or_else(|| {
+        Error::new(
+            ErrorKind::ConnectionLost,
+            format!("no node of the cluster serves slot {slot} now (a failover under way?)"),
+        )
+    })?;
+    Ok((node.host.clone(), node.port))
+}
