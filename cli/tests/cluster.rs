@@ -40,7 +40,16 @@ fn every_command_finds_the_node_of_its_key() {
     // subscribers), where another node would answer MOVED.
     let ch = g.key_on(2, "sch").unwrap();
     let o = common::ringq_env(
-        &["publish", "--url", &url, "--shard", "--channel", &ch, "--messages", "3"],
+        &[
+            "publish",
+            "--url",
+            &url,
+            "--shard",
+            "--channel",
+            &ch,
+            "--messages",
+            "3",
+        ],
         &[],
     );
     common::succeeded(&o);
@@ -67,5 +76,8 @@ fn a_mode_that_does_not_run_on_a_cluster_yet_says_so() {
     );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("does not run on a Redis Cluster yet"), "{stderr}");
+    assert!(
+        stderr.contains("does not run on a Redis Cluster yet"),
+        "{stderr}"
+    );
 }

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use ringq::{ErrorKind, PopConsumer, Queue, ReliableConsumer};
+use ringq::{ErrorKind, Event, ListenConsumer, PopConsumer, Queue, ReliableConsumer};
 use ringq_tests::{wait_until, ClusterGroup};
 
 mod support;
@@ -32,7 +32,10 @@ fn cluster() -> ClusterGroup {
 }
 
 on_redis_and_valkey!(
+    listen_mode_moves_a_channel_subscription_off_a_killed_node,
+    listen_mode_follows_a_shard_channel_to_its_new_owner,
     pop_mode_drains_queues_on_every_primary,
+    a_frozen_primary_is_noticed_by_the_deadline_in_pop_mode,
     a_resharded_slot_loses_nothing_in_pop_mode,
     a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode,
     a_killed_primary_resumes_at_its_replica_in_pop_mode,
@@ -311,7 +314,10 @@ fn a_killed_primary_resumes_at_its_replica_in_pop_mode(kind: Kind) {
         wait_until(WAIT, || llen(&g, &q) == 0),
         "the killed primary's queue drained at its replica"
     );
-    println!("{kind:?} kill -9, pop: drained {:?} after the kill", at.elapsed());
+    println!(
+        "{kind:?} kill -9, pop: drained {:?} after the kill",
+        at.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(300));
     let stats = running.shutdown().unwrap();
     let delivered: std::collections::HashSet<String> = seen
@@ -330,6 +336,239 @@ fn a_killed_primary_resumes_at_its_replica_in_pop_mode(kind: Kind) {
         "every lost message was counted ({lost} lost, {} counted)",
         stats.possibly_lost
     );
+}
+
+/// The node (index) whose client list shows a subscriber of this engine.
+fn subscriber_node(g: &ClusterGroup) -> Option<usize> {
+    (0..g.nodes().len()).find(|&i| {
+        g.nodes()[i].is_running()
+            && g.nodes()[i]
+                .client()
+                .and_then(|mut c| c.client_list())
+                .is_ok_and(|l| {
+                    l.iter().any(|c| {
+                        c.is_subscriber() && c.get("name").is_some_and(|n| n.starts_with("ringq-"))
+                    })
+                })
+    })
+}
+
+/// Publishes `msg` on `channel` at a running primary until `seen` has `n` records
+/// (a subscription being restored may miss the first tries).
+fn publish_until(
+    g: &ClusterGroup,
+    channel: &str,
+    seen: &Recorder<(String, Option<String>, String)>,
+    n: usize,
+) -> bool {
+    wait_until(WAIT, || {
+        for node in g.nodes().iter().filter(|n| n.is_running()) {
+            if let Ok(mut c) = node.client() {
+                if c.publish(channel, "m").is_ok() {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        seen.len() >= n
+    })
+}
+
+/// A channel subscription lives on one primary (any: the cluster forwards every
+/// PUBLISH). SIGKILL of that node: a gap is reported and the subscription moves to
+/// another primary at once, without waiting for the failover; messages published at
+/// any node arrive again.
+fn listen_mode_moves_a_channel_subscription_off_a_killed_node(kind: Kind) {
+    let g = cluster_of(kind);
+    let seen = Recorder::<(String, Option<String>, String)>::default();
+    let running = builder(g.url())
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start(
+            ListenConsumer::new().channel("news").pattern("new*"),
+            seen.clone(),
+        )
+        .unwrap();
+    assert!(publish_until(&g, "news", &seen, 2), "subscribed");
+    let node = subscriber_node(&g).expect("a node holds the subscription");
+    let at = Instant::now();
+    g.nodes()[node].kill().unwrap();
+    assert!(
+        wait_until(WAIT, || !seen.gaps().is_empty()),
+        "a gap was reported"
+    );
+    let before = seen.len();
+    assert!(publish_until(&g, "news", &seen, before + 2), "resumed");
+    let moved_to = subscriber_node(&g).expect("subscribed again");
+    assert_ne!(moved_to, node, "on another node");
+    println!(
+        "{kind:?} listen: resumed {:?} after the kill, on node {moved_to}",
+        at.elapsed()
+    );
+    let stats = running.shutdown().unwrap();
+    assert!(stats.gaps >= 1);
+    assert!(matches!(seen.gaps()[0], Event::Gap { .. }));
+}
+
+/// A shard channel is subscribed at its slot's owner. Its slot moves (the owner sends
+/// an unsolicited `sunsubscribe`): a gap is reported and the subscription follows the
+/// slot to its new owner, where SPUBLISH reaches it again.
+fn listen_mode_follows_a_shard_channel_to_its_new_owner(kind: Kind) {
+    let g = cluster_of(kind);
+    let ch = g.key_on(0, "sch").unwrap();
+    let slot = g.slot_of(&ch).unwrap();
+    let seen = Recorder::<(String, Option<String>, String)>::default();
+    let running = builder(g.url())
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start(
+            ListenConsumer::new().shard_channel(ch.clone()),
+            seen.clone(),
+        )
+        .unwrap();
+    let spublish = |g: &ClusterGroup| {
+        g.client_for(&ch)
+            .and_then(|mut c| c.cmd(["SPUBLISH", ch.as_str(), "m"]))
+            .ok()
+            .and_then(|f| f.as_integer())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(WAIT, || spublish(&g) == 1),
+        "subscribed at node 0"
+    );
+    g.migrate_slot(slot, 0, 1).unwrap();
+    assert!(
+        wait_until(WAIT, || !seen.gaps().is_empty()),
+        "the moved slot opened a gap"
+    );
+    assert!(
+        wait_until(WAIT, || spublish(&g) == 1),
+        "subscribed again at the new owner"
+    );
+    assert_eq!(g.owner_of(&ch).unwrap(), 1);
+    let before = seen.len();
+    spublish(&g);
+    assert!(
+        wait_until(WAIT, || seen.len() > before),
+        "messages flow again"
+    );
+    let stats = running.shutdown().unwrap();
+    println!(
+        "{kind:?} shard channel: {} gaps, {} redirects",
+        stats.gaps, stats.redirects
+    );
+    assert!(stats.gaps >= 1);
+}
+
+/// SIGSTOP of a queue's primary mid-drain (its sockets stay open, nothing answers):
+/// the pops' reply deadline notices it (not a closed socket), the connection is retired
+/// and its successor reaches the promoted replica once the cluster has failed over. The
+/// frozen node is thawed at the end, so replies it still owed are delivered, not lost.
+fn a_frozen_primary_is_noticed_by_the_deadline_in_pop_mode(kind: Kind) {
+    let g = cluster_of(kind);
+    let q = g.key_on(1, "sq").unwrap();
+    const N: usize = 20_000;
+    push(&g, &q, &payloads("s", N));
+    let mut c = g.client_for(&q).unwrap();
+    assert_eq!(
+        c.cmd(["WAIT", "1", "10000"]).unwrap(),
+        ringq_resp::Frame::Integer(1),
+        "replicated"
+    );
+    let replica = g.replica_of(1).unwrap().expect("primary 1 has a replica");
+    let seen = Recorder::<String>::default();
+    let running = builder(g.url())
+        .prefetch(256)
+        .reply_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(1))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start(
+            PopConsumer::new([q.clone()]).batch(32),
+            seen.deciding(support::ack_after(Duration::from_micros(100))),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 1000), "draining");
+    let at = Instant::now();
+    g.nodes()[1].freeze().unwrap();
+    let during = seen.distinct();
+    assert!(during < N, "the freeze came mid-drain ({during} of {N})");
+    g.wait_primary(replica).unwrap();
+    assert!(
+        wait_until(WAIT, || llen(&g, &q) == 0),
+        "the frozen primary's queue drained at its replica"
+    );
+    println!(
+        "{kind:?} SIGSTOP, pop: drained {:?} after the freeze",
+        at.elapsed()
+    );
+    g.nodes()[1].thaw().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = running.shutdown().unwrap();
+    let delivered: std::collections::HashSet<String> = seen.payloads().into_iter().collect();
+    let lost = N - delivered.len();
+    println!(
+        "{kind:?} SIGSTOP, pop: {} of {N} delivered, {} duplicates, {lost} lost; stalls {}, \
+         possibly lost counted {}",
+        delivered.len(),
+        seen.len() - delivered.len(),
+        stats.stalls,
+        stats.possibly_lost
+    );
+    assert!(stats.stalls >= 1, "the deadline noticed the frozen node");
+    assert!(
+        lost as u64 <= stats.possibly_lost,
+        "every lost message was counted ({lost} lost, {} counted)",
+        stats.possibly_lost
+    );
+}
+
+/// 100 queues spread over all three primaries in one consumer: one lane (a connection)
+/// per hash slot, every queue served, none starved — the fairness of the lanes holds
+/// across nodes.
+#[test]
+fn a_hundred_queues_over_every_primary_are_all_served() {
+    let g = cluster();
+    let queues: Vec<String> = (0..100).map(|i| format!("many-{i}")).collect();
+    const PER: usize = 200;
+    for q in &queues {
+        push(&g, q, &payloads(q, PER));
+    }
+    let seen = Recorder::<(String, String, u8)>::default();
+    let running = builder(g.url())
+        .shards(2)
+        .prefetch(1000)
+        .start(PopConsumer::new(queues.clone()).batch(16), seen.clone())
+        .unwrap();
+    // Early in the drain every queue has been served some.
+    assert!(wait_until(WAIT, || seen.len() >= 100 * PER / 4), "draining");
+    let early: std::collections::HashSet<String> =
+        seen.snapshot().into_iter().map(|(q, _, _)| q).collect();
+    assert!(
+        wait_until(WAIT, || seen.len() >= 100 * PER),
+        "delivered {} of {}",
+        seen.len(),
+        100 * PER
+    );
+    let conns: usize = (0..g.primaries()).map(|n| ringq_clients(&g, n)).sum();
+    let stats = running.shutdown().unwrap();
+    let (distinct, dups) = seen.tally();
+    println!(
+        "100 queues: {} served in the first quarter of the drain; {conns} connections over \
+         the primaries",
+        early.len()
+    );
+    assert_eq!((distinct, dups), (100 * PER, 0));
+    assert_eq!(stats.possibly_lost, 0);
+    assert!(
+        early.len() >= 90,
+        "only {} queues served early",
+        early.len()
+    );
+    // One lane per slot: 100 names in 16 384 slots rarely share one.
+    let slots: std::collections::HashSet<u16> = queues
+        .iter()
+        .map(|q| ringq::key_slot(q.as_bytes()))
+        .collect();
+    assert_eq!(conns, slots.len(), "one fetch connection per slot used");
 }
 
 /// A `redis://` URL that reaches a cluster node stops the engine at its first handshake

@@ -161,11 +161,19 @@ impl ClusterGroup {
         let ok = wait_until(SETTLE, || {
             let mut views = Vec::new();
             for n in self.nodes.iter().filter(|n| n.is_running()) {
+                // A frozen node (SIGSTOP) answers nothing: it is left out, not waited for.
                 let Ok(mut c) = n.client() else {
-                    return false;
+                    continue;
                 };
-                let state = c.info_field_of("CLUSTER", "INFO", "cluster_state");
-                if state.as_deref() != Some("ok") {
+                if c.set_read_timeout(Some(Duration::from_millis(500)))
+                    .is_err()
+                {
+                    continue;
+                }
+                let Some(state) = c.info_field_of("CLUSTER", "INFO", "cluster_state") else {
+                    continue;
+                };
+                if state != "ok" {
                     return false;
                 }
                 let Ok(v) = self.owners_at(&mut c) else {
@@ -173,7 +181,7 @@ impl ClusterGroup {
                 };
                 views.push(v);
             }
-            views.windows(2).all(|w| w[0] == w[1])
+            views.len() >= self.primaries && views.windows(2).all(|w| w[0] == w[1])
         });
         if ok {
             Ok(())
@@ -226,11 +234,18 @@ impl ClusterGroup {
         self.primaries
     }
 
-    /// A running node's client (the first that answers).
+    /// A running node's client (the first that answers PING within a second: a frozen
+    /// node is passed over).
     fn any_client(&self) -> Result<TestClient> {
         let mut last = None;
         for n in self.nodes.iter().filter(|n| n.is_running()) {
-            match n.client() {
+            let answered = n.client().and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(1)))?;
+                c.ping()?;
+                c.set_read_timeout(Some(Duration::from_secs(30)))?;
+                Ok(c)
+            });
+            match answered {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }

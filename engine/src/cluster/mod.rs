@@ -35,6 +35,10 @@ pub(crate) const MIN_GAP: Duration = Duration::from_millis(250);
 /// A refresh this often even when nothing asked for one.
 pub(crate) const PERIOD: Duration = Duration::from_secs(30);
 
+/// The route of a lane whose commands name no key (SUBSCRIBE, PSUBSCRIBE): any primary
+/// serves it.
+pub(crate) const ANY_NODE: u16 = u16::MAX;
+
 /// Nodes asked per refresh (their majority is kept).
 const ASK: usize = 3;
 

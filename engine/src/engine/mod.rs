@@ -506,7 +506,8 @@ impl EngineBuilder {
     }
 
     /// In a cluster: one lane per hash slot the sources use (a lane's multi-key commands
-    /// must name keys of one slot), lane `l` on shard `l mod S`. Returns each shard's lanes
+    /// must name keys of one slot; sources without keys share one lane on any primary),
+    /// lane `l` on shard `l mod S`. Returns each shard's lanes
     /// and each lane's slot. Refuses a mode that does not run on a cluster yet, and a
     /// source whose keys span slots.
     fn cluster_lanes<K: Start>(
@@ -518,13 +519,14 @@ impl EngineBuilder {
         for (i, name) in names.iter().enumerate() {
             let Some(keys) = consumer.source_keys(i) else {
                 return Err(Error::config(format!(
-                    "this consumer's mode does not run on a Redis Cluster yet (pop mode \
-                     does); connect it to one primary with a redis:// URL"
+                    "this consumer's mode does not run on a Redis Cluster yet (pop and listen \
+                     modes do); connect it to one primary with a redis:// URL"
                 )));
             };
-            let slot = keys
-                .first()
-                .map_or(0, |k| crate::cluster::slot::key_slot(k));
+            // No key: any node serves it (classic pub/sub); those share one lane.
+            let slot = keys.first().map_or(crate::cluster::ANY_NODE, |k| {
+                crate::cluster::slot::key_slot(k)
+            });
             if let Some(k) = keys
                 .iter()
                 .find(|k| crate::cluster::slot::key_slot(k) != slot)

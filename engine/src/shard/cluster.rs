@@ -12,6 +12,7 @@ use ringq_resp::ServerErrorKind;
 
 use super::Shard;
 use crate::backend::Backend;
+use crate::cluster::ANY_NODE;
 use crate::conn::{Failure, Phase, Role};
 use crate::error::Error;
 use crate::pipeline::Pipeline;
@@ -41,7 +42,15 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         };
         let slot = self.route(id);
         let view = topology.view();
-        let Some(node) = view.owner(slot) else {
+        let owner = if slot == ANY_NODE {
+            // Any primary; after each failed attempt the next one.
+            let p = view.primaries();
+            let n = self.io.conns[id].failures() as usize;
+            (!p.is_empty()).then(|| &p[(n + self.index) % p.len()])
+        } else {
+            view.owner(slot)
+        };
+        let Some(node) = owner else {
             topology.trigger();
             let conn = &mut self.io.conns[id];
             conn.lookup_failed(format!(
@@ -161,10 +170,21 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 continue;
             };
             let slot = self.route(id);
-            let owner = view.owner(slot);
-            let same = owner.is_some_and(|n| {
+            let is_at = |n: &crate::cluster::Node| {
                 n.port == at.port() && n.host.parse::<IpAddr>().map_or(true, |ip| ip == at.ip())
-            });
+            };
+            if slot == ANY_NODE {
+                // Any primary will do: move only off a node that is no longer one.
+                if view.primaries().is_empty() || view.primaries().iter().any(is_at) {
+                    continue;
+                }
+            }
+            let owner = if slot == ANY_NODE {
+                view.primaries().first()
+            } else {
+                view.owner(slot)
+            };
+            let same = owner.is_some_and(is_at);
             if same || owner.is_none() {
                 // Unowned: wait for an owner rather than leave a node that may still
                 // serve it.

@@ -166,6 +166,15 @@ impl Start for ListenConsumer {
         self.subscriptions.iter().map(ToString::to_string).collect()
     }
 
+    /// A shard channel lives on its slot's owner; channels and patterns on any node (the
+    /// cluster forwards every PUBLISH to every node): no key, so they share one lane.
+    fn source_keys(&self, i: usize) -> Option<Vec<Bytes>> {
+        Some(match self.subscriptions.get(i)? {
+            Subscription::ShardChannel(n) => vec![n.clone()],
+            Subscription::Channel(_) | Subscription::Pattern(_) => Vec::new(),
+        })
+    }
+
     fn pipeline(
         &self,
         lanes: Vec<Vec<u32>>,

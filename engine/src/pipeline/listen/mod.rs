@@ -377,7 +377,7 @@ impl Pipeline for ListenPipeline {
                 let text = frame.get(1..).unwrap_or_default();
                 let e = ServerError::parse(Bytes::copy_from_slice(text.trim_ascii_end()));
                 let hint = match (classify::class(&e), e.kind()) {
-                    (Class::Passing | Class::Failover | Class::Scripts, _) => {
+                    (Class::Passing | Class::Failover | Class::Scripts | Class::Redirect, _) => {
                         return Err(Failure::Retry(Error::server(&format!("{spec}"), e)));
                     }
                     (Class::Auth, _) | (_, ServerErrorKind::NoPerm) => {

@@ -127,6 +127,17 @@ impl ListenPipeline {
             return;
         }
         let allow = io.reply_timeout();
+        // Client ids are a server's own: ask only about connections on Control's node
+        // (in a cluster the others wait until a Control of theirs exists; standalone,
+        // every connection is on Control's node).
+        let Some(node) = io.control_id().map(|c| io.conn(c).target_addr()) else {
+            io.want_control();
+            return;
+        };
+        let paused: Vec<_> = paused
+            .into_iter()
+            .filter(|&(_, id, _)| io.conn(id).target_addr() == node)
+            .collect();
         let Some(ctl) = io.control_ready() else {
             return;
         };
