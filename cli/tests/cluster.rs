@@ -55,29 +55,85 @@ fn every_command_finds_the_node_of_its_key() {
     common::succeeded(&o);
 }
 
+/// `consume --mode reliable` and `--mode stream` on a cluster: every message of queues
+/// (streams) on every primary, and nothing left leased or pending.
 #[test]
-fn a_mode_that_does_not_run_on_a_cluster_yet_says_so() {
+fn reliable_and_stream_consume_on_a_cluster() {
     let g = ClusterGroup::start().unwrap();
-    let o = common::ringq_env(
-        &[
-            "consume",
-            "--url",
-            &g.url(),
-            "--queue",
-            "q",
-            "--mode",
-            "reliable",
-            "--consumer-id",
-            "c1",
-            "--count",
-            "1",
-        ],
-        &[],
-    );
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("does not run on a Redis Cluster yet"),
-        "{stderr}"
-    );
+    let url = g.url();
+    let queues: Vec<String> = (0..g.primaries())
+        .map(|n| g.key_on(n, "rq").unwrap())
+        .collect();
+    let streams: Vec<String> = (0..g.primaries())
+        .map(|n| g.key_on(n, "rs").unwrap())
+        .collect();
+    for (q, s) in queues.iter().zip(&streams) {
+        common::succeeded(&common::ringq_env(
+            &["produce", "--url", &url, "--queue", q, "--messages", "100"],
+            &[],
+        ));
+        common::succeeded(&common::ringq_env(
+            &[
+                "produce",
+                "--url",
+                &url,
+                "--queue",
+                s,
+                "--stream",
+                "--messages",
+                "100",
+            ],
+            &[],
+        ));
+    }
+    let mut args = vec![
+        "consume",
+        "--url",
+        &url,
+        "--mode",
+        "reliable",
+        "--consumer-id",
+        "c1",
+        "--count",
+        "300",
+    ];
+    for q in &queues {
+        args.extend(["--queue", q.as_str()]);
+    }
+    let out = common::stdout_of(&common::ringq_env(&args, &[]));
+    assert_eq!(out.lines().count(), 300);
+    for q in &queues {
+        let mut c = g.client_for(q).unwrap();
+        let p = ringq::envelope::keys::processing(q.as_bytes(), b"c1");
+        assert_eq!(c.llen(p).unwrap(), 0, "{q}: nothing left leased");
+    }
+    let mut args = vec![
+        "consume",
+        "--url",
+        &url,
+        "--mode",
+        "stream",
+        "--group",
+        "g",
+        "--from",
+        "start",
+        "--consumer-id",
+        "c1",
+        "--count",
+        "300",
+    ];
+    for s in &streams {
+        args.extend(["--queue", s.as_str()]);
+    }
+    let out = common::stdout_of(&common::ringq_env(&args, &[]));
+    assert_eq!(out.lines().count(), 300);
+    for s in &streams {
+        let out = common::stdout_of(&common::ringq_env(
+            &[
+                "stats", "--url", &url, "--mode", "stream", "--queue", s, "--format", "json",
+            ],
+            &[],
+        ));
+        assert!(out.contains(s.as_str()), "{out}");
+    }
 }

@@ -14,18 +14,8 @@ use ringq::{ErrorKind, Event, ListenConsumer, PopConsumer, Queue, ReliableConsum
 use ringq_tests::{wait_until, ClusterGroup};
 
 mod support;
+use support::cluster::{cluster_of, llen, push, replicated};
 use support::{builder, on_redis_and_valkey, payloads, Kind, Recorder, WAIT};
-
-/// A 6-node cluster of `kind`'s server.
-fn cluster_of(kind: Kind) -> ClusterGroup {
-    let binary = match kind {
-        Kind::Redis => None,
-        Kind::Valkey => Some(ringq_tests::find_valkey_server().unwrap_or_else(|e| {
-            panic!("the cluster tests run against Valkey 9 too and need it: {e}")
-        })),
-    };
-    ClusterGroup::start_with(binary, 3).expect("a 6-node cluster (3 primaries, 3 replicas)")
-}
 
 fn cluster() -> ClusterGroup {
     cluster_of(Kind::Redis)
@@ -40,19 +30,6 @@ on_redis_and_valkey!(
     a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode,
     a_killed_primary_resumes_at_its_replica_in_pop_mode,
 );
-
-/// RPUSHes `items` to `key` at the node that serves it.
-fn push(g: &ClusterGroup, key: &str, items: &[String]) {
-    let mut c = g.client_for(key).unwrap();
-    c.rpush_many(key, items).unwrap();
-}
-
-/// The length of `key` at the node that serves it.
-fn llen(g: &ClusterGroup, key: &str) -> i64 {
-    g.client_for(key)
-        .and_then(|mut c| c.llen(key))
-        .unwrap_or(-1)
-}
 
 /// Names of connections of this engine (`ringq-…`) connected to node `i`.
 fn ringq_clients(g: &ClusterGroup, i: usize) -> usize {
@@ -202,12 +179,7 @@ fn a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode(kind: Kind) {
     let other = g.key_on(1, "fo").unwrap();
     const N: usize = 20_000;
     push(&g, &q, &payloads("f", N));
-    let mut c = g.client_for(&q).unwrap();
-    assert_eq!(
-        c.cmd(["WAIT", "1", "10000"]).unwrap(),
-        ringq_resp::Frame::Integer(1),
-        "replicated"
-    );
+    replicated(&g, &q);
     let seen = Recorder::<String>::default();
     let running = builder(g.url())
         .prefetch(256)
@@ -280,12 +252,7 @@ fn a_killed_primary_resumes_at_its_replica_in_pop_mode(kind: Kind) {
     let other = g.key_on(0, "ko").unwrap();
     const N: usize = 20_000;
     push(&g, &q, &payloads("k", N));
-    let mut c = g.client_for(&q).unwrap();
-    assert_eq!(
-        c.cmd(["WAIT", "1", "10000"]).unwrap(),
-        ringq_resp::Frame::Integer(1),
-        "replicated"
-    );
+    replicated(&g, &q);
     let replica = g.replica_of(2).unwrap().expect("primary 2 has a replica");
     let seen = Recorder::<String>::default();
     let running = builder(g.url())
@@ -468,12 +435,7 @@ fn a_frozen_primary_is_noticed_by_the_deadline_in_pop_mode(kind: Kind) {
     let q = g.key_on(1, "sq").unwrap();
     const N: usize = 20_000;
     push(&g, &q, &payloads("s", N));
-    let mut c = g.client_for(&q).unwrap();
-    assert_eq!(
-        c.cmd(["WAIT", "1", "10000"]).unwrap(),
-        ringq_resp::Frame::Integer(1),
-        "replicated"
-    );
+    replicated(&g, &q);
     let replica = g.replica_of(1).unwrap().expect("primary 1 has a replica");
     let seen = Recorder::<String>::default();
     let running = builder(g.url())
@@ -597,11 +559,11 @@ fn the_wrong_url_kind_is_refused_at_start_saying_which_to_use() {
     assert!(e.to_string().contains("not a cluster node"), "{e}");
 }
 
-/// Start-time refusals on a cluster: a queue whose derived keys fall in another slot
-/// than its name (`x}y` with priority levels: `{x}y}:p5` hashes `x`), and a mode that
-/// does not run on a cluster yet. Each error names what to change.
+/// A queue whose derived keys fall in another slot than its name is refused at start,
+/// naming both keys and slots (`x}y` with priority levels: `{x}y}:p5` hashes `x`); so is
+/// a reliable queue whose processing and retry keys would (`a{}b`).
 #[test]
-fn what_cannot_run_on_a_cluster_is_refused_at_start() {
+fn names_whose_keys_span_slots_are_refused_at_start() {
     let g = cluster();
     let e = builder(g.url())
         .start(
@@ -614,17 +576,13 @@ fn what_cannot_run_on_a_cluster_is_refused_at_start() {
     assert!(e.to_string().contains("two cluster slots"), "{e}");
     let e = builder(g.url())
         .start(
-            ReliableConsumer::new("c1", ["rq"]),
+            ReliableConsumer::new("c1", ["a{}b"]),
             Recorder::<String>::default(),
         )
         .err()
         .expect("the start is refused");
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-    assert!(
-        e.to_string()
-            .contains("does not run on a Redis Cluster yet"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("two cluster slots"), "{e}");
 }
 
 /// No seed answering is a clear start error naming each seed.

@@ -39,13 +39,32 @@ pub(crate) enum Class {
 /// The class of `e`.
 pub(crate) fn class(e: &ServerError) -> Class {
     match e.kind() {
-        _ if e.is_retryable() => Class::Passing,
+        _ if e.is_retryable() || is_script_cluster_refusal(e) => Class::Passing,
         ServerErrorKind::NoScript => Class::Scripts,
         _ if e.is_role_change() => Class::Failover,
         _ if e.is_auth() => Class::Auth,
         ServerErrorKind::Moved { .. } | ServerErrorKind::Ask { .. } => Class::Redirect,
         ServerErrorKind::CrossSlot => Class::CrossSlot,
         _ => Class::Refused,
+    }
+}
+
+/// A cluster refusal raised inside one of ringq's scripts. The server checks a script's
+/// *declared* keys before it runs (typed MOVED, ASK, TRYAGAIN), but a key a script builds
+/// itself (the recover script's other consumers' lists) is checked when it is touched,
+/// and a refusal there comes back as a plain `ERR` with no typed code: "Script attempted
+/// to access a non local key in a cluster node" while its slot migrates, or "... while
+/// the cluster is down". This is the one decision made on message text; it can only
+/// happen on a cluster. The script stopped at the refused key (what it wrote before stays:
+/// the recover script reads both lists of a move before moving, so it stops between
+/// moves, never inside one), and it is tried again like TRYAGAIN.
+fn is_script_cluster_refusal(e: &ServerError) -> bool {
+    *e.kind() == ServerErrorKind::Other && {
+        let t = e.to_string();
+        t.contains("Script attempted to access a non local key")
+            || t.contains("Script attempted to execute a command while the cluster is down")
+            || t.contains("Script attempted to execute a write command while the cluster is down")
+            || t.contains("during rehashing of the slot")
     }
 }
 
@@ -137,6 +156,12 @@ mod tests {
             Class::Passing
         );
         assert_eq!(class(&err("WRONGTYPE Operation")), Class::Refused);
+        assert_eq!(
+            class(&err(
+                "ERR Script attempted to access a non local key in a cluster node script: x"
+            )),
+            Class::Passing
+        );
         // The text alone decides nothing: an ERR that mentions NOSCRIPT is refused.
         assert_eq!(class(&err("ERR NOSCRIPT in the text")), Class::Refused);
     }

@@ -518,10 +518,10 @@ impl EngineBuilder {
         let mut groups: std::collections::BTreeMap<u16, Vec<u32>> = Default::default();
         for (i, name) in names.iter().enumerate() {
             let Some(keys) = consumer.source_keys(i) else {
-                return Err(Error::config(format!(
-                    "this consumer's mode does not run on a Redis Cluster yet (pop and listen \
-                     modes do); connect it to one primary with a redis:// URL"
-                )));
+                return Err(Error::config(
+                    "this consumer's mode does not run on a Redis Cluster; connect it to one \
+                     primary with a redis:// URL",
+                ));
             };
             // No key: any node serves it (classic pub/sub); those share one lane.
             let slot = keys.first().map_or(crate::cluster::ANY_NODE, |k| {
@@ -545,7 +545,21 @@ impl EngineBuilder {
         }
         let nlanes = groups.len();
         self.check_prefetch(nlanes, nlanes, names.len(), K::SOURCES)?;
-        let nshards = self.shards.min(nlanes).max(1);
+        // A mode whose Control works on its sources' keys gets one shard per slot, so
+        // Control is on the node of every source of its shard.
+        let nshards = if K::CONTROL_ON_SOURCE_NODE {
+            nlanes.max(1)
+        } else {
+            self.shards.min(nlanes).max(1)
+        };
+        if nshards > self.shards {
+            tracing::info!(
+                "{nshards} shard threads for {} {} in {nshards} cluster slots: one per slot \
+                 (give related names one hash tag, {{app}}:name, to share a slot)",
+                names.len(),
+                K::SOURCES
+            );
+        }
         let mut lanes: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
         let mut routes: Vec<Vec<u16>> = vec![Vec::new(); nshards];
         for (l, (slot, members)) in groups.into_iter().enumerate() {

@@ -102,6 +102,12 @@ pub(crate) trait Start {
     /// Its sources' names, in order: stats count messages per source.
     fn source_names(&self) -> Vec<String>;
 
+    /// In a cluster, whether each shard must hold sources of one hash slot only: the
+    /// mode's Control connection (settles, scripts, claims) works on its sources' keys, so
+    /// it must be on their node, and a shard has one Control. Such a cluster engine runs
+    /// one shard per slot its sources use.
+    const CONTROL_ON_SOURCE_NODE: bool = false;
+
     /// Every key the commands for source `i` name, for a cluster engine: they must all be
     /// in one hash slot, and the source's lane is routed to that slot's node. `None`: the
     /// mode does not run on a cluster yet (the start is refused, saying so).

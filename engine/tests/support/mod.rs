@@ -13,6 +13,8 @@
     reason = "each test file compiles this module and uses part of it"
 )]
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -204,6 +204,25 @@ impl Start for ReliableConsumer {
         self.pop.queue_names()
     }
 
+    const CONTROL_ON_SOURCE_NODE: bool = true;
+
+    /// Every level's key and the keys reliable mode keeps beside them (processing, retry
+    /// and dead per key; heartbeat, consumer set and sweep lock per queue).
+    fn source_keys(&self, i: usize) -> Option<Vec<Bytes>> {
+        let q = self.pop.queues.get(i)?;
+        let mut out: Vec<Bytes> = Vec::new();
+        for (_, k) in &q.levels {
+            out.push(k.clone());
+            out.push(keys::processing(k, &self.id).into());
+            out.push(keys::retry(k).into());
+            out.push(keys::dead(k).into());
+        }
+        out.push(keys::heartbeat(&q.name, &self.id).into());
+        out.push(keys::consumers(&q.name).into());
+        out.push(keys::sweep(&q.name).into());
+        Some(out)
+    }
+
     fn pipeline(
         &self,
         lanes: Vec<Vec<u32>>,

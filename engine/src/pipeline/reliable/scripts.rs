@@ -126,6 +126,12 @@ return #due
 ///
 /// Returns `{consumers swept, elements moved}`, or `{-1, 0}` when another consumer holds
 /// the sweep lock.
+///
+/// The lists it moves between are named by `ARGV`, so on a cluster the server checks
+/// them only when they are touched, and refuses a key its migrating slot no longer holds
+/// with an error that ends the script there (its writes so far stay). So each move first
+/// reads both lists (`LLEN`): a refusal then comes before the `LPOP`, never between the
+/// `LPOP` and its `RPUSH`, and no element is ever popped without being pushed back.
 pub(crate) static RECOVER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "recover",
@@ -137,6 +143,8 @@ pub(crate) static RECOVER: LazyLock<Script> = LazyLock::new(|| {
   return '\0rq1 d=1\n' .. e
 end
 local function move(p, k, count)
+  redis.call('LLEN', k)
+  redis.call('LLEN', p)
   local n = 0
   while true do
     local e = redis.call('LPOP', p)

@@ -296,6 +296,17 @@ impl Start for StreamConsumer {
             .collect()
     }
 
+    const CONTROL_ON_SOURCE_NODE: bool = true;
+
+    /// The stream and its dead-letter stream.
+    fn source_keys(&self, i: usize) -> Option<Vec<Bytes>> {
+        let s = self.streams.get(i)?;
+        Some(vec![
+            s.name().clone(),
+            crate::envelope::keys::dead(s.name()).into(),
+        ])
+    }
+
     fn pipeline(
         &self,
         lanes: Vec<Vec<u32>>,

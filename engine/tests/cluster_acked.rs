@@ -1,0 +1,244 @@
+//! The at-least-once modes on a Redis Cluster (issue 22): reliable (lists) and stream
+//! (consumer groups) against a real 6-node cluster of Redis 7.0 and of Valkey 9.
+//!
+//! Sources on every primary drain with nothing lost. Then each fault, during a drain
+//! of a source whose every message was replicated first (`WAIT 1`):
+//!
+//! - a legacy reshard of the source's slot, held open between MIGRATING and SETSLOT
+//!   NODE (the lease and settle scripts meet TRYAGAIN while some of their keys have
+//!   moved, everything meets ASK once all have);
+//! - `CLUSTER FAILOVER` of its primary (Redis answers the blocked pops UNBLOCKED and
+//!   closes, Valkey answers MOVED);
+//! - SIGKILL of its primary.
+//!
+//! Each checks the fault came mid-drain, then counts: every message delivered (lost must
+//! be 0), duplicates printed, and nothing left leased or pending at the new owner.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ringq::{ReliableConsumer, Running, StartAt, StreamConsumer};
+use ringq_resp::Frame;
+use ringq_tests::{wait_until, ClusterGroup};
+
+mod support;
+use support::cluster::{cluster_of, push, replicated};
+use support::{builder, on_redis_and_valkey, payloads, xadd, Kind, Recorder, WAIT};
+
+/// A delivery: payload, delivery count, when.
+type Rec = (String, u32, Instant);
+
+/// The longest time between two deliveries after `from`: how long consuming stopped.
+fn longest_stop(seen: &Recorder<Rec>, from: Instant) -> Duration {
+    let mut times: Vec<Instant> = seen.snapshot().into_iter().map(|r| r.2).collect();
+    times.sort_unstable();
+    let mut last = from;
+    let mut worst = Duration::ZERO;
+    for t in times.into_iter().filter(|t| *t >= from) {
+        worst = worst.max(t - last);
+        last = t;
+    }
+    worst
+}
+
+/// The at-least-once modes.
+#[derive(Clone, Copy, Debug)]
+enum Acked {
+    Reliable,
+    Stream,
+}
+
+/// What a test does to the source's primary mid-drain.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Reshard,
+    Failover,
+    Kill,
+}
+
+on_redis_and_valkey!(
+    reliable_drains_queues_on_every_primary,
+    stream_drains_streams_on_every_primary,
+    reliable_loses_nothing_through_a_reshard,
+    reliable_loses_nothing_through_a_failover,
+    reliable_loses_nothing_through_a_killed_primary,
+    stream_loses_nothing_through_a_reshard,
+    stream_loses_nothing_through_a_failover,
+    stream_loses_nothing_through_a_killed_primary,
+);
+
+fn reliable_drains_queues_on_every_primary(kind: Kind) {
+    drains_on_every_primary(kind, Acked::Reliable);
+}
+fn stream_drains_streams_on_every_primary(kind: Kind) {
+    drains_on_every_primary(kind, Acked::Stream);
+}
+fn reliable_loses_nothing_through_a_reshard(kind: Kind) {
+    loses_nothing(kind, Acked::Reliable, Fault::Reshard);
+}
+fn reliable_loses_nothing_through_a_failover(kind: Kind) {
+    loses_nothing(kind, Acked::Reliable, Fault::Failover);
+}
+fn reliable_loses_nothing_through_a_killed_primary(kind: Kind) {
+    loses_nothing(kind, Acked::Reliable, Fault::Kill);
+}
+fn stream_loses_nothing_through_a_reshard(kind: Kind) {
+    loses_nothing(kind, Acked::Stream, Fault::Reshard);
+}
+fn stream_loses_nothing_through_a_failover(kind: Kind) {
+    loses_nothing(kind, Acked::Stream, Fault::Failover);
+}
+fn stream_loses_nothing_through_a_killed_primary(kind: Kind) {
+    loses_nothing(kind, Acked::Stream, Fault::Kill);
+}
+
+/// Fills `source` with `n` messages `<prefix>-<i>` at its node.
+fn fill(g: &ClusterGroup, mode: Acked, source: &str, prefix: &str, n: usize) {
+    match mode {
+        Acked::Reliable => push(g, source, &payloads(prefix, n)),
+        Acked::Stream => {
+            let mut c = g.client_for(source).unwrap();
+            xadd(&mut c, source, prefix, n, None);
+        }
+    }
+}
+
+/// Starts consumer `c1` of `sources` in `mode`, acking each message after `pause`.
+fn start(g: &ClusterGroup, mode: Acked, sources: &[String], seen: &Recorder<Rec>) -> Running {
+    let b = builder(g.url())
+        .prefetch(256)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let handler = seen.deciding(support::ack_after(Duration::from_micros(100)));
+    match mode {
+        Acked::Reliable => b.start(
+            ReliableConsumer::new("c1", sources.to_vec()).batch(32),
+            handler,
+        ),
+        Acked::Stream => b.start(
+            StreamConsumer::new("g", "c1", sources.to_vec())
+                .start_at(StartAt::Beginning)
+                .batch(32),
+            handler,
+        ),
+    }
+    .unwrap()
+}
+
+/// What is still leased (reliable: the processing list) or pending (stream: XPENDING)
+/// for `source` at the node that serves it now; -1 when that cannot be read.
+fn left(g: &ClusterGroup, mode: Acked, source: &str) -> i64 {
+    let Ok(mut c) = g.client_for(source) else {
+        return -1;
+    };
+    match mode {
+        Acked::Reliable => {
+            let p = ringq::envelope::keys::processing(source.as_bytes(), b"c1");
+            c.llen(p).unwrap_or(-1)
+        }
+        Acked::Stream => match c.cmd(["XPENDING", source, "g"]) {
+            Ok(Frame::Array(v)) => v.first().and_then(Frame::as_integer).unwrap_or(-1),
+            _ => -1,
+        },
+    }
+}
+
+fn drains_on_every_primary(kind: Kind, mode: Acked) {
+    let g = cluster_of(kind);
+    let sources: Vec<String> = (0..g.primaries())
+        .map(|n| g.key_on(n, "aq").unwrap())
+        .collect();
+    const N: usize = 3_000;
+    for s in &sources {
+        fill(&g, mode, s, s, N);
+    }
+    let seen = Recorder::<Rec>::default();
+    let running = start(&g, mode, &sources, &seen);
+    let total = N * sources.len();
+    assert!(
+        wait_until(WAIT, || seen.distinct() >= total),
+        "{mode:?}: delivered {} of {total}",
+        seen.distinct()
+    );
+    assert!(
+        wait_until(WAIT, || sources.iter().all(|s| left(&g, mode, s) == 0)),
+        "{mode:?}: every ack reached its node"
+    );
+    running.shutdown().unwrap();
+    let (distinct, dups) = seen.tally();
+    assert_eq!((distinct, dups), (total, 0), "{mode:?}");
+}
+
+fn loses_nothing(kind: Kind, mode: Acked, fault: Fault) {
+    let g = cluster_of(kind);
+    let q = g.key_on(0, "fq").unwrap();
+    let slot = g.slot_of(&q).unwrap();
+    const N: usize = 20_000;
+    fill(&g, mode, &q, "m", N);
+    replicated(&g, &q);
+    let seen = Recorder::<Rec>::default();
+    let running = start(&g, mode, std::slice::from_ref(&q), &seen);
+    assert!(wait_until(WAIT, || seen.len() >= 1000), "draining");
+    let at = Instant::now();
+    match fault {
+        Fault::Reshard => {
+            // While some keys of the slot are at each node, the multi-key scripts get
+            // TRYAGAIN (reliable); once all have moved, everything gets ASK. A stream is one
+            // key: it is served at the source until it moves.
+            let before = running.stats().redirects;
+            g.begin_migration(slot, 0, 1).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let during = seen.distinct();
+            let moved = g.migrate_keys(slot, 0, 1).unwrap();
+            assert!(
+                wait_until(WAIT, || running.stats().redirects > before),
+                "{mode:?}: the migration reached the engine"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            g.finish_migration(slot, 0, 1).unwrap();
+            assert!(
+                during < N,
+                "{mode:?}: the reshard came mid-drain ({during})"
+            );
+            assert_eq!(g.owner_of(&q).unwrap(), 1, "the slot moved");
+            println!("{kind:?} {mode:?} reshard: {moved} keys migrated, {during} delivered before");
+        }
+        Fault::Failover => {
+            let promoted = g.failover(0).unwrap();
+            assert!(seen.distinct() < N, "{mode:?}: the failover came mid-drain");
+            assert_eq!(g.owner_of(&q).unwrap(), promoted);
+        }
+        Fault::Kill => {
+            let replica = g.replica_of(0).unwrap().expect("a replica");
+            g.nodes()[0].kill().unwrap();
+            assert!(seen.distinct() < N, "{mode:?}: the kill came mid-drain");
+            g.wait_primary(replica).unwrap();
+        }
+    }
+    let at_fault = seen.distinct();
+    assert!(
+        wait_until(WAIT, || seen.distinct() > at_fault),
+        "{kind:?} {mode:?} {fault:?}: messages flow after the fault"
+    );
+    assert!(
+        wait_until(WAIT, || seen.distinct() >= N),
+        "{kind:?} {mode:?} {fault:?}: delivered {} of {N}",
+        seen.distinct()
+    );
+    let stopped = longest_stop(&seen, at);
+    assert!(
+        wait_until(WAIT, || left(&g, mode, &q) == 0),
+        "{kind:?} {mode:?} {fault:?}: nothing left leased or pending ({})",
+        left(&g, mode, &q)
+    );
+    let stats = running.shutdown().unwrap();
+    let distinct: HashSet<String> = seen.payloads().into_iter().collect();
+    let dups = seen.len() - distinct.len();
+    println!(
+        "{kind:?} {mode:?} {fault:?}: {} of {N} delivered, 0 lost, {dups} duplicates; \
+         consuming stopped for {stopped:?} at most; redirects {}, reconnects {}",
+        distinct.len(),
+        stats.redirects,
+        stats.reconnects
+    );
+    assert_eq!(distinct.len(), N, "{mode:?} {fault:?}: lost nothing");
+}
