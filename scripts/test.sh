@@ -58,13 +58,14 @@ fi
 # The engine and CLI suites once more on the epoll backend (the fallback where io_uring
 # is refused): the whole suite above ran on io_uring.
 if cargo nextest --version >/dev/null 2>&1; then
-    # Sentinel lives above the backend (the resolver and watcher threads, the
-    # handshake): its failover suites, minutes of waiting for sentinels, run once; on
-    # epoll one planned failover per suite shows the wiring holds there too.
+    # Sentinel and Cluster live above the backend (the resolver, watcher and topology
+    # threads, the handshake, routing): their failover suites, minutes of waiting for
+    # sentinels and clusters, run once; on epoll one failover or reshard per suite shows
+    # the wiring holds there too.
     phase "tests on epoll (engine, cli)" env RINGQ_BACKEND=epoll cargo nextest run \
         -p ringq -p ringq-cli --all-targets --config-file .ci/nextest.toml \
         --build-jobs "$jobs" --test-threads "$jobs" --no-fail-fast \
-        -E 'not binary(sentinel) or test(/planned_failover_loses_nothing_in_reliable|across_a_failover/)'
+        -E 'not binary(/^(sentinel|cluster|cluster_acked)$/) or test(/planned_failover_loses_nothing_in_reliable|across_a_failover|redis::a_resharded_slot_loses_nothing_in_pop_mode|redis::reliable_loses_nothing_through_a_failover|every_command_finds_the_node/)'
 else
     phase "tests on epoll (engine, cli)" env RINGQ_BACKEND=epoll cargo test -p ringq \
         -p ringq-cli --all-targets -j "$jobs" --no-fail-fast -- --test-threads "$jobs"

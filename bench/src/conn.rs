@@ -187,6 +187,12 @@ impl RawConn {
                 UnixStream::connect(path)
                     .map_err(|e| Error::io(format!("connecting to {info}"), e))?,
             ),
+            Address::Cluster { .. } => {
+                return Err(Error::new(
+                    "a raw connection needs one node: give a redis+cluster:// URL's node as \
+                     redis://host:port",
+                ))
+            }
         };
         let mut conn = Self::from_stream(stream);
         match (&info.username, &info.password) {

@@ -106,6 +106,9 @@ impl Lookup {
     }
 }
 
+/// A host name and port to look up.
+type HostPort = (String, u16);
+
 /// One lookup's answer for connection `conn` (generation `gen`) of a shard.
 pub(crate) struct Resolved {
     pub conn: u32,
@@ -151,7 +154,7 @@ impl Resolver {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
                     // One lookup answers every request for the same thing in the batch.
-                    let mut answers: Vec<(Option<(String, u16)>, Result<ResolvedAddr, Error>)> =
+                    let mut answers: Vec<(Option<HostPort>, Result<ResolvedAddr, Error>)> =
                         Vec::new();
                     let mut woken = vec![false; boxes.len()];
                     for r in batch {

@@ -32,6 +32,9 @@ impl Node {
 
 const NONE: u16 = u16::MAX;
 
+/// A view as `(first slot, last slot, owner)` ranges in slot order.
+type Ranges<'a> = Vec<(u16, u16, &'a Node)>;
+
 /// Which primary owns each slot.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct View {
@@ -108,8 +111,8 @@ impl View {
 
     /// The view in a form that two nodes' answers can be compared by: the owner of every
     /// range of slots, in slot order.
-    fn ranges(&self) -> Vec<(u16, u16, &Node)> {
-        let mut out: Vec<(u16, u16, &Node)> = Vec::new();
+    fn ranges(&self) -> Ranges<'_> {
+        let mut out: Ranges<'_> = Vec::new();
         for (s, &o) in self.owner.iter().enumerate() {
             let Some(n) = self.nodes.get(usize::from(o)) else {
                 continue;
@@ -208,7 +211,8 @@ impl View {
     /// The view most of `views` agree on (compared slot range by slot range, owners by
     /// node id and address); on a tie, the one that covers the most slots.
     pub(crate) fn majority(views: Vec<View>) -> Option<View> {
-        let mut counts: HashMap<Vec<(u16, u16, &Node)>, (usize, usize)> = HashMap::new();
+        // Per distinct view: how many agree, and the first of them.
+        let mut counts: HashMap<Ranges<'_>, (usize, usize)> = HashMap::new();
         for (i, v) in views.iter().enumerate() {
             counts.entry(v.ranges()).or_insert((0, i)).0 += 1;
         }

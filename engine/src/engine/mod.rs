@@ -126,6 +126,9 @@ pub struct EngineBuilder {
     reply_timeout: Duration,
 }
 
+/// Each shard's lanes, each lane its sources (indices).
+type ShardLanes = Vec<Vec<Vec<u32>>>;
+
 impl EngineBuilder {
     /// An engine for the server at `url` (`redis://[user:pass@]host[:port][/db]`,
     /// `rediss://…` for TLS, `unix:///path`, or the master of a Sentinel set:
@@ -489,7 +492,7 @@ impl EngineBuilder {
     /// Spreads `n` sources over the fetch connections: source `i` on lane `i mod L`, lane
     /// `l` on shard `l mod S`. Returns each shard's lanes (source indices), after checking
     /// that the prefetch gives every lane credit.
-    fn lanes(&self, n: usize, what: &str) -> Result<Vec<Vec<Vec<u32>>>, Error> {
+    fn lanes(&self, n: usize, what: &str) -> Result<ShardLanes, Error> {
         let total_conns = self.shards * self.connections_per_shard;
         let nlanes = total_conns.min(n);
         let nshards = self.shards.min(nlanes);
@@ -513,7 +516,7 @@ impl EngineBuilder {
     fn cluster_lanes<K: Start>(
         &self,
         consumer: &K,
-    ) -> Result<(Vec<Vec<Vec<u32>>>, Vec<Vec<u16>>), Error> {
+    ) -> Result<(ShardLanes, Vec<Vec<u16>>), Error> {
         let names = consumer.source_names();
         let mut groups: std::collections::BTreeMap<u16, Vec<u32>> = Default::default();
         for (i, name) in names.iter().enumerate() {
