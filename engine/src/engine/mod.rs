@@ -513,10 +513,7 @@ impl EngineBuilder {
     /// lane `l` on shard `l mod S`. Returns each shard's lanes
     /// and each lane's slot. Refuses a mode that does not run on a cluster yet, and a
     /// source whose keys span slots.
-    fn cluster_lanes<K: Start>(
-        &self,
-        consumer: &K,
-    ) -> Result<(ShardLanes, Vec<Vec<u16>>), Error> {
+    fn cluster_lanes<K: Start>(&self, consumer: &K) -> Result<(ShardLanes, Vec<Vec<u16>>), Error> {
         let names = consumer.source_names();
         let mut groups: std::collections::BTreeMap<u16, Vec<u32>> = Default::default();
         for (i, name) in names.iter().enumerate() {
