@@ -30,6 +30,10 @@
 //! - `dispatch`: [`Dispatch`] — inline, or worker threads fed by SPSC rings, orderly or not.
 //! - `engine`: [`EngineBuilder`], [`Consumer`], [`Running`], [`ShutdownHandle`].
 //! - `stats`, `url`, `tls`, `error`: [`Stats`], [`ConnectionInfo`], [`Tls`], [`Error`].
+//! - `sentinel`: discovery behind Redis Sentinel and the `+switch-master` watcher;
+//!   `cluster`: a cluster's topology (CLUSTER SHARDS/SLOTS, the majority view, the
+//!   refresh thread) and key slots ([`key_slot`]); `blocking`: the small blocking RESP
+//!   client those threads use; `resolve`: re-resolving an address off the shards.
 //!
 //! # Example
 //! ```no_run
