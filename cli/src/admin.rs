@@ -137,7 +137,16 @@ pub fn stats(a: StatsArgs) -> Result<(), Exit> {
         let now = now_ms();
         let mut rows = Vec::new();
         for id in ids {
-            let processing = int(&c.cmd(&[&b"LLEN"[..], &keys::processing(qb, &id)], &what)?);
+            // Leased messages: the list's length less the markers of messages settled
+            // out of order that wait there for the tail.
+            let list = keys::processing(qb, &id);
+            let len = int(&c.cmd(&[&b"LLEN"[..], &list], &what)?);
+            let markers =
+                match c.cmd(&[&b"LPOS"[..], &list, keys::SETTLED, b"COUNT", b"0"], &what)? {
+                    Frame::Array(v) => v.len() as i64,
+                    _ => 0,
+                };
+            let processing = len - markers;
             let beat = c.cmd(&[&b"GET"[..], &keys::heartbeat(qb, &id)], &what)?;
             let heartbeat_age_ms = match beat {
                 Frame::Null => None,

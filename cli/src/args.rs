@@ -187,8 +187,9 @@ pub struct ConsumeArgs {
 
     /// Reliable and stream modes: how long a consumer that stopped (killed, frozen, cut
     /// off) keeps its messages before another consumer takes them back, in milliseconds
-    /// (at least 1000; default 30000).
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1000..))]
+    /// (at least 1000, at most 86400000 — a day: a crashed consumer's messages wait that
+    /// long; default 30000).
+    #[arg(long, value_name = "MS", value_parser = lease_ms)]
     pub lease_ms: Option<u64>,
 
     /// Exit 0 after exactly N messages. No more than N are popped: the rest stay queued.
@@ -484,6 +485,23 @@ fn consumer_id(s: &str) -> Result<String, String> {
 
 /// `--count`: a whole number, with a message that says so (clap alone would call `-1` an
 /// unexpected argument).
+/// `--lease-ms`: 1 s to a day ([`ringq::MAX_LEASE`]), checked here so that a huge value
+/// is a usage error that says why, not a failure at run time.
+fn lease_ms(s: &str) -> Result<u64, String> {
+    let max = ringq::MAX_LEASE.as_millis() as u64;
+    match s.trim().parse::<u64>() {
+        Ok(ms) if (1000..=max).contains(&ms) => Ok(ms),
+        Ok(ms) if ms < 1000 => Err(format!(
+            "{ms} ms is too short: the lease is at least 1000 ms (heartbeats go every third of it)"
+        )),
+        Ok(ms) => Err(format!(
+            "{ms} ms is longer than a day ({max} ms): a crashed consumer's messages would \
+             wait that long before another consumer took them back"
+        )),
+        Err(_) => Err(format!("'{s}' is not a number of milliseconds")),
+    }
+}
+
 fn count(s: &str) -> Result<u64, String> {
     s.trim().parse().map_err(|_| {
         format!("'{s}' is not a number of messages: --count takes a whole number, 0 or more")

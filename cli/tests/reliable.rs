@@ -42,9 +42,28 @@ fn llen(c: &mut TestClient, key: &[u8]) -> i64 {
     c.llen(key).unwrap()
 }
 
+/// Messages in consumer `id`'s leased list of `q` (not the markers of elements settled
+/// out of order, which wait there for the tail).
+fn leased_by(c: &mut TestClient, q: &str, id: &str) -> i64 {
+    let Frame::Array(v) = c
+        .cmd([
+            &b"LRANGE"[..],
+            &keys::processing(q.as_bytes(), id.as_bytes()),
+            b"0",
+            b"-1",
+        ])
+        .unwrap()
+    else {
+        return 0;
+    };
+    v.iter()
+        .filter(|f| !matches!(f, Frame::BulkString(e) if e[..] == *keys::SETTLED))
+        .count() as i64
+}
+
 /// Leased or queued: what is still on the server for queue `q` and consumer `id`.
 fn left(c: &mut TestClient, q: &str, id: &str) -> i64 {
-    llen(c, q.as_bytes()) + llen(c, &keys::processing(q.as_bytes(), id.as_bytes()))
+    llen(c, q.as_bytes()) + leased_by(c, q, id)
 }
 
 fn tally(lines: &[String]) -> HashMap<String, usize> {
@@ -133,7 +152,7 @@ fn another_consumer_takes_over_a_killed_ones_messages_after_its_lease() {
     for _ in 0..50 {
         a.signal(libc::SIGSTOP);
         std::thread::sleep(Duration::from_millis(20));
-        leased = llen(&mut c, &keys::processing(b"ko", b"a"));
+        leased = leased_by(&mut c, "ko", "a");
         if leased > 0 {
             break;
         }
@@ -144,7 +163,7 @@ fn another_consumer_takes_over_a_killed_ones_messages_after_its_lease() {
     a.signal(libc::SIGKILL);
     let (mut lines, _, _) = a.finish();
     // What the server ran of a's last commands after the freeze counts too.
-    let leased = llen(&mut c, &keys::processing(b"ko", b"a"));
+    let leased = leased_by(&mut c, "ko", "a");
     assert!(leased > 0, "a was killed holding leased messages");
     let b = reliable(&url, "b", "ko", &["--lease-ms", "1000"]);
     assert!(wait_until(WAIT, || {
@@ -186,7 +205,7 @@ fn a_frozen_consumers_late_acks_are_fenced() {
     for _ in 0..50 {
         a.signal(libc::SIGSTOP);
         std::thread::sleep(Duration::from_millis(20));
-        leased = llen(&mut c, &keys::processing(b"fz", b"a"));
+        leased = leased_by(&mut c, "fz", "a");
         if leased > 0 {
             break;
         }
@@ -332,6 +351,55 @@ fn reliable_mode_needs_a_consumer_id_and_pop_mode_refuses_its_flags() {
         .assert_fails_with(2, "apply to --mode reliable and stream only");
     run(&["consume", "--queue", "q", "--group", "g"])
         .assert_fails_with(2, "apply to --mode stream only");
+}
+
+/// A lease of 31 years (or one that overflows the server's PX) is a usage error at parse
+/// time that says why, not a run-time failure blaming the server.
+#[test]
+fn a_lease_longer_than_a_day_is_refused_with_the_reason() {
+    for ms in ["999999999999", "18446744073709551615"] {
+        let done = run(&[
+            "consume",
+            "--mode",
+            "reliable",
+            "--consumer-id",
+            "c1",
+            "--queue",
+            "q",
+            "--lease-ms",
+            ms,
+        ]);
+        done.assert_fails_with(2, "longer than a day");
+        assert!(
+            done.stderr.contains("crashed consumer's messages"),
+            "{}",
+            done.stderr
+        );
+    }
+    run(&[
+        "consume",
+        "--mode",
+        "reliable",
+        "--consumer-id",
+        "c1",
+        "--queue",
+        "q",
+        "--lease-ms",
+        "999",
+    ])
+    .assert_fails_with(2, "at least 1000 ms");
+    run(&[
+        "consume",
+        "--mode",
+        "reliable",
+        "--consumer-id",
+        "c1",
+        "--queue",
+        "q",
+        "--lease-ms",
+        "1e9",
+    ])
+    .assert_fails_with(2, "not a number of milliseconds");
 }
 
 #[test]

@@ -94,6 +94,17 @@ pub fn encode(
     dead: Option<(u64, &str)>,
     payload: &[u8],
 ) {
+    encode_header(out, deliveries, id, dead);
+    out.extend_from_slice(payload);
+}
+
+/// Writes the header [`encode`] puts before a payload (magic to `\n` included).
+pub fn encode_header(
+    out: &mut Vec<u8>,
+    deliveries: u32,
+    id: Option<&[u8]>,
+    dead: Option<(u64, &str)>,
+) {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(b"d=");
     out.extend_from_slice(deliveries.to_string().as_bytes());
@@ -114,7 +125,6 @@ pub fn encode(
         percent_encode(out, why.as_bytes());
     }
     out.push(b'\n');
-    out.extend_from_slice(payload);
 }
 
 fn percent_encode(out: &mut Vec<u8>, s: &[u8]) {
@@ -153,28 +163,42 @@ fn percent_decode(v: &[u8]) -> Cow<'_, str> {
 }
 
 /// The names of the keys reliable mode keeps beside a queue. `queue` is the queue's name
-/// (heartbeats, the consumer set) or one of its keys (a priority level's key: processing,
-/// retry and dead lists are per key). Every name shares the queue's hash tag, so all of a
-/// queue's keys live in one Redis Cluster slot: `{jobs}:processing:c1` for the queue
-/// `jobs`; a name that has a hash tag already keeps it (`{app}:jobs:processing:c1`).
+/// (heartbeats, the consumer set) or one of its keys (a priority level's key: leased,
+/// lease, retry and dead keys are per key). Every name starts with the queue's own prefix
+/// ([`keys::tag`]), which carries the queue's hash tag, so all of a queue's keys live in
+/// one Redis Cluster slot, and which is the queue's alone, whatever its name:
+/// `{jobs}:leased:c1` for the queue `jobs`; `{app}:10:{app}:jobs:leased:c1` for the queue
+/// `{app}:jobs`, which has a hash tag already (its name, with its length, after the tag).
 pub mod keys {
-    /// The hash-tagged prefix of a queue's keys: `{q}`, or `q` when it has a tag.
+    /// The hash tag Redis Cluster hashes `key` by: the bytes between the first `{` and the
+    /// first `}` after it, when there are any.
+    fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+        let open = key.iter().position(|&b| b == b'{')?;
+        let len = key[open + 1..].iter().position(|&b| b == b'}')?;
+        (len > 0).then(|| &key[open + 1..open + 1 + len])
+    }
+
+    /// The prefix of a queue's keys: `{q}` for a name without a hash tag; for a name with
+    /// one, `{tag}:<length of the name>:<name>`. The two forms never meet (after `}:` the
+    /// first comes with a letter, the second with a digit), and the length makes the
+    /// second one unambiguous, so two queues never share a key.
     pub fn tag(queue: &[u8]) -> Vec<u8> {
-        let has_tag = queue.iter().position(|&b| b == b'{').is_some_and(|open| {
-            queue[open + 1..]
-                .iter()
-                .position(|&b| b == b'}')
-                .is_some_and(|n| n > 0)
-        });
-        if has_tag {
-            queue.to_vec()
-        } else {
-            let mut k = Vec::with_capacity(queue.len() + 2);
-            k.push(b'{');
-            k.extend_from_slice(queue);
-            k.push(b'}');
-            k
+        let mut k = Vec::with_capacity(queue.len() * 2 + 8);
+        k.push(b'{');
+        match hash_tag(queue) {
+            Some(t) => {
+                k.extend_from_slice(t);
+                k.extend_from_slice(b"}:");
+                k.extend_from_slice(queue.len().to_string().as_bytes());
+                k.push(b':');
+                k.extend_from_slice(queue);
+            }
+            None => {
+                k.extend_from_slice(queue);
+                k.push(b'}');
+            }
         }
+        k
     }
 
     fn join(queue: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -186,16 +210,34 @@ pub mod keys {
         k
     }
 
-    /// `{key}:processing:<consumer>`: the consumer's leased elements of `key`.
-    pub fn processing(key: &[u8], consumer: &[u8]) -> Vec<u8> {
-        join(key, &[b"processing", consumer])
-    }
-
-    /// `{key}:processing:`: the prefix of every consumer's processing list of `key`.
-    pub fn processing_prefix(key: &[u8]) -> Vec<u8> {
-        let mut k = join(key, &[b"processing"]);
+    fn prefix(mut k: Vec<u8>) -> Vec<u8> {
         k.push(b':');
         k
+    }
+
+    /// `{key}:leased:<consumer>`: the consumer's leased elements of `key`, oldest at the
+    /// tail; an element settled out of order is overwritten with [`SETTLED`] until the
+    /// tail reaches it.
+    pub fn processing(key: &[u8], consumer: &[u8]) -> Vec<u8> {
+        join(key, &[b"leased", consumer])
+    }
+
+    /// `{key}:leased:`: the prefix of every consumer's leased list of `key`.
+    pub fn processing_prefix(key: &[u8]) -> Vec<u8> {
+        prefix(join(key, &[b"leased"]))
+    }
+
+    /// `{key}:lease:<consumer>`: a hash describing the consumer's leased list: `fence`
+    /// (the consumer run's token; an outcome carrying another is refused) and `tail` (how
+    /// many elements have left the list's tail since it was last emptied: the position
+    /// of the element at the tail).
+    pub fn lease(key: &[u8], consumer: &[u8]) -> Vec<u8> {
+        join(key, &[b"lease", consumer])
+    }
+
+    /// `{key}:lease:`: the prefix of every consumer's lease hash of `key`.
+    pub fn lease_prefix(key: &[u8]) -> Vec<u8> {
+        prefix(join(key, &[b"lease"]))
     }
 
     /// `{key}:retry`: a sorted set of retried elements, scored by due time (ms).
@@ -216,19 +258,79 @@ pub mod keys {
 
     /// `{queue}:consumer:`: the prefix of every heartbeat of `queue`.
     pub fn heartbeat_prefix(queue: &[u8]) -> Vec<u8> {
-        let mut k = join(queue, &[b"consumer"]);
-        k.push(b':');
-        k
+        prefix(join(queue, &[b"consumer"]))
     }
 
-    /// `{queue}:consumers`: the set of consumer ids that lease from `queue`.
+    /// `{queue}:leasers`: the set of consumer ids that lease from `queue`.
     pub fn consumers(queue: &[u8]) -> Vec<u8> {
-        join(queue, &[b"consumers"])
+        join(queue, &[b"leasers"])
     }
 
     /// `{queue}:sweep`: held (`SET NX PX`) by the consumer sweeping `queue`.
     pub fn sweep(queue: &[u8]) -> Vec<u8> {
         join(queue, &[b"sweep"])
+    }
+
+    /// What an element of a leased list settled out of order is overwritten with: never
+    /// a message (recovery skips it), and reserved: producers must not push it.
+    pub const SETTLED: &[u8] = b"\0rq1 settled\n";
+
+    /// The names ringq 0.1 used (processing lists of whole elements, acked by value),
+    /// still read so that an upgrade with messages in flight loses nothing: a consumer
+    /// takes back its own old processing lists at start, sweeps those of old consumers
+    /// whose heartbeat expired, and moves the old retry set and dead list of a queue
+    /// with a hash tag (whose names changed) into the new ones.
+    pub mod legacy {
+        fn tag(queue: &[u8]) -> Vec<u8> {
+            if super::hash_tag(queue).is_some() {
+                queue.to_vec()
+            } else {
+                let mut k = Vec::with_capacity(queue.len() + 2);
+                k.push(b'{');
+                k.extend_from_slice(queue);
+                k.push(b'}');
+                k
+            }
+        }
+
+        fn join(queue: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+            let mut k = tag(queue);
+            for p in parts {
+                k.push(b':');
+                k.extend_from_slice(p);
+            }
+            k
+        }
+
+        /// `{key}:processing:<consumer>`.
+        pub fn processing(key: &[u8], consumer: &[u8]) -> Vec<u8> {
+            join(key, &[b"processing", consumer])
+        }
+
+        /// `{key}:processing:`.
+        pub fn processing_prefix(key: &[u8]) -> Vec<u8> {
+            super::prefix(join(key, &[b"processing"]))
+        }
+
+        /// `{queue}:consumers`.
+        pub fn consumers(queue: &[u8]) -> Vec<u8> {
+            join(queue, &[b"consumers"])
+        }
+
+        /// `{queue}:consumer:`.
+        pub fn heartbeat_prefix(queue: &[u8]) -> Vec<u8> {
+            super::prefix(join(queue, &[b"consumer"]))
+        }
+
+        /// `{key}:retry` (`key:retry` with a hash tag).
+        pub fn retry(key: &[u8]) -> Vec<u8> {
+            join(key, &[b"retry"])
+        }
+
+        /// `{key}:dead` (`key:dead` with a hash tag).
+        pub fn dead(key: &[u8]) -> Vec<u8> {
+            join(key, &[b"dead"])
+        }
     }
 }
 
@@ -262,15 +364,53 @@ mod tests {
     }
 
     #[test]
-    fn key_names_share_the_hash_tag() {
-        assert_eq!(keys::processing(b"jobs", b"c1"), b"{jobs}:processing:c1");
+    fn key_names_share_the_hash_tag_and_are_each_queues_alone() {
+        assert_eq!(keys::processing(b"jobs", b"c1"), b"{jobs}:leased:c1");
+        assert_eq!(keys::lease(b"jobs", b"c1"), b"{jobs}:lease:c1");
         assert_eq!(
             keys::processing(b"{jobs}:p9", b"c1"),
-            b"{jobs}:p9:processing:c1"
+            b"{jobs}:9:{jobs}:p9:leased:c1"
         );
-        assert_eq!(keys::retry(b"{app}:q"), b"{app}:q:retry");
+        assert_eq!(keys::retry(b"{app}:q"), b"{app}:7:{app}:q:retry");
         assert_eq!(keys::heartbeat(b"jobs", b"c1"), b"{jobs}:consumer:c1");
         assert_eq!(keys::heartbeat_prefix(b"jobs"), b"{jobs}:consumer:");
-        assert_eq!(keys::processing_prefix(b"jobs"), b"{jobs}:processing:");
+        assert_eq!(keys::processing_prefix(b"jobs"), b"{jobs}:leased:");
+        assert_eq!(
+            keys::legacy::processing(b"{app}:q", b"c1"),
+            b"{app}:q:processing:c1"
+        );
+        assert_eq!(keys::legacy::retry(b"jobs"), keys::retry(b"jobs"));
+        // Names that used to share keys (`x` and `{x}`), and odd ones, never do.
+        let names: [&[u8]; 9] = [
+            b"x",
+            b"{x}",
+            b"a{b}c",
+            b"{b}",
+            b"b",
+            b"{}",
+            b"{",
+            b"}",
+            b"\xff\0{x}:",
+        ];
+        let mut all = std::collections::HashSet::new();
+        for n in names {
+            for k in [
+                keys::processing(n, b"c"),
+                keys::lease(n, b"c"),
+                keys::retry(n),
+                keys::dead(n),
+                keys::heartbeat(n, b"c"),
+                keys::consumers(n),
+                keys::sweep(n),
+            ] {
+                assert!(
+                    all.insert(k.clone()),
+                    "{:?} is shared",
+                    String::from_utf8_lossy(&k)
+                );
+            }
+        }
+        // A name with a hash tag keeps it, so its keys hash like the queue.
+        assert!(keys::dead(b"a{b}c").starts_with(b"{b}:"));
     }
 }

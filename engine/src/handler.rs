@@ -56,6 +56,9 @@ pub struct Message<'a> {
     pub(crate) deliveries: u32,
     /// When the reply carrying it was received, in ns since the engine's epoch.
     pub(crate) received_ns: u64,
+    /// Its position in its mode's record of what it holds (reliable mode: in the
+    /// consumer's leased list, modulo 2^32); 0 elsewhere.
+    pub(crate) seq: u32,
 }
 
 /// Where messages come from: a queue's key (pop), a subscription (listen), later a
@@ -203,6 +206,7 @@ impl<'a> Message<'a> {
             aux,
             deliveries: self.deliveries,
             received_ns: self.received_ns,
+            seq: self.seq,
         }
     }
 
@@ -467,6 +471,7 @@ mod tests {
             aux: Span::of(&frame[8..11], &frame),
             deliveries: 2,
             received_ns: 0,
+            seq: 0,
         };
         assert_eq!((m.payload(), m.aux()), (&b"hello"[..], &b"id1"[..]));
         let owned = m.detach();

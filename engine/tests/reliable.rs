@@ -18,7 +18,8 @@ use support::{
 
 on_redis_and_valkey!(
     drains_with_acks_and_leaves_nothing_leased,
-    a_blocked_lease_wakes_for_new_messages_on_any_queue,
+    a_dry_lane_wakes_for_new_messages_on_any_queue,
+    without_key_tracking_a_blocked_lease_wakes_for_any_queue,
     plain_payloads_and_envelopes_are_both_consumed,
     a_poison_message_goes_dead_after_exactly_max_deliveries_with_growing_delays,
     dead_outcomes_are_capped_by_length,
@@ -55,6 +56,7 @@ fn assert_clean(c: &mut TestClient, q: &str, id: &str) {
         0,
         "processing list empty"
     );
+    assert!(!exists(c, &keys::lease(q, id)), "lease hash deleted");
     assert!(!exists(c, &keys::heartbeat(q, id)), "heartbeat deleted");
     let member = c.cmd([&b"SISMEMBER"[..], &keys::consumers(q), id]).unwrap();
     assert_eq!(member, Frame::Integer(0), "left the consumer set");
@@ -87,11 +89,70 @@ fn drains_with_acks_and_leaves_nothing_leased(kind: Kind) {
     }
 }
 
-fn a_blocked_lease_wakes_for_new_messages_on_any_queue(kind: Kind) {
+/// A client on `c`'s server has key tracking on and last ran `cmd`.
+fn a_client_ran(c: &mut TestClient, tracking: bool, cmd: &str) -> bool {
+    let list = c.cmd(["CLIENT", "LIST"]).unwrap();
+    let text = list
+        .as_bytes()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    text.lines().any(|l| {
+        let flags = l
+            .split(' ')
+            .find_map(|f| f.strip_prefix("flags="))
+            .unwrap_or("");
+        flags.contains('t') == tracking && l.contains(&format!(" cmd={cmd} "))
+    })
+}
+
+/// A dry lane of several queues names them all in one EXISTS, which tracks them, and
+/// then waits for the server's invalidation of one: a message on any queue is leased.
+fn a_dry_lane_wakes_for_new_messages_on_any_queue(kind: Kind) {
     let server = start(kind);
     let mut c = server.client().unwrap();
     let seen = Seen::default();
     let running = builder(server.url())
+        .connections_per_shard(1)
+        .start(
+            ReliableConsumer::new("c1", ["w1", "w2", "w3"]),
+            seen.clone(),
+        )
+        .unwrap();
+    for (i, q) in ["w1", "w2", "w3"].iter().enumerate() {
+        assert!(
+            wait_until(WAIT, || a_client_ran(&mut c, true, "exists")),
+            "the lane watches its keys before message {i}"
+        );
+        c.lpush_many(q, [format!("m{i}")]).unwrap();
+        assert!(
+            wait_until(WAIT, || seen.len() > i),
+            "message on {q} delivered"
+        );
+    }
+    running.shutdown().unwrap();
+    assert_eq!(seen.tally(), (3, 0));
+}
+
+/// Where key tracking is refused (here an ACL without CLIENT TRACKING), a dry lane of
+/// several queues blocks on one and checks the others every idle-check instead.
+fn without_key_tracking_a_blocked_lease_wakes_for_any_queue(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    c.cmd([
+        "ACL",
+        "SETUSER",
+        "nt",
+        "on",
+        ">pw",
+        "~*",
+        "+@all",
+        "-client|tracking",
+    ])
+    .unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .username("nt")
+        .password("pw")
         .connections_per_shard(1)
         .start(
             ReliableConsumer::new("c1", ["w1", "w2", "w3"]).idle_check(Duration::from_millis(50)),
@@ -99,6 +160,10 @@ fn a_blocked_lease_wakes_for_new_messages_on_any_queue(kind: Kind) {
         )
         .unwrap();
     wait_any_blocked(&mut c);
+    assert!(
+        !a_client_ran(&mut c, true, "blmove"),
+        "no connection tracks keys"
+    );
     for (i, q) in ["w1", "w2", "w3"].iter().enumerate() {
         c.lpush_many(q, [format!("m{i}")]).unwrap();
         assert!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ringq::{
     EngineBuilder, ErrorKind, Message, Outcome, PopConsumer, ReliableConsumer, StreamConsumer,
-    MAX_BLOCK_TIMEOUT,
+    MAX_BLOCK_TIMEOUT, MAX_LEASE,
 };
 use ringq_tests::{wait_until, RedisServer};
 
@@ -59,6 +59,33 @@ fn every_mode_refuses_a_block_timeout_past_the_maximum_at_start() {
 /// reply timeout of 30 s, a server busy for 8 s (`DEBUG SLEEP`) while reads are in flight
 /// makes no read overdue: nothing stalls, nothing reconnects. With the old rule (here
 /// 5 s) the read in flight went overdue and its connection was replaced.
+/// A lease past a day is refused at start in both at-least-once modes, saying why
+/// (a crashed consumer's messages would wait that long); a day is accepted.
+#[test]
+fn a_lease_past_a_day_is_refused_at_start() {
+    let server = RedisServer::start().unwrap();
+    for d in [MAX_LEASE + Duration::from_secs(1), Duration::MAX] {
+        let starts = [
+            EngineBuilder::new(server.url())
+                .start(ReliableConsumer::new("c1", ["q"]).lease(d), ack),
+            EngineBuilder::new(server.url())
+                .start(StreamConsumer::new("g", "c1", ["s"]).lease(d), ack),
+        ];
+        for r in starts {
+            let err = r.err().expect("refused");
+            assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            assert!(
+                err.to_string().contains("crashed consumer's messages"),
+                "{err}"
+            );
+        }
+    }
+    let running = EngineBuilder::new(server.url())
+        .start(ReliableConsumer::new("c1", ["q"]).lease(MAX_LEASE), ack)
+        .unwrap();
+    running.shutdown().unwrap();
+}
+
 #[test]
 fn stream_reads_honour_the_engines_reply_timeout() {
     let server = RedisServer::builder().debug_command(true).start().unwrap();

@@ -59,6 +59,7 @@ impl LoopbackPool {
             aux: Span::default(),
             deliveries: 1,
             received_ns: epoch_nanos(self.epoch),
+            seq: 0,
         }
     }
 

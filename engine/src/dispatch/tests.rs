@@ -20,6 +20,7 @@ fn msg(i: u64, epoch: Instant) -> Message<'static> {
         aux: Span::default(),
         deliveries: 1,
         received_ns: epoch_nanos(epoch),
+        seq: 0,
     }
 }
 

@@ -84,6 +84,26 @@ pub(crate) fn require_version<C: Copy + std::fmt::Debug>(
     false
 }
 
+/// The longest lease (reliable mode) or claim idle time (stream mode) ringq takes: a day.
+/// It is how long a crashed consumer's messages wait before another consumer takes them
+/// back, so a longer one would strand them for as long (and one past what the server's
+/// `PX` holds would fail at run time, not at start).
+pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Refuses a lease longer than [`MAX_LEASE`], saying why.
+pub(crate) fn check_lease(d: std::time::Duration) -> Result<(), Error> {
+    if d > MAX_LEASE {
+        return Err(Error::config(format!(
+            "a lease of {} s is longer than the longest ringq takes, {} s (a day): a \
+             crashed consumer's messages would wait that long before another consumer \
+             took them back. Give a lease longer than a handler takes, and not much more",
+            d.as_secs(),
+            MAX_LEASE.as_secs()
+        )));
+    }
+    Ok(())
+}
+
 /// Milliseconds for a script argument, at least 1.
 pub(crate) fn ms(d: std::time::Duration) -> i64 {
     d.as_millis().clamp(1, i64::MAX as u128) as i64

@@ -292,6 +292,7 @@ impl ListenPipeline {
             aux: Span::of(&frame[channel], frame),
             deliveries: 1,
             received_ns: io.turn_ns(),
+            seq: 0,
         };
         let full = io.credits().is_full(lane);
         match self.overflow {

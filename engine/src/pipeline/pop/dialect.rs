@@ -4,9 +4,9 @@
 //!
 //! | | [`Popping`] (pop mode) | [`Leasing`] (reliable mode) |
 //! |---|---|---|
-//! | with backlog | `LMPOP … COUNT n` (or `BRPOP` on servers before 7.0, or by choice) | the lease script: `RPOP q n` + `LPUSH` onto the processing list, atomic |
-//! | when dry | `BLMPOP` / `BRPOP` over every queue | `BLMOVE` of one key into the processing list |
-//! | a message | its payload | its whole element (what its outcome names) and the envelope's delivery count |
+//! | with backlog | `LMPOP … COUNT n` (or `BRPOP` on servers before 7.0, or by choice) | the lease script: `RPOP q n` + `LPUSH` onto the leased list, atomic, under the run's fence token |
+//! | when dry | `BLMPOP` / `BRPOP` over every queue | `BLMOVE` of one key into the leased list |
+//! | a message | its payload | its element (for its envelope), its place in the reply (made its position in the leased list) and the envelope's delivery count |
 //! | fetched beyond the budget | pushed back to the right end of its list | stays leased; goes back with the rest at the stop |
 //! | a fetch lost unanswered | counted as possibly lost | nothing lost: its elements are in the processing list |
 
@@ -123,8 +123,10 @@ impl Dialect for Popping {
 pub(crate) struct Leasing {
     /// The lease script's SHA-1, for `EVALSHA`.
     pub sha: Bytes,
-    /// The processing list of each queue's keys, as `consumer.queues[q].levels`.
-    pub processing: Vec<Vec<Bytes>>,
+    /// The leased list and lease hash of each queue's keys, as `consumer.queues[q].levels`.
+    pub processing: Vec<Vec<(Bytes, Bytes)>>,
+    /// This run's fence token (see the lease script).
+    pub token: Bytes,
     /// How long a single-queue fetch of a lane with several keys waits before the lane
     /// checks them all again.
     pub poll_secs: Bytes,
@@ -150,7 +152,7 @@ impl Dialect for Leasing {
             Some(q) => {
                 let (key, proc) = (
                     &c.queues[q as usize].levels[0].1,
-                    &self.processing[q as usize][0],
+                    &self.processing[q as usize][0].0,
                 );
                 let wait = if f.lane_keys == 1 {
                     f.block
@@ -166,21 +168,22 @@ impl Dialect for Leasing {
                     .arg(wait)
                     .finish();
             }
-            // EVALSHA lease 2n key1 processing1 … count
+            // EVALSHA lease 3n key1 leased1 lease1 … count token
             None => {
-                let pairs = f.queues.clone().flat_map(|q| {
+                let triples = f.queues.clone().flat_map(|q| {
                     c.queues[q as usize]
                         .levels
                         .iter()
                         .zip(&self.processing[q as usize])
-                        .flat_map(|((_, k), p)| [k, p])
+                        .flat_map(|((_, k), (p, h))| [k, p, h])
                 });
-                CommandWriter::new(buf, 4 + 2 * f.nkeys)
+                CommandWriter::new(buf, 5 + 3 * f.nkeys)
                     .arg("EVALSHA")
                     .arg(&self.sha)
-                    .arg_int(2 * f.nkeys as i64)
-                    .args(pairs)
+                    .arg_int(3 * f.nkeys as i64)
+                    .args(triples)
                     .arg_int(i64::from(f.count))
+                    .arg(&self.token)
                     .finish();
             }
         }

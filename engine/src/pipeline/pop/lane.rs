@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use ringq_resp::CommandWriter;
 
 use super::dialect::{Dialect, Fetch};
 use super::reply::{parse_pop_reply, PopReply};
@@ -51,6 +52,13 @@ pub(crate) struct Lane {
     /// Reliable mode, a lane with several keys: its blocking lease (which waits on one
     /// key) came back empty, so the next lease checks every key without blocking.
     recheck: bool,
+    /// Reliable mode, a lane with several keys: its connection has `CLIENT TRACKING` on,
+    /// so once dry it names every key in one `EXISTS` (which tracks them) and then waits
+    /// without a command for the server's invalidation of one of them (`parked`),
+    /// instead of blocking on one key and polling the others.
+    tracking: bool,
+    /// Dry and watching its keys: nothing is sent until [`Lane::wake`].
+    parked: bool,
     /// Pops sent on the lane's current connection and not yet answered.
     in_flight: u32,
     /// The payload size to plan pops with, learned from replies.
@@ -79,6 +87,8 @@ impl Lane {
             streak: (u32::MAX, 0),
             backlog: true,
             recheck: false,
+            tracking: false,
+            parked: false,
             in_flight: 0,
             sizes: SizeEstimate::default(),
             returns: Vec::new(),
@@ -162,7 +172,37 @@ impl Lane {
         }
         self.in_flight = 0;
         self.backlog = true;
+        self.tracking = false;
+        self.parked = false;
         self.all_hot(None);
+    }
+
+    /// The lane's connection confirmed `CLIENT TRACKING ON`.
+    pub(crate) fn tracking_on(&mut self) {
+        self.tracking = true;
+    }
+
+    /// A key the lane watches changed (the server's invalidation; `first`: the queue it
+    /// named, if the lane has it): lease again, from that queue.
+    pub(crate) fn wake(&mut self, first: Option<u32>) {
+        if std::mem::take(&mut self.parked) {
+            self.backlog = true;
+            let first =
+                first.filter(|&q| self.in_hot.get(q as usize).is_some() && self.order.contains(&q));
+            self.all_hot(first);
+        }
+    }
+
+    /// The reply to the lane's `EXISTS`: how many of its keys hold messages. None: it
+    /// parks until a key changes; some: it leases again.
+    pub(crate) fn watched(&mut self, found: i64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if found > 0 {
+            self.backlog = true;
+            self.all_hot(None);
+        } else {
+            self.parked = true;
+        }
     }
 
     /// Queues as many fetches as credits, pipeline depth and the dialect allow.
@@ -194,6 +234,31 @@ impl Lane {
         let depth = if self.backlog { c.pipeline } else { 1 };
         if self.in_flight >= depth {
             return false;
+        }
+        if D::LEASES && self.tracking && !self.backlog && !self.recheck && self.keys(plan) > 1 {
+            if self.parked {
+                return false;
+            }
+            // EXISTS key…: tracks every key (a change to any is then invalidated to
+            // this connection), and says whether one filled since the last lease.
+            let n = self.keys(plan);
+            let keys = self
+                .order
+                .iter()
+                .flat_map(|&q| c.queues[q as usize].levels.iter().map(|(_, k)| k));
+            conn.command(
+                Tag::Pipe(C::from_pop(PopTag::Watch)),
+                now,
+                plan.timing().allow(None),
+                |buf: &mut BytesMut| {
+                    CommandWriter::new(buf, 1 + n)
+                        .arg("EXISTS")
+                        .args(keys)
+                        .finish();
+                },
+            );
+            self.in_flight += 1;
+            return true;
         }
         let shape = plan.dialect.shape(
             c.strategy,
@@ -278,6 +343,10 @@ impl Lane {
     }
 
     /// How many keys (queues × priority levels) the lane pops.
+    pub(crate) fn key_count<D: Dialect>(&self, plan: &PopPlan<D>) -> usize {
+        self.keys(plan)
+    }
+
     fn keys<D: Dialect>(&self, plan: &PopPlan<D>) -> usize {
         self.order
             .iter()

@@ -41,7 +41,7 @@ use super::{check_block_timeout, ControlUse, Drain, FetchLane, Io, Pipeline, Sta
 use crate::budget::Budget;
 use crate::conn::{Failure, Phase, Tag};
 use crate::error::Error;
-use crate::handler::{Event, Message, Outcome};
+use crate::handler::{Event, Message, Outcome, Source};
 
 pub(crate) use config::{secs_arg, PopPlan};
 pub use config::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
@@ -56,6 +56,9 @@ pub(crate) enum PopTag {
     /// Popped messages beyond the budget going back to the right end of their list
     /// (RPUSH), where they were popped from.
     PushBack { count: u32 },
+    /// Reliable mode: a dry lane's `EXISTS` over its keys, which tracks them (see
+    /// `Lane::wake`).
+    Watch,
 }
 
 /// A pipeline command type that carries pop commands: pop mode's own [`PopTag`], or a
@@ -135,6 +138,9 @@ pub(crate) struct PopPipeline<D> {
     /// Where the next turn's fill starts, so no connection always comes first for the
     /// shared part of the credit.
     fill_from: usize,
+    /// In the lease dialect, what the last reply leased: its key's source and how many
+    /// elements (those beyond the budget included), for [`PopPipeline::take_leased`].
+    leased: Option<(&'static Source, u64)>,
 }
 
 impl PopConsumer {
@@ -202,10 +208,48 @@ impl<D: Dialect> PopPipeline<D> {
             plan,
             lanes,
             fill_from: 0,
+            leased: None,
         }
     }
 
     /// Fetch connections (lanes) on this shard.
+    /// In the lease dialect, what the reply just handled leased: its key's source and how
+    /// many elements it took (messages beyond the budget included, which are not handed
+    /// out). The messages' `seq` is their place in that reply.
+    pub(crate) fn take_leased(&mut self) -> Option<(&'static Source, u64)> {
+        self.leased.take()
+    }
+
+    /// Connection `conn`'s lane has `CLIENT TRACKING` on (reliable mode).
+    pub(crate) fn tracking_on<C: CarriesPop>(&mut self, io: &Io<C>, conn: usize) {
+        if let Some(l) = io
+            .fetch_of(conn)
+            .and_then(|l| self.lanes.get_mut(l.index()))
+        {
+            l.tracking_on();
+        }
+    }
+
+    /// Keys connection `conn`'s lane watches changed (`None`: any of them may have): the
+    /// lane leases again, starting with the queue of the first key named.
+    pub(crate) fn wake<C: CarriesPop>(&mut self, io: &Io<C>, conn: usize, keys: Option<&[Bytes]>) {
+        let first = keys
+            .and_then(|k| k.first())
+            .and_then(|k| self.plan.keys.get(&k[..]))
+            .map(|s| s.index);
+        if let Some(l) = io
+            .fetch_of(conn)
+            .and_then(|l| self.lanes.get_mut(l.index()))
+        {
+            l.wake(first);
+        }
+    }
+
+    /// How many keys lane `lane` fetches from (queues × priority levels).
+    pub(crate) fn lane_keys(&self, lane: usize) -> usize {
+        self.lanes.get(lane).map_or(0, |l| l.key_count(&self.plan))
+    }
+
     pub(crate) fn lanes(&self) -> usize {
         self.lanes.len()
     }
@@ -261,6 +305,7 @@ impl<D: Dialect> PopPipeline<D> {
     ) -> Result<u64, Failure> {
         let lane = io.lane_of_reply(id)?;
         let unblock_sent = io.conn_mut(id).take_unblock_sent();
+        let start = out.len();
         let reply =
             self.lanes[lane].on_reply(&self.plan, frame, pop, io.turn_ns(), io.credits(), out)?;
         if let Some(text) = &reply.unblocked {
@@ -275,6 +320,11 @@ impl<D: Dialect> PopPipeline<D> {
                     String::from_utf8_lossy(text)
                 );
             }
+        }
+        if D::LEASES {
+            self.leased = out
+                .get(start)
+                .map(|m| (m.source, (out.len() - start) as u64));
         }
         if reply.excess > 0 && D::LEASES {
             // Leased beyond the budget: they stay in the processing list, and go back to
@@ -356,6 +406,23 @@ impl<D: Dialect> PopPipeline<D> {
     ) -> Result<u64, Failure> {
         match cmd {
             PopTag::Pop(pop) => self.on_pop_reply(io, conn, pop, frame, out, now),
+            PopTag::Watch => {
+                let lane = io.lane_of_reply(conn)?;
+                let found = match Decoder::new().build(frame) {
+                    Ok(Frame::Integer(n)) => n,
+                    Ok(f) => {
+                        tracing::debug!("EXISTS answered {f:?}; leasing again");
+                        1
+                    }
+                    Err(e) => {
+                        return Err(Failure::Fatal(Error::protocol(&io.conn(conn).peer(), e)))
+                    }
+                };
+                if let Some(l) = self.lanes.get_mut(lane) {
+                    l.watched(found);
+                }
+                Ok(0)
+            }
             PopTag::PushBack { count } => {
                 let c = &io.conn(conn);
                 match Decoder::new().build(frame) {
@@ -442,6 +509,7 @@ impl<D: Dialect> PopPipeline<D> {
                     }
                 }
                 PopTag::PushBack { count } => unreturned += count,
+                PopTag::Watch => {}
             }
         }
         io.stats().add(&io.stats().unanswered_pops, pops);

@@ -79,6 +79,7 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
         received_ns,
         bytes: 0,
         largest: 0,
+        next: 0,
         dialect: std::marker::PhantomData,
     };
     let t = match single {
@@ -109,6 +110,7 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
             return Err(server_error(plan, m));
         }
         Token::Array(2) => {}
+        Token::Integer(-1) if D::LEASES => return Err(fenced()),
         t => return Err(malformed("expected a two-element array or null", &t)),
     }
     let key = match r.next_slice().map_err(proto)? {
@@ -143,6 +145,20 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
     Ok(lend.reply(count, source.index))
 }
 
+/// The lease script found this consumer's leases taken back by another consumer (its
+/// heartbeat had expired: it was frozen or cut off for longer than the lease). The
+/// connection starts again, and like any lost lease connection that makes the consumer
+/// settle what it holds (those outcomes are refused and counted as stale), then take
+/// back its leased lists and lease under its token again.
+fn fenced() -> Failure {
+    Failure::Retry(Error::new(
+        ErrorKind::ConnectionLost,
+        "this consumer's leases were taken back by another consumer (its heartbeat had \
+         expired); leasing resumes once the messages in hand are settled"
+            .to_owned(),
+    ))
+}
+
 fn proto(e: ringq_resp::DecodeError) -> Failure {
     Failure::Fatal(Error::new(
         ErrorKind::Protocol,
@@ -157,6 +173,9 @@ struct Lender<'f, D> {
     received_ns: u64,
     bytes: u64,
     largest: u64,
+    /// The next message's position in the reply (its `seq`, which reliable mode turns
+    /// into its position in the leased list).
+    next: u32,
     dialect: std::marker::PhantomData<D>,
 }
 
@@ -189,6 +208,10 @@ impl<'f, D: Dialect> Lender<'f, D> {
             aux,
             deliveries,
             received_ns: self.received_ns,
+            seq: {
+                self.next = self.next.wrapping_add(1);
+                self.next.wrapping_sub(1)
+            },
         }
     }
 

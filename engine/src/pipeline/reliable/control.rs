@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Frame, ServerError, ServerErrorKind};
 
-use super::settle::Batch;
+use super::settle::{Batch, Held};
 use super::{scripts, Mode, RelTag, ReliablePipeline};
 use crate::conn::{classify, Conn, Failure, Tag};
 use crate::frames;
@@ -29,15 +29,37 @@ impl ReliablePipeline {
         );
         let again: Vec<Batch> = self.settle.take_resend().collect();
         for b in again {
-            b.write(ctl, &self.keys[b.key as usize], cap, cutoff, now, allow);
+            b.write(
+                ctl,
+                &self.keys[b.key as usize],
+                &self.token,
+                cap,
+                cutoff,
+                now,
+                allow,
+            );
             self.settle.sent(b, true);
         }
         for k in self.dirty.drain(..) {
-            let b = std::mem::take(&mut self.pending[k as usize]);
-            b.write(ctl, &self.keys[k as usize], cap, cutoff, now, allow);
+            let mut b = std::mem::take(&mut self.pending[k as usize]);
+            b.seal(self.held[k as usize].advance());
+            b.write(
+                ctl,
+                &self.keys[k as usize],
+                &self.token,
+                cap,
+                cutoff,
+                now,
+                allow,
+            );
             self.settle.sent(b, false);
         }
         if let Stage::Recover(why) = self.stage {
+            if why != Recovery::Stop {
+                // Everything in hand is settled: the recovery empties the leased lists,
+                // and positions start again at 0.
+                self.held.iter_mut().for_each(Held::reset);
+            }
             for q in 0..self.queues.len() {
                 self.recover(ctl, q, why.into(), now, allow);
             }
@@ -75,8 +97,19 @@ impl ReliablePipeline {
             allow,
             |buf| {
                 let levels = qk.levels.iter().map(|&k| &self.keys[k as usize]);
-                let pairs = levels.flat_map(|k| [&k.key, &k.processing_prefix]);
-                CommandWriter::new(buf, 11 + 2 * qk.levels.len())
+                let names = levels.flat_map(|k| {
+                    [
+                        &k.key,
+                        &k.processing_prefix,
+                        &k.lease_prefix,
+                        &k.legacy_processing_prefix,
+                        &k.retry,
+                        &k.legacy_retry,
+                        &k.dead,
+                        &k.legacy_dead,
+                    ]
+                });
+                CommandWriter::new(buf, 14 + 8 * qk.levels.len())
                     .arg("EVALSHA")
                     .arg(&scripts::RECOVER.sha)
                     .arg("3")
@@ -87,8 +120,11 @@ impl ReliablePipeline {
                     .arg(&self.id)
                     .arg_int(at)
                     .arg_int(lease)
+                    .arg(&self.token)
                     .arg(&qk.heartbeat_prefix)
-                    .args(pairs)
+                    .arg(&qk.legacy_consumers)
+                    .arg(&qk.legacy_heartbeat_prefix)
+                    .args(names)
                     .finish();
             },
         );
@@ -106,6 +142,13 @@ impl ReliablePipeline {
             let e = ServerError::parse(m.clone());
             if cmd == RelTag::Policy {
                 tracing::debug!("could not read maxmemory-policy: {e}");
+                return Ok(());
+            }
+            if cmd == RelTag::Tracking {
+                tracing::info!(
+                    "CLIENT TRACKING refused ({e}): an idle lane of several queues blocks on \
+                     one and checks the others every idle-check instead"
+                );
                 return Ok(());
             }
             return Err(classify::failure(
@@ -144,7 +187,19 @@ impl ReliablePipeline {
                 let Some((b, resent)) = self.settle.answered() else {
                     return Ok(());
                 };
-                let stale: i64 = ints(&f).iter().sum();
+                let v = ints(&f);
+                let fenced = v == [-1];
+                let stale = if fenced {
+                    b.outcomes as i64
+                } else {
+                    v.iter().sum()
+                };
+                if fenced {
+                    // Another consumer took this one's leases back: settle what is in
+                    // hand (refused the same way), then take the lists back and lease
+                    // under the token again.
+                    self.suspect_lost_writes();
+                }
                 if stale > 0 && !resent {
                     let key = String::from_utf8_lossy(&self.keys[b.key as usize].key).into_owned();
                     tracing::warn!(
@@ -160,9 +215,17 @@ impl ReliablePipeline {
                 }
             }
             RelTag::Recover { queue, mode } => self.on_recovered(io, queue, mode, &ints(&f)),
-            RelTag::Requeue => {
-                let n: i64 = ints(&f).iter().sum();
-                io.stats().add(&io.stats().requeued, n.max(0) as u64);
+            RelTag::Requeue { key } => {
+                // {moved, left}: a set with nothing left is not checked again until a
+                // retry or the next sweep.
+                let v = ints(&f);
+                let moved = v.first().copied().unwrap_or(0);
+                io.stats().add(&io.stats().requeued, moved.max(0) as u64);
+                if v.get(1) == Some(&0) {
+                    if let Some(r) = self.retries.get_mut(key as usize) {
+                        *r = false;
+                    }
+                }
             }
             RelTag::Policy => match frames::config_value(&f, "maxmemory-policy") {
                 Some(p) if p != b"noeviction" => tracing::warn!(
@@ -173,6 +236,7 @@ impl ReliablePipeline {
                 ),
                 _ => {}
             },
+            RelTag::Tracking => self.pop.tracking_on(io, conn),
             RelTag::Pop(_) => {}
         }
         Ok(())

@@ -2,14 +2,18 @@
 //!
 //! - **Fetch = lease.** The pop pipeline's lanes, rotation, weights, priority levels,
 //!   hot set, credits and budget, with the lease dialect (`pop::Leasing`): a non-blocking pop
-//!   is the lease script (`RPOP q n` + `LPUSH {q}:processing:<id>`, one atomic step), a
-//!   blocking one `BLMOVE`. The element in the processing list is the lease.
+//!   is the lease script (`RPOP q n` + `LPUSH {q}:leased:<id>`, one atomic step, under
+//!   this run's fence token in `{q}:lease:<id>`), a blocking one `BLMOVE`. The element in
+//!   the leased list is the lease; the engine numbers each list's elements in the order
+//!   its leases answer (`settle::Held`).
 //! - **Outcomes** (`settle.rs`) are batched per key per loop turn and sent on the Control
-//!   connection as one settle script each: acks (an in-order batch is one `LTRIM`),
-//!   retries into `{q}:retry` with backoff, deads into `{q}:dead`, capped. An outcome whose
-//!   element is gone (recovery took it after the lease ran out) does nothing and is
-//!   reported: fencing. A settle lost with Control is sent again: the script only acts on
-//!   elements still in the list, so that is safe.
+//!   connection as one settle script each, by position: the tail moves past every run of
+//!   settled elements (one `LTRIM`), an ack out of order overwrites its element with a
+//!   marker, retries go into `{q}:retry` with backoff and deads into `{q}:dead`, capped,
+//!   rebuilt on the server from a new header and the element's payload. No payload
+//!   travels back. An outcome carrying another run's token does nothing and is reported:
+//!   fencing (another consumer took this one's leases back after its lease ran out). A
+//!   settle lost with Control is sent again: every step is idempotent.
 //! - **Liveness** (on Control, by timers): the heartbeat `{q}:consumer:<id>` every third
 //!   of the lease; the recovery sweep of consumers whose heartbeat expired every half
 //!   lease, under a lock; due retries moved back.
@@ -37,11 +41,12 @@ use super::{ControlUse, Drain, Io, Pipeline, Start, Timing};
 use crate::budget::Budget;
 use crate::conn::{Failure, Tag};
 use crate::envelope::keys;
+use crate::envelope::keys::legacy;
 use crate::error::Error;
 use crate::handler::{Message, Outcome, Source};
 
 pub use config::ReliableConsumer;
-use settle::Batch;
+use settle::{Batch, Held};
 
 /// A reliable-mode command awaiting its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +59,12 @@ pub(crate) enum RelTag {
     Settle,
     /// The recover script of queue `queue` (its index on this shard) in `mode`.
     Recover { queue: u32, mode: Mode },
-    /// Due retries moved back.
-    Requeue,
+    /// Due retries of key `key` (its index on this shard) moved back.
+    Requeue { key: u32 },
     /// `CONFIG GET maxmemory-policy`.
     Policy,
+    /// `CLIENT TRACKING ON NOLOOP` on a fetch connection whose lane has several keys.
+    Tracking,
 }
 
 /// What a recover script does (see [`scripts::RECOVER`]).
@@ -90,8 +97,9 @@ impl RelTag {
             RelTag::Load(_) => "SCRIPT LOAD",
             RelTag::Settle => "settle script (acks, retries, dead letters)",
             RelTag::Recover { .. } => "recover script (heartbeat, sweep, taking leases back)",
-            RelTag::Requeue => "requeue script (due retries)",
+            RelTag::Requeue { .. } => "requeue script (due retries)",
             RelTag::Policy => "CONFIG GET maxmemory-policy",
+            RelTag::Tracking => "CLIENT TRACKING ON NOLOOP",
         }
     }
 }
@@ -140,17 +148,26 @@ struct QueueKeys {
     consumers: Bytes,
     sweep: Bytes,
     heartbeat_prefix: Bytes,
+    /// ringq 0.1's consumer set and heartbeat prefix (swept too).
+    legacy_consumers: Bytes,
+    legacy_heartbeat_prefix: Bytes,
     /// Its keys (priority levels), as indices into `ReliablePipeline::keys`.
     levels: Vec<u32>,
 }
 
-/// A queue key of this shard, with its processing list, retry set and dead list.
+/// A queue key of this shard, with its leased list, lease hash, retry set and dead list,
+/// and the old names recovery still reads.
 struct KeyNames {
     key: Bytes,
     processing: Bytes,
     processing_prefix: Bytes,
+    lease: Bytes,
+    lease_prefix: Bytes,
     retry: Bytes,
     dead: Bytes,
+    legacy_processing_prefix: Bytes,
+    legacy_retry: Bytes,
+    legacy_dead: Bytes,
 }
 
 /// The reliable pipeline of one shard.
@@ -166,6 +183,14 @@ pub(crate) struct ReliablePipeline {
     key_of: HashMap<usize, u32>,
     /// Outcomes not yet sent, one batch per key.
     pending: Vec<Batch>,
+    /// What each key's leased list holds, by position.
+    held: Vec<Held>,
+    /// Keys whose retry set may hold entries: checked every requeue period until their
+    /// set is empty. Set by this consumer's own retries, and for every key at each sweep
+    /// (another consumer's retries, left by one that died).
+    retries: Vec<bool>,
+    /// This run's fence token: leases and settles carry it; a recovery writes it.
+    token: Bytes,
     /// Keys whose batch holds something.
     dirty: Vec<u32>,
     /// Batches sent on Control and unanswered, and those of a lost Control to send again.
@@ -186,6 +211,7 @@ impl Start for ReliableConsumer {
 
     fn check(&self) -> Result<(), Error> {
         self.pop.check()?;
+        super::alo::check_lease(self.lease)?;
         let id = &self.id;
         if id.is_empty()
             || id
@@ -214,12 +240,17 @@ impl Start for ReliableConsumer {
         for (_, k) in &q.levels {
             out.push(k.clone());
             out.push(keys::processing(k, &self.id).into());
+            out.push(keys::lease(k, &self.id).into());
             out.push(keys::retry(k).into());
             out.push(keys::dead(k).into());
+            out.push(legacy::processing(k, &self.id).into());
+            out.push(legacy::retry(k).into());
+            out.push(legacy::dead(k).into());
         }
         out.push(keys::heartbeat(&q.name, &self.id).into());
         out.push(keys::consumers(&q.name).into());
         out.push(keys::sweep(&q.name).into());
+        out.push(legacy::consumers(&q.name).into());
         Some(out)
     }
 
@@ -249,13 +280,30 @@ impl ReliablePipeline {
             .map(|q| {
                 q.levels
                     .iter()
-                    .map(|(_, k)| Bytes::from(keys::processing(k, &id)))
+                    .map(|(_, k)| {
+                        (
+                            Bytes::from(keys::processing(k, &id)),
+                            Bytes::from(keys::lease(k, &id)),
+                        )
+                    })
                     .collect()
             })
             .collect();
+        let mut rng = Rng::seeded(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ (&id as *const _ as u64),
+        );
+        let token = Bytes::from(format!(
+            "{:013x}{:013x}",
+            (rng.unit() * (1u64 << 52) as f64) as u64,
+            (rng.unit() * (1u64 << 52) as f64) as u64
+        ));
         let lease = Leasing {
             sha: Bytes::from(scripts::LEASE.sha.clone()),
             processing,
+            token: token.clone(),
             poll_secs: secs_arg(consumer.idle_check.min(pc.block_timeout)),
         };
         let mut queues = Vec::new();
@@ -271,8 +319,13 @@ impl ReliablePipeline {
                     key: k.clone(),
                     processing: Bytes::from(keys::processing(k, &id)),
                     processing_prefix: Bytes::from(keys::processing_prefix(k)),
+                    lease: Bytes::from(keys::lease(k, &id)),
+                    lease_prefix: Bytes::from(keys::lease_prefix(k)),
                     retry: Bytes::from(keys::retry(k)),
                     dead: Bytes::from(keys::dead(k)),
+                    legacy_processing_prefix: Bytes::from(legacy::processing_prefix(k)),
+                    legacy_retry: Bytes::from(legacy::retry(k)),
+                    legacy_dead: Bytes::from(legacy::dead(k)),
                 });
             }
             queues.push(QueueKeys {
@@ -281,6 +334,8 @@ impl ReliablePipeline {
                 consumers: Bytes::from(keys::consumers(&q.name)),
                 sweep: Bytes::from(keys::sweep(&q.name)),
                 heartbeat_prefix: Bytes::from(keys::heartbeat_prefix(&q.name)),
+                legacy_consumers: Bytes::from(legacy::consumers(&q.name)),
+                legacy_heartbeat_prefix: Bytes::from(legacy::heartbeat_prefix(&q.name)),
                 levels,
             });
         }
@@ -303,6 +358,9 @@ impl ReliablePipeline {
             dead_max_len: consumer.dead_max_len,
             dead_max_age: consumer.dead_max_age,
             pending: (0..key_names.len()).map(|_| Batch::default()).collect(),
+            held: (0..key_names.len()).map(|_| Held::default()).collect(),
+            retries: vec![true; key_names.len()],
+            token,
             keys: key_names,
             queues,
             key_of,
@@ -312,41 +370,40 @@ impl ReliablePipeline {
             outstanding: 0,
             timers_on: false,
             policy_checked: false,
-            rng: Rng::seeded(seed),
+            rng: Rng::seeded(seed ^ rng.unit().to_bits()),
             seq: 0,
         }
     }
 
-    /// Records one handled message's outcome in its key's batch.
+    /// Records one handled message's outcome in its key's batch, by its position.
     fn record(&mut self, msg: &Message<'_>, outcome: Outcome) {
         let Some(&k) = self.key_of.get(&(msg.source as *const Source as usize)) else {
             tracing::error!("an outcome for a message of an unknown key; it stays leased");
             return;
         };
-        let batch = &mut self.pending[k as usize];
-        if batch.is_empty() {
+        let Some(pos) = self.held[k as usize].settle(msg.seq) else {
+            tracing::error!("an outcome for a message this consumer does not hold; ignored");
+            return;
+        };
+        if self.pending[k as usize].is_empty() {
             self.dirty.push(k);
-            batch.key = k;
+            self.pending[k as usize].key = k;
         }
         let element = msg.aux();
+        // The element's own envelope header, which the server replaces.
+        let old_header = element.len().saturating_sub(msg.payload().len());
         let deliveries = msg.deliveries();
         match self.policy.verdict(outcome, deliveries, &mut self.rng) {
-            Verdict::Ack => self.pending[k as usize].ack(element),
+            Verdict::Ack => self.pending[k as usize].ack(pos),
             Verdict::Retry { delay } => {
                 let due = now_ms() + delay.as_millis() as u64;
+                self.retries[k as usize] = true;
                 let id = self.identity(element);
-                self.pending[k as usize].retry(element, deliveries, &id, msg.payload(), due);
+                self.pending[k as usize].retry(pos, old_header, deliveries, &id, due);
             }
             Verdict::Dead { reason } => {
                 let id = self.identity(element);
-                self.pending[k as usize].dead(
-                    element,
-                    deliveries,
-                    &id,
-                    msg.payload(),
-                    now_ms(),
-                    &reason,
-                );
+                self.pending[k as usize].dead(pos, old_header, deliveries, &id, now_ms(), &reason);
             }
         }
     }
@@ -412,6 +469,22 @@ impl Pipeline for ReliablePipeline {
         }
         scripts::SET.load(io.conn_mut(conn), now, allow, RelTag::Load);
         if Some(conn) != io.control_id() {
+            // A lane of several keys, once dry, watches them all through the server's
+            // key tracking (RESP3 invalidation pushes) instead of polling.
+            let many = io
+                .fetch_of(conn)
+                .is_some_and(|l| self.pop.lane_keys(l.index()) > 1);
+            let c = io.conn_mut(conn);
+            if many && c.server().resp3 {
+                c.command(Tag::Pipe(RelTag::Tracking), now, allow, |buf| {
+                    CommandWriter::new(buf, 4)
+                        .arg("CLIENT")
+                        .arg("TRACKING")
+                        .arg("ON")
+                        .arg("NOLOOP")
+                        .finish();
+                });
+            }
             return;
         }
         let c = io.conn_mut(conn);
@@ -454,6 +527,18 @@ impl Pipeline for ReliablePipeline {
             RelTag::Pop(p) => {
                 let before = out.len();
                 let bytes = self.pop.reply(io, conn, p, frame, out, now)?;
+                if let Some((source, n)) = self.pop.take_leased() {
+                    // The reply's elements are the next `n` of their key's leased list.
+                    match self.key_of.get(&(source as *const Source as usize)) {
+                        Some(&k) => {
+                            let first = self.held[k as usize].leased(n);
+                            for m in &mut out[before..] {
+                                m.seq = m.seq.wrapping_add(first as u32);
+                            }
+                        }
+                        None => tracing::error!("a lease of an unknown key"),
+                    }
+                }
                 self.outstanding += (out.len() - before) as u64;
                 Ok(bytes)
             }
@@ -462,6 +547,32 @@ impl Pipeline for ReliablePipeline {
                 Ok(0)
             }
         }
+    }
+
+    fn on_push<'f>(
+        &mut self,
+        io: &mut Io<RelTag>,
+        conn: usize,
+        frame: &'f Bytes,
+        _out: &mut Vec<Message<'f>>,
+        _now: Instant,
+    ) -> Result<u64, Failure> {
+        // `>2 invalidate [keys]` (or a null: everything): a watched queue changed.
+        let f = io.decode(conn, frame)?;
+        match &f {
+            ringq_resp::Frame::Push(v) if matches!(v.first(), Some(ringq_resp::Frame::BulkString(k)) if k.eq_ignore_ascii_case(b"invalidate")) =>
+            {
+                let keys: Option<Vec<Bytes>> = match v.get(1) {
+                    Some(ringq_resp::Frame::Array(ks)) => {
+                        Some(ks.iter().filter_map(|k| k.as_bytes().cloned()).collect())
+                    }
+                    _ => None,
+                };
+                self.pop.wake(io, conn, keys.as_deref());
+            }
+            _ => tracing::debug!(conn = %io.conn(conn).name(), "ignored a push frame: {f:?}"),
+        }
+        Ok(0)
     }
 
     fn on_outcomes(
@@ -537,6 +648,9 @@ impl Pipeline for ReliablePipeline {
             _ if stopped => {}
             Some(Mode::Sweep) if stopping => {}
             Some(m) => {
+                if m == Mode::Sweep {
+                    self.retries.iter_mut().for_each(|r| *r = true);
+                }
                 for q in 0..self.queues.len() {
                     self.recover(ctl, q, m, now, allow);
                 }
@@ -544,14 +658,21 @@ impl Pipeline for ReliablePipeline {
             None if stopping => {}
             None => {
                 let at = now_ms() as i64;
-                for k in &self.keys {
-                    ctl.command(Tag::Pipe(RelTag::Requeue), now, allow, |buf| {
-                        CommandWriter::new(buf, 7)
+                let due = self.keys.iter().zip(&self.retries).enumerate();
+                for (i, k) in due.filter(|(_, (_, r))| **r).map(|(i, (k, _))| (i, k)) {
+                    // The old retry set too while it differs (an old consumer of a queue
+                    // with a hash tag may still be retrying into it).
+                    let old = (k.legacy_retry != k.retry).then_some(&k.legacy_retry);
+                    let n = 2 + usize::from(old.is_some());
+                    let tag = RelTag::Requeue { key: i as u32 };
+                    ctl.command(Tag::Pipe(tag), now, allow, |buf| {
+                        CommandWriter::new(buf, 5 + n)
                             .arg("EVALSHA")
                             .arg(&scripts::REQUEUE.sha)
-                            .arg("2")
-                            .arg(&k.retry)
+                            .arg_int(n as i64)
                             .arg(&k.key)
+                            .arg(&k.retry)
+                            .args(old)
                             .arg_int(at)
                             .arg_int(REQUEUE_MAX)
                             .finish();

@@ -1,6 +1,10 @@
-//! Outcomes batched per key per loop turn, and the settle script command that applies
-//! them (see [`super::scripts::SETTLE`]).
+//! Outcomes by position: [`Held`] numbers each key's leased elements and knows how far
+//! the leased list's tail may move; [`Batch`] gathers one key's outcomes of a loop turn
+//! into one settle script command (see [`super::scripts::SETTLE`]). No element travels
+//! back to the server: an ack is a position (or nothing, when the tail passes it), a
+//! retry or a dead letter a position and a new envelope header.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -10,106 +14,216 @@ use super::{scripts, KeyNames, RelTag};
 use crate::conn::{Conn, Tag};
 use crate::envelope;
 
-/// One key's outcomes: the elements they name, copied into one buffer.
+/// What this consumer holds in one key's leased list, by position: the elements from the
+/// tail (`tail`) to the head (`head`, exclusive), and which of them are settled.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    head: u64,
+    tail: u64,
+    /// `settled[i]`: the element at position `tail + i` has its outcome.
+    settled: VecDeque<bool>,
+}
+
+impl Held {
+    /// `n` elements were leased, in order: returns the first one's position.
+    pub fn leased(&mut self, n: u64) -> u64 {
+        let first = self.head;
+        self.head += n;
+        self.settled.resize(self.settled.len() + n as usize, false);
+        first
+    }
+
+    /// The element at `seq` (its position modulo 2^32: what a message carries) has its
+    /// outcome. Returns its position, or `None` if it is not held (never leased, or
+    /// settled already). Fewer than 2^32 elements are ever held, so `seq` names one.
+    pub fn settle(&mut self, seq: u32) -> Option<u64> {
+        let i = seq.wrapping_sub(self.tail as u32) as u64;
+        match self.settled.get_mut(i as usize) {
+            Some(s) if !*s => {
+                *s = true;
+                Some(self.tail + i)
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves the tail past the run of settled elements at it; returns the new tail (every
+    /// position before it is settled).
+    pub fn advance(&mut self) -> u64 {
+        while self.settled.front() == Some(&true) {
+            self.settled.pop_front();
+            self.tail += 1;
+        }
+        self.tail
+    }
+
+    /// A recovery emptied the leased list: positions start again at 0.
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// One key's outcomes: positions, and the new headers of retried and dead elements.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     /// The key (index into the shard's keys).
     pub key: u32,
-    buf: Vec<u8>,
-    acks: Vec<Range<usize>>,
-    /// (element, new element, due ms)
-    retries: Vec<(Range<usize>, Range<usize>, u64)>,
-    /// (element, new element)
-    deads: Vec<(Range<usize>, Range<usize>)>,
+    /// Outcomes recorded (for the count when the whole batch is refused).
+    pub outcomes: u64,
+    /// Where the tail moves: every position before it is settled.
+    pub tail: u64,
+    headers: Vec<u8>,
+    acks: Vec<u64>,
+    /// (position, old header length, new header, due ms)
+    retries: Vec<(u64, usize, Range<usize>, u64)>,
+    /// (position, old header length, new header)
+    deads: Vec<(u64, usize, Range<usize>)>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.retries.is_empty() && self.deads.is_empty()
+        self.outcomes == 0
     }
 
-    fn copy(&mut self, bytes: &[u8]) -> Range<usize> {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(bytes);
-        start..self.buf.len()
+    fn header(&mut self, deliveries: u32, id: &[u8], dead: Option<(u64, &str)>) -> Range<usize> {
+        let start = self.headers.len();
+        envelope::encode_header(&mut self.headers, deliveries, Some(id), dead);
+        start..self.headers.len()
     }
 
-    fn wrap(
-        &mut self,
-        deliveries: u32,
-        id: &[u8],
-        dead: Option<(u64, &str)>,
-        payload: &[u8],
-    ) -> Range<usize> {
-        let start = self.buf.len();
-        envelope::encode(&mut self.buf, deliveries, Some(id), dead, payload);
-        start..self.buf.len()
+    /// Done.
+    pub fn ack(&mut self, pos: u64) {
+        self.outcomes += 1;
+        self.acks.push(pos);
     }
 
-    /// Done: remove `element` from the processing list.
-    pub fn ack(&mut self, element: &[u8]) {
-        let at = self.copy(element);
-        self.acks.push(at);
-    }
-
-    /// Deliver again at `due` (ms since the epoch), as an envelope counting `deliveries`.
-    pub fn retry(&mut self, element: &[u8], deliveries: u32, id: &[u8], payload: &[u8], due: u64) {
-        let old = self.copy(element);
-        let new = self.wrap(deliveries, id, None, payload);
-        self.retries.push((old, new, due));
+    /// Deliver again at `due` (ms since the epoch), as an envelope counting `deliveries`;
+    /// `old_header` is the length of the element's own envelope header (0 if plain).
+    pub fn retry(&mut self, pos: u64, old_header: usize, deliveries: u32, id: &[u8], due: u64) {
+        self.outcomes += 1;
+        let h = self.header(deliveries, id, None);
+        self.retries.push((pos, old_header, h, due));
     }
 
     /// To the dead list, with when and why.
     pub fn dead(
         &mut self,
-        element: &[u8],
+        pos: u64,
+        old_header: usize,
         deliveries: u32,
         id: &[u8],
-        payload: &[u8],
         at: u64,
         why: &str,
     ) {
-        let old = self.copy(element);
-        let new = self.wrap(deliveries, id, Some((at, why)), payload);
-        self.deads.push((old, new));
+        self.outcomes += 1;
+        let h = self.header(deliveries, id, Some((at, why)));
+        self.deads.push((pos, old_header, h));
+    }
+
+    /// The tail moves to `tail`: acks before it need no marker (the trim removes them).
+    pub fn seal(&mut self, tail: u64) {
+        self.tail = tail;
+        self.acks.retain(|&p| p >= tail);
     }
 
     /// Queues the settle script for this batch on `ctl`.
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
         ctl: &mut Conn<RelTag>,
         k: &KeyNames,
+        token: &[u8],
         dead_cap: u32,
         dead_cutoff: u64,
         now: Instant,
         allow: Duration,
     ) {
-        let b = &self.buf;
-        let n = 11 + self.acks.len() + 3 * self.retries.len() + 2 * self.deads.len();
+        let h = &self.headers;
+        let n = 14 + self.acks.len() + 4 * self.retries.len() + 3 * self.deads.len();
         ctl.command(Tag::Pipe(RelTag::Settle), now, allow, |out| {
             let mut w = CommandWriter::new(out, n)
                 .arg("EVALSHA")
                 .arg(&scripts::SETTLE.sha)
-                .arg("3")
+                .arg("4")
                 .arg(&k.processing)
+                .arg(&k.lease)
                 .arg(&k.retry)
                 .arg(&k.dead)
+                .arg(token)
+                .arg_int(self.tail as i64)
                 .arg_int(self.acks.len() as i64)
                 .arg_int(self.retries.len() as i64)
                 .arg_int(self.deads.len() as i64)
                 .arg_int(i64::from(dead_cap))
-                .arg_int(dead_cutoff as i64)
-                .args(self.acks.iter().map(|r| &b[r.clone()]));
-            for (old, new, due) in &self.retries {
+                .arg_int(dead_cutoff as i64);
+            for &p in &self.acks {
+                w = w.arg_int(p as i64);
+            }
+            for (p, old, new, due) in &self.retries {
                 w = w
-                    .arg(&b[old.clone()])
-                    .arg(&b[new.clone()])
+                    .arg_int(*p as i64)
+                    .arg_int(*old as i64)
+                    .arg(&h[new.clone()])
                     .arg_int(*due as i64);
             }
-            for (old, new) in &self.deads {
-                w = w.arg(&b[old.clone()]).arg(&b[new.clone()]);
+            for (p, old, new) in &self.deads {
+                w = w
+                    .arg_int(*p as i64)
+                    .arg_int(*old as i64)
+                    .arg(&h[new.clone()]);
             }
             w.finish();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_moves_past_settled_runs_only() {
+        let mut h = Held::default();
+        assert_eq!(h.leased(3), 0);
+        assert_eq!(h.leased(2), 3);
+        assert_eq!((h.settle(1), h.settle(0)), (Some(1), Some(0)));
+        assert_eq!(h.settle(1), None, "settled twice");
+        assert_eq!(h.advance(), 2);
+        assert_eq!(h.settle(0), None, "behind the tail");
+        assert_eq!((h.settle(4), h.settle(3)), (Some(4), Some(3)));
+        assert_eq!(h.advance(), 2, "position 2 holds the tail");
+        assert_eq!(h.settle(2), Some(2));
+        assert_eq!(h.advance(), 5);
+        assert_eq!(h.settle(5), None, "never leased");
+        h.reset();
+        assert_eq!(h.leased(1), 0);
+    }
+
+    #[test]
+    fn positions_past_2_to_the_32_are_named_by_their_low_bits() {
+        let mut h = Held {
+            head: (1 << 32) - 2,
+            tail: (1 << 32) - 2,
+            settled: VecDeque::new(),
+        };
+        let first = h.leased(4);
+        let seqs: Vec<u32> = (0..4).map(|i| (first + i) as u32).collect();
+        assert_eq!(seqs, [u32::MAX - 1, u32::MAX, 0, 1]);
+        assert_eq!(h.settle(1), Some((1 << 32) + 1));
+        assert_eq!(h.settle(u32::MAX - 1), Some((1 << 32) - 2));
+        assert_eq!(h.advance(), (1 << 32) - 1);
+    }
+
+    #[test]
+    fn acks_the_tail_passes_need_no_marker() {
+        let mut b = Batch::default();
+        b.ack(0);
+        b.ack(1);
+        b.ack(7);
+        b.retry(2, 0, 2, b"x", 10);
+        b.seal(3);
+        assert_eq!(b.acks, vec![7]);
+        assert_eq!(b.outcomes, 4);
+        assert_eq!(b.retries.len(), 1);
     }
 }

@@ -271,6 +271,7 @@ impl Start for StreamConsumer {
         if self.streams.is_empty() {
             return Err(Error::config("no streams to consume: give at least one"));
         }
+        crate::pipeline::alo::check_lease(self.lease)?;
         if let Some((s, why)) = self
             .streams
             .iter()

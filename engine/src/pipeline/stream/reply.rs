@@ -156,6 +156,7 @@ fn entry<'f>(
         aux: Span::of(&frame[id.clone()], frame),
         deliveries,
         received_ns,
+        seq: 0,
     });
     Ok(id)
 }

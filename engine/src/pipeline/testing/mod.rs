@@ -136,6 +136,7 @@ fn message<'f>(frame: &'f Bytes, at: std::ops::Range<usize>, received_ns: u64) -
         aux: Span::default(),
         deliveries: 1,
         received_ns,
+        seq: 0,
     }
 }
 
