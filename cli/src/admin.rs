@@ -101,7 +101,7 @@ pub fn stats(a: StatsArgs) -> Result<(), Exit> {
         let pending = int(&c.cmd(&[&b"LLEN"[..], qb], &what)?);
         let retry = int(&c.cmd(&[&b"ZCARD"[..], &keys::retry(qb)], &what)?);
         let dead = int(&c.cmd(&[&b"LLEN"[..], &keys::dead(qb)], &what)?);
-        // Consumers: the set's members, and any processing list left by one that is not
+        // Consumers: the set's members, and any leased list left by one that is not
         // in it (a consumer swept while its list was being written, or an old one).
         let mut ids: BTreeSet<Vec<u8>> =
             strings(c.cmd(&[&b"SMEMBERS"[..], &keys::consumers(qb)], &what)?)

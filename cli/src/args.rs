@@ -209,7 +209,7 @@ pub struct ConsumeArgs {
 
     /// Consumer identity: 1 to 200 printable ASCII characters, no spaces (what Redis
     /// accepts in a connection name). Names the connections (CLIENT SETNAME
-    /// ID-s<shard>-c<n>); the reliable and stream modes key their processing lists and
+    /// ID-s<shard>-c<n>); the reliable and stream modes key their leased lists and
     /// group consumers by it.
     #[arg(long, value_name = "ID", value_parser = consumer_id)]
     pub consumer_id: Option<String>,
@@ -410,7 +410,7 @@ pub struct PublishArgs {
 pub enum Mode {
     /// BRPOP/LMPOP: at-most-once.
     Pop,
-    /// Leases into a processing list, acks with one script per batch: at-least-once.
+    /// Leases into a leased list, acks by position with one script per batch: at-least-once.
     Reliable,
     /// XREADGROUP/XACK consumer groups: at-least-once.
     Stream,
