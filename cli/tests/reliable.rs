@@ -18,24 +18,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// `ringq consume --mode reliable` with a slow reader.
 fn reliable(url: &str, id: &str, queue: &str, extra: &[&str]) -> Consumer {
-    let mut args = vec![
-        "consume",
-        "--url",
-        url,
-        "--mode",
-        "reliable",
-        "--consumer-id",
-        id,
-        "--queue",
-        queue,
-        "--prefetch",
-        "256",
-        "--batch",
-        "32",
-        "--no-pin",
-    ];
-    args.extend_from_slice(extra);
-    Consumer::spawn(&args)
+    Consumer::spawn(&reliable_args(url, id, &[queue], extra))
 }
 
 fn llen(c: &mut TestClient, key: &[u8]) -> i64 {

@@ -202,7 +202,11 @@ pub mod keys {
     }
 
     fn join(queue: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-        let mut k = tag(queue);
+        join_to(tag(queue), parts)
+    }
+
+    /// `prefix:part1:part2…`
+    fn join_to(mut k: Vec<u8>, parts: &[&[u8]]) -> Vec<u8> {
         for p in parts {
             k.push(b':');
             k.extend_from_slice(p);
@@ -294,12 +298,7 @@ pub mod keys {
         }
 
         fn join(queue: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-            let mut k = tag(queue);
-            for p in parts {
-                k.push(b':');
-                k.extend_from_slice(p);
-            }
-            k
+            super::join_to(tag(queue), parts)
         }
 
         /// `{key}:processing:<consumer>`.

@@ -221,7 +221,12 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringq"))
+        Self::spawn_bin(std::path::Path::new(env!("CARGO_BIN_EXE_ringq")), args)
+    }
+
+    /// As [`Consumer::spawn`], with another `ringq` binary (an earlier release's).
+    pub fn spawn_bin(bin: &std::path::Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -340,4 +345,33 @@ pub fn stdout_of(o: &Output) -> String {
 /// [`succeeded`]'s stderr.
 pub fn stderr_of(o: &Output) -> String {
     succeeded(o).1
+}
+
+/// `ringq consume --mode reliable` as the tests run it: a small prefetch and batch, no
+/// pinning, then `extra`.
+pub fn reliable_args<'a>(
+    url: &'a str,
+    id: &'a str,
+    queues: &[&'a str],
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "consume",
+        "--url",
+        url,
+        "--mode",
+        "reliable",
+        "--consumer-id",
+        id,
+        "--prefetch",
+        "256",
+        "--batch",
+        "32",
+        "--no-pin",
+    ];
+    for q in queues {
+        args.extend(["--queue", q]);
+    }
+    args.extend_from_slice(extra);
+    args
 }
