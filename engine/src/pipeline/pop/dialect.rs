@@ -5,15 +5,22 @@
 //! | | [`Popping`] (pop mode) | [`Leasing`] (reliable mode) |
 //! |---|---|---|
 //! | with backlog | `LMPOP … COUNT n` (or `BRPOP` on servers before 7.0, or by choice) | the lease script: `RPOP q n` + `LPUSH` onto the leased list, atomic, under the run's fence token |
+//! | large messages (≥ [`LARGE`]) | as above | `LMOVE` of one key into the leased list, one message each |
 //! | when dry | `BLMPOP` / `BRPOP` over every queue | `BLMOVE` of one key into the leased list |
 //! | a message | its payload | its element (for its envelope), its place in the reply (made its position in the leased list) and the envelope's delivery count |
 //! | fetched beyond the budget | pushed back to the right end of its list | stays leased; goes back with the rest at the stop |
-//! | a fetch lost unanswered | counted as possibly lost | nothing lost: its elements are in the processing list |
+//! | a fetch lost unanswered | counted as possibly lost | nothing lost: its elements are in the leased list |
 
 use bytes::{Bytes, BytesMut};
 use ringq_resp::CommandWriter;
 
 use super::config::{PopConsumer, PopStrategy};
+
+/// Reliable mode leases messages of at least this many bytes (the lane's size estimate)
+/// one per native `LMOVE` instead of in batches through the lease script: measured on
+/// this project's machine, the script costs the server about 2 µs per KiB it moves, a
+/// native move a few µs per message whatever its size; they meet near 2 KiB.
+pub(crate) const LARGE: u64 = 2048;
 
 /// What the next fetch of a lane is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +70,17 @@ pub(crate) trait Dialect: Send + 'static {
     const LEASES: bool;
 
     /// The next fetch's shape, from the consumer's strategy, whether the server has
-    /// LMPOP, whether the lane has backlog, and whether its last single-queue fetch came
-    /// back empty (`recheck`: check every key next).
-    fn shape(&self, strategy: PopStrategy, has_lmpop: bool, backlog: bool, recheck: bool) -> Shape;
+    /// LMPOP, whether the lane has backlog, whether its last single-queue fetch came back
+    /// empty (`recheck`: check every key next), and whether its messages are large (their
+    /// estimated size at least [`LARGE`]).
+    fn shape(
+        &self,
+        strategy: PopStrategy,
+        has_lmpop: bool,
+        backlog: bool,
+        recheck: bool,
+        large: bool,
+    ) -> Shape;
 
     /// Writes `f` into `buf`.
     fn write<Q: Iterator<Item = u32> + Clone>(&self, buf: &mut BytesMut, f: &Fetch<'_, Q>);
@@ -78,7 +93,14 @@ pub(crate) struct Popping;
 impl Dialect for Popping {
     const LEASES: bool = false;
 
-    fn shape(&self, strategy: PopStrategy, has_lmpop: bool, backlog: bool, _: bool) -> Shape {
+    fn shape(
+        &self,
+        strategy: PopStrategy,
+        has_lmpop: bool,
+        backlog: bool,
+        _: bool,
+        _: bool,
+    ) -> Shape {
         let counted = has_lmpop && strategy != PopStrategy::Single;
         let blocking = match strategy {
             PopStrategy::Single | PopStrategy::BlockingBatch => true,
@@ -135,19 +157,33 @@ pub(crate) struct Leasing {
 impl Dialect for Leasing {
     const LEASES: bool = true;
 
-    fn shape(&self, _: PopStrategy, _: bool, backlog: bool, recheck: bool) -> Shape {
+    fn shape(&self, _: PopStrategy, _: bool, backlog: bool, recheck: bool, large: bool) -> Shape {
         let blocking = !backlog && !recheck;
         Shape {
             blocking,
             counted: true,
-            single: blocking,
+            // Large messages are leased one per native LMOVE: a script copies every byte
+            // of what it moves into Lua and out again (measured here: ~3 ms of server
+            // CPU per MiB, against ~0.3 ms for LMOVE or LMPOP).
+            single: blocking || (large && !recheck),
         }
     }
 
     fn write<Q: Iterator<Item = u32> + Clone>(&self, buf: &mut BytesMut, f: &Fetch<'_, Q>) {
         let c = f.consumer;
         match f.single {
-            // BLMOVE key processing RIGHT LEFT timeout: the queue's first (highest) key;
+            // LMOVE key leased RIGHT LEFT: one large message of the queue's first
+            // (highest) key, natively.
+            Some(q) if !f.blocking => {
+                CommandWriter::new(buf, 5)
+                    .arg("LMOVE")
+                    .arg(&c.queues[q as usize].levels[0].1)
+                    .arg(&self.processing[q as usize][0].0)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .finish();
+            }
+            // BLMOVE key leased RIGHT LEFT timeout: the queue's first (highest) key;
             // a lane with other keys checks them again soon.
             Some(q) => {
                 let (key, proc) = (

@@ -59,6 +59,8 @@ pub(crate) struct Lane {
     tracking: bool,
     /// Dry and watching its keys: nothing is sent until [`Lane::wake`].
     parked: bool,
+    /// Large messages' LMOVEs that found their queue empty in a row (see `on_reply`).
+    misses: u32,
     /// Pops sent on the lane's current connection and not yet answered.
     in_flight: u32,
     /// The payload size to plan pops with, learned from replies.
@@ -89,6 +91,7 @@ impl Lane {
             recheck: false,
             tracking: false,
             parked: false,
+            misses: 0,
             in_flight: 0,
             sizes: SizeEstimate::default(),
             returns: Vec::new(),
@@ -265,6 +268,9 @@ impl Lane {
             conn.server().has_lmpop(),
             self.backlog,
             self.recheck,
+            // Before the first message the size is unknown: one message first, natively,
+            // so a first batch of large ones never goes through the script.
+            !matches!(self.sizes.get(), Some(s) if s < super::dialect::LARGE),
         );
         let want = if shape.counted && !shape.single {
             c.batch
@@ -283,6 +289,11 @@ impl Lane {
         };
         let scope = if std::mem::take(&mut self.recheck) {
             Scope::All
+        } else if shape.single && !shape.blocking {
+            // One large message from the queue first in rotation.
+            let mut queues = [0u32; HOT_KEYS];
+            queues[0] = self.order[0];
+            Scope::Hot { queues, len: 1 }
         } else {
             self.scope(shape.blocking, shape.counted, plan, now)
         };
@@ -478,8 +489,23 @@ impl Lane {
                 reply.bytes,
             );
             self.learn(pop.scope, reply.queue);
-            if pop.single.is_some() && got == 0 && self.keys(plan) > 1 {
+            let missed = pop.single.is_some() && got == 0;
+            if missed && !pop.blocking && self.keys(plan) > 1 && self.sizes.get().is_some() {
+                // A large message's LMOVE found its queue empty: the next one names the
+                // next queue, and a whole round of misses checks every key.
+                self.misses += 1;
+                self.order.rotate_left(1);
+                if self.misses as usize >= self.order.len() {
+                    self.misses = 0;
+                    self.recheck = true;
+                }
+            } else if missed && (!pop.blocking || self.keys(plan) > 1) {
+                // Every key is checked next (a counted fetch, which says whether the
+                // lane is dry).
                 self.recheck = true;
+            }
+            if got > 0 {
+                self.misses = 0;
             }
             match pop.scope {
                 // Only a pop that named every queue can say that none holds messages (a
