@@ -9,7 +9,8 @@
 //!   moved, everything meets ASK once all have);
 //! - `CLUSTER FAILOVER` of its primary (Redis answers the blocked pops UNBLOCKED and
 //!   closes, Valkey answers MOVED);
-//! - SIGKILL of its primary.
+//! - SIGKILL of its primary;
+//! - `SCRIPT FLUSH` on its primary, as after a restart without its scripts (reliable).
 //!
 //! Each checks the fault came mid-drain, then counts: every message delivered (lost must
 //! be 0), duplicates printed, and nothing left leased or pending at the new owner.
@@ -54,6 +55,10 @@ enum Fault {
     Reshard,
     Failover,
     Kill,
+    /// `SCRIPT FLUSH` on the primary (as a restart without its scripts): NOSCRIPT, then
+    /// a reconnect that loads them again. Reliable mode only: a stream drain runs no
+    /// script between its start and its first claim.
+    ScriptFlush,
 }
 
 on_redis_and_valkey!(
@@ -65,7 +70,12 @@ on_redis_and_valkey!(
     stream_loses_nothing_through_a_reshard,
     stream_loses_nothing_through_a_failover,
     stream_loses_nothing_through_a_killed_primary,
+    reliable_loses_nothing_when_the_primary_forgets_its_scripts,
 );
+
+fn reliable_loses_nothing_when_the_primary_forgets_its_scripts(kind: Kind) {
+    loses_nothing(kind, Acked::Reliable, Fault::ScriptFlush);
+}
 
 fn reliable_drains_queues_on_every_primary(kind: Kind) {
     drains_on_every_primary(kind, Acked::Reliable);
@@ -206,6 +216,15 @@ fn loses_nothing(kind: Kind, mode: Acked, fault: Fault) {
             let promoted = g.failover(0).unwrap();
             assert!(seen.distinct() < N, "{mode:?}: the failover came mid-drain");
             assert_eq!(g.owner_of(&q).unwrap(), promoted);
+        }
+        Fault::ScriptFlush => {
+            let before = running.stats().reconnects;
+            g.client_for(&q).unwrap().cmd(["SCRIPT", "FLUSH"]).unwrap();
+            assert!(seen.distinct() < N, "{mode:?}: the flush came mid-drain");
+            assert!(
+                wait_until(WAIT, || running.stats().reconnects > before),
+                "{mode:?}: the engine met NOSCRIPT and reconnected"
+            );
         }
         Fault::Kill => {
             let replica = g.replica_of(0).unwrap().expect("a replica");

@@ -38,67 +38,99 @@ fn pinger(server: &RedisServer, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
     })
 }
 
+/// What one drain of `N` payloads of `SIZE` bytes cost, in reliable or pop mode.
+struct LargeDrain {
+    stats: ringq::Stats,
+    took: Duration,
+    /// Bytes the server received from ringq during the consume.
+    input: u64,
+    pings: u64,
+    worst_ping: Duration,
+}
+
+/// Fills `big` with `n` payloads of `size` bytes and drains it in `mode` with default
+/// settings, a pinger beside it.
+fn drain_large(server: &RedisServer, mode: &str, n: usize, size: usize) -> LargeDrain {
+    let mut c = server.client().unwrap();
+    for i in 0..n {
+        c.lpush_many("big", [vec![i as u8; size]]).unwrap();
+    }
+    let input_before = info_u64(&mut c, "stats", "total_net_input_bytes");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ping = pinger(server, stop.clone());
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    let handler = move |m: &Message<'_>| {
+        assert_eq!(m.payload().len(), size);
+        count.fetch_add(1, Ordering::SeqCst);
+        Outcome::Ack
+    };
+    let started = Instant::now();
+    let b = EngineBuilder::new(server.url());
+    let running = match mode {
+        "pop" => b.start(ringq::PopConsumer::new(["big"]), handler),
+        _ => b.start(ReliableConsumer::new("c1", ["big"]), handler),
+    }
+    .unwrap();
+    assert!(wait_until(WAIT, || seen.load(Ordering::SeqCst) == n as u64));
+    let took = started.elapsed();
+    let stats = running.shutdown().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let (pings, worst_ping) = ping.join().unwrap();
+    let input = info_u64(&mut c, "stats", "total_net_input_bytes") - input_before;
+    // What the pinger sent (`*1\r\n$4\r\nPING\r\n`) and this client's INFO are not ringq's.
+    let input = input.saturating_sub(pings * 14 + 64);
+    assert_eq!(c.llen("big").unwrap(), 0);
+    LargeDrain {
+        stats,
+        took,
+        input,
+        pings,
+        worst_ping,
+    }
+}
+
 /// 40 payloads of 25 MiB with default settings: in flight within the 64 MiB byte limit
 /// plus one message (one lane), and the server receives almost nothing during the
 /// consume — acks name positions, not payloads (ringq 0.1 sent every acked element back:
-/// 1 GB here).
+/// 1 GB here). Pop mode drains the same beside it, for comparison.
 #[test]
 fn large_payloads_keep_to_the_byte_limit_and_never_travel_back() {
     const SIZE: usize = 25 << 20;
     const N: usize = 40;
     const LIMIT: u64 = 64 << 20;
     let server = RedisServer::start().unwrap();
-    let mut c = server.client().unwrap();
-    for i in 0..N as u8 {
-        c.lpush_many("big", [vec![i; SIZE]]).unwrap();
+    let r = drain_large(&server, "reliable", N, SIZE);
+    let p = drain_large(&server, "pop", N, SIZE);
+    for (mode, d) in [("reliable", &r), ("pop", &p)] {
+        println!(
+            "{N} × 25 MiB, {mode}: drained in {:?}; most in flight {:.1} MiB (limit {} MiB); \
+             server input from ringq during the consume {} B; another client's longest PING \
+             {:?} over {} pings",
+            d.took,
+            d.stats.max_in_flight_bytes as f64 / (1 << 20) as f64,
+            LIMIT >> 20,
+            d.input,
+            d.worst_ping,
+            d.pings
+        );
     }
-    let input_before = info_u64(&mut c, "stats", "total_net_input_bytes");
-    let stop = Arc::new(AtomicBool::new(false));
-    let ping = pinger(&server, stop.clone());
-    let seen = Arc::new(AtomicU64::new(0));
-    let count = seen.clone();
-    let started = Instant::now();
-    let running = EngineBuilder::new(server.url())
-        .start(
-            ReliableConsumer::new("c1", ["big"]),
-            move |m: &Message<'_>| {
-                assert_eq!(m.payload().len(), SIZE);
-                count.fetch_add(1, Ordering::SeqCst);
-                Outcome::Ack
-            },
-        )
-        .unwrap();
-    assert!(wait_until(WAIT, || seen.load(Ordering::SeqCst) == N as u64));
-    let took = started.elapsed();
-    let stats = running.shutdown().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    let (pings, worst) = ping.join().unwrap();
-    let input = info_u64(&mut c, "stats", "total_net_input_bytes") - input_before;
-    // What the pinger sent (`*1\r\n$4\r\nPING\r\n`) and this client's INFO are not ringq's.
-    let others = pings * 14 + 64;
-    let ringq_input = input.saturating_sub(others);
-    println!(
-        "{N} × 25 MiB: drained in {took:?}; most in flight {:.1} MiB (limit {} MiB); server \
-         input from ringq during the consume {ringq_input} B; another client's longest \
-         PING {worst:?} over {pings} pings",
-        stats.max_in_flight_bytes as f64 / (1 << 20) as f64,
-        LIMIT >> 20
-    );
-    assert_eq!(stats.acked, N as u64);
+    assert_eq!(r.stats.acked, N as u64);
     assert!(
-        stats.max_in_flight_bytes <= LIMIT + SIZE as u64,
+        r.stats.max_in_flight_bytes <= LIMIT + SIZE as u64,
         "in flight {} B with a limit of {LIMIT} B and messages of {SIZE} B",
-        stats.max_in_flight_bytes
+        r.stats.max_in_flight_bytes
     );
     assert!(
-        stats.max_in_flight_bytes >= SIZE as u64,
+        r.stats.max_in_flight_bytes >= SIZE as u64,
         "nothing was measured"
     );
     assert!(
-        ringq_input < 1 << 20,
-        "the server received {ringq_input} B from ringq during the consume: payloads travelled back"
+        r.input < 1 << 20,
+        "the server received {} B from ringq during the consume: payloads travelled back",
+        r.input
     );
-    assert_eq!(c.llen("big").unwrap(), 0);
+    let mut c = server.client().unwrap();
     assert_eq!(c.llen("{big}:leased:c1").unwrap(), 0);
 }
 
