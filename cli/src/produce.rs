@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ringq_resp::{encode_command, Frame};
 
-use crate::args::{ProduceArgs, PublishArgs};
+use crate::args::{ProduceArgs, ProduceMode, PublishArgs};
 use crate::client::Conn;
 use crate::exit::Exit;
 
@@ -29,14 +29,31 @@ const PROGRESS_PERIOD: Duration = Duration::from_millis(200);
 /// # Errors
 /// A bad URL (status 2); a connection, AUTH, SELECT or LPUSH failure (status 1).
 pub fn run(a: ProduceArgs) -> Result<(), Exit> {
+    let kombu = a.mode == ProduceMode::Kombu;
+    if !kombu && (a.priority.is_some() || a.task.is_some()) {
+        return Err(Exit::usage(
+            "--priority and --task apply to --mode kombu only",
+        ));
+    }
+    let key = if kombu {
+        ringq::kombu::queue_key(&a.queue, a.priority.unwrap_or(0))
+    } else {
+        a.queue.clone()
+    };
+    let wrap = kombu.then(|| Kombu {
+        queue: a.queue.clone(),
+        priority: a.priority.unwrap_or(0),
+        task: a.task.clone(),
+    });
     let done = pump(&Pump {
         server: &a.server,
         command: if a.stream { "XADD" } else { "LPUSH" },
-        key: &a.queue,
+        key: &key,
         tag: a.tag.as_deref(),
         messages: a.messages,
         size: a.size,
         rate: a.rate,
+        kombu: wrap.as_ref(),
     })?;
     eprintln!(
         "ringq: produced {} messages to '{}' in {:.3} s ({:.0} msgs/s)",
@@ -61,6 +78,7 @@ pub fn publish(a: PublishArgs) -> Result<(), Exit> {
         messages: a.messages,
         size: a.size,
         rate: a.rate,
+        kombu: None,
     })?;
     let per = done.replies as f64 / (done.sent.max(1) as f64);
     eprintln!(
@@ -85,6 +103,31 @@ struct Pump<'a> {
     messages: u64,
     size: Option<u64>,
     rate: Option<f64>,
+    /// `--mode kombu`: how to wrap each payload.
+    kombu: Option<&'a Kombu>,
+}
+
+/// `--mode kombu`: each payload becomes a Kombu message for `queue` (a Celery task when
+/// `task` is set, its one argument the sequence number or the payload).
+struct Kombu {
+    queue: String,
+    priority: u8,
+    task: Option<String>,
+}
+
+impl Kombu {
+    fn wrap(&self, payload: &[u8], seq: Option<u64>) -> Vec<u8> {
+        use ringq::kombu::Outgoing;
+        let text = String::from_utf8_lossy(payload);
+        let m = match &self.task {
+            Some(name) => {
+                let arg = seq.map_or_else(|| serde_json::json!(text), |i| serde_json::json!(i));
+                Outgoing::celery_task(name, serde_json::json!([arg]), serde_json::json!({}))
+            }
+            None => Outgoing::new(payload, "text/plain"),
+        };
+        m.routing_key(&self.queue).priority(self.priority).encode()
+    }
 }
 
 /// What a run did.
@@ -134,6 +177,9 @@ fn pump(p: &Pump<'_>) -> Result<Pumped, Exit> {
         out.clear();
         for i in sent..sent + n {
             payload(i, &mut body);
+            if let Some(k) = p.kombu {
+                body = k.wrap(&body, filler.is_none().then_some(i));
+            }
             if p.command == "XADD" {
                 let mut args: Vec<&[u8]> = vec![b"XADD", p.key.as_bytes(), b"*", b"payload", &body];
                 if let Some(t) = p.tag {

@@ -30,6 +30,7 @@
 //! - `dispatch`: [`Dispatch`] — inline, or worker threads fed by SPSC rings, orderly or not.
 //! - `engine`: [`EngineBuilder`], [`Consumer`], [`Running`], [`ShutdownHandle`].
 //! - `stats`, `url`, `tls`, `error`: [`Stats`], [`ConnectionInfo`], [`Tls`], [`Error`].
+//! - [`kombu`]: Kombu's Redis transport and Celery's protocol 2 (keys, envelope, tasks).
 //! - `sentinel`: discovery behind Redis Sentinel and the `+switch-master` watcher;
 //!   `cluster`: a cluster's topology (CLUSTER SHARDS/SLOTS, the majority view, the
 //!   refresh thread) and key slots ([`key_slot`]); `blocking`: the small blocking RESP
@@ -74,6 +75,7 @@ mod error;
 mod frames;
 mod handler;
 mod intern;
+pub mod kombu;
 mod pipeline;
 mod resolve;
 #[allow(
@@ -108,6 +110,9 @@ pub use ring::{probe, RingFeatures};
 /// The rustls version ringq links, for building a [`Tls::config`] of your own.
 pub use rustls;
 pub use sentinel::sentinel_master;
+/// The `serde_json` ringq links, whose `Value` carries Celery task arguments in
+/// [`kombu`].
+pub use serde_json;
 pub use stats::Stats;
 pub use tls::Tls;
 pub use url::{Address, ConnectionInfo};

@@ -50,6 +50,7 @@ mod error;
 mod launch;
 mod process;
 mod proxy;
+mod python;
 mod scripted;
 mod sentinel;
 mod server;
@@ -66,6 +67,7 @@ pub use process::{
     find_redis_server, find_valkey_server, free_port, REDIS_SERVER_ENV, VALKEY_SERVER_ENV,
 };
 pub use proxy::{Fault, FaultProxy};
+pub use python::{kombu_python, run_python, KOMBU_PYTHON_ENV};
 pub use scripted::{Script, ScriptedServer, Step};
 pub use sentinel::{SentinelGroup, SentinelOptions};
 pub use server::RedisServer;
