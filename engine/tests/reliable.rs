@@ -20,6 +20,7 @@ on_redis_and_valkey!(
     drains_with_acks_and_leaves_nothing_leased,
     a_dry_lane_wakes_for_new_messages_on_any_queue,
     without_key_tracking_a_blocked_lease_wakes_for_any_queue,
+    a_refused_exists_falls_back_to_polling_without_spinning,
     plain_payloads_and_envelopes_are_both_consumed,
     a_poison_message_goes_dead_after_exactly_max_deliveries_with_growing_delays,
     dead_outcomes_are_capped_by_length,
@@ -165,6 +166,56 @@ fn without_key_tracking_a_blocked_lease_wakes_for_any_queue(kind: Kind) {
         "no connection tracks keys"
     );
     for (i, q) in ["w1", "w2", "w3"].iter().enumerate() {
+        c.lpush_many(q, [format!("m{i}")]).unwrap();
+        assert!(
+            wait_until(WAIT, || seen.len() > i),
+            "message on {q} delivered"
+        );
+    }
+    running.shutdown().unwrap();
+    assert_eq!(seen.tally(), (3, 0));
+}
+
+/// Where EXISTS is refused (an ACL without it) a lane cannot watch its keys: it falls
+/// back to blocking on one and polling the others, without retrying EXISTS in a loop.
+fn a_refused_exists_falls_back_to_polling_without_spinning(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    c.cmd([
+        "ACL", "SETUSER", "ne", "on", ">pw", "~*", "+@all", "-exists",
+    ])
+    .unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .username("ne")
+        .password("pw")
+        .connections_per_shard(1)
+        .start(
+            ReliableConsumer::new("c1", ["x1", "x2", "x3"]).idle_check(Duration::from_millis(50)),
+            seen.clone(),
+        )
+        .unwrap();
+    wait_any_blocked(&mut c);
+    // EXISTS calls the ACL refused (INFO commandstats' rejected_calls).
+    let refused = |c: &mut TestClient| -> u64 {
+        let stats = c.info("commandstats").unwrap_or_default();
+        let calls = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_exists:"))
+            .and_then(|r| r.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        calls
+    };
+    let before = refused(&mut c);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = refused(&mut c);
+    assert!(
+        after - before <= 2,
+        "EXISTS refused {} times in a second: the lane spins",
+        after - before
+    );
+    for (i, q) in ["x1", "x2", "x3"].iter().enumerate() {
         c.lpush_many(q, [format!("m{i}")]).unwrap();
         assert!(
             wait_until(WAIT, || seen.len() > i),

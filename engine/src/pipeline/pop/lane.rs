@@ -196,6 +196,13 @@ impl Lane {
         }
     }
 
+    /// The lane's `EXISTS` was refused: it stops watching (until its connection is made
+    /// again) and, dry, blocks on one key and polls the others.
+    pub(crate) fn watch_refused(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.tracking = false;
+    }
+
     /// The reply to the lane's `EXISTS`: how many of its keys hold messages. None: it
     /// parks until a key changes; some: it leases again.
     pub(crate) fn watched(&mut self, found: i64) {

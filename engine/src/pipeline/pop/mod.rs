@@ -259,6 +259,11 @@ impl<D: Dialect> PopPipeline<D> {
         &self.plan
     }
 
+    /// The dialect, to change what later fetches carry (reliable mode's fence token).
+    pub(crate) fn dialect_mut(&mut self) -> &mut D {
+        &mut self.plan.dialect
+    }
+
     /// Sends the messages connection `id`'s lane popped beyond the budget back to the
     /// right end of their lists, where they came from. They are in pop order (rightmost
     /// first, across all of the lane's replies), so walking them from the end and pushing
@@ -409,17 +414,27 @@ impl<D: Dialect> PopPipeline<D> {
             PopTag::Watch => {
                 let lane = io.lane_of_reply(conn)?;
                 let found = match Decoder::new().build(frame) {
-                    Ok(Frame::Integer(n)) => n,
+                    Ok(Frame::Integer(n)) => Some(n),
                     Ok(f) => {
-                        tracing::debug!("EXISTS answered {f:?}; leasing again");
-                        1
+                        // Refused (an ACL without EXISTS, a renamed command): watching
+                        // cannot work on this connection, and retrying it would spin.
+                        tracing::warn!(
+                            conn = %io.conn(conn).name(),
+                            "EXISTS over the lane's queues answered {f:?}: this lane stops \
+                             watching them and blocks on one, checking the others every \
+                             idle-check"
+                        );
+                        None
                     }
                     Err(e) => {
                         return Err(Failure::Fatal(Error::protocol(&io.conn(conn).peer(), e)))
                     }
                 };
                 if let Some(l) = self.lanes.get_mut(lane) {
-                    l.watched(found);
+                    match found {
+                        Some(n) => l.watched(n),
+                        None => l.watch_refused(),
+                    }
                 }
                 Ok(0)
             }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Frame, ServerError, ServerErrorKind};
 
-use super::settle::{Batch, Held};
+use super::settle::Batch;
 use super::{scripts, Mode, RelTag, ReliablePipeline};
 use crate::conn::{classify, Conn, Failure, Tag};
 use crate::frames;
@@ -28,7 +28,11 @@ impl ReliablePipeline {
             self.dead_max_len,
         );
         let again: Vec<Batch> = self.settle.take_resend().collect();
-        for b in again {
+        for mut b in again {
+            // Sent again after a lost connection: the server may have lost writes (a
+            // failover), an earlier retry's among them, so nothing is trimmed until the
+            // recovery that follows.
+            b.hold();
             b.write(
                 ctl,
                 &self.keys[b.key as usize],
@@ -40,9 +44,13 @@ impl ReliablePipeline {
             );
             self.settle.sent(b, true);
         }
+        // While writes may have been lost, acks mark their elements and the tail stays.
+        let hold = self.stage == Stage::Orphaned;
         for k in self.dirty.drain(..) {
             let mut b = std::mem::take(&mut self.pending[k as usize]);
-            b.seal(self.held[k as usize].advance());
+            let held = &mut self.held[k as usize];
+            let floor = held.tail();
+            b.seal(floor, if hold { floor } else { held.advance() });
             b.write(
                 ctl,
                 &self.keys[k as usize],
@@ -57,8 +65,8 @@ impl ReliablePipeline {
         if let Stage::Recover(why) = self.stage {
             if why != Recovery::Stop {
                 // Everything in hand is settled: the recovery empties the leased lists,
-                // and positions start again at 0.
-                self.held.iter_mut().for_each(Held::reset);
+                // and positions start again at 0 under a new token.
+                self.new_epoch();
             }
             for q in 0..self.queues.len() {
                 self.recover(ctl, q, why.into(), now, allow);
@@ -215,13 +223,13 @@ impl ReliablePipeline {
                 }
             }
             RelTag::Recover { queue, mode } => self.on_recovered(io, queue, mode, &ints(&f)),
-            RelTag::Requeue { key } => {
+            RelTag::Requeue { key, gen } => {
                 // {moved, left}: a set with nothing left is not checked again until a
                 // retry or the next sweep.
                 let v = ints(&f);
                 let moved = v.first().copied().unwrap_or(0);
                 io.stats().add(&io.stats().requeued, moved.max(0) as u64);
-                if v.get(1) == Some(&0) {
+                if v.get(1) == Some(&0) && self.retry_gen.get(key as usize) == Some(&gen) {
                     if let Some(r) = self.retries.get_mut(key as usize) {
                         *r = false;
                     }

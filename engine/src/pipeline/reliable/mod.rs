@@ -59,8 +59,9 @@ pub(crate) enum RelTag {
     Settle,
     /// The recover script of queue `queue` (its index on this shard) in `mode`.
     Recover { queue: u32, mode: Mode },
-    /// Due retries of key `key` (its index on this shard) moved back.
-    Requeue { key: u32 },
+    /// Due retries of key `key` (its index on this shard) moved back; `gen`: the key's
+    /// retry generation when it was sent.
+    Requeue { key: u32, gen: u32 },
     /// `CONFIG GET maxmemory-policy`.
     Policy,
     /// `CLIENT TRACKING ON NOLOOP` on a fetch connection whose lane has several keys.
@@ -189,6 +190,9 @@ pub(crate) struct ReliablePipeline {
     /// set is empty. Set by this consumer's own retries, and for every key at each sweep
     /// (another consumer's retries, left by one that died).
     retries: Vec<bool>,
+    /// Per key, bumped by every retry recorded: a requeue reply saying the set is empty
+    /// clears `retries` only if no retry was recorded after it was sent.
+    retry_gen: Vec<u32>,
     /// This run's fence token: leases and settles carry it; a recovery writes it.
     token: Bytes,
     /// Keys whose batch holds something.
@@ -295,11 +299,7 @@ impl ReliablePipeline {
                 .map_or(0, |d| d.as_nanos() as u64)
                 ^ (&id as *const _ as u64),
         );
-        let token = Bytes::from(format!(
-            "{:013x}{:013x}",
-            (rng.unit() * (1u64 << 52) as f64) as u64,
-            (rng.unit() * (1u64 << 52) as f64) as u64
-        ));
+        let token = new_token(&mut rng);
         let lease = Leasing {
             sha: Bytes::from(scripts::LEASE.sha.clone()),
             processing,
@@ -339,7 +339,12 @@ impl ReliablePipeline {
                 levels,
             });
         }
-        let pop = PopPipeline::new(pc.clone(), budget, lanes, timing, lease);
+        // A blocked BLMOVE must end well within the lease: one left blocked on the server
+        // by a frozen or cut-off consumer could otherwise move a message into its leased
+        // list after another consumer swept it, where nobody would look for it.
+        let mut pc = pc.clone();
+        pc.block_timeout = pc.block_timeout.min(consumer.lease / 3);
+        let pop = PopPipeline::new(pc, budget, lanes, timing, lease);
         let mut key_of = HashMap::new();
         for (k, names) in key_names.iter().enumerate() {
             if let Some(source) = pop.plan().source_of(&names.key) {
@@ -360,6 +365,7 @@ impl ReliablePipeline {
             pending: (0..key_names.len()).map(|_| Batch::default()).collect(),
             held: (0..key_names.len()).map(|_| Held::default()).collect(),
             retries: vec![true; key_names.len()],
+            retry_gen: vec![0; key_names.len()],
             token,
             keys: key_names,
             queues,
@@ -398,6 +404,7 @@ impl ReliablePipeline {
             Verdict::Retry { delay } => {
                 let due = now_ms() + delay.as_millis() as u64;
                 self.retries[k as usize] = true;
+                self.retry_gen[k as usize] = self.retry_gen[k as usize].wrapping_add(1);
                 let id = self.identity(element);
                 self.pending[k as usize].retry(pos, old_header, deliveries, &id, due);
             }
@@ -650,6 +657,9 @@ impl Pipeline for ReliablePipeline {
             Some(m) => {
                 if m == Mode::Sweep {
                     self.retries.iter_mut().for_each(|r| *r = true);
+                    self.retry_gen
+                        .iter_mut()
+                        .for_each(|g| *g = g.wrapping_add(1));
                 }
                 for q in 0..self.queues.len() {
                     self.recover(ctl, q, m, now, allow);
@@ -664,7 +674,10 @@ impl Pipeline for ReliablePipeline {
                     // with a hash tag may still be retrying into it).
                     let old = (k.legacy_retry != k.retry).then_some(&k.legacy_retry);
                     let n = 2 + usize::from(old.is_some());
-                    let tag = RelTag::Requeue { key: i as u32 };
+                    let tag = RelTag::Requeue {
+                        key: i as u32,
+                        gen: self.retry_gen[i],
+                    };
                     ctl.command(Tag::Pipe(tag), now, allow, |buf| {
                         CommandWriter::new(buf, 5 + n)
                             .arg("EVALSHA")
@@ -707,6 +720,27 @@ impl ReliablePipeline {
     fn requeue_period(&self) -> Duration {
         (self.policy.backoff.shortest() / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// A fence token: 104 random bits as hex. Each recovery that empties the leased lists
+/// writes a new one, so a command of an earlier epoch that reaches the server late (sent
+/// on a connection given up for dead) is refused.
+fn new_token(rng: &mut Rng) -> Bytes {
+    Bytes::from(format!(
+        "{:013x}{:013x}",
+        (rng.unit() * (1u64 << 52) as f64) as u64,
+        (rng.unit() * (1u64 << 52) as f64) as u64
+    ))
+}
+
+impl ReliablePipeline {
+    /// A recovery that empties the leased lists is being sent: positions start again at
+    /// 0 under a new fence token.
+    fn new_epoch(&mut self) {
+        self.held.iter_mut().for_each(Held::reset);
+        self.token = new_token(&mut self.rng);
+        self.pop.dialect_mut().token = self.token.clone();
     }
 }
 

@@ -57,6 +57,11 @@ impl Held {
         self.tail
     }
 
+    /// The tail: every position before it is settled and trimmed (or asked to be).
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
     /// A recovery emptied the leased list: positions start again at 0.
     pub fn reset(&mut self) {
         *self = Self::default();
@@ -72,6 +77,8 @@ pub(super) struct Batch {
     pub outcomes: u64,
     /// Where the tail moves: every position before it is settled.
     pub tail: u64,
+    /// The tail before this batch: where it stays when the batch must not trim.
+    floor: u64,
     headers: Vec<u8>,
     acks: Vec<u64>,
     /// (position, old header length, new header, due ms)
@@ -120,10 +127,18 @@ impl Batch {
         self.deads.push((pos, old_header, h));
     }
 
-    /// The tail moves to `tail`: acks before it need no marker (the trim removes them).
-    pub fn seal(&mut self, tail: u64) {
+    /// The tail moves from `floor` to `tail`: acks before it need no marker (the trim
+    /// removes them).
+    pub fn seal(&mut self, floor: u64, tail: u64) {
+        self.floor = floor;
         self.tail = tail;
-        self.acks.retain(|&p| p >= tail);
+    }
+
+    /// The batch must not move the tail (the server may have lost writes, such as an
+    /// earlier retry's: trimming past its element would lose it): every ack becomes a
+    /// marker, and what is left goes back with the recovery that follows.
+    pub fn hold(&mut self) {
+        self.tail = self.floor;
     }
 
     /// Queues the settle script for this batch on `ctl`.
@@ -139,7 +154,8 @@ impl Batch {
         allow: Duration,
     ) {
         let h = &self.headers;
-        let n = 14 + self.acks.len() + 4 * self.retries.len() + 3 * self.deads.len();
+        let acks = self.acks.iter().filter(|&&p| p >= self.tail);
+        let n = 14 + acks.clone().count() + 4 * self.retries.len() + 3 * self.deads.len();
         ctl.command(Tag::Pipe(RelTag::Settle), now, allow, |out| {
             let mut w = CommandWriter::new(out, n)
                 .arg("EVALSHA")
@@ -151,12 +167,12 @@ impl Batch {
                 .arg(&k.dead)
                 .arg(token)
                 .arg_int(self.tail as i64)
-                .arg_int(self.acks.len() as i64)
+                .arg_int(acks.clone().count() as i64)
                 .arg_int(self.retries.len() as i64)
                 .arg_int(self.deads.len() as i64)
                 .arg_int(i64::from(dead_cap))
                 .arg_int(dead_cutoff as i64);
-            for &p in &self.acks {
+            for &p in acks {
                 w = w.arg_int(p as i64);
             }
             for (p, old, new, due) in &self.retries {
@@ -215,14 +231,17 @@ mod tests {
     }
 
     #[test]
-    fn acks_the_tail_passes_need_no_marker() {
+    fn acks_the_tail_passes_need_no_marker_unless_the_batch_is_held() {
         let mut b = Batch::default();
         b.ack(0);
         b.ack(1);
         b.ack(7);
         b.retry(2, 0, 2, b"x", 10);
-        b.seal(3);
-        assert_eq!(b.acks, vec![7]);
+        b.seal(0, 3);
+        let marked: Vec<u64> = b.acks.iter().copied().filter(|&p| p >= b.tail).collect();
+        assert_eq!(marked, vec![7]);
+        b.hold();
+        assert_eq!(b.tail, 0, "held: nothing trimmed, every ack marked");
         assert_eq!(b.outcomes, 4);
         assert_eq!(b.retries.len(), 1);
     }
