@@ -106,24 +106,36 @@ fn a_client_ran(c: &mut TestClient, tracking: bool, cmd: &str) -> bool {
     })
 }
 
-/// A dry lane of several queues names them all in one EXISTS, which tracks them, and
-/// then waits for the server's invalidation of one: a message on any queue is leased.
-fn a_dry_lane_wakes_for_new_messages_on_any_queue(kind: Kind) {
-    let server = start(kind);
-    let mut c = server.client().unwrap();
-    let seen = Seen::default();
-    let running = builder(server.url())
-        .connections_per_shard(1)
-        .start(
-            ReliableConsumer::new("c1", ["w1", "w2", "w3"]),
-            seen.clone(),
-        )
-        .unwrap();
-    for (i, q) in ["w1", "w2", "w3"].iter().enumerate() {
-        assert!(
-            wait_until(WAIT, || a_client_ran(&mut c, true, "exists")),
-            "the lane watches its keys before message {i}"
-        );
+/// A consumer of three queues on one lane (one connection), as `user` (password `pw`)
+/// when given, checking dry queues every 50 ms where it polls.
+fn three_queues(
+    server: &ringq_tests::RedisServer,
+    user: Option<&str>,
+    qs: [&str; 3],
+    seen: &Seen,
+) -> ringq::Running {
+    let mut b = builder(server.url()).connections_per_shard(1);
+    if let Some(u) = user {
+        b = b.username(u).password("pw");
+    }
+    b.start(
+        ReliableConsumer::new("c1", qs).idle_check(Duration::from_millis(50)),
+        seen.clone(),
+    )
+    .unwrap()
+}
+
+/// Pushes one message onto each of `qs` in turn (after `before(i)`), waiting for each to
+/// be delivered; then stops and checks each came once.
+fn each_queue_wakes_the_lane(
+    c: &mut TestClient,
+    running: ringq::Running,
+    seen: &Seen,
+    qs: [&str; 3],
+    mut before: impl FnMut(&mut TestClient, usize),
+) {
+    for (i, q) in qs.iter().enumerate() {
+        before(c, i);
         c.lpush_many(q, [format!("m{i}")]).unwrap();
         assert!(
             wait_until(WAIT, || seen.len() > i),
@@ -132,6 +144,29 @@ fn a_dry_lane_wakes_for_new_messages_on_any_queue(kind: Kind) {
     }
     running.shutdown().unwrap();
     assert_eq!(seen.tally(), (3, 0));
+}
+
+/// A user with every command but `denied`.
+fn acl_user_without(c: &mut TestClient, user: &str, denied: &str) {
+    let deny = format!("-{denied}");
+    c.cmd(["ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", &deny])
+        .unwrap();
+}
+
+/// A dry lane of several queues names them all in one EXISTS, which tracks them, and
+/// then waits for the server's invalidation of one: a message on any queue is leased.
+fn a_dry_lane_wakes_for_new_messages_on_any_queue(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    let seen = Seen::default();
+    let qs = ["w1", "w2", "w3"];
+    let running = three_queues(&server, None, qs, &seen);
+    each_queue_wakes_the_lane(&mut c, running, &seen, qs, |c, i| {
+        assert!(
+            wait_until(WAIT, || a_client_ran(c, true, "exists")),
+            "the lane watches its keys before message {i}"
+        );
+    });
 }
 
 /// Where key tracking is refused (here an ACL without CLIENT TRACKING), a dry lane of
@@ -139,41 +174,16 @@ fn a_dry_lane_wakes_for_new_messages_on_any_queue(kind: Kind) {
 fn without_key_tracking_a_blocked_lease_wakes_for_any_queue(kind: Kind) {
     let server = start(kind);
     let mut c = server.client().unwrap();
-    c.cmd([
-        "ACL",
-        "SETUSER",
-        "nt",
-        "on",
-        ">pw",
-        "~*",
-        "+@all",
-        "-client|tracking",
-    ])
-    .unwrap();
+    acl_user_without(&mut c, "nt", "client|tracking");
     let seen = Seen::default();
-    let running = builder(server.url())
-        .username("nt")
-        .password("pw")
-        .connections_per_shard(1)
-        .start(
-            ReliableConsumer::new("c1", ["w1", "w2", "w3"]).idle_check(Duration::from_millis(50)),
-            seen.clone(),
-        )
-        .unwrap();
+    let qs = ["w1", "w2", "w3"];
+    let running = three_queues(&server, Some("nt"), qs, &seen);
     wait_any_blocked(&mut c);
     assert!(
         !a_client_ran(&mut c, true, "blmove"),
         "no connection tracks keys"
     );
-    for (i, q) in ["w1", "w2", "w3"].iter().enumerate() {
-        c.lpush_many(q, [format!("m{i}")]).unwrap();
-        assert!(
-            wait_until(WAIT, || seen.len() > i),
-            "message on {q} delivered"
-        );
-    }
-    running.shutdown().unwrap();
-    assert_eq!(seen.tally(), (3, 0));
+    each_queue_wakes_the_lane(&mut c, running, &seen, qs, |_, _| {});
 }
 
 /// Where EXISTS is refused (an ACL without it) a lane cannot watch its keys: it falls
@@ -181,49 +191,29 @@ fn without_key_tracking_a_blocked_lease_wakes_for_any_queue(kind: Kind) {
 fn a_refused_exists_falls_back_to_polling_without_spinning(kind: Kind) {
     let server = start(kind);
     let mut c = server.client().unwrap();
-    c.cmd([
-        "ACL", "SETUSER", "ne", "on", ">pw", "~*", "+@all", "-exists",
-    ])
-    .unwrap();
+    acl_user_without(&mut c, "ne", "exists");
     let seen = Seen::default();
-    let running = builder(server.url())
-        .username("ne")
-        .password("pw")
-        .connections_per_shard(1)
-        .start(
-            ReliableConsumer::new("c1", ["x1", "x2", "x3"]).idle_check(Duration::from_millis(50)),
-            seen.clone(),
-        )
-        .unwrap();
+    let qs = ["x1", "x2", "x3"];
+    let running = three_queues(&server, Some("ne"), qs, &seen);
     wait_any_blocked(&mut c);
     // EXISTS calls the ACL refused (INFO commandstats' rejected_calls).
     let refused = |c: &mut TestClient| -> u64 {
         let stats = c.info("commandstats").unwrap_or_default();
-        let calls = stats
+        stats
             .lines()
             .find_map(|l| l.strip_prefix("cmdstat_exists:"))
             .and_then(|r| r.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
             .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        calls
+            .unwrap_or(0)
     };
     let before = refused(&mut c);
     std::thread::sleep(Duration::from_secs(1));
-    let after = refused(&mut c);
+    let spins = refused(&mut c) - before;
     assert!(
-        after - before <= 2,
-        "EXISTS refused {} times in a second: the lane spins",
-        after - before
+        spins <= 2,
+        "EXISTS refused {spins} times in a second: the lane spins"
     );
-    for (i, q) in ["x1", "x2", "x3"].iter().enumerate() {
-        c.lpush_many(q, [format!("m{i}")]).unwrap();
-        assert!(
-            wait_until(WAIT, || seen.len() > i),
-            "message on {q} delivered"
-        );
-    }
-    running.shutdown().unwrap();
-    assert_eq!(seen.tally(), (3, 0));
+    each_queue_wakes_the_lane(&mut c, running, &seen, qs, |_, _| {});
 }
 
 fn plain_payloads_and_envelopes_are_both_consumed(kind: Kind) {
