@@ -185,6 +185,10 @@ pub struct Stats {
     /// Stream mode: the group's pending entries (delivered, not acknowledged, by any
     /// consumer), summed over streams, as last read.
     pub pending: u64,
+    /// In a cluster: topology refreshes run so far (the start's included). They are
+    /// coalesced and rate-limited: a node that goes away costs one, not one per
+    /// connection.
+    pub topology_refreshes: u64,
     /// Messages per source — a queue in `pop` mode (its name, as configured) — in
     /// configuration order.
     pub per_source: Vec<(String, u64)>,
@@ -250,6 +254,7 @@ impl Stats {
             deleted: total(|s| &s.deleted),
             lag: total(|s| &s.stream_lag),
             pending: total(|s| &s.stream_pending),
+            topology_refreshes: 0,
             per_source: source_names
                 .iter()
                 .enumerate()

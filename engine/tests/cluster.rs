@@ -14,7 +14,7 @@ use ringq::{ErrorKind, Event, ListenConsumer, PopConsumer, Queue, ReliableConsum
 use ringq_tests::{wait_until, ClusterGroup};
 
 mod support;
-use support::cluster::{cluster_of, llen, push, replicated};
+use support::cluster::{cluster_of, llen, push, replicated, ringq_clients};
 use support::{builder, on_redis_and_valkey, payloads, Kind, Recorder, WAIT};
 
 fn cluster() -> ClusterGroup {
@@ -30,19 +30,6 @@ on_redis_and_valkey!(
     a_failover_mid_drain_resumes_at_the_new_primary_in_pop_mode,
     a_killed_primary_resumes_at_its_replica_in_pop_mode,
 );
-
-/// Names of connections of this engine (`ringq-…`) connected to node `i`.
-fn ringq_clients(g: &ClusterGroup, i: usize) -> usize {
-    g.nodes()[i]
-        .client()
-        .and_then(|mut c| c.client_list())
-        .map(|l| {
-            l.iter()
-                .filter(|c| c.get("name").is_some_and(|n| n.starts_with("ringq-")))
-                .count()
-        })
-        .unwrap_or(0)
-}
 
 /// Queues spread over all three primaries are all served, each from its own node, with
 /// nothing lost or duplicated; every primary has the engine's connections.
@@ -600,4 +587,74 @@ fn unreachable_seeds_fail_the_start_naming_each() {
         text.contains(&p1.to_string()) && text.contains(&p2.to_string()),
         "{text}"
     );
+}
+
+/// Valkey 9's numbered databases in cluster mode (`cluster-databases`): a `/3` in the
+/// URL selects database 3 on every node connection, so pop and reliable mode consume
+/// the queue of that database and leave database 0's queue of the same name alone.
+/// Redis Cluster has database 0 only: the same URL is refused at start, saying why.
+#[test]
+fn valkey_cluster_databases_are_selected_on_every_connection() {
+    let valkey = ringq_tests::find_valkey_server().expect("Valkey 9 for the cluster tests");
+    let g =
+        ClusterGroup::start_configured(Some(valkey), 3, &[("--cluster-databases", "16")]).unwrap();
+    let url = format!("{}/3", g.url());
+    const N: usize = 500;
+    let (popped, leased) = (
+        g.key_on(0, "db-pop").unwrap(),
+        g.key_on(1, "db-rel").unwrap(),
+    );
+    for q in [&popped, &leased] {
+        let mut c = g.client_for(q).unwrap();
+        c.rpush_many(q, payloads(&format!("db0-{q}"), N)).unwrap();
+        c.cmd(["SELECT", "3"]).unwrap();
+        c.rpush_many(q, payloads(&format!("db3-{q}"), N)).unwrap();
+    }
+    let seen = Recorder::<String>::default();
+    let running = builder(url.as_str())
+        .start(PopConsumer::new([popped.clone()]).batch(16), seen.clone())
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || seen.len() >= N),
+        "pop: {} of {N}",
+        seen.len()
+    );
+    running.shutdown().unwrap();
+    let running = builder(url.as_str())
+        .start(
+            ReliableConsumer::new("c1", [leased.clone()]).batch(16),
+            seen.clone(),
+        )
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || seen.len() >= 2 * N),
+        "reliable: {} of {N}",
+        seen.len() - N
+    );
+    running.shutdown().unwrap();
+    let (distinct, dups) = seen.tally();
+    assert_eq!((distinct, dups), (2 * N, 0));
+    assert!(
+        seen.payloads().iter().all(|p| p.starts_with("db3")),
+        "only database 3's messages were consumed"
+    );
+    for q in [&popped, &leased] {
+        let mut c = g.client_for(q).unwrap();
+        assert_eq!(c.llen(q).unwrap(), N as i64, "database 0's {q} untouched");
+        c.cmd(["SELECT", "3"]).unwrap();
+        assert_eq!(c.llen(q).unwrap(), 0, "database 3's {q} drained");
+    }
+
+    let redis = cluster();
+    let e = match builder(format!("{}/3", redis.url()))
+        .start(PopConsumer::new(["q"]), Recorder::<String>::default())
+    {
+        Ok(r) => r
+            .wait()
+            .expect_err("Redis Cluster refuses database 3 at the first handshake"),
+        Err(e) => e,
+    };
+    println!("Redis Cluster, /3: {e}");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("database 0 only"), "{e}");
 }

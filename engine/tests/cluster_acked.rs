@@ -10,7 +10,8 @@
 //! - `CLUSTER FAILOVER` of its primary (Redis answers the blocked pops UNBLOCKED and
 //!   closes, Valkey answers MOVED);
 //! - SIGKILL of its primary;
-//! - `SCRIPT FLUSH` on its primary, as after a restart without its scripts (reliable).
+//! - `SCRIPT FLUSH` on its primary, as after a restart without its scripts (reliable);
+//! - Valkey 9's atomic migration of the source's slot (`CLUSTER MIGRATESLOTS`).
 //!
 //! Each checks the fault came mid-drain, then counts: every message delivered (lost must
 //! be 0), duplicates printed, and nothing left leased or pending at the new owner.
@@ -24,23 +25,9 @@ use ringq_tests::{wait_until, ClusterGroup};
 
 mod support;
 use support::cluster::{cluster_of, push, replicated};
-use support::{builder, on_redis_and_valkey, payloads, xadd, Kind, Recorder, WAIT};
-
-/// A delivery: payload, delivery count, when.
-type Rec = (String, u32, Instant);
-
-/// The longest time between two deliveries after `from`: how long consuming stopped.
-fn longest_stop(seen: &Recorder<Rec>, from: Instant) -> Duration {
-    let mut times: Vec<Instant> = seen.snapshot().into_iter().map(|r| r.2).collect();
-    times.sort_unstable();
-    let mut last = from;
-    let mut worst = Duration::ZERO;
-    for t in times.into_iter().filter(|t| *t >= from) {
-        worst = worst.max(t - last);
-        last = t;
-    }
-    worst
-}
+use support::{
+    builder, longest_stop, on_redis_and_valkey, payloads, xadd, Kind, Rec, Recorder, WAIT,
+};
 
 /// The at-least-once modes.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +46,8 @@ enum Fault {
     /// a reconnect that loads them again. Reliable mode only: a stream drain runs no
     /// script between its start and its first claim.
     ScriptFlush,
+    /// Valkey 9's atomic slot migration (`CLUSTER MIGRATESLOTS`) of the source's slot.
+    AtomicMigration,
 }
 
 on_redis_and_valkey!(
@@ -100,6 +89,14 @@ fn stream_loses_nothing_through_a_failover(kind: Kind) {
 }
 fn stream_loses_nothing_through_a_killed_primary(kind: Kind) {
     loses_nothing(kind, Acked::Stream, Fault::Kill);
+}
+#[test]
+fn reliable_loses_nothing_through_an_atomic_migration_on_valkey() {
+    loses_nothing(Kind::Valkey, Acked::Reliable, Fault::AtomicMigration);
+}
+#[test]
+fn stream_loses_nothing_through_an_atomic_migration_on_valkey() {
+    loses_nothing(Kind::Valkey, Acked::Stream, Fault::AtomicMigration);
 }
 
 /// Fills `source` with `n` messages `<prefix>-<i>` at its node.
@@ -211,6 +208,22 @@ fn loses_nothing(kind: Kind, mode: Acked, fault: Fault) {
             );
             assert_eq!(g.owner_of(&q).unwrap(), 1, "the slot moved");
             println!("{kind:?} {mode:?} reshard: {moved} keys migrated, {during} delivered before");
+        }
+        Fault::AtomicMigration => {
+            // The leased list, retry set and the rest share the queue's slot and move
+            // with it in one step; the old owner answers MOVED from then on.
+            let before = running.stats().redirects;
+            g.migrate_slot_atomic(slot, 0, 1).unwrap();
+            let during = seen.distinct();
+            assert!(
+                during < N,
+                "{mode:?}: the migration ended mid-drain ({during})"
+            );
+            assert_eq!(g.owner_of(&q).unwrap(), 1, "the slot moved");
+            assert!(
+                wait_until(WAIT, || running.stats().redirects > before),
+                "{mode:?}: the old owner's MOVED reached the engine"
+            );
         }
         Fault::Failover => {
             let promoted = g.failover(0).unwrap();

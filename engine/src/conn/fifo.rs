@@ -150,6 +150,16 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         pushed: bool,
         encode: impl FnOnce(&mut BytesMut),
     ) {
+        if self.asking && !pushed && matches!(tag, Tag::Pipe(_)) {
+            // A one-shot flag on the server's side: it covers the next command only.
+            self.wbuf.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
+            self.pending.push_back(Pending {
+                tag: Tag::Asking,
+                deadline: now + allow,
+                allow,
+                pushed: false,
+            });
+        }
         encode(&mut self.wbuf);
         self.pending.push_back(Pending {
             tag,

@@ -108,6 +108,17 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
                 } else {
                     "CLIENT SETNAME".to_owned()
                 };
+                if matches!(tag, Tag::Select) && self.server.cluster && !self.ever_ready {
+                    // Redis Cluster has database 0 only; Valkey 9 has more when
+                    // configured with `cluster-databases`.
+                    return Err(Failure::Fatal(Error::config(format!(
+                        "{what} on {}: {}; this cluster has database 0 only: drop the /{} \
+                         from the URL (Valkey 9 serves more with `cluster-databases`)",
+                        self.peer(),
+                        String::from_utf8_lossy(e.message()),
+                        info.db
+                    ))));
+                }
                 return Err(self.handshake_failure(&what, e));
             }
             (Tag::SetName, _) | (Tag::Select, _) => {}

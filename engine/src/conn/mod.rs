@@ -84,6 +84,9 @@ pub(crate) enum Tag<C> {
     Role,
     /// An idle PING on a connection with nothing in flight.
     Ping,
+    /// The `ASKING` sent before each pipeline command on a connection that follows a
+    /// cluster's ASK redirect (see [`Conn::set_asking`]).
+    Asking,
     /// `CLIENT UNBLOCK` of connection `conn`'s blocked command, sent during a stop on the
     /// Control connection (see `Shard::unblock_blocked`).
     Unblock {
@@ -260,6 +263,9 @@ pub(crate) struct Conn<C> {
     resumed: bool,
     /// The receive was cancelled for a pause (its final completion is still to come).
     recv_cancelled: bool,
+    /// Dialled to follow a cluster's ASK: every pipeline command goes after an
+    /// `ASKING`, which lets the node importing the slot serve it.
+    asking: bool,
     rng: u64,
 }
 
@@ -303,6 +309,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             paused: false,
             resumed: false,
             recv_cancelled: false,
+            asking: false,
             rng: seed | 1,
         }
     }
@@ -446,6 +453,17 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             (crate::url::Address::Cluster { .. }, Some((a, _))) => format!("cluster node {a}"),
             _ => self.cfg.info.to_string(),
         }
+    }
+
+    /// From the next command on, each pipeline command is sent after an `ASKING` (the
+    /// connection was dialled to the node an ASK named), or no longer is.
+    pub(crate) fn set_asking(&mut self, on: bool) {
+        self.asking = on;
+    }
+
+    /// Whether pipeline commands go after an `ASKING`.
+    pub(crate) fn asking(&self) -> bool {
+        self.asking
     }
 
     /// The address this connection dialled last (TCP).

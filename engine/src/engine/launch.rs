@@ -149,6 +149,7 @@ where
         source_names: launch.sources,
         backend,
         features,
+        topology: conn.cluster.clone(),
     };
     if let Some(e) = first_err {
         running.shared.stop_all();

@@ -22,6 +22,8 @@ pub struct Running {
     pub(super) source_names: Vec<String>,
     pub(super) features: Option<RingFeatures>,
     pub(super) backend: IoBackend,
+    /// In a cluster: the topology (its refreshes are counted in the stats).
+    pub(super) topology: Option<Arc<crate::cluster::Topology>>,
 }
 
 /// Stops an engine from any thread (signal handlers included: it only stores a flag and
@@ -39,12 +41,14 @@ impl ShutdownHandle {
 impl Running {
     /// The counters so far, summed over shards.
     pub fn stats(&self) -> Stats {
-        Stats::sum(
+        let mut s = Stats::sum(
             &self.stats,
             &self.worker_latency,
             &self.source_names,
             self.backend,
-        )
+        );
+        s.topology_refreshes = self.topology.as_ref().map_or(0, |t| t.refreshes());
+        s
     }
 
     /// The backend the shards run on (never `Auto`).
@@ -86,8 +90,11 @@ impl Running {
         let names = self.source_names.clone();
         let latency = self.worker_latency.clone();
         let backend = self.backend;
+        let topology = self.topology.clone();
         self.join()?;
-        Ok(Stats::sum(&stats, &latency, &names, backend))
+        let mut s = Stats::sum(&stats, &latency, &names, backend);
+        s.topology_refreshes = topology.map_or(0, |t| t.refreshes());
+        Ok(s)
     }
 
     pub(super) fn join(mut self) -> Result<(), Error> {

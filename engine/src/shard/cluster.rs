@@ -4,6 +4,14 @@
 //!
 //! Each fetch connection has a *route*: the hash slot of its lane's sources (the engine
 //! puts only sources of one slot in a lane). Control follows the shard's first lane.
+//!
+//! ASK (a legacy migration under way: the slot's keys already moved to the importing
+//! node) is followed without touching the map: the slot is noted in `Shard::asks`, and
+//! its connections dial the importing node and send every command after an `ASKING`.
+//! That ends when the map names the importing node as the owner (the migration ended),
+//! when the importing node answers MOVED (the migration was undone), or when the
+//! connection fails for any other reason (it then dials the owner, which answers ASK
+//! again while the migration lasts).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -42,7 +50,11 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         };
         let slot = self.route(id);
         let view = topology.view();
-        let owner = if slot == ANY_NODE {
+        let ask = self.asks.iter().find(|(s, _)| *s == slot).map(|(_, n)| n);
+        self.io.conns[id].set_asking(ask.is_some());
+        let owner = if let Some(n) = ask {
+            Some(n)
+        } else if slot == ANY_NODE {
             // Any primary; after each failed attempt the next one.
             let p = view.primaries();
             let n = self.io.conns[id].failures() as usize;
@@ -92,9 +104,10 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         let Failure::Retry(e) = f else {
             return f;
         };
-        let redirect = match e.server_error().map(|s| s.kind()) {
-            Some(ServerErrorKind::Moved { slot, addr }) => Some((Some(*slot), addr.clone())),
-            Some(ServerErrorKind::Ask { addr, .. }) => Some((None, addr.clone())),
+        let kind = e.server_error().map(|s| s.kind());
+        let redirect = match kind {
+            Some(ServerErrorKind::Moved { slot, addr }) => Some((false, *slot, addr.clone())),
+            Some(ServerErrorKind::Ask { slot, addr }) => Some((true, *slot, addr.clone())),
             _ => None,
         };
         let Some(topology) = self.conn_cfg.cluster.clone() else {
@@ -120,25 +133,36 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             let s = &self.io.stats;
             s.add(&s.redirects, 1);
         }
-        match redirect {
-            Some((Some(slot), addr)) => {
-                let (host, port) = addr.rsplit_once(':').unwrap_or(("?", ""));
-                let host = match host {
-                    // An empty endpoint: the node that answered, on that port.
-                    "" => self.io.conns[id]
-                        .target_addr()
-                        .map(|a| a.ip().to_string())
-                        .unwrap_or_else(|| "?".into()),
-                    h => h.to_owned(),
-                };
-                match port.parse::<u16>() {
-                    Ok(port) if host != "?" => topology.moved(slot, &host, port),
-                    _ => topology.trigger(),
-                }
+        // An asking connection that fails for any reason but the migration's own
+        // refusals goes back to the owner (which answers ASK again while it lasts).
+        if self.io.conns[id].asking() && !matches!(kind, Some(ServerErrorKind::TryAgain)) {
+            let slot = self.route(id);
+            self.asks.retain(|(s, _)| *s != slot);
+        }
+        let Some((ask, slot, addr)) = redirect else {
+            topology.trigger();
+            return Failure::Retry(e);
+        };
+        let (host, port) = addr.rsplit_once(':').unwrap_or(("?", ""));
+        let host = match host {
+            // An empty endpoint: the node that answered, on that port.
+            "" => self.io.conns[id]
+                .target_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|| "?".into()),
+            h => h.to_owned(),
+        };
+        let port = port.parse::<u16>().ok().filter(|_| host != "?");
+        match (ask, port) {
+            (false, Some(port)) => topology.moved(slot, &host, port),
+            (true, Some(port)) => {
+                // ASK changes no map: the slot is still its owner's until the move ends.
+                let id = format!("{host}:{port}");
+                self.asks.retain(|(s, _)| *s != slot);
+                self.asks
+                    .push((slot, crate::cluster::Node { id, host, port }));
             }
-            // ASK changes no map: the slot is still its owner's until the move ends.
-            Some((None, _)) => {}
-            None => topology.trigger(),
+            (_, None) => topology.trigger(),
         }
         Failure::Retry(e)
     }
@@ -157,6 +181,24 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         }
         self.topology_seen = epoch;
         let view = topology.view();
+        // A migration that ended at the node an ASK named: that node is the owner now.
+        let ended: Vec<u16> = self
+            .asks
+            .iter()
+            .filter(|(slot, n)| {
+                view.owner(*slot)
+                    .is_some_and(|o| o.host == n.host && o.port == n.port)
+            })
+            .map(|(slot, _)| *slot)
+            .collect();
+        if !ended.is_empty() {
+            self.asks.retain(|(s, _)| !ended.contains(s));
+            for id in 0..self.io.conns.len() {
+                if ended.contains(&self.route(id)) {
+                    self.io.conns[id].set_asking(false);
+                }
+            }
+        }
         for id in 0..self.io.conns.len() {
             let c = &self.io.conns[id];
             let live = !matches!(
@@ -173,6 +215,10 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             let is_at = |n: &crate::cluster::Node| {
                 n.port == at.port() && n.host.parse::<IpAddr>().map_or(true, |ip| ip == at.ip())
             };
+            if c.asking() && self.asks.iter().any(|(s, n)| *s == slot && is_at(n)) {
+                // Following an ASK: the importing node serves it until the move ends.
+                continue;
+            }
             if slot == ANY_NODE {
                 // Any primary will do: move only off a node that is no longer one.
                 if view.primaries().is_empty() || view.primaries().iter().any(is_at) {

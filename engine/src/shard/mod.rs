@@ -127,6 +127,9 @@ struct Shard<P: Pipeline, B: Backend> {
     /// (see `cluster.rs`).
     routes: Vec<u16>,
     topology_seen: u64,
+    /// In a cluster: slots being migrated whose keys an ASK said are at another node
+    /// now; connections of those slots dial it and send `ASKING` (see `cluster.rs`).
+    asks: Vec<(u16, crate::cluster::Node)>,
     /// Reused for every reply's messages (see [`recycle`]).
     msgs: Vec<Message<'static>>,
     /// Reused for the messages a pipeline had staged.
@@ -229,6 +232,7 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         failovers_seen: 0,
         routes: spec.routes,
         topology_seen: 0,
+        asks: Vec::new(),
         msgs: Vec::with_capacity(1024),
         staged: Vec::new(),
         outcomes: Vec::with_capacity(1024),

@@ -63,6 +63,19 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                     }
                 }
                 Reply::Answer(Tag::Unblock { conn }, frame) => self.on_unblock_reply(conn, &frame),
+                Reply::Answer(Tag::Asking, frame) => {
+                    if frame.first() == Some(&b'-') {
+                        let conn = &self.io.conns[id];
+                        return Err(Failure::Retry(Error::new(
+                            ErrorKind::Server,
+                            format!(
+                                "{} refused ASKING: {}",
+                                conn.peer(),
+                                String::from_utf8_lossy(&frame).trim_end()
+                            ),
+                        )));
+                    }
+                }
                 Reply::Answer(tag, frame) => {
                     let conn = &mut self.io.conns[id];
                     let was_ready_before = conn.ever_ready();

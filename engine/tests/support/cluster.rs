@@ -40,3 +40,32 @@ pub fn replicated(g: &ClusterGroup, key: &str) {
         "the replica acknowledged the writes"
     );
 }
+
+/// RPUSHes `items` to `key` at node `node` after `ASKING`: how a producer that follows
+/// ASK writes to the node importing the key's slot during a legacy migration.
+pub fn push_asking(g: &ClusterGroup, node: usize, key: &str, items: &[String]) {
+    let mut c = g.nodes()[node].client().unwrap();
+    for chunk in items.chunks(100) {
+        // ASKING covers the next command only.
+        c.cmd(["ASKING"]).unwrap();
+        let args: Vec<&str> = ["RPUSH", key]
+            .into_iter()
+            .chain(chunk.iter().map(String::as_str))
+            .collect();
+        let r = c.cmd(args).unwrap();
+        assert!(r.as_integer().is_some(), "RPUSH after ASKING: {r:?}");
+    }
+}
+
+/// Names of connections of an engine (`ringq-…`) connected to node `i`.
+pub fn ringq_clients(g: &ClusterGroup, i: usize) -> usize {
+    g.nodes()[i]
+        .client()
+        .and_then(|mut c| c.client_list())
+        .map(|l| {
+            l.iter()
+                .filter(|c| c.get("name").is_some_and(|n| n.starts_with("ringq-")))
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -363,3 +363,19 @@ pub fn wait_any_blocked(c: &mut TestClient) {
         "no connection ever blocked"
     );
 }
+
+/// A delivery: payload, delivery count, when.
+pub type Rec = (String, u32, Instant);
+
+/// The longest time between two deliveries after `from`: how long consuming stopped.
+pub fn longest_stop(seen: &Recorder<Rec>, from: Instant) -> Duration {
+    let mut times: Vec<Instant> = seen.snapshot().into_iter().map(|r| r.2).collect();
+    times.sort_unstable();
+    let mut last = from;
+    let mut worst = Duration::ZERO;
+    for t in times.into_iter().filter(|t| *t >= from) {
+        worst = worst.max(t - last);
+        last = t;
+    }
+    worst
+}

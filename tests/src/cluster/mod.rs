@@ -20,6 +20,8 @@ use crate::process::free_port;
 use crate::server::RedisServer;
 use crate::wait::wait_until;
 
+mod moves;
+
 /// How long a cluster may take to form or to settle after a change.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -32,6 +34,10 @@ pub struct ClusterGroup {
     nodes: Vec<RedisServer>,
     ids: Vec<String>,
     primaries: usize,
+    /// The server binary (`None`: Debian's `redis-server`), for nodes added later.
+    binary: Option<PathBuf>,
+    /// Extra arguments every node was started with.
+    args: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for ClusterGroup {
@@ -47,6 +53,32 @@ fn start_failed(reason: impl Into<String>) -> Error {
         reason: reason.into(),
         log_tail: String::new(),
     }
+}
+
+/// Starts one cluster-enabled node of `binary` (Debian's `redis-server` when `None`)
+/// with `args`; returns it and its cluster bus port.
+fn start_node(binary: Option<&PathBuf>, args: &[(String, String)]) -> Result<(RedisServer, u16)> {
+    let bus = free_port()?;
+    let mut b = RedisServer::builder()
+        .arg("--cluster-enabled", "yes")
+        .arg("--cluster-config-file", "nodes.conf")
+        .arg("--cluster-node-timeout", "1000")
+        .arg("--cluster-port", bus.to_string())
+        // A replica of a failed primary may take over even when it lagged.
+        .arg("--cluster-replica-validity-factor", "0");
+    for (k, v) in args {
+        b = b.arg(k, v);
+    }
+    if let Some(bin) = binary {
+        b = b.binary(bin);
+    }
+    Ok((b.start()?, bus))
+}
+
+/// A node's cluster id (`CLUSTER MYID`).
+fn node_id(n: &RedisServer) -> Result<String> {
+    let id = n.client()?.cmd(["CLUSTER", "MYID"])?;
+    text(&id).ok_or_else(|| start_failed("CLUSTER MYID: not a string"))
 }
 
 fn text(f: &Frame) -> Option<String> {
@@ -70,25 +102,30 @@ impl ClusterGroup {
     /// # Errors
     /// As [`ClusterGroup::start`].
     pub fn start_with(binary: Option<PathBuf>, primaries: usize) -> Result<Self> {
+        Self::start_configured(binary, primaries, &[])
+    }
+
+    /// As [`ClusterGroup::start_with`], every node started with `args` too (`("--cluster-databases",
+    /// "16")` on Valkey 9, say).
+    ///
+    /// # Errors
+    /// As [`ClusterGroup::start`].
+    pub fn start_configured(
+        binary: Option<PathBuf>,
+        primaries: usize,
+        args: &[(&str, &str)],
+    ) -> Result<Self> {
+        let args: Vec<(String, String)> = args
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let mut nodes = Vec::new();
         for _ in 0..primaries * 2 {
-            let bus = free_port()?;
-            let mut b = RedisServer::builder()
-                .arg("--cluster-enabled", "yes")
-                .arg("--cluster-config-file", "nodes.conf")
-                .arg("--cluster-node-timeout", "1000")
-                .arg("--cluster-port", bus.to_string())
-                // A replica of a failed primary may take over even when it lagged.
-                .arg("--cluster-replica-validity-factor", "0");
-            if let Some(bin) = &binary {
-                b = b.binary(bin);
-            }
-            nodes.push((b.start()?, bus));
+            nodes.push(start_node(binary.as_ref(), &args)?);
         }
         let mut ids = Vec::new();
         for (n, _) in &nodes {
-            let id = n.client()?.cmd(["CLUSTER", "MYID"])?;
-            ids.push(text(&id).ok_or_else(|| start_failed("CLUSTER MYID: not a string"))?);
+            ids.push(node_id(n)?);
         }
         let per = SLOTS / primaries as u32;
         for (i, (n, _)) in nodes.iter().take(primaries).enumerate() {
@@ -123,6 +160,8 @@ impl ClusterGroup {
             nodes: nodes.into_iter().map(|(n, _)| n).collect(),
             ids,
             primaries,
+            binary,
+            args,
         };
         let met = wait_until(SETTLE, || {
             g.nodes.iter().all(|n| {
@@ -310,89 +349,6 @@ impl ClusterGroup {
             }
         }
         Err(start_failed(format!("no key {prefix}N on node {node}")))
-    }
-
-    /// The first half of a legacy migration of `slot` from node `from` to node `to`:
-    /// `IMPORTING` on the target, `MIGRATING` on the source. Until
-    /// [`ClusterGroup::finish_migration`], the source answers ASK for keys it no longer
-    /// has and TRYAGAIN for multi-key commands over present and absent keys.
-    ///
-    /// # Errors
-    /// A node refuses.
-    pub fn begin_migration(&self, slot: u16, from: usize, to: usize) -> Result<()> {
-        let s = slot.to_string();
-        self.nodes[to]
-            .client()?
-            .cmd(["CLUSTER", "SETSLOT", &s, "IMPORTING", &self.ids[from]])?;
-        self.nodes[from]
-            .client()?
-            .cmd(["CLUSTER", "SETSLOT", &s, "MIGRATING", &self.ids[to]])?;
-        Ok(())
-    }
-
-    /// Moves every key of `slot` still at node `from` to node `to` (`MIGRATE`, in
-    /// batches). Returns how many moved.
-    ///
-    /// # Errors
-    /// A node refuses.
-    pub fn migrate_keys(&self, slot: u16, from: usize, to: usize) -> Result<usize> {
-        let mut c = self.nodes[from].client()?;
-        let port = self.nodes[to].port().to_string();
-        let mut moved = 0;
-        loop {
-            let f = c.cmd(["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "100"])?;
-            let keys: Vec<String> = f
-                .as_elements()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(text)
-                .collect();
-            if keys.is_empty() {
-                return Ok(moved);
-            }
-            let mut args: Vec<String> = ["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
-            moved += keys.len();
-            args.extend(keys);
-            c.cmd(args)?;
-        }
-    }
-
-    /// Ends a migration: `SETSLOT NODE` on the target, the source, then every other
-    /// primary (replicas refuse it and learn it from their primary). Blocked clients of
-    /// the slot at the source get MOVED within about a second.
-    ///
-    /// # Errors
-    /// A node refuses.
-    pub fn finish_migration(&self, slot: u16, from: usize, to: usize) -> Result<()> {
-        let s = slot.to_string();
-        let order = [to, from]
-            .into_iter()
-            .chain((0..self.nodes.len()).filter(|&i| i != to && i != from));
-        for i in order {
-            if !self.nodes[i].is_running() {
-                continue;
-            }
-            let mut c = self.nodes[i].client()?;
-            if c.info_field("replication", "role")?.as_deref() != Some("master") {
-                continue;
-            }
-            c.cmd(["CLUSTER", "SETSLOT", &s, "NODE", &self.ids[to]])?;
-        }
-        Ok(())
-    }
-
-    /// A whole legacy migration of `slot` from `from` to `to`.
-    ///
-    /// # Errors
-    /// A node refuses.
-    pub fn migrate_slot(&self, slot: u16, from: usize, to: usize) -> Result<usize> {
-        self.begin_migration(slot, from, to)?;
-        let n = self.migrate_keys(slot, from, to)?;
-        self.finish_migration(slot, from, to)?;
-        Ok(n)
     }
 
     /// The running replica of primary `primary` (its index), if any.
