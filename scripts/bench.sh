@@ -52,10 +52,11 @@ jobs=${RINGQ_JOBS:-2}
 out=${RINGQ_BENCH_OUT:-target/ringq-bench}
 if [[ ${RINGQ_BENCH_QUICK:-0} == 1 ]]; then
     criterion_args=(--warm-up-time 1 --measurement-time 1)
-    batch_messages=100000 single_messages=20000 latency_secs=2
+    batch_messages=100000 single_messages=20000 latency_secs=2 cluster_messages=300000
 else
     criterion_args=(--warm-up-time 1 --measurement-time 3)
-    batch_messages=1000000 single_messages=200000 latency_secs=10
+    # The cluster drain runs at ~20M msgs/s here: 20M messages make a window of ~1 s.
+    batch_messages=1000000 single_messages=200000 latency_secs=10 cluster_messages=20000000
 fi
 bench=target/release/ringq-bench
 url_args=()
@@ -123,6 +124,11 @@ scenarios() {
         step "${prefix}latency-tls" scenario "$dir" latency-tls latency --tls \
             --rate 10000 --duration "$latency_secs" --size 16 --clients ringq,redis-rs
     fi
+    if [[ ${#url_args[@]} -eq 0 ]]; then
+        # A private 3-primary cluster of the same server binary (no replicas).
+        step "${prefix}drain-cluster" scenario "$dir" drain-cluster drain --cluster \
+            --messages "$cluster_messages" --size 16 --clients ringq,redis-rs
+    fi
     step "${prefix}pubsub" scenario "$dir" pubsub pubsub "${url_args[@]}" \
         --messages "$batch_messages" --size 16 --rate 10000 --duration "$latency_secs" \
         --clients ringq,ringq-epoll,redis-rs
@@ -139,7 +145,7 @@ scenarios() {
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
         for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency \
-            drain-batch-tls latency-tls pubsub reliable stream; do
+            drain-batch-tls latency-tls drain-cluster pubsub reliable stream; do
             [[ -f $dir/$name.md ]] || continue
             echo
             cat "$dir/$name.md"

@@ -96,6 +96,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 5] = [
             "clients",
             "backend",
             "pin_cores",
+            "cluster",
             "json",
         ],
     ),
@@ -271,6 +272,14 @@ pub struct Cli {
     /// adds a TLS ÷ plaintext table with the server's CPU per message.
     #[arg(long)]
     pub tls: bool,
+
+    /// drain on a Redis Cluster: a private cluster of 3 primaries (no replicas), or the
+    /// one at --url redis+cluster://…; queues spread evenly over the primaries; ringq
+    /// and redis-rs's cluster client, the server CPU summed over the primaries, and
+    /// ringq on one standalone server with one primary's share (the cluster layer's
+    /// cost). Implied by a redis+cluster:// --url.
+    #[arg(long)]
+    pub cluster: bool,
 
     /// Write the results as JSON here (and the latency plot next to it, as .svg).
     #[arg(long)]

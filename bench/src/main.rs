@@ -24,6 +24,8 @@
 //! - `server`: the embedded `redis-server` (or the one at `--url`), its version, and its
 //!   CPU time (`INFO cpu`).
 //! - `latency`: payload time stamps and histogram summaries.
+//! - `cluster`: `drain --cluster` on a private 3-primary cluster or a `redis+cluster://`
+//!   URL, with redis-rs's cluster client and a standalone node for the layer's cost.
 //! - `acked`: the `reliable` and `stream` scenarios (drains with acks, server CPU per
 //!   message).
 //! - `report`: the one table renderer, the drain and latency rows and targets, the JSON
@@ -37,6 +39,7 @@ mod acked;
 mod child;
 mod cli;
 mod clients;
+mod cluster;
 mod conn;
 mod error;
 mod latency;
@@ -61,7 +64,16 @@ fn main() -> ExitCode {
         return clients::child_main(std::env::var_os(spec::SPEC_ENV));
     }
     let cli = cli::Cli::parse_args();
+    let cluster = cli.cluster
+        || cli
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("redis+cluster://"));
     let result = match cli.scenario {
+        Scenario::Drain if cluster => cluster::run(&cli),
+        _ if cluster => Err(error::Error::new(
+            "--cluster (or a redis+cluster:// URL) runs the drain scenario only, for now",
+        )),
         Scenario::Drain | Scenario::Latency => scenario::run(&cli),
         Scenario::Pubsub => pubsub::run(&cli),
         Scenario::Reliable => acked::run(&cli, acked::Flavor::Reliable),

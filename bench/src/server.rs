@@ -144,7 +144,18 @@ impl Broker {
     /// # Errors
     /// The server cannot be reached or does not answer INFO.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let mut c = RawConn::connect(&self.url)?;
+        cpu_seconds_of(&self.url)
+    }
+}
+
+/// The CPU time so far of the server at `url` (`used_cpu_user + used_cpu_sys` of `INFO
+/// cpu`), in seconds.
+///
+/// # Errors
+/// The server cannot be reached or does not answer INFO.
+pub fn cpu_seconds_of(url: &str) -> Result<f64> {
+    {
+        let mut c = RawConn::connect(url)?;
         let text = match c.command_ok(["INFO", "cpu"])? {
             Frame::BulkString(b) | Frame::SimpleString(b) => {
                 String::from_utf8_lossy(&b).into_owned()

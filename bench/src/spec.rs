@@ -77,9 +77,14 @@ impl ChildSpec {
     /// The spec every scenario starts from: `cli`'s workload flags for client `client`
     /// on `queues` of `broker` (the scenario then sets what it measures).
     pub fn base(cli: &Cli, broker: &Broker, queues: &[String], client: ClientKind) -> Self {
+        Self::for_url(cli, &broker.url, queues, client)
+    }
+
+    /// As [`ChildSpec::base`], for the server (or cluster) at `url`.
+    pub fn for_url(cli: &Cli, url: &str, queues: &[String], client: ClientKind) -> Self {
         Self {
             client,
-            url: broker.url.clone(),
+            url: url.to_owned(),
             queues: queues.to_vec(),
             pop: cli.pop,
             batch: cli.batch.max(1),

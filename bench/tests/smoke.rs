@@ -479,3 +479,53 @@ fn tls_drain_and_latency_run_over_tls_and_say_what_they_skip() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls applies to"));
 }
+
+/// `drain --cluster`: a private 3-primary cluster; ringq and redis-rs's cluster client
+/// each drain every message, the standalone row drains one primary's share, a client
+/// without a cluster consumer is skipped saying so, and the server CPU is measured.
+#[test]
+fn cluster_drain_counts_every_message_for_ringq_and_redis_rs() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cluster.json");
+    let out = run(&[
+        "drain",
+        "--cluster",
+        "--messages",
+        "30000",
+        "--size",
+        "16",
+        "--clients",
+        "ringq,redis-rs,limit",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("limit has no cluster client"),
+        "the skipped client is named"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ringq msgs/s ÷ redis-rs cluster"),
+        "{stdout}"
+    );
+    let report = read_json(&json);
+    let clients = clients(&report, "drain-cluster");
+    assert_eq!(
+        names(&clients),
+        ["ringq", "redis-rs", "ringq, one standalone node"]
+    );
+    for (name, c) in &clients {
+        let want = if name.contains("standalone") {
+            10_000
+        } else {
+            30_000
+        };
+        assert_eq!(c["messages"], want, "{name} counted every message");
+        assert!(
+            c["server_cpu_us_per_msg"].as_f64().is_some_and(|v| v > 0.0),
+            "{name}: the servers' CPU was measured"
+        );
+    }
+}

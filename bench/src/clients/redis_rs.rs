@@ -19,17 +19,10 @@ use crate::error::{Error, Result};
 use crate::spec::ChildSpec;
 
 pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
-    let rt = if spec.shards <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(spec.shards)
-            .enable_all()
-            .build()
+    let rt = runtime(spec)?;
+    if spec.url.starts_with("redis+cluster://") {
+        return run_cluster(spec, sink, rt);
     }
-    .map_err(|e| Error::io("building the tokio runtime", e))?;
     sink.watchdog(super::deadline(spec), || {});
     rt.block_on(async {
         let client = client(spec)?;
@@ -69,8 +62,69 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     Ok(None)
 }
 
-async fn pop_loop(
-    mut con: MultiplexedConnection,
+/// The runtime: current-thread for one shard, multi-thread with `--shards` workers.
+fn runtime(spec: &ChildSpec) -> Result<tokio::runtime::Runtime> {
+    if spec.shards <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(spec.shards)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| Error::io("building the tokio runtime", e))
+}
+
+/// `drain --cluster`: redis-rs's cluster client (`cluster-async`: it reads the slot map,
+/// keeps one multiplexed connection per node and routes each command by its key), with
+/// `--pipeline` tasks per queue, each looping on `BLMPOP … COUNT` over its one queue (a
+/// multi-key pop would span slots).
+fn run_cluster(
+    spec: &ChildSpec,
+    sink: &Arc<Sink>,
+    rt: tokio::runtime::Runtime,
+) -> Result<Option<String>> {
+    let rest = spec.url.trim_start_matches("redis+cluster://");
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let seeds: Vec<String> = hosts
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| format!("redis://{auth}{h}"))
+        .collect();
+    sink.watchdog(super::deadline(spec), || {});
+    rt.block_on(async {
+        let client = redis::cluster::ClusterClientBuilder::new(seeds)
+            .response_timeout(Duration::from_secs(3))
+            .build()?;
+        let con = client.get_async_connection().await?;
+        for q in &spec.queues {
+            for _ in 0..spec.pipeline.max(1) {
+                let (sink, con, keys) = (sink.clone(), con.clone(), vec![q.clone()]);
+                let (pop, batch) = (spec.pop, spec.batch);
+                tokio::spawn(async move {
+                    if let Err(e) = pop_loop(con, keys, pop, batch, &sink).await {
+                        sink.fail(format!("redis-rs cluster: {e}"));
+                    }
+                });
+            }
+        }
+        sink.ready();
+        sink.finished().await;
+        Ok::<_, Error>(())
+    })?;
+    std::mem::forget(rt);
+    Ok(None)
+}
+
+async fn pop_loop<C: redis::aio::ConnectionLike>(
+    mut con: C,
     keys: Vec<String>,
     pop: PopMode,
     batch: u32,

@@ -115,12 +115,30 @@ impl ClusterGroup {
         primaries: usize,
         args: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_nodes(binary, primaries, 1, args)
+    }
+
+    /// `primaries` primaries and no replica (benchmarks: on a small machine a replica
+    /// would take CPU from the primaries being measured).
+    ///
+    /// # Errors
+    /// As [`ClusterGroup::start`].
+    pub fn start_primaries(binary: Option<PathBuf>, primaries: usize) -> Result<Self> {
+        Self::start_nodes(binary, primaries, 0, &[])
+    }
+
+    fn start_nodes(
+        binary: Option<PathBuf>,
+        primaries: usize,
+        replicas: usize,
+        args: &[(&str, &str)],
+    ) -> Result<Self> {
         let args: Vec<(String, String)> = args
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let mut nodes = Vec::new();
-        for _ in 0..primaries * 2 {
+        for _ in 0..primaries * (1 + replicas) {
             nodes.push(start_node(binary.as_ref(), &args)?);
         }
         let mut ids = Vec::new();
