@@ -259,3 +259,89 @@ fn a_primary_added_and_given_slots_is_followed() {
         "{refreshes} refreshes in {elapsed:?}: more than the rate limit allows ({limit})"
     );
 }
+
+/// What one blocking connection per slot group costs, measured (the trade-off the README
+/// documents): 100 idle queues in 100 slots over 3 primaries, one consumer. Counts the
+/// engine's connections on the primaries and the server memory they take there
+/// (`used_memory`), then pushes one message to each queue in turn, while the
+/// other 99 lanes stay blocked, and measures how long each took to arrive. Every
+/// message arrives; the figures are printed, not asserted (no timing in tests).
+#[test]
+fn one_blocking_connection_per_slot_group_measured() {
+    let g = cluster_of(Kind::Redis);
+    let queues: Vec<String> = (0..100).map(|i| format!("idle-{i}")).collect();
+    let slots: std::collections::HashSet<u16> = queues
+        .iter()
+        .map(|q| ringq::key_slot(q.as_bytes()))
+        .collect();
+    let client_mem = || -> i64 {
+        (0..g.primaries())
+            .map(|n| {
+                let mut c = g.nodes()[n].client().unwrap();
+                c.info_field("memory", "used_memory")
+                    .unwrap()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let mem_before = client_mem();
+    let seen = Recorder::<Rec>::default();
+    let running = builder(g.url())
+        .start(PopConsumer::new(queues.clone()).batch(16), seen.clone())
+        .unwrap();
+    let conns = || -> usize { (0..g.primaries()).map(|n| ringq_clients(&g, n)).sum() };
+    assert!(
+        wait_until(WAIT, || conns() >= slots.len()),
+        "a blocking connection per slot: {} of {}",
+        conns(),
+        slots.len()
+    );
+    let blocked = || -> usize {
+        (0..g.primaries())
+            .map(|n| support::blocked_clients(&mut g.nodes()[n].client().unwrap()))
+            .sum()
+    };
+    assert!(
+        wait_until(WAIT, || blocked() >= slots.len()),
+        "every lane blocked: {} of {}",
+        blocked(),
+        slots.len()
+    );
+    let per_conn = (client_mem() - mem_before) / conns() as i64;
+    let mut pushed = Vec::new();
+    for (i, q) in queues.iter().enumerate() {
+        let before = seen.len();
+        let at = Instant::now();
+        push(&g, q, &[format!("wake-{i}")]);
+        pushed.push(at);
+        assert!(
+            wait_until(WAIT, || seen.len() > before),
+            "the message to {q} arrived"
+        );
+    }
+    let mut waits: Vec<Duration> = seen
+        .snapshot()
+        .into_iter()
+        .map(|(p, _, when)| {
+            let i: usize = p.trim_start_matches("wake-").parse().unwrap();
+            when - pushed[i]
+        })
+        .collect();
+    waits.sort_unstable();
+    let n_conns = conns();
+    let stats = running.shutdown().unwrap();
+    let (distinct, dups) = seen.tally();
+    println!(
+        "100 idle queues in {} slots over {} primaries: {} connections, ~{per_conn} bytes of server \
+         memory each; push-to-handler while the other lanes stay \
+         blocked: median {:?}, max {:?} (includes the test client's own round trip)",
+        slots.len(),
+        g.primaries(),
+        n_conns,
+        waits[waits.len() / 2],
+        waits[waits.len() - 1]
+    );
+    assert_eq!((distinct, dups), (100, 0));
+    assert_eq!(stats.possibly_lost, 0);
+}
