@@ -13,10 +13,15 @@
 //! - `SCRIPT FLUSH` on its primary, as after a restart without its scripts (reliable);
 //! - Valkey 9's atomic migration of the source's slot (`CLUSTER MIGRATESLOTS`).
 //!
+//! Through the two slot moves, half the messages come from a steady producer that
+//! follows the cluster (MOVED, ASK with ASKING, TRYAGAIN) and is still writing when the
+//! slot moves (its last 100 wait for the move to end).
+//!
 //! Each checks the fault came mid-drain, then counts: every message delivered (lost must
 //! be 0), duplicates printed, and nothing left leased or pending at the new owner.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ringq::{ReliableConsumer, Running, StartAt, StreamConsumer};
@@ -24,7 +29,7 @@ use ringq_resp::Frame;
 use ringq_tests::{wait_until, ClusterGroup};
 
 mod support;
-use support::cluster::{cluster_of, push, replicated};
+use support::cluster::{cluster_of, push, replicated, Producer};
 use support::{
     builder, longest_stop, on_redis_and_valkey, payloads, xadd, Kind, Rec, Recorder, WAIT,
 };
@@ -180,71 +185,121 @@ fn loses_nothing(kind: Kind, mode: Acked, fault: Fault) {
     let q = g.key_on(0, "fq").unwrap();
     let slot = g.slot_of(&q).unwrap();
     const N: usize = 20_000;
-    fill(&g, mode, &q, "m", N);
+    // Through a slot move, half the messages come from a steady producer that follows
+    // the cluster (MOVED, ASK, TRYAGAIN) while the slot moves.
+    let produce = matches!(fault, Fault::Reshard | Fault::AtomicMigration);
+    let later = if produce { N / 2 } else { 0 };
+    fill(&g, mode, &q, "m", N - later);
     replicated(&g, &q);
     let seen = Recorder::<Rec>::default();
     let running = start(&g, mode, std::slice::from_ref(&q), &seen);
     assert!(wait_until(WAIT, || seen.len() >= 1000), "draining");
     let at = Instant::now();
-    match fault {
-        Fault::Reshard => {
-            // While some keys of the slot are at each node, the multi-key scripts get
-            // TRYAGAIN (reliable); once all have moved, everything gets ASK. A stream is one
-            // key: it is served at the source until it moves.
-            let before = running.stats().redirects;
-            g.begin_migration(slot, 0, 1).unwrap();
-            std::thread::sleep(Duration::from_millis(300));
-            let during = seen.distinct();
-            let moved = g.migrate_keys(slot, 0, 1).unwrap();
-            assert!(
-                wait_until(WAIT, || running.stats().redirects > before),
-                "{mode:?}: the migration reached the engine"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-            g.finish_migration(slot, 0, 1).unwrap();
-            assert!(
-                during < N,
-                "{mode:?}: the reshard came mid-drain ({during})"
-            );
-            assert_eq!(g.owner_of(&q).unwrap(), 1, "the slot moved");
-            println!("{kind:?} {mode:?} reshard: {moved} keys migrated, {during} delivered before");
+    let produced = AtomicUsize::new(0);
+    let followed = AtomicUsize::new(0);
+    let moved = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        if produce {
+            scope.spawn(|| {
+                let mut p = Producer::new(&g, &q);
+                for i in 0..later {
+                    // The last 100 wait for the end of the move: the producer is still
+                    // writing when the slot moves, and meets the move itself.
+                    while i == later - 100 && !moved.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    let payload = format!("p-{i:08}");
+                    let n = match mode {
+                        Acked::Reliable => p.run(&["RPUSH", &q, &payload]),
+                        Acked::Stream => p.run(&["XADD", &q, "*", "payload", &payload]),
+                    };
+                    followed.fetch_add(n, Ordering::Relaxed);
+                    produced.fetch_add(1, Ordering::Relaxed);
+                    if i % 20 == 19 {
+                        // About 4 000 messages a second: the move happens mid-production.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            });
         }
-        Fault::AtomicMigration => {
-            // The leased list, retry set and the rest share the queue's slot and move
-            // with it in one step; the old owner answers MOVED from then on.
-            let before = running.stats().redirects;
-            g.migrate_slot_atomic(slot, 0, 1).unwrap();
-            let during = seen.distinct();
-            assert!(
-                during < N,
-                "{mode:?}: the migration ended mid-drain ({during})"
-            );
-            assert_eq!(g.owner_of(&q).unwrap(), 1, "the slot moved");
-            assert!(
-                wait_until(WAIT, || running.stats().redirects > before),
-                "{mode:?}: the old owner's MOVED reached the engine"
-            );
+        let produced_before = produced.load(Ordering::Relaxed);
+        match fault {
+            Fault::Reshard => {
+                // While some keys of the slot are at each node, the multi-key scripts get
+                // TRYAGAIN (reliable); once all have moved, everything gets ASK. A stream is one
+                // key: it is served at the source until it moves.
+                let before = running.stats().redirects;
+                g.begin_migration(slot, 0, 1).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                let during = seen.distinct();
+                let moved = g.migrate_keys(slot, 0, 1).unwrap();
+                assert!(
+                    wait_until(WAIT, || running.stats().redirects > before),
+                    "{mode:?}: the migration reached the engine"
+                );
+                std::thread::sleep(Duration::from_millis(300));
+                g.finish_migration(slot, 0, 1).unwrap();
+                assert!(
+                    during < N,
+                    "{mode:?}: the reshard came mid-drain ({during})"
+                );
+                assert_eq!(g.owner_of(&q).unwrap(), 1, "the slot moved");
+                println!(
+                    "{kind:?} {mode:?} reshard: {moved} keys migrated, {during} delivered before"
+                );
+            }
+            Fault::AtomicMigration => {
+                // The leased list, retry set and the rest share the queue's slot and move
+                // with it in one step; the old owner answers MOVED from then on.
+                let before = running.stats().redirects;
+                g.migrate_slot_atomic(slot, 0, 1).unwrap();
+                let during = seen.distinct();
+                assert!(
+                    during < N,
+                    "{mode:?}: the migration ended mid-drain ({during})"
+                );
+                assert_eq!(g.owner_of(&q).unwrap(), 1, "the slot moved");
+                assert!(
+                    wait_until(WAIT, || running.stats().redirects > before),
+                    "{mode:?}: the old owner's MOVED reached the engine"
+                );
+            }
+            Fault::Failover => {
+                let promoted = g.failover(0).unwrap();
+                assert!(seen.distinct() < N, "{mode:?}: the failover came mid-drain");
+                assert_eq!(g.owner_of(&q).unwrap(), promoted);
+            }
+            Fault::ScriptFlush => {
+                let before = running.stats().reconnects;
+                g.client_for(&q).unwrap().cmd(["SCRIPT", "FLUSH"]).unwrap();
+                assert!(seen.distinct() < N, "{mode:?}: the flush came mid-drain");
+                assert!(
+                    wait_until(WAIT, || running.stats().reconnects > before),
+                    "{mode:?}: the engine met NOSCRIPT and reconnected"
+                );
+            }
+            Fault::Kill => {
+                let replica = g.replica_of(0).unwrap().expect("a replica");
+                g.nodes()[0].kill().unwrap();
+                assert!(seen.distinct() < N, "{mode:?}: the kill came mid-drain");
+                g.wait_primary(replica).unwrap();
+            }
         }
-        Fault::Failover => {
-            let promoted = g.failover(0).unwrap();
-            assert!(seen.distinct() < N, "{mode:?}: the failover came mid-drain");
-            assert_eq!(g.owner_of(&q).unwrap(), promoted);
+        if produce {
+            let during = produced.load(Ordering::Relaxed);
+            println!(
+            "{kind:?} {mode:?} {fault:?}: the producer wrote {produced_before} before the move \
+             and {} during it",
+            during - produced_before
+        );
         }
-        Fault::ScriptFlush => {
-            let before = running.stats().reconnects;
-            g.client_for(&q).unwrap().cmd(["SCRIPT", "FLUSH"]).unwrap();
-            assert!(seen.distinct() < N, "{mode:?}: the flush came mid-drain");
-            assert!(
-                wait_until(WAIT, || running.stats().reconnects > before),
-                "{mode:?}: the engine met NOSCRIPT and reconnected"
-            );
-        }
-        Fault::Kill => {
-            let replica = g.replica_of(0).unwrap().expect("a replica");
-            g.nodes()[0].kill().unwrap();
-            assert!(seen.distinct() < N, "{mode:?}: the kill came mid-drain");
-            g.wait_primary(replica).unwrap();
-        }
+        moved.store(true, Ordering::Relaxed);
+    });
+    if produce {
+        assert!(
+            followed.load(Ordering::Relaxed) >= 1,
+            "{mode:?} {fault:?}: the producer met the move too"
+        );
     }
     let at_fault = seen.distinct();
     assert!(

@@ -69,3 +69,73 @@ pub fn ringq_clients(g: &ClusterGroup, i: usize) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A producer that follows the cluster as a cluster client does: each command goes to
+/// the node it last heard owns the key; MOVED switches node, ASK sends `ASKING` and the
+/// command to the node named (once), TRYAGAIN and CLUSTERDOWN wait and try again.
+pub struct Producer<'g> {
+    g: &'g ClusterGroup,
+    node: usize,
+    clients: Vec<Option<ringq_tests::TestClient>>,
+}
+
+impl<'g> Producer<'g> {
+    /// A producer for `key`, starting at its current owner.
+    pub fn new(g: &'g ClusterGroup, key: &str) -> Self {
+        Self {
+            g,
+            node: g.owner_of(key).unwrap(),
+            clients: (0..g.nodes().len()).map(|_| None).collect(),
+        }
+    }
+
+    fn client(&mut self, node: usize) -> &mut ringq_tests::TestClient {
+        let g = self.g;
+        self.clients[node].get_or_insert_with(|| g.nodes()[node].client().unwrap())
+    }
+
+    fn node_at(&self, addr: &str) -> usize {
+        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        self.g
+            .ports()
+            .iter()
+            .position(|p| *p == port)
+            .unwrap_or_else(|| panic!("a redirect to an unknown node {addr}"))
+    }
+
+    /// Runs `args` (one key's write) until a node accepts it. Returns how many redirects
+    /// it followed.
+    pub fn run(&mut self, args: &[&str]) -> usize {
+        use ringq_resp::ServerErrorKind as K;
+        let mut redirects = 0;
+        for _ in 0..1000 {
+            let node = self.node;
+            let r = self.client(node).cmd(args.iter().copied());
+            let e = match r {
+                Ok(_) => return redirects,
+                Err(e) => e,
+            };
+            redirects += 1;
+            match e.server_error_kind() {
+                Some(K::Moved { addr, .. }) => self.node = self.node_at(addr),
+                Some(K::Ask { addr, .. }) => {
+                    let to = self.node_at(addr);
+                    let c = self.client(to);
+                    c.cmd(["ASKING"]).unwrap();
+                    match c.cmd(args.iter().copied()) {
+                        Ok(_) => return redirects,
+                        Err(e) if e.server_error_kind() == Some(&K::TryAgain) => {
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                        }
+                        Err(e) => panic!("{args:?} after ASKING: {e}"),
+                    }
+                }
+                Some(K::TryAgain | K::ClusterDown) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                _ => panic!("{args:?}: {e}"),
+            }
+        }
+        panic!("{args:?}: no node accepted it after 1000 tries")
+    }
+}
