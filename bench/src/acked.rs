@@ -20,13 +20,47 @@ use serde::Serialize;
 
 use crate::child;
 use crate::cli::{Cli, ClientKind};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::load;
 use crate::noise::measured;
 use crate::progress;
 use crate::report::{join_notes, opt, ratio, verdict, write_file, Table};
-use crate::server::Broker;
+use crate::server::{cpu_seconds_of, Broker};
 use crate::spec::{ChildSpec, RELIABLE_ID, STREAM_GROUP};
+use ringq::envelope::keys;
+
+/// Where the scenario runs: one server, or a cluster (`--cluster`).
+enum At {
+    One(Broker),
+    Cluster(Cluster),
+}
+
+impl At {
+    /// The URL the consumers connect to.
+    fn url(&self) -> &str {
+        match self {
+            At::One(b) => &b.url,
+            At::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The URL of the server that holds `key`.
+    fn node_url(&self, key: &str) -> &str {
+        match self {
+            At::One(b) => &b.url,
+            At::Cluster(c) => c.node_url(key),
+        }
+    }
+
+    /// The servers' CPU seconds so far (summed over a cluster's primaries).
+    fn cpu_seconds(&self) -> Result<f64> {
+        match self {
+            At::One(b) => cpu_seconds_of(&b.url),
+            At::Cluster(c) => c.cpu_seconds(),
+        }
+    }
+}
 
 /// Which at-least-once scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +91,7 @@ struct Outcome {
 /// # Errors
 /// Bad options, a server that cannot be started or reached, an output file that cannot be
 /// written. A client that fails is a row in the table.
-pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
+pub fn run(cli: &Cli, cluster: bool, flavor: Flavor) -> Result<()> {
     if cli.clients.is_empty() {
         return Err(Error::new("--clients names no client"));
     }
@@ -66,51 +100,80 @@ pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
             "--tls applies to the drain and latency scenarios (this one runs over plaintext)",
         ));
     }
-    let broker = Broker::open(cli.url.as_deref())?;
-    if broker.redis_version < (6, 2, 0) {
-        return Err(Error::new(format!(
-            "{} has no LMOVE/BLMOVE or RPOP with a count (Redis 6.2+): reliable mode needs them",
-            broker.version
-        )));
-    }
-    let stream = flavor == Flavor::Stream;
-    let queues = vec![if stream {
-        "ringq-bench:s"
+    let at = if cluster {
+        At::Cluster(Cluster::open(cli.url.as_deref())?)
     } else {
-        "ringq-bench:rq"
-    }
-    .to_owned()];
-    let keys_of = |id: &str| {
+        let broker = Broker::open(cli.url.as_deref())?;
+        if broker.redis_version < (6, 2, 0) {
+            return Err(Error::new(format!(
+                "{} has no LMOVE/BLMOVE or RPOP with a count (Redis 6.2+): reliable mode \
+                 needs them",
+                broker.version
+            )));
+        }
+        At::One(broker)
+    };
+    let stream = flavor == Flavor::Stream;
+    // One source; on a cluster one per primary.
+    let queues = match &at {
+        At::One(_) => vec![if stream {
+            "ringq-bench:s"
+        } else {
+            "ringq-bench:rq"
+        }
+        .to_owned()],
+        At::Cluster(c) => c.queues(c.primaries()),
+    };
+    // Every key a run may leave behind, by source: the source, ringq's leased list,
+    // lease hash, heartbeat and sets, and the redis-rs baseline's processing list.
+    let keys_of = |q: &str| -> Vec<String> {
+        let k = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        let (qb, id) = (q.as_bytes(), RELIABLE_ID.as_bytes());
         vec![
-            queues[0].clone(),
-            format!("{{{}}}:processing:{id}", queues[0]),
-            format!("{{{}}}:consumer:{id}", queues[0]),
-            format!("{{{}}}:consumers", queues[0]),
-            format!("{{{}}}:sweep", queues[0]),
+            q.to_owned(),
+            k(keys::processing(qb, id)),
+            format!("{{{q}}}:processing:{RELIABLE_ID}"),
+            k(keys::lease(qb, id)),
+            k(keys::heartbeat(qb, id)),
+            k(keys::consumers(qb)),
+            k(keys::sweep(qb)),
+            k(keys::retry(qb)),
         ]
     };
-    let all_keys = keys_of(RELIABLE_ID);
     let n = cli.messages.max(1);
+    let per = (n / queues.len() as u64).max(1);
+    let n = per * queues.len() as u64;
+    let what = match &at {
+        At::One(b) => format!(
+            "in 1 {}; {}",
+            if stream { "stream" } else { "queue" },
+            b.label()
+        ),
+        At::Cluster(c) => format!(
+            "in {} {}, one per primary of a {}cluster",
+            queues.len(),
+            if stream { "streams" } else { "queues" },
+            if c.is_embedded() { "private " } else { "" }
+        ),
+    };
     let title = if stream {
         format!(
-            "stream (consumer group, acked): {n} entries of {} B in 1 stream; batch {}, pipeline {}; {}",
-            cli.size,
-            cli.batch,
-            cli.pipeline,
-            broker.label()
+            "stream (consumer group, acked): {n} entries of {} B {what}; batch {}, pipeline {}",
+            cli.size, cli.batch, cli.pipeline,
         )
     } else {
         format!(
-            "reliable (at-least-once, acked): {n} messages of {} B in 1 queue; batch {}, pipeline {}; {}",
-            cli.size,
-            cli.batch,
-            cli.pipeline,
-            broker.label()
+            "reliable (at-least-once, acked): {n} messages of {} B {what}; batch {}, pipeline {}",
+            cli.size, cli.batch, cli.pipeline,
         )
     };
     eprintln!("{title}");
     let mut runs: Vec<(ClientKind, bool, &'static str)> = Vec::new();
     for &kind in &cli.clients {
+        if matches!(at, At::Cluster(_)) && kind == ClientKind::Limit {
+            eprintln!("ringq-bench: limit has no cluster client; skipped with --cluster");
+            continue;
+        }
         match (kind, stream) {
             (ClientKind::Ringq, false) => {
                 runs.push((kind, true, "ringq reliable"));
@@ -129,30 +192,48 @@ pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
         }
     }
     let mut results = Vec::new();
+    let delete_all = || -> Result<()> {
+        for q in &queues {
+            load::delete(at.node_url(q), &keys_of(q))?;
+        }
+        Ok(())
+    };
     for (kind, reliable, name) in runs {
-        load::delete(&broker.url, &all_keys)?;
+        delete_all()?;
         let pb = progress::bar(n, &format!("filling for {name}"));
-        if stream {
-            load::fill_stream(&broker.url, &queues[0], STREAM_GROUP, n, cli.size, &pb)?;
-        } else {
-            load::fill(&broker.url, &queues, n, cli.size, &pb)?;
+        for q in &queues {
+            let url = at.node_url(q);
+            if stream {
+                load::fill_stream(url, q, STREAM_GROUP, per, cli.size, &pb)?;
+            } else {
+                load::fill(url, std::slice::from_ref(q), per, cli.size, &pb)?;
+            }
         }
         pb.finish_and_clear();
-        let mut spec = ChildSpec::base(cli, &broker, &queues, kind);
+        let mut spec = ChildSpec::for_url(cli, at.url(), &queues, kind);
         spec.reliable = reliable && !stream;
         spec.stream = stream;
         spec.expected = n;
         spec.shards = 1;
+        spec.connections = queues.len();
         spec.deadline_secs = 60.0 + n as f64 / 2000.0;
         eprintln!("draining: {name} ...");
-        let before = broker.cpu_seconds()?;
-        let (outcome, noise) = measured(&broker, || child::run(&spec, || Ok(())));
-        let after = broker.cpu_seconds()?;
-        let left = if stream {
-            load::stream_left(&broker.url, &queues[0], STREAM_GROUP)?
-        } else {
-            load::total_len(&broker.url, &all_keys[..2])?
+        let before = at.cpu_seconds()?;
+        let (outcome, noise) = match &at {
+            At::One(broker) => measured(broker, || child::run(&spec, || Ok(()))),
+            At::Cluster(_) => (child::run(&spec, || Ok(())), None),
         };
+        let after = at.cpu_seconds()?;
+        let mut left = 0;
+        for q in &queues {
+            let url = at.node_url(q);
+            left += if stream {
+                load::stream_left(url, q, STREAM_GROUP)?
+            } else {
+                // Still queued, or leased by ringq or the baseline.
+                load::total_len(url, &keys_of(q)[..3])?
+            };
+        }
         let note = (left > 0).then(|| format!("{left} messages left queued, leased or pending"));
         let note = join_notes(note, noise);
         match outcome {
@@ -182,7 +263,7 @@ pub fn run(cli: &Cli, flavor: Flavor) -> Result<()> {
             }
         }
     }
-    let _ = load::delete(&broker.url, &all_keys);
+    let _ = delete_all();
     print!("{}", render(&title, &results, flavor));
     if let Some(path) = &cli.json {
         let json = serde_json::json!({

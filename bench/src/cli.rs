@@ -159,6 +159,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 5] = [
             "clients",
             "backend",
             "pin_cores",
+            "cluster",
             "json",
         ],
     ),
@@ -177,6 +178,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 5] = [
             "clients",
             "backend",
             "pin_cores",
+            "cluster",
             "json",
         ],
     ),
@@ -273,11 +275,12 @@ pub struct Cli {
     #[arg(long)]
     pub tls: bool,
 
-    /// drain on a Redis Cluster: a private cluster of 3 primaries (no replicas), or the
-    /// one at --url redis+cluster://…; queues spread evenly over the primaries; ringq
-    /// and redis-rs's cluster client, the server CPU summed over the primaries, and
-    /// ringq on one standalone server with one primary's share (the cluster layer's
-    /// cost). Implied by a redis+cluster:// --url.
+    /// drain, reliable and stream on a Redis Cluster: a private cluster of 3 primaries
+    /// (no replicas), or the one at --url redis+cluster://…; sources spread evenly over
+    /// the primaries (reliable and stream: one per primary); ringq and redis-rs's cluster
+    /// client, the server CPU summed over the primaries; drain adds ringq on one
+    /// standalone server with one primary's share (the cluster layer's cost). Implied by
+    /// a redis+cluster:// --url.
     #[arg(long)]
     pub cluster: bool,
 

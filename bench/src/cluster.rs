@@ -29,7 +29,7 @@ use crate::spec::ChildSpec;
 const PRIMARIES: usize = 3;
 
 /// The cluster under test: its URL, its primaries and which slots each serves.
-struct Cluster {
+pub struct Cluster {
     url: String,
     /// `redis://host:port` of each primary.
     nodes: Vec<String>,
@@ -40,7 +40,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn open(url: Option<&str>) -> Result<Self> {
+    /// The private cluster, or the one at `url` (a `redis+cluster://` URL).
+    ///
+    /// # Errors
+    /// The cluster does not start, or no seed answers `CLUSTER SLOTS`.
+    pub fn open(url: Option<&str>) -> Result<Self> {
         let (url, embedded) = match url {
             Some(u) => {
                 if !u.starts_with("redis+cluster://") {
@@ -129,7 +133,7 @@ impl Cluster {
     }
 
     /// `n` queue names (at least one per primary), queue `i` on primary `i mod P`.
-    fn queues(&self, n: usize) -> Vec<String> {
+    pub fn queues(&self, n: usize) -> Vec<String> {
         let p = self.nodes.len();
         (0..n.max(p))
             .map(|i| {
@@ -181,8 +185,28 @@ impl Cluster {
         Ok(n)
     }
 
+    /// The `redis://` URL of the primary that serves `key`.
+    pub fn node_url(&self, key: &str) -> &str {
+        &self.nodes[self.node_of(key)]
+    }
+
+    /// The cluster URL the consumers connect to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Primaries.
+    pub fn primaries(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether this is the private cluster.
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
     /// CPU seconds so far, summed over the primaries.
-    fn cpu_seconds(&self) -> Result<f64> {
+    pub fn cpu_seconds(&self) -> Result<f64> {
         let mut s = 0.0;
         for url in &self.nodes {
             s += cpu_seconds_of(url)?;

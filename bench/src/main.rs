@@ -71,13 +71,14 @@ fn main() -> ExitCode {
             .is_some_and(|u| u.starts_with("redis+cluster://"));
     let result = match cli.scenario {
         Scenario::Drain if cluster => cluster::run(&cli),
-        _ if cluster => Err(error::Error::new(
-            "--cluster (or a redis+cluster:// URL) runs the drain scenario only, for now",
+        Scenario::Latency | Scenario::Pubsub if cluster => Err(error::Error::new(
+            "--cluster (or a redis+cluster:// URL) runs the drain, reliable and stream \
+             scenarios, not this one yet",
         )),
         Scenario::Drain | Scenario::Latency => scenario::run(&cli),
         Scenario::Pubsub => pubsub::run(&cli),
-        Scenario::Reliable => acked::run(&cli, acked::Flavor::Reliable),
-        Scenario::Stream => acked::run(&cli, acked::Flavor::Stream),
+        Scenario::Reliable => acked::run(&cli, cluster, acked::Flavor::Reliable),
+        Scenario::Stream => acked::run(&cli, cluster, acked::Flavor::Stream),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

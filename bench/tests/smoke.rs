@@ -529,3 +529,48 @@ fn cluster_drain_counts_every_message_for_ringq_and_redis_rs() {
         );
     }
 }
+
+/// `reliable --cluster` and `stream --cluster`: one source per primary of a private
+/// cluster; every client drains every message and leaves nothing leased or pending.
+#[test]
+fn reliable_and_stream_run_on_a_cluster() {
+    for (scenario, rows) in [
+        (
+            "reliable",
+            &[
+                "ringq reliable",
+                "ringq pop (at-most-once)",
+                "redis-rs LMOVE+LREM",
+            ][..],
+        ),
+        ("stream", &["ringq stream", "redis-rs XREADGROUP+XACK"][..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("acked.json");
+        let out = run(&[
+            scenario,
+            "--cluster",
+            "--messages",
+            "30000",
+            "--size",
+            "16",
+            "--clients",
+            "ringq,redis-rs,limit",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{scenario}");
+        let report = read_json(&json);
+        let clients = report["clients"].as_array().expect("clients");
+        let names: Vec<&str> = clients.iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, rows, "{scenario}");
+        for c in clients {
+            assert_eq!(c["messages"], 30_000, "{scenario}: {c}");
+            assert_eq!(c["left"], 0, "{scenario}: nothing left: {c}");
+            assert!(
+                c["server_cpu_us_per_msg"].as_f64().is_some_and(|v| v > 0.0),
+                "{scenario}: {c}"
+            );
+        }
+    }
+}

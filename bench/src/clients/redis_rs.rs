@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
 use super::{Sink, BLOCK_SECS};
@@ -77,10 +76,10 @@ fn runtime(spec: &ChildSpec) -> Result<tokio::runtime::Runtime> {
     .map_err(|e| Error::io("building the tokio runtime", e))
 }
 
-/// `drain --cluster`: redis-rs's cluster client (`cluster-async`: it reads the slot map,
-/// keeps one multiplexed connection per node and routes each command by its key), with
-/// `--pipeline` tasks per queue, each looping on `BLMPOP … COUNT` over its one queue (a
-/// multi-key pop would span slots).
+/// `--cluster`: redis-rs's cluster client (`cluster-async`: it reads the slot map, keeps
+/// one multiplexed connection per node and routes each command by its key), with
+/// `--pipeline` tasks per source, each running the scenario's loop over its one source
+/// (a multi-key command would span slots).
 fn run_cluster(
     spec: &ChildSpec,
     sink: &Arc<Sink>,
@@ -107,9 +106,17 @@ fn run_cluster(
         for q in &spec.queues {
             for _ in 0..spec.pipeline.max(1) {
                 let (sink, con, keys) = (sink.clone(), con.clone(), vec![q.clone()]);
-                let (pop, batch) = (spec.pop, spec.batch);
+                let (pop, batch, reliable, stream) =
+                    (spec.pop, spec.batch, spec.reliable, spec.stream);
                 tokio::spawn(async move {
-                    if let Err(e) = pop_loop(con, keys, pop, batch, &sink).await {
+                    let r = if stream {
+                        group_loop(con, keys, batch, &sink).await
+                    } else if reliable {
+                        lease_loop(con, keys, batch, &sink).await
+                    } else {
+                        pop_loop(con, keys, pop, batch, &sink).await
+                    };
+                    if let Err(e) = r {
                         sink.fail(format!("redis-rs cluster: {e}"));
                     }
                 });
@@ -166,8 +173,8 @@ async fn pop_loop<C: redis::aio::ConnectionLike>(
 /// of `LREM {q}:processing:<id> -1 element` for each; `BLMOVE` when the queue is empty.
 /// The `--pipeline` tasks are multiplexed on the connection. The first queue of the lane
 /// only: this baseline is measured with one queue.
-async fn lease_loop(
-    mut con: MultiplexedConnection,
+async fn lease_loop<C: redis::aio::ConnectionLike>(
+    mut con: C,
     keys: Vec<String>,
     batch: u32,
     sink: &Sink,
@@ -216,8 +223,8 @@ async fn lease_loop(
 /// COUNT batch STREAMS s >` (with `BLOCK` once empty) decoded into owned values, handle
 /// each entry's payload, then one `XACK` with every id. The `--pipeline` tasks are
 /// multiplexed on the connection.
-async fn group_loop(
-    mut con: MultiplexedConnection,
+async fn group_loop<C: redis::aio::ConnectionLike>(
+    mut con: C,
     keys: Vec<String>,
     batch: u32,
     sink: &Sink,
