@@ -36,6 +36,7 @@ pub(crate) struct ShardStats {
     pub max_in_flight_bytes: AtomicU64,
     pub stalls: AtomicU64,
     pub redirects: AtomicU64,
+    pub foreign_leases: AtomicU64,
     pub late_messages: AtomicU64,
     pub unanswered_pops: AtomicU64,
     pub possibly_lost: AtomicU64,
@@ -72,6 +73,7 @@ impl ShardStats {
             max_in_flight_bytes: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             redirects: AtomicU64::new(0),
+            foreign_leases: AtomicU64::new(0),
             late_messages: AtomicU64::new(0),
             unanswered_pops: AtomicU64::new(0),
             possibly_lost: AtomicU64::new(0),
@@ -144,6 +146,11 @@ pub struct Stats {
     /// In a cluster: commands the cluster answered with MOVED, ASK, TRYAGAIN or
     /// CLUSTERDOWN (each ran nowhere; the engine followed the slot or tried again).
     pub redirects: u64,
+    /// Reliable mode: elements found in this consumer's leased lists that it did not
+    /// lease (a lease that reached the server from a connection it had given up, or from
+    /// another process running with the same consumer id). None is settled by mistake:
+    /// each is given back to its queue by the recovery that follows.
+    pub foreign_leases: u64,
     /// Messages delivered by the late replies of stalled connections.
     pub late_messages: u64,
     /// Pops whose connection was lost (or closed at a drain limit or a stop) before they
@@ -240,6 +247,7 @@ impl Stats {
                 .unwrap_or(0),
             stalls: total(|s| &s.stalls),
             redirects: total(|s| &s.redirects),
+            foreign_leases: total(|s| &s.foreign_leases),
             late_messages: total(|s| &s.late_messages),
             unanswered_pops: total(|s| &s.unanswered_pops),
             possibly_lost: total(|s| &s.possibly_lost),

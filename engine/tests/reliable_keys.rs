@@ -1,7 +1,9 @@
 //! Reliable mode's records on the server (issue 23): leases recorded by position and
 //! settled by reference, whatever order outcomes come in; every key a queue's alone,
 //! whatever its name; and an upgrade from ringq 0.1's processing lists (acked by value)
-//! with messages in flight, which loses nothing.
+//! with messages in flight, which loses nothing. And an element that lands in a leased
+//! list without this consumer leasing it (a second process with the same id, or a late
+//! command of a connection given up) is never settled in place of one of its own.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ mod support;
 use support::{builder, on_redis_and_valkey, payloads, start, Kind, WAIT};
 
 on_redis_and_valkey!(
+    a_lease_this_consumer_did_not_make_is_never_settled_by_mistake,
     outcomes_in_any_order_settle_by_position_and_lose_nothing,
     queues_whose_names_used_to_meet_keep_their_messages_apart,
     an_upgrade_from_processing_lists_with_messages_in_flight_loses_nothing,
@@ -240,4 +243,61 @@ fn an_upgrade_from_processing_lists_with_messages_in_flight_loses_nothing(kind: 
         3,
         "the dead letters moved"
     );
+}
+
+/// Mid-drain, a second process with the same consumer id (the test, by hand) moves
+/// messages from the queue into the consumer's leased list, as a late `LMOVE` of a
+/// connection it gave up would. Every later lease reads the list's head back, so the
+/// consumer numbers its own elements where they really are, never settles the strangers,
+/// and gives them back to the queue once its messages in hand are settled: every message
+/// is delivered, none twice, and the strangers are counted.
+fn a_lease_this_consumer_did_not_make_is_never_settled_by_mistake(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    const N: usize = 4000;
+    c.lpush_many("fq", payloads("f", N)).unwrap();
+    let seen = Seen::default();
+    let running = builder(server.url())
+        .prefetch(64)
+        .start(
+            ReliableConsumer::new("c1", ["fq"]).batch(16),
+            seen.with_pause(Duration::from_micros(300)),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.len() >= 500), "draining");
+    let leased = keys::processing(b"fq", b"c1");
+    let mut strangers = Vec::new();
+    for _ in 0..3 {
+        match c
+            .cmd([&b"LMOVE"[..], b"fq", &leased, b"RIGHT", b"LEFT"])
+            .unwrap()
+        {
+            Frame::BulkString(e) => strangers.push(String::from_utf8_lossy(&e).into_owned()),
+            f => panic!("LMOVE by hand: {f:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at = seen.len();
+    assert!(at < N, "the strangers came mid-drain ({at} of {N})");
+    assert!(
+        wait_until(WAIT, || seen.distinct() >= N),
+        "delivered {} of {N}",
+        seen.distinct()
+    );
+    let stats = running.shutdown().unwrap();
+    let (distinct, dups) = seen.tally();
+    println!(
+        "{kind:?}: 3 elements moved into the leased list by hand mid-drain: {distinct} of {N} \
+         delivered, {dups} duplicates, {} counted as foreign leases",
+        stats.foreign_leases
+    );
+    let delivered: std::collections::HashSet<String> =
+        seen.snapshot().into_iter().map(|r| r.1).collect();
+    for s in &strangers {
+        assert!(delivered.contains(s), "{s}, moved by hand, was delivered");
+    }
+    assert_eq!((distinct, dups), (N, 0));
+    assert!(stats.foreign_leases >= 1, "the strangers were noticed");
+    assert_eq!(c.llen("fq").unwrap(), 0);
+    assert_released(&mut c, b"fq", b"c1");
 }

@@ -124,7 +124,21 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         allow: Duration,
         encode: impl FnOnce(&mut BytesMut),
     ) {
-        self.queue(tag, now, allow, false, encode);
+        self.queue(tag, now, allow, false, 0, encode);
+    }
+
+    /// As [`Conn::command`], for a transaction: `encode` writes `MULTI`, `framing - 1`
+    /// commands and `EXEC`; the `framing` replies before `EXEC`'s are swallowed
+    /// ([`Tag::Framing`]), and `EXEC`'s answers `tag`.
+    pub(crate) fn command_framed(
+        &mut self,
+        tag: Tag<C>,
+        now: Instant,
+        allow: Duration,
+        framing: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) {
+        self.queue(tag, now, allow, false, framing, encode);
     }
 
     /// Queues a command answered by push frames if it succeeds (SUBSCRIBE and its kin, in
@@ -139,7 +153,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         allow: Duration,
         encode: impl FnOnce(&mut BytesMut),
     ) {
-        self.queue(tag, now, allow, true, encode);
+        self.queue(tag, now, allow, true, 0, encode);
     }
 
     fn queue(
@@ -148,6 +162,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         now: Instant,
         allow: Duration,
         pushed: bool,
+        framing: usize,
         encode: impl FnOnce(&mut BytesMut),
     ) {
         if self.asking && !pushed && matches!(tag, Tag::Pipe(_)) {
@@ -155,6 +170,14 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             self.wbuf.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
             self.pending.push_back(Pending {
                 tag: Tag::Asking,
+                deadline: now + allow,
+                allow,
+                pushed: false,
+            });
+        }
+        for _ in 0..framing {
+            self.pending.push_back(Pending {
+                tag: Tag::Framing,
                 deadline: now + allow,
                 allow,
                 pushed: false,

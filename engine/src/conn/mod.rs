@@ -87,6 +87,9 @@ pub(crate) enum Tag<C> {
     /// The `ASKING` sent before each pipeline command on a connection that follows a
     /// cluster's ASK redirect (see [`Conn::set_asking`]).
     Asking,
+    /// `MULTI`, or a command queued inside it: its `+OK` / `+QUEUED` is swallowed (the
+    /// transaction's answer is its `EXEC`'s; see [`Conn::command_framed`]).
+    Framing,
     /// `CLIENT UNBLOCK` of connection `conn`'s blocked command, sent during a stop on the
     /// Control connection (see `Shard::unblock_blocked`).
     Unblock {

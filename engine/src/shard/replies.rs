@@ -63,13 +63,18 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                     }
                 }
                 Reply::Answer(Tag::Unblock { conn }, frame) => self.on_unblock_reply(conn, &frame),
-                Reply::Answer(Tag::Asking, frame) => {
+                Reply::Answer(tag @ (Tag::Asking | Tag::Framing), frame) => {
                     if frame.first() == Some(&b'-') {
                         let conn = &self.io.conns[id];
+                        let what = if matches!(tag, Tag::Asking) {
+                            "ASKING"
+                        } else {
+                            "a command of a transaction"
+                        };
                         return Err(Failure::Retry(Error::new(
                             ErrorKind::Server,
                             format!(
-                                "{} refused ASKING: {}",
+                                "{} refused {what}: {}",
                                 conn.peer(),
                                 String::from_utf8_lossy(&frame).trim_end()
                             ),

@@ -5,8 +5,8 @@
 //! | | [`Popping`] (pop mode) | [`Leasing`] (reliable mode) |
 //! |---|---|---|
 //! | with backlog | `LMPOP … COUNT n` (or `BRPOP` on servers before 7.0, or by choice) | the lease script: `RPOP q n` + `LPUSH` onto the leased list, atomic, under the run's fence token |
-//! | large messages (≥ [`LARGE`]) | as above | `LMOVE` of one key into the leased list, one message each |
-//! | when dry | `BLMPOP` / `BRPOP` over every queue | `BLMOVE` of one key into the leased list |
+//! | large messages (≥ [`LARGE`]) | as above | `LMOVE` of one key into the leased list, one message each, in a `MULTI` that reads back where it landed |
+//! | when dry | `BLMPOP` / `BRPOP` over every queue | a wait that moves nothing (`BLMOVE k k RIGHT RIGHT`), or `CLIENT TRACKING` over a lane's keys; then the lease script |
 //! | a message | its payload | its element (for its envelope), its place in the reply (made its position in the leased list) and the envelope's delivery count |
 //! | fetched beyond the budget | pushed back to the right end of its list | stays leased; goes back with the rest at the stop |
 //! | a fetch lost unanswered | counted as possibly lost | nothing lost: its elements are in the leased list |
@@ -84,6 +84,11 @@ pub(crate) trait Dialect: Send + 'static {
 
     /// Writes `f` into `buf`.
     fn write<Q: Iterator<Item = u32> + Clone>(&self, buf: &mut BytesMut, f: &Fetch<'_, Q>);
+
+    /// Replies before the one that answers `f` (a transaction's `+OK` and `+QUEUED`s).
+    fn framing<Q: Iterator<Item = u32> + Clone>(&self, _f: &Fetch<'_, Q>) -> usize {
+        0
+    }
 }
 
 /// Pop mode: at-most-once pops.
@@ -157,6 +162,15 @@ pub(crate) struct Leasing {
 impl Dialect for Leasing {
     const LEASES: bool = true;
 
+    fn framing<Q: Iterator<Item = u32> + Clone>(&self, f: &Fetch<'_, Q>) -> usize {
+        // MULTI's +OK and three +QUEUED before EXEC's answer.
+        if f.single.is_some() && !f.blocking {
+            4
+        } else {
+            0
+        }
+    }
+
     fn shape(&self, _: PopStrategy, _: bool, backlog: bool, recheck: bool, large: bool) -> Shape {
         let blocking = !backlog && !recheck;
         Shape {
@@ -172,24 +186,34 @@ impl Dialect for Leasing {
     fn write<Q: Iterator<Item = u32> + Clone>(&self, buf: &mut BytesMut, f: &Fetch<'_, Q>) {
         let c = f.consumer;
         match f.single {
-            // LMOVE key leased RIGHT LEFT: one large message of the queue's first
-            // (highest) key, natively.
+            // MULTI, LMOVE key leased RIGHT LEFT, HGET lease tail, LLEN leased, EXEC: one
+            // large message of the queue's first (highest) key, natively, and where it
+            // landed (the list's head position right after, read in the same step).
             Some(q) if !f.blocking => {
+                let key = &c.queues[q as usize].levels[0].1;
+                let (leased, lease) = &self.processing[q as usize][0];
+                CommandWriter::new(buf, 1).arg("MULTI").finish();
                 CommandWriter::new(buf, 5)
                     .arg("LMOVE")
-                    .arg(&c.queues[q as usize].levels[0].1)
-                    .arg(&self.processing[q as usize][0].0)
+                    .arg(key)
+                    .arg(leased)
                     .arg("RIGHT")
                     .arg("LEFT")
                     .finish();
+                CommandWriter::new(buf, 3)
+                    .arg("HGET")
+                    .arg(lease)
+                    .arg("tail")
+                    .finish();
+                CommandWriter::new(buf, 2).arg("LLEN").arg(leased).finish();
+                CommandWriter::new(buf, 1).arg("EXEC").finish();
             }
-            // BLMOVE key leased RIGHT LEFT timeout: the queue's first (highest) key;
-            // a lane with other keys checks them again soon.
+            // BLMOVE key key RIGHT RIGHT timeout: waits until the queue's first (highest)
+            // key holds a message and moves nothing (the last element goes back where it
+            // was); the lease script then takes it, under the fence. A lane with other
+            // keys checks them again soon.
             Some(q) => {
-                let (key, proc) = (
-                    &c.queues[q as usize].levels[0].1,
-                    &self.processing[q as usize][0].0,
-                );
+                let key = &c.queues[q as usize].levels[0].1;
                 let wait = if f.lane_keys == 1 {
                     f.block
                 } else {
@@ -198,9 +222,9 @@ impl Dialect for Leasing {
                 CommandWriter::new(buf, 6)
                     .arg("BLMOVE")
                     .arg(key)
-                    .arg(proc)
+                    .arg(key)
                     .arg("RIGHT")
-                    .arg("LEFT")
+                    .arg("RIGHT")
                     .arg(wait)
                     .finish();
             }

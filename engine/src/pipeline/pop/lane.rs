@@ -348,10 +348,11 @@ impl Lane {
             counted: shape.counted,
             block,
         };
-        conn.command(
+        conn.command_framed(
             Tag::Pipe(C::from_pop(tag)),
             now,
             allow,
+            plan.dialect.framing(&fetch),
             |buf: &mut BytesMut| {
                 plan.dialect.write(buf, &fetch);
             },
@@ -450,7 +451,7 @@ impl Lane {
         out: &mut Vec<Message<'f>>,
     ) -> Result<PopReply, Failure> {
         let start = out.len();
-        let parsed = parse_pop_reply(plan, pop.single, frame, received_ns, out);
+        let parsed = parse_pop_reply(plan, pop.single, pop.blocking, frame, received_ns, out);
         let mut reply = match parsed {
             Ok(r) => r,
             Err(e) => {
@@ -528,8 +529,16 @@ impl Lane {
                 }
                 _ => {}
             }
+            if reply.woke {
+                // Reliable mode's wait saw a message: lease now, from that queue first.
+                if !self.backlog {
+                    self.all_hot(reply.queue);
+                }
+                self.backlog = true;
+                self.recheck = false;
+            }
         }
-        if let Some(q) = reply.queue {
+        if let Some(q) = reply.queue.filter(|_| !reply.woke) {
             self.rotate_after(plan, q);
         }
         Ok(reply)

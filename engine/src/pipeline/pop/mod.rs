@@ -140,7 +140,7 @@ pub(crate) struct PopPipeline<D> {
     fill_from: usize,
     /// In the lease dialect, what the last reply leased: its key's source and how many
     /// elements (those beyond the budget included), for [`PopPipeline::take_leased`].
-    leased: Option<(&'static Source, u64)>,
+    leased: Option<(&'static Source, u64, Option<u64>)>,
 }
 
 impl PopConsumer {
@@ -216,7 +216,7 @@ impl<D: Dialect> PopPipeline<D> {
     /// In the lease dialect, what the reply just handled leased: its key's source and how
     /// many elements it took (messages beyond the budget included, which are not handed
     /// out). The messages' `seq` is their place in that reply.
-    pub(crate) fn take_leased(&mut self) -> Option<(&'static Source, u64)> {
+    pub(crate) fn take_leased(&mut self) -> Option<(&'static Source, u64, Option<u64>)> {
         self.leased.take()
     }
 
@@ -329,7 +329,7 @@ impl<D: Dialect> PopPipeline<D> {
         if D::LEASES {
             self.leased = out
                 .get(start)
-                .map(|m| (m.source, (out.len() - start) as u64));
+                .map(|m| (m.source, (out.len() - start) as u64, reply.head));
         }
         if reply.excess > 0 && D::LEASES {
             // Leased beyond the budget: they stay in the processing list, and go back to

@@ -29,6 +29,13 @@ pub(crate) struct PopReply {
     /// The server ended the blocked pop with `-UNBLOCKED` (our own CLIENT UNBLOCK during a
     /// stop, an administrator's, or a role change); the text is the server's.
     pub unblocked: Option<Bytes>,
+    /// Reliable mode: the leased list's head position right after this lease (read by
+    /// the server in the same atomic step): the reply's elements are the `count + excess`
+    /// positions before it.
+    pub head: Option<u64>,
+    /// Reliable mode's wait (`BLMOVE k k RIGHT RIGHT`) found a message in queue `queue`:
+    /// nothing was leased; the lane leases next.
+    pub woke: bool,
 }
 
 fn malformed(what: &str, t: &Token) -> Failure {
@@ -61,14 +68,17 @@ fn server_error<D>(plan: &PopPlan<D>, msg: Bytes) -> Failure {
     )
 }
 
-/// Reads `_`/`*-1` (nothing), `*2 key value` (BRPOP) or `*2 key *N values…` (LMPOP, and
-/// reliable mode's lease script); for reliable mode's `BLMOVE` of queue `single`, one
-/// element or nothing. The messages borrow their payloads from `frame`: no reference
+/// Reads `_`/`*-1` (nothing), `*2 key value` (BRPOP) or `*2 key *N values…` (LMPOP), and
+/// in reliable mode `*3 key *N values head` (the lease script). Reliable mode's fetches
+/// of queue `single`: when `blocking`, the wait's element or nothing (no message: the
+/// lane leases next); else the `EXEC` of the large-message `LMOVE`, `*3 element-or-null
+/// tail-or-null length`. The messages borrow their payloads from `frame`: no reference
 /// count per message. In reliable mode a message's `aux` is the whole list element (what
 /// its outcome names), its payload what follows the envelope, if it has one.
 pub(super) fn parse_pop_reply<'f, D: Dialect>(
     plan: &PopPlan<D>,
     single: Option<u32>,
+    blocking: bool,
     frame: &'f Bytes,
     received_ns: u64,
     out: &mut Vec<Message<'f>>,
@@ -83,16 +93,51 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
         dialect: std::marker::PhantomData,
     };
     let t = match single {
+        Some(q) if blocking => match r.next_range().map_err(proto)? {
+            // The wait saw a message: the lease script takes it next.
+            Ok(_) => {
+                return Ok(PopReply {
+                    queue: Some(q),
+                    woke: true,
+                    ..PopReply::default()
+                })
+            }
+            Err(t) => t,
+        },
         Some(q) => {
             let key = &plan.consumer.queues[q as usize].levels[0].1;
             let source = plan.keys[key];
-            match r.next_range().map_err(proto)? {
-                Ok(at) => {
-                    out.push(lend.message(at, source));
-                    return Ok(lend.reply(1, q));
+            match r.next_value_token().map_err(proto)? {
+                Token::Array(3) => {}
+                t @ (Token::SimpleError(_) | Token::BulkError(_) | Token::Null) => {
+                    return single_error(plan, t)
                 }
-                Err(t) => t,
+                t => return Err(malformed("expected EXEC's three replies", &t)),
             }
+            let at = match r.next_range().map_err(proto)? {
+                Ok(at) => Some(at),
+                Err(Token::Null) => None,
+                Err(t) => return Err(malformed("expected the moved element or null", &t)),
+            };
+            let tail = match r.next_slice().map_err(proto)? {
+                Ok(t) => std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .ok_or_else(|| malformed("expected the lease's tail", &Token::Null))?,
+                Err(Token::Null) => 0,
+                Err(t) => return Err(malformed("expected the lease's tail", &t)),
+            };
+            let len = match r.next_value_token().map_err(proto)? {
+                Token::Integer(n) if n >= 0 => n as u64,
+                t => return Err(malformed("expected the leased list's length", &t)),
+            };
+            let Some(at) = at else {
+                return Ok(PopReply::default());
+            };
+            out.push(lend.message(at, source));
+            let mut reply = lend.reply(1, q);
+            reply.head = Some(tail + len);
+            return Ok(reply);
         }
         None => r.next_value_token().map_err(proto)?,
     };
@@ -110,6 +155,7 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
             return Err(server_error(plan, m));
         }
         Token::Array(2) => {}
+        Token::Array(3) if D::LEASES => {}
         Token::Integer(-1) if D::LEASES => return Err(fenced()),
         t => return Err(malformed("expected a two-element array or null", &t)),
     }
@@ -142,7 +188,25 @@ pub(super) fn parse_pop_reply<'f, D: Dialect>(
         }
         Err(t) => return Err(malformed("expected a message or an array of messages", &t)),
     };
-    Ok(lend.reply(count, source.index))
+    let mut reply = lend.reply(count, source.index);
+    if D::LEASES {
+        // The lease script's third element: the leased list's head position after it.
+        match r.next_value_token() {
+            Ok(Token::Integer(h)) if h >= 0 => reply.head = Some(h as u64),
+            Ok(t) => return Err(malformed("expected the leased list's head position", &t)),
+            Err(_) => {}
+        }
+    }
+    Ok(reply)
+}
+
+/// An error (or a null: no transaction ran) where the large-message `LMOVE`'s `EXEC`
+/// answer was expected.
+fn single_error<D>(plan: &PopPlan<D>, t: Token) -> Result<PopReply, Failure> {
+    match t {
+        Token::SimpleError(m) | Token::BulkError(m) => Err(server_error(plan, m)),
+        _ => Ok(PopReply::default()),
+    }
 }
 
 /// The lease script found this consumer's leases taken back by another consumer (its
@@ -251,9 +315,9 @@ mod tests {
         let lmpop = Bytes::from_static(b"*2\r\n$6\r\n{b}:p7\r\n*2\r\n$1\r\nx\r\n$3\r\nyyy\r\n");
         let nulls = [&b"_\r\n"[..], b"*-1\r\n", b"$-1\r\n"].map(Bytes::copy_from_slice);
         let mut out = Vec::new();
-        let r = parse_pop_reply(&p, None, &brpop, 0, &mut out).unwrap();
+        let r = parse_pop_reply(&p, None, false, &brpop, 0, &mut out).unwrap();
         assert_eq!((r.count, r.bytes, r.queue), (1, 2, Some(0)));
-        let r = parse_pop_reply(&p, None, &lmpop, 0, &mut out).unwrap();
+        let r = parse_pop_reply(&p, None, false, &lmpop, 0, &mut out).unwrap();
         assert_eq!((r.count, r.bytes, r.queue), (2, 4, Some(1)));
         assert_eq!(out[0].payload(), b"hi");
         assert_eq!(out[1].priority(), 7);
@@ -270,7 +334,7 @@ mod tests {
         assert!(!shown.contains("\\r\\n"), "{shown}");
         assert_eq!(shown, format!("{owned:?}"));
         for null in &nulls {
-            let r = parse_pop_reply(&p, None, null, 0, &mut out).unwrap();
+            let r = parse_pop_reply(&p, None, false, null, 0, &mut out).unwrap();
             assert_eq!(r.count, 0);
         }
         assert_eq!(out.len(), 3);
@@ -283,6 +347,7 @@ mod tests {
             parse_pop_reply(
                 &p,
                 None,
+                false,
                 &Bytes::from_static(b"*2\r\n$1\r\nz\r\n$1\r\nv\r\n"),
                 0,
                 &mut Vec::new()
@@ -293,6 +358,7 @@ mod tests {
             parse_pop_reply(
                 &p,
                 None,
+                false,
                 &Bytes::from_static(b"-LOADING wait\r\n"),
                 0,
                 &mut Vec::new()
@@ -302,6 +368,7 @@ mod tests {
         match parse_pop_reply(
             &p,
             None,
+            false,
             &Bytes::from_static(b"-WRONGTYPE Operation against a key\r\n"),
             0,
             &mut Vec::new(),
@@ -316,6 +383,7 @@ mod tests {
             parse_pop_reply(
                 &p,
                 None,
+                false,
                 &Bytes::from_static(b"-UNBLOCKED by admin\r\n"),
                 0,
                 &mut Vec::new()

@@ -3,9 +3,11 @@
 //! - **Fetch = lease.** The pop pipeline's lanes, rotation, weights, priority levels,
 //!   hot set, credits and budget, with the lease dialect (`pop::Leasing`): a non-blocking pop
 //!   is the lease script (`RPOP q n` + `LPUSH {q}:leased:<id>`, one atomic step, under
-//!   this run's fence token in `{q}:lease:<id>`), a blocking one `BLMOVE`. The element in
-//!   the leased list is the lease; the engine numbers each list's elements in the order
-//!   its leases answer (`settle::Held`).
+//!   this run's fence token in `{q}:lease:<id>`); a dry lane waits without moving
+//!   anything (`BLMOVE k k RIGHT RIGHT`, or key tracking). The element in the leased
+//!   list is the lease; every lease reads the list's head position back, and the engine
+//!   numbers its elements from it (`settle::Held`), so an element it did not lease is
+//!   never settled in place of its own.
 //! - **Outcomes** (`settle.rs`) are batched per key per loop turn and sent on the Control
 //!   connection as one settle script each, by position: the tail moves past every run of
 //!   settled elements (one `LTRIM`), an ack out of order overwrites its element with a
@@ -339,9 +341,9 @@ impl ReliablePipeline {
                 levels,
             });
         }
-        // A blocked BLMOVE must end well within the lease: one left blocked on the server
-        // by a frozen or cut-off consumer could otherwise move a message into its leased
-        // list after another consumer swept it, where nobody would look for it.
+        // A lane's wait (`BLMOVE k k RIGHT RIGHT`, which moves nothing) ends well within
+        // the lease, so a consumer that comes back from a freeze or a cut learns soon
+        // that it was swept.
         let mut pc = pc.clone();
         pc.block_timeout = pc.block_timeout.min(consumer.lease / 3);
         let pop = PopPipeline::new(pc, budget, lanes, timing, lease);
@@ -534,13 +536,26 @@ impl Pipeline for ReliablePipeline {
             RelTag::Pop(p) => {
                 let before = out.len();
                 let bytes = self.pop.reply(io, conn, p, frame, out, now)?;
-                if let Some((source, n)) = self.pop.take_leased() {
-                    // The reply's elements are the next `n` of their key's leased list.
+                if let Some((source, n, head)) = self.pop.take_leased() {
+                    // The reply's elements are the `n` positions of their key's leased
+                    // list before the head the server read back.
                     match self.key_of.get(&(source as *const Source as usize)) {
                         Some(&k) => {
-                            let first = self.held[k as usize].leased(n);
+                            let (first, unknown) = self.held[k as usize].leased(n, head);
                             for m in &mut out[before..] {
                                 m.seq = m.seq.wrapping_add(first as u32);
+                            }
+                            if unknown > 0 {
+                                tracing::warn!(
+                                    conn = %io.conn(conn).name(),
+                                    "{unknown} element(s) in a leased list that this consumer did \
+                                     not lease (a lease from a connection it gave up, or another \
+                                     process with the same consumer id): kept, and given back \
+                                     to the queue once the messages in hand are settled"
+                                );
+                                let s = io.stats();
+                                s.add(&s.foreign_leases, unknown);
+                                self.suspect_lost_writes();
                             }
                         }
                         None => tracing::error!("a lease of an unknown key"),

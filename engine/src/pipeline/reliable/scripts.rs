@@ -19,10 +19,11 @@ use crate::pipeline::alo::{Script, ScriptSet};
 
 /// `KEYS`: triples (queue key, leased list, lease hash); `ARGV`: most elements to take,
 /// this run's fence token. Takes up to that many from the first non-empty queue key
-/// (`RPOP` with a count) and pushes them onto its leased list, returning `{key, elements}`
-/// (LMPOP's shape), or nil. When the lease hash does not carry the token (another
-/// consumer took this one's leases back: its heartbeat had expired), nothing is taken
-/// and the reply is `-1`.
+/// (`RPOP` with a count) and pushes them onto its leased list, returning `{key, elements,
+/// head}` (LMPOP's shape, and the list's head position after the push: the lease hash's
+/// `tail` plus the list's length), or nil. When the lease hash does not carry the token
+/// (another consumer took this one's leases back: its heartbeat had expired), nothing is
+/// taken and the reply is `-1`.
 pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "lease",
@@ -34,10 +35,11 @@ for i = 1, #KEYS, 3 do
       for j = #items, 1, -1 do redis.call('RPUSH', KEYS[i], items[j]) end
       return -1
     end
+    local len = 0
     for j = 1, #items, 1000 do
-      redis.call('LPUSH', KEYS[i + 1], unpack(items, j, math.min(j + 999, #items)))
+      len = redis.call('LPUSH', KEYS[i + 1], unpack(items, j, math.min(j + 999, #items)))
     end
-    return {KEYS[i], items}
+    return {KEYS[i], items, (tonumber(redis.call('HGET', KEYS[i + 2], 'tail')) or 0) + len}
   end
 end
 return false

@@ -25,12 +25,33 @@ pub(super) struct Held {
 }
 
 impl Held {
-    /// `n` elements were leased, in order: returns the first one's position.
-    pub fn leased(&mut self, n: u64) -> u64 {
-        let first = self.head;
-        self.head += n;
-        self.settled.resize(self.settled.len() + n as usize, false);
-        first
+    /// `n` elements were leased, in order, and the server said the list's head position
+    /// after them is `head` (when it did): returns the first one's position, and how many
+    /// elements the list gained before them that this consumer did not lease (a lease
+    /// from a connection it had given up, or from another process with its id). Those
+    /// are held unsettled, so the tail never moves past them (no settle removes an
+    /// element this consumer never saw); a recovery gives them back to their queue.
+    pub fn leased(&mut self, n: u64, head: Option<u64>) -> (u64, u64) {
+        let first = match head {
+            Some(h) if h >= n => h - n,
+            _ => self.head,
+        };
+        if first < self.tail {
+            // Not where this consumer's list is: its leases were taken back (the fence
+            // refuses its settles, and a recovery follows). Numbered after the rest.
+            let first = self.head;
+            self.head += n;
+            self.settled.resize(self.settled.len() + n as usize, false);
+            return (first, 0);
+        }
+        let unknown = first.saturating_sub(self.head);
+        let end = first + n;
+        if end > self.head {
+            self.settled
+                .resize(self.settled.len() + (end - self.head) as usize, false);
+            self.head = end;
+        }
+        (first, unknown)
     }
 
     /// The element at `seq` (its position modulo 2^32: what a message carries) has its
@@ -200,8 +221,8 @@ mod tests {
     #[test]
     fn the_tail_moves_past_settled_runs_only() {
         let mut h = Held::default();
-        assert_eq!(h.leased(3), 0);
-        assert_eq!(h.leased(2), 3);
+        assert_eq!(h.leased(3, None), (0, 0));
+        assert_eq!(h.leased(2, Some(5)), (3, 0));
         assert_eq!((h.settle(1), h.settle(0)), (Some(1), Some(0)));
         assert_eq!(h.settle(1), None, "settled twice");
         assert_eq!(h.advance(), 2);
@@ -212,7 +233,24 @@ mod tests {
         assert_eq!(h.advance(), 5);
         assert_eq!(h.settle(5), None, "never leased");
         h.reset();
-        assert_eq!(h.leased(1), 0);
+        assert_eq!(h.leased(1, Some(1)), (0, 0));
+    }
+
+    #[test]
+    fn an_element_this_consumer_did_not_lease_is_never_passed() {
+        let mut h = Held::default();
+        assert_eq!(h.leased(2, Some(2)), (0, 0));
+        // Another lease reached the list first (position 2): this one's are 3 and 4.
+        assert_eq!(h.leased(2, Some(5)), (3, 1));
+        for seq in [0, 1, 3, 4] {
+            assert!(h.settle(seq).is_some());
+        }
+        assert_eq!(h.advance(), 2, "the tail stops at the unknown element");
+        // A late reply of an earlier lease fills its place.
+        let mut h = Held::default();
+        assert_eq!(h.leased(1, Some(3)), (2, 2));
+        assert_eq!(h.leased(2, Some(2)), (0, 0));
+        assert_eq!(h.head, 3);
     }
 
     #[test]
@@ -222,7 +260,7 @@ mod tests {
             tail: (1 << 32) - 2,
             settled: VecDeque::new(),
         };
-        let first = h.leased(4);
+        let (first, _) = h.leased(4, None);
         let seqs: Vec<u32> = (0..4).map(|i| (first + i) as u32).collect();
         assert_eq!(seqs, [u32::MAX - 1, u32::MAX, 0, 1]);
         assert_eq!(h.settle(1), Some((1 << 32) + 1));
