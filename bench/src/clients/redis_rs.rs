@@ -32,25 +32,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
             let keys = spec.lane_queues(lane);
-            for _ in 0..spec.pipeline.max(1) {
-                let sink = sink.clone();
-                let con = con.clone();
-                let keys = keys.clone();
-                let (pop, batch, reliable, stream) =
-                    (spec.pop, spec.batch, spec.reliable, spec.stream);
-                tokio::spawn(async move {
-                    let r = if stream {
-                        group_loop(con, keys, batch, &sink).await
-                    } else if reliable {
-                        lease_loop(con, keys, batch, &sink).await
-                    } else {
-                        pop_loop(con, keys, pop, batch, &sink).await
-                    };
-                    if let Err(e) = r {
-                        sink.fail(format!("redis-rs: {e}"));
-                    }
-                });
-            }
+            spawn_loops(spec, sink, &con, &keys, "redis-rs");
         }
         sink.ready();
         sink.finished().await;
@@ -59,6 +41,30 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     // Tasks still blocked in pops are dropped with the runtime; the process exits next.
     std::mem::forget(rt);
     Ok(None)
+}
+
+/// Spawns `--pipeline` tasks on `con`, each running the scenario's loop (consumer group,
+/// lease, or pop) over `keys`; a task's error fails the run, named after `who`.
+fn spawn_loops<C>(spec: &ChildSpec, sink: &Arc<Sink>, con: &C, keys: &[String], who: &'static str)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
+    for _ in 0..spec.pipeline.max(1) {
+        let (sink, con, keys) = (sink.clone(), con.clone(), keys.to_vec());
+        let (pop, batch, reliable, stream) = (spec.pop, spec.batch, spec.reliable, spec.stream);
+        tokio::spawn(async move {
+            let r = if stream {
+                group_loop(con, keys, batch, &sink).await
+            } else if reliable {
+                lease_loop(con, keys, batch, &sink).await
+            } else {
+                pop_loop(con, keys, pop, batch, &sink).await
+            };
+            if let Err(e) = r {
+                sink.fail(format!("{who}: {e}"));
+            }
+        });
+    }
 }
 
 /// The runtime: current-thread for one shard, multi-thread with `--shards` workers.
@@ -104,23 +110,7 @@ fn run_cluster(
             .build()?;
         let con = client.get_async_connection().await?;
         for q in &spec.queues {
-            for _ in 0..spec.pipeline.max(1) {
-                let (sink, con, keys) = (sink.clone(), con.clone(), vec![q.clone()]);
-                let (pop, batch, reliable, stream) =
-                    (spec.pop, spec.batch, spec.reliable, spec.stream);
-                tokio::spawn(async move {
-                    let r = if stream {
-                        group_loop(con, keys, batch, &sink).await
-                    } else if reliable {
-                        lease_loop(con, keys, batch, &sink).await
-                    } else {
-                        pop_loop(con, keys, pop, batch, &sink).await
-                    };
-                    if let Err(e) = r {
-                        sink.fail(format!("redis-rs cluster: {e}"));
-                    }
-                });
-            }
+            spawn_loops(spec, sink, &con, std::slice::from_ref(q), "redis-rs cluster");
         }
         sink.ready();
         sink.finished().await;
