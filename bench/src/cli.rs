@@ -22,6 +22,8 @@ messages happen in the parent process and are not counted.
 CLIENTS
   ringq        this engine: io_uring (or --backend), one pinned shard thread per --shards
   ringq-epoll  this engine on its epoll backend (where containers refuse io_uring)
+  ringq-metrics  this engine with its Prometheus collector scraped every 100 ms (drain:
+               the metrics' cost, against the ringq row of the same run)
   redis-rs     the `redis` crate on tokio (multiplexed connection; --pipeline concurrent
                BRPOP or BLMPOP COUNT commands per connection)
   tokio-uring  a straightforward tokio-uring consumer: writes --pipeline pops, reads replies
@@ -326,6 +328,10 @@ pub enum ClientKind {
     /// This engine on its epoll backend.
     #[value(name = "ringq-epoll")]
     RingqEpoll,
+    /// This engine with its Prometheus collector registered and scraped (encoded to
+    /// text) every 100 ms, as a Prometheus server would: the metrics' cost.
+    #[value(name = "ringq-metrics")]
+    RingqMetrics,
     /// redis-rs on tokio.
     #[value(name = "redis-rs")]
     RedisRs,
@@ -350,7 +356,11 @@ impl ClientKind {
     pub fn speaks_tls(self) -> bool {
         matches!(
             self,
-            ClientKind::Ringq | ClientKind::RingqEpoll | ClientKind::RedisRs | ClientKind::Ping
+            ClientKind::Ringq
+                | ClientKind::RingqEpoll
+                | ClientKind::RingqMetrics
+                | ClientKind::RedisRs
+                | ClientKind::Ping
         )
     }
 
@@ -359,6 +369,7 @@ impl ClientKind {
         match self {
             ClientKind::Ringq => "ringq",
             ClientKind::RingqEpoll => "ringq-epoll",
+            ClientKind::RingqMetrics => "ringq-metrics",
             ClientKind::RedisRs => "redis-rs",
             ClientKind::TokioUring => "tokio-uring",
             ClientKind::Limit => "limit",

@@ -283,6 +283,20 @@ impl ScenarioReport {
                         false,
                     );
                 }
+                if let Some(m) = self.row(ClientKind::RingqMetrics) {
+                    check(
+                        "metrics scraped every 100 ms, msgs/s ÷ ringq without",
+                        div(m.msgs_per_sec, Some(ringq.msgs_per_sec)),
+                        0.97,
+                        true,
+                    );
+                    check(
+                        "metrics scraped every 100 ms, CPU per message ÷ ringq without",
+                        div(m.cpu_us_per_msg, Some(ringq.cpu_us_per_msg)),
+                        1.03,
+                        false,
+                    );
+                }
                 let epoll = self.row(ClientKind::RingqEpoll);
                 check(
                     "batch drain, epoll msgs/s ÷ io_uring",

@@ -151,6 +151,12 @@ pub struct ConsumeArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
+    /// Serve the engine's metrics at `http://ADDR/metrics` in the Prometheus (OpenMetrics)
+    /// text format while it runs, and nothing else; it binds only the address given
+    /// (`127.0.0.1:9464` for this host only). Names: see `ringq::metrics`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// A list to pop from; repeat for several. Every pop names all of a connection's
     /// queues in a rotating order, so a busy queue cannot starve the others.
     #[arg(long = "queue", value_name = "Q", required = true)]
@@ -345,6 +351,12 @@ pub const MAX_PAYLOAD: u64 = 512 << 20;
 pub struct SubscribeArgs {
     #[command(flatten)]
     pub server: ServerArgs,
+
+    /// Serve the engine's metrics at `http://ADDR/metrics` in the Prometheus (OpenMetrics)
+    /// text format while it runs, and nothing else; it binds only the address given
+    /// (`127.0.0.1:9464` for this host only). Names: see `ringq::metrics`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// A channel to SUBSCRIBE to; repeat for several.
     #[arg(long, value_name = "C")]

@@ -147,6 +147,7 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         Lines {
             format: a.format,
             listen: false,
+            metrics: a.metrics_addr,
         },
         |e| stream.then(|| group_lost(e, &group)).flatten(),
     )?;
@@ -211,6 +212,13 @@ pub fn print_until_stopped(
         .start(consumer, Printer::new(output.clone(), lines.listen))
         .map_err(|e| explain(&e).unwrap_or_else(|| Exit::engine(e)))?;
     stop.arm(running.shutdown_handle());
+    if let Some(addr) = lines.metrics {
+        if let Err(e) = crate::metrics::serve(addr, running.metrics()) {
+            let _ = running.shutdown();
+            let _ = output.finish();
+            return Err(e);
+        }
+    }
     let result = running.wait();
 
     let out = output.finish();

@@ -42,6 +42,7 @@ mod client;
 mod consume;
 mod exit;
 mod log;
+mod metrics;
 mod output;
 mod produce;
 mod server;

@@ -168,6 +168,8 @@ impl Output {
 pub struct Lines {
     pub format: Format,
     pub listen: bool,
+    /// `--metrics-addr`: where to serve `/metrics` while the engine runs.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The consume and subscribe handler: formats messages into lines and prints them.

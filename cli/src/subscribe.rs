@@ -57,6 +57,7 @@ pub fn run(a: SubscribeArgs) -> Result<(), Exit> {
         Lines {
             format: a.format,
             listen: true,
+            metrics: a.metrics_addr,
         },
         |_| None,
     )

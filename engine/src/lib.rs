@@ -76,6 +76,8 @@ mod frames;
 mod handler;
 mod intern;
 pub mod kombu;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 mod pipeline;
 mod resolve;
 #[allow(

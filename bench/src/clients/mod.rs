@@ -73,7 +73,9 @@ pub fn run(spec: &ChildSpec) -> Result<ChildReport> {
         return sink.report(note);
     }
     let note = match spec.client {
-        ClientKind::Ringq | ClientKind::RingqEpoll => ringq_client::run(spec, &sink)?,
+        ClientKind::Ringq | ClientKind::RingqEpoll | ClientKind::RingqMetrics => {
+            ringq_client::run(spec, &sink)?
+        }
         ClientKind::RedisRs => redis_rs::run(spec, &sink)?,
         ClientKind::TokioUring => tokio_uring::run(spec, &sink)?,
         ClientKind::Limit => limit::run(spec, &sink)?,

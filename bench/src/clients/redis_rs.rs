@@ -110,7 +110,13 @@ fn run_cluster(
             .build()?;
         let con = client.get_async_connection().await?;
         for q in &spec.queues {
-            spawn_loops(spec, sink, &con, std::slice::from_ref(q), "redis-rs cluster");
+            spawn_loops(
+                spec,
+                sink,
+                &con,
+                std::slice::from_ref(q),
+                "redis-rs cluster",
+            );
         }
         sink.ready();
         sink.finished().await;

@@ -98,6 +98,9 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .client_name("ringq-bench")
         .start(consumer, SinkHandler(sink.clone()))?;
     stop_when_done(spec, sink, &running)?;
+    let scrapes = (spec.client == crate::cli::ClientKind::RingqMetrics)
+        .then(|| scrape_every_100ms(&running))
+        .transpose()?;
     if spec.latency {
         // The producer starts on `ready`: every connection must be up and blocked first.
         while running.stats().connections_ready < lanes as u64 && !running.is_stopping() {
@@ -118,7 +121,38 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     if spec.client == crate::cli::ClientKind::Ringq && stats.backend != ringq::IoBackend::IoUring {
         notes.push(format!("ran on the {} backend", stats.backend));
     }
+    if let Some(n) = scrapes {
+        notes.push(format!(
+            "{} scrapes of the metrics",
+            n.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+    }
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
+}
+
+/// Registers the engine's Prometheus collector and encodes it to text every 100 ms on a
+/// thread of its own (a Prometheus server's scrape, without the network) for as long as
+/// the child runs. Returns the scrape count.
+fn scrape_every_100ms(running: &ringq::Running) -> Result<Arc<std::sync::atomic::AtomicU64>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut registry = prometheus_client::registry::Registry::with_prefix("ringq");
+    registry.register_collector(Box::new(running.metrics()));
+    let count = Arc::new(AtomicU64::new(0));
+    let n = count.clone();
+    std::thread::Builder::new()
+        .name("ringq-bench-scrape".into())
+        .spawn(move || {
+            let mut text = String::new();
+            loop {
+                text.clear();
+                if prometheus_client::encoding::text::encode(&mut text, &registry).is_ok() {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .map_err(|e| crate::error::Error::io("spawning the scrape thread", e))?;
+    Ok(count)
 }
 
 /// `pubsub`: one listen-mode engine on one shard subscribed to the channel; `ready` once

@@ -37,6 +37,8 @@ pub(crate) struct Launch {
     pub prefetch_bytes: u64,
     pub limit: Option<u64>,
     pub sources: Vec<String>,
+    /// The delivery mode's name (`Start::MODE`).
+    pub mode: &'static str,
     pub timing: Timing,
     /// In a cluster: each shard's lanes' hash slots (empty otherwise).
     pub routes: Vec<Vec<u16>>,
@@ -147,6 +149,7 @@ where
         threads,
         stats: shard_stats,
         source_names: launch.sources,
+        mode: launch.mode,
         backend,
         features,
         topology: conn.cluster.clone(),

@@ -480,6 +480,7 @@ impl EngineBuilder {
             prefetch_bytes: self.prefetch_bytes,
             limit: self.limit,
             sources,
+            mode: K::MODE,
             timing,
             routes,
         };

@@ -20,6 +20,7 @@ pub struct Running {
     pub(super) threads: Vec<JoinHandle<Result<(), Error>>>,
     pub(super) stats: Vec<Arc<ShardStats>>,
     pub(super) source_names: Vec<String>,
+    pub(super) mode: &'static str,
     pub(super) features: Option<RingFeatures>,
     pub(super) backend: IoBackend,
     /// In a cluster: the topology (its refreshes are counted in the stats).
@@ -49,6 +50,26 @@ impl Running {
         );
         s.topology_refreshes = self.topology.as_ref().map_or(0, |t| t.refreshes());
         s
+    }
+
+    /// The delivery mode's name: `pop`, `reliable`, `stream` or `listen`.
+    pub fn mode(&self) -> &'static str {
+        self.mode
+    }
+
+    /// A Prometheus collector of this engine's metrics (feature `prometheus`), to
+    /// register in the application's own registry (see [`crate::metrics`]). It reads the
+    /// shards' counters at each scrape: nothing is added to the hot path.
+    #[cfg(feature = "prometheus")]
+    pub fn metrics(&self) -> crate::metrics::Collector {
+        crate::metrics::Collector::new(crate::metrics::Source {
+            stats: self.stats.clone(),
+            workers: self.worker_latency.clone(),
+            names: self.source_names.clone(),
+            backend: self.backend,
+            topology: self.topology.clone(),
+            mode: self.mode,
+        })
     }
 
     /// The backend the shards run on (never `Auto`).

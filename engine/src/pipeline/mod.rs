@@ -83,6 +83,10 @@ pub(crate) trait Start {
     /// What its sources are, plural, for messages ("queues", "streams").
     const SOURCES: &'static str;
 
+    /// The delivery mode's name (`pop`, `reliable`, `stream`, `listen`): the `mode` label
+    /// of the metrics.
+    const MODE: &'static str;
+
     /// Refuses a consumer that cannot work, before anything starts.
     ///
     /// # Errors

@@ -136,6 +136,7 @@ impl ListenConsumer {
 impl Start for ListenConsumer {
     type Pipeline = ListenPipeline;
     const SOURCES: &'static str = "subscriptions";
+    const MODE: &'static str = "listen";
 
     fn check(&self) -> Result<(), Error> {
         if self.subscriptions.is_empty() {

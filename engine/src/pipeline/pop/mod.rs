@@ -164,6 +164,7 @@ impl PopConsumer {
 impl Start for PopConsumer {
     type Pipeline = PopPipeline<Popping>;
     const SOURCES: &'static str = "queues";
+    const MODE: &'static str = "pop";
 
     fn check(&self) -> Result<(), Error> {
         PopConsumer::check(self)

@@ -214,6 +214,7 @@ pub(crate) struct ReliablePipeline {
 impl Start for ReliableConsumer {
     type Pipeline = ReliablePipeline;
     const SOURCES: &'static str = "queues";
+    const MODE: &'static str = "reliable";
 
     fn check(&self) -> Result<(), Error> {
         self.pop.check()?;

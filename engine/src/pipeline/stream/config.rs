@@ -266,6 +266,7 @@ impl StreamConsumer {
 impl Start for StreamConsumer {
     type Pipeline = StreamPipeline;
     const SOURCES: &'static str = "streams";
+    const MODE: &'static str = "stream";
 
     fn check(&self) -> Result<(), Error> {
         if self.streams.is_empty() {

@@ -20,6 +20,7 @@ fn launch(url: &str, dispatch: Dispatch, pipeline: RecordingPipeline) -> Running
         prefetch_bytes: 1 << 20,
         limit: None,
         sources: vec!["test".into()],
+        mode: "test",
         timing: Timing {
             reply_timeout: Duration::from_secs(10),
             reply_grace: Duration::from_secs(2),

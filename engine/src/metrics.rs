@@ -1,0 +1,271 @@
+//! Prometheus metrics (cargo feature `prometheus`): a [`Collector`] for the
+//! [`prometheus-client`](https://docs.rs/prometheus-client) crate that the application
+//! registers in its own registry. The library opens no port and keeps no global
+//! registry; the `ringq` CLI serves one with `--metrics-addr`.
+//!
+//! Nothing is added to the hot path: the shards keep counting into their own counters
+//! as they always do (relaxed atomics, written by one thread each, added once per reply),
+//! and a scrape reads and sums them, and merges the shards' latency histograms into fixed
+//! buckets, on the scraping thread.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use prometheus_client::registry::Registry;
+//! use ringq::{EngineBuilder, Outcome, PopConsumer};
+//!
+//! let running = EngineBuilder::new("redis://127.0.0.1:6379")
+//!     .start(PopConsumer::new(["jobs"]), |_: &ringq::Message<'_>| Outcome::Ack)?;
+//! let mut registry = Registry::with_prefix("ringq");
+//! registry.register_collector(Box::new(running.metrics()));
+//! let mut text = String::new();
+//! prometheus_client::encoding::text::encode(&mut text, &registry)?;
+//! assert!(text.contains("ringq_messages_consumed_total"));
+//! # Ok(()) }
+//! ```
+//!
+//! # Names (with the registry's `ringq` prefix)
+//!
+//! | name | type | labels | modes |
+//! |---|---|---|---|
+//! | `ringq_messages_consumed_total` | counter | `source`, `mode` | all: messages handed to the handler |
+//! | `ringq_messages_acked_total` | counter | `mode` | all (pop and listen: the handler's `Ack`, no server effect) |
+//! | `ringq_messages_retried_total` | counter | `mode` | all (server effect in reliable and stream) |
+//! | `ringq_messages_dead_lettered_total` | counter | `mode` | all (server effect in reliable and stream) |
+//! | `ringq_messages_failed_total` | counter | `mode` | all: retried + dead-lettered |
+//! | `ringq_messages_claimed_total` | counter | `mode` | reliable, stream: taken back (a restart, a lost reply, a dead consumer) |
+//! | `ringq_messages_requeued_total` | counter | `mode` | reliable: due retries moved back to their queue |
+//! | `ringq_stale_outcomes_total` | counter | `mode` | reliable, stream: outcomes refused (another consumer took the message over) |
+//! | `ringq_foreign_leases_total` | counter | `mode` | reliable: elements found in a leased list this consumer did not lease |
+//! | `ringq_possibly_lost_total` | counter | `mode` | pop: messages asked for by pops whose answers were lost (an upper bound) |
+//! | `ringq_reconnects_total` | counter | `mode` | all |
+//! | `ringq_stalls_total` | counter | `mode` | all: connections replaced after an overdue reply |
+//! | `ringq_redirects_total` | counter | `mode` | cluster: MOVED, ASK, TRYAGAIN, CLUSTERDOWN answers |
+//! | `ringq_topology_refreshes_total` | counter | `mode` | cluster |
+//! | `ringq_pubsub_gaps_total` | counter | `mode` | listen: times subscriptions were not in force |
+//! | `ringq_pubsub_dropped_total` | counter | `mode` | listen: messages dropped by the overflow policy |
+//! | `ringq_connections` | gauge | `mode`, `state="ready"` | all |
+//! | `ringq_stream_lag` | gauge | `mode` | stream: the groups' lag, summed over streams |
+//! | `ringq_stream_pending` | gauge | `mode` | stream: the groups' pending entries, summed |
+//! | `ringq_await_time_seconds` | histogram | `mode` | all: from a reply's arrival to the handler call (the shards publish it every 100 ms) |
+//!
+//! Not yet exported (issue 25 lists them): live in-flight gauges, `queue_depth`, lag and
+//! pending per stream and group (summed here), connections by role and state (ready
+//! only), errors by kind, handler and round-trip duration histograms.
+
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::backend::IoBackend;
+use crate::stats::{ShardStats, Stats};
+
+/// Upper bounds (seconds) of `ringq_await_time_seconds`'s buckets.
+const AWAIT_BUCKETS: [f64; 14] = [
+    1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 1.0, 10.0,
+];
+
+/// What a collector reads: the engine's shard counters (shared with the shards).
+pub(crate) struct Source {
+    pub stats: Vec<Arc<ShardStats>>,
+    pub workers: Vec<Arc<Mutex<Histogram<u64>>>>,
+    pub names: Vec<String>,
+    pub backend: IoBackend,
+    pub topology: Option<Arc<crate::cluster::Topology>>,
+    pub mode: &'static str,
+}
+
+/// A Prometheus collector of one running engine's metrics ([`crate::Running::metrics`]).
+/// Register it with `Registry::register_collector`; every scrape reads the engine's
+/// counters as they are then. It stays valid (reporting the final counts) after the
+/// engine stops.
+#[derive(Clone)]
+pub struct Collector(Arc<Source>);
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("mode", &self.0.mode)
+            .field("sources", &self.0.names.len())
+            .finish()
+    }
+}
+
+impl Collector {
+    pub(crate) fn new(source: Source) -> Self {
+        Self(Arc::new(source))
+    }
+
+    fn snapshot(&self) -> Stats {
+        let s = &self.0;
+        let mut stats = Stats::sum(&s.stats, &s.workers, &s.names, s.backend);
+        stats.topology_refreshes = s.topology.as_ref().map_or(0, |t| t.refreshes());
+        stats
+    }
+}
+
+/// A counter family of one sample (the encoder adds the `_total` suffix to `name`).
+fn counter(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    labels: &[(&str, &str)],
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    let mut m = e.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m.encode_family(&labels)?)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    labels: &[(&str, &str)],
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    let mut m = e.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m.encode_family(&labels)?)
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.snapshot();
+        let mode = self.0.mode;
+        let by_mode = [("mode", mode)];
+        {
+            let c = ConstCounter::new(0u64);
+            let mut m = e.encode_descriptor(
+                "messages_consumed",
+                "Messages handed to the handler, per source",
+                None,
+                c.metric_type(),
+            )?;
+            for (name, n) in &s.per_source {
+                let labels = [("source", name.as_str()), ("mode", mode)];
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let counters: [(&str, &str, u64); 15] = [
+            ("messages_acked", "Outcomes: acknowledged", s.acked),
+            (
+                "messages_retried",
+                "Outcomes: to be delivered again",
+                s.retried,
+            ),
+            ("messages_dead_lettered", "Outcomes: dead-lettered", s.dead),
+            (
+                "messages_failed",
+                "Outcomes other than an acknowledgement (retried or dead-lettered)",
+                s.retried + s.dead,
+            ),
+            (
+                "messages_claimed",
+                "Messages taken back: a restart's, a lost reply's, a dead consumer's",
+                s.recovered,
+            ),
+            (
+                "messages_requeued",
+                "Due retries moved back to their queue",
+                s.requeued,
+            ),
+            (
+                "stale_outcomes",
+                "Outcomes refused: another consumer had taken the message over",
+                s.stale_outcomes,
+            ),
+            (
+                "foreign_leases",
+                "Elements found in a leased list that this consumer did not lease",
+                s.foreign_leases,
+            ),
+            (
+                "possibly_lost",
+                "Messages asked for by pops whose answers were lost (an upper bound)",
+                s.possibly_lost,
+            ),
+            (
+                "reconnects",
+                "Connections made again after a loss",
+                s.reconnects,
+            ),
+            (
+                "stalls",
+                "Connections replaced after an overdue reply",
+                s.stalls,
+            ),
+            (
+                "redirects",
+                "Commands a cluster answered with MOVED, ASK, TRYAGAIN or CLUSTERDOWN",
+                s.redirects,
+            ),
+            (
+                "topology_refreshes",
+                "Cluster topology refreshes",
+                s.topology_refreshes,
+            ),
+            (
+                "pubsub_gaps",
+                "Times subscriptions were not in force",
+                s.gaps,
+            ),
+            (
+                "pubsub_dropped",
+                "Messages dropped by the subscriber's overflow policy",
+                s.dropped,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(&mut e, name, help, &by_mode, v)?;
+        }
+        gauge(
+            &mut e,
+            "connections",
+            "Connections by state",
+            &[("mode", mode), ("state", "ready")],
+            s.connections_ready as i64,
+        )?;
+        gauge(
+            &mut e,
+            "stream_lag",
+            "Consumer groups' lag (entries not yet delivered), summed over streams",
+            &by_mode,
+            s.lag as i64,
+        )?;
+        gauge(
+            &mut e,
+            "stream_pending",
+            "Consumer groups' pending entries, summed over streams",
+            &by_mode,
+            s.pending as i64,
+        )?;
+        // The encoder takes each bucket's own count (it adds them up) and `f64::MAX` as
+        // the `+Inf` bucket.
+        let h = &s.latency_ns;
+        let count = h.len();
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = AWAIT_BUCKETS
+            .iter()
+            .map(|&b| {
+                let upto = h.count_between(0, (b * 1e9) as u64).min(count);
+                let own = upto.saturating_sub(below);
+                below = below.max(upto);
+                (b, own)
+            })
+            .collect();
+        buckets.push((f64::MAX, count.saturating_sub(below)));
+        let sum = h.mean() * count as f64 / 1e9;
+        let mut m = e.encode_descriptor(
+            "await_time_seconds",
+            "From a reply's arrival to the handler call",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_family(&by_mode)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
