@@ -1,0 +1,202 @@
+//! The Prometheus collector (feature `prometheus`, issue 25): the exposition of real runs
+//! parses with an independent parser (Python `prometheus-client`'s OpenMetrics parser,
+//! from the venv `scripts/setup.sh` makes), and its counters equal what happened — a
+//! reliable run that forces retries and dead letters, a restart that claims its
+//! unfinished leases back, and a pub/sub connection killed (a gap). (`required-features`:
+//! it runs in the workspace test run, where the CLI turns the feature on.)
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use ringq::{Event, ListenConsumer, Outcome, ReliableConsumer, Running};
+use ringq_tests::{run_python, wait_until};
+
+mod support;
+use support::{builder, payloads, start, Kind, Recorder, WAIT};
+
+/// Every sample of `running`'s exposition, parsed by Python's OpenMetrics parser:
+/// `name{label=value,...}` (labels sorted) → value.
+fn samples(running: &Running) -> HashMap<String, f64> {
+    let mut registry = Registry::with_prefix("ringq");
+    registry.register_collector(Box::new(running.metrics()));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let script = r#"
+import os
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(os.environ["BODY"]):
+    for s in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}} {s.value}")
+"#;
+    let out = run_python(script, &[("BODY", &text)]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn get(s: &HashMap<String, f64>, key: &str) -> f64 {
+    *s.get(key)
+        .unwrap_or_else(|| panic!("no sample {key}; have {:?}", s.keys().collect::<Vec<_>>()))
+}
+
+/// A reliable run whose handler retries every 10th message once and dead-letters every
+/// 25th: consumed, acked, retried, dead-lettered and failed equal those counts. Then a
+/// run stopped holding unacked leases (its handler never returns for a few) is followed
+/// by a restart with the same id: the restart's claimed counter counts what it took back.
+#[test]
+fn reliable_counters_equal_what_happened() {
+    let server = start(Kind::Redis);
+    let mut c = server.client().unwrap();
+    const N: usize = 1000;
+    c.lpush_many("mq", payloads("m", N)).unwrap();
+    let seen = Recorder::<(String, u32, std::time::Instant)>::default();
+    let n_of = |p: &str| p.rsplit('-').next().unwrap().parse::<usize>().unwrap();
+    let handler = seen.deciding(move |p: &str, d: u32| match (n_of(p), d) {
+        (i, 1) if i % 25 == 0 => Outcome::Dead,
+        (i, 1) if i % 10 == 0 => Outcome::Retry,
+        _ => Outcome::Ack,
+    });
+    let running = builder(server.url())
+        .start(
+            ReliableConsumer::new("c1", ["mq"])
+                .batch(32)
+                .backoff(ringq::Backoff::Levels(vec![Duration::from_millis(10)])),
+            handler,
+        )
+        .unwrap();
+    let dead = (0..N).filter(|i| i % 25 == 0).count();
+    let retried = (0..N).filter(|i| i % 10 == 0 && i % 25 != 0).count();
+    assert!(
+        wait_until(WAIT, || seen.len() >= N + retried),
+        "delivered {} of {}",
+        seen.len(),
+        N + retried
+    );
+    let mut s = HashMap::new();
+    assert!(
+        wait_until(WAIT, || {
+            s = samples(&running);
+            s.get("ringq_messages_acked_total{mode=reliable}") == Some(&((N - dead) as f64))
+                && s.get("ringq_await_time_seconds_count{mode=reliable}")
+                    == Some(&((N + retried) as f64))
+        }),
+        "the counters caught up: {s:?}"
+    );
+    assert_eq!(
+        get(&s, "ringq_messages_consumed_total{mode=reliable,source=mq}"),
+        (N + retried) as f64
+    );
+    assert_eq!(
+        get(&s, "ringq_messages_retried_total{mode=reliable}"),
+        retried as f64
+    );
+    assert_eq!(
+        get(&s, "ringq_messages_dead_lettered_total{mode=reliable}"),
+        dead as f64
+    );
+    assert_eq!(
+        get(&s, "ringq_messages_failed_total{mode=reliable}"),
+        (retried + dead) as f64
+    );
+    assert_eq!(
+        get(&s, "ringq_messages_requeued_total{mode=reliable}"),
+        retried as f64
+    );
+    assert_eq!(get(&s, "ringq_messages_claimed_total{mode=reliable}"), 0.0);
+    running.shutdown().unwrap();
+
+    // A run killed holding leases (its shard thread never returns them: the process
+    // would be gone); the restart claims them.
+    c.lpush_many("cq", payloads("c", 50)).unwrap();
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    /// Lets the first run's handler return, even when an assertion fails first.
+    struct Release(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let release = Release(held.clone());
+    let h = held.clone();
+    let first = builder(server.url())
+        .start(
+            ReliableConsumer::new("c2", ["cq"]).batch(50),
+            move |_: &ringq::Message<'_>| {
+                while h.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Outcome::Ack
+            },
+        )
+        .unwrap();
+    // Its first lease is one message (its size unknown yet), and the handler holds it.
+    let leased = ringq::envelope::keys::processing(b"cq", b"c2");
+    assert!(
+        wait_until(WAIT, || c.llen(&leased).unwrap_or(0) >= 1),
+        "the first run leased"
+    );
+    let n = c.llen(&leased).unwrap() as f64;
+    // Its leases stay on the server as a crash would leave them: the restart runs
+    // beside it under the same id (a stuck process), and takes them back at start.
+    let again = builder(server.url())
+        .start(
+            ReliableConsumer::new("c2", ["cq"]).batch(50),
+            |_: &ringq::Message<'_>| Outcome::Ack,
+        )
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || {
+            let s = samples(&again);
+            s.get("ringq_messages_claimed_total{mode=reliable}") == Some(&n)
+                && s.get("ringq_messages_consumed_total{mode=reliable,source=cq}") == Some(&50.0)
+        }),
+        "the restart claimed the {n} held and consumed the 50: {:?}",
+        samples(&again)
+    );
+    drop(release);
+    again.shutdown().unwrap();
+    let _ = first.shutdown();
+}
+
+/// A subscriber whose connection is killed: `ringq_pubsub_gaps_total` counts the gap the
+/// handler was told about, and the reconnect.
+#[test]
+fn a_killed_subscriber_shows_a_gap_and_a_reconnect() {
+    let server = start(Kind::Redis);
+    let rec = Recorder::<(String, Option<String>, String)>::default();
+    let running = builder(server.url())
+        .start(ListenConsumer::new().channel("ch"), rec.clone())
+        .unwrap();
+    let mut c = server.client().unwrap();
+    assert!(
+        wait_until(WAIT, || c.publish("ch", "x").unwrap_or(0) >= 1),
+        "subscribed"
+    );
+    assert!(c.client_kill(&[("TYPE", "pubsub")]).unwrap() >= 1);
+    assert!(
+        wait_until(WAIT, || !rec.gaps().is_empty()),
+        "the gap reached the handler"
+    );
+    let told = rec
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Gap { .. }))
+        .count();
+    assert!(
+        wait_until(WAIT, || {
+            let s = samples(&running);
+            s.get("ringq_pubsub_gaps_total{mode=listen}") == Some(&(told as f64))
+                && s.get("ringq_reconnects_total{mode=listen}")
+                    .is_some_and(|v| *v >= 1.0)
+        }),
+        "gaps {told} and a reconnect counted: {:?}",
+        samples(&running)
+    );
+    running.shutdown().unwrap();
+}
