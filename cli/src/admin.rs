@@ -34,13 +34,13 @@ end
 return moved
 ";
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn int(f: &Frame) -> i64 {
+pub(crate) fn int(f: &Frame) -> i64 {
     match f {
         Frame::Integer(n) => *n,
         Frame::BulkString(b) | Frame::SimpleString(b) => std::str::from_utf8(b)
@@ -90,6 +90,9 @@ struct ConsumerRow {
 /// # Errors
 /// A bad URL (status 2); a connection or command failure (status 1).
 pub fn stats(a: StatsArgs) -> Result<(), Exit> {
+    if let Some(every) = a.watch {
+        return crate::watch::watch(&a.server, a.mode, &a.queues, every, a.format);
+    }
     if a.mode == AdminMode::Stream {
         return crate::stream_admin::stats(&a.server, &a.queues, a.format);
     }

@@ -673,6 +673,24 @@ pub struct StatsArgs {
     /// `text` (a few lines per queue) or `json` (one object per queue per line).
     #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
     pub format: StatsFormat,
+
+    /// Keep watching: depths and rates every SECONDS (default 1), refreshed in place on a
+    /// terminal, one line per queue and refresh otherwise (`--format json`: one object),
+    /// until interrupted.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_watch)]
+    pub watch: Option<std::time::Duration>,
+}
+
+/// `--watch SECONDS`: a positive number of seconds (0.1 at least).
+fn parse_watch(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(format!("--watch {s}: give 0.1 to 3600 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// `ringq stats --format`.

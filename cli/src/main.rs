@@ -49,6 +49,7 @@ mod server;
 mod stop;
 mod stream_admin;
 mod subscribe;
+mod watch;
 mod writer;
 
 use clap::Parser;

@@ -33,7 +33,7 @@ return #entries
 ";
 
 /// A RESP map or flat array of pairs, as (name, value).
-fn pairs(f: &Frame) -> Vec<(String, &Frame)> {
+pub(crate) fn pairs(f: &Frame) -> Vec<(String, &Frame)> {
     let items: Vec<(&Frame, &Frame)> = match f {
         Frame::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
         Frame::Array(v) => v
@@ -63,7 +63,7 @@ fn to_json(f: &Frame) -> Value {
     }
 }
 
-fn list(f: Frame) -> Vec<Frame> {
+pub(crate) fn list(f: Frame) -> Vec<Frame> {
     match f {
         Frame::Array(v) | Frame::Set(v) => v,
         _ => Vec::new(),

@@ -2,7 +2,8 @@
 //! parses with an independent parser (the Python `prometheus-client` package's
 //! OpenMetrics parser, from PyPI into `target/kombu-venv` by `scripts/setup.sh`), its
 //! counters equal what happened, a CLIENT KILL shows as a reconnect, and 50 concurrent
-//! scrapers during a drain change no count and grow no memory.
+//! scrapers during a drain change no count and grow no memory. And `ringq stats --watch`,
+//! the terminal's view of the same figures.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -233,4 +234,71 @@ fn fifty_concurrent_scrapers_change_nothing() {
         after <= first + 16 * 1024,
         "memory grew with the scrapes: {first} kB -> {after} kB"
     );
+}
+
+/// `ringq stats --watch 0.2` on a pipe: one line per refresh, its depth following the
+/// queue as a producer fills it and a consumer drains it, with the rate of change; JSON
+/// the same as objects. Stopped by SIGTERM.
+#[test]
+fn stats_watch_follows_a_queue_as_it_fills_and_drains() {
+    let s = server();
+    let url = s.url();
+    produce_seq(&url, "wq", 1000);
+    let w = spawn(&["stats", "--url", &url, "--queue", "wq", "--watch", "0.2"]);
+    assert!(
+        wait_until(WAIT, || w
+            .stdout_text_lines()
+            .iter()
+            .any(|l| l.contains("wq: pending 1000"))),
+        "the first refresh shows 1000: {:?}",
+        w.stdout_text_lines()
+    );
+    produce_seq(&url, "wq", 500);
+    assert!(
+        wait_until(WAIT, || w
+            .stdout_text_lines()
+            .iter()
+            .any(|l| l.contains("pending 1500 (+"))),
+        "a refresh shows the queue grown, with a positive rate: {:?}",
+        w.stdout_text_lines()
+    );
+    run(&["consume", "--url", &url, "--queue", "wq", "--count", "1500"]).assert_success();
+    assert!(
+        wait_until(WAIT, || w
+            .stdout_text_lines()
+            .iter()
+            .any(|l| l.contains("pending 0 (-"))),
+        "a refresh shows it drained, with a negative rate: {:?}",
+        w.stdout_text_lines()
+    );
+    let lines = w.stdout_text_lines();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.ends_with("dead 0 (+0/s)") || l.ends_with("dead 0")),
+        "{lines:?}"
+    );
+    w.signal(libc::SIGTERM);
+    let _ = w.finish();
+
+    let j = spawn(&[
+        "stats", "--url", &url, "--queue", "wq", "--watch", "0.2", "--format", "json",
+    ]);
+    assert!(
+        wait_until(WAIT, || j.stdout_text_lines().len() >= 2),
+        "two refreshes"
+    );
+    for l in j.stdout_text_lines().iter().take(2) {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON object per line");
+        assert_eq!(
+            (v["queue"].as_str(), v["pending"].as_i64()),
+            (Some("wq"), Some(0))
+        );
+        assert!(
+            v["t"].is_number() && v.get("pending_per_sec").is_some(),
+            "{v}"
+        );
+    }
+    j.signal(libc::SIGTERM);
+    let _ = j.finish();
 }
