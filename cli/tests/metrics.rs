@@ -122,7 +122,19 @@ fn the_exposition_parses_and_counts_what_happened() {
         ),
         2000.0
     );
-    assert!(value(&samples, "ringq_connections{mode=reliable,state=ready}") >= 2.0);
+    assert!(
+        value(
+            &samples,
+            "ringq_connections{mode=reliable,role=fetch,state=ready}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "ringq_connections{mode=reliable,role=control,state=ready}"
+        ),
+        1.0
+    );
     let before = value(&samples, "ringq_reconnects_total{mode=reliable}");
 
     let mut c = client(&s);

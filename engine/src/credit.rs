@@ -260,6 +260,11 @@ impl Credits {
             .is_some_and(|a| a.used <= a.reserve / 2 && a.used_bytes <= a.reserve_bytes / 2)
     }
 
+    /// Messages and payload bytes in flight now.
+    pub(crate) fn in_flight(&self) -> (u64, u64) {
+        (self.used, self.used_bytes)
+    }
+
     /// Highest number of messages in flight seen at once.
     pub(crate) fn high_water(&self) -> u64 {
         self.high_water

@@ -34,6 +34,43 @@ pub enum ErrorKind {
     Handler,
 }
 
+impl ErrorKind {
+    /// Every kind, in the order of [`ErrorKind::index`].
+    pub(crate) const ALL: [ErrorKind; 10] = [
+        ErrorKind::Config,
+        ErrorKind::UringUnavailable,
+        ErrorKind::Io,
+        ErrorKind::ConnectionLost,
+        ErrorKind::Auth,
+        ErrorKind::Tls,
+        ErrorKind::Protocol,
+        ErrorKind::Server,
+        ErrorKind::Timeout,
+        ErrorKind::Handler,
+    ];
+
+    /// Its place in [`ErrorKind::ALL`].
+    pub(crate) fn index(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+
+    /// A short snake_case name (metrics labels, logs): `connection_lost`, `timeout`, …
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::UringUnavailable => "uring_unavailable",
+            ErrorKind::Io => "io",
+            ErrorKind::ConnectionLost => "connection_lost",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Server => "server",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Handler => "handler",
+        }
+    }
+}
+
 /// The engine's error. One pointer wide, so `Result<T, Error>` stays small on hot paths.
 #[derive(Debug)]
 pub struct Error {

@@ -115,7 +115,7 @@ pub use sentinel::sentinel_master;
 /// The `serde_json` ringq links, whose `Value` carries Celery task arguments in
 /// [`kombu`].
 pub use serde_json;
-pub use stats::Stats;
+pub use stats::{ConnectionCounts, Stats};
 pub use tls::Tls;
 pub use url::{Address, ConnectionInfo};
 

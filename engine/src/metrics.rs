@@ -43,14 +43,17 @@
 //! | `ringq_topology_refreshes_total` | counter | `mode` | cluster |
 //! | `ringq_pubsub_gaps_total` | counter | `mode` | listen: times subscriptions were not in force |
 //! | `ringq_pubsub_dropped_total` | counter | `mode` | listen: messages dropped by the overflow policy |
-//! | `ringq_connections` | gauge | `mode`, `state="ready"` | all |
+//! | `ringq_connection_errors_total` | counter | `mode`, `kind` (`connection_lost`, `timeout`, `server`, `protocol`, `auth`, `tls`, …) | all |
+//! | `ringq_connections` | gauge | `mode`, `role` (`fetch`, `control`), `state` (`ready`, `down`) | all (published every 100 ms) |
+//! | `ringq_inflight_messages`, `ringq_inflight_bytes` | gauge | `mode` | all (published every 100 ms) |
 //! | `ringq_stream_lag` | gauge | `mode` | stream: the groups' lag, summed over streams |
 //! | `ringq_stream_pending` | gauge | `mode` | stream: the groups' pending entries, summed |
 //! | `ringq_await_time_seconds` | histogram | `mode` | all: from a reply's arrival to the handler call (the shards publish it every 100 ms) |
+//! | `ringq_process_duration_seconds` | histogram | `mode` | all, inline dispatch: handler time per message (a batch's time spread over its messages) |
 //!
-//! Not yet exported (issue 25 lists them): live in-flight gauges, `queue_depth`, lag and
-//! pending per stream and group (summed here), connections by role and state (ready
-//! only), errors by kind, handler and round-trip duration histograms.
+//! Not yet exported (issue 25 lists them): `queue_depth`, lag and pending per stream and
+//! group (summed here), round-trip duration histograms per operation, handler time with
+//! worker dispatch.
 
 use std::sync::{Arc, Mutex};
 
@@ -63,8 +66,8 @@ use prometheus_client::metrics::MetricType;
 use crate::backend::IoBackend;
 use crate::stats::{ShardStats, Stats};
 
-/// Upper bounds (seconds) of `ringq_await_time_seconds`'s buckets.
-const AWAIT_BUCKETS: [f64; 14] = [
+/// Upper bounds (seconds) of the histograms' buckets.
+const BUCKETS: [f64; 14] = [
     1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 1.0, 10.0,
 ];
 
@@ -118,6 +121,35 @@ fn counter(
     let c = ConstCounter::new(v);
     let mut m = e.encode_descriptor(name, help, None, c.metric_type())?;
     c.encode(m.encode_family(&labels)?)
+}
+
+/// A histogram family of one sample from an HdrHistogram of nanoseconds, in the fixed
+/// buckets of [`BUCKETS`].
+fn histogram(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    labels: &[(&str, &str)],
+    h: &Histogram<u64>,
+) -> Result<(), std::fmt::Error> {
+    // The encoder takes each bucket's own count (it adds them up) and `f64::MAX` as the
+    // `+Inf` bucket.
+    let count = h.len();
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = BUCKETS
+        .iter()
+        .map(|&b| {
+            let upto = h.count_between(0, (b * 1e9) as u64).min(count);
+            let own = upto.saturating_sub(below);
+            below = below.max(upto);
+            (b, own)
+        })
+        .collect();
+    buckets.push((f64::MAX, count.saturating_sub(below)));
+    let sum = h.mean() * count as f64 / 1e9;
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_family(&labels)?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }
 
 fn gauge(
@@ -222,12 +254,51 @@ impl prometheus_client::collector::Collector for Collector {
         for (name, help, v) in counters {
             counter(&mut e, name, help, &by_mode, v)?;
         }
+        {
+            let g = ConstGauge::new(0i64);
+            let mut m = e.encode_descriptor(
+                "connections",
+                "Connections by role (fetch, control) and state (ready, down)",
+                None,
+                g.metric_type(),
+            )?;
+            let c = s.connections;
+            for (role, state, n) in [
+                ("fetch", "ready", c.fetch_ready),
+                ("fetch", "down", c.fetch_down),
+                ("control", "ready", c.control_ready),
+                ("control", "down", c.control_down),
+            ] {
+                let labels = [("mode", mode), ("role", role), ("state", state)];
+                ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let c = ConstCounter::new(0u64);
+            let mut m = e.encode_descriptor(
+                "connection_errors",
+                "Connection failures by the kind of their error",
+                None,
+                c.metric_type(),
+            )?;
+            for (kind, n) in &s.connection_errors {
+                let labels = [("mode", mode), ("kind", *kind)];
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
         gauge(
             &mut e,
-            "connections",
-            "Connections by state",
-            &[("mode", mode), ("state", "ready")],
-            s.connections_ready as i64,
+            "inflight_messages",
+            "Messages asked for by fetches not yet answered, or fetched and not yet handled",
+            &by_mode,
+            s.in_flight as i64,
+        )?;
+        gauge(
+            &mut e,
+            "inflight_bytes",
+            "Payload bytes in flight (reserved by fetches, or fetched and not yet handled)",
+            &by_mode,
+            s.in_flight_bytes as i64,
         )?;
         gauge(
             &mut e,
@@ -243,29 +314,19 @@ impl prometheus_client::collector::Collector for Collector {
             &by_mode,
             s.pending as i64,
         )?;
-        // The encoder takes each bucket's own count (it adds them up) and `f64::MAX` as
-        // the `+Inf` bucket.
-        let h = &s.latency_ns;
-        let count = h.len();
-        let mut below = 0;
-        let mut buckets: Vec<(f64, u64)> = AWAIT_BUCKETS
-            .iter()
-            .map(|&b| {
-                let upto = h.count_between(0, (b * 1e9) as u64).min(count);
-                let own = upto.saturating_sub(below);
-                below = below.max(upto);
-                (b, own)
-            })
-            .collect();
-        buckets.push((f64::MAX, count.saturating_sub(below)));
-        let sum = h.mean() * count as f64 / 1e9;
-        let mut m = e.encode_descriptor(
+        histogram(
+            &mut e,
             "await_time_seconds",
             "From a reply's arrival to the handler call",
-            None,
-            MetricType::Histogram,
+            &by_mode,
+            &s.latency_ns,
         )?;
-        m.encode_family(&by_mode)?
-            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        histogram(
+            &mut e,
+            "process_duration_seconds",
+            "Handler time per message (inline dispatch)",
+            &by_mode,
+            &s.process_ns,
+        )
     }
 }

@@ -52,6 +52,16 @@ pub(crate) struct ShardStats {
     /// Gauges (stored, not added): the stream group's lag and pending count on this shard.
     pub stream_lag: AtomicU64,
     pub stream_pending: AtomicU64,
+    /// Gauges stored every 100 ms: messages and payload bytes in flight now.
+    pub in_flight: AtomicU64,
+    pub in_flight_bytes: AtomicU64,
+    /// Gauges stored every 100 ms: connections by [`ConnectionCounts`] slot (fetch ready,
+    /// fetch not ready, control ready, control not ready).
+    pub conns: [AtomicU64; 4],
+    /// Connection failures by `ErrorKind::index`.
+    pub conn_errors: [AtomicU64; 10],
+    /// Handler time per message (inline dispatch), merged every 100 ms.
+    pub process: Mutex<Histogram<u64>>,
     /// Messages per source (pop: queue), in configuration order.
     pub per_source: Vec<AtomicU64>,
     pub latency: Mutex<Histogram<u64>>,
@@ -88,8 +98,13 @@ impl ShardStats {
             deleted: AtomicU64::new(0),
             stream_lag: AtomicU64::new(0),
             stream_pending: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            in_flight_bytes: AtomicU64::new(0),
+            conns: Default::default(),
+            conn_errors: Default::default(),
             per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             latency: Mutex::new(new_histogram()),
+            process: Mutex::new(new_histogram()),
         }
     }
 
@@ -100,14 +115,36 @@ impl ShardStats {
     }
 
     pub(crate) fn merge_latency(&self, local: &mut Histogram<u64>) {
+        Self::merge(&self.latency, local);
+    }
+
+    pub(crate) fn merge_process(&self, local: &mut Histogram<u64>) {
+        Self::merge(&self.process, local);
+    }
+
+    fn merge(into: &Mutex<Histogram<u64>>, local: &mut Histogram<u64>) {
         if local.is_empty() {
             return;
         }
-        if let Ok(mut h) = self.latency.lock() {
+        if let Ok(mut h) = into.lock() {
             let _ = h.add(&*local);
         }
         local.reset();
     }
+}
+
+/// Connections by role and state (see [`Stats::connections`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionCounts {
+    /// Fetch connections whose handshake is done and that serve.
+    pub fetch_ready: u64,
+    /// Fetch connections connecting, reconnecting, backing off or draining.
+    pub fetch_down: u64,
+    /// Control connections that serve.
+    pub control_ready: u64,
+    /// Control connections not serving now.
+    pub control_down: u64,
 }
 
 /// A snapshot of the engine's counters, summed over shards.
@@ -196,6 +233,19 @@ pub struct Stats {
     /// coalesced and rate-limited: a node that goes away costs one, not one per
     /// connection.
     pub topology_refreshes: u64,
+    /// Messages in flight now (asked for by fetches not yet answered, or fetched and not
+    /// yet handled), summed over shards as last published (every 100 ms).
+    pub in_flight: u64,
+    /// Payload bytes in flight now, as [`Stats::in_flight`].
+    pub in_flight_bytes: u64,
+    /// Connections by role and state, as last published (every 100 ms).
+    pub connections: ConnectionCounts,
+    /// Connection failures by the kind of their error (`ErrorKind::label`, count), every
+    /// kind listed.
+    pub connection_errors: Vec<(&'static str, u64)>,
+    /// Handler time per message, in nanoseconds (inline dispatch; a batch's time is
+    /// spread over its messages). Empty with worker dispatch.
+    pub process_ns: Histogram<u64>,
     /// Messages per source — a queue in `pop` mode (its name, as configured) — in
     /// configuration order.
     pub per_source: Vec<(String, u64)>,
@@ -263,6 +313,33 @@ impl Stats {
             lag: total(|s| &s.stream_lag),
             pending: total(|s| &s.stream_pending),
             topology_refreshes: 0,
+            in_flight: total(|s| &s.in_flight),
+            in_flight_bytes: total(|s| &s.in_flight_bytes),
+            connections: ConnectionCounts {
+                fetch_ready: total(|s| &s.conns[0]),
+                fetch_down: total(|s| &s.conns[1]),
+                control_ready: total(|s| &s.conns[2]),
+                control_down: total(|s| &s.conns[3]),
+            },
+            connection_errors: crate::ErrorKind::ALL
+                .iter()
+                .map(|k| {
+                    let i = k.index();
+                    (
+                        k.label(),
+                        shards.iter().map(|s| s.conn_errors[i].load(Relaxed)).sum(),
+                    )
+                })
+                .collect(),
+            process_ns: {
+                let mut h = new_histogram();
+                for s in shards {
+                    if let Ok(p) = s.process.lock() {
+                        let _ = h.add(&*p);
+                    }
+                }
+                h
+            },
             per_source: source_names
                 .iter()
                 .enumerate()

@@ -109,6 +109,30 @@ fn reliable_counters_equal_what_happened() {
         retried as f64
     );
     assert_eq!(get(&s, "ringq_messages_claimed_total{mode=reliable}"), 0.0);
+    // Inline dispatch: every message's handler time is in the histogram.
+    assert!(
+        wait_until(WAIT, || {
+            samples(&running).get("ringq_process_duration_seconds_count{mode=reliable}")
+                == Some(&((N + retried) as f64))
+        }),
+        "the handler times are counted"
+    );
+    let s = samples(&running);
+    // Drained: at most the one message the lane's blocked wait holds credit for.
+    assert!(get(&s, "ringq_inflight_messages{mode=reliable}") <= 1.0);
+    assert_eq!(
+        get(
+            &s,
+            "ringq_connections{mode=reliable,role=control,state=ready}"
+        ),
+        1.0
+    );
+    assert!(
+        get(
+            &s,
+            "ringq_connections{mode=reliable,role=fetch,state=ready}"
+        ) >= 1.0
+    );
     running.shutdown().unwrap();
 
     // A run killed holding leases (its shard thread never returns them: the process
@@ -193,6 +217,8 @@ fn a_killed_subscriber_shows_a_gap_and_a_reconnect() {
             let s = samples(&running);
             s.get("ringq_pubsub_gaps_total{mode=listen}") == Some(&(told as f64))
                 && s.get("ringq_reconnects_total{mode=listen}")
+                    .is_some_and(|v| *v >= 1.0)
+                && s.get("ringq_connection_errors_total{kind=connection_lost,mode=listen}")
                     .is_some_and(|v| *v >= 1.0)
         }),
         "gaps {told} and a reconnect counted: {:?}",

@@ -166,6 +166,14 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                 .fetch_sub(1, Ordering::Relaxed);
         }
         let draining = conn.draining().is_some();
+        let kind = match &f {
+            Failure::Fatal(e) | Failure::Retry(e) => e.kind(),
+        };
+        self.io
+            .stats
+            .conn_errors
+            .get(kind.index())
+            .map(|c| c.fetch_add(1, Ordering::Relaxed));
         let mut unanswered = std::mem::take(&mut self.unanswered);
         conn.take_unanswered(&mut unanswered);
         match f {

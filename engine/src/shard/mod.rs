@@ -138,6 +138,9 @@ struct Shard<P: Pipeline, B: Backend> {
     /// A lost connection's unanswered commands, on their way back to the pipeline (reused).
     unanswered: Vec<P::Cmd>,
     latency: Histogram<u64>,
+    /// Handler time per message (inline dispatch), merged into the shared stats with
+    /// `latency`.
+    process: Histogram<u64>,
     completions: Vec<Completion<B::Data>>,
     turn_started: Instant,
     /// `CLIENT UNBLOCK` is not available (an ACL without it, an error): wait instead.
@@ -238,6 +241,7 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         outcomes: Vec::with_capacity(1024),
         unanswered: Vec::new(),
         latency: new_histogram(),
+        process: new_histogram(),
         completions: Vec::with_capacity(256),
         turn_started: Instant::now(),
         unblock_off: false,
@@ -596,6 +600,21 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
     fn publish_stats(&mut self) {
         let s = &self.io.stats;
         s.merge_latency(&mut self.latency);
+        s.merge_process(&mut self.process);
+        let (n, bytes) = self.io.credits.in_flight();
+        s.in_flight.store(n, Ordering::Relaxed);
+        s.in_flight_bytes.store(bytes, Ordering::Relaxed);
+        let mut conns = [0u64; 4];
+        for (i, c) in self.io.conns.iter().enumerate() {
+            if c.phase() == Phase::Done || c.retired() {
+                continue;
+            }
+            let control = Some(i) == self.io.control;
+            conns[usize::from(control) * 2 + usize::from(!c.serves())] += 1;
+        }
+        for (slot, n) in s.conns.iter().zip(conns) {
+            slot.store(n, Ordering::Relaxed);
+        }
         s.max_in_flight
             .fetch_max(self.io.credits.high_water(), Ordering::Relaxed);
         s.max_in_flight_bytes

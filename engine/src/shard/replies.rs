@@ -193,9 +193,16 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             .record_n(wait_ns.min(self.latency.high()), n as u64);
         self.outcomes.clear();
         let outcomes = &mut self.outcomes;
-        if std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle_batch(msgs, outcomes)))
-            .is_err()
-        {
+        let began = Instant::now();
+        let panicked =
+            std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle_batch(msgs, outcomes)))
+                .is_err();
+        // One clock read per batch; its time is spread over the batch's messages.
+        let per = (began.elapsed().as_nanos() as u64 / n as u64).max(1);
+        let _ = self
+            .process
+            .record_n(per.min(self.process.high()), n as u64);
+        if panicked {
             self.outcomes.clear();
             self.io.shared.fail(Error::new(
                 ErrorKind::Handler,
