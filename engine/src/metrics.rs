@@ -46,14 +46,13 @@
 //! | `ringq_connection_errors_total` | counter | `mode`, `kind` (`connection_lost`, `timeout`, `server`, `protocol`, `auth`, `tls`, …) | all |
 //! | `ringq_connections` | gauge | `mode`, `role` (`fetch`, `control`), `state` (`ready`, `down`) | all (published every 100 ms) |
 //! | `ringq_inflight_messages`, `ringq_inflight_bytes` | gauge | `mode` | all (published every 100 ms) |
-//! | `ringq_stream_lag` | gauge | `mode` | stream: the groups' lag, summed over streams |
-//! | `ringq_stream_pending` | gauge | `mode` | stream: the groups' pending entries, summed |
+//! | `ringq_stream_lag` | gauge | `stream`, `group`, `mode` | stream: the group's lag on each stream (read every second) |
+//! | `ringq_stream_pending` | gauge | `stream`, `group`, `mode` | stream: the group's pending entries on each stream |
 //! | `ringq_await_time_seconds` | histogram | `mode` | all: from a reply's arrival to the handler call (the shards publish it every 100 ms) |
 //! | `ringq_process_duration_seconds` | histogram | `mode` | all, inline dispatch: handler time per message (a batch's time spread over its messages) |
 //!
-//! Not yet exported (issue 25 lists them): `queue_depth`, lag and pending per stream and
-//! group (summed here), round-trip duration histograms per operation, handler time with
-//! worker dispatch.
+//! Not yet exported (issue 25 lists them): `queue_depth`, round-trip duration histograms
+//! per operation, handler time with worker dispatch.
 
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +78,7 @@ pub(crate) struct Source {
     pub backend: IoBackend,
     pub topology: Option<Arc<crate::cluster::Topology>>,
     pub mode: &'static str,
+    pub group: Option<String>,
 }
 
 /// A Prometheus collector of one running engine's metrics ([`crate::Running::metrics`]).
@@ -300,20 +300,32 @@ impl prometheus_client::collector::Collector for Collector {
             &by_mode,
             s.in_flight_bytes as i64,
         )?;
-        gauge(
-            &mut e,
-            "stream_lag",
-            "Consumer groups' lag (entries not yet delivered), summed over streams",
-            &by_mode,
-            s.lag as i64,
-        )?;
-        gauge(
-            &mut e,
-            "stream_pending",
-            "Consumer groups' pending entries, summed over streams",
-            &by_mode,
-            s.pending as i64,
-        )?;
+        if let Some(group) = &self.0.group {
+            for (name, help, pick) in [
+                (
+                    "stream_lag",
+                    "The consumer group's lag on the stream (entries not yet delivered to it)",
+                    0,
+                ),
+                (
+                    "stream_pending",
+                    "The consumer group's pending entries on the stream (delivered, not acked)",
+                    1,
+                ),
+            ] {
+                let g = ConstGauge::new(0i64);
+                let mut m = e.encode_descriptor(name, help, None, g.metric_type())?;
+                for (stream, lag, pending) in &s.per_source_lag {
+                    let v = if pick == 0 { *lag } else { *pending };
+                    let labels = [
+                        ("stream", stream.as_str()),
+                        ("group", group.as_str()),
+                        ("mode", mode),
+                    ];
+                    ConstGauge::new(v as i64).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
         histogram(
             &mut e,
             "await_time_seconds",

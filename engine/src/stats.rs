@@ -64,6 +64,10 @@ pub(crate) struct ShardStats {
     pub process: Mutex<Histogram<u64>>,
     /// Messages per source (pop: queue), in configuration order.
     pub per_source: Vec<AtomicU64>,
+    /// Gauges per source (stream mode): the group's lag and pending entries on each
+    /// stream, as last read.
+    pub source_lag: Vec<AtomicU64>,
+    pub source_pending: Vec<AtomicU64>,
     pub latency: Mutex<Histogram<u64>>,
 }
 
@@ -103,6 +107,8 @@ impl ShardStats {
             conns: Default::default(),
             conn_errors: Default::default(),
             per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
+            source_lag: (0..sources).map(|_| AtomicU64::new(0)).collect(),
+            source_pending: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             latency: Mutex::new(new_histogram()),
             process: Mutex::new(new_histogram()),
         }
@@ -243,6 +249,9 @@ pub struct Stats {
     /// Connection failures by the kind of their error (`ErrorKind::label`, count), every
     /// kind listed.
     pub connection_errors: Vec<(&'static str, u64)>,
+    /// Stream mode: each stream's (name, group lag, group pending), as last read (every
+    /// second), in configuration order; zeros in the other modes.
+    pub per_source_lag: Vec<(String, u64, u64)>,
     /// Handler time per message, in nanoseconds (inline dispatch; a batch's time is
     /// spread over its messages). Empty with worker dispatch.
     pub process_ns: Histogram<u64>,
@@ -328,6 +337,23 @@ impl Stats {
                     (
                         k.label(),
                         shards.iter().map(|s| s.conn_errors[i].load(Relaxed)).sum(),
+                    )
+                })
+                .collect(),
+            per_source_lag: source_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let sum = |f: fn(&ShardStats) -> &Vec<AtomicU64>| {
+                        shards
+                            .iter()
+                            .map(|s| f(s).get(i).map_or(0, |a| a.load(Relaxed)))
+                            .sum::<u64>()
+                    };
+                    (
+                        n.clone(),
+                        sum(|s| &s.source_lag),
+                        sum(|s| &s.source_pending),
                     )
                 })
                 .collect(),

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use ringq::{Event, ListenConsumer, Outcome, ReliableConsumer, Running};
+use ringq::{Event, ListenConsumer, Outcome, ReliableConsumer, Running, StartAt, StreamConsumer};
 use ringq_tests::{run_python, wait_until};
 
 mod support;
-use support::{builder, payloads, start, Kind, Recorder, WAIT};
+use support::{builder, payloads, start, xadd, Kind, Recorder, WAIT};
 
 /// Every sample of `running`'s exposition, parsed by Python's OpenMetrics parser:
 /// `name{label=value,...}` (labels sorted) → value.
@@ -223,6 +223,52 @@ fn a_killed_subscriber_shows_a_gap_and_a_reconnect() {
         }),
         "gaps {told} and a reconnect counted: {:?}",
         samples(&running)
+    );
+    running.shutdown().unwrap();
+}
+
+/// Stream mode over two streams: consumed per stream, and the group's lag and pending
+/// per stream and group, read back to zero once everything is acknowledged.
+#[test]
+fn stream_gauges_are_per_stream_and_group() {
+    let server = start(Kind::Redis);
+    let mut c = server.client().unwrap();
+    xadd(&mut c, "s1", "a", 300, None);
+    xadd(&mut c, "s2", "b", 200, None);
+    let rec = Recorder::<(String, String, u32, std::time::Instant)>::default();
+    let running = builder(server.url())
+        .start(
+            StreamConsumer::new("g", "c1", ["s1", "s2"]).start_at(StartAt::Beginning),
+            rec.clone(),
+        )
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || rec.len() >= 500),
+        "consumed {}",
+        rec.len()
+    );
+    let mut s = HashMap::new();
+    assert!(
+        wait_until(WAIT, || {
+            s = samples(&running);
+            ["s1", "s2"].iter().all(|st| {
+                s.get(&format!(
+                    "ringq_stream_lag{{group=g,mode=stream,stream={st}}}"
+                )) == Some(&0.0)
+                    && s.get(&format!(
+                        "ringq_stream_pending{{group=g,mode=stream,stream={st}}}"
+                    )) == Some(&0.0)
+            })
+        }),
+        "lag and pending per stream read back to 0: {s:?}"
+    );
+    assert_eq!(
+        get(&s, "ringq_messages_consumed_total{mode=stream,source=s1}"),
+        300.0
+    );
+    assert_eq!(
+        get(&s, "ringq_messages_consumed_total{mode=stream,source=s2}"),
+        200.0
     );
     running.shutdown().unwrap();
 }

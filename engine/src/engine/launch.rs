@@ -39,6 +39,8 @@ pub(crate) struct Launch {
     pub sources: Vec<String>,
     /// The delivery mode's name (`Start::MODE`).
     pub mode: &'static str,
+    /// Stream mode's consumer group (`Start::group_name`).
+    pub group: Option<String>,
     pub timing: Timing,
     /// In a cluster: each shard's lanes' hash slots (empty otherwise).
     pub routes: Vec<Vec<u16>>,
@@ -150,6 +152,7 @@ where
         stats: shard_stats,
         source_names: launch.sources,
         mode: launch.mode,
+        group: launch.group,
         backend,
         features,
         topology: conn.cluster.clone(),

@@ -481,6 +481,7 @@ impl EngineBuilder {
             limit: self.limit,
             sources,
             mode: K::MODE,
+            group: consumer.group_name(),
             timing,
             routes,
         };

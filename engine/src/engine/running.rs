@@ -21,6 +21,7 @@ pub struct Running {
     pub(super) stats: Vec<Arc<ShardStats>>,
     pub(super) source_names: Vec<String>,
     pub(super) mode: &'static str,
+    pub(super) group: Option<String>,
     pub(super) features: Option<RingFeatures>,
     pub(super) backend: IoBackend,
     /// In a cluster: the topology (its refreshes are counted in the stats).
@@ -69,6 +70,7 @@ impl Running {
             backend: self.backend,
             topology: self.topology.clone(),
             mode: self.mode,
+            group: self.group.clone(),
         })
     }
 

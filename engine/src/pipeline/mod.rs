@@ -93,6 +93,11 @@ pub(crate) trait Start {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config), saying what to change.
     fn check(&self) -> Result<(), crate::Error>;
 
+    /// The consumer group (stream mode): the `group` label of the per-stream metrics.
+    fn group_name(&self) -> Option<String> {
+        None
+    }
+
     /// Refuses a dispatch the consumer cannot keep its promises with (default: any
     /// works).
     ///

@@ -3,6 +3,7 @@
 //! the handler, and taking outcomes back to the pipeline.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -180,6 +181,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         if n == 0 {
             return;
         }
+        self.count_per_source(msgs);
         let handler = match &mut self.handler {
             HandlerSide::Workers(d) => {
                 d.submit(msgs);
@@ -220,6 +222,31 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             .on_outcomes(&mut self.io, conn, msgs, &self.outcomes, bytes);
         msgs.clear();
         self.finish(tally);
+    }
+
+    /// Counts messages per source (`Stats::per_source`), one add per run of messages of
+    /// one source (a reply's messages mostly share theirs).
+    fn count_per_source(&self, msgs: &[Message<'_>]) {
+        let per = &self.io.stats.per_source;
+        let mut run: Option<(u32, u64)> = None;
+        for m in msgs {
+            let i = m.source.index;
+            match &mut run {
+                Some((at, n)) if *at == i => *n += 1,
+                _ => {
+                    if let Some((at, n)) = run.replace((i, 1)) {
+                        if let Some(c) = per.get(at as usize) {
+                            c.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((at, n)) = run {
+            if let Some(c) = per.get(at as usize) {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Takes outcomes workers returned to the pipeline.

@@ -358,11 +358,6 @@ impl<D: Dialect> PopPipeline<D> {
         if pop.late {
             s.add(&s.late_messages, u64::from(reply.count));
         }
-        if let Some(q) = reply.queue {
-            if let Some(c) = s.per_source.get(q as usize) {
-                s.add(c, u64::from(reply.count));
-            }
-        }
         debug_assert_eq!(out.len(), reply.count as usize);
         Ok(reply.bytes)
     }

@@ -268,6 +268,10 @@ impl Start for StreamConsumer {
     const SOURCES: &'static str = "streams";
     const MODE: &'static str = "stream";
 
+    fn group_name(&self) -> Option<String> {
+        Some(String::from_utf8_lossy(&self.group).into_owned())
+    }
+
     fn check(&self) -> Result<(), Error> {
         if self.streams.is_empty() {
             return Err(Error::config("no streams to consume: give at least one"));

@@ -440,6 +440,16 @@ impl StreamPipeline {
                     let st = &mut self.streams[s as usize];
                     st.lag = lag;
                     st.pending = pending;
+                    if let Some(src) = self.plan.sources.get(s as usize) {
+                        let i = src.index as usize;
+                        let stats = io.stats();
+                        if let (Some(l), Some(p)) =
+                            (stats.source_lag.get(i), stats.source_pending.get(i))
+                        {
+                            l.store(lag, std::sync::atomic::Ordering::Relaxed);
+                            p.store(pending, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                     let (lag, pending) = self
                         .streams
                         .iter()

@@ -21,6 +21,7 @@ fn launch(url: &str, dispatch: Dispatch, pipeline: RecordingPipeline) -> Running
         limit: None,
         sources: vec!["test".into()],
         mode: "test",
+        group: None,
         timing: Timing {
             reply_timeout: Duration::from_secs(10),
             reply_grace: Duration::from_secs(2),
