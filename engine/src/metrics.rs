@@ -50,9 +50,10 @@
 //! | `ringq_stream_pending` | gauge | `stream`, `group`, `mode` | stream: the group's pending entries on each stream |
 //! | `ringq_await_time_seconds` | histogram | `mode` | all: from a reply's arrival to the handler call (the shards publish it every 100 ms) |
 //! | `ringq_process_duration_seconds` | histogram | `mode` | all, inline dispatch: handler time per message (a batch's time spread over its messages) |
+//! | `ringq_operation_duration_seconds` | histogram | `mode`, `op` (`fetch`, `control`) | round trips of non-blocking fetches (pops, leases, reads) and of Control's commands (settles, acks, scripts), loop turn to loop turn |
 //!
-//! Not yet exported (issue 25 lists them): `queue_depth`, round-trip duration histograms
-//! per operation, handler time with worker dispatch.
+//! Not yet exported (issue 25 lists them): `queue_depth`, handler time with worker
+//! dispatch.
 
 use std::sync::{Arc, Mutex};
 
@@ -132,8 +133,15 @@ fn histogram(
     labels: &[(&str, &str)],
     h: &Histogram<u64>,
 ) -> Result<(), std::fmt::Error> {
-    // The encoder takes each bucket's own count (it adds them up) and `f64::MAX` as the
-    // `+Inf` bucket.
+    let (sum, count, buckets) = buckets_of(h);
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_family(&labels)?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+/// `h` (nanoseconds) as the encoder takes a histogram: the sum in seconds, the count, and
+/// each bucket's own count (the encoder adds them up), `f64::MAX` being `+Inf`.
+fn buckets_of(h: &Histogram<u64>) -> (f64, u64, Vec<(f64, u64)>) {
     let count = h.len();
     let mut below = 0;
     let mut buckets: Vec<(f64, u64)> = BUCKETS
@@ -146,10 +154,7 @@ fn histogram(
         })
         .collect();
     buckets.push((f64::MAX, count.saturating_sub(below)));
-    let sum = h.mean() * count as f64 / 1e9;
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    m.encode_family(&labels)?
-        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    (h.mean() * count as f64 / 1e9, count, buckets)
 }
 
 fn gauge(
@@ -339,6 +344,21 @@ impl prometheus_client::collector::Collector for Collector {
             "Handler time per message (inline dispatch)",
             &by_mode,
             &s.process_ns,
-        )
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "operation_duration_seconds",
+                "Round trips: non-blocking fetches (pops, leases, reads) and Control's commands \
+                 (settles, acks, scripts)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (op, h) in [("fetch", &s.fetch_rtt_ns), ("control", &s.control_rtt_ns)] {
+                let (sum, count, buckets) = buckets_of(h);
+                m.encode_family(&[("mode", mode), ("op", op)])?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        Ok(())
     }
 }

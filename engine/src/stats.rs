@@ -62,6 +62,9 @@ pub(crate) struct ShardStats {
     pub conn_errors: [AtomicU64; 10],
     /// Handler time per message (inline dispatch), merged every 100 ms.
     pub process: Mutex<Histogram<u64>>,
+    /// Round trips of non-blocking fetches, and of Control's commands.
+    pub rtt_fetch: Mutex<Histogram<u64>>,
+    pub rtt_control: Mutex<Histogram<u64>>,
     /// Messages per source (pop: queue), in configuration order.
     pub per_source: Vec<AtomicU64>,
     /// Gauges per source (stream mode): the group's lag and pending entries on each
@@ -111,6 +114,8 @@ impl ShardStats {
             source_pending: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             latency: Mutex::new(new_histogram()),
             process: Mutex::new(new_histogram()),
+            rtt_fetch: Mutex::new(new_histogram()),
+            rtt_control: Mutex::new(new_histogram()),
         }
     }
 
@@ -126,6 +131,11 @@ impl ShardStats {
 
     pub(crate) fn merge_process(&self, local: &mut Histogram<u64>) {
         Self::merge(&self.process, local);
+    }
+
+    pub(crate) fn merge_rtt(&self, fetch: &mut Histogram<u64>, control: &mut Histogram<u64>) {
+        Self::merge(&self.rtt_fetch, fetch);
+        Self::merge(&self.rtt_control, control);
     }
 
     fn merge(into: &Mutex<Histogram<u64>>, local: &mut Histogram<u64>) {
@@ -252,6 +262,12 @@ pub struct Stats {
     /// Stream mode: each stream's (name, group lag, group pending), as last read (every
     /// second), in configuration order; zeros in the other modes.
     pub per_source_lag: Vec<(String, u64, u64)>,
+    /// Round trips, in nanoseconds, of non-blocking fetches (pops, leases, reads), from
+    /// the loop turn that sent each to the one that read its reply.
+    pub fetch_rtt_ns: Histogram<u64>,
+    /// Round trips, in nanoseconds, of the Control connection's commands (settles, acks,
+    /// scripts), as [`Stats::fetch_rtt_ns`].
+    pub control_rtt_ns: Histogram<u64>,
     /// Handler time per message, in nanoseconds (inline dispatch; a batch's time is
     /// spread over its messages). Empty with worker dispatch.
     pub process_ns: Histogram<u64>,
@@ -262,6 +278,20 @@ pub struct Stats {
     pub latency_ns: Histogram<u64>,
     /// The I/O backend the engine ran on: io_uring or epoll.
     pub backend: crate::backend::IoBackend,
+}
+
+/// One histogram summed over the shards' `pick`.
+fn merged(
+    shards: &[std::sync::Arc<ShardStats>],
+    pick: fn(&ShardStats) -> &Mutex<Histogram<u64>>,
+) -> Histogram<u64> {
+    let mut h = new_histogram();
+    for s in shards {
+        if let Ok(p) = pick(s).lock() {
+            let _ = h.add(&*p);
+        }
+    }
+    h
 }
 
 impl Stats {
@@ -357,15 +387,9 @@ impl Stats {
                     )
                 })
                 .collect(),
-            process_ns: {
-                let mut h = new_histogram();
-                for s in shards {
-                    if let Ok(p) = s.process.lock() {
-                        let _ = h.add(&*p);
-                    }
-                }
-                h
-            },
+            process_ns: merged(shards, |s| &s.process),
+            fetch_rtt_ns: merged(shards, |s| &s.rtt_fetch),
+            control_rtt_ns: merged(shards, |s| &s.rtt_control),
             per_source: source_names
                 .iter()
                 .enumerate()

@@ -133,6 +133,11 @@ fn reliable_counters_equal_what_happened() {
             "ringq_connections{mode=reliable,role=fetch,state=ready}"
         ) >= 1.0
     );
+    // Leases and settles were timed.
+    for op in ["fetch", "control"] {
+        let key = format!("ringq_operation_duration_seconds_count{{mode=reliable,op={op}}}");
+        assert!(get(&s, &key) >= 1.0, "{op} round trips timed");
+    }
     running.shutdown().unwrap();
 
     // A run killed holding leases (its shard thread never returns them: the process

@@ -58,6 +58,11 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         }
     }
 
+    /// When the command answered last (by [`Conn::next_reply`]) was queued.
+    pub(crate) fn answered_queued(&self) -> Option<Instant> {
+        self.answered_queued
+    }
+
     /// The tag of the oldest command awaiting its reply.
     pub(crate) fn head(&self) -> Option<Tag<C>> {
         self.pending.front().map(|p| p.tag)
@@ -173,6 +178,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
                 deadline: now + allow,
                 allow,
                 pushed: false,
+                queued: now,
             });
         }
         for _ in 0..framing {
@@ -181,6 +187,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
                 deadline: now + allow,
                 allow,
                 pushed: false,
+                queued: now,
             });
         }
         encode(&mut self.wbuf);
@@ -189,6 +196,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             deadline: now + allow,
             allow,
             pushed,
+            queued: now,
         });
     }
 
@@ -234,6 +242,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
         if let Some(next) = self.pending.front_mut() {
             next.deadline = next.deadline.max(Instant::now() + next.allow);
         }
+        self.answered_queued = Some(p.queued);
         Ok(Some(Reply::Answer(p.tag, frame)))
     }
 }

@@ -130,6 +130,8 @@ struct Pending<C> {
     /// Answered by push frames on success, by an error reply on failure
     /// ([`Conn::command_pushed`]).
     pushed: bool,
+    /// When it was queued (the loop turn's time).
+    queued: Instant,
 }
 
 /// What a connection's deadline timer found when it fired.
@@ -149,6 +151,7 @@ impl<C> Pending<C> {
             deadline,
             allow: deadline.saturating_duration_since(Instant::now()),
             pushed: false,
+            queued: Instant::now(),
         }
     }
 }
@@ -269,6 +272,8 @@ pub(crate) struct Conn<C> {
     /// Dialled to follow a cluster's ASK: every pipeline command goes after an
     /// `ASKING`, which lets the node importing the slot serve it.
     asking: bool,
+    /// When the command whose reply came last was queued.
+    answered_queued: Option<Instant>,
     rng: u64,
 }
 
@@ -313,6 +318,7 @@ impl<C: Copy + std::fmt::Debug> Conn<C> {
             resumed: false,
             recv_cancelled: false,
             asking: false,
+            answered_queued: None,
             rng: seed | 1,
         }
     }

@@ -141,6 +141,10 @@ struct Shard<P: Pipeline, B: Backend> {
     /// Handler time per message (inline dispatch), merged into the shared stats with
     /// `latency`.
     process: Histogram<u64>,
+    /// Round trips of non-blocking fetches and of Control's commands, merged with
+    /// `latency`.
+    rtt_fetch: Histogram<u64>,
+    rtt_control: Histogram<u64>,
     completions: Vec<Completion<B::Data>>,
     turn_started: Instant,
     /// `CLIENT UNBLOCK` is not available (an ACL without it, an error): wait instead.
@@ -242,6 +246,8 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         unanswered: Vec::new(),
         latency: new_histogram(),
         process: new_histogram(),
+        rtt_fetch: new_histogram(),
+        rtt_control: new_histogram(),
         completions: Vec::with_capacity(256),
         turn_started: Instant::now(),
         unblock_off: false,
@@ -601,6 +607,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         let s = &self.io.stats;
         s.merge_latency(&mut self.latency);
         s.merge_process(&mut self.process);
+        s.merge_rtt(&mut self.rtt_fetch, &mut self.rtt_control);
         let (n, bytes) = self.io.credits.in_flight();
         s.in_flight.store(n, Ordering::Relaxed);
         s.in_flight_bytes.store(bytes, Ordering::Relaxed);

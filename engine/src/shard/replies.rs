@@ -46,6 +46,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             match reply {
                 Reply::Push(frame) => self.deliver(id, None, &frame, now)?,
                 Reply::Answer(Tag::Pipe(cmd), frame) => {
+                    self.note_round_trip(id, &cmd, now);
                     self.deliver(id, Some(cmd), &frame, now)?;
                 }
                 Reply::Answer(Tag::Ping, frame) => {
@@ -222,6 +223,25 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             .on_outcomes(&mut self.io, conn, msgs, &self.outcomes, bytes);
         msgs.clear();
         self.finish(tally);
+    }
+
+    /// Records how long the pipeline command just answered on connection `id` took, from
+    /// its loop turn to this one, as a fetch or a Control round trip (a blocking fetch,
+    /// which waits on the server by design, is left out).
+    fn note_round_trip(&mut self, id: usize, cmd: &P::Cmd, now: Instant) {
+        if self.pipeline.blocks(cmd) {
+            return;
+        }
+        let Some(queued) = self.io.conns[id].answered_queued() else {
+            return;
+        };
+        let ns = now.saturating_duration_since(queued).as_nanos() as u64;
+        let h = if Some(id) == self.io.control {
+            &mut self.rtt_control
+        } else {
+            &mut self.rtt_fetch
+        };
+        let _ = h.record(ns.clamp(1, h.high()));
     }
 
     /// Counts messages per source (`Stats::per_source`), one add per run of messages of
