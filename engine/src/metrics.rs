@@ -49,13 +49,12 @@
 //! | `ringq_stream_lag` | gauge | `stream`, `group`, `mode` | stream: the group's lag on each stream (read every second) |
 //! | `ringq_stream_pending` | gauge | `stream`, `group`, `mode` | stream: the group's pending entries on each stream |
 //! | `ringq_await_time_seconds` | histogram | `mode` | all: from a reply's arrival to the handler call (the shards publish it every 100 ms) |
-//! | `ringq_process_duration_seconds` | histogram | `mode` | all, inline dispatch: handler time per message (a batch's time spread over its messages) |
+//! | `ringq_process_duration_seconds` | histogram | `mode` | all: handler time per message, on the shards or the workers (a batch's time spread over its messages) |
 //! | `ringq_operation_duration_seconds` | histogram | `mode`, `op` (`fetch`, `control`) | round trips of non-blocking fetches (pops, leases, reads) and of Control's commands (settles, acks, scripts), loop turn to loop turn |
 //!
-//! Not yet exported (issue 25 lists them): `queue_depth`, handler time with worker
-//! dispatch.
+//! Not yet exported (issue 25 lists it): `queue_depth`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -74,7 +73,7 @@ const BUCKETS: [f64; 14] = [
 /// What a collector reads: the engine's shard counters (shared with the shards).
 pub(crate) struct Source {
     pub stats: Vec<Arc<ShardStats>>,
-    pub workers: Vec<Arc<Mutex<Histogram<u64>>>>,
+    pub workers: Vec<Arc<crate::stats::WorkerStats>>,
     pub names: Vec<String>,
     pub backend: IoBackend,
     pub topology: Option<Arc<crate::cluster::Topology>>,
@@ -341,7 +340,7 @@ impl prometheus_client::collector::Collector for Collector {
         histogram(
             &mut e,
             "process_duration_seconds",
-            "Handler time per message (inline dispatch)",
+            "Handler time per message",
             &by_mode,
             &s.process_ns,
         )?;

@@ -268,8 +268,8 @@ pub struct Stats {
     /// Round trips, in nanoseconds, of the Control connection's commands (settles, acks,
     /// scripts), as [`Stats::fetch_rtt_ns`].
     pub control_rtt_ns: Histogram<u64>,
-    /// Handler time per message, in nanoseconds (inline dispatch; a batch's time is
-    /// spread over its messages). Empty with worker dispatch.
+    /// Handler time per message, in nanoseconds, on the shards (inline dispatch) or the
+    /// workers (a batch's time is spread over its messages).
     pub process_ns: Histogram<u64>,
     /// Messages per source — a queue in `pop` mode (its name, as configured) — in
     /// configuration order.
@@ -278,6 +278,22 @@ pub struct Stats {
     pub latency_ns: Histogram<u64>,
     /// The I/O backend the engine ran on: io_uring or epoll.
     pub backend: crate::backend::IoBackend,
+}
+
+/// What one dispatch worker measures: pop-to-handler latency and handler time per
+/// message, merged from the worker's own histograms every 100 ms.
+pub(crate) struct WorkerStats {
+    pub latency: Mutex<Histogram<u64>>,
+    pub process: Mutex<Histogram<u64>>,
+}
+
+impl WorkerStats {
+    pub(crate) fn new() -> Self {
+        Self {
+            latency: Mutex::new(new_histogram()),
+            process: Mutex::new(new_histogram()),
+        }
+    }
 }
 
 /// One histogram summed over the shards' `pick`.
@@ -297,7 +313,7 @@ fn merged(
 impl Stats {
     pub(crate) fn sum(
         shards: &[std::sync::Arc<ShardStats>],
-        workers: &[std::sync::Arc<Mutex<Histogram<u64>>>],
+        workers: &[std::sync::Arc<WorkerStats>],
         source_names: &[String],
         backend: crate::backend::IoBackend,
     ) -> Self {
@@ -308,7 +324,7 @@ impl Stats {
         let hists = shards
             .iter()
             .map(|s| &s.latency)
-            .chain(workers.iter().map(|w| &**w));
+            .chain(workers.iter().map(|w| &w.latency));
         for h in hists {
             if let Ok(h) = h.lock() {
                 let _ = latency.add(&*h);
@@ -387,7 +403,15 @@ impl Stats {
                     )
                 })
                 .collect(),
-            process_ns: merged(shards, |s| &s.process),
+            process_ns: {
+                let mut h = merged(shards, |s| &s.process);
+                for w in workers {
+                    if let Ok(p) = w.process.lock() {
+                        let _ = h.add(&*p);
+                    }
+                }
+                h
+            },
             fetch_rtt_ns: merged(shards, |s| &s.rtt_fetch),
             control_rtt_ns: merged(shards, |s| &s.rtt_control),
             per_source: source_names

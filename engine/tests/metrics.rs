@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use ringq::{Event, ListenConsumer, Outcome, ReliableConsumer, Running, StartAt, StreamConsumer};
+use ringq::{
+    Dispatch, Event, ListenConsumer, Outcome, PopConsumer, ReliableConsumer, Running, StartAt,
+    StreamConsumer,
+};
 use ringq_tests::{run_python, wait_until};
 
 mod support;
@@ -274,6 +277,33 @@ fn stream_gauges_are_per_stream_and_group() {
     assert_eq!(
         get(&s, "ringq_messages_consumed_total{mode=stream,source=s2}"),
         200.0
+    );
+    running.shutdown().unwrap();
+}
+
+/// With worker dispatch the handler runs on the workers: their handler times are in the
+/// histogram too, one per message.
+#[test]
+fn worker_handler_times_are_counted() {
+    let server = start(Kind::Redis);
+    let mut c = server.client().unwrap();
+    c.lpush_many("wq", payloads("w", 3000)).unwrap();
+    let rec = Recorder::<String>::default();
+    let running = builder(server.url())
+        .dispatch(Dispatch::workers(2))
+        .start(PopConsumer::new(["wq"]), rec.clone())
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || rec.len() >= 3000),
+        "consumed {}",
+        rec.len()
+    );
+    assert!(
+        wait_until(WAIT, || {
+            samples(&running).get("ringq_process_duration_seconds_count{mode=pop}") == Some(&3000.0)
+        }),
+        "3000 handler times: {:?}",
+        samples(&running).get("ringq_process_duration_seconds_count{mode=pop}")
     );
     running.shutdown().unwrap();
 }

@@ -4,7 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,13 +17,13 @@ use super::{
 };
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Handler, Message, Outcome};
-use crate::stats::new_histogram;
+use crate::stats::{new_histogram, WorkerStats};
 
 /// Everything the worker threads share.
 pub(crate) struct Pool {
     pub threads: Vec<JoinHandle<()>>,
     pub shard_sides: Vec<ShardDispatch>,
-    pub latency: Vec<Arc<Mutex<Histogram<u64>>>>,
+    pub latency: Vec<Arc<WorkerStats>>,
 }
 
 /// Builds the rings and starts the workers. `wakers[s]` is shard `s`'s eventfd waker;
@@ -81,7 +81,7 @@ pub(crate) fn start_pool<H: Handler + Clone>(
     let mut threads = Vec::with_capacity(nworkers);
     let mut latency = Vec::with_capacity(nworkers);
     for (i, links) in worker_links.into_iter().enumerate() {
-        let hist = Arc::new(Mutex::new(new_histogram()));
+        let hist = Arc::new(WorkerStats::new());
         latency.push(hist.clone());
         let w = Worker {
             links,
@@ -122,7 +122,7 @@ struct Worker {
     suspend: Duration,
     max_local_retries: u32,
     epoch: Instant,
-    latency: Arc<Mutex<Histogram<u64>>>,
+    latency: Arc<WorkerStats>,
     on_fatal: Arc<dyn Fn(Error) + Send + Sync>,
     alive: Arc<AtomicUsize>,
 }
@@ -132,6 +132,7 @@ impl Worker {
         let mut batch: Vec<Message<'static>> = Vec::with_capacity(self.batch);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.batch);
         let mut local = new_histogram();
+        let mut process = new_histogram();
         let mut last_merge = Instant::now();
         // The thread handle is set right after spawn; wait for it before parking.
         while self.signal.thread.get().is_none() {
@@ -154,10 +155,16 @@ impl Worker {
                         local.record(now_ns.saturating_sub(m.received_ns).clamp(1, local.high()));
                 }
                 outcomes.clear();
+                let began = Instant::now();
                 if self.orderly {
                     self.handle_in_order(&batch, &mut outcomes);
                 } else {
                     self.handle_guarded(&batch, &mut outcomes);
+                }
+                if !batch.is_empty() {
+                    // One clock read per batch, spread over its messages.
+                    let per = (began.elapsed().as_nanos() as u64 / batch.len() as u64).max(1);
+                    let _ = process.record_n(per.min(process.high()), batch.len() as u64);
                 }
                 let link = &mut self.links[li];
                 let count = batch.len();
@@ -192,12 +199,20 @@ impl Worker {
                 link.waker.notify();
             }
             if last_merge.elapsed() > Duration::from_millis(100) {
-                self.merge(&mut local);
+                self.merge(&mut local, &mut process);
                 last_merge = Instant::now();
             }
             if worked {
                 continue;
             }
+            // Idle: publish what was measured (a scrape reads it), at most every 100 ms
+            // (a merge may allocate); with something left to publish, sleep no longer.
+            let unpublished = !local.is_empty() || !process.is_empty();
+            if unpublished && last_merge.elapsed() > Duration::from_millis(100) {
+                self.merge(&mut local, &mut process);
+                last_merge = Instant::now();
+            }
+            let unpublished = !local.is_empty() || !process.is_empty();
             // Park protocol: raise the flag, re-check, sleep.
             self.signal.parked.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
@@ -208,21 +223,30 @@ impl Worker {
             if self.links.iter().all(|l| l.from_shard.is_abandoned()) {
                 break;
             }
-            std::thread::park();
+            if unpublished {
+                std::thread::park_timeout(Duration::from_millis(100));
+            } else {
+                std::thread::park();
+            }
             self.signal.parked.store(false, Ordering::Relaxed);
         }
-        self.merge(&mut local);
+        self.merge(&mut local, &mut process);
         self.alive.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn merge(&self, local: &mut Histogram<u64>) {
-        if local.is_empty() {
-            return;
+    fn merge(&self, local: &mut Histogram<u64>, process: &mut Histogram<u64>) {
+        for (from, into) in [
+            (local, &self.latency.latency),
+            (process, &self.latency.process),
+        ] {
+            if from.is_empty() {
+                continue;
+            }
+            if let Ok(mut h) = into.lock() {
+                let _ = h.add(&*from);
+            }
+            from.reset();
         }
-        if let Ok(mut h) = self.latency.lock() {
-            let _ = h.add(&*local);
-        }
-        local.reset();
     }
 
     /// Runs the handler; a panic becomes `Retry` outcomes and a fatal engine error.

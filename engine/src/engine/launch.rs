@@ -317,7 +317,7 @@ fn tls_connect(
 /// histograms, and each shard's side of the rings.
 struct Pool {
     threads: Vec<JoinHandle<()>>,
-    latency: Vec<Arc<Mutex<hdrhistogram::Histogram<u64>>>>,
+    latency: Vec<Arc<crate::stats::WorkerStats>>,
     sides: Vec<Option<ShardDispatch>>,
 }
 

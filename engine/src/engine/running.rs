@@ -1,10 +1,8 @@
 //! A started engine: its stats, its stop handle, and joining its threads.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-
-use hdrhistogram::Histogram;
 
 use crate::backend::IoBackend;
 use crate::error::{Error, ErrorKind};
@@ -16,7 +14,7 @@ use crate::wake::Signals;
 pub struct Running {
     pub(super) shared: Arc<Signals>,
     pub(super) workers: Vec<JoinHandle<()>>,
-    pub(super) worker_latency: Vec<Arc<Mutex<Histogram<u64>>>>,
+    pub(super) worker_latency: Vec<Arc<crate::stats::WorkerStats>>,
     pub(super) threads: Vec<JoinHandle<Result<(), Error>>>,
     pub(super) stats: Vec<Arc<ShardStats>>,
     pub(super) source_names: Vec<String>,
