@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use ringq_tests::{free_port, run_python, wait_until};
+use ringq_tests::{free_port, parse_openmetrics, wait_until};
 
 mod common;
 use common::*;
@@ -34,18 +34,9 @@ fn scrape(port: u16) -> (String, String) {
 /// The samples of an exposition, parsed by Python's `prometheus_client` OpenMetrics
 /// parser, as `name{label=value,...} value` lines (labels sorted).
 fn parsed(body: &str) -> Vec<String> {
-    let script = r#"
-import os, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-for fam in text_string_to_metric_families(os.environ["BODY"]):
-    for s in fam.samples:
-        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-        print(f"{s.name}{{{labels}}} {s.value}")
-"#;
-    let out = run_python(script, &[("BODY", body)]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
+    parse_openmetrics(body)
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
         .collect()
 }
 

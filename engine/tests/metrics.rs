@@ -13,7 +13,7 @@ use ringq::{
     Dispatch, Event, ListenConsumer, Outcome, PopConsumer, ReliableConsumer, Running, StartAt,
     StreamConsumer,
 };
-use ringq_tests::{run_python, wait_until};
+use ringq_tests::{parse_openmetrics, wait_until};
 
 mod support;
 use support::{builder, payloads, start, xadd, Kind, Recorder, WAIT};
@@ -25,22 +25,7 @@ fn samples(running: &Running) -> HashMap<String, f64> {
     registry.register_collector(Box::new(running.metrics()));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    let script = r#"
-import os
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-for fam in text_string_to_metric_families(os.environ["BODY"]):
-    for s in fam.samples:
-        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-        print(f"{s.name}{{{labels}}} {s.value}")
-"#;
-    let out = run_python(script, &[("BODY", &text)]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
+    parse_openmetrics(&text).into_iter().collect()
 }
 
 fn get(s: &HashMap<String, f64>, key: &str) -> f64 {

@@ -67,7 +67,7 @@ pub use process::{
     find_redis_server, find_valkey_server, free_port, REDIS_SERVER_ENV, VALKEY_SERVER_ENV,
 };
 pub use proxy::{Fault, FaultProxy};
-pub use python::{kombu_python, run_python, KOMBU_PYTHON_ENV};
+pub use python::{kombu_python, parse_openmetrics, run_python, KOMBU_PYTHON_ENV};
 pub use scripted::{Script, ScriptedServer, Step};
 pub use sentinel::{SentinelGroup, SentinelOptions};
 pub use server::RedisServer;

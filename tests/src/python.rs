@@ -54,3 +54,26 @@ pub fn run_python(script: &str, env: &[(&str, &str)]) -> Output {
     );
     out
 }
+
+/// Parses a Prometheus/OpenMetrics text exposition with Python `prometheus-client`'s
+/// OpenMetrics parser (an independent implementation; the package is in the same
+/// virtual environment): every sample as `name{label=value,...}` (labels sorted) and
+/// its value. Panics, with the parser's message, on an exposition it refuses.
+pub fn parse_openmetrics(text: &str) -> Vec<(String, f64)> {
+    let script = r#"
+import os
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(os.environ["BODY"]):
+    for s in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}} {s.value}")
+"#;
+    let out = run_python(script, &[("BODY", text)]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
