@@ -3,23 +3,28 @@
 //!
 //! A minimal HTTP/1.1 server of our own on `std::net`, not a framework: it answers one
 //! request per connection (`Connection: close`), so it needs no async runtime and adds
-//! no dependency beside `prometheus-client`'s encoder. One thread accepts; each scrape is
-//! answered on a short-lived thread of its own (at most [`MAX_SCRAPES`] at once, more are
-//! refused with 503), with a read deadline, so a slow or idle client holds nothing up.
-//! Encoding reads the shards' counters: the engine's threads do no work for a scrape.
+//! no dependency beside `prometheus-client`'s encoder. One thread accepts and hands each
+//! connection to [`ANSWERERS`] threads through a queue of [`MAX_QUEUED`] (more get 503
+//! at once); each answer has a read and a write deadline, so an idle client holds a
+//! thread for seconds at most. A fixed set of threads keeps the process's memory flat
+//! however often it is scraped. Encoding reads the shards' counters: the engine's threads
+//! do no work for a scrape.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::TrySendError;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 
 use crate::exit::Exit;
 
-/// Scrapes answered at once; more get 503.
-const MAX_SCRAPES: usize = 64;
+/// Threads answering scrapes.
+const ANSWERERS: usize = 4;
+
+/// Connections waiting for an answering thread; more get 503.
+const MAX_QUEUED: usize = 64;
 
 /// The longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -36,25 +41,32 @@ pub fn serve(addr: SocketAddr, collector: ringq::metrics::Collector) -> Result<(
     let mut registry = Registry::with_prefix("ringq");
     registry.register_collector(Box::new(collector));
     let registry = Arc::new(registry);
-    let busy = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<TcpStream>(MAX_QUEUED);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..ANSWERERS {
+        let (rx, registry) = (rx.clone(), registry.clone());
+        std::thread::Builder::new()
+            .name(format!("ringq-scrape-{i}"))
+            .spawn(move || loop {
+                let next = rx
+                    .lock()
+                    .map_err(|_| ())
+                    .and_then(|r| r.recv().map_err(|_| ()));
+                match next {
+                    Ok(stream) => {
+                        let _ = answer(stream, &registry);
+                    }
+                    Err(()) => return,
+                }
+            })
+            .map_err(|e| Exit::runtime(format!("cannot start the metrics threads: {e}")))?;
+    }
     std::thread::Builder::new()
         .name("ringq-metrics".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPES {
-                    busy.fetch_sub(1, Ordering::AcqRel);
+                if let Err(TrySendError::Full(stream)) = tx.try_send(stream) {
                     let _ = respond(stream, "503 Service Unavailable", "text/plain", b"busy\n");
-                    continue;
-                }
-                let (registry, done) = (registry.clone(), busy.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("ringq-scrape".into())
-                    .spawn(move || {
-                        let _ = answer(stream, &registry);
-                        done.fetch_sub(1, Ordering::AcqRel);
-                    });
-                if spawned.is_err() {
-                    busy.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })
