@@ -21,7 +21,7 @@ use crate::conn::RawConn;
 use crate::error::{Error, Result};
 use crate::load;
 use crate::progress;
-use crate::report::{opt, ratio, verdict, write_file, Table};
+use crate::report::{opt, ratio, target_line, write_file, Table};
 use crate::server::{cpu_seconds_of, Broker};
 use crate::spec::ChildSpec;
 
@@ -61,17 +61,10 @@ impl Cluster {
                 (g.url(), Some(g))
             }
         };
-        let rest = url.trim_start_matches("redis+cluster://");
-        let (auth, hosts) = match rest.rsplit_once('@') {
-            Some((a, h)) => (format!("{a}@"), h),
-            None => (String::new(), rest),
-        };
-        let hosts = hosts.split('/').next().unwrap_or_default();
+        let (auth, seeds) = seeds(&url);
         let mut last = None;
-        for seed in hosts.split(',') {
-            match RawConn::connect(&format!("redis://{auth}{seed}"))
-                .and_then(|mut c| c.command_ok(["CLUSTER", "SLOTS"]))
-            {
+        for seed in seeds {
+            match RawConn::connect(&seed).and_then(|mut c| c.command_ok(["CLUSTER", "SLOTS"])) {
                 Ok(f) => return Self::from_slots(url.clone(), &auth, &f, embedded),
                 Err(e) => last = Some(e),
             }
@@ -213,6 +206,24 @@ impl Cluster {
         }
         Ok(s)
     }
+}
+
+/// A `redis+cluster://[auth@]h1:p1,h2:p2[/db]` URL's credentials (`user:pass@`, or empty)
+/// and its seeds as `redis://[auth@]host:port` URLs.
+pub fn seeds(url: &str) -> (String, Vec<String>) {
+    let rest = url.trim_start_matches("redis+cluster://");
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let seeds = hosts
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| format!("redis://{auth}{h}"))
+        .collect();
+    (auth, seeds)
 }
 
 /// One measured drain.
@@ -398,14 +409,7 @@ fn render(title: &str, rows: &[(String, std::result::Result<Row, String>)]) -> S
         _ => None,
     };
     let mut check = |what: &str, v: Option<f64>, goal: f64, at_least: bool| {
-        t.targets.push(match v {
-            Some(v) => {
-                let ok = if at_least { v >= goal } else { v <= goal };
-                let op = if at_least { "≥" } else { "≤" };
-                format!("{what}: {v:.2}× (target {op} {goal}×) — {}", verdict(ok))
-            }
-            None => format!("{what}: not measured (a client it needs did not run)"),
-        });
+        t.targets.push(target_line(what, v, goal, at_least));
     };
     check(
         "cluster batch drain, ringq msgs/s ÷ redis-rs cluster",

@@ -247,15 +247,7 @@ impl ScenarioReport {
         };
         let mut out = Vec::new();
         let mut check = |what: &str, value: Option<f64>, goal: f64, at_least: bool| {
-            let line = match value {
-                Some(v) => {
-                    let ok = if at_least { v >= goal } else { v <= goal };
-                    let op = if at_least { "≥" } else { "≤" };
-                    format!("{what}: {v:.2}× (target {op} {goal}×) — {}", verdict(ok))
-                }
-                None => format!("{what}: not measured (a client it needs did not run)"),
-            };
-            out.push(line);
+            out.push(target_line(what, value, goal, at_least));
         };
         let div = |a: f64, b: Option<f64>| b.filter(|b| *b > 0.0).map(|b| a / b);
         match (self.scenario, self.pop) {
@@ -416,6 +408,19 @@ impl Table {
             }
         }
         s
+    }
+}
+
+/// A target's line: the measured ratio `value`, the goal (at least or at most), met or
+/// missed; or that it was not measured.
+pub fn target_line(what: &str, value: Option<f64>, goal: f64, at_least: bool) -> String {
+    match value {
+        Some(v) => {
+            let ok = if at_least { v >= goal } else { v <= goal };
+            let op = if at_least { "≥" } else { "≤" };
+            format!("{what}: {v:.2}× (target {op} {goal}×) — {}", verdict(ok))
+        }
+        None => format!("{what}: not measured (a client it needs did not run)"),
     }
 }
 

@@ -171,6 +171,15 @@ fn gauge(
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.snapshot();
+        self.counters(&s, &mut e)?;
+        self.gauges(&s, &mut e)?;
+        self.histograms(&s, &mut e)
+    }
+}
+
+impl Collector {
+    /// The counters: messages, outcomes, faults.
+    fn counters(&self, s: &Stats, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let mode = self.0.mode;
         let by_mode = [("mode", mode)];
         {
@@ -256,8 +265,15 @@ impl prometheus_client::collector::Collector for Collector {
             ),
         ];
         for (name, help, v) in counters {
-            counter(&mut e, name, help, &by_mode, v)?;
+            counter(e, name, help, &by_mode, v)?;
         }
+        Ok(())
+    }
+
+    /// The gauges: connections, in flight, stream lag and pending.
+    fn gauges(&self, s: &Stats, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mode = self.0.mode;
+        let by_mode = [("mode", mode)];
         {
             let g = ConstGauge::new(0i64);
             let mut m = e.encode_descriptor(
@@ -291,14 +307,14 @@ impl prometheus_client::collector::Collector for Collector {
             }
         }
         gauge(
-            &mut e,
+            e,
             "inflight_messages",
             "Messages asked for by fetches not yet answered, or fetched and not yet handled",
             &by_mode,
             s.in_flight as i64,
         )?;
         gauge(
-            &mut e,
+            e,
             "inflight_bytes",
             "Payload bytes in flight (reserved by fetches, or fetched and not yet handled)",
             &by_mode,
@@ -330,15 +346,22 @@ impl prometheus_client::collector::Collector for Collector {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The histograms: await time, handler time, round trips.
+    fn histograms(&self, s: &Stats, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mode = self.0.mode;
+        let by_mode = [("mode", mode)];
         histogram(
-            &mut e,
+            e,
             "await_time_seconds",
             "From a reply's arrival to the handler call",
             &by_mode,
             &s.latency_ns,
         )?;
         histogram(
-            &mut e,
+            e,
             "process_duration_seconds",
             "Handler time per message",
             &by_mode,

@@ -91,18 +91,7 @@ fn run_cluster(
     sink: &Arc<Sink>,
     rt: tokio::runtime::Runtime,
 ) -> Result<Option<String>> {
-    let rest = spec.url.trim_start_matches("redis+cluster://");
-    let (auth, hosts) = match rest.rsplit_once('@') {
-        Some((a, h)) => (format!("{a}@"), h),
-        None => (String::new(), rest),
-    };
-    let seeds: Vec<String> = hosts
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .map(|h| format!("redis://{auth}{h}"))
-        .collect();
+    let (_, seeds) = crate::cluster::seeds(&spec.url);
     sink.watchdog(super::deadline(spec), || {});
     rt.block_on(async {
         let client = redis::cluster::ClusterClientBuilder::new(seeds)
