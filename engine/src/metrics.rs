@@ -46,13 +46,15 @@
 //! | `ringq_connection_errors_total` | counter | `mode`, `kind` (`connection_lost`, `timeout`, `server`, `protocol`, `auth`, `tls`, …) | all |
 //! | `ringq_connections` | gauge | `mode`, `role` (`fetch`, `control`), `state` (`ready`, `down`) | all (published every 100 ms) |
 //! | `ringq_inflight_messages`, `ringq_inflight_bytes` | gauge | `mode` | all (published every 100 ms) |
+//! | `ringq_queue_depth` | gauge | `source`, `mode` | pop, reliable: messages waiting in each queue (`LLEN` over its levels on Control, every 5 s; see [`EngineBuilder::queue_depth`](crate::EngineBuilder::queue_depth) for the period and the limit of 100 queues); absent until sampled |
 //! | `ringq_stream_lag` | gauge | `stream`, `group`, `mode` | stream: the group's lag on each stream (read every second) |
 //! | `ringq_stream_pending` | gauge | `stream`, `group`, `mode` | stream: the group's pending entries on each stream |
 //! | `ringq_await_time_seconds` | histogram | `mode` | all: from a reply's arrival to the handler call (the shards publish it every 100 ms) |
 //! | `ringq_process_duration_seconds` | histogram | `mode` | all: handler time per message, on the shards or the workers (a batch's time spread over its messages) |
 //! | `ringq_operation_duration_seconds` | histogram | `mode`, `op` (`fetch`, `control`) | round trips of non-blocking fetches (pops, leases, reads) and of Control's commands (settles, acks, scripts), loop turn to loop turn |
 //!
-//! Not yet exported (issue 25 lists it): `queue_depth`.
+//! Creating a collector starts the queue depth sampling
+//! ([`Running::sample_queue_depth`](crate::Running::sample_queue_depth)).
 
 use std::sync::Arc;
 
@@ -343,6 +345,21 @@ impl Collector {
                         ("mode", mode),
                     ];
                     ConstGauge::new(v as i64).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        if s.per_source_depth.iter().any(|(_, d)| d.is_some()) {
+            let g = ConstGauge::new(0i64);
+            let mut m = e.encode_descriptor(
+                "queue_depth",
+                "Messages waiting in the queue (LLEN over its priority levels), as last sampled",
+                None,
+                g.metric_type(),
+            )?;
+            for (source, depth) in &s.per_source_depth {
+                if let Some(d) = depth {
+                    let labels = [("source", source.as_str()), ("mode", mode)];
+                    ConstGauge::new(*d as i64).encode(m.encode_family(&labels)?)?;
                 }
             }
         }

@@ -71,6 +71,8 @@ pub(crate) struct ShardStats {
     /// stream, as last read.
     pub source_lag: Vec<AtomicU64>,
     pub source_pending: Vec<AtomicU64>,
+    /// Gauges per source: waiting messages as last sampled (`shard::UNSAMPLED`: none).
+    pub source_depth: Vec<AtomicU64>,
     pub latency: Mutex<Histogram<u64>>,
 }
 
@@ -112,6 +114,9 @@ impl ShardStats {
             per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             source_lag: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             source_pending: (0..sources).map(|_| AtomicU64::new(0)).collect(),
+            source_depth: (0..sources)
+                .map(|_| AtomicU64::new(crate::shard::UNSAMPLED))
+                .collect(),
             latency: Mutex::new(new_histogram()),
             process: Mutex::new(new_histogram()),
             rtt_fetch: Mutex::new(new_histogram()),
@@ -262,6 +267,13 @@ pub struct Stats {
     /// Stream mode: each stream's (name, group lag, group pending), as last read (every
     /// second), in configuration order; zeros in the other modes.
     pub per_source_lag: Vec<(String, u64, u64)>,
+    /// Pop and reliable mode: each queue's (name, waiting messages) as last sampled
+    /// (`LLEN` of its keys, summed: every priority level), in configuration order; `None`
+    /// where it has not been sampled. Sampling starts when metrics are asked for
+    /// ([`Running::metrics`](crate::Running::metrics),
+    /// [`Running::sample_queue_depth`](crate::Running::sample_queue_depth)); see
+    /// [`EngineBuilder::queue_depth`](crate::EngineBuilder::queue_depth).
+    pub per_source_depth: Vec<(String, Option<u64>)>,
     /// Round trips, in nanoseconds, of non-blocking fetches (pops, leases, reads), from
     /// the loop turn that sent each to the one that read its reply.
     pub fetch_rtt_ns: Histogram<u64>,
@@ -294,6 +306,18 @@ impl WorkerStats {
             process: Mutex::new(new_histogram()),
         }
     }
+}
+
+/// Source `i`'s counter `pick`, summed over the shards.
+fn per_source(
+    shards: &[std::sync::Arc<ShardStats>],
+    i: usize,
+    pick: fn(&ShardStats) -> &Vec<AtomicU64>,
+) -> u64 {
+    shards
+        .iter()
+        .map(|s| pick(s).get(i).map_or(0, |a| a.load(Relaxed)))
+        .sum()
 }
 
 /// One histogram summed over the shards' `pick`.
@@ -390,17 +414,20 @@ impl Stats {
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
-                    let sum = |f: fn(&ShardStats) -> &Vec<AtomicU64>| {
-                        shards
-                            .iter()
-                            .map(|s| f(s).get(i).map_or(0, |a| a.load(Relaxed)))
-                            .sum::<u64>()
-                    };
-                    (
-                        n.clone(),
-                        sum(|s| &s.source_lag),
-                        sum(|s| &s.source_pending),
-                    )
+                    let lag = per_source(shards, i, |s| &s.source_lag);
+                    (n.clone(), lag, per_source(shards, i, |s| &s.source_pending))
+                })
+                .collect(),
+            per_source_depth: source_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    // One shard samples each source; the others hold `UNSAMPLED`.
+                    let depth = shards
+                        .iter()
+                        .filter_map(|s| s.source_depth.get(i).map(|a| a.load(Relaxed)))
+                        .find(|&d| d != crate::shard::UNSAMPLED);
+                    (n.clone(), depth)
                 })
                 .collect(),
             process_ns: {
@@ -417,15 +444,7 @@ impl Stats {
             per_source: source_names
                 .iter()
                 .enumerate()
-                .map(|(i, n)| {
-                    (
-                        n.clone(),
-                        shards
-                            .iter()
-                            .map(|s| s.per_source.get(i).map_or(0, |c| c.load(Relaxed)))
-                            .sum(),
-                    )
-                })
+                .map(|(i, n)| (n.clone(), per_source(shards, i, |s| &s.per_source)))
                 .collect(),
             latency_ns: latency,
             backend,

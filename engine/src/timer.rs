@@ -21,6 +21,8 @@ pub(crate) enum TimerEvent {
     PublishStats,
     /// PING every ready connection with no command in flight.
     IdlePing,
+    /// Sample the queue depths (see `shard::depth`).
+    SampleDepth,
     /// A pipeline's own timer (`Io::timer`).
     Pipeline(u32),
     /// User periodic callback number `n`.

@@ -292,3 +292,133 @@ fn worker_handler_times_are_counted() {
     );
     running.shutdown().unwrap();
 }
+
+/// Queue depth (`ringq_queue_depth`): nothing is sampled (and pop mode opens no Control
+/// connection) until metrics are asked for; then each queue's gauge equals its waiting
+/// messages as the server counts them — every priority level summed — while the handler
+/// holds the drain up, and falls to 0 once the queues are drained.
+#[test]
+fn queue_depth_is_sampled_once_asked_for() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let server = start(Kind::Redis);
+    let mut c = server.client().unwrap();
+    let d2 = ringq::Queue::new("d2").priorities([0, 5]);
+    c.lpush_many("d1", payloads("a", 300)).unwrap();
+    c.lpush_many("d2", payloads("b", 100)).unwrap();
+    c.lpush_many(d2.key_for_priority(5), payloads("c", 200))
+        .unwrap();
+    let open = Arc::new(AtomicBool::new(false));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (o, h) = (open.clone(), handled.clone());
+    let handler = move |_: &ringq::Message<'_>| {
+        h.fetch_add(1, Ordering::SeqCst);
+        while !o.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Outcome::Ack
+    };
+    let running = builder(server.url())
+        .dispatch(Dispatch::workers(1))
+        .prefetch(8)
+        .queue_depth(Duration::from_millis(50), 10)
+        .start(
+            PopConsumer::new([ringq::Queue::new("d1"), d2.clone()]),
+            handler,
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || handled.load(Ordering::SeqCst) >= 1));
+    // Ten periods unasked: nothing sampled, no Control connection.
+    std::thread::sleep(Duration::from_millis(500));
+    let s = running.stats();
+    assert!(
+        s.per_source_depth.iter().all(|(_, d)| d.is_none()),
+        "sampled before asked: {:?}",
+        s.per_source_depth
+    );
+    assert_eq!(s.connections.control_ready + s.connections.control_down, 0);
+    // Asked (a collector is created): the gauges equal the server's lengths.
+    let waiting = |c: &mut ringq_tests::TestClient| {
+        let d1 = c.llen("d1").unwrap();
+        let d2 = c.llen("d2").unwrap() + c.llen(d2.key_for_priority(5)).unwrap();
+        (d1 as f64, d2 as f64)
+    };
+    let mut last = HashMap::new();
+    let mut want = (0.0, 0.0);
+    assert!(
+        wait_until(WAIT, || {
+            last = samples(&running);
+            want = waiting(&mut c);
+            last.get("ringq_queue_depth{mode=pop,source=d1}") == Some(&want.0)
+                && last.get("ringq_queue_depth{mode=pop,source=d2}") == Some(&want.1)
+        }),
+        "depths {want:?} sampled: {last:?}"
+    );
+    assert!(
+        want.0 > 0.0 && want.1 > 0.0,
+        "the drain was held up: {want:?}"
+    );
+    assert!(want.0 + want.1 <= 600.0 - 1.0);
+    open.store(true, Ordering::SeqCst);
+    assert!(wait_until(WAIT, || handled.load(Ordering::SeqCst) >= 600));
+    assert!(
+        wait_until(WAIT, || {
+            last = samples(&running);
+            last.get("ringq_queue_depth{mode=pop,source=d1}") == Some(&0.0)
+                && last.get("ringq_queue_depth{mode=pop,source=d2}") == Some(&0.0)
+        }),
+        "drained queues sampled at 0: {last:?}"
+    );
+    running.shutdown().unwrap();
+}
+
+/// Above the source limit nothing is sampled and no `ringq_queue_depth` series is
+/// exported, though metrics were asked for; reliable mode samples its queues' levels.
+#[test]
+fn queue_depth_above_the_limit_is_not_sampled() {
+    let server = start(Kind::Redis);
+    let mut c = server.client().unwrap();
+    for q in ["l1", "l2", "l3"] {
+        c.lpush_many(q, payloads(q, 50)).unwrap();
+    }
+    let rec = Recorder::<String>::default();
+    let over = builder(server.url())
+        .queue_depth(Duration::from_millis(20), 2)
+        .start(PopConsumer::new(["l1", "l2", "l3"]), rec.clone())
+        .unwrap();
+    let _ = samples(&over);
+    assert!(
+        wait_until(WAIT, || rec.len() >= 150),
+        "consumed {}",
+        rec.len()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let s = samples(&over);
+    assert!(
+        !s.keys().any(|k| k.starts_with("ringq_queue_depth")),
+        "no depth above the limit: {s:?}"
+    );
+    over.shutdown().unwrap();
+    // At the limit, in reliable mode: every queue sampled (all drained: 0).
+    let rec = Recorder::<String>::default();
+    c.lpush_many("r1", payloads("r", 40)).unwrap();
+    let running = builder(server.url())
+        .queue_depth(Duration::from_millis(20), 2)
+        .start(ReliableConsumer::new("c9", ["r1", "r2"]), rec.clone())
+        .unwrap();
+    let mut s = samples(&running);
+    assert!(
+        wait_until(WAIT, || rec.len() >= 40),
+        "consumed {}",
+        rec.len()
+    );
+    assert!(
+        wait_until(WAIT, || {
+            s = samples(&running);
+            s.get("ringq_queue_depth{mode=reliable,source=r1}") == Some(&0.0)
+                && s.get("ringq_queue_depth{mode=reliable,source=r2}") == Some(&0.0)
+        }),
+        "reliable depths: {s:?}"
+    );
+    running.shutdown().unwrap();
+}

@@ -95,6 +95,12 @@ pub(crate) enum Tag<C> {
     Unblock {
         conn: u32,
     },
+    /// An `LLEN` of queue depth sampling: sampled source `source` (the shard's own
+    /// numbering), in sampling round `round` (see `shard::depth`).
+    Depth {
+        source: u32,
+        round: u32,
+    },
     /// A pipeline's command.
     Pipe(C),
 }

@@ -44,6 +44,8 @@ pub(crate) struct Launch {
     pub timing: Timing,
     /// In a cluster: each shard's lanes' hash slots (empty otherwise).
     pub routes: Vec<Vec<u16>>,
+    /// Queue depth sampling: which shard samples which source.
+    pub depth: super::depth::DepthPlan,
 }
 
 impl Launch {
@@ -63,7 +65,7 @@ impl Launch {
 /// `make(budget)` builds for it.
 pub(crate) fn launch<P, H>(
     builder: EngineBuilder,
-    launch: Launch,
+    mut launch: Launch,
     handler: H,
     mut make: impl FnMut(Option<Arc<Budget>>) -> P,
 ) -> Result<Running, Error>
@@ -128,6 +130,7 @@ where
             reply_timeout: launch.timing.reply_timeout,
             reply_grace: launch.timing.reply_grace,
             routes: launch.routes.get(i).cloned().unwrap_or_default(),
+            depth: launch.depth.spec(i),
         };
         match spawn_shard(i, spec, ready_tx.clone()) {
             Ok(t) => threads.push(t),
@@ -156,6 +159,7 @@ where
         backend,
         features,
         topology: conn.cluster.clone(),
+        depth_on: launch.depth.on.clone(),
     };
     if let Some(e) = first_err {
         running.shared.stop_all();

@@ -23,6 +23,9 @@ use crate::resolve::{system_resolver, ResolveFn};
 use crate::ring::RingConfig;
 use crate::url::ConnectionInfo;
 
+mod depth;
+#[cfg(test)]
+pub(crate) use depth::DepthPlan;
 pub(crate) mod launch;
 mod running;
 
@@ -124,6 +127,9 @@ pub struct EngineBuilder {
     limit: Option<u64>,
     reply_grace: Duration,
     reply_timeout: Duration,
+    /// Queue depth sampling: the period (zero: never) and the most sources sampled.
+    depth_every: Duration,
+    depth_limit: usize,
 }
 
 /// Each shard's lanes, each lane its sources (indices).
@@ -169,6 +175,8 @@ impl EngineBuilder {
             limit: None,
             reply_grace: Duration::from_secs(2),
             reply_timeout: Duration::from_secs(10),
+            depth_every: depth::DEFAULT_EVERY,
+            depth_limit: depth::DEFAULT_LIMIT,
         }
     }
 
@@ -484,6 +492,7 @@ impl EngineBuilder {
             group: consumer.group_name(),
             timing,
             routes,
+            depth: self.depth_plan(&consumer, &lanes_per_shard),
         };
         let mut lanes = lanes_per_shard.into_iter();
         launch::launch(self, launch, handler, move |budget| {

@@ -24,6 +24,8 @@ pub struct Running {
     pub(super) backend: IoBackend,
     /// In a cluster: the topology (its refreshes are counted in the stats).
     pub(super) topology: Option<Arc<crate::cluster::Topology>>,
+    /// Queue depth sampling's switch (see [`Running::sample_queue_depth`]).
+    pub(super) depth_on: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Stops an engine from any thread (signal handlers included: it only stores a flag and
@@ -59,8 +61,11 @@ impl Running {
     /// A Prometheus collector of this engine's metrics (feature `prometheus`), to
     /// register in the application's own registry (see [`crate::metrics`]). It reads the
     /// shards' counters at each scrape: nothing is added to the hot path.
+    ///
+    /// Creating it also starts queue depth sampling ([`Running::sample_queue_depth`]).
     #[cfg(feature = "prometheus")]
     pub fn metrics(&self) -> crate::metrics::Collector {
+        self.sample_queue_depth();
         crate::metrics::Collector::new(crate::metrics::Source {
             stats: self.stats.clone(),
             workers: self.worker_latency.clone(),
@@ -70,6 +75,15 @@ impl Running {
             mode: self.mode,
             group: self.group.clone(),
         })
+    }
+
+    /// Starts sampling each queue's depth (pop and reliable mode), as set with
+    /// [`EngineBuilder::queue_depth`](crate::EngineBuilder::queue_depth): the first
+    /// sample lands in [`Stats::per_source_depth`] one period later. Creating a metrics
+    /// collector does this too. Nothing happens when sampling is off or the consumer has
+    /// more queues than the limit.
+    pub fn sample_queue_depth(&self) {
+        self.depth_on.store(true, Ordering::Relaxed);
     }
 
     /// The backend the shards run on (never `Auto`).

@@ -125,6 +125,14 @@ pub(crate) trait Start {
         None
     }
 
+    /// The keys whose lengths (`LLEN`), summed, are source `i`'s depth: the messages
+    /// waiting in it (see `EngineBuilder::queue_depth`). Empty: the mode has no depth
+    /// to sample (the default).
+    fn depth_keys(&self, i: usize) -> Vec<Bytes> {
+        let _ = i;
+        Vec::new()
+    }
+
     /// The pipeline of a shard whose lane `l` fetches the sources `lanes[l]` (indices
     /// into [`Start::source_names`]).
     fn pipeline(

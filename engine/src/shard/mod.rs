@@ -22,6 +22,7 @@
 //! operation before the ring is dropped.
 
 mod cluster;
+mod depth;
 mod io;
 mod lost;
 mod replies;
@@ -44,6 +45,7 @@ use crate::credit::Credits;
 use crate::dispatch::{epoch_nanos, ShardDispatch};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Handler, Message, Outcome};
+pub(crate) use depth::{DepthSpec, UNSAMPLED};
 pub(crate) use io::{FetchLane, Io};
 
 use crate::pipeline::{ControlUse, Pipeline};
@@ -101,6 +103,8 @@ pub(crate) struct ShardSpec<P> {
     pub reply_grace: Duration,
     /// In a cluster: the hash slot of each fetch lane's sources (see `cluster.rs`).
     pub routes: Vec<u16>,
+    /// The queue depths this shard samples, if any (see `depth.rs`).
+    pub depth: Option<DepthSpec>,
 }
 
 struct Shard<P: Pipeline, B: Backend> {
@@ -151,6 +155,8 @@ struct Shard<P: Pipeline, B: Backend> {
     unblock_off: bool,
     /// When the stop began: the pipeline's drain is waited for `reply_grace` at most.
     stop_began: Option<Instant>,
+    /// Queue depth sampling (see `depth.rs`).
+    depth: Option<depth::Sampler>,
 }
 
 /// Runs a shard to completion on the current thread. Reports ring set-up on `ready`.
@@ -252,6 +258,7 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         turn_started: Instant::now(),
         unblock_off: false,
         stop_began: None,
+        depth: spec.depth.map(depth::Sampler::new),
     };
     // User code runs on this thread outside the handler's own guard (`every` callbacks,
     // `orderly_by` key functions): a panic there must stop the whole engine, not just this
@@ -294,6 +301,9 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         self.io
             .timers
             .add(now + self.idle_ping, TimerEvent::IdlePing);
+        if let Some(d) = &self.depth {
+            self.io.timers.add(now + d.every(), TimerEvent::SampleDepth);
+        }
         for (i, (period, _)) in self.periodic.iter().enumerate() {
             self.io
                 .timers
@@ -592,6 +602,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                     .timers
                     .add(now + self.idle_ping, TimerEvent::IdlePing);
             }
+            TimerEvent::SampleDepth => self.on_depth_timer(now),
             TimerEvent::Pipeline(n) => self.pipeline.on_timer(&mut self.io, n, now),
             TimerEvent::User(n) => {
                 if let Some((period, f)) = self.periodic.get_mut(n as usize) {

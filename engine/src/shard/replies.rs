@@ -65,6 +65,9 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                     }
                 }
                 Reply::Answer(Tag::Unblock { conn }, frame) => self.on_unblock_reply(conn, &frame),
+                Reply::Answer(Tag::Depth { source, round }, frame) => {
+                    self.on_depth_reply(id, source, round, &frame);
+                }
                 Reply::Answer(tag @ (Tag::Asking | Tag::Framing), frame) => {
                     if frame.first() == Some(&b'-') {
                         let conn = &self.io.conns[id];

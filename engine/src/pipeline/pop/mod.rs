@@ -179,6 +179,10 @@ impl Start for PopConsumer {
         Some(q.levels.iter().map(|(_, k)| k.clone()).collect())
     }
 
+    fn depth_keys(&self, i: usize) -> Vec<Bytes> {
+        self.source_keys(i).unwrap_or_default()
+    }
+
     fn pipeline(
         &self,
         lanes: Vec<Vec<u32>>,

@@ -261,6 +261,11 @@ impl Start for ReliableConsumer {
         Some(out)
     }
 
+    /// The queue's levels (waiting messages; not those leased or due for retry).
+    fn depth_keys(&self, i: usize) -> Vec<Bytes> {
+        self.pop.depth_keys(i)
+    }
+
     fn pipeline(
         &self,
         lanes: Vec<Vec<u32>>,

@@ -27,6 +27,7 @@ fn launch(url: &str, dispatch: Dispatch, pipeline: RecordingPipeline) -> Running
             reply_grace: Duration::from_secs(2),
         },
         routes: Vec::new(),
+        depth: crate::engine::DepthPlan::none(1),
     };
     let mut once = Some(pipeline);
     let builder = EngineBuilder::new(url)
