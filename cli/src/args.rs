@@ -166,9 +166,17 @@ pub struct ConsumeArgs {
     /// leased into {Q}:processing:ID and acknowledged only after its line is written and
     /// stdout flushed; needs --consumer-id) or `stream` (a consumer of a Redis Streams
     /// group over the --queue streams, acknowledged the same way; needs --group and
+    /// --consumer-id), or `kombu` (Kombu/Celery queues, at-least-once with Kombu's own
+    /// unacked records, each message acknowledged once its body is printed; needs
     /// --consumer-id).
     #[arg(long, value_enum, default_value_t = Mode::Pop)]
     pub mode: Mode,
+
+    /// Kombu mode: Kombu's visibility_timeout, in milliseconds (at least 1000, at most a
+    /// day; default 3600000, Kombu's own): a record older than this is restored by any
+    /// Kombu worker's restore_visible. Every worker of the queue must use the same.
+    #[arg(long, value_name = "MS", value_parser = lease_ms)]
+    pub visibility_timeout_ms: Option<u64>,
 
     /// Stream mode: the consumer group (created with MKSTREAM when missing).
     #[arg(long, value_name = "G")]
@@ -442,6 +450,9 @@ pub enum Mode {
     Reliable,
     /// XREADGROUP/XACK consumer groups: at-least-once.
     Stream,
+    /// Kombu/Celery queues (priority steps Q, Q\x06\x163, …), at-least-once with
+    /// Kombu's own unacked records: prints each message's decoded body.
+    Kombu,
 }
 
 /// `stats --mode` and `dead --mode`: the modes that keep state on the server.

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringq::{
-    Consumer, Dispatch, EngineBuilder, PopConsumer, PopStrategy, ReliableConsumer, StartAt,
-    StreamConsumer, StreamKey,
+    Consumer, Dispatch, EngineBuilder, KombuConsumer, PopConsumer, PopStrategy, ReliableConsumer,
+    StartAt, StreamConsumer, StreamKey,
 };
 
 use crate::args::{ConsumeArgs, Mode, Strategy};
@@ -31,6 +31,24 @@ use crate::stop::{watch_signals, StopSwitch};
 /// (status 1): whatever stopped the engine, or a failed write to stdout.
 pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
     let (reliable, stream) = (a.mode == Mode::Reliable, a.mode == Mode::Stream);
+    let kombu = a.mode == Mode::Kombu;
+    if kombu && a.consumer_id.is_none() {
+        return Err(Exit::usage(
+            "--mode kombu needs --consumer-id: the id names this consumer's records in \
+             Kombu's unacked hash, and a restart with the same id restores its unfinished \
+             messages at once",
+        ));
+    }
+    if !kombu && a.visibility_timeout_ms.is_some() {
+        return Err(Exit::usage(
+            "--visibility-timeout-ms applies to --mode kombu only",
+        ));
+    }
+    if kombu && a.lease_ms.is_some() {
+        return Err(Exit::usage(
+            "--lease-ms applies to --mode reliable and stream; kombu mode's is --visibility-timeout-ms",
+        ));
+    }
     if reliable && a.consumer_id.is_none() {
         return Err(Exit::usage(
             "--mode reliable needs --consumer-id: the id names this consumer's processing \
@@ -92,6 +110,18 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
             c = c.lease(Duration::from_millis(ms));
         }
         c.into()
+    } else if kombu {
+        let id = a.consumer_id.clone().unwrap_or_default();
+        let mut c = KombuConsumer::new(id, a.queues.iter().map(String::as_str))
+            .batch(a.batch)
+            .block_timeout(Duration::from_millis(a.block_timeout_ms));
+        if let Some(n) = a.max_retries {
+            c = c.max_deliveries(n);
+        }
+        if let Some(ms) = a.visibility_timeout_ms {
+            c = c.visibility_timeout(Duration::from_millis(ms));
+        }
+        c.into()
     } else if reliable {
         let id = a.consumer_id.clone().unwrap_or_default();
         let mut c = ReliableConsumer::new(id, a.queues.iter().map(String::as_str))
@@ -147,6 +177,7 @@ pub fn run(a: ConsumeArgs) -> Result<(), Exit> {
         Lines {
             format: a.format,
             listen: false,
+            kombu,
             metrics: a.metrics_addr,
         },
         |e| stream.then(|| group_lost(e, &group)).flatten(),
@@ -209,7 +240,10 @@ pub fn print_until_stopped(
     };
     let output = Arc::new(output);
     let running = builder
-        .start(consumer, Printer::new(output.clone(), lines.listen))
+        .start(
+            consumer,
+            Printer::new(output.clone(), lines.listen).kombu(lines.kombu),
+        )
         .map_err(|e| explain(&e).unwrap_or_else(|| Exit::engine(e)))?;
     stop.arm(running.shutdown_handle());
     if let Some(addr) = lines.metrics {

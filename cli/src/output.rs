@@ -168,6 +168,8 @@ impl Output {
 pub struct Lines {
     pub format: Format,
     pub listen: bool,
+    /// `--mode kombu`: messages are Kombu envelopes, printed decoded.
+    pub kombu: bool,
     /// `--metrics-addr`: where to serve `/metrics` while the engine runs.
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -178,6 +180,7 @@ pub struct Lines {
 pub struct Printer {
     output: Arc<Output>,
     listen: bool,
+    kombu: bool,
     buf: Vec<u8>,
     /// Messages dropped so far (`--drop-oldest`), for the running total.
     dropped: Arc<std::sync::atomic::AtomicU64>,
@@ -188,15 +191,24 @@ impl Printer {
         Self {
             output,
             listen,
+            kombu: false,
             dropped: Arc::default(),
             buf: Vec::with_capacity(64 * 1024),
         }
     }
 }
 
+impl Printer {
+    /// Prints Kombu envelopes decoded (`--mode kombu`).
+    pub fn kombu(mut self, on: bool) -> Self {
+        self.kombu = on;
+        self
+    }
+}
+
 impl Clone for Printer {
     fn clone(&self) -> Self {
-        let mut p = Self::new(self.output.clone(), self.listen);
+        let mut p = Self::new(self.output.clone(), self.listen).kombu(self.kombu);
         p.dropped = self.dropped.clone();
         p
     }
@@ -212,6 +224,10 @@ impl Handler for Printer {
     fn handle_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<Outcome>) {
         self.buf.clear();
         for m in batch {
+            if self.kombu {
+                write_kombu(&mut self.buf, self.output.format, m);
+                continue;
+            }
             match (self.output.format, self.listen) {
                 (Format::Raw, _) => write_raw(&mut self.buf, m.payload()),
                 (Format::Json, false) => {
@@ -311,6 +327,37 @@ impl Handler for Printer {
         };
         eprintln!("ringq: warning: {text}");
     }
+}
+
+/// A Kombu message (`--mode kombu`): raw, its decoded body and a newline; JSON, one
+/// object with `queue`, `body` (lossy UTF-8; `body_base64` too when not UTF-8),
+/// `content_type`, `headers`, `properties`, `deliveries` and `redelivered`. The engine
+/// hands over only envelopes that parse (it dead-letters the rest).
+fn write_kombu(out: &mut Vec<u8>, format: Format, m: &Message<'_>) {
+    let Ok(k) = ringq::kombu::Incoming::parse(m.payload()) else {
+        write_raw(out, m.payload());
+        return;
+    };
+    if format == Format::Raw {
+        write_raw(out, &k.body);
+        return;
+    }
+    let mut v = serde_json::json!({
+        "queue": String::from_utf8_lossy(m.queue()),
+        "body": String::from_utf8_lossy(&k.body),
+        "content_type": k.content_type,
+        "headers": k.headers,
+        "properties": k.properties,
+        "deliveries": m.deliveries(),
+        "redelivered": k.redelivered(),
+    });
+    if std::str::from_utf8(&k.body).is_err() {
+        let mut b = Vec::new();
+        write_base64(&mut b, &k.body);
+        v["body_base64"] = String::from_utf8_lossy(&b).into_owned().into();
+    }
+    let _ = serde_json::to_writer(&mut *out, &v);
+    out.push(b'\n');
 }
 
 /// `payload\n`.

@@ -55,6 +55,7 @@ pub fn run(a: SubscribeArgs) -> Result<(), Exit> {
         builder,
         consumer,
         Lines {
+            kombu: false,
             format: a.format,
             listen: true,
             metrics: a.metrics_addr,

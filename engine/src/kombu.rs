@@ -381,6 +381,52 @@ fn uuid4() -> String {
     )
 }
 
+/// The header in which ringq keeps how many times it handed a message to a handler
+/// (Kombu itself keeps only `redelivered`).
+pub const DELIVERIES_HEADER: &str = "x-ringq-deliveries";
+
+/// How many times ringq delivered `element` before (its [`DELIVERIES_HEADER`], 0 when
+/// absent).
+pub(crate) fn deliveries_of(m: &Incoming) -> u32 {
+    m.headers
+        .get(DELIVERIES_HEADER)
+        .and_then(Value::as_u64)
+        .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32)
+}
+
+/// `element` as Kombu restores a message: `headers.redelivered` and
+/// `properties.delivery_info.redelivered` set, and ringq's delivery count written, or
+/// `None` when it is not a JSON object.
+pub(crate) fn redelivered(element: &[u8], deliveries: u32) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(element).ok()?;
+    let top = v.as_object_mut()?;
+    let headers = top
+        .entry("headers")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(h) = headers.as_object_mut() {
+        h.insert("redelivered".into(), Value::Bool(true));
+        h.insert(DELIVERIES_HEADER.into(), json!(deliveries));
+    }
+    if let Some(info) = top
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+        .and_then(|p| p.get_mut("delivery_info"))
+        .and_then(Value::as_object_mut)
+    {
+        info.insert("redelivered".into(), Value::Bool(true));
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+/// A queue's name as the JSON string Kombu's records carry it in, with the record's tail
+/// after the element: `, "", "<queue>"]`.
+pub(crate) fn record_tail(queue: &str) -> Vec<u8> {
+    let mut t = b", \"\", ".to_vec();
+    t.extend(serde_json::to_vec(queue).unwrap_or_else(|_| b"\"\"".to_vec()));
+    t.push(b']');
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

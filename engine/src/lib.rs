@@ -104,6 +104,7 @@ pub use engine::{Consumer, EngineBuilder, Running, ShutdownHandle};
 pub use error::{Error, ErrorKind};
 pub use handler::{Event, GapCause, Handler, Message, Outcome, EVENT_TARGET};
 pub use pipeline::alo::{Backoff, MAX_LEASE};
+pub use pipeline::kombu::KombuConsumer;
 pub use pipeline::listen::{ListenConsumer, Overflow, Subscription};
 pub use pipeline::pop::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
 pub use pipeline::reliable::ReliableConsumer;

@@ -53,6 +53,15 @@ pub enum Consumer {
     Reliable(ReliableConsumer),
     /// Redis Streams consumer groups, at-least-once ([`StreamConsumer`]).
     Stream(StreamConsumer),
+    /// Kombu / Celery queues, at-least-once with Kombu's own records
+    /// ([`KombuConsumer`](crate::KombuConsumer)).
+    Kombu(crate::KombuConsumer),
+}
+
+impl From<crate::KombuConsumer> for Consumer {
+    fn from(c: crate::KombuConsumer) -> Self {
+        Consumer::Kombu(c)
+    }
 }
 
 impl From<PopConsumer> for Consumer {
@@ -456,6 +465,7 @@ impl EngineBuilder {
             Consumer::Listen(c) => self.start_with(c, handler),
             Consumer::Reliable(c) => self.start_with(c, handler),
             Consumer::Stream(c) => self.start_with(c, handler),
+            Consumer::Kombu(c) => self.start_with(c, handler),
         }
     }
 

@@ -19,6 +19,7 @@ pub struct Running {
     pub(super) stats: Vec<Arc<ShardStats>>,
     pub(super) source_names: Vec<String>,
     pub(super) mode: &'static str,
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(super) group: Option<String>,
     pub(super) features: Option<RingFeatures>,
     pub(super) backend: IoBackend,

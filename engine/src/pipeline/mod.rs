@@ -31,6 +31,7 @@
 //! mode's: pop mode (at-most-once) counts it; an at-least-once mode delivers it again.
 
 pub(crate) mod alo;
+pub(crate) mod kombu;
 pub(crate) mod listen;
 pub(crate) mod pop;
 pub(crate) mod reliable;

@@ -12,11 +12,13 @@
 //!   same stages in both modes — and [`require_version`], the version gate.
 
 mod clock;
+mod held;
 mod policy;
 mod scripts;
 mod settle;
 
 pub(crate) use clock::{now_ms, Rng};
+pub(crate) use held::Held;
 pub use policy::Backoff;
 pub(crate) use policy::{Policy, Verdict};
 pub(crate) use scripts::{Script, ScriptSet};

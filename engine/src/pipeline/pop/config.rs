@@ -24,7 +24,7 @@ pub struct Queue {
     pub(crate) name: Bytes,
     /// (priority, key), highest priority first.
     pub(crate) levels: Vec<(u8, Bytes)>,
-    pub(super) weight: u32,
+    pub(crate) weight: u32,
 }
 
 impl Queue {

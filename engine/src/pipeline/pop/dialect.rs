@@ -208,26 +208,7 @@ impl Dialect for Leasing {
                 CommandWriter::new(buf, 2).arg("LLEN").arg(leased).finish();
                 CommandWriter::new(buf, 1).arg("EXEC").finish();
             }
-            // BLMOVE key key RIGHT RIGHT timeout: waits until the queue's first (highest)
-            // key holds a message and moves nothing (the last element goes back where it
-            // was); the lease script then takes it, under the fence. A lane with other
-            // keys checks them again soon.
-            Some(q) => {
-                let key = &c.queues[q as usize].levels[0].1;
-                let wait = if f.lane_keys == 1 {
-                    f.block
-                } else {
-                    &self.poll_secs
-                };
-                CommandWriter::new(buf, 6)
-                    .arg("BLMOVE")
-                    .arg(key)
-                    .arg(key)
-                    .arg("RIGHT")
-                    .arg("RIGHT")
-                    .arg(wait)
-                    .finish();
-            }
+            Some(q) => write_wait(buf, f, q, &self.poll_secs),
             // EVALSHA lease 3n key1 leased1 lease1 … count token
             None => {
                 let triples = f.queues.clone().flat_map(|q| {
@@ -247,5 +228,86 @@ impl Dialect for Leasing {
                     .finish();
             }
         }
+    }
+}
+
+/// `BLMOVE key key RIGHT RIGHT timeout`: waits until queue `q`'s first (highest) key holds
+/// a message and moves nothing (the last element goes back where it was); the lane's
+/// script then takes it. A lane with other keys checks them again after `poll_secs`.
+/// The dry-lane wait of every dialect whose fetch is a script (scripts cannot block).
+fn write_wait<Q>(buf: &mut BytesMut, f: &Fetch<'_, Q>, q: u32, poll_secs: &Bytes) {
+    let key = &f.consumer.queues[q as usize].levels[0].1;
+    let wait = if f.lane_keys == 1 { f.block } else { poll_secs };
+    CommandWriter::new(buf, 6)
+        .arg("BLMOVE")
+        .arg(key)
+        .arg(key)
+        .arg("RIGHT")
+        .arg("RIGHT")
+        .arg(wait)
+        .finish();
+}
+
+/// Kombu mode: each batch popped and recorded in Kombu's `unacked` hash and
+/// `unacked_index` in one script (see `kombu::scripts::KPOP`), so no crash between the
+/// pop and the record loses a message.
+pub(crate) struct Unacking {
+    /// The pop script's SHA-1, for `EVALSHA`.
+    pub sha: Bytes,
+    /// Kombu's `unacked` hash and `unacked_index` sorted set (with the key prefix).
+    pub unacked: Bytes,
+    pub index: Bytes,
+    /// Per queue, per level: this consumer's held hash of that key, and the tail of each
+    /// record (`, "", "<queue>"]`).
+    pub held: Vec<Vec<(Bytes, Bytes)>>,
+    /// The prefix of this consumer's record fields (`ringq:<id>:`).
+    pub field_base: Bytes,
+    /// How long a single-queue wait of a lane with several keys lasts.
+    pub poll_secs: Bytes,
+}
+
+impl Dialect for Unacking {
+    const LEASES: bool = true;
+
+    fn shape(&self, _: PopStrategy, _: bool, backlog: bool, recheck: bool, _: bool) -> Shape {
+        let blocking = !backlog && !recheck;
+        Shape {
+            blocking,
+            counted: true,
+            single: blocking,
+        }
+    }
+
+    fn write<Q: Iterator<Item = u32> + Clone>(&self, buf: &mut BytesMut, f: &Fetch<'_, Q>) {
+        if let Some(q) = f.single {
+            write_wait(buf, f, q, &self.poll_secs);
+            return;
+        }
+        // EVALSHA kpop 2+2n unacked index key1 held1 … count score field-base tail1 …
+        let c = f.consumer;
+        let keys = f.queues.clone().flat_map(|q| {
+            c.queues[q as usize]
+                .levels
+                .iter()
+                .zip(&self.held[q as usize])
+                .flat_map(|((_, k), (h, _))| [k, h])
+        });
+        let tails = f
+            .queues
+            .clone()
+            .flat_map(|q| self.held[q as usize].iter().map(|(_, t)| t));
+        let score = crate::pipeline::alo::now_ms() as f64 / 1000.0;
+        CommandWriter::new(buf, 8 + 3 * f.nkeys)
+            .arg("EVALSHA")
+            .arg(&self.sha)
+            .arg_int(2 + 2 * f.nkeys as i64)
+            .arg(&self.unacked)
+            .arg(&self.index)
+            .args(keys)
+            .arg_int(i64::from(f.count))
+            .arg(format!("{score:.3}"))
+            .arg(&self.field_base)
+            .args(tails)
+            .finish();
     }
 }

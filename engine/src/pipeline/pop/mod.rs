@@ -30,6 +30,7 @@ mod config;
 pub(crate) mod dialect;
 mod lane;
 mod reply;
+mod tracking;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +46,7 @@ use crate::handler::{Event, Message, Outcome, Source};
 
 pub(crate) use config::{secs_arg, PopPlan};
 pub use config::{PopConsumer, PopStrategy, Queue, MAX_BLOCK_TIMEOUT};
-pub(crate) use dialect::{Dialect, Leasing, Popping};
+pub(crate) use dialect::{Dialect, Leasing, Popping, Unacking};
 use lane::Lane;
 
 /// A pop-mode command awaiting its reply.
@@ -223,31 +224,6 @@ impl<D: Dialect> PopPipeline<D> {
     /// out). The messages' `seq` is their place in that reply.
     pub(crate) fn take_leased(&mut self) -> Option<(&'static Source, u64, Option<u64>)> {
         self.leased.take()
-    }
-
-    /// Connection `conn`'s lane has `CLIENT TRACKING` on (reliable mode).
-    pub(crate) fn tracking_on<C: CarriesPop>(&mut self, io: &Io<C>, conn: usize) {
-        if let Some(l) = io
-            .fetch_of(conn)
-            .and_then(|l| self.lanes.get_mut(l.index()))
-        {
-            l.tracking_on();
-        }
-    }
-
-    /// Keys connection `conn`'s lane watches changed (`None`: any of them may have): the
-    /// lane leases again, starting with the queue of the first key named.
-    pub(crate) fn wake<C: CarriesPop>(&mut self, io: &Io<C>, conn: usize, keys: Option<&[Bytes]>) {
-        let first = keys
-            .and_then(|k| k.first())
-            .and_then(|k| self.plan.keys.get(&k[..]))
-            .map(|s| s.index);
-        if let Some(l) = io
-            .fetch_of(conn)
-            .and_then(|l| self.lanes.get_mut(l.index()))
-        {
-            l.wake(first);
-        }
     }
 
     /// How many keys lane `lane` fetches from (queues × priority levels).

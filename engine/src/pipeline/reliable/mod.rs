@@ -6,7 +6,7 @@
 //!   this run's fence token in `{q}:lease:<id>`); a dry lane waits without moving
 //!   anything (`BLMOVE k k RIGHT RIGHT`, or key tracking). The element in the leased
 //!   list is the lease; every lease reads the list's head position back, and the engine
-//!   numbers its elements from it (`settle::Held`), so an element it did not lease is
+//!   numbers its elements from it (`alo::Held`), so an element it did not lease is
 //!   never settled in place of its own.
 //! - **Outcomes** (`settle.rs`) are batched per key per loop turn and sent on the Control
 //!   connection as one settle script each, by position: the tail moves past every run of
@@ -47,8 +47,9 @@ use crate::envelope::keys::legacy;
 use crate::error::Error;
 use crate::handler::{Message, Outcome, Source};
 
+use super::alo::Held;
 pub use config::ReliableConsumer;
-use settle::{Batch, Held};
+use settle::Batch;
 
 /// A reliable-mode command awaiting its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -486,20 +487,7 @@ impl Pipeline for ReliablePipeline {
         if Some(conn) != io.control_id() {
             // A lane of several keys, once dry, watches them all through the server's
             // key tracking (RESP3 invalidation pushes) instead of polling.
-            let many = io
-                .fetch_of(conn)
-                .is_some_and(|l| self.pop.lane_keys(l.index()) > 1);
-            let c = io.conn_mut(conn);
-            if many && c.server().resp3 {
-                c.command(Tag::Pipe(RelTag::Tracking), now, allow, |buf| {
-                    CommandWriter::new(buf, 4)
-                        .arg("CLIENT")
-                        .arg("TRACKING")
-                        .arg("ON")
-                        .arg("NOLOOP")
-                        .finish();
-                });
-            }
+            self.pop.request_tracking(io, conn, now, RelTag::Tracking);
             return;
         }
         let c = io.conn_mut(conn);
@@ -585,21 +573,8 @@ impl Pipeline for ReliablePipeline {
         _out: &mut Vec<Message<'f>>,
         _now: Instant,
     ) -> Result<u64, Failure> {
-        // `>2 invalidate [keys]` (or a null: everything): a watched queue changed.
-        let f = io.decode(conn, frame)?;
-        match &f {
-            ringq_resp::Frame::Push(v) if matches!(v.first(), Some(ringq_resp::Frame::BulkString(k)) if k.eq_ignore_ascii_case(b"invalidate")) =>
-            {
-                let keys: Option<Vec<Bytes>> = match v.get(1) {
-                    Some(ringq_resp::Frame::Array(ks)) => {
-                        Some(ks.iter().filter_map(|k| k.as_bytes().cloned()).collect())
-                    }
-                    _ => None,
-                };
-                self.pop.wake(io, conn, keys.as_deref());
-            }
-            _ => tracing::debug!(conn = %io.conn(conn).name(), "ignored a push frame: {f:?}"),
-        }
+        // `>2 invalidate [keys]`: a watched queue changed.
+        self.pop.on_push_frame(io, conn, frame)?;
         Ok(0)
     }
 

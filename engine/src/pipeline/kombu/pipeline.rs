@@ -1,0 +1,410 @@
+//! The Kombu pipeline as the shard drives it: fetch replies (validated), outcomes,
+//! Control's replies (settles, the recovery's steps, renewals), lost connections, timers
+//! and the stop.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use ringq_resp::{Frame, ServerError};
+
+use super::{dead_entry, scripts, Batch, Field, KTag, KombuPipeline, TIMER_RENEW};
+use crate::conn::{classify, Failure, Tag};
+use crate::handler::{Event, Message, Outcome, Source};
+use crate::kombu;
+use crate::pipeline::alo::{require_version, Recovery, Stage};
+use crate::pipeline::pop::{CarriesPop, PopTag};
+use crate::pipeline::{ControlUse, Drain, Io, Pipeline};
+use ringq_resp::CommandWriter;
+
+impl Pipeline for KombuPipeline {
+    type Cmd = KTag;
+
+    fn fetch_connections(&self) -> usize {
+        self.pop.lanes()
+    }
+
+    fn control(&self) -> ControlUse {
+        ControlUse::Always
+    }
+
+    fn on_ready(&mut self, io: &mut Io<KTag>, conn: usize, now: Instant) {
+        let allow = io.reply_timeout();
+        if !require_version(
+            io,
+            conn,
+            (6, 2, 0),
+            "kombu mode (RPOP with a count, BLMOVE)",
+        ) {
+            return;
+        }
+        scripts::SET.load(io.conn_mut(conn), now, allow, KTag::Load);
+        if Some(conn) != io.control_id() {
+            self.pop.request_tracking(io, conn, now, KTag::Tracking);
+            return;
+        }
+        if !std::mem::replace(&mut self.timers_on, true) {
+            io.timer(now + self.renew_every(), TIMER_RENEW);
+        }
+    }
+
+    fn fill(&mut self, io: &mut Io<KTag>, now: Instant) {
+        if self.stage == Stage::Orphaned && self.quiet(io) {
+            self.stage = Stage::Recover(Recovery::Orphans);
+        }
+        self.flush(io, now);
+        if self.stage == Stage::Running {
+            self.pop.fill_lanes(io, now);
+        }
+    }
+
+    fn on_reply<'f>(
+        &mut self,
+        io: &mut Io<KTag>,
+        conn: usize,
+        cmd: KTag,
+        frame: &'f Bytes,
+        out: &mut Vec<Message<'f>>,
+        now: Instant,
+    ) -> Result<u64, Failure> {
+        let KTag::Pop(p) = cmd else {
+            self.on_control_reply(io, conn, cmd, frame)?;
+            return Ok(0);
+        };
+        let before = out.len();
+        let mut bytes = self.pop.reply(io, conn, p, frame, out, now)?;
+        if let Some((source, n, head)) = self.pop.take_leased() {
+            match self.key_of.get(&(source as *const Source as usize)) {
+                Some(&k) => {
+                    let (first, unknown) = self.held[k as usize].leased(n, head);
+                    for m in &mut out[before..] {
+                        m.seq = m.seq.wrapping_add(first as u32);
+                    }
+                    if unknown > 0 {
+                        tracing::warn!(
+                            conn = %io.conn(conn).name(),
+                            "{unknown} record(s) of this consumer it did not make (a pop from a \
+                             connection it gave up): restored once the messages in hand are settled"
+                        );
+                        let s = io.stats();
+                        s.add(&s.foreign_leases, unknown);
+                        self.suspect_lost_writes();
+                    }
+                }
+                None => tracing::error!("a pop of an unknown key"),
+            }
+        }
+        // What is not a Kombu envelope never reaches the handler: dead-lettered, and
+        // its credit given back.
+        let mut i = before;
+        while i < out.len() {
+            match kombu::Incoming::parse(out[i].payload()) {
+                Ok(m) => {
+                    out[i].deliveries = kombu::deliveries_of(&m).saturating_add(1);
+                    i += 1;
+                }
+                Err(e) => {
+                    let bad = out.remove(i);
+                    let len = bad.payload().len() as u64;
+                    bytes = bytes.saturating_sub(len);
+                    tracing::warn!(conn = %io.conn(conn).name(), "dead-lettered an element: {e}");
+                    self.pop.outcomes(
+                        io,
+                        Some(conn),
+                        std::slice::from_ref(&bad),
+                        &[Outcome::Dead],
+                        len,
+                    );
+                    if let Some((k, pos)) = self.settled(&bad) {
+                        let entry = dead_entry(bad.payload(), bad.deliveries(), &e.to_string());
+                        self.batch(k).ops.push((b'd', Field::Pos(pos), entry));
+                    }
+                    io.stats().add(&io.stats().dead, 1);
+                }
+            }
+        }
+        self.outstanding += (out.len() - before) as u64;
+        Ok(bytes)
+    }
+
+    fn on_push<'f>(
+        &mut self,
+        io: &mut Io<KTag>,
+        conn: usize,
+        frame: &'f Bytes,
+        _out: &mut Vec<Message<'f>>,
+        _now: Instant,
+    ) -> Result<u64, Failure> {
+        self.pop.on_push_frame(io, conn, frame)?;
+        Ok(0)
+    }
+
+    fn on_outcomes(
+        &mut self,
+        io: &mut Io<KTag>,
+        conn: Option<usize>,
+        msgs: &[Message<'_>],
+        outcomes: &[Outcome],
+        bytes: u64,
+    ) {
+        self.pop.outcomes(io, conn, msgs, outcomes, bytes);
+        self.outstanding = self.outstanding.saturating_sub(msgs.len() as u64);
+        for (m, &o) in msgs.iter().zip(outcomes) {
+            self.record(m, o);
+        }
+    }
+
+    fn on_worker_outcome(&mut self, io: &mut Io<KTag>, msg: &Message<'static>, outcome: Outcome) {
+        self.pop.worker_outcome(io, msg);
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.record(msg, outcome);
+    }
+
+    fn blocks(&self, cmd: &KTag) -> bool {
+        matches!(cmd, KTag::Pop(p) if p.blocks())
+    }
+
+    fn on_lost(&mut self, io: &mut Io<KTag>, conn: usize, unanswered: &[KTag], stalled: bool) {
+        if Some(conn) == io.control_id() || io.fetch_of(conn).is_none() {
+            let lost = self.settle.control_lost();
+            if let Stage::Recovering(why, _) = self.stage {
+                self.stage = Stage::Recover(why);
+            }
+            if lost > 0 {
+                tracing::info!("{lost} outcome batch(es) unanswered on the lost Control connection; sending them again");
+            }
+            self.suspect_lost_writes();
+            return;
+        }
+        let pops = unanswered
+            .iter()
+            .filter(|t| matches!(t.as_pop(), Some(PopTag::Pop(_))))
+            .count();
+        self.pop.lost(io, conn, unanswered, stalled);
+        if pops > 0 {
+            tracing::info!(
+                conn = %io.conn(conn).name(),
+                "{pops} pop(s) unanswered: what they popped is recorded as this consumer's, \
+                 and goes back to its queue once the messages in hand are settled"
+            );
+        }
+        self.suspect_lost_writes();
+    }
+
+    fn on_timer(&mut self, io: &mut Io<KTag>, id: u32, now: Instant) {
+        if id != TIMER_RENEW || self.stage == Stage::Stopped {
+            return;
+        }
+        io.timer(now + self.renew_every(), TIMER_RENEW);
+        self.renew(io, now);
+    }
+
+    fn on_stop(&mut self, io: &mut Io<KTag>, now: Instant) -> Drain {
+        match self.stage {
+            Stage::Stopped => return Drain::Drained,
+            Stage::Recovering(..) | Stage::Setup | Stage::SettingUp(_) => {}
+            Stage::Recover(_) | Stage::Running | Stage::Orphaned => {
+                if self.quiet(io) {
+                    self.stage = Stage::Recover(Recovery::Stop);
+                }
+            }
+        }
+        self.flush(io, now);
+        if self.stage == Stage::Stopped {
+            Drain::Drained
+        } else {
+            Drain::Waiting
+        }
+    }
+}
+
+impl KombuPipeline {
+    /// How often held records are renewed: a quarter of the visibility timeout.
+    fn renew_every(&self) -> std::time::Duration {
+        self.vt / 4
+    }
+
+    fn on_control_reply(
+        &mut self,
+        io: &mut Io<KTag>,
+        conn: usize,
+        cmd: KTag,
+        frame: &Bytes,
+    ) -> Result<(), Failure> {
+        let f = io.decode(conn, frame)?;
+        if let Frame::SimpleError(m) | Frame::BulkError(m) = &f {
+            let e = ServerError::parse(m.clone());
+            if cmd == KTag::Tracking {
+                tracing::info!(
+                    "CLIENT TRACKING refused ({e}): an idle lane of several keys blocks on \
+                     one and checks the others every 100 ms instead"
+                );
+                return Ok(());
+            }
+            return Err(classify::failure(
+                &format!("kombu mode's {}", cmd.what()),
+                e,
+                |_| {
+                    Some(
+                    "; the ACL user needs +script|load, +evalsha, and access to the queue keys, \
+                     unacked, unacked_index and ringq.kombu.held.*"
+                        .to_owned(),
+                )
+                },
+            ));
+        }
+        match cmd {
+            KTag::Load(n) => scripts::SET.check_loaded(n, &f)?,
+            KTag::Settle => self.on_settled(io, &f),
+            KTag::Held { key } => self.on_held(io, key, &f),
+            KTag::Values { key } => self.on_values(io, key, &f),
+            KTag::Restore { key } => self.on_restored(io, key, &f),
+            KTag::Tracking => self.pop.tracking_on(io, conn),
+            KTag::Renew | KTag::Pop(_) => {}
+        }
+        Ok(())
+    }
+
+    fn on_settled(&mut self, io: &mut Io<KTag>, f: &Frame) {
+        let Some((b, resent)) = self.settle.answered() else {
+            return;
+        };
+        let stale = match f {
+            Frame::Integer(n) => (*n).max(0) as u64,
+            _ => 0,
+        };
+        if stale > 0 && !resent {
+            let key = String::from_utf8_lossy(&self.keys[b.key as usize].key).into_owned();
+            tracing::warn!(
+                "{stale} outcome(s) for messages of {key:?} not applied: their records were \
+                 restored by another worker (older than the visibility timeout: the renewals \
+                 did not reach the server in time), so they were delivered again"
+            );
+            io.stats().add(&io.stats().stale_outcomes, stale);
+            io.event(Event::StaleOutcomes { key, count: stale });
+        }
+    }
+
+    /// A recovery's `HGETALL` of key `key`'s held hash: the counter starts the key's
+    /// numbering; the records go on to be read.
+    fn on_held(&mut self, io: &mut Io<KTag>, key: u32, f: &Frame) {
+        let k = key as usize;
+        let mut counter = 0;
+        let mut fields = Vec::new();
+        for (name, value) in pairs(f) {
+            if name.as_ref() == b"#n" {
+                counter = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+            } else if !name.starts_with(b"#") {
+                fields.push(name);
+            }
+        }
+        self.held[k].start_at(counter);
+        if fields.is_empty() {
+            self.key_recovered();
+            return;
+        }
+        let allow = io.reply_timeout();
+        let Some(ctl) = io.control_ready() else {
+            return;
+        };
+        ctl.command(
+            Tag::Pipe(KTag::Values { key }),
+            Instant::now(),
+            allow,
+            |buf| {
+                CommandWriter::new(buf, 2 + fields.len())
+                    .arg("HMGET")
+                    .arg(&self.unacked)
+                    .args(&fields)
+                    .finish();
+            },
+        );
+        self.restoring[k] = fields;
+    }
+
+    /// The records of key `key` read back: each restored to the key's head, marked
+    /// redelivered (a record already gone is only cleaned up).
+    fn on_values(&mut self, io: &mut Io<KTag>, key: u32, f: &Frame) {
+        let k = key as usize;
+        let values: Vec<Option<Bytes>> = match f {
+            Frame::Array(v) => v.iter().map(|x| x.as_bytes().cloned()).collect(),
+            _ => Vec::new(),
+        };
+        let tail = self.keys[k].tail.clone();
+        let mut b = Batch {
+            key,
+            ops: Vec::new(),
+        };
+        for (field, value) in self.restoring[k]
+            .iter()
+            .zip(values.iter().chain(std::iter::repeat(&None)))
+        {
+            let op = match value {
+                None => (b'a', Field::Name(field.clone()), Vec::new()),
+                Some(v) => match v
+                    .strip_prefix(b"[")
+                    .and_then(|e| e.strip_suffix(&tail[..]))
+                    .and_then(|e| {
+                        let d = kombu::Incoming::parse(e).map_or(0, |m| kombu::deliveries_of(&m));
+                        kombu::redelivered(e, d.saturating_add(1))
+                    }) {
+                    Some(e) => (b'r', Field::Name(field.clone()), e),
+                    None => (
+                        b'd',
+                        Field::Name(field.clone()),
+                        dead_entry(v, 0, "a record ringq made that it cannot read back"),
+                    ),
+                },
+            };
+            b.ops.push(op);
+        }
+        let allow = io.reply_timeout();
+        let Some(ctl) = io.control_ready() else {
+            return;
+        };
+        b.write(ctl, KTag::Restore { key }, self, Instant::now(), allow);
+    }
+
+    /// Key `key`'s records restored (but those another worker had taken first).
+    fn on_restored(&mut self, io: &mut Io<KTag>, key: u32, f: &Frame) {
+        let k = key as usize;
+        let stale = match f {
+            Frame::Integer(n) => (*n).max(0) as u64,
+            _ => 0,
+        };
+        let moved = (std::mem::take(&mut self.restoring[k]).len() as u64).saturating_sub(stale);
+        if moved > 0 {
+            io.stats().add(&io.stats().recovered, moved);
+            let queue = self.keys[k].queue.clone();
+            let why = match self.stage {
+                Stage::Recovering(why, _) => why,
+                _ => Recovery::Orphans,
+            };
+            tracing::info!("restored {moved} message(s) of {queue:?} this consumer held");
+            if why != Recovery::Stop {
+                io.event(Event::Recovered {
+                    queue,
+                    swept: 0,
+                    messages: moved,
+                });
+            }
+        }
+        self.key_recovered();
+    }
+}
+
+/// The (name, value) pairs of an `HGETALL` reply (a RESP3 map or a RESP2 flat array).
+fn pairs(f: &Frame) -> Vec<(Bytes, Bytes)> {
+    let b = |x: &Frame| x.as_bytes().cloned().unwrap_or_default();
+    match f {
+        Frame::Map(m) => m.iter().map(|(k, v)| (b(k), b(v))).collect(),
+        Frame::Array(v) => v
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (b(&c[0]), b(&c[1])))
+            .collect(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,78 @@
+//! The server side of Kombu mode: two Lua scripts, each one atomic step, loaded on every
+//! connection after its handshake (as reliable mode's).
+//!
+//! Records are Kombu's own: a field of the `unacked` hash whose value is
+//! `[<element>, "", "<queue>"]` (the message as it was popped, the anonymous exchange and
+//! the queue as routing key) and the same field in `unacked_index`, scored with the
+//! delivery time in seconds. Kombu's `restore_visible` (any Python worker) therefore puts a
+//! record ringq left behind back on its queue, at the step of its priority, marked
+//! redelivered. The fields are ringq's own, `ringq:<consumer>:<key>:<n>`, numbered per key
+//! by a counter in the key's held hash (`#n`), which also lists the key's live records
+//! (field → 1): what a restart, or the recovery after a lost reply, gives back.
+
+use std::sync::LazyLock;
+
+use crate::pipeline::alo::{Script, ScriptSet};
+
+/// `KEYS`: `unacked`, `unacked_index`, then pairs (level key, its held hash); `ARGV`: most
+/// elements to take, the score (seconds), the field base `ringq:<consumer>:`, then each
+/// key's record tail (`, "", "<queue>"]`). Pops up to that many from the first non-empty
+/// key and records each (value, index entry, held field) in the same step; returns
+/// `{key, elements, n}` (LMPOP's shape, and the key's counter after them: the last
+/// element's number), or nil.
+pub(crate) static KPOP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "kombu pop",
+        r"local n = tonumber(ARGV[1])
+for i = 3, #KEYS, 2 do
+  local items = redis.call('RPOP', KEYS[i], n)
+  if items then
+    local held, tail = KEYS[i + 1], ARGV[3 + (i - 1) / 2]
+    local head = redis.call('HINCRBY', held, '#n', #items)
+    local base = ARGV[3] .. KEYS[i] .. ':'
+    for j, e in ipairs(items) do
+      local f = base .. (head - #items + j - 1)
+      redis.call('HSET', KEYS[1], f, '[' .. e .. tail)
+      redis.call('ZADD', KEYS[2], ARGV[2], f)
+      redis.call('HSET', held, f, 1)
+    end
+    return {KEYS[i], items, head}
+  end
+end
+return false",
+    )
+});
+
+/// `KEYS`: `unacked`, `unacked_index`, the key's held hash, the key, its dead list;
+/// `ARGV`: the dead list's cap, then triples (op, field, element). Each op first removes
+/// the record (value, index entry, held field); only when the value was still there (no
+/// one else restored or acked it) does it act: `a` ack (nothing more), `l` push the
+/// element onto the key's left end (the tail: served last, Kombu's reject-requeue), `r`
+/// onto its right end (served next, as Kombu's restore), `d` onto the dead list (capped).
+/// Returns how many found their record gone (stale).
+pub(crate) static KSETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "kombu settle",
+        r"local stale, cap = 0, tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  local op, f, e = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local had = redis.call('HDEL', KEYS[1], f)
+  redis.call('ZREM', KEYS[2], f)
+  redis.call('HDEL', KEYS[3], f)
+  if had == 0 then
+    stale = stale + 1
+  elseif op == 'l' then
+    redis.call('LPUSH', KEYS[4], e)
+  elseif op == 'r' then
+    redis.call('RPUSH', KEYS[4], e)
+  elseif op == 'd' then
+    redis.call('LPUSH', KEYS[5], e)
+    redis.call('LTRIM', KEYS[5], 0, cap - 1)
+  end
+end
+return stale",
+    )
+});
+
+/// Every Kombu-mode script, loaded on every connection.
+pub(crate) static SET: ScriptSet = ScriptSet(&[&KPOP, &KSETTLE]);

@@ -1,0 +1,370 @@
+//! Kombu mode (issue 24): Kombu / Celery queues consumed at-least-once with Kombu's own
+//! records, side by side with real Python Kombu consumers and Celery from PyPI (the venv
+//! `scripts/setup.sh` makes; a test without it fails saying so).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringq::kombu::{step_of, Incoming};
+use ringq::{KombuConsumer, Message, Outcome};
+use ringq_resp::Frame;
+use ringq_tests::{run_python, wait_until, TestClient};
+
+mod support;
+use support::{builder, start, Kind, WAIT};
+
+/// What a handler saw of each message: queue, decoded envelope, deliveries.
+type Seen = Arc<Mutex<Vec<(String, Incoming, u32)>>>;
+
+fn recording(
+    seen: &Seen,
+    outcome: fn(&Incoming, u32) -> Outcome,
+) -> impl Fn(&Message<'_>) -> Outcome + Clone + Send + Sync + 'static {
+    let seen = seen.clone();
+    move |m: &Message<'_>| {
+        let k = Incoming::parse(m.payload()).expect("the engine hands over envelopes only");
+        let o = outcome(&k, m.deliveries());
+        seen.lock().unwrap().push((
+            String::from_utf8_lossy(m.queue()).into_owned(),
+            k,
+            m.deliveries(),
+        ));
+        o
+    }
+}
+
+fn ack(_: &Incoming, _: u32) -> Outcome {
+    Outcome::Ack
+}
+
+fn int(c: &mut TestClient, args: &[&str]) -> i64 {
+    match c.cmd(args.iter().copied()).unwrap() {
+        Frame::Integer(n) => n,
+        f => panic!("{args:?}: {f:?}"),
+    }
+}
+
+/// Nothing left anywhere: no records, no index entries, empty queues, no held records.
+fn assert_clean(c: &mut TestClient, queues: &[&str]) {
+    assert_eq!(int(c, &["HLEN", "unacked"]), 0, "records left in unacked");
+    assert_eq!(
+        int(c, &["ZCARD", "unacked_index"]),
+        0,
+        "entries left in unacked_index"
+    );
+    for q in queues {
+        for p in [0u8, 3, 6, 9] {
+            let key = ringq::kombu::queue_key(q, p);
+            assert_eq!(c.llen(&key).unwrap(), 0, "{key:?} not drained");
+        }
+    }
+    let Frame::Array(keys) = c.cmd(["KEYS", "ringq.kombu.held.*"]).unwrap() else {
+        panic!()
+    };
+    for k in keys {
+        let k = k.as_bytes().unwrap().clone();
+        assert_eq!(
+            int(c, &["HLEN", std::str::from_utf8(&k).unwrap()]),
+            1,
+            "held records left in {k:?} (only the counter may stay)"
+        );
+    }
+}
+
+fn body_of(k: &Incoming) -> String {
+    String::from_utf8_lossy(&k.body).into_owned()
+}
+
+/// A Python Kombu producer publishes 20 000 messages over priorities 0–9 to two queues;
+/// ringq consumes every one exactly once, and within a queue never takes a message of a
+/// lower priority step while one of a higher step waits (Kombu's step 0 is the highest).
+#[test]
+fn kombu_messages_are_consumed_once_highest_step_first() {
+    let server = start(Kind::Redis);
+    let url = server.url();
+    let script = r#"
+import os
+from kombu import Connection
+with Connection(os.environ["BROKER"]) as conn:
+    p = conn.Producer(serializer="json")
+    for i in range(20000):
+        q = "ka" if i % 2 == 0 else "kb"
+        p.publish({"i": i}, routing_key=q, priority=(i // 2) % 10)
+"#;
+    run_python(script, &[("BROKER", &url)]);
+    let seen: Seen = Arc::default();
+    let running = builder(&url)
+        .start(
+            KombuConsumer::new("r1", ["ka", "kb"]).batch(64),
+            recording(&seen, ack),
+        )
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || seen.lock().unwrap().len() >= 20000),
+        "consumed {}",
+        seen.lock().unwrap().len()
+    );
+    let stats = running.shutdown().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 20000, "every message exactly once");
+    let ids: HashSet<u64> = seen
+        .iter()
+        .map(|(_, k, _)| {
+            serde_json::from_slice::<serde_json::Value>(&k.body).unwrap()["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 20000);
+    for q in ["ka", "kb"] {
+        let steps: Vec<u8> = seen
+            .iter()
+            .filter(|(queue, _, _)| queue == q)
+            .map(|(_, k, _)| step_of(k.priority()))
+            .collect();
+        assert_eq!(steps.len(), 10000);
+        assert!(
+            steps.windows(2).all(|w| w[0] <= w[1]),
+            "{q}: a lower step was taken while a higher one waited"
+        );
+        assert_eq!(steps.first(), Some(&0));
+        assert_eq!(steps.last(), Some(&9));
+    }
+    assert!(seen.iter().all(|(_, k, d)| *d == 1 && !k.redelivered()));
+    assert_eq!(stats.acked, 20000);
+    let mut c = server.client().unwrap();
+    assert_clean(&mut c, &["ka", "kb"]);
+}
+
+/// Celery `apply_async` of 2 000 tasks (protocol 2, JSON): ringq sees the task names,
+/// ids, args and kwargs.
+#[test]
+fn celery_tasks_are_read_with_their_arguments() {
+    let server = start(Kind::Redis);
+    let url = server.url();
+    let script = r#"
+import os
+from celery import Celery
+app = Celery("t", broker=os.environ["BROKER"])
+@app.task(name="tasks.mul")
+def mul(x, y, scale=1):
+    return x * y * scale
+for i in range(2000):
+    mul.apply_async((i, 2), {"scale": 3}, task_id="task-%d" % i, priority=i % 10)
+"#;
+    run_python(script, &[("BROKER", &url)]);
+    let seen: Seen = Arc::default();
+    let running = builder(&url)
+        .start(KombuConsumer::new("r1", ["celery"]), recording(&seen, ack))
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.lock().unwrap().len() >= 2000));
+    running.shutdown().unwrap();
+    let seen = seen.lock().unwrap();
+    let tasks: HashMap<String, ringq::kombu::Task> = seen
+        .iter()
+        .map(|(_, k, _)| {
+            let t = k.task().expect("a Celery task");
+            (t.id.clone(), t)
+        })
+        .collect();
+    assert_eq!(tasks.len(), 2000);
+    for i in 0..2000 {
+        let t = &tasks[&format!("task-{i}")];
+        assert_eq!(t.name, "tasks.mul");
+        assert_eq!(t.args, serde_json::json!([i, 2]));
+        assert_eq!(t.kwargs, serde_json::json!({"scale": 3}));
+    }
+    let mut c = server.client().unwrap();
+    assert_clean(&mut c, &["celery"]);
+}
+
+/// ringq and a Python Kombu consumer (`drain_events`, acks) on the same queue at the same
+/// time: every message is consumed once between them, and both took some.
+#[test]
+fn ringq_and_a_python_consumer_share_a_queue() {
+    let server = start(Kind::Redis);
+    let url = server.url();
+    run_python(
+        r#"
+import os
+from kombu import Connection
+with Connection(os.environ["BROKER"]) as conn:
+    p = conn.Producer(serializer="json")
+    for i in range(6000):
+        p.publish({"i": i}, routing_key="shared")
+"#,
+        &[("BROKER", &url)],
+    );
+    let seen: Seen = Arc::default();
+    // A slow ringq handler, so the Python consumer gets its share.
+    let slow = |_: &Incoming, _: u32| {
+        std::thread::sleep(Duration::from_micros(200));
+        Outcome::Ack
+    };
+    let running = builder(&url)
+        .start(
+            KombuConsumer::new("r1", ["shared"]).batch(16),
+            recording(&seen, slow),
+        )
+        .unwrap();
+    let out = run_python(
+        r#"
+import os, json, socket
+from kombu import Connection, Queue
+got = []
+def on(body, message):
+    got.append(body["i"])
+    message.ack()
+with Connection(os.environ["BROKER"]) as conn:
+    with conn.Consumer([Queue("shared")], callbacks=[on], accept=["json"]):
+        idle = 0
+        while idle < 3:
+            try:
+                conn.drain_events(timeout=1)
+                idle = 0
+            except socket.timeout:
+                idle += 1
+print(json.dumps(got))
+"#,
+        &[("BROKER", &url)],
+    );
+    let python: Vec<u64> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(wait_until(WAIT, || {
+        let mut c = server.client().unwrap();
+        c.llen("shared").unwrap() == 0 && int(&mut c, &["HLEN", "unacked"]) == 0
+    }));
+    running.shutdown().unwrap();
+    let ringq: Vec<u64> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, k, _)| {
+            serde_json::from_slice::<serde_json::Value>(&k.body).unwrap()["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        !python.is_empty() && !ringq.is_empty(),
+        "python {} ringq {}",
+        python.len(),
+        ringq.len()
+    );
+    let mut all: Vec<u64> = python.iter().chain(&ringq).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..6000).collect::<Vec<_>>(),
+        "each message once between them"
+    );
+    let mut c = server.client().unwrap();
+    assert_clean(&mut c, &["shared"]);
+}
+
+/// Bad input: an element that is not JSON, a JSON object without `body`, a body that is
+/// not valid base64 — each dead-lettered with its reason; the 100 good ones around them
+/// are delivered.
+#[test]
+fn bad_elements_are_dead_lettered_with_the_reason() {
+    let server = start(Kind::Redis);
+    let url = server.url();
+    let mut c = server.client().unwrap();
+    let good = |i: usize| {
+        ringq::kombu::Outgoing::new(format!("m{i}"), "text/plain")
+            .routing_key("bq")
+            .encode()
+    };
+    for i in 0..50 {
+        c.cmd([b"LPUSH".to_vec(), b"bq".to_vec(), good(i)]).unwrap();
+    }
+    c.cmd(["LPUSH", "bq", "this is not json"]).unwrap();
+    c.cmd([
+        "LPUSH",
+        "bq",
+        r#"{"headers": {}, "properties": {"delivery_tag": "x"}}"#,
+    ])
+    .unwrap();
+    c.cmd([
+        "LPUSH",
+        "bq",
+        r#"{"body": "%%%", "properties": {"delivery_tag": "y", "body_encoding": "base64"}}"#,
+    ])
+    .unwrap();
+    for i in 50..100 {
+        c.cmd([b"LPUSH".to_vec(), b"bq".to_vec(), good(i)]).unwrap();
+    }
+    let seen: Seen = Arc::default();
+    let running = builder(&url)
+        .start(KombuConsumer::new("r1", ["bq"]), recording(&seen, ack))
+        .unwrap();
+    assert!(wait_until(WAIT, || seen.lock().unwrap().len() >= 100));
+    assert!(wait_until(WAIT, || c.llen("{bq}:dead").unwrap() == 3));
+    let stats = running.shutdown().unwrap();
+    assert_eq!(stats.dead, 3);
+    assert_eq!(seen.lock().unwrap().len(), 100);
+    let bodies: HashSet<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, k, _)| body_of(k))
+        .collect();
+    assert_eq!(bodies.len(), 100);
+    let Frame::Array(dead) = c.cmd(["LRANGE", "{bq}:dead", "0", "-1"]).unwrap() else {
+        panic!()
+    };
+    let dead: Vec<String> = dead
+        .iter()
+        .map(|f| String::from_utf8_lossy(f.as_bytes().unwrap()).into_owned())
+        .collect();
+    for why in ["not%20JSON", "no%20`body`", "not%20valid%20base64"] {
+        assert!(dead.iter().any(|d| d.contains(why)), "{why} in {dead:?}");
+    }
+    assert_clean(&mut c, &["bq"]);
+}
+
+/// Retry puts the message back at its queue's tail marked redelivered with ringq's
+/// delivery count; Dead moves it to `{q}:dead`; max deliveries sends the last retry dead.
+#[test]
+fn retries_requeue_marked_and_dead_letters_move() {
+    let server = start(Kind::Redis);
+    let url = server.url();
+    let mut c = server.client().unwrap();
+    for i in 0..30 {
+        let e = ringq::kombu::Outgoing::new(format!("m{i}"), "text/plain")
+            .routing_key("rq")
+            .encode();
+        c.cmd([b"LPUSH".to_vec(), b"rq".to_vec(), e]).unwrap();
+    }
+    let seen: Seen = Arc::default();
+    // m0–m9 retried forever (dead after 3 deliveries), m10–m19 dead at once, the rest acked.
+    let decide = |k: &Incoming, _: u32| {
+        let n: usize = body_of(k)[1..].parse().unwrap();
+        match n {
+            0..=9 => Outcome::Retry,
+            10..=19 => Outcome::Dead,
+            _ => Outcome::Ack,
+        }
+    };
+    let running = builder(&url)
+        .start(
+            KombuConsumer::new("r1", ["rq"]).max_deliveries(3),
+            recording(&seen, decide),
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || c.llen("{rq}:dead").unwrap() == 20));
+    let stats = running.shutdown().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 10 * 3 + 20);
+    for (_, k, d) in seen.iter() {
+        let n: usize = body_of(k)[1..].parse().unwrap();
+        if n < 10 {
+            assert_eq!(k.redelivered(), *d > 1, "m{n} delivery {d}");
+        } else {
+            assert_eq!(*d, 1);
+        }
+    }
+    // Handler outcomes: three retries of each of m0–m9 (the last went dead by the policy).
+    assert_eq!((stats.retried, stats.dead), (30, 10));
+    assert_clean(&mut c, &["rq"]);
+}
