@@ -399,13 +399,24 @@ pub(crate) fn deliveries_of(m: &Incoming) -> u32 {
 /// `None` when it is not a JSON object.
 pub(crate) fn redelivered(element: &[u8], deliveries: u32) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_slice(element).ok()?;
-    let top = v.as_object_mut()?;
+    mark_redelivered(&mut v, Some(deliveries)).then(|| serde_json::to_vec(&v).ok())?
+}
+
+/// Marks the envelope `v` as Kombu's restore does (`headers.redelivered`,
+/// `properties.delivery_info.redelivered`), with ringq's delivery count when given;
+/// false when `v` is not an object.
+pub(crate) fn mark_redelivered(v: &mut Value, deliveries: Option<u32>) -> bool {
+    let Some(top) = v.as_object_mut() else {
+        return false;
+    };
     let headers = top
         .entry("headers")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(h) = headers.as_object_mut() {
         h.insert("redelivered".into(), Value::Bool(true));
-        h.insert(DELIVERIES_HEADER.into(), json!(deliveries));
+        if let Some(d) = deliveries {
+            h.insert(DELIVERIES_HEADER.into(), json!(d));
+        }
     }
     if let Some(info) = top
         .get_mut("properties")
@@ -415,7 +426,7 @@ pub(crate) fn redelivered(element: &[u8], deliveries: u32) -> Option<Vec<u8>> {
     {
         info.insert("redelivered".into(), Value::Bool(true));
     }
-    serde_json::to_vec(&v).ok()
+    true
 }
 
 /// A queue's name as the JSON string Kombu's records carry it in, with the record's tail

@@ -368,3 +368,83 @@ fn retries_requeue_marked_and_dead_letters_move() {
     assert_eq!((stats.retried, stats.dead), (30, 10));
     assert_clean(&mut c, &["rq"]);
 }
+
+/// A Python Kombu consumer (acks off until done) takes 40 messages from each of two
+/// queues — one behind a direct exchange with a routing key, one on the anonymous
+/// exchange — and dies (`os._exit`) holding them. ringq, with a short visibility timeout,
+/// takes part in `restore_visible`: it restores those records (routing the direct
+/// exchange's through its `_kombu.binding` set) and consumes every message exactly once,
+/// the 80 restored ones marked redelivered.
+#[test]
+fn ringq_restores_what_a_killed_python_worker_held() {
+    let server = start(Kind::Redis);
+    let url = server.url();
+    let script = r#"
+import os
+from kombu import Connection, Exchange, Queue
+dq = Queue("dq", Exchange("dx", type="direct"), routing_key="rk")
+aq = Queue("aq")
+with Connection(os.environ["BROKER"]) as conn:
+    p = conn.Producer(serializer="json")
+    for i in range(300):
+        p.publish({"i": i}, exchange=dq.exchange, routing_key="rk", declare=[dq])
+        p.publish({"i": 1000 + i}, exchange="", routing_key="aq", declare=[aq])
+    got = []
+    with conn.Consumer([dq, aq], callbacks=[lambda body, m: got.append(body)], accept=["json"]):
+        while len(got) < 80:
+            conn.drain_events(timeout=5)
+    os._exit(9)
+"#;
+    let python = ringq_tests::kombu_python().unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .env("BROKER", &url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = server.client().unwrap();
+    let held = int(&mut c, &["HLEN", "unacked"]);
+    assert!(held >= 80, "the Python worker died holding {held} records");
+    let seen: Seen = Arc::default();
+    let running = builder(&url)
+        .start(
+            KombuConsumer::new("r1", ["dq", "aq"])
+                .visibility_timeout(Duration::from_secs(1))
+                .restore_interval(Duration::from_millis(200)),
+            recording(&seen, ack),
+        )
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || {
+            seen.lock().unwrap().len() >= 600 && int(&mut c, &["HLEN", "unacked"]) == 0
+        }),
+        "consumed {}, records left {}",
+        seen.lock().unwrap().len(),
+        int(&mut c, &["HLEN", "unacked"])
+    );
+    let stats = running.shutdown().unwrap();
+    let seen = seen.lock().unwrap();
+    let ids: Vec<u64> = seen
+        .iter()
+        .map(|(_, k, _)| {
+            serde_json::from_slice::<serde_json::Value>(&k.body).unwrap()["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let distinct: HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), 600, "each message once");
+    assert_eq!(distinct.len(), 600);
+    let redelivered = seen.iter().filter(|(_, k, _)| k.redelivered()).count() as i64;
+    assert_eq!(
+        redelivered, held,
+        "the restored ones are marked redelivered"
+    );
+    assert_eq!(stats.recovered as i64, held);
+    assert_clean(&mut c, &["dq", "aq"]);
+}

@@ -21,7 +21,9 @@ use crate::pipeline::pop::{PopConsumer, Queue};
 /// holds is renewed in `unacked_index` every quarter of the visibility timeout, so a
 /// Python worker's `restore_visible` never takes a long task back; whatever a killed
 /// consumer held is restored by a restart with the same id at once, or by any Kombu
-/// worker's `restore_visible` after the visibility timeout. See `docs/kombu-wire.md`.
+/// worker's `restore_visible` after the visibility timeout. It takes part in
+/// `restore_visible` itself ([`KombuConsumer::restore_interval`]), so what a killed Python
+/// worker held comes back too. See `docs/kombu-wire.md`.
 ///
 /// The handler gets the element as popped (the JSON envelope):
 /// [`kombu::Incoming::parse`](crate::kombu::Incoming::parse) gives the decoded body,
@@ -36,6 +38,7 @@ pub struct KombuConsumer {
     pub(crate) steps: Vec<u8>,
     pub(crate) max_deliveries: u32,
     pub(crate) dead_max_len: u32,
+    pub(crate) restore_interval: Duration,
 }
 
 impl KombuConsumer {
@@ -53,6 +56,7 @@ impl KombuConsumer {
             steps: crate::kombu::STEPS.to_vec(),
             max_deliveries: 25,
             dead_max_len: 10_000,
+            restore_interval: Duration::from_secs(10),
         };
         c.rebuild();
         c
@@ -63,6 +67,16 @@ impl KombuConsumer {
     /// `restore_visible`. This consumer renews its own every quarter of it.
     pub fn visibility_timeout(mut self, d: Duration) -> Self {
         self.visibility_timeout = d.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How often this consumer takes part in Kombu's `restore_visible` (default 10 s,
+    /// Kombu's `unacked_restore_interval`; zero: never): under Kombu's `unacked_mutex` it
+    /// restores records older than the visibility timeout — a killed Python worker's, or
+    /// another ringq consumer's that stopped renewing — to their queues, marked
+    /// redelivered, as a Kombu worker would.
+    pub fn restore_interval(mut self, d: Duration) -> Self {
+        self.restore_interval = d;
         self
     }
 

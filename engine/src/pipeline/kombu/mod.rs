@@ -25,6 +25,7 @@
 
 mod config;
 pub(crate) mod scripts;
+mod sweep;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -54,15 +55,31 @@ pub(crate) enum KTag {
     /// The settle script of the oldest batch in the settle queue.
     Settle,
     /// A recovery's `HGETALL` of key `key`'s held hash.
-    Held { key: u32 },
+    Held {
+        key: u32,
+    },
     /// A recovery's `HMGET unacked` of key `key`'s held records.
-    Values { key: u32 },
+    Values {
+        key: u32,
+    },
     /// A recovery's settle script restoring key `key`'s records.
-    Restore { key: u32 },
+    Restore {
+        key: u32,
+    },
     /// `ZADD unacked_index XX …`: held records renewed.
     Renew,
     /// `CLIENT TRACKING ON NOLOOP` on a fetch connection of several keys.
     Tracking,
+    /// The sweep (`sweep.rs`): `SET unacked_mutex … NX`, the overdue records, their
+    /// values, exchange `n`'s bindings, the restore script, the unlock.
+    SweepLock,
+    SweepList,
+    SweepValues,
+    SweepBindings {
+        n: u32,
+    },
+    SweepRestore,
+    SweepUnlock,
 }
 
 impl KTag {
@@ -77,6 +94,12 @@ impl KTag {
             KTag::Values { .. } => "HMGET of unacked records",
             KTag::Renew => "ZADD XX of unacked_index (renewal)",
             KTag::Tracking => "CLIENT TRACKING ON NOLOOP",
+            KTag::SweepLock
+            | KTag::SweepList
+            | KTag::SweepValues
+            | KTag::SweepBindings { .. }
+            | KTag::SweepRestore
+            | KTag::SweepUnlock => "restore_visible sweep",
         }
     }
 }
@@ -102,6 +125,7 @@ impl CarriesPop for KTag {
 }
 
 const TIMER_RENEW: u32 = 1;
+const TIMER_SWEEP: u32 = 2;
 
 /// Most records one renewal command names.
 const RENEW_CHUNK: usize = 500;
@@ -193,6 +217,7 @@ pub(crate) struct KombuPipeline {
     rng: Rng,
     dead_max_len: u32,
     timers_on: bool,
+    sweep: sweep::Sweep,
 }
 
 impl Start for KombuConsumer {
@@ -323,6 +348,14 @@ impl KombuPipeline {
             rng: Rng::seeded(seed),
             dead_max_len: c.dead_max_len,
             timers_on: false,
+            sweep: sweep::Sweep::new(
+                c.restore_interval,
+                c.kombu_key("unacked_mutex"),
+                c.kombu_key("ringq.kombu.unrestorable"),
+                c.prefix.clone(),
+                c.steps.clone(),
+                Bytes::from(format!("ringq:{id}:")),
+            ),
         }
     }
 

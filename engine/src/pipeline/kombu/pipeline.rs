@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use ringq_resp::{Frame, ServerError};
 
-use super::{dead_entry, scripts, Batch, Field, KTag, KombuPipeline, TIMER_RENEW};
+use super::{dead_entry, scripts, Batch, Field, KTag, KombuPipeline, TIMER_RENEW, TIMER_SWEEP};
 use crate::conn::{classify, Failure, Tag};
 use crate::handler::{Event, Message, Outcome, Source};
 use crate::kombu;
@@ -44,6 +44,9 @@ impl Pipeline for KombuPipeline {
         }
         if !std::mem::replace(&mut self.timers_on, true) {
             io.timer(now + self.renew_every(), TIMER_RENEW);
+            if !self.sweep.every.is_zero() {
+                io.timer(now + self.sweep.every, TIMER_SWEEP);
+            }
         }
     }
 
@@ -166,6 +169,7 @@ impl Pipeline for KombuPipeline {
     fn on_lost(&mut self, io: &mut Io<KTag>, conn: usize, unanswered: &[KTag], stalled: bool) {
         if Some(conn) == io.control_id() || io.fetch_of(conn).is_none() {
             let lost = self.settle.control_lost();
+            self.sweep.reset();
             if let Stage::Recovering(why, _) = self.stage {
                 self.stage = Stage::Recover(why);
             }
@@ -191,7 +195,14 @@ impl Pipeline for KombuPipeline {
     }
 
     fn on_timer(&mut self, io: &mut Io<KTag>, id: u32, now: Instant) {
-        if id != TIMER_RENEW || self.stage == Stage::Stopped {
+        if self.stage == Stage::Stopped {
+            return;
+        }
+        if id == TIMER_SWEEP {
+            io.timer(now + self.sweep.every, TIMER_SWEEP);
+            if !io.stopping() {
+                self.on_sweep_timer(io, now);
+            }
             return;
         }
         io.timer(now + self.renew_every(), TIMER_RENEW);
@@ -260,6 +271,7 @@ impl KombuPipeline {
             KTag::Restore { key } => self.on_restored(io, key, &f),
             KTag::Tracking => self.pop.tracking_on(io, conn),
             KTag::Renew | KTag::Pop(_) => {}
+            sweep => self.on_sweep_reply(io, sweep, &f),
         }
         Ok(())
     }

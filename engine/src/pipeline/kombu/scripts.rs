@@ -74,5 +74,42 @@ return stale",
     )
 });
 
+/// `KEYS`: `unacked`, `unacked_index`, the list for records that cannot be restored;
+/// `ARGV`: groups (field, element, n, n target keys). Each record still in `unacked` is
+/// removed and its element pushed onto each target's right end (served next, as Kombu's
+/// `restore_by_tag`), or, with no target, onto the list of the unrestorable; a record
+/// already gone only loses its index entry. Returns how many were restored.
+pub(crate) static KRESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "kombu restore",
+        r"local moved, i = 0, 1
+while i <= #ARGV do
+  local f, e, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local had = redis.call('HDEL', KEYS[1], f)
+  redis.call('ZREM', KEYS[2], f)
+  if had == 1 then
+    if n == 0 then
+      redis.call('LPUSH', KEYS[3], e)
+    else
+      for j = 1, n do redis.call('RPUSH', ARGV[i + 2 + j], e) end
+      moved = moved + 1
+    end
+  end
+  i = i + 3 + n
+end
+return moved",
+    )
+});
+
+/// `KEYS`: `unacked_mutex`; `ARGV`: the token it was taken with. Releases the mutex only
+/// if this consumer still holds it (redis-py's `Lock.release`, which Kombu uses).
+pub(crate) static KUNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "kombu unlock",
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
+    )
+});
+
 /// Every Kombu-mode script, loaded on every connection.
-pub(crate) static SET: ScriptSet = ScriptSet(&[&KPOP, &KSETTLE]);
+pub(crate) static SET: ScriptSet = ScriptSet(&[&KPOP, &KSETTLE, &KRESTORE, &KUNLOCK]);
