@@ -381,6 +381,25 @@ fn uuid4() -> String {
     )
 }
 
+/// The pub/sub channel Kombu publishes a fanout exchange's messages on when they carry no
+/// routing key (`/<db>.<exchange>`, Kombu's default `fanout_prefix`), and the pattern of
+/// those that do (`/<db>.<exchange>/*`, with the default `fanout_patterns`).
+pub fn fanout_topics(db: u32, exchange: &str) -> (String, String) {
+    let channel = format!("/{db}.{exchange}");
+    let pattern = format!("{channel}/*");
+    (channel, pattern)
+}
+
+/// A listen-mode consumer of Kombu fanout exchange `exchange` in database `db`: both of
+/// [`fanout_topics`]. Each message's payload is the Kombu envelope
+/// ([`Incoming::parse`]); delivery is pub/sub's, at-most-once, as Kombu's own fanout.
+pub fn fanout_consumer(db: u32, exchange: &str) -> crate::ListenConsumer {
+    let (channel, pattern) = fanout_topics(db, exchange);
+    crate::ListenConsumer::new()
+        .channel(channel)
+        .pattern(pattern)
+}
+
 /// The header in which ringq keeps how many times it handed a message to a handler
 /// (Kombu itself keeps only `redelivered`).
 pub const DELIVERIES_HEADER: &str = "x-ringq-deliveries";

@@ -9,10 +9,12 @@ use std::time::Duration;
 use ringq::kombu::{step_of, Incoming};
 use ringq::{KombuConsumer, Message, Outcome};
 use ringq_resp::Frame;
-use ringq_tests::{run_python, wait_until, TestClient};
+use ringq_tests::{run_python, wait_until, Fault, FaultProxy, TestClient};
 
 mod support;
-use support::{builder, start, Kind, WAIT};
+use support::{builder, on_redis_and_valkey, start, Kind, WAIT};
+
+on_redis_and_valkey!(replies_lost_in_flight_lose_nothing);
 
 /// What a handler saw of each message: queue, decoded envelope, deliveries.
 type Seen = Arc<Mutex<Vec<(String, Incoming, u32)>>>;
@@ -447,4 +449,203 @@ with Connection(os.environ["BROKER"]) as conn:
     );
     assert_eq!(stats.recovered as i64, held);
     assert_clean(&mut c, &["dq", "aq"]);
+}
+
+/// A Kombu fanout exchange: ringq's listen mode (`kombu::fanout_consumer`) receives what a
+/// Kombu producer published to it, with and without a routing key, as envelopes.
+#[test]
+fn listen_mode_receives_a_kombu_fanout_exchange() {
+    let server = start(Kind::Redis);
+    let url = server.url();
+    let got: Arc<Mutex<Vec<Incoming>>> = Arc::default();
+    let g = got.clone();
+    let running = builder(&url)
+        .start(
+            ringq::kombu::fanout_consumer(0, "fx"),
+            move |m: &Message<'_>| {
+                g.lock()
+                    .unwrap()
+                    .push(Incoming::parse(m.payload()).unwrap());
+                Outcome::Ack
+            },
+        )
+        .unwrap();
+    // The subscriptions are in force once the server counts them.
+    let mut c = server.client().unwrap();
+    assert!(wait_until(WAIT, || {
+        let Frame::Array(v) = c.cmd(["PUBSUB", "NUMSUB", "/0.fx"]).unwrap() else {
+            return false;
+        };
+        matches!(v.get(1), Some(Frame::Integer(1))) && int(&mut c, &["PUBSUB", "NUMPAT"]) == 1
+    }));
+    run_python(
+        r#"
+import os
+from kombu import Connection, Exchange
+fx = Exchange("fx", type="fanout")
+with Connection(os.environ["BROKER"]) as conn:
+    p = conn.Producer(serializer="json")
+    for i in range(50):
+        p.publish({"i": i}, exchange=fx, routing_key="", declare=[fx])
+    for i in range(50, 100):
+        p.publish({"i": i}, exchange=fx, routing_key="news", declare=[fx])
+"#,
+        &[("BROKER", &url)],
+    );
+    assert!(wait_until(WAIT, || got.lock().unwrap().len() >= 100));
+    running.shutdown().unwrap();
+    let ids: HashSet<u64> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            serde_json::from_slice::<serde_json::Value>(&k.body).unwrap()["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, (0..100).collect());
+}
+
+/// `n` Kombu envelopes with bodies `<prefix>-<i>` on `queue` (step 0), pushed in order.
+fn push_envelopes(c: &mut TestClient, queue: &str, prefix: &str, n: usize) {
+    let all: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            ringq::kombu::Outgoing::new(format!("{prefix}-{i}"), "text/plain")
+                .routing_key(queue)
+                .encode()
+        })
+        .collect();
+    for chunk in all.chunks(1000) {
+        c.lpush_many(queue, chunk).unwrap();
+    }
+}
+
+/// The proxy swallows a pop's reply (the first large reply after it is armed: the pop
+/// ran, its batch was recorded) and resets the connection, three times mid-drain. Once
+/// nothing is in hand the consumer restores its orphaned records: 0 lost, every
+/// duplicate marked redelivered and bounded by the batch per fault, no record left.
+fn replies_lost_in_flight_lose_nothing(kind: Kind) {
+    let server = start(kind);
+    let mut c = server.client().unwrap();
+    const N: usize = 20_000;
+    push_envelopes(&mut c, "lq", "l", N);
+    let proxy = FaultProxy::start(server.addr()).unwrap();
+    let seen: Seen = Arc::default();
+    let running = builder(proxy.url())
+        .prefetch(512)
+        .start(
+            KombuConsumer::new("c1", ["lq"]).batch(64),
+            recording(&seen, ack),
+        )
+        .unwrap();
+    let distinct = |seen: &Seen| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|(_, k, _)| body_of(k))
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    for round in 1..=3 {
+        let before = seen.lock().unwrap().len();
+        assert!(wait_until(WAIT, || seen.lock().unwrap().len() > before + 1000));
+        let fired = proxy.fired();
+        let delivered = distinct(&seen);
+        assert!(
+            delivered < N,
+            "armed mid-drain: {delivered} of {N} delivered"
+        );
+        proxy.set(Fault::SwallowReplyAtLeast(4096));
+        assert!(
+            wait_until(WAIT, || proxy.fired() > fired),
+            "the fault fired"
+        );
+        // The swallowed batch comes back once the messages in hand are settled.
+        assert!(
+            wait_until(WAIT, || running.stats().recovered >= round),
+            "round {round}: a lost pop's records restored"
+        );
+    }
+    assert!(
+        wait_until(WAIT, || distinct(&seen) >= N),
+        "delivered {}",
+        distinct(&seen)
+    );
+    assert!(wait_until(WAIT, || int(&mut c, &["HLEN", "unacked"]) == 0));
+    let stats = running.shutdown().unwrap();
+    let total = seen.lock().unwrap().len();
+    assert_eq!(distinct(&seen), N, "0 lost");
+    assert!(stats.reconnects >= 3);
+    let dups = total - N;
+    assert!(
+        dups <= 3 * 64,
+        "duplicates bounded by a batch per fault: {dups}"
+    );
+    // The swallowed batches were never handled: restored, they are delivered once more
+    // than their first (lost) delivery, marked.
+    let redelivered = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, k, _)| k.redelivered())
+        .count();
+    assert_eq!(
+        redelivered as u64, stats.recovered,
+        "each restored one marked"
+    );
+    eprintln!(
+        "3 lost pop replies: {total} deliveries for {N}, {dups} duplicates, {} restored",
+        stats.recovered
+    );
+    assert_clean(&mut c, &["lq"]);
+}
+
+/// Kombu's `unacked_mutex`: while another worker holds it, ringq's sweep leaves an
+/// overdue record alone; once it is released, ringq restores the record (a Python
+/// worker's: the anonymous exchange, the queue as routing key) and consumes it, marked
+/// redelivered, and releases the mutex it took (only its own token).
+#[test]
+fn the_sweep_waits_for_kombus_mutex() {
+    let server = start(Kind::Redis);
+    let url = server.url();
+    let mut c = server.client().unwrap();
+    let element = String::from_utf8(
+        ringq::kombu::Outgoing::new("orphan", "text/plain")
+            .routing_key("mq")
+            .encode(),
+    )
+    .unwrap();
+    let record = format!("[{element}, \"\", \"mq\"]");
+    c.cmd(["HSET", "unacked", "python-tag-1", &record]).unwrap();
+    c.cmd(["ZADD", "unacked_index", "1000", "python-tag-1"])
+        .unwrap();
+    c.cmd(["SET", "unacked_mutex", "a-python-worker", "PX", "300000"])
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let running = builder(&url)
+        .start(
+            KombuConsumer::new("r1", ["mq"])
+                .visibility_timeout(Duration::from_secs(1))
+                .restore_interval(Duration::from_millis(50)),
+            recording(&seen, ack),
+        )
+        .unwrap();
+    // Twenty sweep periods under another worker's mutex: nothing restored.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(int(&mut c, &["HLEN", "unacked"]), 1);
+    assert!(seen.lock().unwrap().is_empty());
+    c.cmd(["DEL", "unacked_mutex"]).unwrap();
+    assert!(wait_until(WAIT, || seen.lock().unwrap().len() == 1));
+    let (queue, k, _) = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        (queue.as_str(), body_of(&k).as_str(), k.redelivered()),
+        ("mq", "orphan", true)
+    );
+    assert!(wait_until(WAIT, || int(
+        &mut c,
+        &["EXISTS", "unacked_mutex"]
+    ) == 0));
+    running.shutdown().unwrap();
+    assert_clean(&mut c, &["mq"]);
 }

@@ -33,6 +33,11 @@ pub enum Fault {
     /// whichever connection's reply is read first, and switches itself back to
     /// [`Fault::None`] in the same step.
     ResetAfterReply,
+    /// Swallow the next server-to-client chunk of at least this many bytes (a batch's
+    /// reply, not an ack's), then reset both connections: a command the server ran whose
+    /// reply the client never sees. Fires once, like [`Fault::ResetAfterReply`]; smaller
+    /// chunks go through meanwhile.
+    SwallowReplyAtLeast(usize),
     /// Forward nothing in either direction and close nothing: a half-open connection.
     BlackHole,
     /// For TLS: forward the next server-to-client bytes up to the middle of a TLS record
@@ -276,8 +281,10 @@ fn forward(mut from: TcpStream, to: TcpStream, replies: bool, shared: &Shared) {
             let mut current = lock(&shared.fault);
             let fault = *current;
             let cut = records.cut(&buf[..n]);
+            let swallow = matches!(fault, Fault::SwallowReplyAtLeast(m) if n >= m);
             if replies
                 && (fault == Fault::ResetAfterReply
+                    || swallow
                     || (fault == Fault::ResetMidRecord && cut.is_some()))
             {
                 *current = Fault::None;
@@ -315,6 +322,12 @@ fn forward(mut from: TcpStream, to: TcpStream, replies: bool, shared: &Shared) {
                 chunk
                     .iter()
                     .all(|b| to.write_all(std::slice::from_ref(b)).is_ok())
+            }
+            (Fault::SwallowReplyAtLeast(m), true) if n >= m => {
+                shared.fired.fetch_add(1, Ordering::SeqCst);
+                reset(to, shared);
+                let _ = from.shutdown(Shutdown::Both);
+                return;
             }
             (Fault::ResetAfterReply, true) => {
                 // Counted (and already switched off) before the reply goes out: a client
