@@ -209,6 +209,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
 
+    /// kombu: messages the Python Kombu consumer drains (it takes about a thousandth of
+    /// ringq's time per message, so fewer keep the run short; rates are compared).
+    #[arg(long, default_value_t = 20_000)]
+    pub python_messages: u64,
+
     /// Payload bytes per message (latency payloads are at least 16: the time stamp and a
     /// sequence number).
     #[arg(long, default_value_t = 64)]
@@ -309,6 +314,10 @@ pub enum Scenario {
     /// mode, redis-rs (XREADGROUP COUNT + XACK) and the limit client — with the server's
     /// CPU per entry.
     Stream,
+    /// Kombu/Celery queues: drain Kombu envelopes with acks — ringq's kombu mode, ringq's
+    /// pop mode on the same data, and a Python Kombu consumer (`drain_events`, `ack`,
+    /// from the venv `scripts/setup.sh` makes) — with the server's CPU per message.
+    Kombu,
 }
 
 /// One message per command, or batches.

@@ -82,12 +82,26 @@ pub fn fill(
     size: usize,
     pb: &ProgressBar,
 ) -> Result<()> {
+    let payload = vec![b'x'; size];
+    fill_by(url, queues, per_queue, pb, |_| payload.clone())
+}
+
+/// Replaces each of `queues` with `per_queue` elements made by `element(i)`.
+///
+/// # Errors
+/// Connection and server errors (an out-of-memory server, a wrong key type).
+pub fn fill_by(
+    url: &str,
+    queues: &[String],
+    per_queue: u64,
+    pb: &ProgressBar,
+    mut element: impl FnMut(u64) -> Vec<u8> + Send,
+) -> Result<()> {
     delete(url, queues)?;
     let mut conn = RawConn::connect(url)?;
     let commands_per_queue = per_queue.div_ceil(FILL_VALUES_PER_COMMAND);
     let expected = commands_per_queue * queues.len() as u64;
     let reader = RawConn::from_stream(conn.try_clone_stream()?);
-    let payload = vec![b'x'; size];
     thread::scope(|s| {
         let replies = s.spawn(move || count_replies(reader, expected));
         let mut out = BytesMut::with_capacity(FILL_WRITE_BYTES + 64 * 1024);
@@ -100,8 +114,8 @@ pub fn fill(
                     let mut w = CommandWriter::new(&mut out, 2 + n as usize)
                         .arg("LPUSH")
                         .arg(q);
-                    for _ in 0..n {
-                        w = w.arg(&payload);
+                    for i in 0..n {
+                        w = w.arg(element(pushed + i));
                     }
                     w.finish();
                     left -= n;

@@ -27,7 +27,8 @@
 //! - `cluster`: `drain --cluster` on a private 3-primary cluster or a `redis+cluster://`
 //!   URL, with redis-rs's cluster client and a standalone node for the layer's cost.
 //! - `acked`: the `reliable` and `stream` scenarios (drains with acks, server CPU per
-//!   message).
+//!   message); `kombu`: Kombu envelopes drained by ringq's kombu and pop modes and by a
+//!   Python Kombu consumer.
 //! - `report`: the one table renderer, the drain and latency rows and targets, the JSON
 //!   file; `plot`: the SVG percentile plot.
 //! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
@@ -42,6 +43,7 @@ mod clients;
 mod cluster;
 mod conn;
 mod error;
+mod kombu;
 mod latency;
 mod load;
 mod noise;
@@ -79,6 +81,10 @@ fn main() -> ExitCode {
         Scenario::Pubsub => pubsub::run(&cli),
         Scenario::Reliable => acked::run(&cli, cluster, acked::Flavor::Reliable),
         Scenario::Stream => acked::run(&cli, cluster, acked::Flavor::Stream),
+        Scenario::Kombu if cluster => Err(error::Error::new(
+            "kombu runs on one server: Kombu has no cluster support (one unacked hash)",
+        )),
+        Scenario::Kombu => kombu::run(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,10 @@ pub struct ChildSpec {
     /// [`STREAM_GROUP`] (created by the parent), acknowledging every entry.
     #[serde(default)]
     pub stream: bool,
+    /// `kombu`: consume `queues` as Kombu queues in ringq's kombu mode (pop and record,
+    /// acks by the settle script).
+    #[serde(default)]
+    pub kombu: bool,
     /// `--tls`: `url` is `rediss://`, and this PEM file holds the CA to trust.
     #[serde(default)]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -99,6 +103,7 @@ impl ChildSpec {
             channel: None,
             reliable: false,
             stream: false,
+            kombu: false,
             tls_ca: None,
             backend: match client {
                 ClientKind::RingqEpoll => "epoll".to_owned(),

@@ -69,6 +69,12 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .pipeline(spec.pipeline)
         .block_timeout(Duration::from_secs(1))
         .into()
+    } else if spec.kombu {
+        ringq::KombuConsumer::new(crate::spec::RELIABLE_ID, spec.queues.clone())
+            .batch(spec.batch)
+            .pipeline(spec.pipeline)
+            .block_timeout(Duration::from_secs(1))
+            .into()
     } else if spec.reliable {
         ReliableConsumer::new(crate::spec::RELIABLE_ID, spec.queues.clone())
             .batch(spec.batch)

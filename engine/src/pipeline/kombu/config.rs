@@ -105,6 +105,12 @@ impl KombuConsumer {
         self
     }
 
+    /// Pops in flight per connection (default 2), as pop mode's.
+    pub fn pipeline(mut self, n: u32) -> Self {
+        self.pop = self.pop.pipeline(n);
+        self
+    }
+
     /// How long a dry lane waits on the server before looking again (default 1 s).
     pub fn block_timeout(mut self, d: Duration) -> Self {
         self.pop = self.pop.block_timeout(d);

@@ -52,8 +52,16 @@ pub(crate) enum KTag {
     Pop(PopTag),
     /// `SCRIPT LOAD` of script `n`.
     Load(u8),
-    /// The settle script of the oldest batch in the settle queue.
+    /// The settle script of the oldest batch in the settle queue (its last command).
     Settle,
+    /// A batch's acks: `HDEL unacked` of `n` fields (fewer removed: stale), then `ZREM
+    /// unacked_index` of the same.
+    SettleAcks {
+        n: u32,
+    },
+    SettleIndex,
+    /// `HSET <held> #tail`: the last command of a batch of acks only.
+    SettleTail,
     /// A recovery's `HGETALL` of key `key`'s held hash.
     Held {
         key: u32,
@@ -88,7 +96,10 @@ impl KTag {
             KTag::Pop(_) => "pop script",
             KTag::Load(_) => "SCRIPT LOAD",
             KTag::Settle | KTag::Restore { .. } => {
-                "settle script (acks, retries, dead letters, restores)"
+                "settle script (retries, dead letters, restores)"
+            }
+            KTag::SettleAcks { .. } | KTag::SettleIndex | KTag::SettleTail => {
+                "acks (HDEL unacked, ZREM unacked_index, HSET #tail)"
             }
             KTag::Held { .. } => "HGETALL of its held records",
             KTag::Values { .. } => "HMGET of unacked records",
@@ -143,22 +154,25 @@ struct KeyNames {
     tail: Bytes,
 }
 
-/// A record a settle script names: by number (a message in hand) or by field (read back
-/// by a recovery).
-#[derive(Debug)]
-enum Field {
-    Pos(u64),
-    Name(Bytes),
-}
-
-/// One key's operations for one settle script (see `scripts::KSETTLE`).
+/// One key's operations for one settle script (see `scripts::KSETTLE`): acks by number,
+/// other operations (op, number, element), and the key's new `#tail`.
 #[derive(Debug, Default)]
 struct Batch {
     key: u32,
-    ops: Vec<(u8, Field, Vec<u8>)>,
+    acks: Vec<u64>,
+    ops: Vec<(u8, u64, Vec<u8>)>,
+    tail: Option<u64>,
 }
 
 impl Batch {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.ops.is_empty()
+    }
+
+    /// Sends the batch: acks as native commands (`HDEL`, `ZREM`: no script copies their
+    /// fields), the other operations through the settle script, and the new `#tail` last
+    /// (in the script, or an `HSET` when there is no other operation). Its last command
+    /// carries `tag`.
     fn write(
         &self,
         ctl: &mut Conn<KTag>,
@@ -168,8 +182,42 @@ impl Batch {
         allow: Duration,
     ) {
         let k = &p.keys[self.key as usize];
+        let mut f = Vec::with_capacity(k.field.len() + 20);
+        let mut field = |n: u64| {
+            f.clear();
+            f.extend_from_slice(&k.field);
+            let _ = write!(f, "{n}");
+            f.clone()
+        };
+        if !self.acks.is_empty() {
+            let fields: Vec<Vec<u8>> = self.acks.iter().map(|&n| field(n)).collect();
+            let n = fields.len() as u32;
+            for (cmd, key, t) in [
+                ("HDEL", &p.unacked, KTag::SettleAcks { n }),
+                ("ZREM", &p.index, KTag::SettleIndex),
+            ] {
+                ctl.command(Tag::Pipe(t), now, allow, |buf| {
+                    CommandWriter::new(buf, 2 + fields.len())
+                        .arg(cmd)
+                        .arg(key)
+                        .args(&fields)
+                        .finish();
+                });
+            }
+        }
+        if let (true, KTag::Settle, Some(t)) = (self.ops.is_empty(), tag, self.tail) {
+            ctl.command(Tag::Pipe(KTag::SettleTail), now, allow, |buf| {
+                CommandWriter::new(buf, 4)
+                    .arg("HSET")
+                    .arg(&k.held)
+                    .arg("#tail")
+                    .arg_int(t as i64)
+                    .finish();
+            });
+            return;
+        }
         ctl.command(Tag::Pipe(tag), now, allow, |buf| {
-            let mut w = CommandWriter::new(buf, 9 + 3 * self.ops.len())
+            let mut w = CommandWriter::new(buf, 11 + 3 * self.ops.len())
                 .arg("EVALSHA")
                 .arg(&scripts::KSETTLE.sha)
                 .arg("5")
@@ -179,21 +227,29 @@ impl Batch {
                 .arg(&k.key)
                 .arg(&k.dead)
                 .arg_int(i64::from(p.dead_max_len));
-            let mut f = Vec::with_capacity(k.field.len() + 20);
-            for (op, field, e) in &self.ops {
-                f.clear();
-                match field {
-                    Field::Pos(n) => {
-                        f.extend_from_slice(&k.field);
-                        let _ = write!(f, "{n}");
-                    }
-                    Field::Name(n) => f.extend_from_slice(n),
-                }
-                w = w.arg([*op]).arg(&f).arg(e);
+            w = match self.tail {
+                Some(t) => w.arg_int(t as i64),
+                None => w.arg("-"),
+            };
+            w = w.arg("0");
+            for (op, n, e) in &self.ops {
+                w = w.arg([*op]).arg(field(*n)).arg(e);
             }
             w.finish();
         });
     }
+}
+
+/// A recovery of one key: the numbers between its `#tail` and `#n` (whose records may
+/// still be in `unacked`), read in chunks.
+#[derive(Debug, Default)]
+struct Restoring {
+    /// Chunks asked for (`HMGET`), not yet answered.
+    chunks: std::collections::VecDeque<Vec<u64>>,
+    /// Restore scripts sent: how many records each restores.
+    sent: std::collections::VecDeque<u64>,
+    /// The counter read: the key's new `#tail` once everything below is restored.
+    head: u64,
 }
 
 /// The Kombu pipeline of one shard.
@@ -210,9 +266,11 @@ pub(crate) struct KombuPipeline {
     dirty: Vec<u32>,
     settle: SettleQueue<Batch>,
     stage: Stage,
-    /// During a recovery: the fields read from each key's held hash.
-    restoring: Vec<Vec<Bytes>>,
+    /// During a recovery: each key's window being restored.
+    restoring: Vec<Restoring>,
     outstanding: u64,
+    /// Acks of the batch being answered whose records were gone (stale).
+    ack_stale: u64,
     policy: Policy,
     rng: Rng,
     dead_max_len: u32,
@@ -339,8 +397,9 @@ impl KombuPipeline {
             dirty: Vec::new(),
             settle: SettleQueue::default(),
             stage: Stage::Recover(Recovery::Start),
-            restoring: vec![Vec::new(); n],
+            restoring: (0..n).map(|_| Restoring::default()).collect(),
             outstanding: 0,
+            ack_stale: 0,
             policy: Policy {
                 max_deliveries: c.max_deliveries,
                 backoff: super::alo::Backoff::default(),
@@ -361,7 +420,7 @@ impl KombuPipeline {
 
     /// Key `k`'s batch, marked dirty.
     fn batch(&mut self, k: u32) -> &mut Batch {
-        if self.pending[k as usize].ops.is_empty() {
+        if self.pending[k as usize].is_empty() {
             self.dirty.push(k);
             self.pending[k as usize].key = k;
         }
@@ -388,17 +447,16 @@ impl KombuPipeline {
         };
         let deliveries = msg.deliveries();
         let op = match self.policy.verdict(outcome, deliveries, &mut self.rng) {
-            Verdict::Ack => (b'a', Field::Pos(pos), Vec::new()),
+            Verdict::Ack => {
+                self.batch(k).acks.push(pos);
+                return;
+            }
             Verdict::Retry { .. } => {
                 let e = kombu::redelivered(msg.payload(), deliveries)
                     .unwrap_or_else(|| msg.payload().to_vec());
-                (b'l', Field::Pos(pos), e)
+                (b'l', pos, e)
             }
-            Verdict::Dead { reason } => (
-                b'd',
-                Field::Pos(pos),
-                dead_entry(msg.payload(), deliveries, &reason),
-            ),
+            Verdict::Dead { reason } => (b'd', pos, dead_entry(msg.payload(), deliveries, &reason)),
         };
         self.batch(k).ops.push(op);
     }
@@ -431,7 +489,8 @@ impl KombuPipeline {
             self.settle.sent(b, true);
         }
         for k in std::mem::take(&mut self.dirty) {
-            let b = std::mem::take(&mut self.pending[k as usize]);
+            let mut b = std::mem::take(&mut self.pending[k as usize]);
+            b.tail = Some(self.held[k as usize].advance());
             b.write(ctl, KTag::Settle, self, now, allow);
             self.settle.sent(b, false);
         }
@@ -444,7 +503,9 @@ impl KombuPipeline {
                         .finish();
                 });
             }
-            self.restoring.iter_mut().for_each(Vec::clear);
+            self.restoring
+                .iter_mut()
+                .for_each(|r| *r = Restoring::default());
             self.stage = if self.keys.is_empty() {
                 Stage::Running
             } else {

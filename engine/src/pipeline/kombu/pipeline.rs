@@ -4,10 +4,13 @@
 
 use std::time::Instant;
 
+/// Most records one recovery command reads back.
+const RESTORE_CHUNK: usize = 1000;
+
 use bytes::Bytes;
 use ringq_resp::{Frame, ServerError};
 
-use super::{dead_entry, scripts, Batch, Field, KTag, KombuPipeline, TIMER_RENEW, TIMER_SWEEP};
+use super::{dead_entry, scripts, Batch, KTag, KombuPipeline, TIMER_RENEW, TIMER_SWEEP};
 use crate::conn::{classify, Failure, Tag};
 use crate::handler::{Event, Message, Outcome, Source};
 use crate::kombu;
@@ -119,7 +122,7 @@ impl Pipeline for KombuPipeline {
                     );
                     if let Some((k, pos)) = self.settled(&bad) {
                         let entry = dead_entry(bad.payload(), bad.deliveries(), &e.to_string());
-                        self.batch(k).ops.push((b'd', Field::Pos(pos), entry));
+                        self.batch(k).ops.push((b'd', pos, entry));
                     }
                     io.stats().add(&io.stats().dead, 1);
                 }
@@ -266,6 +269,15 @@ impl KombuPipeline {
         match cmd {
             KTag::Load(n) => scripts::SET.check_loaded(n, &f)?,
             KTag::Settle => self.on_settled(io, &f),
+            KTag::SettleTail => self.on_settled(io, &Frame::Integer(0)),
+            KTag::SettleAcks { n } => {
+                let removed = match f {
+                    Frame::Integer(r) => r.max(0) as u64,
+                    _ => 0,
+                };
+                self.ack_stale += u64::from(n).saturating_sub(removed);
+            }
+            KTag::SettleIndex => {}
             KTag::Held { key } => self.on_held(io, key, &f),
             KTag::Values { key } => self.on_values(io, key, &f),
             KTag::Restore { key } => self.on_restored(io, key, &f),
@@ -283,7 +295,7 @@ impl KombuPipeline {
         let stale = match f {
             Frame::Integer(n) => (*n).max(0) as u64,
             _ => 0,
-        };
+        } + std::mem::take(&mut self.ack_stale);
         if stale > 0 && !resent {
             let key = String::from_utf8_lossy(&self.keys[b.key as usize].key).into_owned();
             tracing::warn!(
@@ -296,48 +308,62 @@ impl KombuPipeline {
         }
     }
 
-    /// A recovery's `HGETALL` of key `key`'s held hash: the counter starts the key's
-    /// numbering; the records go on to be read.
+    /// A recovery's `HGETALL` of key `key`'s held hash: the numbers between `#tail` and
+    /// `#n` are read back in chunks; the counter starts the key's numbering again.
     fn on_held(&mut self, io: &mut Io<KTag>, key: u32, f: &Frame) {
         let k = key as usize;
-        let mut counter = 0;
-        let mut fields = Vec::new();
+        let (mut head, mut tail) = (0u64, 0u64);
         for (name, value) in pairs(f) {
-            if name.as_ref() == b"#n" {
-                counter = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-            } else if !name.starts_with(b"#") {
-                fields.push(name);
+            let v = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.parse().ok());
+            match name.as_ref() {
+                b"#n" => head = v.unwrap_or(0),
+                b"#tail" => tail = v.unwrap_or(0),
+                _ => {}
             }
         }
-        self.held[k].start_at(counter);
-        if fields.is_empty() {
-            self.key_recovered();
-            return;
-        }
+        self.held[k].start_at(head);
         let allow = io.reply_timeout();
         let Some(ctl) = io.control_ready() else {
             return;
         };
-        ctl.command(
-            Tag::Pipe(KTag::Values { key }),
-            Instant::now(),
-            allow,
-            |buf| {
-                CommandWriter::new(buf, 2 + fields.len())
-                    .arg("HMGET")
-                    .arg(&self.unacked)
-                    .args(&fields)
-                    .finish();
-            },
-        );
-        self.restoring[k] = fields;
+        let r = &mut self.restoring[k];
+        *r = super::Restoring {
+            head,
+            ..Default::default()
+        };
+        let window: Vec<u64> = (tail.min(head)..head).collect();
+        if window.is_empty() {
+            self.key_recovered();
+            return;
+        }
+        let names = &self.keys[k];
+        for chunk in window.chunks(RESTORE_CHUNK) {
+            ctl.command(
+                Tag::Pipe(KTag::Values { key }),
+                Instant::now(),
+                allow,
+                |buf| {
+                    let fields = chunk.iter().map(|n| {
+                        let mut f = names.field.clone();
+                        f.extend_from_slice(n.to_string().as_bytes());
+                        f
+                    });
+                    CommandWriter::new(buf, 2 + chunk.len())
+                        .arg("HMGET")
+                        .arg(&self.unacked)
+                        .args(fields)
+                        .finish();
+                },
+            );
+            r.chunks.push_back(chunk.to_vec());
+        }
     }
 
-    /// The records of key `key` read back: each restored to the key's head, marked
-    /// redelivered (a record already gone is only cleaned up).
+    /// A chunk of key `key`'s records read back: each still there is restored to the
+    /// key's head, marked redelivered; the last chunk's script moves `#tail` to the
+    /// counter.
     fn on_values(&mut self, io: &mut Io<KTag>, key: u32, f: &Frame) {
         let k = key as usize;
         let values: Vec<Option<Bytes>> = match f {
@@ -345,33 +371,35 @@ impl KombuPipeline {
             _ => Vec::new(),
         };
         let tail = self.keys[k].tail.clone();
+        let r = &mut self.restoring[k];
+        let Some(chunk) = r.chunks.pop_front() else {
+            return;
+        };
         let mut b = Batch {
             key,
-            ops: Vec::new(),
+            tail: r.chunks.is_empty().then_some(r.head),
+            ..Batch::default()
         };
-        for (field, value) in self.restoring[k]
-            .iter()
-            .zip(values.iter().chain(std::iter::repeat(&None)))
-        {
-            let op = match value {
-                None => (b'a', Field::Name(field.clone()), Vec::new()),
-                Some(v) => match v
-                    .strip_prefix(b"[")
-                    .and_then(|e| e.strip_suffix(&tail[..]))
-                    .and_then(|e| {
-                        let d = kombu::Incoming::parse(e).map_or(0, |m| kombu::deliveries_of(&m));
-                        kombu::redelivered(e, d.saturating_add(1))
-                    }) {
-                    Some(e) => (b'r', Field::Name(field.clone()), e),
-                    None => (
-                        b'd',
-                        Field::Name(field.clone()),
-                        dead_entry(v, 0, "a record ringq made that it cannot read back"),
-                    ),
-                },
+        for (&n, value) in chunk.iter().zip(values.iter()) {
+            let Some(v) = value else { continue };
+            let op = match v
+                .strip_prefix(b"[")
+                .and_then(|e| e.strip_suffix(&tail[..]))
+                .and_then(|e| {
+                    let d = kombu::Incoming::parse(e).map_or(0, |m| kombu::deliveries_of(&m));
+                    kombu::redelivered(e, d.saturating_add(1))
+                }) {
+                Some(e) => (b'r', n, e),
+                None => (
+                    b'd',
+                    n,
+                    dead_entry(v, 0, "a record ringq made that it cannot read back"),
+                ),
             };
             b.ops.push(op);
         }
+        r.sent
+            .push_back(b.ops.iter().filter(|o| o.0 == b'r').count() as u64);
         let allow = io.reply_timeout();
         let Some(ctl) = io.control_ready() else {
             return;
@@ -379,14 +407,17 @@ impl KombuPipeline {
         b.write(ctl, KTag::Restore { key }, self, Instant::now(), allow);
     }
 
-    /// Key `key`'s records restored (but those another worker had taken first).
+    /// A chunk of key `key`'s records restored (but those another worker had taken
+    /// first); the key is done with its last.
     fn on_restored(&mut self, io: &mut Io<KTag>, key: u32, f: &Frame) {
         let k = key as usize;
         let stale = match f {
             Frame::Integer(n) => (*n).max(0) as u64,
             _ => 0,
         };
-        let moved = (std::mem::take(&mut self.restoring[k]).len() as u64).saturating_sub(stale);
+        let r = &mut self.restoring[k];
+        let moved = r.sent.pop_front().unwrap_or(0).saturating_sub(stale);
+        let done = r.chunks.is_empty() && r.sent.is_empty();
         if moved > 0 {
             io.stats().add(&io.stats().recovered, moved);
             let queue = self.keys[k].queue.clone();
@@ -403,7 +434,9 @@ impl KombuPipeline {
                 });
             }
         }
-        self.key_recovered();
+        if done {
+            self.key_recovered();
+        }
     }
 }
 

@@ -7,8 +7,12 @@
 //! delivery time in seconds. Kombu's `restore_visible` (any Python worker) therefore puts a
 //! record ringq left behind back on its queue, at the step of its priority, marked
 //! redelivered. The fields are ringq's own, `ringq:<consumer>:<key>:<n>`, numbered per key
-//! by a counter in the key's held hash (`#n`), which also lists the key's live records
-//! (field → 1): what a restart, or the recovery after a lost reply, gives back.
+//! by a counter in the key's held hash (`#n`), which also keeps `#tail`: every number
+//! below it is settled. What a restart, or the recovery after a lost reply, gives back is
+//! the records still in `unacked` between `#tail` and `#n`.
+//!
+//! Both scripts write in bulk (one `HSET`, one `ZADD`, one `HDEL`, one `ZREM` per batch):
+//! a call from Lua into the server costs about as much as the write it makes.
 
 use std::sync::LazyLock;
 
@@ -17,9 +21,9 @@ use crate::pipeline::alo::{Script, ScriptSet};
 /// `KEYS`: `unacked`, `unacked_index`, then pairs (level key, its held hash); `ARGV`: most
 /// elements to take, the score (seconds), the field base `ringq:<consumer>:`, then each
 /// key's record tail (`, "", "<queue>"]`). Pops up to that many from the first non-empty
-/// key and records each (value, index entry, held field) in the same step; returns
-/// `{key, elements, n}` (LMPOP's shape, and the key's counter after them: the last
-/// element's number), or nil.
+/// key and records each (value, index entry) in the same step, numbered by the key's
+/// counter; returns `{key, elements, n}` (LMPOP's shape, and the counter after them), or
+/// nil.
 pub(crate) static KPOP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "kombu pop",
@@ -27,14 +31,19 @@ pub(crate) static KPOP: LazyLock<Script> = LazyLock::new(|| {
 for i = 3, #KEYS, 2 do
   local items = redis.call('RPOP', KEYS[i], n)
   if items then
-    local held, tail = KEYS[i + 1], ARGV[3 + (i - 1) / 2]
-    local head = redis.call('HINCRBY', held, '#n', #items)
-    local base = ARGV[3] .. KEYS[i] .. ':'
+    local tail = ARGV[3 + (i - 1) / 2]
+    local head = redis.call('HINCRBY', KEYS[i + 1], '#n', #items)
+    local base, first = ARGV[3] .. KEYS[i] .. ':', head - #items
+    local hv, zv = {}, {}
     for j, e in ipairs(items) do
-      local f = base .. (head - #items + j - 1)
-      redis.call('HSET', KEYS[1], f, '[' .. e .. tail)
-      redis.call('ZADD', KEYS[2], ARGV[2], f)
-      redis.call('HSET', held, f, 1)
+      local f = base .. (first + j - 1)
+      hv[2 * j - 1], hv[2 * j] = f, '[' .. e .. tail
+      zv[2 * j - 1], zv[2 * j] = ARGV[2], f
+    end
+    for j = 1, #hv, 4000 do
+      local k = math.min(j + 3999, #hv)
+      redis.call('HSET', KEYS[1], unpack(hv, j, k))
+      redis.call('ZADD', KEYS[2], unpack(zv, j, k))
     end
     return {KEYS[i], items, head}
   end
@@ -44,21 +53,27 @@ return false",
 });
 
 /// `KEYS`: `unacked`, `unacked_index`, the key's held hash, the key, its dead list;
-/// `ARGV`: the dead list's cap, then triples (op, field, element). Each op first removes
-/// the record (value, index entry, held field); only when the value was still there (no
-/// one else restored or acked it) does it act: `a` ack (nothing more), `l` push the
-/// element onto the key's left end (the tail: served last, Kombu's reject-requeue), `r`
-/// onto its right end (served next, as Kombu's restore), `d` onto the dead list (capped).
-/// Returns how many found their record gone (stale).
+/// `ARGV`: the dead list's cap, the key's new `#tail` (or `-`), the number of acks, the
+/// acked fields, then triples (op, field, element). Acks remove their records in bulk;
+/// each other op first removes its record, and only when the value was still there (no
+/// one else restored or acked it) acts: `l` pushes the element onto the key's left end
+/// (the tail: served last, Kombu's reject-requeue), `r` onto its right end (served next,
+/// as Kombu's restore), `d` onto the dead list (capped); `a` does nothing more. Returns
+/// how many found their record gone (stale).
 pub(crate) static KSETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "kombu settle",
-        r"local stale, cap = 0, tonumber(ARGV[1])
-for i = 2, #ARGV, 3 do
+        r"local cap, nacks = tonumber(ARGV[1]), tonumber(ARGV[3])
+local stale = 0
+for j = 4, 3 + nacks, 4000 do
+  local k = math.min(j + 3999, 3 + nacks)
+  stale = stale + (k - j + 1) - redis.call('HDEL', KEYS[1], unpack(ARGV, j, k))
+  redis.call('ZREM', KEYS[2], unpack(ARGV, j, k))
+end
+for i = 4 + nacks, #ARGV, 3 do
   local op, f, e = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local had = redis.call('HDEL', KEYS[1], f)
   redis.call('ZREM', KEYS[2], f)
-  redis.call('HDEL', KEYS[3], f)
   if had == 0 then
     stale = stale + 1
   elseif op == 'l' then
@@ -69,6 +84,9 @@ for i = 2, #ARGV, 3 do
     redis.call('LPUSH', KEYS[5], e)
     redis.call('LTRIM', KEYS[5], 0, cap - 1)
   end
+end
+if ARGV[2] ~= '-' and tonumber(ARGV[2]) > (tonumber(redis.call('HGET', KEYS[3], '#tail')) or 0) then
+  redis.call('HSET', KEYS[3], '#tail', ARGV[2])
 end
 return stale",
     )

@@ -1,0 +1,285 @@
+//! The `kombu` scenario: drain Kombu envelopes (each with its own delivery tag, as
+//! Kombu's producer writes them) *with acks*, one client after another on the same
+//! server:
+//!
+//! - `ringq kombu`: ringq's kombu mode (each batch popped and recorded in Kombu's
+//!   `unacked` hash and index by one script, acks by the settle script);
+//! - `ringq pop`: ringq's pop mode on the same data (the at-most-once ceiling);
+//! - `python kombu`: Kombu's own consumer (`Connection.drain_events`, `Message.ack`) from
+//!   the virtual environment `scripts/setup.sh` makes, on `--python-messages` messages
+//!   (it is about a thousand times slower; rates are compared), reporting its own wall
+//!   and CPU time (`time.process_time`).
+//!
+//! Each row has the server's CPU per message (`INFO cpu` before and after).
+
+use std::process::Command;
+
+use serde::Serialize;
+
+use crate::child;
+use crate::cli::{Cli, ClientKind};
+use crate::error::{Error, Result};
+use crate::load;
+use crate::noise::measured;
+use crate::progress;
+use crate::report::{join_notes, opt, ratio, verdict, write_file, Table};
+use crate::server::{cpu_seconds_of, Broker};
+use crate::spec::{ChildSpec, RELIABLE_ID};
+
+const QUEUE: &str = "ringq-bench:kq";
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    name: String,
+    messages: u64,
+    seconds: f64,
+    msgs_per_sec: f64,
+    cpu_us_per_msg: f64,
+    server_cpu_us_per_msg: f64,
+    left: u64,
+}
+
+struct Outcome {
+    name: &'static str,
+    row: std::result::Result<Row, String>,
+    note: Option<String>,
+}
+
+/// Every key a run may leave: the queue's step keys, Kombu's records, ringq's held hash.
+fn keys() -> Vec<String> {
+    let mut k: Vec<String> = ringq::kombu::STEPS
+        .iter()
+        .map(|&s| ringq::kombu::queue_key(QUEUE, s))
+        .collect();
+    k.extend(
+        [
+            "unacked",
+            "unacked_index",
+            "unacked_mutex",
+            "ringq.kombu.unrestorable",
+        ]
+        .map(String::from),
+    );
+    k.push(format!("ringq.kombu.held.{RELIABLE_ID}:{QUEUE}"));
+    k
+}
+
+/// `n` envelopes of `size`-byte bodies on the queue.
+fn fill(url: &str, n: u64, size: usize, what: &str) -> Result<()> {
+    load::delete(url, &keys())?;
+    let pb = progress::bar(n, &format!("filling for {what}"));
+    let body = vec![b'x'; size];
+    let r = load::fill_by(url, &[QUEUE.to_owned()], n, &pb, |_| {
+        ringq::kombu::Outgoing::new(body.clone(), "text/plain")
+            .routing_key(QUEUE)
+            .encode()
+    });
+    pb.finish_and_clear();
+    r
+}
+
+/// Runs the scenario, prints its table, writes `--json`.
+///
+/// # Errors
+/// Bad options, a server that cannot be started or reached, an output file that cannot
+/// be written. A client that fails is a row in the table.
+pub fn run(cli: &Cli) -> Result<()> {
+    if cli.tls {
+        return Err(Error::new(
+            "--tls applies to the drain and latency scenarios",
+        ));
+    }
+    let broker = Broker::open(cli.url.as_deref())?;
+    if broker.redis_version < (6, 2, 0) {
+        return Err(Error::new(format!(
+            "{} has no RPOP with a count or BLMOVE (Redis 6.2+): kombu mode needs them",
+            broker.version
+        )));
+    }
+    let n = cli.messages.max(1);
+    let title = format!(
+        "kombu (Kombu envelopes, acked): {n} messages of {} B bodies in 1 queue ({} for \
+         Python); {}; batch {}, pipeline {}",
+        cli.size,
+        cli.python_messages,
+        broker.label(),
+        cli.batch,
+        cli.pipeline
+    );
+    eprintln!("{title}");
+    let mut results = Vec::new();
+    for (name, kombu) in [("ringq kombu", true), ("ringq pop (at-most-once)", false)] {
+        fill(&broker.url, n, cli.size, name)?;
+        let mut spec = ChildSpec::base(cli, &broker, &[QUEUE.to_owned()], ClientKind::Ringq);
+        spec.kombu = kombu;
+        spec.expected = n;
+        spec.shards = 1;
+        spec.connections = 1;
+        spec.deadline_secs = 60.0 + n as f64 / 2000.0;
+        eprintln!("draining: {name} ...");
+        let before = cpu_seconds_of(&broker.url)?;
+        let (outcome, noise) = measured(&broker, || child::run(&spec, || Ok(())));
+        let after = cpu_seconds_of(&broker.url)?;
+        let left = load::total_len(&broker.url, &keys()[..4])?;
+        let note = join_notes(
+            (left > 0).then(|| format!("{left} messages left queued")),
+            noise,
+        );
+        results.push(match outcome {
+            Ok(child::ChildOutcome { report, cpu }) => Outcome {
+                name,
+                row: Ok(Row {
+                    name: name.to_owned(),
+                    messages: report.messages,
+                    seconds: report.seconds,
+                    msgs_per_sec: report.messages as f64 / report.seconds.max(1e-9),
+                    cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / report.messages.max(1) as f64,
+                    server_cpu_us_per_msg: (after - before).max(0.0) * 1e6 / n as f64,
+                    left,
+                }),
+                note: join_notes(note, report.note),
+            },
+            Err(e) => Outcome {
+                name,
+                row: Err(e.to_string()),
+                note,
+            },
+        });
+    }
+    let pn = cli.python_messages.max(1);
+    fill(&broker.url, pn, cli.size, "python kombu")?;
+    eprintln!("draining: python kombu ...");
+    let before = cpu_seconds_of(&broker.url)?;
+    let python = python_drain(&broker.url, pn);
+    let after = cpu_seconds_of(&broker.url)?;
+    let left = load::total_len(&broker.url, &keys()[..4])?;
+    results.push(Outcome {
+        name: "python kombu",
+        row: python.map(|(messages, seconds, cpu)| Row {
+            name: "python kombu".to_owned(),
+            messages,
+            seconds,
+            msgs_per_sec: messages as f64 / seconds.max(1e-9),
+            cpu_us_per_msg: cpu * 1e6 / messages.max(1) as f64,
+            server_cpu_us_per_msg: (after - before).max(0.0) * 1e6 / pn as f64,
+            left,
+        }),
+        note: (left > 0).then(|| format!("{left} messages left queued")),
+    });
+    let _ = load::delete(&broker.url, &keys());
+    print!("{}", render(&title, &results));
+    if let Some(path) = &cli.json {
+        let json = serde_json::json!({
+            "scenario": "kombu",
+            "clients": results.iter().filter_map(|r| r.row.as_ref().ok()).collect::<Vec<_>>(),
+        });
+        write_file(path, &serde_json::to_string_pretty(&json)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Kombu's consumer draining `n` messages with acks: (messages, seconds, CPU seconds), as
+/// the Python process measured them (from its first message on).
+fn python_drain(url: &str, n: u64) -> std::result::Result<(u64, f64, f64), String> {
+    const SCRIPT: &str = r#"
+import json, os, time
+from kombu import Connection, Queue
+n = int(os.environ["N"])
+got = 0
+t0 = c0 = None
+def on(body, message):
+    global got, t0, c0
+    if t0 is None:
+        t0, c0 = time.perf_counter(), time.process_time()
+    got += 1
+    message.ack()
+with Connection(os.environ["BROKER"]) as conn:
+    with conn.Consumer([Queue(os.environ["Q"])], callbacks=[on], accept=["text/plain"]):
+        while got < n:
+            conn.drain_events(timeout=30)
+print(json.dumps([got, time.perf_counter() - t0, time.process_time() - c0]))
+"#;
+    let python = ringq_tests::kombu_python()?;
+    let out = Command::new(python)
+        .args(["-c", SCRIPT])
+        .env("BROKER", url)
+        .env("N", n.to_string())
+        .env("Q", QUEUE)
+        .output()
+        .map_err(|e| format!("running the Kombu consumer: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the Kombu consumer failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let (messages, seconds, cpu): (u64, f64, f64) = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("the Kombu consumer's report: {e}"))?;
+    Ok((messages, seconds, cpu))
+}
+
+fn render(title: &str, results: &[Outcome]) -> String {
+    let find = |prefix: &str| {
+        results
+            .iter()
+            .find(|r| r.name.starts_with(prefix))
+            .and_then(|r| r.row.as_ref().ok())
+    };
+    let python = find("python");
+    let mut table = Table::new(
+        title.to_owned(),
+        vec![
+            "client",
+            "messages",
+            "seconds",
+            "msgs/s",
+            "CPU µs/msg",
+            "server CPU µs/msg",
+            "msgs/s ÷ python",
+            "server CPU ÷ python",
+            "left",
+        ],
+    );
+    for r in results {
+        table.note(r.name, r.note.as_deref());
+        match &r.row {
+            Ok(row) => table.row(vec![
+                row.name.clone(),
+                row.messages.to_string(),
+                format!("{:.3}", row.seconds),
+                format!("{:.0}", row.msgs_per_sec),
+                format!("{:.3}", row.cpu_us_per_msg),
+                opt(Some(row.server_cpu_us_per_msg), 3),
+                ratio(Some(row.msgs_per_sec), python.map(|b| b.msgs_per_sec)),
+                ratio(
+                    Some(row.server_cpu_us_per_msg),
+                    python.map(|b| b.server_cpu_us_per_msg),
+                ),
+                row.left.to_string(),
+            ]),
+            Err(why) => table.failed(r.name, why),
+        }
+    }
+    let t = &mut table.targets;
+    if let Some(k) = find("ringq kombu") {
+        match python {
+            Some(p) => {
+                let r = k.msgs_per_sec / p.msgs_per_sec.max(1e-9);
+                t.push(format!(
+                    "kombu mode ÷ Kombu's consumer: {r:.0}× (target ≥ 100×) — {}",
+                    verdict(r >= 100.0)
+                ));
+            }
+            None => t.push("÷ Kombu's consumer: not measured (python kombu did not run)".into()),
+        }
+        if let Some(p) = find("ringq pop") {
+            let r = k.msgs_per_sec / p.msgs_per_sec.max(1e-9);
+            t.push(format!(
+                "kombu mode ÷ pop mode, same data: {r:.2}× (target ≥ 0.3×) — {}",
+                verdict(r >= 0.3)
+            ));
+        }
+    }
+    table.render()
+}
