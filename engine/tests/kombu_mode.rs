@@ -143,7 +143,7 @@ with Connection(os.environ["BROKER"]) as conn:
     assert_clean(&mut c, &["ka", "kb"]);
 }
 
-/// Celery `apply_async` of 2 000 tasks (protocol 2, JSON): ringq sees the task names,
+/// Celery `apply_async` of 5 000 tasks (protocol 2, JSON): ringq sees the task names,
 /// ids, args and kwargs.
 #[test]
 fn celery_tasks_are_read_with_their_arguments() {
@@ -156,7 +156,7 @@ app = Celery("t", broker=os.environ["BROKER"])
 @app.task(name="tasks.mul")
 def mul(x, y, scale=1):
     return x * y * scale
-for i in range(2000):
+for i in range(5000):
     mul.apply_async((i, 2), {"scale": 3}, task_id="task-%d" % i, priority=i % 10)
 "#;
     run_python(script, &[("BROKER", &url)]);
@@ -164,7 +164,7 @@ for i in range(2000):
     let running = builder(&url)
         .start(KombuConsumer::new("r1", ["celery"]), recording(&seen, ack))
         .unwrap();
-    assert!(wait_until(WAIT, || seen.lock().unwrap().len() >= 2000));
+    assert!(wait_until(WAIT, || seen.lock().unwrap().len() >= 5000));
     running.shutdown().unwrap();
     let seen = seen.lock().unwrap();
     let tasks: HashMap<String, ringq::kombu::Task> = seen
@@ -174,8 +174,8 @@ for i in range(2000):
             (t.id.clone(), t)
         })
         .collect();
-    assert_eq!(tasks.len(), 2000);
-    for i in 0..2000 {
+    assert_eq!(tasks.len(), 5000);
+    for i in 0..5000 {
         let t = &tasks[&format!("task-{i}")];
         assert_eq!(t.name, "tasks.mul");
         assert_eq!(t.args, serde_json::json!([i, 2]));
@@ -270,7 +270,7 @@ print(json.dumps(got))
 
 /// Bad input: an element that is not JSON, a JSON object without `body`, a body that is
 /// not valid base64 — each dead-lettered with its reason; the 100 good ones around them
-/// are delivered.
+/// are delivered, and a message limit counts only those.
 #[test]
 fn bad_elements_are_dead_lettered_with_the_reason() {
     let server = start(Kind::Redis);
@@ -301,12 +301,14 @@ fn bad_elements_are_dead_lettered_with_the_reason() {
         c.cmd([b"LPUSH".to_vec(), b"bq".to_vec(), good(i)]).unwrap();
     }
     let seen: Seen = Arc::default();
+    // A limit of 100 counts handled messages: the dead-lettered ones do not use it up,
+    // and the engine stops by itself after the 100th good one.
     let running = builder(&url)
+        .limit(100)
         .start(KombuConsumer::new("r1", ["bq"]), recording(&seen, ack))
         .unwrap();
-    assert!(wait_until(WAIT, || seen.lock().unwrap().len() >= 100));
-    assert!(wait_until(WAIT, || c.llen("{bq}:dead").unwrap() == 3));
-    let stats = running.shutdown().unwrap();
+    let stats = running.wait().unwrap();
+    assert_eq!(c.llen("{bq}:dead").unwrap(), 3);
     assert_eq!(stats.dead, 3);
     assert_eq!(seen.lock().unwrap().len(), 100);
     let bodies: HashSet<String> = seen
@@ -652,4 +654,87 @@ fn the_sweep_waits_for_kombus_mutex() {
     ) == 0));
     running.shutdown().unwrap();
     assert_clean(&mut c, &["mq"]);
+}
+
+/// Renewal: ringq holds 20 messages for longer than the visibility timeout (a handler on
+/// a worker that waits) while a Python Kombu worker runs `restore_visible` with the same
+/// 2 s timeout every 0.3 s: the records' scores are renewed, Python restores none of
+/// them (no duplicate delivery), and they are acked once released.
+#[test]
+fn held_records_are_renewed_past_the_visibility_timeout() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = start(Kind::Redis);
+    let url = server.url();
+    let mut c = server.client().unwrap();
+    push_envelopes(&mut c, "hq", "h", 20);
+    let open = Arc::new(AtomicBool::new(false));
+    let seen: Seen = Arc::default();
+    let (o, s) = (open.clone(), seen.clone());
+    let handler = move |m: &Message<'_>| {
+        while !o.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let k = Incoming::parse(m.payload()).unwrap();
+        s.lock().unwrap().push((
+            String::from_utf8_lossy(m.queue()).into_owned(),
+            k,
+            m.deliveries(),
+        ));
+        Outcome::Ack
+    };
+    let running = builder(&url)
+        .dispatch(ringq::Dispatch::workers(1))
+        .prefetch(20)
+        .start(
+            KombuConsumer::new("r1", ["hq"]).visibility_timeout(Duration::from_secs(2)),
+            handler,
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || int(&mut c, &["HLEN", "unacked"]) == 20));
+    let min_score = |c: &mut TestClient| -> f64 {
+        let Frame::Array(v) = c
+            .cmd(["ZRANGE", "unacked_index", "0", "0", "WITHSCORES"])
+            .unwrap()
+        else {
+            panic!()
+        };
+        let s = v[1].as_bytes().unwrap();
+        std::str::from_utf8(s).unwrap().parse().unwrap()
+    };
+    let first = min_score(&mut c);
+    run_python(
+        r#"
+import os, time
+from kombu import Connection
+opts = {"visibility_timeout": 2}
+with Connection(os.environ["BROKER"], transport_options=opts) as conn:
+    ch = conn.default_channel
+    end = time.time() + 5
+    while time.time() < end:
+        ch.qos.restore_visible(num=1000, interval=1)
+        time.sleep(0.3)
+"#,
+        &[("BROKER", &url)],
+    );
+    assert_eq!(
+        c.llen("hq").unwrap(),
+        0,
+        "Python restored records ringq holds"
+    );
+    assert_eq!(int(&mut c, &["HLEN", "unacked"]), 20);
+    let renewed = min_score(&mut c);
+    assert!(
+        renewed > first + 3.0,
+        "scores renewed: {first} then {renewed}"
+    );
+    open.store(true, Ordering::SeqCst);
+    assert!(wait_until(WAIT, || seen.lock().unwrap().len() >= 20));
+    running.shutdown().unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 20, "no duplicate");
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(_, k, d)| *d == 1 && !k.redelivered()));
+    assert_clean(&mut c, &["hq"]);
 }

@@ -59,6 +59,14 @@ impl<C: Copy + Debug> Io<C> {
         &self.conns
     }
 
+    /// Gives `n` messages of the budget back: fetched, and never to reach the handler
+    /// (an element dead-lettered unread), so the limit counts handled messages only.
+    pub(crate) fn unclaim_budget(&self, n: u32) {
+        if let Some(b) = &self.budget {
+            b.unclaim(n);
+        }
+    }
+
     /// Connection `id`.
     pub(crate) fn conn(&self, id: usize) -> &Conn<C> {
         &self.conns[id]

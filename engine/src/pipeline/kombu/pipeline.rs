@@ -125,6 +125,7 @@ impl Pipeline for KombuPipeline {
                         self.batch(k).ops.push((b'd', pos, entry));
                     }
                     io.stats().add(&io.stats().dead, 1);
+                    io.unclaim_budget(1);
                 }
             }
         }
