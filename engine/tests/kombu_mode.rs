@@ -205,7 +205,7 @@ with Connection(os.environ["BROKER"]) as conn:
     let seen: Seen = Arc::default();
     // A slow ringq handler, so the Python consumer gets its share.
     let slow = |_: &Incoming, _: u32| {
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(Duration::from_millis(1));
         Outcome::Ack
     };
     let running = builder(&url)
@@ -658,7 +658,7 @@ fn the_sweep_waits_for_kombus_mutex() {
 
 /// Renewal: ringq holds 20 messages for longer than the visibility timeout (a handler on
 /// a worker that waits) while a Python Kombu worker runs `restore_visible` with the same
-/// 2 s timeout every 0.3 s: the records' scores are renewed, Python restores none of
+/// 3 s timeout every 0.3 s for 6 s: the records' scores are renewed, Python restores none of
 /// them (no duplicate delivery), and they are acked once released.
 #[test]
 fn held_records_are_renewed_past_the_visibility_timeout() {
@@ -686,7 +686,7 @@ fn held_records_are_renewed_past_the_visibility_timeout() {
         .dispatch(ringq::Dispatch::workers(1))
         .prefetch(20)
         .start(
-            KombuConsumer::new("r1", ["hq"]).visibility_timeout(Duration::from_secs(2)),
+            KombuConsumer::new("r1", ["hq"]).visibility_timeout(Duration::from_secs(3)),
             handler,
         )
         .unwrap();
@@ -706,10 +706,10 @@ fn held_records_are_renewed_past_the_visibility_timeout() {
         r#"
 import os, time
 from kombu import Connection
-opts = {"visibility_timeout": 2}
+opts = {"visibility_timeout": 3}
 with Connection(os.environ["BROKER"], transport_options=opts) as conn:
     ch = conn.default_channel
-    end = time.time() + 5
+    end = time.time() + 6
     while time.time() < end:
         ch.qos.restore_visible(num=1000, interval=1)
         time.sleep(0.3)
