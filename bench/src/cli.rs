@@ -51,6 +51,10 @@ SCENARIOS
                ringq's stream mode, redis-rs (XREADGROUP COUNT + XACK) and the limit client
                (pipelined XREADGROUP, walking only the ids to XACK) — with the server's CPU
                per entry
+  kombu        drain Kombu envelopes with acks — ringq's kombu mode, ringq's pop mode on
+               the same data, and Kombu's own Python consumer (from the venv
+               scripts/setup.sh makes) on --python-messages — with the server's CPU per
+               message (Kombu's keys get the global_keyprefix ringq-bench:)
 
   `ringq-bench SCENARIO --help` shows one scenario and only the options it reads.
 
@@ -78,7 +82,7 @@ EXAMPLES
   ringq-bench drain --url redis://127.0.0.1:6379 --queues 4 --connections 2 --shards 2";
 
 /// What `ringq-bench SCENARIO --help` says about each scenario, and the options it reads.
-const SCENARIO_HELP: [(Scenario, &str, &[&str]); 5] = [
+const SCENARIO_HELP: [(Scenario, &str, &[&str]); 6] = [
     (
         Scenario::Drain,
         "Fill --queues lists with --messages messages of --size bytes, then consume them all \
@@ -181,6 +185,26 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 5] = [
             "backend",
             "pin_cores",
             "cluster",
+            "json",
+        ],
+    ),
+    (
+        Scenario::Kombu,
+        "Kombu/Celery queues: drain --messages Kombu envelopes (--size byte bodies) from one \
+         queue with acks — ringq's kombu mode (pop and record in Kombu's unacked hash, one \
+         script a batch), ringq's pop mode on the same data, and Kombu's own Python \
+         consumer (drain_events + ack, from the venv scripts/setup.sh makes) on \
+         --python-messages. Reports msgs/s, consumer CPU and server CPU (INFO cpu) per \
+         message, and the ratios to Kombu's consumer.",
+        &[
+            "url",
+            "messages",
+            "python_messages",
+            "size",
+            "batch",
+            "pipeline",
+            "backend",
+            "pin_cores",
             "json",
         ],
     ),

@@ -26,7 +26,10 @@ use crate::report::{join_notes, opt, ratio, verdict, write_file, Table};
 use crate::server::{cpu_seconds_of, Broker};
 use crate::spec::{ChildSpec, RELIABLE_ID};
 
-const QUEUE: &str = "ringq-bench:kq";
+/// The Kombu queue, and the `global_keyprefix` both sides use, so every key the run
+/// writes is `ringq-bench:*` (the suite's contract with a server given by `--url`).
+const QUEUE: &str = "kq";
+pub const PREFIX: &str = "ringq-bench:";
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {
@@ -49,18 +52,19 @@ struct Outcome {
 fn keys() -> Vec<String> {
     let mut k: Vec<String> = ringq::kombu::STEPS
         .iter()
-        .map(|&s| ringq::kombu::queue_key(QUEUE, s))
+        .map(|&s| format!("{PREFIX}{}", ringq::kombu::queue_key(QUEUE, s)))
         .collect();
-    k.extend(
-        [
-            "unacked",
-            "unacked_index",
-            "unacked_mutex",
-            "ringq.kombu.unrestorable",
-        ]
-        .map(String::from),
-    );
-    k.push(format!("ringq.kombu.held.{RELIABLE_ID}:{QUEUE}"));
+    for name in [
+        "unacked",
+        "unacked_index",
+        "unacked_mutex",
+        "ringq.kombu.unrestorable",
+    ] {
+        k.push(format!("{PREFIX}{name}"));
+    }
+    k.push(format!(
+        "{PREFIX}ringq.kombu.held.{RELIABLE_ID}:{PREFIX}{QUEUE}"
+    ));
     k
 }
 
@@ -69,7 +73,7 @@ fn fill(url: &str, n: u64, size: usize, what: &str) -> Result<()> {
     load::delete(url, &keys())?;
     let pb = progress::bar(n, &format!("filling for {what}"));
     let body = vec![b'x'; size];
-    let r = load::fill_by(url, &[QUEUE.to_owned()], n, &pb, |_| {
+    let r = load::fill_by(url, &[format!("{PREFIX}{QUEUE}")], n, &pb, |_| {
         ringq::kombu::Outgoing::new(body.clone(), "text/plain")
             .routing_key(QUEUE)
             .encode()
@@ -110,7 +114,13 @@ pub fn run(cli: &Cli) -> Result<()> {
     let mut results = Vec::new();
     for (name, kombu) in [("ringq kombu", true), ("ringq pop (at-most-once)", false)] {
         fill(&broker.url, n, cli.size, name)?;
-        let mut spec = ChildSpec::base(cli, &broker, &[QUEUE.to_owned()], ClientKind::Ringq);
+        // The kombu child names the Kombu queue (it adds the prefix); pop names the key.
+        let queue = if kombu {
+            QUEUE.to_owned()
+        } else {
+            format!("{PREFIX}{QUEUE}")
+        };
+        let mut spec = ChildSpec::base(cli, &broker, &[queue], ClientKind::Ringq);
         spec.kombu = kombu;
         spec.expected = n;
         spec.shards = 1;
@@ -194,7 +204,8 @@ def on(body, message):
         t0, c0 = time.perf_counter(), time.process_time()
     got += 1
     message.ack()
-with Connection(os.environ["BROKER"]) as conn:
+opts = {"global_keyprefix": os.environ["PREFIX"]}
+with Connection(os.environ["BROKER"], transport_options=opts) as conn:
     with conn.Consumer([Queue(os.environ["Q"])], callbacks=[on], accept=["text/plain"]):
         while got < n:
             conn.drain_events(timeout=30)
@@ -206,6 +217,7 @@ print(json.dumps([got, time.perf_counter() - t0, time.process_time() - c0]))
         .env("BROKER", url)
         .env("N", n.to_string())
         .env("Q", QUEUE)
+        .env("PREFIX", PREFIX)
         .output()
         .map_err(|e| format!("running the Kombu consumer: {e}"))?;
     if !out.status.success() {

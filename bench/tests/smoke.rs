@@ -386,7 +386,7 @@ fn help_lists_every_scenario_and_scenario_help_shows_only_its_options() {
     let global = run(&["--help"]);
     assert!(global.status.success());
     let text = String::from_utf8_lossy(&global.stdout);
-    for s in ["drain", "latency", "pubsub", "reliable", "stream"] {
+    for s in ["drain", "latency", "pubsub", "reliable", "stream", "kombu"] {
         assert!(text.contains(&format!("\n  {s} ")), "{s} missing:\n{text}");
     }
     assert!(!text.contains("not available"), "{text}");
@@ -573,4 +573,44 @@ fn reliable_and_stream_run_on_a_cluster() {
             );
         }
     }
+}
+
+/// `kombu`: ringq's kombu mode, its pop mode on the same envelopes and Kombu's own Python
+/// consumer each drain everything (nothing left), with server CPU per message.
+#[test]
+fn kombu_drains_envelopes_with_ringq_and_kombus_consumer() {
+    let dir = std::env::temp_dir().join(format!("ringq-bench-kombu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("kombu.json");
+    let out = run(&[
+        "kombu",
+        "--messages",
+        "3000",
+        "--python-messages",
+        "300",
+        "--size",
+        "32",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report = read_json(&json);
+    assert_eq!(report["scenario"], "kombu");
+    let rows = report["clients"].as_array().expect("clients");
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["ringq kombu", "ringq pop (at-most-once)", "python kombu"]
+    );
+    for r in rows {
+        assert_eq!(r["left"], 0, "{r}");
+        assert!(r["server_cpu_us_per_msg"]
+            .as_f64()
+            .is_some_and(|v| v >= 0.0));
+        assert!(r["msgs_per_sec"].as_f64().is_some_and(|v| v > 0.0));
+    }
+    assert_eq!(rows[0]["messages"], 3000);
+    assert_eq!(rows[2]["messages"], 300);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("kombu mode ÷ Kombu's consumer"), "{text}");
 }

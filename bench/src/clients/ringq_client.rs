@@ -71,6 +71,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .into()
     } else if spec.kombu {
         ringq::KombuConsumer::new(crate::spec::RELIABLE_ID, spec.queues.clone())
+            .key_prefix(crate::kombu::PREFIX)
             .batch(spec.batch)
             .pipeline(spec.pipeline)
             .block_timeout(Duration::from_secs(1))
