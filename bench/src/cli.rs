@@ -51,6 +51,10 @@ SCENARIOS
                ringq's stream mode, redis-rs (XREADGROUP COUNT + XACK) and the limit client
                (pipelined XREADGROUP, walking only the ids to XACK) — with the server's CPU
                per entry
+  load         a broker load test: open-loop producers at --rate for --warmup + --duration
+               seconds while ringq consumes in --mode list|reliable|stream; one row a
+               second (produced, consumed, backlog, end-to-end and produce latency, server
+               CPU) and a summary (lost, extra, latency percentiles, CPU per message)
   kombu        drain Kombu envelopes with acks — ringq's kombu mode, ringq's pop mode on
                the same data, and Kombu's own Python consumer (from the venv
                scripts/setup.sh makes) on --python-messages — with the server's CPU per
@@ -82,7 +86,7 @@ EXAMPLES
   ringq-bench drain --url redis://127.0.0.1:6379 --queues 4 --connections 2 --shards 2";
 
 /// What `ringq-bench SCENARIO --help` says about each scenario, and the options it reads.
-const SCENARIO_HELP: [(Scenario, &str, &[&str]); 6] = [
+const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
     (
         Scenario::Drain,
         "Fill --queues lists with --messages messages of --size bytes, then consume them all \
@@ -208,6 +212,36 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 6] = [
             "json",
         ],
     ),
+    (
+        Scenario::Load,
+        "A broker load test at a fixed rate: --producers connections push --rate messages a \
+         second in all (each sent at its intended time, stamped with it) for --warmup + \
+         --duration seconds into --queues lists or streams, while ringq consumes them in \
+         --mode (list: pop mode; reliable; stream: a consumer group). Prints one row a \
+         second — produced, consumed, backlog (read from the server), end-to-end latency \
+         (intended send time to the handler, by the second it was due in), produce latency \
+         (the push's reply), the server's CPU — and a summary of the measured window: \
+         totals, lost and extra messages, latency percentiles, CPU per message. --json \
+         writes {scenario, config, series, summary}; --csv the series.",
+        &[
+            "url",
+            "mode",
+            "rate",
+            "duration",
+            "warmup",
+            "producers",
+            "size",
+            "queues",
+            "connections",
+            "shards",
+            "batch",
+            "pipeline",
+            "backend",
+            "pin_cores",
+            "json",
+            "csv",
+        ],
+    ),
 ];
 
 /// `ringq-bench`'s command line.
@@ -232,6 +266,25 @@ pub struct Cli {
     /// Messages: drained (drain, reliable, stream) or published in the burst (pubsub).
     #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
+
+    /// load: what ringq consumes — lists in pop mode, lists in reliable mode, or streams
+    /// through a consumer group.
+    #[arg(long, value_enum, default_value_t = LoadMode::List)]
+    pub mode: LoadMode,
+
+    /// load: seconds of producing before the measured window (shown in the series, left
+    /// out of the summary).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+
+    /// load: producer connections sharing --rate (each sends every Nth message of one
+    /// schedule).
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+
+    /// load: write the per-second series as CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
 
     /// kombu: messages the Python Kombu consumer drains (it takes about a thousandth of
     /// ringq's time per message, so fewer keep the run short; rates are compared).
@@ -342,6 +395,32 @@ pub enum Scenario {
     /// pop mode on the same data, and a Python Kombu consumer (`drain_events`, `ack`,
     /// from the venv `scripts/setup.sh` makes) — with the server's CPU per message.
     Kombu,
+    /// A broker load test: open-loop producers at --rate for --warmup + --duration
+    /// seconds while ringq consumes in --mode; a per-second series (produced, consumed,
+    /// backlog, end-to-end and produce latency, server CPU) and a summary.
+    Load,
+}
+
+/// `load --mode`: what ringq consumes, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum LoadMode {
+    /// Lists, pop mode (at-most-once).
+    List,
+    /// Lists, reliable mode (leases, acks).
+    Reliable,
+    /// Streams through a consumer group (acks).
+    Stream,
+}
+
+impl LoadMode {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadMode::List => "list",
+            LoadMode::Reliable => "reliable",
+            LoadMode::Stream => "stream",
+        }
+    }
 }
 
 /// One message per command, or batches.

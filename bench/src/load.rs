@@ -10,6 +10,7 @@
 use std::thread;
 
 use bytes::BytesMut;
+use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use ringq_resp::{CommandWriter, Frame};
 
@@ -214,6 +215,16 @@ pub fn stream_left(url: &str, stream: &str, group: &str) -> Result<u64> {
     Ok(pending + lag)
 }
 
+/// Creates the consumer group `group` on `stream` (MKSTREAM) at its end.
+///
+/// # Errors
+/// Connection and server errors.
+pub fn create_group(url: &str, stream: &str, group: &str) -> Result<()> {
+    let mut conn = RawConn::connect(url)?;
+    conn.command_ok(["XGROUP", "CREATE", stream, group, "$", "MKSTREAM"])?;
+    Ok(())
+}
+
 /// Publishes `count` messages of `size` bytes to `channel` as fast as the server takes
 /// them (pipelined from one thread; replies counted on another). Returns the seconds from
 /// the first write to the last reply, and the receivers summed over the replies.
@@ -263,10 +274,38 @@ pub fn publish_burst(url: &str, channel: &str, count: u64, size: usize) -> Resul
 }
 
 /// What the producer did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Produced {
     /// Largest delay between a message's intended and actual send time, in ns.
     pub max_late_ns: u64,
+    /// Per second of intended send time from the schedule's start (the `load` scenario):
+    /// messages sent, and produce latency (reply − intended send time) of their replies.
+    pub seconds: Vec<(u64, Histogram<u64>)>,
+}
+
+/// The command a paced producer sends per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// `LPUSH queue payload`.
+    Lpush,
+    /// `PUBLISH channel payload`.
+    Publish,
+    /// `XADD stream * payload payload`.
+    Xadd,
+}
+
+/// A paced producer's schedule: message `i` of the whole run (over every producer) is due
+/// at `start_ns + i / rate`; this producer sends those with `i % stride == offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub rate: u32,
+    /// Messages of the whole run.
+    pub count: u64,
+    pub start_ns: u64,
+    pub stride: u64,
+    pub offset: u64,
+    /// Keep per-second figures ([`Produced::seconds`]).
+    pub series: bool,
 }
 
 /// Sends `count` messages of `size` bytes (at least [`STAMP_LEN`]) at `rate` per second,
@@ -298,38 +337,109 @@ pub fn produce_with(
     size: usize,
     pb: &ProgressBar,
 ) -> Result<Produced> {
+    let push = if command == "PUBLISH" {
+        Push::Publish
+    } else {
+        Push::Lpush
+    };
+    let schedule = Schedule {
+        rate,
+        count,
+        start_ns: latency::mono_ns() + 1_000_000,
+        stride: 1,
+        offset: 0,
+        series: false,
+    };
+    produce_paced(push, url, queues, schedule, size, pb)
+}
+
+/// One paced producer (see [`Schedule`]): each message sent at its intended time (an
+/// absolute sleep), or at once with every other message already due when it falls
+/// behind, stamped with that time; replies read on another thread.
+///
+/// # Errors
+/// Connection and server errors (an error reply fails the run).
+pub fn produce_paced(
+    push: Push,
+    url: &str,
+    queues: &[String],
+    sched: Schedule,
+    size: usize,
+    pb: &ProgressBar,
+) -> Result<Produced> {
     let mut conn = RawConn::connect(url)?;
     let reader = RawConn::from_stream(conn.try_clone_stream()?);
-    let interval_ns = 1e9 / f64::from(rate.max(1));
+    let interval_ns = 1e9 / f64::from(sched.rate.max(1));
+    let due = |i: u64| sched.start_ns + (i as f64 * interval_ns) as u64;
+    let mine = |k: u64| sched.offset + k * sched.stride;
+    let total = sched
+        .count
+        .saturating_sub(sched.offset)
+        .div_ceil(sched.stride.max(1));
     let mut payload = vec![b'x'; size.max(STAMP_LEN)];
     thread::scope(|s| {
-        let replies = s.spawn(move || count_replies(reader, count));
+        let replies = s.spawn(move || -> Result<Vec<(u64, Histogram<u64>)>> {
+            let mut reader = reader;
+            let mut seconds: Vec<(u64, Histogram<u64>)> = Vec::new();
+            for k in 0..total {
+                let f = reader.read_frame()?;
+                if let Frame::SimpleError(m) | Frame::BulkError(m) = f {
+                    return Err(Error::new(format!(
+                        "the producer's command failed: {}",
+                        String::from_utf8_lossy(&m)
+                    )));
+                }
+                if sched.series {
+                    let intended = due(mine(k));
+                    let sec = (intended - sched.start_ns) / 1_000_000_000;
+                    while seconds.len() <= sec as usize {
+                        seconds.push((0, latency::new_histogram()));
+                    }
+                    let (n, h) = &mut seconds[sec as usize];
+                    *n += 1;
+                    latency::record(h, intended, latency::mono_ns());
+                }
+            }
+            Ok(seconds)
+        });
         latency::tighten_timer_slack();
-        let start = latency::mono_ns() + 1_000_000;
-        let due = |i: u64| start + (i as f64 * interval_ns) as u64;
         let mut out = BytesMut::with_capacity(64 * 1024);
-        let mut i = 0u64;
+        let mut k = 0u64;
         let mut max_late_ns = 0;
         let sent = (|| -> Result<()> {
-            while i < count {
-                latency::sleep_until_ns(due(i));
+            while k < total {
+                latency::sleep_until_ns(due(mine(k)));
                 let now = latency::mono_ns();
-                max_late_ns = max_late_ns.max(now.saturating_sub(due(i)));
+                max_late_ns = max_late_ns.max(now.saturating_sub(due(mine(k))));
                 out.clear();
-                let burst_end = (i + PRODUCE_MAX_BURST).min(count);
-                while i < burst_end && due(i) <= now {
+                let burst_end = (k + PRODUCE_MAX_BURST).min(total);
+                while k < burst_end && due(mine(k)) <= now {
+                    let i = mine(k);
                     latency::stamp(&mut payload, due(i), i);
                     let q = &queues[(i % queues.len() as u64) as usize];
-                    CommandWriter::new(&mut out, 3)
-                        .arg(command)
-                        .arg(q)
-                        .arg(&payload)
-                        .finish();
-                    i += 1;
+                    match push {
+                        Push::Xadd => CommandWriter::new(&mut out, 5)
+                            .arg("XADD")
+                            .arg(q)
+                            .arg("*")
+                            .arg("payload")
+                            .arg(&payload)
+                            .finish(),
+                        Push::Lpush | Push::Publish => CommandWriter::new(&mut out, 3)
+                            .arg(if push == Push::Lpush {
+                                "LPUSH"
+                            } else {
+                                "PUBLISH"
+                            })
+                            .arg(q)
+                            .arg(&payload)
+                            .finish(),
+                    }
+                    k += 1;
                 }
                 conn.write_all(&out)?;
-                if i.is_multiple_of(256) || i == count {
-                    pb.set_position(i);
+                if sched.offset == 0 && (k.is_multiple_of(256) || k == total) {
+                    pb.set_position(k * sched.stride);
                 }
             }
             Ok(())
@@ -337,10 +447,13 @@ pub fn produce_with(
         if sent.is_err() {
             conn.shutdown();
         }
-        let counted = replies
+        let seconds = replies
             .join()
             .unwrap_or_else(|_| Err(Error::new("the reply reader panicked")));
-        sent.and(counted)?;
-        Ok(Produced { max_late_ns })
+        sent?;
+        Ok(Produced {
+            max_late_ns,
+            seconds: seconds?,
+        })
     })
 }

@@ -29,6 +29,9 @@
 //! - `acked`: the `reliable` and `stream` scenarios (drains with acks, server CPU per
 //!   message); `kombu`: Kombu envelopes drained by ringq's kombu and pop modes and by a
 //!   Python Kombu consumer.
+//! - `loadtest`: the `load` scenario (open-loop producers at a rate, a consumer child in
+//!   list, reliable or stream mode, one row a second); `series`: the child's per-second
+//!   recorder.
 //! - `report`: the one table renderer, the drain and latency rows and targets, the JSON
 //!   file; `plot`: the SVG percentile plot.
 //! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
@@ -46,12 +49,14 @@ mod error;
 mod kombu;
 mod latency;
 mod load;
+mod loadtest;
 mod noise;
 mod plot;
 mod progress;
 mod pubsub;
 mod report;
 mod scenario;
+mod series;
 mod server;
 mod spec;
 
@@ -85,6 +90,10 @@ fn main() -> ExitCode {
             "kombu runs on one server: Kombu has no cluster support (one unacked hash)",
         )),
         Scenario::Kombu => kombu::run(&cli),
+        Scenario::Load if cluster => Err(error::Error::new(
+            "load runs on one server for now (--cluster is for drain, reliable and stream)",
+        )),
+        Scenario::Load => loadtest::run(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,6 +66,12 @@ pub struct ChildSpec {
     /// acks by the settle script).
     #[serde(default)]
     pub kombu: bool,
+    /// `load`: second 0 of the per-second figures (`CLOCK_MONOTONIC` ns), and the
+    /// warm-up left out of the window's latency.
+    #[serde(default)]
+    pub series_origin_ns: Option<u64>,
+    #[serde(default)]
+    pub series_warmup_ns: u64,
     /// `--tls`: `url` is `rediss://`, and this PEM file holds the CA to trust.
     #[serde(default)]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -104,6 +110,8 @@ impl ChildSpec {
             reliable: false,
             stream: false,
             kombu: false,
+            series_origin_ns: None,
+            series_warmup_ns: 0,
             tls_ca: None,
             backend: match client {
                 ClientKind::RingqEpoll => "epoll".to_owned(),
@@ -150,6 +158,11 @@ pub struct ChildReport {
     pub latency: Option<LatencySummary>,
     /// Anything the reader of the table should know (a server that lacks a command…).
     pub note: Option<String>,
+    /// `load`: per-second figures, and the latency of the measured window.
+    #[serde(default)]
+    pub series: Option<Vec<crate::series::ConsumerSecond>>,
+    #[serde(default)]
+    pub window: Option<LatencySummary>,
 }
 
 /// A latency histogram boiled down to what the report needs.

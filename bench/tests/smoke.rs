@@ -614,3 +614,98 @@ fn kombu_drains_envelopes_with_ringq_and_kombus_consumer() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("kombu mode ÷ Kombu's consumer"), "{text}");
 }
+
+/// `load`: a 3-second list run at 2 000 msgs/s — one point a second, exactly the rate
+/// produced in each, everything consumed, the documented JSON fields, the CSV; then a
+/// short reliable run with two producers and two queues loses nothing.
+#[test]
+fn load_reports_one_point_a_second_and_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("ringq-bench-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, csv) = (dir.join("load.json"), dir.join("load.csv"));
+    let out = run(&[
+        "load",
+        "--rate",
+        "2000",
+        "--duration",
+        "3",
+        "--warmup",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report = read_json(&json);
+    assert_eq!(report["scenario"], "load");
+    assert_eq!(report["config"]["mode"], "list");
+    let series = report["series"].as_array().expect("series");
+    assert!(series.len() >= 3, "{series:?}");
+    for (t, p) in series.iter().enumerate() {
+        let p = p.as_object().unwrap();
+        for f in [
+            "t",
+            "produced",
+            "consumed",
+            "backlog",
+            "e2e_p50_us",
+            "e2e_p99_us",
+            "e2e_p999_us",
+            "e2e_max_us",
+            "produce_p99_us",
+            "server_cpu",
+        ] {
+            assert!(p.contains_key(f), "point {t} lacks {f}");
+        }
+        assert_eq!(p["t"], t as u64);
+        if t < 3 {
+            assert_eq!(p["produced"], 2000, "second {t}");
+            assert!(p["e2e_p99_us"].as_f64().is_some_and(|v| v > 0.0));
+        }
+    }
+    let sum = |f: &str| series.iter().map(|p| p[f].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("produced"), 6000);
+    assert_eq!(sum("consumed"), 6000);
+    let s = &report["summary"];
+    assert_eq!(
+        (s["produced"].as_u64(), s["consumed"].as_u64()),
+        (Some(6000), Some(6000))
+    );
+    assert_eq!(
+        (s["lost"].as_u64(), s["extra"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("t,produced,consumed,backlog"));
+    assert_eq!(lines.count(), series.len());
+
+    let out = run(&[
+        "load",
+        "--mode",
+        "reliable",
+        "--rate",
+        "1500",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--queues",
+        "2",
+        "--producers",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report = read_json(&json);
+    let s = &report["summary"];
+    assert_eq!(
+        (s["produced"].as_u64(), s["lost"].as_u64()),
+        (Some(3000), Some(0))
+    );
+}

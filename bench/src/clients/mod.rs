@@ -95,6 +95,8 @@ pub struct Sink {
     start_ns: AtomicU64,
     end_ns: AtomicU64,
     histogram: Mutex<Histogram<u64>>,
+    /// `load`: the per-second figures.
+    series: Option<Mutex<crate::series::ChildSeries>>,
     error: Mutex<Option<String>>,
     /// Woken when the last message is counted, or on failure (async waiters).
     done: tokio::sync::Notify,
@@ -122,6 +124,9 @@ impl Sink {
             start_ns: AtomicU64::new(latency::mono_ns()),
             end_ns: AtomicU64::new(0),
             histogram: Mutex::new(latency::new_histogram()),
+            series: spec
+                .series_origin_ns
+                .map(|o| Mutex::new(crate::series::ChildSeries::new(o, spec.series_warmup_ns))),
             error: Mutex::new(None),
             done: tokio::sync::Notify::new(),
             done_flag: (Mutex::new(false), Condvar::new()),
@@ -170,9 +175,17 @@ impl Sink {
                 .histogram
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut series = self
+                .series
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
             for p in payloads {
                 if let Some(intended) = latency::intended_ns(p) {
-                    latency::record(&mut h, intended, latency::mono_ns());
+                    let now = latency::mono_ns();
+                    latency::record(&mut h, intended, now);
+                    if let Some(s) = series.as_mut() {
+                        s.record(intended, now);
+                    }
                 }
                 n += 1;
             }
@@ -317,6 +330,11 @@ impl Sink {
         } else {
             None
         };
+        let series = self.series.as_ref().map(|s| {
+            s.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .report()
+        });
         let note = match (lost, note) {
             (true, n) => Some(format!(
                 "{}lost {} of {} messages",
@@ -331,6 +349,8 @@ impl Sink {
             seconds: (end - start) as f64 / 1e9,
             latency,
             note,
+            series: series.as_ref().map(|s| s.0.clone()),
+            window: series.map(|s| s.1),
         })
     }
 }

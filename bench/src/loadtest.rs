@@ -1,0 +1,430 @@
+//! The `load` scenario: a broker load test at a fixed rate. Open-loop producers
+//! (`--producers` connections, `--rate` messages a second in all, each message sent at
+//! its intended time and stamped with it) push for `--warmup` + `--duration` seconds
+//! into `--queues` lists (or streams) while ringq consumes them in `--mode` (`list`:
+//! pop mode; `reliable`; `stream`: a consumer group). Every second is reported: produced,
+//! consumed, backlog (read from the server), end-to-end latency (intended send time →
+//! handler, by the second it was due in: coordinated-omission corrected), produce latency
+//! (the push's reply), and the server's CPU. The summary covers the measured window
+//! (after the warm-up): totals, what was lost or delivered twice, latency percentiles,
+//! CPU per message.
+//!
+//! JSON (`--json`): `{"scenario": "load", "config": {…}, "series": [{"t", "produced",
+//! "consumed", "backlog", "e2e_p50_us", "e2e_p99_us", "e2e_p999_us", "e2e_max_us",
+//! "produce_p99_us", "server_cpu"}], "summary": {…}}`; `--csv` writes the series.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::child;
+use crate::cli::{Cli, ClientKind, LoadMode};
+use crate::error::{Error, Result};
+use crate::latency;
+use crate::load::{self, Push, Schedule};
+use crate::progress;
+use crate::report::{write_file, Table};
+use crate::series::quantiles_us;
+use crate::server::{cpu_seconds_of, Broker};
+use crate::spec::{ChildSpec, RELIABLE_ID, STREAM_GROUP};
+use ringq::envelope::keys;
+
+/// How long the consumer child may take to start before the schedule begins.
+const START_SLACK_NS: u64 = 3_000_000_000;
+
+#[derive(Debug, Clone, Serialize)]
+struct Point {
+    t: u64,
+    produced: u64,
+    consumed: u64,
+    backlog: Option<u64>,
+    e2e_p50_us: Option<f64>,
+    e2e_p99_us: Option<f64>,
+    e2e_p999_us: Option<f64>,
+    e2e_max_us: Option<f64>,
+    produce_p99_us: Option<f64>,
+    /// The server's CPU in this second, in % of one core.
+    server_cpu: Option<f64>,
+}
+
+/// What the sampler reads from the server each second.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    backlog: u64,
+    cpu_pct: f64,
+}
+
+fn names(mode: LoadMode, n: usize) -> Vec<String> {
+    let stem = if mode == LoadMode::Stream { "ls" } else { "lq" };
+    (0..n.max(1))
+        .map(|i| format!("ringq-bench:{stem}{i}"))
+        .collect()
+}
+
+/// Every key a run may leave behind.
+fn keys_of(mode: LoadMode, queues: &[String]) -> Vec<String> {
+    let k = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let id = RELIABLE_ID.as_bytes();
+    let mut out = Vec::new();
+    for q in queues {
+        let qb = q.as_bytes();
+        out.push(q.clone());
+        if mode == LoadMode::Reliable {
+            out.extend([
+                k(keys::processing(qb, id)),
+                k(keys::lease(qb, id)),
+                k(keys::heartbeat(qb, id)),
+                k(keys::consumers(qb)),
+                k(keys::sweep(qb)),
+                k(keys::retry(qb)),
+                k(keys::dead(qb)),
+            ]);
+        }
+        if mode == LoadMode::Stream {
+            out.push(k(keys::dead(qb)));
+        }
+    }
+    out
+}
+
+/// Messages waiting (lists: queued; streams: not yet acked by the group).
+fn backlog(url: &str, mode: LoadMode, queues: &[String]) -> Result<u64> {
+    if mode == LoadMode::Stream {
+        let mut n = 0;
+        for q in queues {
+            n += load::stream_left(url, q, STREAM_GROUP)?;
+        }
+        return Ok(n);
+    }
+    load::total_len(url, queues)
+}
+
+/// Runs the scenario, prints the series and the summary, writes `--json` and `--csv`.
+///
+/// # Errors
+/// Bad options, a server that cannot be started or reached, a consumer that fails or
+/// starts too slowly, an output file that cannot be written.
+pub fn run(cli: &Cli) -> Result<()> {
+    if cli.tls {
+        return Err(Error::new(
+            "--tls applies to the drain and latency scenarios",
+        ));
+    }
+    let mode = cli.mode;
+    let broker = Broker::open(cli.url.as_deref())?;
+    if mode == LoadMode::Reliable && broker.redis_version < (6, 2, 0) {
+        return Err(Error::new(format!(
+            "{} has no LMOVE/BLMOVE (Redis 6.2+): reliable mode needs them",
+            broker.version
+        )));
+    }
+    let queues = names(mode, cli.queues);
+    let rate = cli.rate.max(1);
+    let warmup = cli.warmup.max(0.0);
+    let seconds = warmup + cli.duration().as_secs_f64();
+    let count = ((f64::from(rate) * seconds).round() as u64).max(1);
+    let producers = cli.producers.max(1);
+    let size = cli.size.max(latency::STAMP_LEN);
+    let title = format!(
+        "load, --mode {}: {rate} msgs/s for {warmup:.0} s of warm-up + {:.0} s ({count} \
+         messages of {size} B) over {} {}, {producers} producer connection(s); ringq: {} \
+         shard(s), {} connection(s), batch {}, pipeline {}; {}",
+        mode.name(),
+        cli.duration().as_secs_f64(),
+        queues.len(),
+        if mode == LoadMode::Stream {
+            "stream(s)"
+        } else {
+            "queue(s)"
+        },
+        cli.shards,
+        cli.connections,
+        cli.batch,
+        cli.pipeline,
+        broker.label()
+    );
+    eprintln!("{title}");
+    let all_keys = keys_of(mode, &queues);
+    load::delete(&broker.url, &all_keys)?;
+    if mode == LoadMode::Stream {
+        for q in &queues {
+            load::create_group(&broker.url, q, STREAM_GROUP)?;
+        }
+    }
+    let origin = latency::mono_ns() + START_SLACK_NS;
+    let mut spec = ChildSpec::base(cli, &broker, &queues, ClientKind::Ringq);
+    spec.reliable = mode == LoadMode::Reliable;
+    spec.stream = mode == LoadMode::Stream;
+    spec.expected = count;
+    spec.latency = true;
+    spec.series_origin_ns = Some(origin);
+    spec.series_warmup_ns = (warmup * 1e9) as u64;
+    spec.deadline_secs = seconds + 60.0;
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (samples, stop, url, queues) = (
+            samples.clone(),
+            stop.clone(),
+            broker.url.clone(),
+            queues.clone(),
+        );
+        thread::spawn(move || sample_every_second(&url, mode, &queues, origin, &stop, &samples))
+    };
+    let push = if mode == LoadMode::Stream {
+        Push::Xadd
+    } else {
+        Push::Lpush
+    };
+    let pb = progress::bar(count, "producing");
+    let mut produced = Vec::new();
+    let outcome = child::run(&spec, || {
+        if latency::mono_ns() > origin {
+            return Err(Error::new(
+                "the consumer took more than 3 s to start: the schedule could not begin on time",
+            ));
+        }
+        produced = thread::scope(|s| {
+            let handles: Vec<_> = (0..producers as u64)
+                .map(|p| {
+                    let sched = Schedule {
+                        rate,
+                        count,
+                        start_ns: origin,
+                        stride: producers as u64,
+                        offset: p,
+                        series: true,
+                    };
+                    let (url, queues, pb) = (&broker.url, &queues, &pb);
+                    s.spawn(move || load::produce_paced(push, url, queues, sched, size, pb))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::new("a producer panicked")))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(())
+    });
+    pb.finish_and_clear();
+    stop.store(true, Ordering::Release);
+    let _ = sampler.join();
+    let outcome = outcome?;
+    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let (series, summary) = merge(&produced, &outcome, &samples, warmup, count);
+    let _ = load::delete(&broker.url, &all_keys);
+    print!("{}", render(&title, &series, &summary));
+    let config = serde_json::json!({
+        "mode": mode.name(), "rate": rate, "duration_s": cli.duration().as_secs_f64(),
+        "warmup_s": warmup, "producers": producers, "queues": queues.len(), "size": size,
+        "shards": cli.shards, "connections": cli.connections, "batch": cli.batch,
+        "pipeline": cli.pipeline, "server": broker.version,
+    });
+    if let Some(path) = &cli.json {
+        let json = serde_json::json!({
+            "scenario": "load", "config": config, "series": series, "summary": summary,
+        });
+        write_file(path, &serde_json::to_string_pretty(&json)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &cli.csv {
+        write_file(path, &csv(&series))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Reads the backlog and the server's CPU at `origin + 1 s`, `+ 2 s`, … until `stop`.
+fn sample_every_second(
+    url: &str,
+    mode: LoadMode,
+    queues: &[String],
+    origin: u64,
+    stop: &AtomicBool,
+    samples: &Mutex<Vec<Sample>>,
+) {
+    latency::sleep_until_ns(origin);
+    let mut cpu = cpu_seconds_of(url).unwrap_or(0.0);
+    for k in 1u64.. {
+        latency::sleep_until_ns(origin + k * 1_000_000_000);
+        let now_cpu = cpu_seconds_of(url).unwrap_or(cpu);
+        let s = Sample {
+            backlog: backlog(url, mode, queues).unwrap_or(0),
+            cpu_pct: (now_cpu - cpu).max(0.0) * 100.0,
+        };
+        cpu = now_cpu;
+        if let Ok(mut v) = samples.lock() {
+            v.push(s);
+        }
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Summary {
+    produced: u64,
+    consumed: u64,
+    /// Produced and never consumed (0 unless something was lost).
+    lost: u64,
+    /// Consumed beyond what was produced (duplicates).
+    extra: u64,
+    e2e_p50_us: f64,
+    e2e_p99_us: f64,
+    e2e_p999_us: f64,
+    e2e_max_us: f64,
+    produce_p50_us: Option<f64>,
+    produce_p99_us: Option<f64>,
+    consumer_cpu_us_per_msg: f64,
+    server_cpu_us_per_msg: Option<f64>,
+}
+
+fn merge(
+    produced: &[load::Produced],
+    outcome: &child::ChildOutcome,
+    samples: &[Sample],
+    warmup: f64,
+    count: u64,
+) -> (Vec<Point>, Summary) {
+    let consumer = outcome.report.series.clone().unwrap_or_default();
+    let n = produced
+        .iter()
+        .map(|p| p.seconds.len())
+        .chain([consumer.len(), samples.len()])
+        .max()
+        .unwrap_or(0);
+    let mut window = latency::new_histogram();
+    let series: Vec<Point> = (0..n)
+        .map(|t| {
+            let mut h: Histogram<u64> = latency::new_histogram();
+            let mut sent = 0;
+            for p in produced {
+                if let Some((c, ph)) = p.seconds.get(t) {
+                    sent += c;
+                    let _ = h.add(ph);
+                }
+            }
+            if t as f64 >= warmup {
+                let _ = window.add(&h);
+            }
+            let c = consumer.get(t);
+            let e2e = c.and_then(|c| c.e2e_us);
+            let s = samples.get(t);
+            Point {
+                t: t as u64,
+                produced: sent,
+                consumed: c.map_or(0, |c| c.consumed),
+                backlog: s.map(|s| s.backlog),
+                e2e_p50_us: e2e.map(|q| q[0]),
+                e2e_p99_us: e2e.map(|q| q[1]),
+                e2e_p999_us: e2e.map(|q| q[2]),
+                e2e_max_us: e2e.map(|q| q[3]),
+                produce_p99_us: (!h.is_empty()).then(|| quantiles_us(&h)[1]),
+                server_cpu: s.map(|s| s.cpu_pct),
+            }
+        })
+        .collect();
+    let consumed = outcome.report.messages;
+    let lat = outcome.report.window.clone();
+    let produce = (!window.is_empty()).then(|| quantiles_us(&window));
+    let cpu_total: f64 = samples.iter().map(|s| s.cpu_pct / 100.0).sum();
+    let summary = Summary {
+        produced: count,
+        consumed,
+        lost: count.saturating_sub(consumed),
+        extra: consumed.saturating_sub(count),
+        e2e_p50_us: lat.as_ref().map_or(0.0, |l| l.p50_us),
+        e2e_p99_us: lat.as_ref().map_or(0.0, |l| l.p99_us),
+        e2e_p999_us: lat.as_ref().map_or(0.0, |l| l.p999_us),
+        e2e_max_us: lat.as_ref().map_or(0.0, |l| l.max_us),
+        produce_p50_us: produce.map(|q| q[0]),
+        produce_p99_us: produce.map(|q| q[1]),
+        consumer_cpu_us_per_msg: outcome.cpu.as_secs_f64() * 1e6 / consumed.max(1) as f64,
+        server_cpu_us_per_msg: (!samples.is_empty())
+            .then(|| cpu_total * 1e6 / consumed.max(1) as f64),
+    };
+    (series, summary)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn render(title: &str, series: &[Point], s: &Summary) -> String {
+    let mut table = Table::new(
+        title.to_owned(),
+        vec![
+            "t (s)",
+            "produced",
+            "consumed",
+            "backlog",
+            "e2e p50 µs",
+            "e2e p99 µs",
+            "e2e p99.9 µs",
+            "produce p99 µs",
+            "server CPU %",
+        ],
+    );
+    for p in series {
+        table.row(vec![
+            p.t.to_string(),
+            p.produced.to_string(),
+            p.consumed.to_string(),
+            p.backlog.map_or_else(|| "–".to_owned(), |b| b.to_string()),
+            opt(p.e2e_p50_us, 0),
+            opt(p.e2e_p99_us, 0),
+            opt(p.e2e_p999_us, 0),
+            opt(p.produce_p99_us, 0),
+            opt(p.server_cpu, 0),
+        ]);
+    }
+    let mut out = table.render();
+    out.push_str(&format!(
+        "\nSummary (messages due after the warm-up for latency): produced {}, consumed {}, \
+         lost {}, extra {}; end-to-end p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} \
+         µs; produce p99 {} µs; consumer CPU {:.3} µs/msg (the child's whole life, start \
+         included), server CPU {} µs/msg (every second sampled)\n",
+        s.produced,
+        s.consumed,
+        s.lost,
+        s.extra,
+        s.e2e_p50_us,
+        s.e2e_p99_us,
+        s.e2e_p999_us,
+        s.e2e_max_us,
+        opt(s.produce_p99_us, 0),
+        s.consumer_cpu_us_per_msg,
+        opt(s.server_cpu_us_per_msg, 3),
+    ));
+    out
+}
+
+fn csv(series: &[Point]) -> String {
+    let mut out = String::from(
+        "t,produced,consumed,backlog,e2e_p50_us,e2e_p99_us,e2e_p999_us,e2e_max_us,produce_p99_us,server_cpu\n",
+    );
+    let f = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.1}"));
+    for p in series {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            p.t,
+            p.produced,
+            p.consumed,
+            p.backlog.map_or_else(String::new, |b| b.to_string()),
+            f(p.e2e_p50_us),
+            f(p.e2e_p99_us),
+            f(p.e2e_p999_us),
+            f(p.e2e_max_us),
+            f(p.produce_p99_us),
+            f(p.server_cpu),
+        ));
+    }
+    out
+}

@@ -1,0 +1,88 @@
+//! Per-second figures of the `load` scenario. The consumer child counts what it consumed
+//! per second of its clock and records end-to-end latency per second of *intended send
+//! time* (so a slow second's messages are charged to the second they were due in,
+//! coordinated-omission corrected), plus one histogram over the measured window (after
+//! the warm-up). Both processes share `CLOCK_MONOTONIC`, so second `t` is
+//! `origin + t s` for both.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::latency;
+use crate::spec::LatencySummary;
+
+/// What the consumer reports per second.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerSecond {
+    pub t: u64,
+    /// Messages the handler got in this second (by receive time).
+    pub consumed: u64,
+    /// End-to-end latency of the messages due in this second: p50, p99, p99.9, max (µs);
+    /// `None` when none was due then.
+    pub e2e_us: Option<[f64; 4]>,
+}
+
+/// The child's recorder.
+pub struct ChildSeries {
+    origin_ns: u64,
+    warmup_ns: u64,
+    consumed: Vec<u64>,
+    e2e: Vec<Histogram<u64>>,
+    window: Histogram<u64>,
+}
+
+/// p50, p99, p99.9 and max of `h` in µs.
+pub fn quantiles_us(h: &Histogram<u64>) -> [f64; 4] {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    [
+        us(h.value_at_quantile(0.5)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+        us(h.max()),
+    ]
+}
+
+impl ChildSeries {
+    pub fn new(origin_ns: u64, warmup_ns: u64) -> Self {
+        Self {
+            origin_ns,
+            warmup_ns,
+            consumed: Vec::new(),
+            e2e: Vec::new(),
+            window: latency::new_histogram(),
+        }
+    }
+
+    fn second(&self, ns: u64) -> usize {
+        (ns.saturating_sub(self.origin_ns) / 1_000_000_000) as usize
+    }
+
+    /// One message, due at `intended_ns`, handled at `now_ns`.
+    pub fn record(&mut self, intended_ns: u64, now_ns: u64) {
+        let (due, got) = (self.second(intended_ns), self.second(now_ns));
+        if self.consumed.len() <= got {
+            self.consumed.resize(got + 1, 0);
+        }
+        self.consumed[got] += 1;
+        while self.e2e.len() <= due {
+            self.e2e.push(latency::new_histogram());
+        }
+        latency::record(&mut self.e2e[due], intended_ns, now_ns);
+        if intended_ns >= self.origin_ns + self.warmup_ns {
+            latency::record(&mut self.window, intended_ns, now_ns);
+        }
+    }
+
+    /// The per-second figures and the measured window's latency.
+    pub fn report(&self) -> (Vec<ConsumerSecond>, LatencySummary) {
+        let n = self.consumed.len().max(self.e2e.len());
+        let seconds = (0..n)
+            .map(|t| ConsumerSecond {
+                t: t as u64,
+                consumed: self.consumed.get(t).copied().unwrap_or(0),
+                e2e_us: self.e2e.get(t).filter(|h| !h.is_empty()).map(quantiles_us),
+            })
+            .collect();
+        (seconds, latency::summarize(&self.window))
+    }
+}
