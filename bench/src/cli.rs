@@ -240,6 +240,9 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
             "pin_cores",
             "json",
             "csv",
+            "kill_consumers_at",
+            "find_max",
+            "slo_p99_ms",
         ],
     ),
 ];
@@ -281,6 +284,22 @@ pub struct Cli {
     /// schedule).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
+
+    /// load: at the end of each of these seconds (counted from the schedule's start),
+    /// kill every connection of the consumer (CLIENT KILL): the run goes on, and the
+    /// summary counts reconnects and what was lost or delivered twice.
+    #[arg(long, value_delimiter = ',', value_name = "SECONDS")]
+    pub kill_consumers_at: Vec<u64>,
+
+    /// load: search for the highest rate whose end-to-end p99 stays within --slo-p99-ms
+    /// in every measured second with nothing lost: doubling from --rate until it breaks
+    /// (or halving until it holds), then bisecting to within 5 %. Each try is a full run.
+    #[arg(long)]
+    pub find_max: bool,
+
+    /// load --find-max: the p99 objective, in milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub slo_p99_ms: f64,
 
     /// load: write the per-second series as CSV here.
     #[arg(long)]

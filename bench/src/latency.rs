@@ -74,6 +74,12 @@ pub fn intended_ns(payload: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(bytes))
 }
 
+/// The sequence number a payload carries, if it is long enough to carry one.
+pub fn seq(payload: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = payload.get(8..16)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
 /// A histogram from 1 ns to 60 s with 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_NS, 3).expect("constant, valid histogram bounds")

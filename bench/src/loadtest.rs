@@ -33,7 +33,7 @@ use crate::spec::{ChildSpec, RELIABLE_ID, STREAM_GROUP};
 use ringq::envelope::keys;
 
 /// How long the consumer child may take to start before the schedule begins.
-const START_SLACK_NS: u64 = 3_000_000_000;
+const START_SLACK_NS: u64 = 1_500_000_000;
 
 #[derive(Debug, Clone, Serialize)]
 struct Point {
@@ -50,11 +50,38 @@ struct Point {
     server_cpu: Option<f64>,
 }
 
-/// What the sampler reads from the server each second.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the sampler reads from the server each second, and the fault it injected.
+#[derive(Debug, Clone, Default)]
 struct Sample {
     backlog: u64,
     cpu_pct: f64,
+    fault: Option<String>,
+}
+
+/// Kills every connection of the consumer child (`CLIENT KILL ID` of each client named
+/// `ringq-bench-…`); returns how many.
+fn kill_consumers(url: &str) -> Result<u64> {
+    let mut conn = crate::conn::RawConn::connect(url)?;
+    let list = match conn.command_ok(["CLIENT", "LIST"])? {
+        f @ (ringq_resp::Frame::BulkString(_) | ringq_resp::Frame::VerbatimString { .. }) => {
+            String::from_utf8_lossy(f.as_bytes().map_or(&b""[..], |b| b)).into_owned()
+        }
+        f => return Err(Error::new(format!("unexpected CLIENT LIST reply: {f:?}"))),
+    };
+    let mut killed = 0;
+    for line in list.lines() {
+        let field = |k: &str| {
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+        };
+        if field("name").is_some_and(|n| n.starts_with("ringq-bench-")) {
+            if let Some(id) = field("id") {
+                let _ = conn.command(["CLIENT", "KILL", "ID", id])?;
+                killed += 1;
+            }
+        }
+    }
+    Ok(killed)
 }
 
 fn names(mode: LoadMode, n: usize) -> Vec<String> {
@@ -102,7 +129,32 @@ fn backlog(url: &str, mode: LoadMode, queues: &[String]) -> Result<u64> {
     load::total_len(url, queues)
 }
 
-/// Runs the scenario, prints the series and the summary, writes `--json` and `--csv`.
+/// One run's result.
+struct Run {
+    rate: u32,
+    title: String,
+    series: Vec<Point>,
+    summary: Summary,
+}
+
+impl Run {
+    /// The worst per-second end-to-end p99 of the messages due in the measured window.
+    fn worst_p99_us(&self, warmup: f64) -> f64 {
+        self.series
+            .iter()
+            .filter(|p| p.t as f64 >= warmup && p.produced > 0)
+            .filter_map(|p| p.e2e_p99_us)
+            .fold(0.0, f64::max)
+    }
+
+    /// Whether it held the SLO: every measured second's p99 within it, nothing lost.
+    fn passes(&self, warmup: f64, slo_us: f64) -> bool {
+        self.summary.lost == 0 && self.worst_p99_us(warmup) <= slo_us
+    }
+}
+
+/// Runs the scenario: one run at `--rate`, or with `--find-max` the search for the
+/// highest rate that holds `--slo-p99-ms`; prints, writes `--json` and `--csv`.
 ///
 /// # Errors
 /// Bad options, a server that cannot be started or reached, a consumer that fails or
@@ -113,16 +165,145 @@ pub fn run(cli: &Cli) -> Result<()> {
             "--tls applies to the drain and latency scenarios",
         ));
     }
-    let mode = cli.mode;
     let broker = Broker::open(cli.url.as_deref())?;
-    if mode == LoadMode::Reliable && broker.redis_version < (6, 2, 0) {
+    if cli.mode == LoadMode::Reliable && broker.redis_version < (6, 2, 0) {
         return Err(Error::new(format!(
             "{} has no LMOVE/BLMOVE (Redis 6.2+): reliable mode needs them",
             broker.version
         )));
     }
+    let warmup = cli.warmup.max(0.0);
+    let Some(slo_ms) = cli.find_max.then_some(cli.slo_p99_ms) else {
+        let r = run_once(cli, &broker, cli.rate.max(1))?;
+        print!("{}", render(&r.title, &r.series, &r.summary));
+        return write_outputs(cli, &broker, &r, None);
+    };
+    let slo_us = slo_ms * 1000.0;
+    let mut tries: Vec<Run> = Vec::new();
+    let try_rate = |rate: u32, tries: &mut Vec<Run>| -> Result<bool> {
+        let r = run_once(cli, &broker, rate)?;
+        let ok = r.passes(warmup, slo_us);
+        eprintln!(
+            "ringq-bench: {rate} msgs/s: worst p99 {:.0} µs, lost {} — {}",
+            r.worst_p99_us(warmup),
+            r.summary.lost,
+            if ok { "holds" } else { "breaks" }
+        );
+        tries.push(r);
+        Ok(ok)
+    };
+    // Doubling (or halving) from --rate until the SLO breaks (holds), then bisection to
+    // within 5 % or eight more runs.
+    let (mut pass, mut fail): (Option<u32>, Option<u32>) = (None, None);
+    let mut rate = cli.rate.max(1);
+    while pass.is_none() || fail.is_none() {
+        if try_rate(rate, &mut tries)? {
+            pass = Some(rate);
+            rate = rate.saturating_mul(2);
+        } else {
+            fail = Some(rate);
+            rate /= 2;
+            if rate < 10 {
+                break;
+            }
+        }
+        if tries.len() > 24 {
+            break;
+        }
+    }
+    if let (Some(mut lo), Some(mut hi)) = (pass, fail) {
+        for _ in 0..8 {
+            if f64::from(hi - lo) <= 0.05 * f64::from(lo) {
+                break;
+            }
+            let mid = lo + (hi - lo) / 2;
+            if try_rate(mid, &mut tries)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        pass = Some(lo);
+        fail = Some(hi);
+    }
+    let find = |r: Option<u32>| tries.iter().rev().find(|t| Some(t.rate) == r);
+    let (best, first_fail) = (find(pass), find(fail));
+    let mut table = Table::new(
+        format!(
+            "load --find-max, --mode {}: the highest rate whose end-to-end p99 stays within \
+             {slo_ms} ms in every measured second, nothing lost; {}",
+            cli.mode.name(),
+            broker.label()
+        ),
+        vec!["rate msgs/s", "worst p99 µs", "lost", "holds"],
+    );
+    let mut sorted: Vec<&Run> = tries.iter().collect();
+    sorted.sort_by_key(|r| r.rate);
+    for r in sorted {
+        table.row(vec![
+            r.rate.to_string(),
+            format!("{:.0}", r.worst_p99_us(warmup)),
+            r.summary.lost.to_string(),
+            if r.passes(warmup, slo_us) {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+        ]);
+    }
+    table.targets.push(match best {
+        Some(b) => format!(
+            "highest rate that holds p99 ≤ {slo_ms} ms: {} msgs/s (first that breaks: {})",
+            b.rate,
+            fail.map_or_else(|| "none found".to_owned(), |f| f.to_string())
+        ),
+        None => format!("no rate from {} down held p99 ≤ {slo_ms} ms", cli.rate),
+    });
+    print!("{}", table.render());
+    for r in [best, first_fail].into_iter().flatten() {
+        print!("{}", render(&r.title, &r.series, &r.summary));
+    }
+    match best {
+        Some(b) => write_outputs(cli, &broker, b, first_fail),
+        None => Ok(()),
+    }
+}
+
+/// `--json` (with the first failing run's series under `"breaks"` after `--find-max`) and
+/// `--csv`.
+fn write_outputs(cli: &Cli, broker: &Broker, r: &Run, breaks: Option<&Run>) -> Result<()> {
+    let config = serde_json::json!({
+        "mode": cli.mode.name(), "rate": r.rate, "duration_s": cli.duration().as_secs_f64(),
+        "warmup_s": cli.warmup.max(0.0), "producers": cli.producers.max(1),
+        "queues": cli.queues.max(1), "size": cli.size.max(latency::STAMP_LEN),
+        "shards": cli.shards, "connections": cli.connections, "batch": cli.batch,
+        "pipeline": cli.pipeline, "server": broker.version,
+        "slo_p99_ms": cli.find_max.then_some(cli.slo_p99_ms),
+    });
+    if let Some(path) = &cli.json {
+        let mut json = serde_json::json!({
+            "scenario": "load", "config": config, "series": r.series, "summary": r.summary,
+        });
+        if let Some(b) = breaks {
+            json["breaks"] = serde_json::json!({
+                "rate": b.rate, "series": b.series, "summary": b.summary,
+            });
+        }
+        write_file(path, &serde_json::to_string_pretty(&json)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &cli.csv {
+        write_file(path, &csv(&r.series))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One run at `rate`: fresh keys, a consumer child, the producers, the sampler.
+fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
+    let mode = cli.mode;
     let queues = names(mode, cli.queues);
-    let rate = cli.rate.max(1);
     let warmup = cli.warmup.max(0.0);
     let seconds = warmup + cli.duration().as_secs_f64();
     let count = ((f64::from(rate) * seconds).round() as u64).max(1);
@@ -155,7 +336,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
     }
     let origin = latency::mono_ns() + START_SLACK_NS;
-    let mut spec = ChildSpec::base(cli, &broker, &queues, ClientKind::Ringq);
+    let mut spec = ChildSpec::base(cli, broker, &queues, ClientKind::Ringq);
     spec.reliable = mode == LoadMode::Reliable;
     spec.stream = mode == LoadMode::Stream;
     spec.expected = count;
@@ -172,7 +353,10 @@ pub fn run(cli: &Cli) -> Result<()> {
             broker.url.clone(),
             queues.clone(),
         );
-        thread::spawn(move || sample_every_second(&url, mode, &queues, origin, &stop, &samples))
+        let kills: Vec<u64> = cli.kill_consumers_at.clone();
+        thread::spawn(move || {
+            sample_every_second(&url, mode, &queues, origin, &kills, &stop, &samples);
+        })
     };
     let push = if mode == LoadMode::Stream {
         Push::Xadd
@@ -183,9 +367,10 @@ pub fn run(cli: &Cli) -> Result<()> {
     let mut produced = Vec::new();
     let outcome = child::run(&spec, || {
         if latency::mono_ns() > origin {
-            return Err(Error::new(
-                "the consumer took more than 3 s to start: the schedule could not begin on time",
-            ));
+            return Err(Error::new(format!(
+                "the consumer took more than {:.1} s to start: the schedule could not begin on time",
+                START_SLACK_NS as f64 / 1e9
+            )));
         }
         produced = thread::scope(|s| {
             let handles: Vec<_> = (0..producers as u64)
@@ -217,27 +402,17 @@ pub fn run(cli: &Cli) -> Result<()> {
     let _ = sampler.join();
     let outcome = outcome?;
     let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    if let Some(note) = &outcome.report.note {
+        eprintln!("ringq-bench: consumer: {note}");
+    }
     let (series, summary) = merge(&produced, &outcome, &samples, warmup, count);
     let _ = load::delete(&broker.url, &all_keys);
-    print!("{}", render(&title, &series, &summary));
-    let config = serde_json::json!({
-        "mode": mode.name(), "rate": rate, "duration_s": cli.duration().as_secs_f64(),
-        "warmup_s": warmup, "producers": producers, "queues": queues.len(), "size": size,
-        "shards": cli.shards, "connections": cli.connections, "batch": cli.batch,
-        "pipeline": cli.pipeline, "server": broker.version,
-    });
-    if let Some(path) = &cli.json {
-        let json = serde_json::json!({
-            "scenario": "load", "config": config, "series": series, "summary": summary,
-        });
-        write_file(path, &serde_json::to_string_pretty(&json)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    if let Some(path) = &cli.csv {
-        write_file(path, &csv(&series))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    Ok(Run {
+        rate,
+        title,
+        series,
+        summary,
+    })
 }
 
 /// Reads the backlog and the server's CPU at `origin + 1 s`, `+ 2 s`, … until `stop`.
@@ -246,6 +421,7 @@ fn sample_every_second(
     mode: LoadMode,
     queues: &[String],
     origin: u64,
+    kills: &[u64],
     stop: &AtomicBool,
     samples: &Mutex<Vec<Sample>>,
 ) {
@@ -254,9 +430,15 @@ fn sample_every_second(
     for k in 1u64.. {
         latency::sleep_until_ns(origin + k * 1_000_000_000);
         let now_cpu = cpu_seconds_of(url).unwrap_or(cpu);
+        // Second k-1 ends now: a kill due at second k-1 happens at its end.
+        let fault = kills.contains(&(k - 1)).then(|| match kill_consumers(url) {
+            Ok(n) => format!("CLIENT KILL of the consumer's {n} connection(s)"),
+            Err(e) => format!("CLIENT KILL failed: {e}"),
+        });
         let s = Sample {
             backlog: backlog(url, mode, queues).unwrap_or(0),
             cpu_pct: (now_cpu - cpu).max(0.0) * 100.0,
+            fault,
         };
         cpu = now_cpu;
         if let Ok(mut v) = samples.lock() {
@@ -274,8 +456,12 @@ struct Summary {
     consumed: u64,
     /// Produced and never consumed (0 unless something was lost).
     lost: u64,
-    /// Consumed beyond what was produced (duplicates).
+    /// Later deliveries of messages already consumed (duplicates).
     extra: u64,
+    /// Connections the consumer re-established.
+    reconnects: Option<u64>,
+    /// Faults injected (`--kill-consumers-at`), with their second.
+    faults: Vec<String>,
     e2e_p50_us: f64,
     e2e_p99_us: f64,
     e2e_p999_us: f64,
@@ -339,7 +525,13 @@ fn merge(
         produced: count,
         consumed,
         lost: count.saturating_sub(consumed),
-        extra: consumed.saturating_sub(count),
+        extra: outcome.report.duplicates.unwrap_or(0),
+        reconnects: outcome.report.reconnects,
+        faults: samples
+            .iter()
+            .enumerate()
+            .filter_map(|(t, s)| Some(format!("t={t}: {}", s.fault.as_ref()?)))
+            .collect(),
         e2e_p50_us: lat.as_ref().map_or(0.0, |l| l.p50_us),
         e2e_p99_us: lat.as_ref().map_or(0.0, |l| l.p99_us),
         e2e_p999_us: lat.as_ref().map_or(0.0, |l| l.p999_us),
@@ -386,15 +578,19 @@ fn render(title: &str, series: &[Point], s: &Summary) -> String {
         ]);
     }
     let mut out = table.render();
+    for f in &s.faults {
+        out.push_str(&format!("\nFault at {f}"));
+    }
     out.push_str(&format!(
         "\nSummary (messages due after the warm-up for latency): produced {}, consumed {}, \
-         lost {}, extra {}; end-to-end p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} \
+         lost {}, extra {}, reconnects {}; end-to-end p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} \
          µs; produce p99 {} µs; consumer CPU {:.3} µs/msg (the child's whole life, start \
          included), server CPU {} µs/msg (every second sampled)\n",
         s.produced,
         s.consumed,
         s.lost,
         s.extra,
+        s.reconnects.map_or_else(|| "–".to_owned(), |n| n.to_string()),
         s.e2e_p50_us,
         s.e2e_p99_us,
         s.e2e_p999_us,

@@ -26,6 +26,9 @@ pub struct ConsumerSecond {
 pub struct ChildSeries {
     origin_ns: u64,
     warmup_ns: u64,
+    /// Sequence numbers seen (one bit each), and those seen again.
+    seen: Vec<u64>,
+    duplicates: u64,
     consumed: Vec<u64>,
     e2e: Vec<Histogram<u64>>,
     window: Histogram<u64>,
@@ -43,10 +46,12 @@ pub fn quantiles_us(h: &Histogram<u64>) -> [f64; 4] {
 }
 
 impl ChildSeries {
-    pub fn new(origin_ns: u64, warmup_ns: u64) -> Self {
+    pub fn new(origin_ns: u64, warmup_ns: u64, expected: u64) -> Self {
         Self {
             origin_ns,
             warmup_ns,
+            seen: vec![0; expected.div_ceil(64) as usize],
+            duplicates: 0,
             consumed: Vec::new(),
             e2e: Vec::new(),
             window: latency::new_histogram(),
@@ -57,8 +62,18 @@ impl ChildSeries {
         (ns.saturating_sub(self.origin_ns) / 1_000_000_000) as usize
     }
 
-    /// One message, due at `intended_ns`, handled at `now_ns`.
-    pub fn record(&mut self, intended_ns: u64, now_ns: u64) {
+    /// One message, number `seq`, due at `intended_ns`, handled at `now_ns`. Returns
+    /// whether it is the first delivery of that number.
+    pub fn record(&mut self, seq: u64, intended_ns: u64, now_ns: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if w >= self.seen.len() {
+            self.seen.resize(w + 1, 0);
+        }
+        let first = self.seen[w] & (1 << b) == 0;
+        self.seen[w] |= 1 << b;
+        if !first {
+            self.duplicates += 1;
+        }
         let (due, got) = (self.second(intended_ns), self.second(now_ns));
         if self.consumed.len() <= got {
             self.consumed.resize(got + 1, 0);
@@ -71,6 +86,12 @@ impl ChildSeries {
         if intended_ns >= self.origin_ns + self.warmup_ns {
             latency::record(&mut self.window, intended_ns, now_ns);
         }
+        first
+    }
+
+    /// Messages delivered more than once (their later deliveries).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 
     /// The per-second figures and the measured window's latency.

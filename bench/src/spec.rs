@@ -163,6 +163,12 @@ pub struct ChildReport {
     pub series: Option<Vec<crate::series::ConsumerSecond>>,
     #[serde(default)]
     pub window: Option<LatencySummary>,
+    /// `load`: later deliveries of messages already counted.
+    #[serde(default)]
+    pub duplicates: Option<u64>,
+    /// Connections the engine re-established (ringq only).
+    #[serde(default)]
+    pub reconnects: Option<u64>,
 }
 
 /// A latency histogram boiled down to what the report needs.

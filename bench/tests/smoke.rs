@@ -709,3 +709,94 @@ fn load_reports_one_point_a_second_and_loses_nothing() {
         (Some(3000), Some(0))
     );
 }
+
+/// `load --kill-consumers-at`: the consumer's connections are killed mid-run; the run
+/// completes, the summary counts the fault and the reconnect, and reliable mode loses
+/// nothing.
+#[test]
+fn load_goes_on_through_a_client_kill_and_reliable_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("ringq-bench-loadk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("load.json");
+    let out = run(&[
+        "load",
+        "--mode",
+        "reliable",
+        "--rate",
+        "3000",
+        "--duration",
+        "3",
+        "--warmup",
+        "0",
+        "--kill-consumers-at",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let s = &read_json(&json)["summary"];
+    assert_eq!(s["faults"].as_array().map(Vec::len), Some(1), "{s}");
+    assert!(s["faults"][0]
+        .as_str()
+        .unwrap()
+        .contains("CLIENT KILL of the consumer's"));
+    assert!(s["reconnects"].as_u64().is_some_and(|n| n >= 1), "{s}");
+    assert_eq!(
+        (s["produced"].as_u64(), s["lost"].as_u64()),
+        (Some(9000), Some(0))
+    );
+}
+
+/// `load --find-max` finds a rate in the right range: the consumer is held to one message
+/// a round trip (batch 1, pipeline 1), whose capacity a drain of the same configuration
+/// measures first; the highest rate holding p99 ≤ 20 ms is within [0.2, 1.5]× of it, and
+/// the first rate that breaks is above it.
+#[test]
+fn load_find_max_finds_a_rate_near_the_consumers_capacity() {
+    let dir = std::env::temp_dir().join(format!("ringq-bench-loadf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (drain, load) = (dir.join("drain.json"), dir.join("load.json"));
+    let one = ["--pop", "batch", "--batch", "1", "--pipeline", "1"];
+    let mut args = vec![
+        "drain",
+        "--clients",
+        "ringq",
+        "--messages",
+        "30000",
+        "--json",
+        drain.to_str().unwrap(),
+    ];
+    args.extend(one);
+    assert!(run(&args).status.success());
+    let capacity = read_json(&drain)["clients"][0]["msgs_per_sec"]
+        .as_f64()
+        .unwrap();
+    let start = ((capacity / 4.0) as u64).max(100).to_string();
+    let mut args = vec![
+        "load",
+        "--find-max",
+        "--slo-p99-ms",
+        "20",
+        "--rate",
+        &start,
+        "--duration",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        load.to_str().unwrap(),
+    ];
+    args.extend(one);
+    let out = run(&args);
+    assert!(out.status.success());
+    let report = read_json(&load);
+    let found = report["config"]["rate"].as_f64().unwrap();
+    assert!(
+        (0.2 * capacity..=1.5 * capacity).contains(&found),
+        "found {found} msgs/s for a capacity of {capacity:.0}"
+    );
+    let breaks = report["breaks"]["rate"]
+        .as_f64()
+        .expect("a rate that breaks");
+    assert!(breaks > found);
+}

@@ -97,6 +97,8 @@ pub struct Sink {
     histogram: Mutex<Histogram<u64>>,
     /// `load`: the per-second figures.
     series: Option<Mutex<crate::series::ChildSeries>>,
+    /// The engine's reconnects, when the client reports them.
+    reconnects: Mutex<Option<u64>>,
     error: Mutex<Option<String>>,
     /// Woken when the last message is counted, or on failure (async waiters).
     done: tokio::sync::Notify,
@@ -124,13 +126,20 @@ impl Sink {
             start_ns: AtomicU64::new(latency::mono_ns()),
             end_ns: AtomicU64::new(0),
             histogram: Mutex::new(latency::new_histogram()),
-            series: spec
-                .series_origin_ns
-                .map(|o| Mutex::new(crate::series::ChildSeries::new(o, spec.series_warmup_ns))),
+            series: spec.series_origin_ns.map(|o| {
+                Mutex::new(crate::series::ChildSeries::new(
+                    o,
+                    spec.series_warmup_ns,
+                    spec.expected,
+                ))
+            }),
+            reconnects: Mutex::new(None),
             error: Mutex::new(None),
             done: tokio::sync::Notify::new(),
             done_flag: (Mutex::new(false), Condvar::new()),
-            lossy: spec.channel.is_some(),
+            // Pub/sub, and load runs (pop mode loses what a cut connection held; a
+            // fault-free run ends on the count all the same).
+            lossy: spec.channel.is_some() || spec.series_origin_ns.is_some(),
             quiet: std::sync::atomic::AtomicBool::new(false),
             last_ns: AtomicU64::new(0),
         }
@@ -184,7 +193,11 @@ impl Sink {
                     let now = latency::mono_ns();
                     latency::record(&mut h, intended, now);
                     if let Some(s) = series.as_mut() {
-                        s.record(intended, now);
+                        // A load run counts distinct messages: duplicates are reported,
+                        // not counted towards the end.
+                        if !s.record(latency::seq(p).unwrap_or(0), intended, now) {
+                            continue;
+                        }
                     }
                 }
                 n += 1;
@@ -280,6 +293,11 @@ impl Sink {
         }
     }
 
+    /// Notes the engine's reconnects for the report.
+    pub fn set_reconnects(&self, n: u64) {
+        *self.reconnects.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
+    }
+
     /// Messages counted so far.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Acquire)
@@ -351,6 +369,12 @@ impl Sink {
             note,
             series: series.as_ref().map(|s| s.0.clone()),
             window: series.map(|s| s.1),
+            duplicates: self.series.as_ref().map(|s| {
+                s.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .duplicates()
+            }),
+            reconnects: *self.reconnects.lock().unwrap_or_else(|p| p.into_inner()),
         })
     }
 }

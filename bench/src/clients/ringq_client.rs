@@ -116,7 +116,11 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         std::thread::sleep(Duration::from_millis(20));
     }
     sink.ready();
+    if spec.series_origin_ns.is_some() {
+        sink.stop_when_quiet();
+    }
     let stats = running.wait()?;
+    sink.set_reconnects(stats.reconnects);
     let mut notes = Vec::new();
     if stats.messages != sink.count() {
         notes.push(format!(
