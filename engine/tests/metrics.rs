@@ -318,6 +318,14 @@ fn queue_depth_is_sampled_once_asked_for() {
         }
         Outcome::Ack
     };
+    // Opens the gate when dropped: a failed assertion must not leave the worker waiting.
+    struct Opens(Arc<AtomicBool>);
+    impl Drop for Opens {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let _gate = Opens(open.clone());
     let running = builder(server.url())
         .dispatch(Dispatch::workers(1))
         .prefetch(8)

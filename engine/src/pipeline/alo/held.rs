@@ -69,6 +69,11 @@ impl Held {
         self.tail
     }
 
+    /// The next position a fetch should number from (one past the last held).
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
     /// The tail: every position before it is settled and trimmed (or asked to be).
     pub(crate) fn tail(&self) -> u64 {
         self.tail

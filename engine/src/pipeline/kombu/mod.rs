@@ -144,6 +144,8 @@ const RENEW_CHUNK: usize = 500;
 /// A level key of this shard and the names beside it.
 struct KeyNames {
     key: Bytes,
+    /// Its queue (index into the consumer's) and level: where its floor is in the dialect.
+    at: (u32, u32),
     queue: String,
     /// This consumer's held hash of the key: its live record fields, and the counter `#n`.
     held: Bytes,
@@ -244,13 +246,19 @@ impl Batch {
 /// still be in `unacked`), read in chunks.
 #[derive(Debug, Default)]
 struct Restoring {
-    /// Chunks asked for (`HMGET`), not yet answered.
+    /// The next number to read back, and the end of the window (the key's new `#tail`
+    /// once everything below is restored).
+    next: u64,
+    head: u64,
+    /// Chunks asked for (`HMGET`), not yet answered (at most [`RESTORE_IN_FLIGHT`]).
     chunks: std::collections::VecDeque<Vec<u64>>,
     /// Restore scripts sent: how many records each restores.
     sent: std::collections::VecDeque<u64>,
-    /// The counter read: the key's new `#tail` once everything below is restored.
-    head: u64,
 }
+
+/// Most `HMGET`s of one key's recovery in flight: a window pinned by one long task can
+/// span millions of numbers, read a chunk at a time.
+const RESTORE_IN_FLIGHT: usize = 4;
 
 /// The Kombu pipeline of one shard.
 pub(crate) struct KombuPipeline {
@@ -330,7 +338,12 @@ impl KombuPipeline {
             Bytes::from(h)
         };
         let tail_of = |q: usize| Bytes::from(kombu::record_tail(&c.names[q]));
-        let held: Vec<Vec<(Bytes, Bytes)>> = c
+        let dead_of = |q: usize| {
+            c.kombu_key(&String::from_utf8_lossy(&crate::envelope::keys::dead(
+                c.names[q].as_bytes(),
+            )))
+        };
+        let held: Vec<Vec<(Bytes, Bytes, Bytes)>> = c
             .pop
             .queues
             .iter()
@@ -339,15 +352,17 @@ impl KombuPipeline {
                 queue
                     .levels
                     .iter()
-                    .map(|(_, k)| (held_of(k), tail_of(q)))
+                    .map(|(_, k)| (held_of(k), tail_of(q), dead_of(q)))
                     .collect()
             })
             .collect();
+        let floors = held.iter().map(|l| vec![0; l.len()]).collect();
         let dialect = Unacking {
             sha: Bytes::from(scripts::KPOP.sha.clone()),
             unacked: c.kombu_key("unacked"),
             index: c.kombu_key("unacked_index"),
             held,
+            floors,
             field_base: Bytes::from(format!("ringq:{id}:")),
             poll_secs: secs_arg(Duration::from_millis(100).min(c.pop.block_timeout)),
         };
@@ -356,15 +371,14 @@ impl KombuPipeline {
         mine.sort_unstable();
         for &q in &mine {
             let queue = &c.names[q as usize];
-            let dead = c.kombu_key(&String::from_utf8_lossy(&crate::envelope::keys::dead(
-                queue.as_bytes(),
-            )));
-            for (_, k) in &c.pop.queues[q as usize].levels {
+            let dead = dead_of(q as usize);
+            for (level, (_, k)) in c.pop.queues[q as usize].levels.iter().enumerate() {
                 let mut field = format!("ringq:{id}:").into_bytes();
                 field.extend_from_slice(k);
                 field.push(b':');
                 keys.push(KeyNames {
                     key: k.clone(),
+                    at: (q, level as u32),
                     queue: queue.clone(),
                     held: held_of(k),
                     dead: dead.clone(),
@@ -415,6 +429,22 @@ impl KombuPipeline {
                 c.steps.clone(),
                 Bytes::from(format!("ringq:{id}:")),
             ),
+        }
+    }
+
+    /// Key `k`'s next number is at least what its `Held` has numbered: the pop script
+    /// never numbers below it (see `KPOP`).
+    fn set_floor(&mut self, k: usize) {
+        let (q, level) = self.keys[k].at;
+        let head = self.held[k].head();
+        if let Some(f) = self
+            .pop
+            .dialect_mut()
+            .floors
+            .get_mut(q as usize)
+            .and_then(|l| l.get_mut(level as usize))
+        {
+            *f = (*f).max(head);
         }
     }
 
@@ -490,7 +520,9 @@ impl KombuPipeline {
         }
         for k in std::mem::take(&mut self.dirty) {
             let mut b = std::mem::take(&mut self.pending[k as usize]);
-            b.tail = Some(self.held[k as usize].advance());
+            // While writes may have been lost (a failover), `#tail` stays where it is
+            // until the recovery that follows has read the window.
+            b.tail = (self.stage != Stage::Orphaned).then(|| self.held[k as usize].advance());
             b.write(ctl, KTag::Settle, self, now, allow);
             self.settle.sent(b, false);
         }

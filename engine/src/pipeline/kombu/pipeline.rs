@@ -82,6 +82,7 @@ impl Pipeline for KombuPipeline {
             match self.key_of.get(&(source as *const Source as usize)) {
                 Some(&k) => {
                     let (first, unknown) = self.held[k as usize].leased(n, head);
+                    self.set_floor(k as usize);
                     for m in &mut out[before..] {
                         m.seq = m.seq.wrapping_add(first as u32);
                     }
@@ -99,35 +100,41 @@ impl Pipeline for KombuPipeline {
                 None => tracing::error!("a pop of an unknown key"),
             }
         }
-        // What is not a Kombu envelope never reaches the handler: dead-lettered, and
-        // its credit given back.
+        // What is not a Kombu envelope never reaches the handler: dead-lettered (by the
+        // pop script itself when it is not even a JSON object: no record of it was
+        // made), and its credit and its share of the budget given back.
         let mut i = before;
         while i < out.len() {
-            match kombu::Incoming::parse(out[i].payload()) {
-                Ok(m) => {
-                    out[i].deliveries = kombu::deliveries_of(&m).saturating_add(1);
-                    i += 1;
-                }
-                Err(e) => {
-                    let bad = out.remove(i);
-                    let len = bad.payload().len() as u64;
-                    bytes = bytes.saturating_sub(len);
-                    tracing::warn!(conn = %io.conn(conn).name(), "dead-lettered an element: {e}");
-                    self.pop.outcomes(
-                        io,
-                        Some(conn),
-                        std::slice::from_ref(&bad),
-                        &[Outcome::Dead],
-                        len,
-                    );
-                    if let Some((k, pos)) = self.settled(&bad) {
-                        let entry = dead_entry(bad.payload(), bad.deliveries(), &e.to_string());
-                        self.batch(k).ops.push((b'd', pos, entry));
-                    }
-                    io.stats().add(&io.stats().dead, 1);
-                    io.unclaim_budget(1);
+            let element = out[i].payload();
+            let recorded = element.first() == Some(&b'{') && element.last() == Some(&b'}');
+            let parsed = kombu::Incoming::parse(element);
+            if let (true, Ok(m)) = (recorded, &parsed) {
+                out[i].deliveries = kombu::deliveries_of(m).saturating_add(1);
+                i += 1;
+                continue;
+            }
+            let bad = out.remove(i);
+            let len = bad.payload().len() as u64;
+            bytes = bytes.saturating_sub(len);
+            let why = parsed
+                .err()
+                .map_or_else(|| "not a JSON object".to_owned(), |e| e.to_string());
+            tracing::warn!(conn = %io.conn(conn).name(), "dead-lettered an element: {why}");
+            self.pop.outcomes(
+                io,
+                Some(conn),
+                std::slice::from_ref(&bad),
+                &[Outcome::Dead],
+                len,
+            );
+            if let Some((k, pos)) = self.settled(&bad) {
+                if recorded {
+                    let entry = dead_entry(bad.payload(), bad.deliveries(), &why);
+                    self.batch(k).ops.push((b'd', pos, entry));
                 }
             }
+            io.stats().add(&io.stats().dead, 1);
+            io.unclaim_budget(1);
         }
         self.outstanding += (out.len() - before) as u64;
         Ok(bytes)
@@ -224,7 +231,8 @@ impl Pipeline for KombuPipeline {
             }
         }
         self.flush(io, now);
-        if self.stage == Stage::Stopped {
+        // A restore_visible round in flight ends first: it holds Kombu's mutex.
+        if self.stage == Stage::Stopped && !self.sweep.busy() {
             Drain::Drained
         } else {
             Drain::Waiting
@@ -310,7 +318,8 @@ impl KombuPipeline {
     }
 
     /// A recovery's `HGETALL` of key `key`'s held hash: the numbers between `#tail` and
-    /// `#n` are read back in chunks; the counter starts the key's numbering again.
+    /// the counter (or what this run numbered, if the server lost the counter) are read
+    /// back a few chunks at a time; the key's numbering goes on from there.
     fn on_held(&mut self, io: &mut Io<KTag>, key: u32, f: &Frame) {
         let k = key as usize;
         let (mut head, mut tail) = (0u64, 0u64);
@@ -324,47 +333,75 @@ impl KombuPipeline {
                 _ => {}
             }
         }
+        // Numbering goes on above everything given before: the server's counter, what
+        // this run numbered, and `#tail` (a server that lost the counter in a failover
+        // keeps no record below it that a later recovery would skip).
+        let head = head.max(tail).max(self.held[k].head());
         self.held[k].start_at(head);
-        let allow = io.reply_timeout();
-        let Some(ctl) = io.control_ready() else {
-            return;
-        };
-        let r = &mut self.restoring[k];
-        *r = super::Restoring {
+        self.set_floor(k);
+        self.restoring[k] = super::Restoring {
+            next: tail.min(head),
             head,
             ..Default::default()
         };
-        let window: Vec<u64> = (tail.min(head)..head).collect();
-        if window.is_empty() {
+        if tail >= head {
             self.key_recovered();
             return;
         }
+        for _ in 0..super::RESTORE_IN_FLIGHT {
+            if !self.read_chunk(io, key) {
+                return;
+            }
+        }
+    }
+
+    /// Asks for the next chunk of key `key`'s window; false when there is none (or Control
+    /// is gone: the recovery starts again).
+    fn read_chunk(&mut self, io: &mut Io<KTag>, key: u32) -> bool {
+        let k = key as usize;
+        let r = &mut self.restoring[k];
+        if r.next >= r.head {
+            return false;
+        }
+        let allow = io.reply_timeout();
+        let Some(ctl) = io.control_ready() else {
+            self.restart_recovery();
+            return false;
+        };
+        let end = (r.next + RESTORE_CHUNK as u64).min(r.head);
+        let chunk: Vec<u64> = (r.next..end).collect();
+        r.next = end;
         let names = &self.keys[k];
-        for chunk in window.chunks(RESTORE_CHUNK) {
-            ctl.command(
-                Tag::Pipe(KTag::Values { key }),
-                Instant::now(),
-                allow,
-                |buf| {
-                    let fields = chunk.iter().map(|n| {
-                        let mut f = names.field.clone();
-                        f.extend_from_slice(n.to_string().as_bytes());
-                        f
-                    });
-                    CommandWriter::new(buf, 2 + chunk.len())
-                        .arg("HMGET")
-                        .arg(&self.unacked)
-                        .args(fields)
-                        .finish();
-                },
-            );
-            r.chunks.push_back(chunk.to_vec());
+        ctl.command(
+            Tag::Pipe(KTag::Values { key }),
+            Instant::now(),
+            allow,
+            |buf| {
+                let fields = chunk.iter().map(|n| {
+                    let mut f = names.field.clone();
+                    f.extend_from_slice(n.to_string().as_bytes());
+                    f
+                });
+                CommandWriter::new(buf, 2 + chunk.len())
+                    .arg("HMGET")
+                    .arg(&self.unacked)
+                    .args(fields)
+                    .finish();
+            },
+        );
+        r.chunks.push_back(chunk);
+        true
+    }
+
+    /// A recovery step found Control gone: it starts again once Control is back.
+    fn restart_recovery(&mut self) {
+        if let Stage::Recovering(why, _) = self.stage {
+            self.stage = Stage::Recover(why);
         }
     }
 
     /// A chunk of key `key`'s records read back: each still there is restored to the
-    /// key's head, marked redelivered; the last chunk's script moves `#tail` to the
-    /// counter.
+    /// key's head, marked redelivered; the window's last chunk moves `#tail` to its end.
     fn on_values(&mut self, io: &mut Io<KTag>, key: u32, f: &Frame) {
         let k = key as usize;
         let values: Vec<Option<Bytes>> = match f {
@@ -376,9 +413,10 @@ impl KombuPipeline {
         let Some(chunk) = r.chunks.pop_front() else {
             return;
         };
+        let last = r.chunks.is_empty() && r.next >= r.head;
         let mut b = Batch {
             key,
-            tail: r.chunks.is_empty().then_some(r.head),
+            tail: last.then_some(r.head),
             ..Batch::default()
         };
         for (&n, value) in chunk.iter().zip(values.iter()) {
@@ -399,13 +437,15 @@ impl KombuPipeline {
             };
             b.ops.push(op);
         }
-        r.sent
-            .push_back(b.ops.iter().filter(|o| o.0 == b'r').count() as u64);
+        let restores = b.ops.iter().filter(|o| o.0 == b'r').count() as u64;
         let allow = io.reply_timeout();
         let Some(ctl) = io.control_ready() else {
+            self.restart_recovery();
             return;
         };
         b.write(ctl, KTag::Restore { key }, self, Instant::now(), allow);
+        self.restoring[k].sent.push_back(restores);
+        self.read_chunk(io, key);
     }
 
     /// A chunk of key `key`'s records restored (but those another worker had taken
@@ -418,7 +458,7 @@ impl KombuPipeline {
         };
         let r = &mut self.restoring[k];
         let moved = r.sent.pop_front().unwrap_or(0).saturating_sub(stale);
-        let done = r.chunks.is_empty() && r.sent.is_empty();
+        let done = r.chunks.is_empty() && r.sent.is_empty() && r.next >= r.head;
         if moved > 0 {
             io.stats().add(&io.stats().recovered, moved);
             let queue = self.keys[k].queue.clone();

@@ -18,27 +18,41 @@ use std::sync::LazyLock;
 
 use crate::pipeline::alo::{Script, ScriptSet};
 
-/// `KEYS`: `unacked`, `unacked_index`, then pairs (level key, its held hash); `ARGV`: most
-/// elements to take, the score (seconds), the field base `ringq:<consumer>:`, then each
-/// key's record tail (`, "", "<queue>"]`). Pops up to that many from the first non-empty
-/// key and records each (value, index entry) in the same step, numbered by the key's
-/// counter; returns `{key, elements, n}` (LMPOP's shape, and the counter after them), or
-/// nil.
+/// `KEYS`: `unacked`, `unacked_index`, then triples (level key, its held hash, its dead
+/// list); `ARGV`: most elements to take, the score (seconds), the field base
+/// `ringq:<consumer>:`, the time (ms), then per key the record tail (`, "", "<queue>"]`) and
+/// the lowest number the engine may be given next (its floor: the counter never goes
+/// below what the engine has seen, even if the server lost the counter). Pops up to that
+/// many from the first non-empty key; each element that is a JSON object (`{…}`) is
+/// recorded (value, index entry) in the same step, numbered by the key's counter; any
+/// other is dead-lettered at once (a record of it would stop every Kombu worker's
+/// `restore_visible`), numbered all the same. Returns `{key, elements, n}` (LMPOP's shape,
+/// and the counter after them), or nil.
 pub(crate) static KPOP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "kombu pop",
         r"local n = tonumber(ARGV[1])
-for i = 3, #KEYS, 2 do
+for i = 3, #KEYS, 3 do
   local items = redis.call('RPOP', KEYS[i], n)
   if items then
-    local tail = ARGV[3 + (i - 1) / 2]
+    local a = 5 + 2 * (i - 3) / 3
+    local tail, floor = ARGV[a], tonumber(ARGV[a + 1])
     local head = redis.call('HINCRBY', KEYS[i + 1], '#n', #items)
+    if head < floor + #items then
+      head = floor + #items
+      redis.call('HSET', KEYS[i + 1], '#n', head)
+    end
     local base, first = ARGV[3] .. KEYS[i] .. ':', head - #items
     local hv, zv = {}, {}
     for j, e in ipairs(items) do
-      local f = base .. (first + j - 1)
-      hv[2 * j - 1], hv[2 * j] = f, '[' .. e .. tail
-      zv[2 * j - 1], zv[2 * j] = ARGV[2], f
+      if string.byte(e, 1) == 123 and string.byte(e, -1) == 125 then
+        local f = base .. (first + j - 1)
+        hv[#hv + 1], hv[#hv + 2] = f, '[' .. e .. tail
+        zv[#zv + 1], zv[#zv + 2] = ARGV[2], f
+      else
+        redis.call('LPUSH', KEYS[i + 2], '\0rq1 d=1 t=' .. ARGV[4] ..
+          ' why=not%20a%20JSON%20object:%20dead-lettered%20by%20the%20pop%20script\n' .. e)
+      end
     end
     for j = 1, #hv, 4000 do
       local k = math.min(j + 3999, #hv)

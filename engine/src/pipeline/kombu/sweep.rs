@@ -47,6 +47,9 @@ pub(super) struct Sweep {
     bindings: HashMap<String, Vec<(String, String)>>,
     waiting: usize,
     seq: u64,
+    /// Where this round's `ZRANGE` page starts: pages of only this consumer's own records
+    /// are skipped (its own recovery restores those), so they cannot starve the others'.
+    offset: u64,
 }
 
 impl Sweep {
@@ -72,7 +75,13 @@ impl Sweep {
             bindings: HashMap::new(),
             waiting: 0,
             seq: 0,
+            offset: 0,
         }
+    }
+
+    /// A round is under way (it holds Kombu's mutex).
+    pub(super) fn busy(&self) -> bool {
+        self.busy
     }
 
     /// Control was lost mid-round: the round is abandoned (the mutex expires by itself,
@@ -150,25 +159,15 @@ impl KombuPipeline {
                     s.busy = false;
                     return;
                 }
-                let cutoff = format!(
-                    "{:.3}",
-                    (now_ms().saturating_sub(vt.as_millis() as u64)) as f64 / 1000.0
-                );
-                ctl.command(Tag::Pipe(KTag::SweepList), now, allow, |buf| {
-                    CommandWriter::new(buf, 8)
-                        .arg("ZRANGE")
-                        .arg(&index)
-                        .arg("-inf")
-                        .arg(&cutoff)
-                        .arg("BYSCORE")
-                        .arg("LIMIT")
-                        .arg("0")
-                        .arg_int(ROUND as i64)
-                        .finish();
-                });
+                s.offset = 0;
+                list_overdue(ctl, &index, vt, 0, now, allow);
             }
             KTag::SweepList => {
                 let own = s.own.clone();
+                let listed = match f {
+                    Frame::Array(v) => v.len(),
+                    _ => 0,
+                };
                 let fields: Vec<Bytes> = match f {
                     Frame::Array(v) => v
                         .iter()
@@ -178,6 +177,13 @@ impl KombuPipeline {
                     _ => Vec::new(),
                 };
                 if fields.is_empty() {
+                    // A full page of this consumer's own records: look further (ten
+                    // pages a round at most).
+                    if listed == ROUND && s.offset < 9 * ROUND as u64 {
+                        s.offset += ROUND as u64;
+                        list_overdue(ctl, &index, vt, s.offset, now, allow);
+                        return;
+                    }
                     self.unlock(io);
                     return;
                 }
@@ -369,6 +375,34 @@ impl KombuPipeline {
                 .finish();
         });
     }
+}
+
+/// `ZRANGE unacked_index -inf <now - vt> BYSCORE LIMIT offset ROUND`: the oldest overdue
+/// records.
+fn list_overdue(
+    ctl: &mut crate::conn::Conn<KTag>,
+    index: &Bytes,
+    vt: std::time::Duration,
+    offset: u64,
+    now: Instant,
+    allow: std::time::Duration,
+) {
+    let cutoff = format!(
+        "{:.3}",
+        now_ms().saturating_sub(vt.as_millis() as u64) as f64 / 1000.0
+    );
+    ctl.command(Tag::Pipe(KTag::SweepList), now, allow, |buf| {
+        CommandWriter::new(buf, 8)
+            .arg("ZRANGE")
+            .arg(index)
+            .arg("-inf")
+            .arg(&cutoff)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg_int(offset as i64)
+            .arg_int(ROUND as i64)
+            .finish();
+    });
 }
 
 /// A Kombu record `[message, exchange, routing key]`, parsed.

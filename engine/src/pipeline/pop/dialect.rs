@@ -257,9 +257,12 @@ pub(crate) struct Unacking {
     /// Kombu's `unacked` hash and `unacked_index` sorted set (with the key prefix).
     pub unacked: Bytes,
     pub index: Bytes,
-    /// Per queue, per level: this consumer's held hash of that key, and the tail of each
-    /// record (`, "", "<queue>"]`).
-    pub held: Vec<Vec<(Bytes, Bytes)>>,
+    /// Per queue, per level: this consumer's held hash of that key, the tail of each
+    /// record (`, "", "<queue>"]`), and the queue's dead list.
+    pub held: Vec<Vec<(Bytes, Bytes, Bytes)>>,
+    /// Per queue, per level: the lowest number the next pop may give (what the engine
+    /// has numbered so far; see `KPOP`).
+    pub floors: Vec<Vec<u64>>,
     /// The prefix of this consumer's record fields (`ringq:<id>:`).
     pub field_base: Bytes,
     /// How long a single-queue wait of a lane with several keys lasts.
@@ -283,31 +286,33 @@ impl Dialect for Unacking {
             write_wait(buf, f, q, &self.poll_secs);
             return;
         }
-        // EVALSHA kpop 2+2n unacked index key1 held1 … count score field-base tail1 …
+        // EVALSHA kpop 2+3n unacked index key1 held1 dead1 … count score field-base ms
+        //   tail1 floor1 …
         let c = f.consumer;
         let keys = f.queues.clone().flat_map(|q| {
             c.queues[q as usize]
                 .levels
                 .iter()
                 .zip(&self.held[q as usize])
-                .flat_map(|((_, k), (h, _))| [k, h])
+                .flat_map(|((_, k), (h, _, d))| [k, h, d])
         });
-        let tails = f
-            .queues
-            .clone()
-            .flat_map(|q| self.held[q as usize].iter().map(|(_, t)| t));
-        let score = crate::pipeline::alo::now_ms() as f64 / 1000.0;
-        CommandWriter::new(buf, 8 + 3 * f.nkeys)
+        let now = crate::pipeline::alo::now_ms();
+        let mut w = CommandWriter::new(buf, 9 + 5 * f.nkeys)
             .arg("EVALSHA")
             .arg(&self.sha)
-            .arg_int(2 + 2 * f.nkeys as i64)
+            .arg_int(2 + 3 * f.nkeys as i64)
             .arg(&self.unacked)
             .arg(&self.index)
             .args(keys)
             .arg_int(i64::from(f.count))
-            .arg(format!("{score:.3}"))
+            .arg(format!("{:.3}", now as f64 / 1000.0))
             .arg(&self.field_base)
-            .args(tails)
-            .finish();
+            .arg_int(now as i64);
+        for q in f.queues.clone() {
+            for ((_, t, _), floor) in self.held[q as usize].iter().zip(&self.floors[q as usize]) {
+                w = w.arg(t).arg_int(*floor as i64);
+            }
+        }
+        w.finish();
     }
 }
