@@ -53,10 +53,12 @@ out=${RINGQ_BENCH_OUT:-target/ringq-bench}
 if [[ ${RINGQ_BENCH_QUICK:-0} == 1 ]]; then
     criterion_args=(--warm-up-time 1 --measurement-time 1)
     batch_messages=100000 single_messages=20000 latency_secs=2 cluster_messages=300000
+    load_secs=2 python_messages=1000
 else
     criterion_args=(--warm-up-time 1 --measurement-time 3)
     # The cluster drain runs at ~20M msgs/s here: 20M messages make a window of ~1 s.
     batch_messages=1000000 single_messages=200000 latency_secs=10 cluster_messages=20000000
+    load_secs=5 python_messages=5000
 fi
 bench=target/release/ringq-bench
 url_args=()
@@ -136,6 +138,12 @@ scenarios() {
         --messages "$batch_messages" --size 16 --clients ringq,redis-rs
     step "${prefix}stream" scenario "$dir" stream stream "${url_args[@]}" \
         --messages "$batch_messages" --size 16 --clients ringq,redis-rs,limit
+    # Kombu's own consumer comes from the venv scripts/setup.sh makes.
+    step "${prefix}kombu" scenario "$dir" kombu kombu "${url_args[@]}" \
+        --messages "$batch_messages" --size 64 --python-messages "$python_messages"
+    # The broker load test: the highest list rate whose p99 stays within 1 ms.
+    step "${prefix}load" scenario "$dir" load load "${url_args[@]}" \
+        --find-max --slo-p99-ms 1 --rate 20000 --duration "$load_secs" --warmup 1 --size 16
     {
         echo "# ringq-bench results"
         echo
@@ -145,7 +153,7 @@ scenarios() {
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
         for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency \
-            drain-batch-tls latency-tls drain-cluster pubsub reliable stream; do
+            drain-batch-tls latency-tls drain-cluster pubsub reliable stream kombu load; do
             [[ -f $dir/$name.md ]] || continue
             echo
             cat "$dir/$name.md"
