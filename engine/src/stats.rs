@@ -270,7 +270,7 @@ pub struct Stats {
     /// Pop and reliable mode: each queue's (name, waiting messages) as last sampled
     /// (`LLEN` of its keys, summed: every priority level), in configuration order; `None`
     /// where it has not been sampled. Sampling starts when metrics are asked for
-    /// ([`Running::metrics`](crate::Running::metrics),
+    /// (`Running::metrics` (feature `prometheus`),
     /// [`Running::sample_queue_depth`](crate::Running::sample_queue_depth)); see
     /// [`EngineBuilder::queue_depth`](crate::EngineBuilder::queue_depth).
     pub per_source_depth: Vec<(String, Option<u64>)>,

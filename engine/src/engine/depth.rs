@@ -57,7 +57,7 @@ impl EngineBuilder {
     /// lag instead.
     ///
     /// Sampling starts only when metrics are asked for
-    /// ([`Running::metrics`](crate::Running::metrics) or
+    /// (`Running::metrics` (feature `prometheus`) or
     /// [`Running::sample_queue_depth`](crate::Running::sample_queue_depth)): an engine
     /// nobody watches sends nothing more, and pop mode opens its Control connection only
     /// then.

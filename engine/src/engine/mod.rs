@@ -14,15 +14,13 @@ use crate::backend::IoBackend;
 use crate::dispatch::Dispatch;
 use crate::error::Error;
 use crate::handler::Handler;
-use crate::pipeline::listen::ListenConsumer;
-use crate::pipeline::pop::{PopConsumer, MAX_BLOCK_TIMEOUT};
-use crate::pipeline::reliable::ReliableConsumer;
-use crate::pipeline::stream::StreamConsumer;
+use crate::pipeline::pop::MAX_BLOCK_TIMEOUT;
 use crate::pipeline::{Start, Timing};
 use crate::resolve::{system_resolver, ResolveFn};
 use crate::ring::RingConfig;
 use crate::url::ConnectionInfo;
 
+mod consumer;
 mod depth;
 #[cfg(test)]
 pub(crate) use depth::DepthPlan;
@@ -31,62 +29,13 @@ mod running;
 
 use launch::Launch;
 
+pub use consumer::Consumer;
 pub use running::{Running, ShutdownHandle};
 
 pub(crate) type PeriodicFactory = (
     Duration,
     Arc<dyn Fn() -> Box<dyn FnMut() + Send> + Send + Sync>,
 );
-
-/// What an engine consumes: one kind per delivery mode. Every consumer type converts
-/// into it, so [`EngineBuilder::start`] takes any of them.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Consumer {
-    /// List queues, at-most-once ([`PopConsumer`]).
-    Pop(PopConsumer),
-    /// Pub/sub channels, patterns and shard channels, at-most-once with gap events
-    /// ([`ListenConsumer`]).
-    Listen(ListenConsumer),
-    /// List queues, at-least-once: leases, acks, retries, dead letters, recovery
-    /// ([`ReliableConsumer`]).
-    Reliable(ReliableConsumer),
-    /// Redis Streams consumer groups, at-least-once ([`StreamConsumer`]).
-    Stream(StreamConsumer),
-    /// Kombu / Celery queues, at-least-once with Kombu's own records
-    /// ([`KombuConsumer`](crate::KombuConsumer)).
-    Kombu(crate::KombuConsumer),
-}
-
-impl From<crate::KombuConsumer> for Consumer {
-    fn from(c: crate::KombuConsumer) -> Self {
-        Consumer::Kombu(c)
-    }
-}
-
-impl From<PopConsumer> for Consumer {
-    fn from(c: PopConsumer) -> Self {
-        Consumer::Pop(c)
-    }
-}
-
-impl From<ReliableConsumer> for Consumer {
-    fn from(c: ReliableConsumer) -> Self {
-        Consumer::Reliable(c)
-    }
-}
-
-impl From<StreamConsumer> for Consumer {
-    fn from(c: StreamConsumer) -> Self {
-        Consumer::Stream(c)
-    }
-}
-
-impl From<ListenConsumer> for Consumer {
-    fn from(c: ListenConsumer) -> Self {
-        Consumer::Listen(c)
-    }
-}
 
 /// Configures and starts an engine.
 ///
@@ -260,7 +209,7 @@ impl EngineBuilder {
     /// arrives (only possible in the last moments of the budget), the excess goes straight
     /// back to the right end of its list with RPUSH, in order, so the next pop gets it
     /// first. The engine stops once the `n`th message is handled; blocking pops still in
-    /// flight are waited for as in any shutdown (see [`PopConsumer::block_timeout`]).
+    /// flight are waited for as in any shutdown (see [`PopConsumer::block_timeout`](crate::PopConsumer::block_timeout)).
     pub fn limit(mut self, n: u64) -> Self {
         self.limit = Some(n);
         self
@@ -446,7 +395,9 @@ impl EngineBuilder {
     }
 
     /// Starts the shards and begins consuming: any kind of [`Consumer`] — a
-    /// [`PopConsumer`], [`ReliableConsumer`], [`StreamConsumer`] or [`ListenConsumer`].
+    /// [`PopConsumer`](crate::PopConsumer), [`ReliableConsumer`](crate::ReliableConsumer),
+    /// [`StreamConsumer`](crate::StreamConsumer), [`ListenConsumer`](crate::ListenConsumer)
+    /// or [`KombuConsumer`](crate::KombuConsumer).
     ///
     /// # Errors
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a bad URL or a consumer that

@@ -2,7 +2,7 @@
 //! (`LLEN` of each of the source's keys, summed) every [`EngineBuilder::queue_depth`]
 //! period, for the `ringq_queue_depth` gauge and [`Stats::per_source_depth`].
 //!
-//! Sampling starts when the application asks for metrics ([`Running::metrics`] or
+//! Sampling starts when the application asks for metrics (`Running::metrics`, feature `prometheus`, or
 //! [`Running::sample_queue_depth`]): an engine nobody watches sends nothing more, and pop
 //! mode opens no Control connection it does not otherwise need. Each source is sampled
 //! by one shard only (the first whose lanes hold it). Above the builder's source limit no
@@ -18,7 +18,6 @@
 //!
 //! [`EngineBuilder::queue_depth`]: crate::EngineBuilder::queue_depth
 //! [`Stats::per_source_depth`]: crate::Stats::per_source_depth
-//! [`Running::metrics`]: crate::Running::metrics
 //! [`Running::sample_queue_depth`]: crate::Running::sample_queue_depth
 
 use std::net::{IpAddr, SocketAddr};
