@@ -126,6 +126,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
             "batch",
             "pipeline",
             "rate",
+            "rates",
             "duration",
             "clients",
             "backend",
@@ -269,6 +270,11 @@ pub struct Cli {
     /// Messages: drained (drain, reliable, stream) or published in the burst (pubsub).
     #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
+
+    /// latency: a sweep — one latency run per rate (PING, then each client), then a
+    /// table and a plot of p99 against the rate (the SVG next to --json).
+    #[arg(long, value_delimiter = ',', value_name = "RATES")]
+    pub rates: Vec<u32>,
 
     /// load: what ringq consumes — lists in pop mode, lists in reliable mode, or streams
     /// through a consumer group.

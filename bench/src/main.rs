@@ -59,6 +59,7 @@ mod scenario;
 mod series;
 mod server;
 mod spec;
+mod sweep;
 
 use std::process::ExitCode;
 

@@ -1,7 +1,8 @@
-//! The latency percentile plot, as a self-contained SVG (no plotting crate): x is the
+//! The latency plots, as self-contained SVGs (no plotting crate). The percentile plot: x is the
 //! percentile on HdrHistogram's log axis, 1/(1−p) (so 90 %, 99 %, 99.9 % … are evenly
 //! spaced), y is latency in µs on a log axis (a tail three decades above the median stays
-//! readable). One line per client.
+//! readable). The latency-versus-rate plot: p99 against the rate, both on log axes. One
+//! line per client.
 
 use std::fmt::Write as _;
 
@@ -52,12 +53,99 @@ fn title_lines(title: &str) -> Vec<String> {
     lines.iter().map(|l| l.trim_end().to_owned()).collect()
 }
 
+/// An x axis: its range in plot units, its ticks (position, label) and its label.
+struct Axis {
+    min: f64,
+    max: f64,
+    ticks: Vec<(f64, String)>,
+    label: &'static str,
+}
+
 /// Renders the plot: `series` is (client name, [(percentile %, µs)]).
 pub fn percentile_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let points = series.iter().flat_map(|(_, c)| c.iter());
-    let (mut xmax, mut ymin, mut ymax) = (1.0f64, f64::MAX, f64::MIN);
-    for &(p, us) in points {
-        xmax = xmax.max(x_of(p));
+    let xmax = series
+        .iter()
+        .flat_map(|(_, c)| c.iter())
+        .map(|&(p, _)| x_of(p))
+        .fold(1.0f64, f64::max)
+        .ceil()
+        .max(2.0);
+    let ticks = (0..=xmax as u32)
+        .map(|k| {
+            let label = if k == 0 {
+                "0%".to_owned()
+            } else {
+                let p = 100.0 * (1.0 - 10f64.powi(-(k as i32)));
+                let decimals = k.saturating_sub(2) as usize;
+                format!("{p:.decimals$}%")
+            };
+            (f64::from(k), label)
+        })
+        .collect();
+    let mapped: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(n, c)| (n.clone(), c.iter().map(|&(p, us)| (x_of(p), us)).collect()))
+        .collect();
+    let axis = Axis {
+        min: 0.0,
+        max: xmax,
+        ticks,
+        label: "percentile (log scale of 1/(1−p))",
+    };
+    chart(title, &axis, &mapped)
+}
+
+/// The latency-versus-rate plot: `series` is (client name, [(msgs/s, p99 µs)]), both
+/// axes on log scales.
+pub fn rate_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let rates = series
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|&(r, _)| r.max(1.0)));
+    let (lo, hi) = rates.fold((f64::MAX, f64::MIN), |(a, b), r| (a.min(r), b.max(r)));
+    let (lo, hi) = if lo > hi { (1.0, 10.0) } else { (lo, hi) };
+    let (min, max) = (
+        lo.log10().floor(),
+        hi.log10().ceil().max(lo.log10().floor() + 1.0),
+    );
+    let mut ticks = Vec::new();
+    for e in min as i32..=max as i32 {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * 10f64.powi(e);
+            if (min..=max).contains(&v.log10()) {
+                let label = if v >= 1e6 {
+                    format!("{}M", v / 1e6)
+                } else if v >= 1e3 {
+                    format!("{}k", v / 1e3)
+                } else {
+                    format!("{v}")
+                };
+                ticks.push((v.log10(), label));
+            }
+        }
+    }
+    let mapped: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(n, c)| {
+            (
+                n.clone(),
+                c.iter().map(|&(r, us)| (r.max(1.0).log10(), us)).collect(),
+            )
+        })
+        .collect();
+    let axis = Axis {
+        min,
+        max,
+        ticks,
+        label: "rate, msgs/s (log scale)",
+    };
+    chart(title, &axis, &mapped)
+}
+
+/// The frame both plots share: title, grids, the log µs y axis, one line per series
+/// (x already in `axis` units) and the legend.
+fn chart(title: &str, axis: &Axis, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (mut ymin, mut ymax) = (f64::MAX, f64::MIN);
+    for &(_, us) in series.iter().flat_map(|(_, c)| c.iter()) {
         let us = us.max(0.1);
         ymin = ymin.min(us);
         ymax = ymax.max(us);
@@ -65,14 +153,14 @@ pub fn percentile_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Stri
     if ymin > ymax {
         (ymin, ymax) = (1.0, 10.0);
     }
-    let xmax = xmax.ceil().max(2.0);
     let (ylo, yhi) = (
         ymin.log10().floor(),
         ymax.log10().ceil().max(ymin.log10().floor() + 1.0),
     );
     let pw = WIDTH - LEFT - RIGHT;
     let ph = HEIGHT - TOP - BOTTOM;
-    let px = |p: f64| LEFT + x_of(p) / xmax * pw;
+    let span = (axis.max - axis.min).max(1e-9);
+    let px = |x: f64| LEFT + (x - axis.min) / span * pw;
     let py = |us: f64| TOP + ph - (us.max(0.1).log10() - ylo) / (yhi - ylo) * ph;
 
     let mut s = String::new();
@@ -90,16 +178,8 @@ pub fn percentile_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Stri
             escape(line)
         );
     }
-    // Grid and axis labels: one vertical line per decade of 1/(1-p).
-    for k in 0..=xmax as u32 {
-        let x = LEFT + f64::from(k) / xmax * pw;
-        let label = if k == 0 {
-            "0%".to_owned()
-        } else {
-            let p = 100.0 * (1.0 - 10f64.powi(-(k as i32)));
-            let decimals = k.saturating_sub(2) as usize;
-            format!("{p:.decimals$}%")
-        };
+    for (x, label) in &axis.ticks {
+        let x = px(*x);
         let _ = writeln!(
             s,
             r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
@@ -129,9 +209,10 @@ pub fn percentile_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Stri
     );
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile (log scale of 1/(1−p))</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
         LEFT + pw / 2.0,
-        HEIGHT - 14.0
+        HEIGHT - 14.0,
+        escape(axis.label)
     );
     let _ = writeln!(
         s,
@@ -142,7 +223,7 @@ pub fn percentile_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Stri
         let color = COLORS[i % COLORS.len()];
         let path: Vec<String> = curve
             .iter()
-            .map(|&(p, us)| format!("{:.1},{:.1}", px(p), py(us)))
+            .map(|&(x, us)| format!("{:.1},{:.1}", px(x), py(us)))
             .collect();
         let _ = writeln!(
             s,

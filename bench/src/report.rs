@@ -346,7 +346,7 @@ impl ScenarioReport {
 /// failed — then the clients' footnotes and the targets, each with its verdict.
 pub struct Table {
     title: String,
-    header: Vec<&'static str>,
+    header: Vec<String>,
     rows: Vec<String>,
     notes: Vec<String>,
     /// One line per target (without the leading `- `).
@@ -355,10 +355,10 @@ pub struct Table {
 
 impl Table {
     /// An empty table.
-    pub fn new(title: String, header: Vec<&'static str>) -> Self {
+    pub fn new<H: Into<String>>(title: String, header: Vec<H>) -> Self {
         Self {
             title,
-            header,
+            header: header.into_iter().map(Into::into).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
             targets: Vec::new(),

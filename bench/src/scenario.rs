@@ -46,8 +46,17 @@ pub fn run(cli: &Cli) -> Result<()> {
     let queues: Vec<String> = (0..cli.queues)
         .map(|i| format!("ringq-bench:q{i}"))
         .collect();
+    if cli.scenario == Scenario::Latency && !cli.rates.is_empty() {
+        let swept = crate::sweep::run(cli, &cli.rates, |rate| {
+            let r = latency(cli, &broker, &queues, rate);
+            let _ = load::delete(&broker.url, &queues);
+            r
+        });
+        let _ = load::delete(&broker.url, &queues);
+        return swept;
+    }
     let report = match cli.scenario {
-        Scenario::Latency => latency(cli, &broker, &queues),
+        Scenario::Latency => latency(cli, &broker, &queues, cli.rate),
         _ => drain(cli, &broker, &queues),
     };
     // Leave nothing behind on a shared server, whatever happened.
@@ -256,8 +265,8 @@ fn with_drain_progress<T>(
     })
 }
 
-fn latency(cli: &Cli, broker: &Broker, queues: &[String]) -> Result<ScenarioReport> {
-    let rate = cli.rate.max(1);
+fn latency(cli: &Cli, broker: &Broker, queues: &[String], rate: u32) -> Result<ScenarioReport> {
+    let rate = rate.max(1);
     let count = ((f64::from(rate) * cli.duration().as_secs_f64()).round() as u64).max(1);
     let size = cli.size.max(crate::latency::STAMP_LEN);
     let title = format!(

@@ -800,3 +800,44 @@ fn load_find_max_finds_a_rate_near_the_consumers_capacity() {
         .expect("a rate that breaks");
     assert!(breaks > found);
 }
+
+/// `latency --rates`: one latency run per rate, then the sweep's JSON (every client with
+/// a point per rate) and its SVG next to it.
+#[test]
+fn latency_sweep_reports_p99_per_rate_and_plots_it() {
+    let dir = std::env::temp_dir().join(format!("ringq-bench-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("sweep.json");
+    let out = run(&[
+        "latency",
+        "--rates",
+        "2000,1000",
+        "--duration",
+        "1",
+        "--clients",
+        "ringq",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report = read_json(&json);
+    assert_eq!(report["scenario"], "latency-sweep");
+    assert_eq!(report["rates"], serde_json::json!([1000, 2000]));
+    let clients = report["clients"].as_array().unwrap();
+    let names: Vec<&str> = clients
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ping", "ringq"]);
+    for c in clients {
+        let points = c["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2, "{c}");
+        assert!(points
+            .iter()
+            .all(|p| p["p99_us"].as_f64().is_some_and(|v| v > 0.0)));
+    }
+    let svg = std::fs::read_to_string(json.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("latency sweep, p99 by rate"), "{text}");
+}
