@@ -53,12 +53,12 @@ out=${RINGQ_BENCH_OUT:-target/ringq-bench}
 if [[ ${RINGQ_BENCH_QUICK:-0} == 1 ]]; then
     criterion_args=(--warm-up-time 1 --measurement-time 1)
     batch_messages=100000 single_messages=20000 latency_secs=2 cluster_messages=300000
-    load_secs=2 python_messages=1000
+    load_secs=2 python_messages=1000 repeats=${RINGQ_BENCH_REPEATS:-1}
 else
     criterion_args=(--warm-up-time 1 --measurement-time 3)
     # The cluster drain runs at ~20M msgs/s here: 20M messages make a window of ~1 s.
     batch_messages=1000000 single_messages=200000 latency_secs=10 cluster_messages=20000000
-    load_secs=5 python_messages=5000
+    load_secs=5 python_messages=5000 repeats=${RINGQ_BENCH_REPEATS:-3}
 fi
 bench=target/release/ringq-bench
 url_args=()
@@ -108,7 +108,7 @@ scenario() {
 # scenarios DIR PREFIX: the default suite, writing into DIR.
 scenarios() {
     local dir=$1 prefix=$2
-    step "${prefix}drain-batch" scenario "$dir" drain-batch drain "${url_args[@]}" \
+    step "${prefix}drain-batch" scenario "$dir" drain-batch drain "${url_args[@]}" --repeats "$repeats" \
         --pop batch --messages "$batch_messages" --size 16
     step "${prefix}drain-batch-q100" scenario "$dir" drain-batch-q100 drain "${url_args[@]}" \
         --pop batch --messages "$batch_messages" --size 16 --queues 100
@@ -116,7 +116,7 @@ scenarios() {
         --pop batch --messages "$batch_messages" --size 16 --queues 1000
     step "${prefix}drain-single" scenario "$dir" drain-single drain "${url_args[@]}" \
         --pop single --messages "$single_messages" --size 16
-    step "${prefix}latency" scenario "$dir" latency latency "${url_args[@]}" \
+    step "${prefix}latency" scenario "$dir" latency latency "${url_args[@]}" --repeats "$repeats" \
         --rate 10000 --duration "$latency_secs" --size 16
     if [[ ${#url_args[@]} -eq 0 && ${bench_tls:-1} == 1 ]]; then
         # TLS needs the embedded server (it makes a throw-away CA for the run); the
@@ -134,12 +134,12 @@ scenarios() {
     step "${prefix}pubsub" scenario "$dir" pubsub pubsub "${url_args[@]}" \
         --messages "$batch_messages" --size 16 --rate 10000 --duration "$latency_secs" \
         --clients ringq,ringq-epoll,redis-rs
-    step "${prefix}reliable" scenario "$dir" reliable reliable "${url_args[@]}" \
+    step "${prefix}reliable" scenario "$dir" reliable reliable "${url_args[@]}" --repeats "$repeats" \
         --messages "$batch_messages" --size 16 --clients ringq,redis-rs
-    step "${prefix}stream" scenario "$dir" stream stream "${url_args[@]}" \
+    step "${prefix}stream" scenario "$dir" stream stream "${url_args[@]}" --repeats "$repeats" \
         --messages "$batch_messages" --size 16 --clients ringq,redis-rs,limit
     # Kombu's own consumer comes from the venv scripts/setup.sh makes.
-    step "${prefix}kombu" scenario "$dir" kombu kombu "${url_args[@]}" \
+    step "${prefix}kombu" scenario "$dir" kombu kombu "${url_args[@]}" --repeats "$repeats" \
         --messages "$batch_messages" --size 64 --python-messages "$python_messages"
     # The broker load test: the highest list rate whose p99 stays within 1 ms.
     step "${prefix}load" scenario "$dir" load load "${url_args[@]}" \
@@ -183,7 +183,8 @@ if [[ -n ${VALKEY_SERVER:-} ]]; then
             echo "|---|---|---:|---:|---:|---:|---:|---:|"
             for name in drain-batch drain-single latency reliable stream; do
                 jq -r --arg s "$name" --slurpfile v "$out/valkey/$name.json" '
-                    def f(x; d): if x == null then "–" else (x * pow(10; d) | round) / pow(10; d) | tostring end;
+                    def m(x): if (x | type) == "object" then x.median else x end;
+                    def f(x; d): if m(x) == null then "–" else (m(x) * pow(10; d) | round) / pow(10; d) | tostring end;
                     .clients[] as $r
                     | ($v[0].clients[] | select(.name == $r.name)) as $k
                     | "| \($s) | \($r.name) | \(f($r.msgs_per_sec; 0)) | \(f($k.msgs_per_sec; 0)) | \(f($r.cpu_us_per_msg; 3)) | \(f($k.cpu_us_per_msg; 3)) | \(f($r.p99_us; 1)) | \(f($k.p99_us; 1)) |"

@@ -95,6 +95,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
          baseline (redis-rs, tokio-uring) and to the limit probe.",
         &[
             "url",
+            "repeats",
             "messages",
             "size",
             "queues",
@@ -118,6 +119,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
          at the same rate run first: the floor. --json also writes an SVG percentile plot.",
         &[
             "url",
+            "repeats",
             "size",
             "queues",
             "connections",
@@ -143,6 +145,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
          CPU (INFO cpu) per message, and p50/p99 latency at the fixed rate.",
         &[
             "url",
+            "repeats",
             "messages",
             "size",
             "rate",
@@ -162,6 +165,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
          message, and what was left queued or leased.",
         &[
             "url",
+            "repeats",
             "messages",
             "size",
             "pop",
@@ -182,6 +186,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
          and server CPU (INFO cpu) per entry, and what was left pending.",
         &[
             "url",
+            "repeats",
             "messages",
             "size",
             "batch",
@@ -203,6 +208,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
          message, and the ratios to Kombu's consumer.",
         &[
             "url",
+            "repeats",
             "messages",
             "python_messages",
             "size",
@@ -249,7 +255,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
 ];
 
 /// `ringq-bench`'s command line.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "ringq-bench",
     version,
@@ -270,6 +276,13 @@ pub struct Cli {
     /// Messages: drained (drain, reliable, stream) or published in the burst (pubsub).
     #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
+
+    /// Run the scenario this many times and report each client's figures as the median
+    /// with the min–max, and its ratios to the first baseline from paired runs (drain,
+    /// latency, pubsub, reliable, stream, kombu). --json then holds the medians, and
+    /// PATH.runN.json each run.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
 
     /// latency: a sweep — one latency run per rate (PING, then each client), then a
     /// table and a plot of p99 against the rate (the SVG next to --json).

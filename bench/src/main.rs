@@ -54,6 +54,7 @@ mod noise;
 mod plot;
 mod progress;
 mod pubsub;
+mod repeat;
 mod report;
 mod scenario;
 mod series;
@@ -72,29 +73,10 @@ fn main() -> ExitCode {
         return clients::child_main(std::env::var_os(spec::SPEC_ENV));
     }
     let cli = cli::Cli::parse_args();
-    let cluster = cli.cluster
-        || cli
-            .url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("redis+cluster://"));
-    let result = match cli.scenario {
-        Scenario::Drain if cluster => cluster::run(&cli),
-        Scenario::Latency | Scenario::Pubsub if cluster => Err(error::Error::new(
-            "--cluster (or a redis+cluster:// URL) runs the drain, reliable and stream \
-             scenarios, not this one yet",
-        )),
-        Scenario::Drain | Scenario::Latency => scenario::run(&cli),
-        Scenario::Pubsub => pubsub::run(&cli),
-        Scenario::Reliable => acked::run(&cli, cluster, acked::Flavor::Reliable),
-        Scenario::Stream => acked::run(&cli, cluster, acked::Flavor::Stream),
-        Scenario::Kombu if cluster => Err(error::Error::new(
-            "kombu runs on one server: Kombu has no cluster support (one unacked hash)",
-        )),
-        Scenario::Kombu => kombu::run(&cli),
-        Scenario::Load if cluster => Err(error::Error::new(
-            "load runs on one server for now (--cluster is for drain, reliable and stream)",
-        )),
-        Scenario::Load => loadtest::run(&cli),
+    let result = if cli.repeats > 1 {
+        repeat::run(&cli, dispatch)
+    } else {
+        dispatch(&cli)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,5 +84,33 @@ fn main() -> ExitCode {
             eprintln!("ringq-bench: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Runs the scenario `cli` names, once.
+fn dispatch(cli: &cli::Cli) -> error::Result<()> {
+    let cluster = cli.cluster
+        || cli
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("redis+cluster://"));
+    match cli.scenario {
+        Scenario::Drain if cluster => cluster::run(cli),
+        Scenario::Latency | Scenario::Pubsub if cluster => Err(error::Error::new(
+            "--cluster (or a redis+cluster:// URL) runs the drain, reliable and stream \
+             scenarios, not this one yet",
+        )),
+        Scenario::Drain | Scenario::Latency => scenario::run(cli),
+        Scenario::Pubsub => pubsub::run(cli),
+        Scenario::Reliable => acked::run(cli, cluster, acked::Flavor::Reliable),
+        Scenario::Stream => acked::run(cli, cluster, acked::Flavor::Stream),
+        Scenario::Kombu if cluster => Err(error::Error::new(
+            "kombu runs on one server: Kombu has no cluster support (one unacked hash)",
+        )),
+        Scenario::Kombu => kombu::run(cli),
+        Scenario::Load if cluster => Err(error::Error::new(
+            "load runs on one server for now (--cluster is for drain, reliable and stream)",
+        )),
+        Scenario::Load => loadtest::run(cli),
     }
 }

@@ -841,3 +841,45 @@ fn latency_sweep_reports_p99_per_rate_and_plots_it() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("latency sweep, p99 by rate"), "{text}");
 }
+
+/// `--repeats`: each run has its own JSON, and the summary holds each client's median
+/// with the min–max and its paired ratio to the reference baseline.
+#[test]
+fn repeats_report_medians_and_paired_ratios() {
+    let dir = std::env::temp_dir().join(format!("ringq-bench-rep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("drain.json");
+    let out = run(&[
+        "drain",
+        "--messages",
+        "20000",
+        "--clients",
+        "ringq,redis-rs",
+        "--repeats",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    for i in 1..=2 {
+        let run = read_json(&dir.join(format!("drain.run{i}.json")));
+        assert_eq!(run["scenario"], "drain");
+    }
+    let summary = read_json(&json);
+    assert_eq!(summary["repeats"], 2);
+    assert_eq!(summary["reference"], "redis-rs");
+    let clients = summary["clients"].as_array().unwrap();
+    let ringq = clients.iter().find(|c| c["name"] == "ringq").unwrap();
+    let m = &ringq["msgs_per_sec"];
+    let (min, med, max) = (
+        m["min"].as_f64().unwrap(),
+        m["median"].as_f64().unwrap(),
+        m["max"].as_f64().unwrap(),
+    );
+    assert!(min <= med && med <= max && min > 0.0);
+    assert!(ringq["msgs_per_sec_ratio"]["median"]
+        .as_f64()
+        .is_some_and(|r| r > 0.0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("drain, 2 runs: median [min–max]"), "{text}");
+}
