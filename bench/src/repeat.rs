@@ -62,7 +62,7 @@ pub fn run(cli: &Cli, one: fn(&Cli) -> Result<()>) -> Result<()> {
         c.json = Some(path.clone());
         one(&c)?;
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::io(&format!("reading {}", path.display()), e))?;
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         runs.push(serde_json::from_str(&text)?);
     }
     let scenario = runs[0]["scenario"].as_str().unwrap_or("").to_owned();
