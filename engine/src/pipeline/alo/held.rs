@@ -45,6 +45,22 @@ impl Held {
         (first, unknown)
     }
 
+    /// A fetch's `msgs`, numbered 0, 1, … in their reply, were the `n` elements before the
+    /// server's `head` ([`Held::leased`]): gives each its position (modulo 2^32, in `seq`)
+    /// and returns how many elements the server holds that this consumer never fetched.
+    pub(crate) fn number(
+        &mut self,
+        n: u64,
+        head: Option<u64>,
+        msgs: &mut [crate::handler::Message<'_>],
+    ) -> u64 {
+        let (first, unknown) = self.leased(n, head);
+        for m in msgs {
+            m.seq = m.seq.wrapping_add(first as u32);
+        }
+        unknown
+    }
+
     /// The element at `seq` (its position modulo 2^32: what a message carries) has its
     /// outcome. Returns its position, or `None` if it is not held (never leased, or
     /// settled already). Fewer than 2^32 elements are ever held, so `seq` names one.

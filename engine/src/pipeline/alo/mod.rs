@@ -110,3 +110,22 @@ pub(crate) fn check_lease(d: std::time::Duration) -> Result<(), Error> {
 pub(crate) fn ms(d: std::time::Duration) -> i64 {
     d.as_millis().clamp(1, i64::MAX as u128) as i64
 }
+
+/// `unknown` elements a fetch on connection `conn` found that this consumer never fetched
+/// (`what` says where, for the log): counted as foreign; the caller's recovery gives them
+/// back once the messages in hand are settled.
+pub(crate) fn foreign<C: Copy + std::fmt::Debug>(
+    io: &mut Io<C>,
+    conn: usize,
+    unknown: u64,
+    what: &str,
+) {
+    tracing::warn!(
+        conn = %io.conn(conn).name(),
+        "{unknown} {what} this consumer did not fetch (a fetch from a connection it gave \
+         up, or another process with the same consumer id): kept, and given back once the \
+         messages in hand are settled"
+    );
+    let s = io.stats();
+    s.add(&s.foreign_leases, unknown);
+}

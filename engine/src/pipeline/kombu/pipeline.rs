@@ -14,7 +14,7 @@ use super::{dead_entry, scripts, Batch, KTag, KombuPipeline, TIMER_RENEW, TIMER_
 use crate::conn::{classify, Failure, Tag};
 use crate::handler::{Event, Message, Outcome, Source};
 use crate::kombu;
-use crate::pipeline::alo::{require_version, Recovery, Stage};
+use crate::pipeline::alo::{foreign, require_version, Recovery, Stage};
 use crate::pipeline::pop::{CarriesPop, PopTag};
 use crate::pipeline::{ControlUse, Drain, Io, Pipeline};
 use ringq_resp::CommandWriter;
@@ -81,19 +81,10 @@ impl Pipeline for KombuPipeline {
         if let Some((source, n, head)) = self.pop.take_leased() {
             match self.key_of.get(&(source as *const Source as usize)) {
                 Some(&k) => {
-                    let (first, unknown) = self.held[k as usize].leased(n, head);
+                    let unknown = self.held[k as usize].number(n, head, &mut out[before..]);
                     self.set_floor(k as usize);
-                    for m in &mut out[before..] {
-                        m.seq = m.seq.wrapping_add(first as u32);
-                    }
                     if unknown > 0 {
-                        tracing::warn!(
-                            conn = %io.conn(conn).name(),
-                            "{unknown} record(s) of this consumer it did not make (a pop from a \
-                             connection it gave up): restored once the messages in hand are settled"
-                        );
-                        let s = io.stats();
-                        s.add(&s.foreign_leases, unknown);
+                        foreign(io, conn, unknown, "record(s) of its numbering");
                         self.suspect_lost_writes();
                     }
                 }

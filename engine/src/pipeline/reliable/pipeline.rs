@@ -12,7 +12,7 @@ use super::{
 };
 use crate::conn::{Failure, Tag};
 use crate::handler::{Message, Outcome, Source};
-use crate::pipeline::alo::{now_ms, require_version, Recovery, Stage};
+use crate::pipeline::alo::{foreign, now_ms, require_version, Recovery, Stage};
 use crate::pipeline::pop::{CarriesPop, PopTag};
 use crate::pipeline::{ControlUse, Drain, Io, Pipeline};
 
@@ -89,20 +89,9 @@ impl Pipeline for ReliablePipeline {
                     // list before the head the server read back.
                     match self.key_of.get(&(source as *const Source as usize)) {
                         Some(&k) => {
-                            let (first, unknown) = self.held[k as usize].leased(n, head);
-                            for m in &mut out[before..] {
-                                m.seq = m.seq.wrapping_add(first as u32);
-                            }
+                            let unknown = self.held[k as usize].number(n, head, &mut out[before..]);
                             if unknown > 0 {
-                                tracing::warn!(
-                                    conn = %io.conn(conn).name(),
-                                    "{unknown} element(s) in a leased list that this consumer did \
-                                     not lease (a lease from a connection it gave up, or another \
-                                     process with the same consumer id): kept, and given back \
-                                     to the queue once the messages in hand are settled"
-                                );
-                                let s = io.stats();
-                                s.add(&s.foreign_leases, unknown);
+                                foreign(io, conn, unknown, "element(s) in a leased list");
                                 self.suspect_lost_writes();
                             }
                         }
