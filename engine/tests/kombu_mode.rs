@@ -46,6 +46,27 @@ impl Drop for Opens {
     }
 }
 
+/// A handler that waits until `open` is set, then records and acks (on a worker, so the
+/// shard keeps renewing and fetching while it waits); and the gate that opens when the
+/// test ends, passed or failed.
+fn gated(
+    seen: &Seen,
+) -> (
+    Opens,
+    impl Fn(&Message<'_>) -> Outcome + Clone + Send + Sync + 'static,
+) {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wait = open.clone();
+    let record = recording(seen, ack);
+    let handler = move |m: &Message<'_>| {
+        while !wait.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        record(m)
+    };
+    (Opens(open), handler)
+}
+
 fn ack(_: &Incoming, _: u32) -> Outcome {
     Outcome::Ack
 }
@@ -677,27 +698,12 @@ fn the_sweep_waits_for_kombus_mutex() {
 /// them (no duplicate delivery), and they are acked once released.
 #[test]
 fn held_records_are_renewed_past_the_visibility_timeout() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let server = start(Kind::Redis);
     let url = server.url();
     let mut c = server.client().unwrap();
     push_envelopes(&mut c, "hq", "h", 20);
-    let open = Arc::new(AtomicBool::new(false));
     let seen: Seen = Arc::default();
-    let (o, s) = (open.clone(), seen.clone());
-    let handler = move |m: &Message<'_>| {
-        while !o.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let k = Incoming::parse(m.payload()).unwrap();
-        s.lock().unwrap().push((
-            String::from_utf8_lossy(m.queue()).into_owned(),
-            k,
-            m.deliveries(),
-        ));
-        Outcome::Ack
-    };
-    let _gate = Opens(open.clone());
+    let (gate, handler) = gated(&seen);
     let running = builder(&url)
         .dispatch(ringq::Dispatch::workers(1))
         .prefetch(20)
@@ -743,7 +749,7 @@ with Connection(os.environ["BROKER"], transport_options=opts) as conn:
         renewed > first + 3.0,
         "scores renewed: {first} then {renewed}"
     );
-    open.store(true, Ordering::SeqCst);
+    drop(gate);
     assert!(wait_until(WAIT, || seen.lock().unwrap().len() >= 20));
     running.shutdown().unwrap();
     assert_eq!(seen.lock().unwrap().len(), 20, "no duplicate");
@@ -761,26 +767,11 @@ with Connection(os.environ["BROKER"], transport_options=opts) as conn:
 /// held one — 40 messages, 40 distinct records — and all are acked.
 #[test]
 fn a_lost_counter_never_reuses_a_held_number() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let server = start(Kind::Redis);
     let url = server.url();
     let mut c = server.client().unwrap();
-    let open = Arc::new(AtomicBool::new(false));
     let seen: Seen = Arc::default();
-    let (o, s) = (open.clone(), seen.clone());
-    let handler = move |m: &Message<'_>| {
-        while !o.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let k = Incoming::parse(m.payload()).unwrap();
-        s.lock().unwrap().push((
-            String::from_utf8_lossy(m.queue()).into_owned(),
-            k,
-            m.deliveries(),
-        ));
-        Outcome::Ack
-    };
-    let _gate = Opens(open.clone());
+    let (gate, handler) = gated(&seen);
     let running = builder(&url)
         .dispatch(ringq::Dispatch::workers(1))
         .prefetch(64)
@@ -796,7 +787,7 @@ fn a_lost_counter_never_reuses_a_held_number() {
         "both batches recorded under distinct fields: {}",
         int(&mut c, &["HLEN", "unacked"])
     );
-    open.store(true, Ordering::SeqCst);
+    drop(gate);
     assert!(wait_until(WAIT, || seen.lock().unwrap().len() >= 40));
     assert!(wait_until(WAIT, || int(&mut c, &["HLEN", "unacked"]) == 0));
     running.shutdown().unwrap();
