@@ -32,10 +32,10 @@
 //! | `ringq_messages_retried_total` | counter | `mode` | all (server effect in reliable and stream) |
 //! | `ringq_messages_dead_lettered_total` | counter | `mode` | all (server effect in reliable and stream) |
 //! | `ringq_messages_failed_total` | counter | `mode` | all: retried + dead-lettered |
-//! | `ringq_messages_claimed_total` | counter | `mode` | reliable, stream: taken back (a restart, a lost reply, a dead consumer) |
+//! | `ringq_messages_claimed_total` | counter | `mode` | reliable, stream, kombu: taken back (a restart, a lost reply, a dead consumer; kombu: records restored, its own and, in `restore_visible`, other workers') |
 //! | `ringq_messages_requeued_total` | counter | `mode` | reliable: due retries moved back to their queue |
-//! | `ringq_stale_outcomes_total` | counter | `mode` | reliable, stream: outcomes refused (another consumer took the message over) |
-//! | `ringq_foreign_leases_total` | counter | `mode` | reliable: elements found in a leased list this consumer did not lease |
+//! | `ringq_stale_outcomes_total` | counter | `mode` | reliable, stream, kombu: outcomes refused (another consumer took the message over; kombu: a `restore_visible` took its record) |
+//! | `ringq_foreign_leases_total` | counter | `mode` | reliable, kombu: elements (records) found under this consumer's numbering that it did not fetch |
 //! | `ringq_possibly_lost_total` | counter | `mode` | pop: messages asked for by pops whose answers were lost (an upper bound) |
 //! | `ringq_reconnects_total` | counter | `mode` | all |
 //! | `ringq_stalls_total` | counter | `mode` | all: connections replaced after an overdue reply |
@@ -46,7 +46,7 @@
 //! | `ringq_connection_errors_total` | counter | `mode`, `kind` (`connection_lost`, `timeout`, `server`, `protocol`, `auth`, `tls`, …) | all |
 //! | `ringq_connections` | gauge | `mode`, `role` (`fetch`, `control`), `state` (`ready`, `down`) | all (published every 100 ms) |
 //! | `ringq_inflight_messages`, `ringq_inflight_bytes` | gauge | `mode` | all (published every 100 ms) |
-//! | `ringq_queue_depth` | gauge | `source`, `mode` | pop, reliable: messages waiting in each queue (`LLEN` over its levels on Control, every 5 s; see [`EngineBuilder::queue_depth`](crate::EngineBuilder::queue_depth) for the period and the limit of 100 queues); absent until sampled |
+//! | `ringq_queue_depth` | gauge | `source`, `mode` | pop, reliable, kombu: messages waiting in each queue (`LLEN` over its levels on Control, every 5 s; see [`EngineBuilder::queue_depth`](crate::EngineBuilder::queue_depth) for the period and the limit of 100 queues); absent until sampled |
 //! | `ringq_stream_lag` | gauge | `stream`, `group`, `mode` | stream: the group's lag on each stream (read every second) |
 //! | `ringq_stream_pending` | gauge | `stream`, `group`, `mode` | stream: the group's pending entries on each stream |
 //! | `ringq_await_time_seconds` | histogram | `mode` | all: from a reply's arrival to the handler call (the shards publish it every 100 ms) |
