@@ -430,3 +430,44 @@ fn queue_depth_above_the_limit_is_not_sampled() {
     );
     running.shutdown().unwrap();
 }
+
+/// Kombu mode's exposition parses too, with its own mode label: consumed and acked equal
+/// what was handled, the queue's depth is sampled (Kombu's step keys summed).
+#[test]
+fn kombu_mode_exports_its_counters_and_depth() {
+    let server = start(Kind::Redis);
+    let mut c = server.client().unwrap();
+    for i in 0..50 {
+        let e = ringq::kombu::Outgoing::new(format!("k{i}"), "text/plain")
+            .routing_key("kq")
+            .priority(if i % 2 == 0 { 0 } else { 9 })
+            .encode();
+        let key = ringq::kombu::queue_key("kq", if i % 2 == 0 { 0 } else { 9 });
+        c.cmd([b"LPUSH".to_vec(), key.into_bytes(), e]).unwrap();
+    }
+    let rec = Recorder::<String>::default();
+    let running = builder(server.url())
+        .queue_depth(Duration::from_millis(20), 10)
+        .start(ringq::KombuConsumer::new("m1", ["kq"]), rec.clone())
+        .unwrap();
+    let _ = samples(&running);
+    assert!(
+        wait_until(WAIT, || rec.len() >= 50),
+        "consumed {}",
+        rec.len()
+    );
+    let mut s = HashMap::new();
+    assert!(
+        wait_until(WAIT, || {
+            s = samples(&running);
+            s.get("ringq_messages_acked_total{mode=kombu}") == Some(&50.0)
+                && s.get("ringq_queue_depth{mode=kombu,source=kq}") == Some(&0.0)
+        }),
+        "kombu counters: {s:?}"
+    );
+    assert_eq!(
+        get(&s, "ringq_messages_consumed_total{mode=kombu,source=kq}"),
+        50.0
+    );
+    running.shutdown().unwrap();
+}
