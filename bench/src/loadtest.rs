@@ -282,6 +282,25 @@ fn write_outputs(cli: &Cli, broker: &Broker, r: &Run, breaks: Option<&Run>) -> R
         "slo_p99_ms": cli.find_max.then_some(cli.slo_p99_ms),
     });
     if let Some(path) = &cli.json {
+        let picks: [(&str, fn(&Point) -> Option<f64>); 3] = [
+            ("p50", |p| p.e2e_p50_us),
+            ("p99", |p| p.e2e_p99_us),
+            ("p99.9", |p| p.e2e_p999_us),
+        ];
+        let lines: Vec<(String, Vec<(f64, f64)>)> = picks
+            .into_iter()
+            .map(|(name, pick)| {
+                let points = r
+                    .series
+                    .iter()
+                    .filter_map(|p| Some((p.t as f64, pick(p)?)))
+                    .collect();
+                (format!("end-to-end {name}"), points)
+            })
+            .collect();
+        let svg = path.with_extension("svg");
+        write_file(&svg, &crate::plot::time_svg(&r.title, &lines))?;
+        eprintln!("wrote {}", svg.display());
         let mut json = serde_json::json!({
             "scenario": "load", "config": config, "series": r.series, "summary": r.summary,
         });

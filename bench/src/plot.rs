@@ -141,7 +141,27 @@ pub fn rate_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     chart(title, &axis, &mapped)
 }
 
-/// The frame both plots share: title, grids, the log µs y axis, one line per series
+/// The load test's plot: end-to-end latency percentiles (µs, log axis) second by second;
+/// `series` is (name, [(second, µs)]).
+pub fn time_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let last = series
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|&(t, _)| t))
+        .fold(1.0f64, f64::max);
+    let step = (last / 10.0).ceil().max(1.0);
+    let ticks = (0..=(last / step) as u32)
+        .map(|k| (f64::from(k) * step, format!("{} s", f64::from(k) * step)))
+        .collect();
+    let axis = Axis {
+        min: 0.0,
+        max: last,
+        ticks,
+        label: "time since the schedule's start (each point: the messages due in that second)",
+    };
+    chart(title, &axis, series)
+}
+
+/// The frame every plot shares: title, grids, the log µs y axis, one line per series
 /// (x already in `axis` units) and the legend.
 fn chart(title: &str, axis: &Axis, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let (mut ymin, mut ymax) = (f64::MAX, f64::MIN);

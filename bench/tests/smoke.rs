@@ -676,6 +676,12 @@ fn load_reports_one_point_a_second_and_loses_nothing() {
         (s["lost"].as_u64(), s["extra"].as_u64()),
         (Some(0), Some(0))
     );
+    let svg = std::fs::read_to_string(json.with_extension("svg")).unwrap();
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        3,
+        "p50, p99 and p99.9 over time"
+    );
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
     assert!(lines
