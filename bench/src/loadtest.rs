@@ -50,6 +50,9 @@ struct Point {
     server_cpu: Option<f64>,
 }
 
+/// One figure of a point (for the plot's lines).
+type Pick = fn(&Point) -> Option<f64>;
+
 /// What the sampler reads from the server each second, and the fault it injected.
 #[derive(Debug, Clone, Default)]
 struct Sample {
@@ -282,7 +285,7 @@ fn write_outputs(cli: &Cli, broker: &Broker, r: &Run, breaks: Option<&Run>) -> R
         "slo_p99_ms": cli.find_max.then_some(cli.slo_p99_ms),
     });
     if let Some(path) = &cli.json {
-        let picks: [(&str, fn(&Point) -> Option<f64>); 3] = [
+        let picks: [(&str, Pick); 3] = [
             ("p50", |p| p.e2e_p50_us),
             ("p99", |p| p.e2e_p99_us),
             ("p99.9", |p| p.e2e_p999_us),
