@@ -250,6 +250,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
             "kill_consumers_at",
             "find_max",
             "slo_p99_ms",
+            "backlog",
         ],
     ),
 ];
@@ -319,6 +320,12 @@ pub struct Cli {
     /// load --find-max: the p99 objective, in milliseconds.
     #[arg(long, default_value_t = 1.0)]
     pub slo_p99_ms: f64,
+
+    /// load: first push this many messages without consuming (a backlog), then consume
+    /// while producing at --rate: how fast it drains, what latency does meanwhile (list
+    /// and reliable mode).
+    #[arg(long, default_value_t = 0)]
+    pub backlog: u64,
 
     /// load: write the per-second series as CSV here.
     #[arg(long)]

@@ -357,11 +357,31 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
             load::create_group(&broker.url, q, STREAM_GROUP)?;
         }
     }
+    // The backlog phase: messages already waiting when consuming starts (numbered after
+    // the schedule's, stamped with the time they were pushed).
+    let backlog = if cli.backlog > 0 {
+        if mode == LoadMode::Stream {
+            return Err(Error::new(
+                "--backlog applies to --mode list and reliable for now",
+            ));
+        }
+        let per = cli.backlog.div_ceil(queues.len() as u64);
+        let pb = progress::bar(per * queues.len() as u64, "filling the backlog");
+        let mut payload = vec![b'x'; size];
+        load::fill_by(&broker.url, &queues, per, &pb, |i| {
+            latency::stamp(&mut payload, latency::mono_ns(), count + i);
+            payload.clone()
+        })?;
+        pb.finish_and_clear();
+        per * queues.len() as u64
+    } else {
+        0
+    };
     let origin = latency::mono_ns() + START_SLACK_NS;
     let mut spec = ChildSpec::base(cli, broker, &queues, ClientKind::Ringq);
     spec.reliable = mode == LoadMode::Reliable;
     spec.stream = mode == LoadMode::Stream;
-    spec.expected = count;
+    spec.expected = count + backlog;
     spec.latency = true;
     spec.series_origin_ns = Some(origin);
     spec.series_warmup_ns = (warmup * 1e9) as u64;
@@ -427,7 +447,16 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
     if let Some(note) = &outcome.report.note {
         eprintln!("ringq-bench: consumer: {note}");
     }
-    let (series, summary) = merge(&produced, &outcome, &samples, warmup, count);
+    let (series, mut summary) = merge(&produced, &outcome, &samples, warmup, count + backlog);
+    if backlog > 0 {
+        summary.backlog = Some(backlog);
+        // Drained: the first second whose sampled backlog is at most 1 % of a second's
+        // messages.
+        summary.backlog_drained_s = series
+            .iter()
+            .find(|p| p.backlog.is_some_and(|b| b <= u64::from(rate) / 100))
+            .map(|p| p.t + 1);
+    }
     let _ = load::delete(&broker.url, &all_keys);
     Ok(Run {
         rate,
@@ -484,6 +513,10 @@ struct Summary {
     reconnects: Option<u64>,
     /// Faults injected (`--kill-consumers-at`), with their second.
     faults: Vec<String>,
+    /// `--backlog`: messages waiting when consuming began, and the end of the first
+    /// second whose sampled backlog was back to at most 1 % of the rate.
+    backlog: Option<u64>,
+    backlog_drained_s: Option<u64>,
     e2e_p50_us: f64,
     e2e_p99_us: f64,
     e2e_p999_us: f64,
@@ -554,6 +587,8 @@ fn merge(
             .enumerate()
             .filter_map(|(t, s)| Some(format!("t={t}: {}", s.fault.as_ref()?)))
             .collect(),
+        backlog: None,
+        backlog_drained_s: None,
         e2e_p50_us: lat.as_ref().map_or(0.0, |l| l.p50_us),
         e2e_p99_us: lat.as_ref().map_or(0.0, |l| l.p99_us),
         e2e_p999_us: lat.as_ref().map_or(0.0, |l| l.p999_us),
@@ -602,6 +637,15 @@ fn render(title: &str, series: &[Point], s: &Summary) -> String {
     let mut out = table.render();
     for f in &s.faults {
         out.push_str(&format!("\nFault at {f}"));
+    }
+    if let Some(b) = s.backlog {
+        out.push_str(&format!(
+            "\nBacklog: {b} messages waiting at the start; drained {}",
+            s.backlog_drained_s.map_or_else(
+                || "not within the run".to_owned(),
+                |t| format!("by t = {t} s")
+            )
+        ));
     }
     out.push_str(&format!(
         "\nSummary (messages due after the warm-up for latency): produced {}, consumed {}, \
