@@ -714,6 +714,29 @@ fn load_reports_one_point_a_second_and_loses_nothing() {
         (s["produced"].as_u64(), s["lost"].as_u64()),
         (Some(3000), Some(0))
     );
+
+    // A backlog phase: 20 000 waiting at the start are drained while producing.
+    let out = run(&[
+        "load",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--backlog",
+        "20000",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let s = &read_json(&json)["summary"];
+    assert_eq!(s["backlog"].as_u64(), Some(20000));
+    assert!(s["backlog_drained_s"].as_u64().is_some(), "{s}");
+    assert_eq!(
+        (s["consumed"].as_u64(), s["lost"].as_u64()),
+        (Some(24000), Some(0))
+    );
 }
 
 /// `load --kill-consumers-at`: the consumer's connections are killed mid-run; the run
