@@ -778,7 +778,7 @@ fn load_goes_on_through_a_client_kill_and_reliable_loses_nothing() {
 
 /// `load --find-max` finds a rate in the right range: the consumer is held to one message
 /// a round trip (batch 1, pipeline 1), whose capacity a drain of the same configuration
-/// measures first; the highest rate holding p99 ≤ 20 ms is within [0.2, 1.5]× of it, and
+/// measures first; the highest rate holding p99 ≤ 50 ms is within [0.1, 1.5]× of it, and
 /// the first rate that breaks is above it.
 #[test]
 fn load_find_max_finds_a_rate_near_the_consumers_capacity() {
@@ -800,12 +800,12 @@ fn load_find_max_finds_a_rate_near_the_consumers_capacity() {
     let capacity = read_json(&drain)["clients"][0]["msgs_per_sec"]
         .as_f64()
         .unwrap();
-    let start = ((capacity / 4.0) as u64).max(100).to_string();
+    let start = ((capacity / 8.0) as u64).max(100).to_string();
     let mut args = vec![
         "load",
         "--find-max",
         "--slo-p99-ms",
-        "20",
+        "50",
         "--rate",
         &start,
         "--duration",
@@ -821,7 +821,7 @@ fn load_find_max_finds_a_rate_near_the_consumers_capacity() {
     let report = read_json(&load);
     let found = report["config"]["rate"].as_f64().unwrap();
     assert!(
-        (0.2 * capacity..=1.5 * capacity).contains(&found),
+        (0.1 * capacity..=1.5 * capacity).contains(&found),
         "found {found} msgs/s for a capacity of {capacity:.0}"
     );
     let breaks = report["breaks"]["rate"]
