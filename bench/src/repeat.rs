@@ -43,11 +43,15 @@ fn cell((median, min, max): (f64, f64, f64), decimals: usize) -> String {
 /// A scenario whose results are not per client (load, a latency sweep), a run that
 /// fails, a JSON file that cannot be read or written.
 pub fn run(cli: &Cli, one: fn(&Cli) -> Result<()>) -> Result<()> {
-    if cli.scenario == Scenario::Load || !cli.rates.is_empty() {
+    if cli.scenario == Scenario::Load {
         return Err(Error::new(
-            "--repeats applies to drain, latency, pubsub, reliable, stream and kombu (a load \
-             run or a latency sweep is a series of runs already)",
+            "--repeats applies to drain, latency (a sweep too), pubsub, reliable, stream and \
+             kombu (a load run is a series of seconds already)",
         ));
+    }
+    if !cli.rates.is_empty() {
+        // A sweep repeats each rate itself and keeps the medians.
+        return one(cli);
     }
     let n = cli.repeats;
     let base = cli.json.clone().unwrap_or_else(|| {

@@ -1,5 +1,6 @@
 //! `latency --rates R1,R2,…`: the latency scenario at each rate (PING's floor, then every
-//! client), and how each client's p99 grows with the rate, side by side: a table, the
+//! client; `--repeats N` times each, the medians kept), and how each client's p99 grows
+//! with the rate, side by side: a table, the
 //! targets (ringq's p99 no higher than the best baseline's at every rate, and how fast it
 //! grows against PING's), `--json` and an SVG of p99 against the rate.
 
@@ -38,25 +39,43 @@ pub fn run(
     // Client name → its points, in first-seen order.
     let mut clients: Vec<(String, Vec<Point>)> = Vec::new();
     let mut title = String::new();
+    let repeats = cli.repeats.max(1);
     for &rate in &rates {
-        let report = one(rate)?;
-        print!("{}", report.render());
-        title = report.title.clone();
-        for r in &report.results {
-            let Ok(row) = &r.outcome else { continue };
-            let (Some(p50), Some(p99), Some(p999)) = (row.p50_us, row.p99_us, row.p999_us) else {
-                continue;
+        // Each client's figures at this rate, one per repeat.
+        let mut runs: Vec<(String, Vec<[f64; 4]>)> = Vec::new();
+        for _ in 0..repeats {
+            let report = one(rate)?;
+            print!("{}", report.render());
+            title = report.title.clone();
+            for r in &report.results {
+                let Ok(row) = &r.outcome else { continue };
+                let (Some(p50), Some(p99), Some(p999)) = (row.p50_us, row.p99_us, row.p999_us)
+                else {
+                    continue;
+                };
+                let figures = [p50, p99, p999, row.cpu_us_per_msg];
+                match runs.iter_mut().find(|(n, _)| *n == row.name) {
+                    Some((_, v)) => v.push(figures),
+                    None => runs.push((row.name.clone(), vec![figures])),
+                }
+            }
+        }
+        for (name, figures) in runs {
+            let median = |i: usize| {
+                let mut v: Vec<f64> = figures.iter().map(|f| f[i]).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
             };
             let point = Point {
                 rate,
-                p50_us: p50,
-                p99_us: p99,
-                p999_us: p999,
-                cpu_us_per_msg: row.cpu_us_per_msg,
+                p50_us: median(0),
+                p99_us: median(1),
+                p999_us: median(2),
+                cpu_us_per_msg: median(3),
             };
-            match clients.iter_mut().find(|(n, _)| *n == row.name) {
+            match clients.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, v)) => v.push(point),
-                None => clients.push((row.name.clone(), vec![point])),
+                None => clients.push((name, vec![point])),
             }
         }
     }
@@ -83,7 +102,12 @@ pub fn run(
         cli.pipeline,
         title.rsplit("; ").next().unwrap_or_default()
     );
-    let mut table = Table::new(format!("latency sweep, p99 by rate: {what}"), header);
+    let runs = if repeats > 1 {
+        format!(" (median of {repeats} runs per rate)")
+    } else {
+        String::new()
+    };
+    let mut table = Table::new(format!("latency sweep, p99 by rate{runs}: {what}"), header);
     let baselines = ["redis-rs", "tokio-uring"];
     let mut ringq_ok = true;
     for &rate in &rates {

@@ -830,8 +830,8 @@ fn load_find_max_finds_a_rate_near_the_consumers_capacity() {
     assert!(breaks > found);
 }
 
-/// `latency --rates`: one latency run per rate, then the sweep's JSON (every client with
-/// a point per rate) and its SVG next to it.
+/// `latency --rates` with `--repeats 2`: two latency runs per rate, then the sweep's JSON
+/// (every client with a median point per rate) and its SVG next to it.
 #[test]
 fn latency_sweep_reports_p99_per_rate_and_plots_it() {
     let dir = std::env::temp_dir().join(format!("ringq-bench-sweep-{}", std::process::id()));
@@ -843,6 +843,8 @@ fn latency_sweep_reports_p99_per_rate_and_plots_it() {
         "2000,1000",
         "--duration",
         "1",
+        "--repeats",
+        "2",
         "--clients",
         "ringq",
         "--json",
@@ -868,7 +870,10 @@ fn latency_sweep_reports_p99_per_rate_and_plots_it() {
     let svg = std::fs::read_to_string(json.with_extension("svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("latency sweep, p99 by rate"), "{text}");
+    assert!(
+        text.contains("latency sweep, p99 by rate (median of 2 runs per rate)"),
+        "{text}"
+    );
 }
 
 /// `--repeats`: each run has its own JSON, and the summary holds each client's median
