@@ -130,6 +130,9 @@ scenarios() {
         # A private 3-primary cluster of the same server binary (no replicas).
         step "${prefix}drain-cluster" scenario "$dir" drain-cluster drain --cluster \
             --messages "$cluster_messages" --size 16 --clients ringq,redis-rs
+        step "${prefix}pubsub-cluster" scenario "$dir" pubsub-cluster pubsub --cluster \
+            --messages "$batch_messages" --size 16 --rate 10000 --duration "$latency_secs" \
+            --clients ringq,redis-rs
     fi
     step "${prefix}pubsub" scenario "$dir" pubsub pubsub "${url_args[@]}" \
         --messages "$batch_messages" --size 16 --rate 10000 --duration "$latency_secs" \
@@ -153,7 +156,7 @@ scenarios() {
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
         for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency \
-            drain-batch-tls latency-tls drain-cluster pubsub reliable stream kombu load; do
+            drain-batch-tls latency-tls drain-cluster pubsub-cluster pubsub reliable stream kombu load; do
             [[ -f $dir/$name.md ]] || continue
             echo
             cat "$dir/$name.md"

@@ -404,10 +404,11 @@ pub struct Cli {
     #[arg(long)]
     pub tls: bool,
 
-    /// drain, reliable and stream on a Redis Cluster: a private cluster of 3 primaries
-    /// (no replicas), or the one at --url redis+cluster://…; sources spread evenly over
-    /// the primaries (reliable and stream: one per primary); ringq and redis-rs's cluster
-    /// client, the server CPU summed over the primaries; drain adds ringq on one
+    /// drain, pubsub, reliable and stream on a Redis Cluster: a private cluster of 3
+    /// primaries (no replicas), or the one at --url redis+cluster://…; sources spread
+    /// evenly over the primaries (reliable and stream: one per primary; pubsub: --queues
+    /// sharded channels, published with SPUBLISH at each owner); ringq and redis-rs's
+    /// cluster client, the server CPU summed over the primaries; drain adds ringq on one
     /// standalone server with one primary's share (the cluster layer's cost). Implied by
     /// a redis+cluster:// --url.
     #[arg(long)]

@@ -127,11 +127,17 @@ impl Cluster {
 
     /// `n` queue names (at least one per primary), queue `i` on primary `i mod P`.
     pub fn queues(&self, n: usize) -> Vec<String> {
+        self.names("ringq-bench:q", n)
+    }
+
+    /// `n` key or channel names starting with `prefix` (at least one per primary), name
+    /// `i` on primary `i mod P`.
+    pub fn names(&self, prefix: &str, n: usize) -> Vec<String> {
         let p = self.nodes.len();
         (0..n.max(p))
             .map(|i| {
                 (0..)
-                    .map(|k| format!("ringq-bench:q{i}.{k}"))
+                    .map(|k| format!("{prefix}{i}.{k}"))
                     .find(|q| self.node_of(q) == i % p)
                     .unwrap_or_default()
             })
@@ -139,7 +145,7 @@ impl Cluster {
     }
 
     /// `queues` grouped by the primary that serves them: `(node URL, its queues)`.
-    fn by_node<'a>(&'a self, queues: &[String]) -> Vec<(&'a str, Vec<String>)> {
+    pub fn by_node<'a>(&'a self, queues: &[String]) -> Vec<(&'a str, Vec<String>)> {
         self.nodes
             .iter()
             .enumerate()
@@ -191,6 +197,14 @@ impl Cluster {
     /// Primaries.
     pub fn primaries(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The private cluster's server processes (none with `--url`).
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.embedded
+            .iter()
+            .flat_map(|g| g.nodes().iter().filter_map(|n| n.pid()))
+            .collect()
     }
 
     /// Whether this is the private cluster.

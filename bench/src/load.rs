@@ -225,13 +225,19 @@ pub fn create_group(url: &str, stream: &str, group: &str) -> Result<()> {
     Ok(())
 }
 
-/// Publishes `count` messages of `size` bytes to `channel` as fast as the server takes
-/// them (pipelined from one thread; replies counted on another). Returns the seconds from
+/// Publishes `count` messages of `size` bytes with `push` (`PUBLISH` or `SPUBLISH`),
+/// round-robin over `channels`, as fast as the server takes them (pipelined from one thread; replies counted on another). Returns the seconds from
 /// the first write to the last reply, and the receivers summed over the replies.
 ///
 /// # Errors
 /// Connection and server errors.
-pub fn publish_burst(url: &str, channel: &str, count: u64, size: usize) -> Result<(f64, u64)> {
+pub fn publish_burst(
+    url: &str,
+    push: Push,
+    channels: &[String],
+    count: u64,
+    size: usize,
+) -> Result<(f64, u64)> {
     let mut conn = RawConn::connect(url)?;
     let mut reader = RawConn::from_stream(conn.try_clone_stream()?);
     let payload = vec![b'x'; size];
@@ -242,17 +248,19 @@ pub fn publish_burst(url: &str, channel: &str, count: u64, size: usize) -> Resul
             for _ in 0..count {
                 match reader.read_frame()? {
                     Frame::Integer(n) => receivers += u64::try_from(n).unwrap_or(0),
-                    other => return Err(Error::new(format!("PUBLISH failed: {other:?}"))),
+                    other => {
+                        return Err(Error::new(format!("{} failed: {other:?}", push.name())))
+                    }
                 }
             }
             Ok(receivers)
         });
         let mut out = BytesMut::with_capacity(FILL_WRITE_BYTES + 4096);
         let sent = (|| -> Result<()> {
-            for _ in 0..count {
+            for i in 0..count {
                 CommandWriter::new(&mut out, 3)
-                    .arg("PUBLISH")
-                    .arg(channel)
+                    .arg(push.name())
+                    .arg(&channels[(i % channels.len() as u64) as usize])
                     .arg(&payload)
                     .finish();
                 if out.len() >= FILL_WRITE_BYTES {
@@ -292,6 +300,20 @@ pub enum Push {
     Publish,
     /// `XADD stream * payload payload`.
     Xadd,
+    /// `SPUBLISH channel payload`: a sharded channel, sent to its slot's primary.
+    Spublish,
+}
+
+impl Push {
+    /// The command's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lpush => "LPUSH",
+            Self::Publish => "PUBLISH",
+            Self::Xadd => "XADD",
+            Self::Spublish => "SPUBLISH",
+        }
+    }
 }
 
 /// A paced producer's schedule: message `i` of the whole run (over every producer) is due
@@ -321,15 +343,15 @@ pub fn produce(
     size: usize,
     pb: &ProgressBar,
 ) -> Result<Produced> {
-    produce_with("LPUSH", url, queues, rate, count, size, pb)
+    produce_with(Push::Lpush, url, queues, rate, count, size, pb)
 }
 
-/// As [`produce`], with `command` (`PUBLISH` to channels) instead of LPUSH.
+/// As [`produce`], with `push` (`PUBLISH` to channels, say) instead of LPUSH.
 ///
 /// # Errors
 /// Connection and server errors.
 pub fn produce_with(
-    command: &str,
+    push: Push,
     url: &str,
     queues: &[String],
     rate: u32,
@@ -337,11 +359,6 @@ pub fn produce_with(
     size: usize,
     pb: &ProgressBar,
 ) -> Result<Produced> {
-    let push = if command == "PUBLISH" {
-        Push::Publish
-    } else {
-        Push::Lpush
-    };
     let schedule = Schedule {
         rate,
         count,
@@ -425,15 +442,13 @@ pub fn produce_paced(
                             .arg("payload")
                             .arg(&payload)
                             .finish(),
-                        Push::Lpush | Push::Publish => CommandWriter::new(&mut out, 3)
-                            .arg(if push == Push::Lpush {
-                                "LPUSH"
-                            } else {
-                                "PUBLISH"
-                            })
-                            .arg(q)
-                            .arg(&payload)
-                            .finish(),
+                        Push::Lpush | Push::Publish | Push::Spublish => {
+                            CommandWriter::new(&mut out, 3)
+                                .arg(push.name())
+                                .arg(q)
+                                .arg(&payload)
+                                .finish();
+                        }
                     }
                     k += 1;
                 }

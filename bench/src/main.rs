@@ -96,12 +96,12 @@ fn dispatch(cli: &cli::Cli) -> error::Result<()> {
             .is_some_and(|u| u.starts_with("redis+cluster://"));
     match cli.scenario {
         Scenario::Drain if cluster => cluster::run(cli),
-        Scenario::Latency | Scenario::Pubsub if cluster => Err(error::Error::new(
-            "--cluster (or a redis+cluster:// URL) runs the drain, reliable and stream \
-             scenarios, not this one yet",
+        Scenario::Latency if cluster => Err(error::Error::new(
+            "--cluster (or a redis+cluster:// URL) runs the drain, pubsub, reliable and \
+             stream scenarios, not latency yet",
         )),
         Scenario::Drain | Scenario::Latency => scenario::run(cli),
-        Scenario::Pubsub => pubsub::run(cli),
+        Scenario::Pubsub => pubsub::run(cli, cluster),
         Scenario::Reliable => acked::run(cli, cluster, acked::Flavor::Reliable),
         Scenario::Stream => acked::run(cli, cluster, acked::Flavor::Stream),
         Scenario::Kombu if cluster => Err(error::Error::new(
@@ -109,7 +109,8 @@ fn dispatch(cli: &cli::Cli) -> error::Result<()> {
         )),
         Scenario::Kombu => kombu::run(cli),
         Scenario::Load if cluster => Err(error::Error::new(
-            "load runs on one server for now (--cluster is for drain, reliable and stream)",
+            "load runs on one server for now (--cluster is for drain, pubsub, reliable and \
+             stream)",
         )),
         Scenario::Load => loadtest::run(cli),
     }

@@ -22,8 +22,9 @@ pub struct Snapshot {
     at: Instant,
     machine_busy: Option<Duration>,
     own: Duration,
-    server: Option<Duration>,
-    server_pid: Option<u32>,
+    /// The embedded servers' CPU time, summed (zero with `--url`).
+    server: Duration,
+    server_pids: Vec<u32>,
 }
 
 fn ticks_to_duration(ticks: u64) -> Duration {
@@ -58,7 +59,15 @@ pub fn measured(
     broker: &Broker,
     f: impl FnOnce() -> Result<ChildOutcome>,
 ) -> (Result<ChildOutcome>, Option<String>) {
-    let before = Snapshot::take(broker.server_pid());
+    measured_on(broker.server_pid().into_iter().collect(), f)
+}
+
+/// As [`measured`], for the embedded servers `server_pids` (a private cluster's nodes).
+pub fn measured_on(
+    server_pids: Vec<u32>,
+    f: impl FnOnce() -> Result<ChildOutcome>,
+) -> (Result<ChildOutcome>, Option<String>) {
+    let before = Snapshot::take(server_pids);
     let outcome = f();
     let note = outcome.as_ref().ok().and_then(|o| before.note_since(o.cpu));
     (outcome, note)
@@ -85,30 +94,27 @@ fn own_cpu() -> Duration {
 }
 
 impl Snapshot {
-    /// Takes the counters now; `server_pid` is the embedded server's, if any.
-    pub fn take(server_pid: Option<u32>) -> Self {
+    /// Takes the counters now; `server_pids` are the embedded servers', if any.
+    pub fn take(server_pids: Vec<u32>) -> Self {
         Self {
             at: Instant::now(),
             machine_busy: machine_busy(),
             own: own_cpu(),
-            server: server_pid.and_then(process_cpu),
-            server_pid,
+            server: server_pids.iter().filter_map(|&p| process_cpu(p)).sum(),
+            server_pids,
         }
     }
 
     /// A note on other processes' load since this snapshot, if it was large enough to
     /// disturb the figures. `child_cpu` is the consumer child's CPU time.
     pub fn note_since(&self, child_cpu: Duration) -> Option<String> {
-        let now = Self::take(self.server_pid);
+        let now = Self::take(self.server_pids.clone());
         let wall = now.at.duration_since(self.at);
         if wall < MIN_RUN {
             return None;
         }
         let busy = now.machine_busy?.checked_sub(self.machine_busy?)?;
-        let server = match (now.server, self.server) {
-            (Some(b), Some(a)) => b.saturating_sub(a),
-            _ => Duration::ZERO,
-        };
+        let server = now.server.saturating_sub(self.server);
         let ours = now.own.saturating_sub(self.own) + server + child_cpu;
         let other = busy.saturating_sub(ours).as_secs_f64() / wall.as_secs_f64();
         (other >= NOTE_CORES).then(|| {

@@ -1,4 +1,4 @@
-//! The `pubsub` scenario: one subscriber per client on one channel.
+//! The `pubsub` scenario: one subscriber per client.
 //!
 //! 1. **Burst.** The parent (its own process) publishes `--messages` messages of
 //!    `--size` bytes pipelined as fast as the server takes them, to a subscriber child
@@ -9,18 +9,26 @@
 //! 2. **Latency.** `--rate` messages per second for `--duration` seconds, each stamped with
 //!    its intended send time: p50/p99 from the intended time to the handler.
 //!
-//! JSON: `{"scenario": "pubsub", "clients": [{"name", "messages", "seconds",
-//! "msgs_per_sec", "cpu_us_per_msg", "p50_us", "p99_us", "p999_us", "max_us", "published",
-//! "lost", "publisher_msgs_per_sec", "server_cpu_us_per_msg"}]}` — `messages` is what was
-//! received in the burst.
+//! On one server the subscriber listens on one channel. With `--cluster` (a private
+//! 3-primary cluster, or `--url redis+cluster://…`) it listens on `--queues` *sharded*
+//! channels (`SSUBSCRIBE`, at least one per primary), and the parent publishes with
+//! `SPUBLISH` from one thread per primary, each to the channels its primary serves; the
+//! server CPU is summed over the primaries. ringq's listen mode and redis-rs's cluster
+//! client (RESP3 pushes) are measured on the same cluster in the same run.
+//!
+//! JSON: `{"scenario": "pubsub" | "pubsub-cluster", "clients": [{"name", "messages",
+//! "seconds", "msgs_per_sec", "cpu_us_per_msg", "p50_us", "p99_us", "p999_us", "max_us",
+//! "published", "lost", "publisher_msgs_per_sec", "server_cpu_us_per_msg"}]}` —
+//! `messages` is what was received in the burst.
 
 use serde::Serialize;
 
 use crate::child::{self, ChildOutcome};
 use crate::cli::{Cli, ClientKind};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::load;
-use crate::noise::measured;
+use crate::load::{self, Push, Schedule};
+use crate::noise::measured_on;
 use crate::progress;
 use crate::report::{join_notes, opt, verdict, write_file, Table};
 use crate::server::Broker;
@@ -53,25 +61,168 @@ struct Outcome {
     note: Option<String>,
 }
 
-/// Runs the scenario, prints the table, writes `--json`.
+/// Where the scenario publishes: one server's channel, or a cluster's sharded channels.
+enum Target {
+    One(Broker),
+    Cluster(Cluster),
+}
+
+impl Target {
+    fn label(&self) -> String {
+        match self {
+            Self::One(b) => format!("one subscriber on one channel; {}", b.label()),
+            Self::Cluster(c) => format!(
+                "one subscriber on sharded channels over {} primaries (SSUBSCRIBE; SPUBLISH \
+                 to each owner); {}",
+                c.primaries(),
+                if c.is_embedded() {
+                    "private cluster (no replicas)"
+                } else {
+                    "--url"
+                }
+            ),
+        }
+    }
+
+    /// The channels subscribed to.
+    fn channels(&self, cli: &Cli) -> Vec<String> {
+        match self {
+            Self::One(_) => vec![CHANNEL.to_owned()],
+            Self::Cluster(c) => c.names("ringq-bench:ch", cli.queues),
+        }
+    }
+
+    /// A subscriber child's spec for `kind` on `channels`.
+    fn spec(&self, cli: &Cli, kind: ClientKind, channels: &[String]) -> ChildSpec {
+        let mut spec = match self {
+            Self::One(b) => ChildSpec::base(cli, b, &[], kind),
+            Self::Cluster(c) => {
+                let mut s = ChildSpec::for_url(cli, c.url(), channels, kind);
+                s.sharded = true;
+                s
+            }
+        };
+        spec.channel = channels.first().cloned();
+        spec.shards = 1;
+        spec
+    }
+
+    fn cpu_seconds(&self) -> Result<f64> {
+        match self {
+            Self::One(b) => b.cpu_seconds(),
+            Self::Cluster(c) => c.cpu_seconds(),
+        }
+    }
+
+    fn server_pids(&self) -> Vec<u32> {
+        match self {
+            Self::One(b) => b.server_pid().into_iter().collect(),
+            Self::Cluster(c) => c.server_pids(),
+        }
+    }
+
+    /// `(URL, command, its channels)` per publishing connection: one, or one per primary.
+    fn publishers(&self, channels: &[String]) -> Vec<(String, Push, Vec<String>)> {
+        match self {
+            Self::One(b) => vec![(b.url.clone(), Push::Publish, channels.to_vec())],
+            Self::Cluster(c) => c
+                .by_node(channels)
+                .into_iter()
+                .filter(|(_, mine)| !mine.is_empty())
+                .map(|(url, mine)| (url.to_owned(), Push::Spublish, mine))
+                .collect(),
+        }
+    }
+
+    /// Publishes `n` messages pipelined at full speed, one thread per publisher; returns
+    /// the seconds until the last reply and the receivers the replies counted.
+    fn burst(&self, channels: &[String], n: u64, size: usize) -> Result<(f64, u64)> {
+        let publishers = self.publishers(channels);
+        let p = publishers.len() as u64;
+        std::thread::scope(|s| {
+            let runs: Vec<_> = publishers
+                .iter()
+                .enumerate()
+                .map(|(i, (url, push, mine))| {
+                    let share = n / p + u64::from((i as u64) < n % p);
+                    s.spawn(move || load::publish_burst(url, *push, mine, share, size))
+                })
+                .collect();
+            let mut out = (0.0f64, 0u64);
+            for r in runs {
+                let (secs, receivers) = r
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::new("a publisher panicked")))?;
+                out = (out.0.max(secs), out.1 + receivers);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Publishes `count` messages at `rate` in total, each stamped with its intended
+    /// time, the publishers sharing one schedule.
+    fn paced(
+        &self,
+        channels: &[String],
+        rate: u32,
+        count: u64,
+        size: usize,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        let publishers = self.publishers(channels);
+        let stride = publishers.len() as u64;
+        let start_ns = crate::latency::mono_ns() + 1_000_000;
+        std::thread::scope(|s| {
+            let runs: Vec<_> = publishers
+                .iter()
+                .enumerate()
+                .map(|(i, (url, push, mine))| {
+                    let sched = Schedule {
+                        rate,
+                        count,
+                        start_ns,
+                        stride,
+                        offset: i as u64,
+                        series: false,
+                    };
+                    s.spawn(move || load::produce_paced(*push, url, mine, sched, size, pb))
+                })
+                .collect();
+            for r in runs {
+                r.join()
+                    .unwrap_or_else(|_| Err(Error::new("a publisher panicked")))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Runs the scenario, prints the table, writes `--json`. `cluster`: on a Redis Cluster's
+/// sharded channels.
 ///
 /// # Errors
 /// A server that cannot be started or reached, or an output file that cannot be written.
-pub fn run(cli: &Cli) -> Result<()> {
+pub fn run(cli: &Cli, cluster: bool) -> Result<()> {
     if cli.tls {
         return Err(Error::new(
             "--tls applies to the drain and latency scenarios (this one runs over plaintext)",
         ));
     }
-    let broker = Broker::open(cli.url.as_deref())?;
+    let target = if cluster {
+        Target::Cluster(Cluster::open(cli.url.as_deref())?)
+    } else {
+        Target::One(Broker::open(cli.url.as_deref())?)
+    };
     let n = cli.messages.max(1);
     let rate = cli.rate.max(1);
     let count = ((f64::from(rate) * cli.duration().as_secs_f64()).round() as u64).max(1);
+    let channels = target.channels(cli);
     let title = format!(
-        "pubsub: a burst of {n} messages of {} B published pipelined at full speed, then {rate} msg/s for {:.1} s; one subscriber; {}",
+        "pubsub: a burst of {n} messages of {} B published pipelined at full speed, then \
+         {rate} msg/s for {:.1} s; {}",
         cli.size,
         cli.duration().as_secs_f64(),
-        broker.label()
+        target.label()
     );
     eprintln!("{title}");
     let mut results = Vec::new();
@@ -86,7 +237,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             );
             continue;
         }
-        results.push(one_client(cli, &broker, kind, n, rate, count));
+        results.push(one_client(cli, &target, &channels, kind, n, rate, count));
     }
     let report = render(&title, &results);
     print!("{report}");
@@ -97,7 +248,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             clients: Vec<&'a Row>,
         }
         let json = Json {
-            scenario: "pubsub",
+            scenario: if cluster { "pubsub-cluster" } else { "pubsub" },
             clients: results.iter().filter_map(|r| r.row.as_ref().ok()).collect(),
         };
         write_file(path, &serde_json::to_string_pretty(&json)?)?;
@@ -108,31 +259,30 @@ pub fn run(cli: &Cli) -> Result<()> {
 
 fn one_client(
     cli: &Cli,
-    broker: &Broker,
+    target: &Target,
+    channels: &[String],
     kind: ClientKind,
     n: u64,
     rate: u32,
     count: u64,
 ) -> Outcome {
     // 1. The burst.
-    let mut spec = ChildSpec::base(cli, broker, &[], kind);
-    spec.channel = Some(CHANNEL.to_owned());
+    let mut spec = target.spec(cli, kind, channels);
     spec.expected = n;
-    spec.shards = 1;
     spec.deadline_secs = 60.0 + n as f64 / 20_000.0;
-    let server_before = broker.cpu_seconds().ok();
+    let server_before = target.cpu_seconds().ok();
     let mut published = (0.0, 0);
     eprintln!(
         "publishing {n} messages to {}'s subscriber ...",
         kind.name()
     );
-    let (burst, noise) = measured(broker, || {
+    let (burst, noise) = measured_on(target.server_pids(), || {
         child::run(&spec, || {
-            published = load::publish_burst(&broker.url, CHANNEL, n, cli.size)?;
+            published = target.burst(channels, n, cli.size)?;
             Ok(())
         })
     });
-    let server_after = broker.cpu_seconds().ok();
+    let server_after = target.cpu_seconds().ok();
     let burst = match burst {
         Ok(b) => b,
         Err(e) => {
@@ -145,23 +295,17 @@ fn one_client(
         }
     };
     // 2. Latency at a fixed rate.
-    let mut spec = ChildSpec::base(cli, broker, &[], kind);
-    spec.channel = Some(CHANNEL.to_owned());
+    let mut spec = target.spec(cli, kind, channels);
     spec.expected = count;
     spec.latency = true;
-    spec.shards = 1;
     spec.deadline_secs = cli.duration().as_secs_f64() + 30.0;
     let pb = progress::bar(
         count,
         &format!("publishing at {rate}/s for {}", kind.name()),
     );
     let size = cli.size.max(crate::latency::STAMP_LEN);
-    let channels = [CHANNEL.to_owned()];
-    let (lat, lat_noise) = measured(broker, || {
-        child::run(&spec, || {
-            load::produce_with("PUBLISH", &broker.url, &channels, rate, count, size, &pb)?;
-            Ok(())
-        })
+    let (lat, lat_noise) = measured_on(target.server_pids(), || {
+        child::run(&spec, || target.paced(channels, rate, count, size, &pb))
     });
     pb.finish_and_clear();
     let ChildOutcome { report, cpu } = burst;

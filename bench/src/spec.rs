@@ -51,6 +51,10 @@ pub struct ChildSpec {
     /// when none has arrived for a while, and reports what it got.
     #[serde(default)]
     pub channel: Option<String>,
+    /// `pubsub --cluster`: `queues` are sharded channels to `SSUBSCRIBE` to on a cluster
+    /// (`channel` is then the first of them).
+    #[serde(default)]
+    pub sharded: bool,
     /// ringq's backend (`io_uring`, `epoll`, `auto`).
     #[serde(default)]
     pub backend: String,
@@ -107,6 +111,7 @@ impl ChildSpec {
             rate: cli.rate,
             deadline_secs: 60.0,
             channel: None,
+            sharded: false,
             reliable: false,
             stream: false,
             kombu: false,

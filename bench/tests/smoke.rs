@@ -530,6 +530,58 @@ fn cluster_drain_counts_every_message_for_ringq_and_redis_rs() {
     }
 }
 
+/// `pubsub --cluster`: sharded channels over a private 3-primary cluster, published with
+/// SPUBLISH at each owner; ringq's listen mode and redis-rs's cluster client each receive
+/// every message of the burst (nothing is lost while nothing fails), measure latency, and
+/// the servers' CPU is summed; a client without a pub/sub consumer is skipped saying so.
+#[test]
+fn pubsub_runs_on_a_clusters_sharded_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("pubsub-cluster.json");
+    let out = run(&[
+        "pubsub",
+        "--cluster",
+        "--messages",
+        "20000",
+        "--rate",
+        "500",
+        "--duration",
+        "1",
+        "--queues",
+        "4",
+        "--clients",
+        "ringq,redis-rs,limit",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("limit has no pub/sub consumer"), "{stderr}");
+    let report = read_json(&json);
+    assert_eq!(report["scenario"], "pubsub-cluster");
+    let rows = report["clients"].as_array().expect("clients");
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ringq", "redis-rs"]);
+    for r in rows {
+        let name = r["name"].as_str().unwrap();
+        assert_eq!(r["published"], 20_000, "{name}");
+        assert_eq!(r["messages"], 20_000, "{name}: every message received");
+        assert_eq!(r["lost"], 0, "{name}");
+        assert!(
+            r["p99_us"].as_f64().is_some_and(|p| p > 0.0),
+            "{name}: latency measured"
+        );
+        assert!(
+            r["server_cpu_us_per_msg"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{name}: the primaries' CPU was measured"
+        );
+    }
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("sharded channels over 3 primaries"), "{table}");
+}
+
 /// `reliable --cluster` and `stream --cluster`: one source per primary of a private
 /// cluster; every client drains every message and leaves nothing leased or pending.
 #[test]

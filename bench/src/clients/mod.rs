@@ -379,30 +379,44 @@ impl Sink {
     }
 }
 
-/// Waits until the server counts a subscriber of `channel` (`PUBSUB NUMSUB`), or
-/// `give_up` says the client stopped.
+/// Waits until the server counts a subscriber of the spec's channel (`PUBSUB NUMSUB`),
+/// or, for sharded channels on a cluster, of each of them at its primary (`PUBSUB
+/// SHARDNUMSUB`), so the publisher's first message is not missed; or until `give_up`.
 ///
 /// # Errors
-/// Connection errors, or no subscriber within 30 s.
-pub fn wait_subscribed(url: &str, channel: &str, give_up: impl Fn() -> bool) -> Result<()> {
-    let mut conn = crate::conn::RawConn::connect(url)?;
+/// The server cannot be reached, or no subscriber showed up within 30 s.
+pub fn wait_subscribed(spec: &ChildSpec, give_up: impl Fn() -> bool) -> Result<()> {
+    let targets = if spec.sharded {
+        let cluster = crate::cluster::Cluster::open(Some(&spec.url))?;
+        spec.queues
+            .iter()
+            .map(|c| (cluster.node_url(c).to_owned(), "SHARDNUMSUB", c.clone()))
+            .collect()
+    } else {
+        let channel = spec.channel.clone().unwrap_or_default();
+        vec![(spec.url.clone(), "NUMSUB", channel)]
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let reply = conn.command(["PUBSUB", "NUMSUB", channel])?;
-        let n = reply
-            .as_elements()
-            .and_then(|e| e.get(1).and_then(|v| v.as_integer()))
-            .unwrap_or(0);
-        if n >= 1 || give_up() {
-            return Ok(());
+    for (url, numsub, channel) in targets {
+        let mut conn = crate::conn::RawConn::connect(&url)?;
+        loop {
+            let reply = conn.command(["PUBSUB", numsub, &channel])?;
+            let n = reply
+                .as_elements()
+                .and_then(|e| e.get(1).and_then(|v| v.as_integer()))
+                .unwrap_or(0);
+            if n >= 1 || give_up() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::new(format!(
+                    "{channel}: never subscribed within 30 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        if std::time::Instant::now() > deadline {
-            return Err(Error::new(format!(
-                "{channel}: never subscribed within 30 s"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(2));
     }
+    Ok(())
 }
 
 /// The per-client deadline: the spec's, as a `Duration`.

@@ -339,6 +339,11 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .build()
         .map_err(|e| Error::io("building the tokio runtime", e))?;
     sink.watchdog(super::deadline(spec), || {});
+    if spec.sharded {
+        rt.block_on(listen_cluster(spec, sink))?;
+        std::mem::forget(rt);
+        return Ok(None);
+    }
     let channel = spec.channel.clone().unwrap_or_default();
     rt.block_on(async {
         let client = client(spec)?;
@@ -367,4 +372,44 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     })?;
     std::mem::forget(rt);
     Ok(None)
+}
+
+/// `pubsub --cluster`: redis-rs's cluster client over RESP3, `SSUBSCRIBE`d to the sharded
+/// channels (it routes each to its slot's primary); messages arrive as pushes on the
+/// client's push channel.
+async fn listen_cluster(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<()> {
+    let (_, seeds) = crate::cluster::seeds(&spec.url);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = redis::cluster::ClusterClientBuilder::new(seeds)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(tx)
+        .build()?;
+    let mut con = client.get_async_connection().await?;
+    // One command per channel: a multi-channel SSUBSCRIBE must stay in one slot.
+    for ch in &spec.queues {
+        con.ssubscribe(ch).await?;
+    }
+    sink.ready();
+    sink.stop_when_quiet();
+    loop {
+        tokio::select! {
+            () = sink.finished() => break,
+            m = rx.recv() => match m {
+                Some(p) if p.kind == redis::PushKind::SMessage => {
+                    if let Some(redis::Value::BulkString(payload)) = p.data.get(1) {
+                        if sink.consume([&payload[..]]) {
+                            break;
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    sink.fail("redis-rs: the cluster connection's pushes ended");
+                    break;
+                }
+            },
+        }
+    }
+    drop(con);
+    Ok(())
 }

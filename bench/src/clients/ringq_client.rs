@@ -166,21 +166,28 @@ fn scrape_every_100ms(running: &ringq::Running) -> Result<Arc<std::sync::atomic:
     Ok(count)
 }
 
-/// `pubsub`: one listen-mode engine on one shard subscribed to the channel; `ready` once
-/// the server counts the subscriber, so the publisher's first message is not missed.
+/// `pubsub`: one listen-mode engine on one shard subscribed to the channel (or, on a
+/// cluster, to the sharded channels); `ready` once the server counts the subscriber, so
+/// the publisher's first message is not missed.
 pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
-    let channel = spec.channel.clone().unwrap_or_default();
+    let consumer = if spec.sharded {
+        spec.queues
+            .iter()
+            .fold(ListenConsumer::new(), |c, ch| c.shard_channel(ch.clone()))
+    } else {
+        ListenConsumer::new().channel(spec.channel.clone().unwrap_or_default())
+    };
     let running = EngineBuilder::new(&spec.url)
         .backend(backend(spec))
         .prefetch(65_536)
         .pin_cores(spec.pin_cores)
         .client_name("ringq-bench")
         .start(
-            ListenConsumer::new().channel(channel.clone()),
+            consumer,
             SinkHandler(sink.clone()),
         )?;
     stop_when_done(spec, sink, &running)?;
-    super::wait_subscribed(&spec.url, &channel, || running.is_stopping())?;
+    super::wait_subscribed(spec, || running.is_stopping())?;
     sink.ready();
     sink.stop_when_quiet();
     let stats = running.wait()?;
