@@ -248,9 +248,7 @@ pub fn publish_burst(
             for _ in 0..count {
                 match reader.read_frame()? {
                     Frame::Integer(n) => receivers += u64::try_from(n).unwrap_or(0),
-                    other => {
-                        return Err(Error::new(format!("{} failed: {other:?}", push.name())))
-                    }
+                    other => return Err(Error::new(format!("{} failed: {other:?}", push.name()))),
                 }
             }
             Ok(receivers)

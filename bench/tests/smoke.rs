@@ -572,14 +572,15 @@ fn pubsub_runs_on_a_clusters_sharded_channels() {
             "{name}: latency measured"
         );
         assert!(
-            r["server_cpu_us_per_msg"]
-                .as_f64()
-                .is_some_and(|v| v > 0.0),
+            r["server_cpu_us_per_msg"].as_f64().is_some_and(|v| v > 0.0),
             "{name}: the primaries' CPU was measured"
         );
     }
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("sharded channels over 3 primaries"), "{table}");
+    assert!(
+        table.contains("sharded channels over 3 primaries"),
+        "{table}"
+    );
 }
 
 /// `reliable --cluster` and `stream --cluster`: one source per primary of a private

@@ -182,10 +182,7 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .prefetch(65_536)
         .pin_cores(spec.pin_cores)
         .client_name("ringq-bench")
-        .start(
-            consumer,
-            SinkHandler(sink.clone()),
-        )?;
+        .start(consumer, SinkHandler(sink.clone()))?;
     stop_when_done(spec, sink, &running)?;
     super::wait_subscribed(spec, || running.is_stopping())?;
     sink.ready();
