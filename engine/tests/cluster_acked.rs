@@ -24,22 +24,12 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ringq::{ReliableConsumer, Running, StartAt, StreamConsumer};
-use ringq_resp::Frame;
+use ringq::Running;
 use ringq_tests::{wait_until, ClusterGroup};
 
 mod support;
-use support::cluster::{cluster_of, push, replicated, Producer};
-use support::{
-    builder, longest_stop, on_redis_and_valkey, payloads, xadd, Kind, Rec, Recorder, WAIT,
-};
-
-/// The at-least-once modes.
-#[derive(Clone, Copy, Debug)]
-enum Acked {
-    Reliable,
-    Stream,
-}
+use support::cluster::{cluster_of, fill, left, replicated, start_acked, Acked, Producer};
+use support::{builder, longest_stop, on_redis_and_valkey, Kind, Rec, Recorder, WAIT};
 
 /// What a test does to the source's primary mid-drain.
 #[derive(Clone, Copy, Debug)]
@@ -104,54 +94,9 @@ fn stream_loses_nothing_through_an_atomic_migration_on_valkey() {
     loses_nothing(Kind::Valkey, Acked::Stream, Fault::AtomicMigration);
 }
 
-/// Fills `source` with `n` messages `<prefix>-<i>` at its node.
-fn fill(g: &ClusterGroup, mode: Acked, source: &str, prefix: &str, n: usize) {
-    match mode {
-        Acked::Reliable => push(g, source, &payloads(prefix, n)),
-        Acked::Stream => {
-            let mut c = g.client_for(source).unwrap();
-            xadd(&mut c, source, prefix, n, None);
-        }
-    }
-}
-
-/// Starts consumer `c1` of `sources` in `mode`, acking each message after `pause`.
+/// Starts consumer `c1` of `sources` in `mode`.
 fn start(g: &ClusterGroup, mode: Acked, sources: &[String], seen: &Recorder<Rec>) -> Running {
-    let b = builder(g.url())
-        .prefetch(256)
-        .backoff(Duration::from_millis(20), Duration::from_millis(200));
-    let handler = seen.deciding(support::ack_after(Duration::from_micros(100)));
-    match mode {
-        Acked::Reliable => b.start(
-            ReliableConsumer::new("c1", sources.to_vec()).batch(32),
-            handler,
-        ),
-        Acked::Stream => b.start(
-            StreamConsumer::new("g", "c1", sources.to_vec())
-                .start_at(StartAt::Beginning)
-                .batch(32),
-            handler,
-        ),
-    }
-    .unwrap()
-}
-
-/// What is still leased (reliable: the processing list) or pending (stream: XPENDING)
-/// for `source` at the node that serves it now; -1 when that cannot be read.
-fn left(g: &ClusterGroup, mode: Acked, source: &str) -> i64 {
-    let Ok(mut c) = g.client_for(source) else {
-        return -1;
-    };
-    match mode {
-        Acked::Reliable => {
-            let p = ringq::envelope::keys::processing(source.as_bytes(), b"c1");
-            c.llen(p).unwrap_or(-1)
-        }
-        Acked::Stream => match c.cmd(["XPENDING", source, "g"]) {
-            Ok(Frame::Array(v)) => v.first().and_then(Frame::as_integer).unwrap_or(-1),
-            _ => -1,
-        },
-    }
+    start_acked(builder(g.url()), mode, sources, seen)
 }
 
 fn drains_on_every_primary(kind: Kind, mode: Acked) {

@@ -111,9 +111,11 @@ pub(crate) enum Role {
     /// Carries the pipeline's fetching (possibly blocking) commands; the number is the
     /// pipeline's own (pop: the lane).
     Fetch(u32),
-    /// The shard's Control connection: acks, scripts, CLIENT UNBLOCK — commands that must
-    /// never wait behind a blocked fetch.
-    Control,
+    /// One of the shard's Control connections: acks, scripts, CLIENT UNBLOCK — commands
+    /// that must never wait behind a blocked fetch. The number is the Control's index
+    /// (one per cluster slot group in the modes that settle on their sources' keys; else
+    /// one, index 0).
+    Control(u32),
 }
 
 /// A reply taken from a connection's read buffer.

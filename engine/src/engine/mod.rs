@@ -517,21 +517,9 @@ impl EngineBuilder {
         }
         let nlanes = groups.len();
         self.check_prefetch(nlanes, nlanes, names.len(), K::SOURCES)?;
-        // A mode whose Control works on its sources' keys gets one shard per slot, so
-        // Control is on the node of every source of its shard.
-        let nshards = if K::CONTROL_ON_SOURCE_NODE {
-            nlanes.max(1)
-        } else {
-            self.shards.min(nlanes).max(1)
-        };
-        if nshards > self.shards {
-            tracing::info!(
-                "{nshards} shard threads for {} {} in {nshards} cluster slots: one per slot \
-                 (give related names one hash tag, {{app}}:name, to share a slot)",
-                names.len(),
-                K::SOURCES
-            );
-        }
+        // A slot group per lane, spread over the shards; the modes that settle on their
+        // sources' keys keep a Control per slot group (`Pipeline::CONTROL_PER_SLOT_GROUP`).
+        let nshards = self.shards.min(nlanes).max(1);
         let mut lanes: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
         let mut routes: Vec<Vec<u16>> = vec![Vec::new(); nshards];
         for (l, (slot, members)) in groups.into_iter().enumerate() {

@@ -112,12 +112,6 @@ pub(crate) trait Start {
     /// Its sources' names, in order: stats count messages per source.
     fn source_names(&self) -> Vec<String>;
 
-    /// In a cluster, whether each shard must hold sources of one hash slot only: the
-    /// mode's Control connection (settles, scripts, claims) works on its sources' keys, so
-    /// it must be on their node, and a shard has one Control. Such a cluster engine runs
-    /// one shard per slot its sources use.
-    const CONTROL_ON_SOURCE_NODE: bool = false;
-
     /// Every key the commands for source `i` name, for a cluster engine: they must all be
     /// in one hash slot, and the source's lane is routed to that slot's node. `None`: the
     /// mode does not run on a cluster yet (the start is refused, saying so).
@@ -195,6 +189,12 @@ pub(crate) trait Pipeline: Send + 'static {
 
     /// When the Control connection opens.
     fn control(&self) -> ControlUse;
+
+    /// In a cluster, whether the shard keeps one Control per slot group (lane), on that
+    /// slot's node — the modes whose Control settles, recovers and sweeps on their
+    /// sources' keys — instead of one following the first lane. The pipeline then sends
+    /// each key's commands on [`Io::control_of_lane`] of the key's lane.
+    const CONTROL_PER_SLOT_GROUP: bool = false;
 
     /// Connection `conn` completed its handshake (the first time, or after a reconnect):
     /// re-issue, resubscribe, reclaim.

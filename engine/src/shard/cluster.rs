@@ -3,7 +3,8 @@
 //! the loop, reconnects, the stalled-connection drain — is the same as for one server.
 //!
 //! Each fetch connection has a *route*: the hash slot of its lane's sources (the engine
-//! puts only sources of one slot in a lane). Control follows the shard's first lane.
+//! puts only sources of one slot in a lane). A Control follows its slot group's route
+//! (the modes with one Control per slot group) or the shard's first lane.
 //!
 //! ASK (a legacy migration under way: the slot's keys already moved to the importing
 //! node) is followed without touching the map: the slot is noted in `Shard::asks`, and
@@ -31,7 +32,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
     fn route(&self, id: usize) -> u16 {
         let lane = match self.io.conns[id].role() {
             Role::Fetch(l) => l as usize,
-            Role::Control => 0,
+            Role::Control(c) => return self.io.controls.get(c as usize).map_or(0, |c| c.route),
         };
         self.routes
             .get(lane)
@@ -242,7 +243,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             );
             let pipeline = &self.pipeline;
             let owes = c.any_cmd(|cmd| pipeline.owes_effects(cmd));
-            if owes && c.phase() == Phase::Ready && Some(id) != self.io.control {
+            if owes && c.phase() == Phase::Ready && !self.io.is_control(id) {
                 self.retire(id, what, now);
             } else {
                 let e = Error::new(

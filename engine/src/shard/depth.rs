@@ -12,9 +12,10 @@
 //! A sample is a round: one command per key, tagged with the round's number; a source's
 //! gauge is stored when all its keys answered in that round. A key answered with an error
 //! (a key of another type, an ACL without `LLEN`) leaves the source unsampled, logged once.
-//! In a cluster, a shard's Control connection is on one node (its first lane's): sources
-//! owned by other nodes are skipped there (pop mode spreads slot groups over shards;
-//! reliable and stream mode run one shard per slot group, so they sample every source).
+//! In a cluster, each source is sampled on a Control connection on its owner's node:
+//! reliable and stream mode have one per slot group, so every source is sampled; pop
+//! mode's one Control is on its first lane's node, and its sources owned by other nodes
+//! are skipped there.
 //!
 //! [`EngineBuilder::queue_depth`]: crate::EngineBuilder::queue_depth
 //! [`Stats::per_source_depth`]: crate::Stats::per_source_depth
@@ -82,47 +83,61 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         if self.io.stopping || !s.spec.on.load(Ordering::Relaxed) {
             return;
         }
-        let Some(u) = self.io.control else {
+        let Some(first) = self.io.control_id() else {
             self.io.want_control();
             return;
         };
-        if self.io.conns[u].phase() != Phase::Ready {
-            return;
-        }
-        // In a cluster: only sources owned by Control's node.
-        let here = self.conn_cfg.cluster.as_ref().map(|t| {
-            let view = t.view();
-            let target = self.io.conns[u].target_addr();
-            s.spec
-                .sources
-                .iter()
-                .map(|(_, keys)| {
-                    let slot = crate::cluster::slot::key_slot(keys.first().map_or(&[][..], |k| k));
-                    view.owner(slot).is_some_and(|n| {
-                        n.host
-                            .parse::<IpAddr>()
-                            .ok()
-                            .map(|ip| SocketAddr::new(ip, n.port))
-                            == target
+        // The ready Controls and their nodes.
+        let ready: Vec<(usize, Option<SocketAddr>)> = self
+            .io
+            .controls
+            .iter()
+            .filter_map(|c| c.id)
+            .filter(|&u| self.io.conns[u].phase() == Phase::Ready)
+            .map(|u| (u, self.io.conns[u].target_addr()))
+            .collect();
+        // Each source on a Control on its owner's node (in a cluster), else the first.
+        let via: Vec<Option<usize>> = match self.conn_cfg.cluster.as_ref() {
+            None => {
+                let first = ready.iter().any(|(u, _)| *u == first).then_some(first);
+                vec![first; s.spec.sources.len()]
+            }
+            Some(t) => {
+                let view = t.view();
+                s.spec
+                    .sources
+                    .iter()
+                    .map(|(_, keys)| {
+                        let slot =
+                            crate::cluster::slot::key_slot(keys.first().map_or(&[][..], |k| k));
+                        let owner = view.owner(slot).and_then(|n| {
+                            n.host
+                                .parse::<IpAddr>()
+                                .ok()
+                                .map(|ip| SocketAddr::new(ip, n.port))
+                        })?;
+                        ready
+                            .iter()
+                            .find(|(_, at)| *at == Some(owner))
+                            .map(|(u, _)| *u)
                     })
-                })
-                .collect::<Vec<bool>>()
-        });
+                    .collect()
+            }
+        };
         s.round = s.round.wrapping_add(1);
         let round = s.round;
         let allow = self.io.reply_timeout;
-        let conn = &mut self.io.conns[u];
         for (j, (_, keys)) in s.spec.sources.iter().enumerate() {
             s.sums[j] = (0, 0, false);
-            if here.as_ref().is_some_and(|h| !h[j]) {
+            let Some(u) = via[j] else {
                 continue;
-            }
+            };
             for key in keys {
                 let tag = Tag::Depth {
                     source: j as u32,
                     round,
                 };
-                conn.command(tag, now, allow, |buf| {
+                self.io.conns[u].command(tag, now, allow, |buf| {
                     CommandWriter::new(buf, 2).arg("LLEN").arg(key).finish();
                 });
             }

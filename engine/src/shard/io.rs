@@ -36,10 +36,12 @@ pub(crate) struct Io<C> {
     pub(super) turn_ns: u64,
     /// How long a non-blocking command may take before its reply is overdue.
     pub(super) reply_timeout: Duration,
-    /// The Control connection's slot, once opened.
-    pub(super) control: Option<usize>,
-    /// Set by the pipeline to have the shard open the Control connection.
-    pub(super) want_control: bool,
+    /// The Control connections: at least one. In a cluster, the modes that settle on
+    /// their sources' keys have one per slot group (lane), on that slot's node; the
+    /// others one, following the first lane.
+    pub(super) controls: Vec<ControlSlot>,
+    /// Each fetch lane's Control (an index into `controls`).
+    pub(super) lane_control: Vec<u32>,
     /// Events for the handler's `on_event`, delivered by the shard at the end of the turn.
     pub(super) events: Vec<Event>,
     /// Connections (id, generation) a pipeline found dead, to close as lost with the
@@ -141,14 +143,49 @@ impl<C: Copy + Debug> Io<C> {
         self.reply_timeout
     }
 
-    /// The Control connection's slot, once opened.
+    /// The first Control connection's id, once opened (the one Control of the modes
+    /// that have one).
     pub(crate) fn control_id(&self) -> Option<usize> {
-        self.control
+        self.controls[0].id
     }
 
-    /// Has the shard open the Control connection (see `ControlUse::OnDemand`).
+    /// Has the shard open the first Control connection (see `ControlUse::OnDemand`).
     pub(crate) fn want_control(&mut self) {
-        self.want_control = true;
+        self.controls[0].want = true;
+    }
+
+    /// The Control (an index below [`Io::controls`]) that serves fetch lane `lane`'s
+    /// sources: in a cluster, the one on their slot's node.
+    pub(crate) fn control_of_lane(&self, lane: usize) -> usize {
+        self.lane_control.get(lane).map_or(0, |&c| c as usize)
+    }
+
+    /// Which Control connection `id` is, if it is one.
+    pub(crate) fn control_index(&self, id: usize) -> Option<usize> {
+        match self.conns.get(id)?.role() {
+            Role::Control(c) => Some(c as usize),
+            Role::Fetch(_) => None,
+        }
+    }
+
+    /// Whether connection `id` is a Control connection.
+    pub(crate) fn is_control(&self, id: usize) -> bool {
+        self.control_index(id).is_some()
+    }
+
+    /// Control `c`, when it is ready to carry commands.
+    pub(crate) fn control_ready_at(&mut self, c: usize) -> Option<&mut Conn<C>> {
+        let id = self.controls.get(c)?.id?;
+        let conn = self.conns.get_mut(id)?;
+        (conn.phase() == Phase::Ready).then_some(conn)
+    }
+
+    /// Whether every Control connection is ready to carry commands.
+    pub(crate) fn all_controls_ready(&self) -> bool {
+        self.controls.iter().all(|c| {
+            c.id.and_then(|id| self.conns.get(id))
+                .is_some_and(|conn| conn.phase() == Phase::Ready)
+        })
     }
 
     /// Closes connection `id` as lost with `e`, at the start of the next turn: a pipeline
@@ -171,11 +208,9 @@ impl<C: Copy + Debug> Io<C> {
         self.timers.add(at, TimerEvent::Pipeline(id));
     }
 
-    /// The Control connection, when it is ready to carry commands.
+    /// The first Control connection, when it is ready to carry commands.
     pub(crate) fn control_ready(&mut self) -> Option<&mut Conn<C>> {
-        let id = self.control?;
-        let c = self.conns.get_mut(id)?;
-        (c.phase() == Phase::Ready).then_some(c)
+        self.control_ready_at(0)
     }
 
     /// The lane (fetch connection number) connection `id` serves; `None` for Control,
@@ -184,7 +219,7 @@ impl<C: Copy + Debug> Io<C> {
     pub(crate) fn fetch_of(&self, id: usize) -> Option<FetchLane> {
         match self.conns.get(id)?.role() {
             Role::Fetch(n) => Some(FetchLane(n as usize)),
-            Role::Control => None,
+            Role::Control(_) => None,
         }
     }
 
@@ -233,4 +268,15 @@ impl FetchLane {
     pub(crate) fn index(self) -> usize {
         self.0
     }
+}
+
+/// One Control connection of a shard.
+#[derive(Debug, Clone)]
+pub(crate) struct ControlSlot {
+    /// In a cluster, the hash slot whose node it is on.
+    pub(super) route: u16,
+    /// Its connection, once opened.
+    pub(super) id: Option<usize>,
+    /// The pipeline (or a stop, or the depth sampler) asked for it to be opened.
+    pub(super) want: bool,
 }

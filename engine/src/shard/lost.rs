@@ -43,6 +43,7 @@ use crate::timer::TimerEvent;
 impl<P: Pipeline, B: Backend> Shard<P, B> {
     /// The deadline timer of connection `id` fired.
     pub(super) fn on_deadline(&mut self, id: usize, gen: u32, now: Instant) {
+        let is_control = self.io.is_control(id);
         let Some(c) = self.io.conns.get_mut(id) else {
             return;
         };
@@ -71,11 +72,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             ),
             _ => format!("no reply from {} to {head:?} within its deadline", c.peer()),
         };
-        if owes_effects
-            && c.phase() == Phase::Ready
-            && !self.io.stopping
-            && Some(id) != self.io.control
-        {
+        if owes_effects && c.phase() == Phase::Ready && !self.io.stopping && !is_control {
             self.retire(id, what, now);
             return;
         }

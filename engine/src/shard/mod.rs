@@ -46,6 +46,7 @@ use crate::dispatch::{epoch_nanos, ShardDispatch};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Handler, Message, Outcome};
 pub(crate) use depth::{DepthSpec, UNSAMPLED};
+use io::ControlSlot;
 pub(crate) use io::{FetchLane, Io};
 
 use crate::pipeline::{ControlUse, Pipeline};
@@ -210,6 +211,11 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
             )
         })
         .collect();
+    let (controls, lane_control) = controls_for(
+        &spec.routes,
+        P::CONTROL_PER_SLOT_GROUP && spec.conn.cluster.is_some(),
+        spec.pipeline.control() == ControlUse::Always,
+    );
     let io = Io {
         shard: spec.index,
         conns,
@@ -221,8 +227,8 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         stopping: false,
         turn_ns: 0,
         reply_timeout: spec.reply_timeout,
-        control: None,
-        want_control: spec.pipeline.control() == ControlUse::Always,
+        controls,
+        lane_control,
         events: Vec::new(),
         lose: Vec::new(),
     };
@@ -285,6 +291,36 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
     result
 }
 
+/// The shard's Control connections and each lane's: one per distinct slot of `routes`
+/// when `per_group` (in lane order), else one following the first lane.
+fn controls_for(routes: &[u16], per_group: bool, want: bool) -> (Vec<ControlSlot>, Vec<u32>) {
+    let slot = |route| ControlSlot {
+        route,
+        id: None,
+        want,
+    };
+    if !per_group {
+        let first = routes.first().copied().unwrap_or(0);
+        return (vec![slot(first)], vec![0; routes.len()]);
+    }
+    let mut controls: Vec<ControlSlot> = Vec::new();
+    let mut lane_control = Vec::with_capacity(routes.len());
+    for &r in routes {
+        let c = match controls.iter().position(|c| c.route == r) {
+            Some(c) => c,
+            None => {
+                controls.push(slot(r));
+                controls.len() - 1
+            }
+        };
+        lane_control.push(c as u32);
+    }
+    if controls.is_empty() {
+        controls.push(slot(0));
+    }
+    (controls, lane_control)
+}
+
 /// Seeds connection `i`'s backoff jitter: different per shard, slot and process.
 fn conn_seed(shard: usize, i: usize) -> u64 {
     let seed = (shard as u64) << 32 ^ i as u64 ^ u64::from(std::process::id()) << 16;
@@ -317,8 +353,10 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             if self.io.shared.stop.load(Ordering::Relaxed) && !self.io.stopping {
                 self.begin_stop(now);
             }
-            if self.io.want_control && self.io.control.is_none() {
-                self.open_control(now);
+            for c in 0..self.io.controls.len() {
+                if self.io.controls[c].want && self.io.controls[c].id.is_none() {
+                    self.open_control(c, now);
+                }
             }
             for (id, gen, e) in std::mem::take(&mut self.io.lose) {
                 if self.io.conns.get(id).is_some_and(|c| c.gen() == gen) {
@@ -432,13 +470,17 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         }
     }
 
-    /// Opens the Control connection (acks, scripts, CLIENT UNBLOCK), in a new slot.
-    fn open_control(&mut self, now: Instant) {
+    /// Opens Control `c` (acks, scripts, CLIENT UNBLOCK), in a new slot.
+    fn open_control(&mut self, c: usize, now: Instant) {
         let id = self.io.conns.len();
-        let name = format!("{}-s{}-control", self.conn_cfg.client_name, self.index);
+        let name = if c == 0 {
+            format!("{}-s{}-control", self.conn_cfg.client_name, self.index)
+        } else {
+            format!("{}-s{}-control{c}", self.conn_cfg.client_name, self.index)
+        };
         let mut control = Conn::new(
             id as u32,
-            Role::Control,
+            Role::Control(c as u32),
             name,
             self.conn_cfg.clone(),
             conn_seed(self.index, id) ^ 0xC0,
@@ -449,8 +491,8 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             control.stop_after_close();
         }
         self.io.conns.push(control);
-        self.io.control = Some(id);
-        self.io.want_control = false;
+        self.io.controls[c].id = Some(id);
+        self.io.controls[c].want = false;
         self.dial(id, now);
     }
 

@@ -103,7 +103,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             let c = &self.io.conns[id];
             let finished = c.phase() == Phase::Ready
                 && c.is_idle()
-                && Some(id) != self.io.control
+                && !self.io.is_control(id)
                 && (self.io.stopping || c.draining().is_some());
             if finished {
                 if c.draining().is_some() {
@@ -239,7 +239,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             return;
         };
         let ns = now.saturating_duration_since(queued).as_nanos() as u64;
-        let h = if Some(id) == self.io.control {
+        let h = if self.io.is_control(id) {
             &mut self.rtt_control
         } else {
             &mut self.rtt_fetch

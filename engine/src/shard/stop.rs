@@ -41,7 +41,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             match conn.phase() {
                 Phase::Idle | Phase::Resolving => conn.set_done(),
                 // Control stays for the pipeline's last commands and CLIENT UNBLOCK.
-                Phase::Ready if !conn.is_idle() || Some(id) == self.io.control => {}
+                Phase::Ready if !conn.is_idle() || self.io.is_control(id) => {}
                 Phase::Closing | Phase::Done => {}
                 _ => self.stop_conn(id),
             }
@@ -80,8 +80,8 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
 
     /// During a stop, ends commands blocked on the server (`Pipeline::blocks`) at once
     /// instead of waiting out their block timeouts (up to `pipeline` of them in turn on
-    /// one connection): the Control connection sends `CLIENT UNBLOCK <id>` for each
-    /// connection whose head command blocks. An unblocked pop answers "nothing" — it had
+    /// one connection): a Control connection (in a cluster, one on the same node) sends
+    /// `CLIENT UNBLOCK <id>` for each connection whose head command blocks. An unblocked pop answers "nothing" — it had
     /// nothing, or it would not have been blocked — so no message is lost. The next
     /// pipelined pop then blocks in its turn and is unblocked in the same way once the
     /// previous reply has arrived. Needs the client ids from HELLO (RESP3) and the right
@@ -90,45 +90,53 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         if self.unblock_off {
             return;
         }
-        let control = self.io.control;
         let pipeline = &self.pipeline;
-        // Client ids are a server's own: in a cluster, Control unblocks only the
-        // connections on its own node (the others wait out their block timeouts).
-        let cluster = self.conn_cfg.cluster.is_some();
-        let node = control.and_then(|u| self.io.conns[u].target_addr());
+        let io = &self.io;
         let blocked = |i: usize, c: &crate::conn::Conn<P::Cmd>| {
-            Some(i) != control
-                && (!cluster || node.is_none() || c.target_addr() == node)
+            !io.is_control(i)
                 && c.phase() == Phase::Ready
                 && !c.unblock_sent()
                 && c.server().client_id.is_some()
                 && matches!(c.head(), Some(Tag::Pipe(cmd)) if pipeline.blocks(&cmd))
         };
-        if !self.io.conns.iter().enumerate().any(|(i, c)| blocked(i, c)) {
+        if !io.conns.iter().enumerate().any(|(i, c)| blocked(i, c)) {
             return;
         }
-        let Some(u) = control else {
-            self.open_control(now);
+        let controls: Vec<usize> = io.controls.iter().filter_map(|c| c.id).collect();
+        if controls.is_empty() {
+            self.open_control(0, now);
             return;
-        };
-        match self.io.conns[u].phase() {
-            Phase::Ready => {}
-            Phase::Closing | Phase::Done => {
-                self.unblock_off = true;
-                return;
-            }
-            _ => return,
         }
-        let targets: Vec<(usize, i64)> = self
-            .io
+        if controls
+            .iter()
+            .all(|&u| matches!(io.conns[u].phase(), Phase::Closing | Phase::Done))
+        {
+            self.unblock_off = true;
+            return;
+        }
+        let ready: Vec<usize> = controls
+            .into_iter()
+            .filter(|&u| io.conns[u].phase() == Phase::Ready)
+            .collect();
+        // Client ids are a server's own: in a cluster, a Control unblocks only the
+        // connections on its own node (the others wait out their block timeouts).
+        let cluster = self.conn_cfg.cluster.is_some();
+        let targets: Vec<(usize, usize, i64)> = io
             .conns
             .iter()
             .enumerate()
             .filter(|(i, c)| blocked(*i, c))
-            .filter_map(|(i, c)| Some((i, c.server().client_id?)))
+            .filter_map(|(i, c)| {
+                let at = c.target_addr();
+                let u = ready.iter().copied().find(|&u| {
+                    let node = io.conns[u].target_addr();
+                    !cluster || node.is_none() || node == at
+                })?;
+                Some((u, i, c.server().client_id?))
+            })
             .collect();
         let allow = self.io.reply_timeout;
-        for (id, client_id) in targets {
+        for (u, id, client_id) in targets {
             self.io.conns[u].command(Tag::Unblock { conn: id as u32 }, now, allow, |buf| {
                 CommandWriter::new(buf, 3)
                     .arg("CLIENT")
@@ -144,14 +152,12 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
     /// connection is open (it may need unblocking), while its own commands are
     /// unanswered, and until the pipeline has `drained`.
     pub(super) fn close_idle_conns(&mut self, drained: bool) {
-        let control = self.io.control;
-        let others_open =
-            self.io.conns.iter().enumerate().any(|(i, c)| {
-                Some(i) != control && !matches!(c.phase(), Phase::Closing | Phase::Done)
-            });
+        let others_open = self.io.conns.iter().enumerate().any(|(i, c)| {
+            !self.io.is_control(i) && !matches!(c.phase(), Phase::Closing | Phase::Done)
+        });
         for id in 0..self.io.conns.len() {
             let c = &self.io.conns[id];
-            let is_control = Some(id) == control;
+            let is_control = self.io.is_control(id);
             let open = !matches!(c.phase(), Phase::Closing | Phase::Done);
             let idle = c.phase() == Phase::Ready && c.is_idle();
             let close = if is_control {

@@ -77,7 +77,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             if c.phase() == Phase::Done || c.retired() {
                 continue;
             }
-            let control = Some(i) == self.io.control;
+            let control = self.io.is_control(i);
             conns[usize::from(control) * 2 + usize::from(!c.serves())] += 1;
         }
         for (slot, n) in s.conns.iter().zip(conns) {

@@ -1,9 +1,76 @@
 //! Cluster helpers for the cluster test files: a 6-node cluster of either server, and
 //! producing to / reading the length of a key at the node that serves it.
 
+use std::time::Duration;
+
+use ringq::{EngineBuilder, ReliableConsumer, Running, StartAt, StreamConsumer};
+use ringq_resp::Frame;
 use ringq_tests::ClusterGroup;
 
-use super::Kind;
+use super::{payloads, xadd, Kind, Rec, Recorder};
+
+/// The at-least-once modes, as the cluster tests run them.
+#[derive(Clone, Copy, Debug)]
+pub enum Acked {
+    Reliable,
+    Stream,
+}
+
+/// Fills `source` with `n` messages `<prefix>-<i>` at its node.
+pub fn fill(g: &ClusterGroup, mode: Acked, source: &str, prefix: &str, n: usize) {
+    match mode {
+        Acked::Reliable => push(g, source, &payloads(prefix, n)),
+        Acked::Stream => {
+            let mut c = g.client_for(source).unwrap();
+            xadd(&mut c, source, prefix, n, None);
+        }
+    }
+}
+
+/// Starts consumer `c1` (group `g` in stream mode) of `sources` in `mode` on `b`, batches
+/// of 32, acking each message after 100 µs.
+pub fn start_acked(
+    b: EngineBuilder,
+    mode: Acked,
+    sources: &[String],
+    seen: &Recorder<Rec>,
+) -> Running {
+    let b = b
+        .prefetch(256)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let handler = seen.deciding(super::ack_after(Duration::from_micros(100)));
+    match mode {
+        Acked::Reliable => b.start(
+            ReliableConsumer::new("c1", sources.to_vec()).batch(32),
+            handler,
+        ),
+        Acked::Stream => b.start(
+            StreamConsumer::new("g", "c1", sources.to_vec())
+                .start_at(StartAt::Beginning)
+                .batch(32),
+            handler,
+        ),
+    }
+    .unwrap()
+}
+
+/// What consumer `c1` still holds of `source` (reliable: its processing list; stream:
+/// the group's XPENDING) at the node that serves it now; -1 when that cannot be read.
+pub fn left(g: &ClusterGroup, mode: Acked, source: &str) -> i64 {
+    let Ok(mut c) = g.client_for(source) else {
+        return -1;
+    };
+    match mode {
+        Acked::Reliable => {
+            let p = ringq::envelope::keys::processing(source.as_bytes(), b"c1");
+            c.llen(p).unwrap_or(-1)
+        }
+        Acked::Stream => match c.cmd(["XPENDING", source, "g"]) {
+            Ok(Frame::Array(v)) => v.first().and_then(Frame::as_integer).unwrap_or(-1),
+            _ => -1,
+        },
+    }
+}
 
 /// A 6-node cluster (3 primaries, 3 replicas) of `kind`'s server; panics, saying how to
 /// install it, when Valkey is missing (the tests that run on it fail rather than skip).

@@ -411,10 +411,10 @@ impl KombuPipeline {
         let Some(ctl) = io.control_ready() else {
             return;
         };
-        let again: Vec<Batch> = self.settle.take_resend().collect();
-        for b in again {
+        // Kombu mode has one Control (it does not run on a cluster).
+        for b in self.settle.take_resend() {
             b.write(ctl, KTag::Settle, self, now, allow);
-            self.settle.sent(b, true);
+            self.settle.sent(b, true, 0);
         }
         for k in std::mem::take(&mut self.dirty) {
             let mut b = std::mem::take(&mut self.pending[k as usize]);
@@ -422,7 +422,7 @@ impl KombuPipeline {
             // until the recovery that follows has read the window.
             b.tail = (self.stage != Stage::Orphaned).then(|| self.held[k as usize].advance());
             b.write(ctl, KTag::Settle, self, now, allow);
-            self.settle.sent(b, false);
+            self.settle.sent(b, false, 0);
         }
         if let Stage::Recover(why) = self.stage {
             for (i, k) in self.keys.iter().enumerate() {

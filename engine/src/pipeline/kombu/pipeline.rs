@@ -170,7 +170,7 @@ impl Pipeline for KombuPipeline {
 
     fn on_lost(&mut self, io: &mut Io<KTag>, conn: usize, unanswered: &[KTag], stalled: bool) {
         if Some(conn) == io.control_id() || io.fetch_of(conn).is_none() {
-            let lost = self.settle.control_lost();
+            let lost = self.settle.control_lost(0);
             self.sweep.reset();
             if let Stage::Recovering(why, _) = self.stage {
                 self.stage = Stage::Recover(why);
@@ -289,7 +289,7 @@ impl KombuPipeline {
     }
 
     fn on_settled(&mut self, io: &mut Io<KTag>, f: &Frame) {
-        let Some((b, resent)) = self.settle.answered() else {
+        let Some((b, resent)) = self.settle.answered(0) else {
             return;
         };
         let stale = match f {

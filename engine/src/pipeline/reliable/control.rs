@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringq_resp::{CommandWriter, Frame, ServerError, ServerErrorKind};
 
-use super::settle::Batch;
 use super::{scripts, Mode, RelTag, ReliablePipeline};
 use crate::conn::{classify, Conn, Failure, Tag};
 use crate::frames;
@@ -17,18 +16,20 @@ use crate::pipeline::alo::{ms, now_ms, Recovery, Stage};
 use crate::pipeline::Io;
 
 impl ReliablePipeline {
-    /// Sends what waits for Control: settles, and the recover scripts of a claim.
+    /// Sends what waits for the Controls: settles, each on its key's Control, and the
+    /// recover scripts of a recovery (once every Control is ready).
     pub(super) fn flush(&mut self, io: &mut Io<RelTag>, now: Instant) {
         let allow = io.reply_timeout();
-        let Some(ctl) = io.control_ready() else {
-            return;
-        };
         let (cutoff, cap) = (
             now_ms().saturating_sub(self.dead_max_age.as_millis() as u64),
             self.dead_max_len,
         );
-        let again: Vec<Batch> = self.settle.take_resend().collect();
-        for mut b in again {
+        for mut b in self.settle.take_resend() {
+            let c = self.key_control(io, b.key as usize);
+            let Some(ctl) = io.control_ready_at(c) else {
+                self.settle.resend_later(b);
+                continue;
+            };
             // Sent again after a lost connection: the server may have lost writes (a
             // failover), an earlier retry's among them, so nothing is trimmed until the
             // recovery that follows.
@@ -42,11 +43,17 @@ impl ReliablePipeline {
                 now,
                 allow,
             );
-            self.settle.sent(b, true);
+            self.settle.sent(b, true, c);
         }
         // While writes may have been lost, acks mark their elements and the tail stays.
         let hold = self.stage == Stage::Orphaned;
-        for k in self.dirty.drain(..) {
+        let mut waiting = Vec::new();
+        for k in std::mem::take(&mut self.dirty) {
+            let c = self.key_control(io, k as usize);
+            let Some(ctl) = io.control_ready_at(c) else {
+                waiting.push(k);
+                continue;
+            };
             let mut b = std::mem::take(&mut self.pending[k as usize]);
             let held = &mut self.held[k as usize];
             let floor = held.tail();
@@ -60,16 +67,24 @@ impl ReliablePipeline {
                 now,
                 allow,
             );
-            self.settle.sent(b, false);
+            self.settle.sent(b, false, c);
         }
+        self.dirty = waiting;
         if let Stage::Recover(why) = self.stage {
+            if !io.all_controls_ready() {
+                return;
+            }
             if why != Recovery::Stop {
                 // Everything in hand is settled: the recovery empties the leased lists,
                 // and positions start again at 0 under a new token.
                 self.new_epoch();
             }
+            self.round = self.round.wrapping_add(1);
             for q in 0..self.queues.len() {
-                self.recover(ctl, q, why.into(), now, allow);
+                let c = self.queue_control(io, q);
+                if let Some(ctl) = io.control_ready_at(c) {
+                    self.recover(ctl, q, why.into(), now, allow);
+                }
             }
             self.stage = if self.queues.is_empty() {
                 Stage::Running
@@ -100,6 +115,7 @@ impl ReliablePipeline {
             Tag::Pipe(RelTag::Recover {
                 queue: q as u32,
                 mode,
+                round: self.round,
             }),
             now,
             allow,
@@ -192,7 +208,8 @@ impl ReliablePipeline {
         match cmd {
             RelTag::Load(n) => scripts::SET.check_loaded(n, &f)?,
             RelTag::Settle => {
-                let Some((b, resent)) = self.settle.answered() else {
+                let ctl = io.control_index(conn).unwrap_or(0);
+                let Some((b, resent)) = self.settle.answered(ctl) else {
                     return Ok(());
                 };
                 let v = ints(&f);
@@ -222,7 +239,9 @@ impl ReliablePipeline {
                     });
                 }
             }
-            RelTag::Recover { queue, mode } => self.on_recovered(io, queue, mode, &ints(&f)),
+            RelTag::Recover { queue, mode, round } => {
+                self.on_recovered(io, queue, mode, round, &ints(&f));
+            }
             RelTag::Requeue { key, gen } => {
                 // {moved, left}: a set with nothing left is not checked again until a
                 // retry or the next sweep.
@@ -252,8 +271,8 @@ impl ReliablePipeline {
 
     /// A recover script's reply `v` (`{consumers swept, messages moved}`) for queue
     /// `queue` in `mode`: counted, reported, and the stage moved on when it was the last
-    /// reply of a recovery.
-    fn on_recovered(&mut self, io: &mut Io<RelTag>, queue: u32, mode: Mode, v: &[i64]) {
+    /// reply of the recovery sent last (`round`).
+    fn on_recovered(&mut self, io: &mut Io<RelTag>, queue: u32, mode: Mode, round: u8, v: &[i64]) {
         let (swept, moved) = (
             v.first().copied().unwrap_or(0),
             v.get(1).copied().unwrap_or(0),
@@ -279,7 +298,7 @@ impl ReliablePipeline {
             }
         }
         if let Stage::Recovering(why, left) = self.stage {
-            if Mode::from(why) == mode {
+            if Mode::from(why) == mode && round == self.round {
                 self.stage = match (left.saturating_sub(1), why) {
                     (0, Recovery::Stop) => Stage::Stopped,
                     (0, _) => Stage::Running,

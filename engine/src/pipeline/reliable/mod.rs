@@ -60,7 +60,9 @@ pub(crate) enum RelTag {
     /// The settle script of the oldest batch in the settle queue.
     Settle,
     /// The recover script of queue `queue` (its index on this shard) in `mode`.
-    Recover { queue: u32, mode: Mode },
+    /// `round`: which sending of a recovery it belongs to (replies of an earlier one,
+    /// from a Control not lost, are not counted toward a later one).
+    Recover { queue: u32, mode: Mode, round: u8 },
     /// Due retries of key `key` (its index on this shard) moved back; `gen`: the key's
     /// retry generation when it was sent.
     Requeue { key: u32, gen: u32 },
@@ -199,7 +201,14 @@ pub(crate) struct ReliablePipeline {
     token: Bytes,
     /// Keys whose batch holds something.
     dirty: Vec<u32>,
-    /// Batches sent on Control and unanswered, and those of a lost Control to send again.
+    /// Each key's queue (an index into `queues`).
+    key_queue: Vec<u32>,
+    /// Each queue's fetch lane: its Control is `Io::control_of_lane` of it.
+    queue_lane: Vec<u32>,
+    /// Recoveries sent so far (see `RelTag::Recover`).
+    round: u8,
+    /// Batches sent on a Control and unanswered, and those of a lost Control to send
+    /// again.
     settle: SettleQueue<Batch>,
     stage: Stage,
     /// Messages handed to the handler without an outcome yet.
@@ -236,8 +245,6 @@ impl Start for ReliableConsumer {
     fn source_names(&self) -> Vec<String> {
         self.pop.queue_names()
     }
-
-    const CONTROL_ON_SOURCE_NODE: bool = true;
 
     /// Every level's key and the keys reliable mode keeps beside them (processing, retry
     /// and dead per key; heartbeat, consumer set and sweep lock per queue).
@@ -318,11 +325,16 @@ impl ReliablePipeline {
         let mut key_names = Vec::new();
         let mut mine: Vec<u32> = lanes.iter().flatten().copied().collect();
         mine.sort_unstable();
+        let mut key_queue = Vec::new();
+        let mut queue_lane = Vec::new();
         for &qi in &mine {
+            let lane = lanes.iter().position(|l| l.contains(&qi)).unwrap_or(0);
+            queue_lane.push(lane as u32);
             let q = &pc.queues[qi as usize];
             let mut levels = Vec::new();
             for (_, k) in &q.levels {
                 levels.push(key_names.len() as u32);
+                key_queue.push(queues.len() as u32);
                 key_names.push(KeyNames {
                     key: k.clone(),
                     processing: Bytes::from(keys::processing(k, &id)),
@@ -379,6 +391,9 @@ impl ReliablePipeline {
             queues,
             key_of,
             dirty: Vec::new(),
+            key_queue,
+            queue_lane,
+            round: 0,
             settle: SettleQueue::default(),
             stage: Stage::Recover(Recovery::Start),
             outstanding: 0,
@@ -451,6 +466,16 @@ impl ReliablePipeline {
         if self.stage == Stage::Running {
             self.stage = Stage::Orphaned;
         }
+    }
+
+    /// The Control that carries queue `q`'s commands: on its slot's node in a cluster.
+    fn queue_control<C: CarriesPop>(&self, io: &Io<C>, q: usize) -> usize {
+        io.control_of_lane(self.queue_lane[q] as usize)
+    }
+
+    /// The Control that carries key `k`'s settles and requeues.
+    fn key_control<C: CarriesPop>(&self, io: &Io<C>, k: usize) -> usize {
+        self.queue_control(io, self.key_queue[k] as usize)
     }
 
     fn quiet<C: CarriesPop>(&self, io: &Io<C>) -> bool {

@@ -27,6 +27,8 @@ impl Pipeline for ReliablePipeline {
         ControlUse::Always
     }
 
+    const CONTROL_PER_SLOT_GROUP: bool = true;
+
     fn on_ready(&mut self, io: &mut Io<RelTag>, conn: usize, now: Instant) {
         let allow = io.reply_timeout();
         if !require_version(
@@ -38,7 +40,7 @@ impl Pipeline for ReliablePipeline {
             return;
         }
         scripts::SET.load(io.conn_mut(conn), now, allow, RelTag::Load);
-        if Some(conn) != io.control_id() {
+        if !io.is_control(conn) {
             // A lane of several keys, once dry, watches them all through the server's
             // key tracking (RESP3 invalidation pushes) instead of polling.
             self.pop.request_tracking(io, conn, now, RelTag::Tracking);
@@ -147,10 +149,10 @@ impl Pipeline for ReliablePipeline {
     }
 
     fn on_lost(&mut self, io: &mut Io<RelTag>, conn: usize, unanswered: &[RelTag], stalled: bool) {
-        if Some(conn) == io.control_id() || io.fetch_of(conn).is_none() {
+        if let Some(ctl) = io.control_index(conn) {
             // Settles not answered are sent again (they act only on elements still
             // leased, so one that was applied does nothing the second time).
-            let lost = self.settle.control_lost();
+            let lost = self.settle.control_lost(ctl);
             if let Stage::Recovering(why, _) = self.stage {
                 self.stage = Stage::Recover(why);
             }
@@ -187,9 +189,6 @@ impl Pipeline for ReliablePipeline {
             io.timer(now + next, id);
         }
         let stopping = io.stopping();
-        let Some(ctl) = io.control_ready() else {
-            return;
-        };
         match mode {
             _ if stopped => {}
             Some(Mode::Sweep) if stopping => {}
@@ -201,7 +200,10 @@ impl Pipeline for ReliablePipeline {
                         .for_each(|g| *g = g.wrapping_add(1));
                 }
                 for q in 0..self.queues.len() {
-                    self.recover(ctl, q, m, now, allow);
+                    let c = self.queue_control(io, q);
+                    if let Some(ctl) = io.control_ready_at(c) {
+                        self.recover(ctl, q, m, now, allow);
+                    }
                 }
             }
             None if stopping => {}
@@ -209,6 +211,9 @@ impl Pipeline for ReliablePipeline {
                 let at = now_ms() as i64;
                 let due = self.keys.iter().zip(&self.retries).enumerate();
                 for (i, k) in due.filter(|(_, (_, r))| **r).map(|(i, (k, _))| (i, k)) {
+                    let Some(ctl) = io.control_ready_at(self.key_control(io, i)) else {
+                        continue;
+                    };
                     // The old retry set too while it differs (an old consumer of a queue
                     // with a hash tag may still be retrying into it).
                     let old = (k.legacy_retry != k.retry).then_some(&k.legacy_retry);

@@ -302,8 +302,6 @@ impl Start for StreamConsumer {
             .collect()
     }
 
-    const CONTROL_ON_SOURCE_NODE: bool = true;
-
     /// The stream and its dead-letter stream.
     fn source_keys(&self, i: usize) -> Option<Vec<Bytes>> {
         let s = self.streams.get(i)?;

@@ -80,44 +80,61 @@ impl StreamPipeline {
         }
     }
 
-    /// Sends what waits for Control: group creation, settles, own-entry reads, claims,
-    /// due retries.
+    /// Sends what waits for the Controls (each stream's commands on its own, on its
+    /// slot's node in a cluster): group creation, settles, own-entry reads, claims from
+    /// dead consumers, due retries.
     pub(super) fn flush(&mut self, io: &mut Io<StreamTag>, now: Instant) {
         let allow = io.reply_timeout();
-        let Some(ctl_id) = io.control_id() else {
-            return;
-        };
-        if io.control_ready().is_none() {
-            return;
-        }
         match self.stage {
             Stage::Setup => {
-                let n = self.send_setup(io.conn_mut(ctl_id), now, allow);
+                // Every Control, and no reply of an earlier setup still to come (one
+                // that came late would count toward this one).
+                let earlier = io.any_cmd(|t| {
+                    matches!(
+                        t,
+                        StreamTag::Create { .. } | StreamTag::Probe | StreamTag::ProbeClaim
+                    )
+                });
+                if !io.all_controls_ready() || earlier {
+                    return;
+                }
+                let n = self.send_setup(io, now, allow);
                 self.stage = Stage::SettingUp(n);
                 return;
             }
             Stage::SettingUp(_) => return,
             _ => {}
         }
-        self.send_settles(io.conn_mut(ctl_id), now, allow);
+        self.send_settles(io, now, allow);
         if io.stopping() {
             return;
         }
         if self.stage == Stage::Orphaned && self.quiet(io) {
             self.begin_own(Recovery::Orphans);
         }
-        self.send_fetches(io, ctl_id, now, allow);
+        self.send_fetches(io, now, allow);
         if self.stage == Stage::Running {
-            self.send_due_retries(io, ctl_id, now, allow);
+            self.send_due_retries(io, now, allow);
         }
     }
 
-    /// Group creation for every stream of this shard, and the probes; returns how many
-    /// replies to wait for.
-    fn send_setup(&self, ctl: &mut Conn<StreamTag>, now: Instant, allow: Duration) -> u32 {
+    /// The Control that carries stream `s`'s commands.
+    pub(super) fn stream_control<C>(&self, io: &Io<C>, s: u32) -> usize
+    where
+        C: Copy + std::fmt::Debug,
+    {
+        io.control_of_lane(self.plan.lane_of[s as usize])
+    }
+
+    /// Group creation for every stream of this shard (each on its Control), and the
+    /// probes (on the first); returns how many replies to wait for.
+    fn send_setup(&self, io: &mut Io<StreamTag>, now: Instant, allow: Duration) -> u32 {
         let c = &self.plan.consumer;
         let mut n = 0;
         for s in (0..self.streams.len() as u32).filter(|&s| self.streams[s as usize].mine) {
+            let Some(ctl) = io.control_ready_at(self.stream_control(io, s)) else {
+                continue;
+            };
             n += 1;
             ctl.command(Tag::Pipe(StreamTag::Create { s }), now, allow, |buf| {
                 CommandWriter::new(buf, 6)
@@ -130,6 +147,9 @@ impl StreamPipeline {
                     .finish();
             });
         }
+        let Some(ctl) = io.control_ready() else {
+            return n;
+        };
         ctl.command(Tag::Pipe(StreamTag::Probe), now, allow, |buf| {
             CommandWriter::new(buf, 3)
                 .arg("COMMAND")
@@ -148,10 +168,24 @@ impl StreamPipeline {
         n + 2
     }
 
-    /// Outcome batches: those of a lost Control again first, then the new ones.
-    fn send_settles(&mut self, ctl: &mut Conn<StreamTag>, now: Instant, allow: Duration) {
-        let mut sends: Vec<(Sent, bool)> = self.settle.take_resend().map(|t| (t, true)).collect();
+    /// Outcome batches, each on its stream's Control: those of a lost Control again
+    /// first, then the new ones (a stream whose Control is not ready keeps them).
+    fn send_settles(&mut self, io: &mut Io<StreamTag>, now: Instant, allow: Duration) {
+        let mut sends: Vec<(Sent, bool)> = Vec::new();
+        for t in self.settle.take_resend() {
+            if io
+                .control_ready_at(self.stream_control(io, t.stream()))
+                .is_some()
+            {
+                sends.push((t, true));
+            } else {
+                self.settle.resend_later(t);
+            }
+        }
         for s in 0..self.streams.len() as u32 {
+            if io.control_ready_at(self.stream_control(io, s)).is_none() {
+                continue;
+            }
             let st = &mut self.streams[s as usize];
             while !st.acks.is_empty() {
                 let n = st.acks.len().min(MAX_IDS);
@@ -175,20 +209,17 @@ impl StreamPipeline {
             }
         }
         for (sent, resent) in sends {
-            self.write_sent(ctl, &sent, now, allow);
-            self.settle.sent(sent, resent);
+            let c = self.stream_control(io, sent.stream());
+            if let Some(ctl) = io.control_ready_at(c) {
+                self.write_sent(ctl, &sent, now, allow);
+            }
+            self.settle.sent(sent, resent, c);
         }
     }
 
     /// Own pending entries (after a start or a lost read) and claims from dead
     /// consumers, one fetch script per stream at a time: each holds credit of its lane.
-    fn send_fetches(
-        &mut self,
-        io: &mut Io<StreamTag>,
-        ctl_id: usize,
-        now: Instant,
-        allow: Duration,
-    ) {
+    fn send_fetches(&mut self, io: &mut Io<StreamTag>, now: Instant, allow: Duration) {
         let c = &self.plan.consumer;
         let mine: Vec<u32> = self.mine().collect();
         for s in mine {
@@ -202,6 +233,10 @@ impl StreamPipeline {
                 _ => continue,
             };
             let lane = self.plan.lane_of[s as usize];
+            let ctl = self.stream_control(io, s);
+            if io.control_ready_at(ctl).is_none() {
+                continue;
+            }
             let Some(g) = io
                 .credits()
                 .grant(lane, false, c.batch, self.lanes[lane].sizes.get(), 1)
@@ -209,7 +244,10 @@ impl StreamPipeline {
                 continue;
             };
             let lease = c.lease.as_millis().max(1) as i64;
-            io.conn_mut(ctl_id).command(
+            let Some(ctl) = io.control_ready_at(ctl) else {
+                continue;
+            };
+            ctl.command(
                 Tag::Pipe(StreamTag::Fetch {
                     s,
                     own,
@@ -239,13 +277,7 @@ impl StreamPipeline {
 
     /// Retries that are due, XCLAIMed back to this consumer (the server counts the
     /// delivery), a batch per stream: each holds credit of its lane.
-    fn send_due_retries(
-        &mut self,
-        io: &mut Io<StreamTag>,
-        ctl_id: usize,
-        now: Instant,
-        allow: Duration,
-    ) {
+    fn send_due_retries(&mut self, io: &mut Io<StreamTag>, now: Instant, allow: Duration) {
         let c = &self.plan.consumer;
         while let Some(top) = self.retries.peek() {
             if top.at > now || self.streams[top.s as usize].busy {
@@ -253,6 +285,11 @@ impl StreamPipeline {
             }
             let s = top.s;
             let lane = self.plan.lane_of[s as usize];
+            let ctl = self.stream_control(io, s);
+            if io.control_ready_at(ctl).is_none() {
+                // Its Control is reconnecting: the retries wait (they are pending).
+                break;
+            }
             let mut due = Vec::new();
             while let Some(t) = self.retries.peek() {
                 if t.at > now || t.s != s || due.len() >= c.batch as usize {
@@ -276,7 +313,10 @@ impl StreamPipeline {
             for d in &due {
                 self.redeliver.insert(d.id.clone(), d.deliveries + 1);
             }
-            io.conn_mut(ctl_id).command(
+            let Some(ctl) = io.control_ready_at(ctl) else {
+                break;
+            };
+            ctl.command(
                 Tag::Pipe(StreamTag::Claim {
                     s,
                     count: g.count,
@@ -433,7 +473,7 @@ impl StreamPipeline {
                 }
             }
             StreamTag::Settle => {
-                self.settle.answered();
+                self.settle.answered(io.control_index(conn).unwrap_or(0));
             }
             StreamTag::Info { s } => {
                 if let Some((lag, pending)) = group_info(&f, &self.plan.consumer.group) {

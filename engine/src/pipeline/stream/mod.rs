@@ -142,6 +142,15 @@ enum Sent {
     },
 }
 
+impl Sent {
+    /// The stream it settles.
+    fn stream(&self) -> u32 {
+        match self {
+            Sent::Ack { s, .. } | Sent::Dead { s, .. } => *s,
+        }
+    }
+}
+
 const TIMER_CLAIM: u32 = 1;
 const TIMER_INFO: u32 = 2;
 const INFO_PERIOD: Duration = Duration::from_secs(1);
@@ -303,12 +312,14 @@ impl Pipeline for StreamPipeline {
         ControlUse::Always
     }
 
+    const CONTROL_PER_SLOT_GROUP: bool = true;
+
     fn on_ready(&mut self, io: &mut Io<StreamTag>, conn: usize, now: Instant) {
         let allow = io.reply_timeout();
         if !require_version(io, conn, (6, 2, 0), "stream mode (XAUTOCLAIM)") {
             return;
         }
-        if Some(conn) != io.control_id() {
+        if !io.is_control(conn) {
             return;
         }
         scripts::SET.load(io.conn_mut(conn), now, allow, StreamTag::Load);
@@ -448,7 +459,8 @@ impl Pipeline for StreamPipeline {
         } else {
             // XACK and the dead script only act on entries still pending: sending an
             // answered batch again changes nothing.
-            self.settle.control_lost();
+            self.settle
+                .control_lost(io.control_index(conn).unwrap_or(0));
         }
         if reads > 0 {
             tracing::info!(
@@ -481,10 +493,10 @@ impl Pipeline for StreamPipeline {
             _ => {
                 io.timer(now + INFO_PERIOD, TIMER_INFO);
                 let mine: Vec<u32> = self.mine().collect();
-                let Some(ctl) = io.control_ready() else {
-                    return;
-                };
                 for s in mine {
+                    let Some(ctl) = io.control_ready_at(self.stream_control(io, s)) else {
+                        continue;
+                    };
                     let name = &self.plan.consumer.streams[s as usize].name;
                     ctl.command(Tag::Pipe(StreamTag::Info { s }), now, allow, |buf| {
                         CommandWriter::new(buf, 3)

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ringq_resp::{CommandWriter, Reader, Token};
 
 use super::{ControlUse, Drain, Io, Pipeline};
-use crate::conn::{Failure, Phase, Role, Tag};
+use crate::conn::{Failure, Phase, Tag};
 use crate::error::{Error, ErrorKind};
 use crate::handler::SourceKind;
 use crate::handler::{Message, Outcome, Payload, Span};
@@ -159,7 +159,7 @@ impl Pipeline for RecordingPipeline {
         if let Ok(mut r) = self.rec.lock() {
             r.ready += 1;
         }
-        if io.conn(conn).role() == Role::Control {
+        if io.is_control(conn) {
             let allow = io.reply_timeout();
             io.conn_mut(conn)
                 .command(Tag::Pipe(TestCmd::Warm), now, allow, |buf| {
