@@ -9,15 +9,24 @@
 //!   the virtual environment `scripts/setup.sh` makes, on `--python-messages` messages
 //!   (it is about a thousand times slower; rates are compared), reporting its own wall
 //!   and CPU time (`time.process_time`).
+//! - `kombu records, native`: Kombu's records written with native commands, from the
+//!   parent process: pipelined `RPOP q <batch>`, then per batch one `HSET unacked`, one
+//!   `ZADD unacked_index` (the records `restore_visible` needs) and one `HDEL` and one
+//!   `ZREM` (the acks) — no script and no atomicity (a crash between the pop and the
+//!   records would lose the batch, which is why kombu mode uses a script). It shows
+//!   what the records themselves cost the server, against kombu mode's script.
 //!
 //! Each row has the server's CPU per message (`INFO cpu` before and after).
 
 use std::process::Command;
 
+use bytes::BytesMut;
+use ringq_resp::{CommandWriter, Frame};
 use serde::Serialize;
 
 use crate::child;
 use crate::cli::{Cli, ClientKind};
+use crate::conn::RawConn;
 use crate::error::{Error, Result};
 use crate::load;
 use crate::noise::measured;
@@ -156,6 +165,28 @@ pub fn run(cli: &Cli) -> Result<()> {
             },
         });
     }
+    let native_name = "kombu records, native";
+    fill(&broker.url, n, cli.size, native_name)?;
+    eprintln!("draining: {native_name} ...");
+    let before = cpu_seconds_of(&broker.url)?;
+    let native = native_records(&broker.url, cli.batch.max(1));
+    let after = cpu_seconds_of(&broker.url)?;
+    let left = load::total_len(&broker.url, &keys()[..4])?;
+    results.push(Outcome {
+        name: native_name,
+        row: native
+            .map(|(messages, seconds, cpu)| Row {
+                name: native_name.to_owned(),
+                messages,
+                seconds,
+                msgs_per_sec: messages as f64 / seconds.max(1e-9),
+                cpu_us_per_msg: cpu * 1e6 / messages.max(1) as f64,
+                server_cpu_us_per_msg: (after - before).max(0.0) * 1e6 / n as f64,
+                left,
+            })
+            .map_err(|e| e.to_string()),
+        note: (left > 0).then(|| format!("{left} messages left queued")),
+    });
     let pn = cli.python_messages.max(1);
     fill(&broker.url, pn, cli.size, "python kombu")?;
     eprintln!("draining: python kombu ...");
@@ -187,6 +218,116 @@ pub fn run(cli: &Cli) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Pops in flight at once when the records are written natively.
+const FLOOR_DEPTH: usize = 8;
+
+/// Kombu's records written natively (see the module's doc): drains the queue `batch` at a time, writing
+/// and removing each batch's Kombu records without a script. Returns (messages, seconds,
+/// this thread's CPU seconds).
+fn native_records(url: &str, batch: u32) -> Result<(u64, f64, f64)> {
+    let mut conn = RawConn::connect(url)?;
+    let (queue, unacked, index) = (
+        format!("{PREFIX}{QUEUE}"),
+        format!("{PREFIX}unacked"),
+        format!("{PREFIX}unacked_index"),
+    );
+    let tail = format!(", \"\", \"{QUEUE}\"]");
+    let score = format!(
+        "{:.3}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    );
+    let (start, cpu0) = (std::time::Instant::now(), thread_cpu());
+    let (mut got, mut tag) = (0u64, 0u64);
+    let mut out = BytesMut::new();
+    loop {
+        out.clear();
+        for _ in 0..FLOOR_DEPTH {
+            CommandWriter::new(&mut out, 3)
+                .arg("RPOP")
+                .arg(&queue)
+                .arg_int(i64::from(batch))
+                .finish();
+        }
+        conn.write_all(&out)?;
+        let mut batches = Vec::with_capacity(FLOOR_DEPTH);
+        for _ in 0..FLOOR_DEPTH {
+            match conn.read_frame()? {
+                Frame::Array(items) => batches.push(items),
+                Frame::Null => {}
+                other => return Err(Error::new(format!("RPOP answered {other:?}"))),
+            }
+        }
+        if batches.is_empty() {
+            break;
+        }
+        out.clear();
+        let mut replies = 0;
+        for items in &batches {
+            let fields: Vec<Vec<u8>> = (0..items.len())
+                .map(|j| format!("ringq:native:{}", tag + j as u64).into_bytes())
+                .collect();
+            tag += items.len() as u64;
+            got += items.len() as u64;
+            let n = items.len();
+            let mut w = CommandWriter::new(&mut out, 2 + 2 * n)
+                .arg("HSET")
+                .arg(&unacked);
+            for (f, e) in fields.iter().zip(items) {
+                let e: &[u8] = e.as_bytes().map_or(&[], |b| b);
+                let mut v = Vec::with_capacity(e.len() + 16);
+                v.push(b'[');
+                v.extend_from_slice(e);
+                v.extend_from_slice(tail.as_bytes());
+                w = w.arg(f).arg(&v);
+            }
+            w.finish();
+            let mut w = CommandWriter::new(&mut out, 2 + 2 * n)
+                .arg("ZADD")
+                .arg(&index);
+            for f in &fields {
+                w = w.arg(&score).arg(f);
+            }
+            w.finish();
+            CommandWriter::new(&mut out, 2 + n)
+                .arg("HDEL")
+                .arg(&unacked)
+                .args(&fields)
+                .finish();
+            CommandWriter::new(&mut out, 2 + n)
+                .arg("ZREM")
+                .arg(&index)
+                .args(&fields)
+                .finish();
+            replies += 4;
+        }
+        conn.write_all(&out)?;
+        for _ in 0..replies {
+            if let Frame::SimpleError(m) | Frame::BulkError(m) = conn.read_frame()? {
+                return Err(Error::new(format!(
+                    "the native records were refused: {}",
+                    String::from_utf8_lossy(&m)
+                )));
+            }
+        }
+    }
+    Ok((
+        got,
+        start.elapsed().as_secs_f64(),
+        (thread_cpu() - cpu0).max(0.0),
+    ))
+}
+
+/// This thread's CPU time in seconds.
+fn thread_cpu() -> f64 {
+    // SAFETY: all-zero is a valid `timespec`; clock_gettime only writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is valid for writes.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// Kombu's consumer draining `n` messages with acks: (messages, seconds, CPU seconds), as
@@ -291,6 +432,17 @@ fn render(title: &str, results: &[Outcome]) -> String {
                 "kombu mode ÷ pop mode, same data: {r:.2}× (target ≥ 0.3×) — {}",
                 verdict(r >= 0.3)
             ));
+            if let Some(f) = find("kombu records") {
+                // The server is the bottleneck of a drain: its CPU per message bounds
+                // the rate. 0.3× pop's rate leaves the records and acks this much.
+                let budget = p.server_cpu_us_per_msg / 0.3 - p.server_cpu_us_per_msg;
+                t.push(format!(
+                    "Kombu's records and acks written natively (no script) cost the server \
+                     {:.3} µs per message, kombu mode's script {:.3}, pop mode {:.3}: 0.3× \
+                     pop mode's rate leaves them {budget:.3} µs",
+                    f.server_cpu_us_per_msg, k.server_cpu_us_per_msg, p.server_cpu_us_per_msg
+                ));
+            }
         }
     }
     table.render()

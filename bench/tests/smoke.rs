@@ -653,7 +653,12 @@ fn kombu_drains_envelopes_with_ringq_and_kombus_consumer() {
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["ringq kombu", "ringq pop (at-most-once)", "python kombu"]
+        [
+            "ringq kombu",
+            "ringq pop (at-most-once)",
+            "kombu records, native",
+            "python kombu"
+        ]
     );
     for r in rows {
         assert_eq!(r["left"], 0, "{r}");
@@ -663,9 +668,14 @@ fn kombu_drains_envelopes_with_ringq_and_kombus_consumer() {
         assert!(r["msgs_per_sec"].as_f64().is_some_and(|v| v > 0.0));
     }
     assert_eq!(rows[0]["messages"], 3000);
-    assert_eq!(rows[2]["messages"], 300);
+    assert_eq!(
+        rows[2]["messages"], 3000,
+        "the native records drained everything"
+    );
+    assert_eq!(rows[3]["messages"], 300);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("kombu mode ÷ Kombu's consumer"), "{text}");
+    assert!(text.contains("written natively (no script)"), "{text}");
 }
 
 /// `load`: a 3-second list run at 2 000 msgs/s — one point a second, exactly the rate
