@@ -53,12 +53,13 @@ out=${RINGQ_BENCH_OUT:-target/ringq-bench}
 if [[ ${RINGQ_BENCH_QUICK:-0} == 1 ]]; then
     criterion_args=(--warm-up-time 1 --measurement-time 1)
     batch_messages=100000 single_messages=20000 latency_secs=2 cluster_messages=300000
-    load_secs=2 python_messages=1000 repeats=${RINGQ_BENCH_REPEATS:-1}
+    load_secs=2 python_messages=1000 produce_messages=200000 repeats=${RINGQ_BENCH_REPEATS:-1}
 else
     criterion_args=(--warm-up-time 1 --measurement-time 3)
     # The cluster drain runs at ~20M msgs/s here: 20M messages make a window of ~1 s.
     batch_messages=1000000 single_messages=200000 latency_secs=10 cluster_messages=20000000
-    load_secs=5 python_messages=5000 repeats=${RINGQ_BENCH_REPEATS:-3}
+    # The producer pushes ~2.6M msgs/s here: 5M make a window of ~2 s.
+    load_secs=5 python_messages=5000 produce_messages=5000000 repeats=${RINGQ_BENCH_REPEATS:-3}
 fi
 bench=target/release/ringq-bench
 url_args=()
@@ -147,6 +148,9 @@ scenarios() {
     # The broker load test: the highest list rate whose p99 stays within 1 ms.
     step "${prefix}load" scenario "$dir" load load "${url_args[@]}" \
         --find-max --slo-p99-ms 1 --rate 20000 --duration "$load_secs" --warmup 1 --size 16
+    # Is the load tester's producer ever the bottleneck? Against redis-benchmark -P 64.
+    step "${prefix}produce" scenario "$dir" produce produce "${url_args[@]}" --repeats "$repeats" \
+        --messages "$produce_messages" --size 16
     {
         echo "# ringq-bench results"
         echo
@@ -156,7 +160,7 @@ scenarios() {
         echo
         echo "Command: \`scripts/bench.sh\`$([[ ${RINGQ_BENCH_QUICK:-0} == 1 ]] && echo ' (RINGQ_BENCH_QUICK=1)')"
         for name in drain-batch drain-batch-q100 drain-batch-q1000 drain-single latency \
-            drain-batch-tls latency-tls drain-cluster pubsub-cluster pubsub reliable stream kombu load; do
+            drain-batch-tls latency-tls drain-cluster pubsub-cluster pubsub reliable stream kombu load produce; do
             [[ -f $dir/$name.md ]] || continue
             echo
             cat "$dir/$name.md"

@@ -55,6 +55,9 @@ SCENARIOS
                seconds while ringq consumes in --mode list|reliable|stream; one row a
                second (produced, consumed, backlog, end-to-end and produce latency, server
                CPU) and a summary (lost, extra, latency percentiles, CPU per message)
+  produce      the load tester's LPUSH producer at full speed on --producers connections
+               against redis-benchmark -P 64 on the same server: msgs/s, server CPU per
+               message, and the ratio (is the load tester ever the bottleneck?)
   kombu        drain Kombu envelopes with acks — ringq's kombu mode, ringq's pop mode on
                the same data, and Kombu's own Python consumer (from the venv
                scripts/setup.sh makes) on --python-messages — with the server's CPU per
@@ -86,7 +89,7 @@ EXAMPLES
   ringq-bench drain --url redis://127.0.0.1:6379 --queues 4 --connections 2 --shards 2";
 
 /// What `ringq-bench SCENARIO --help` says about each scenario, and the options it reads.
-const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
+const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
     (
         Scenario::Drain,
         "Fill --queues lists with --messages messages of --size bytes, then consume them all \
@@ -205,7 +208,8 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
          script a batch), ringq's pop mode on the same data, and Kombu's own Python \
          consumer (drain_events + ack, from the venv scripts/setup.sh makes) on \
          --python-messages. Reports msgs/s, consumer CPU and server CPU (INFO cpu) per \
-         message, and the ratios to Kombu's consumer.",
+         message, the ratios to Kombu's consumer, and Kombu's records written with native \
+         commands (what the records alone cost the server).",
         &[
             "url",
             "repeats",
@@ -218,6 +222,15 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 7] = [
             "pin_cores",
             "json",
         ],
+    ),
+    (
+        Scenario::Produce,
+        "Is the load tester's producer ever the bottleneck? Its paced LPUSH producer (the \
+         load scenario's) on --producers connections with a schedule always due, then \
+         redis-benchmark -P 64 -c 50 LPUSHing as many --size byte messages to the same \
+         server (Debian's redis-tools; REDIS_BENCHMARK names another binary). Reports \
+         msgs/s and server CPU per message of each, and the ratio (target >= 0.9x).",
+        &["url", "repeats", "messages", "size", "producers", "json"],
     ),
     (
         Scenario::Load,
@@ -406,8 +419,9 @@ pub struct Cli {
 
     /// drain, pubsub, reliable and stream on a Redis Cluster: a private cluster of 3
     /// primaries (no replicas), or the one at --url redis+cluster://…; sources spread
-    /// evenly over the primaries (reliable and stream: one per primary; pubsub: --queues
-    /// sharded channels, published with SPUBLISH at each owner); ringq and redis-rs's
+    /// evenly over the primaries (reliable and stream: one per primary; pubsub: sharded
+    /// channels, one or more per primary, published with SPUBLISH at each owner); ringq
+    /// and redis-rs's
     /// cluster client, the server CPU summed over the primaries; drain adds ringq on one
     /// standalone server with one primary's share (the cluster layer's cost). Implied by
     /// a redis+cluster:// --url.
@@ -441,6 +455,9 @@ pub enum Scenario {
     /// pop mode on the same data, and a Python Kombu consumer (`drain_events`, `ack`,
     /// from the venv `scripts/setup.sh` makes) — with the server's CPU per message.
     Kombu,
+    /// The load tester's producer at full speed against redis-benchmark -P 64 (LPUSH),
+    /// on the same server: msgs/s and server CPU per message of each.
+    Produce,
     /// A broker load test: open-loop producers at --rate for --warmup + --duration
     /// seconds while ringq consumes in --mode; a per-second series (produced, consumed,
     /// backlog, end-to-end and produce latency, server CPU) and a summary.

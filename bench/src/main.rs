@@ -32,6 +32,7 @@
 //! - `loadtest`: the `load` scenario (open-loop producers at a rate, a consumer child in
 //!   list, reliable or stream mode, one row a second); `series`: the child's per-second
 //!   recorder.
+//! - `produce`: the load tester's producer at full speed against redis-benchmark.
 //! - `report`: the one table renderer, the drain and latency rows and targets, the JSON
 //!   file; `plot`: the SVG percentile plot.
 //! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
@@ -52,6 +53,7 @@ mod load;
 mod loadtest;
 mod noise;
 mod plot;
+mod produce;
 mod progress;
 mod pubsub;
 mod repeat;
@@ -113,5 +115,9 @@ fn dispatch(cli: &cli::Cli) -> error::Result<()> {
              stream)",
         )),
         Scenario::Load => loadtest::run(cli),
+        Scenario::Produce if cluster => Err(error::Error::new(
+            "produce runs on one server (redis-benchmark's LPUSH goes to one node)",
+        )),
+        Scenario::Produce => produce::run(cli),
     }
 }

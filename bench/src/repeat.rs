@@ -1,7 +1,7 @@
 //! `--repeats N`: a scenario run N times, each with its own tables and JSON
 //! (`PATH.run1.json` …), then each client's figures as the median with the min–max, and
 //! its ratios to the run's reference (the first baseline client: redis-rs, tokio-uring,
-//! Kombu's consumer) computed run by run — paired, so a slow second that hits both
+//! Kombu's consumer, redis-benchmark) computed run by run — paired, so a slow second that hits both
 //! clients of a run cancels out. `--json PATH` holds the medians.
 
 use std::path::PathBuf;
@@ -86,7 +86,7 @@ pub fn run(cli: &Cli, one: fn(&Cli) -> Result<()>) -> Result<()> {
     let reference = names
         .iter()
         .find(|n| {
-            ["redis-rs", "tokio-uring", "python"]
+            ["redis-rs", "tokio-uring", "python", "redis-benchmark"]
                 .iter()
                 .any(|b| n.starts_with(b))
         })

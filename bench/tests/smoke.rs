@@ -386,7 +386,9 @@ fn help_lists_every_scenario_and_scenario_help_shows_only_its_options() {
     let global = run(&["--help"]);
     assert!(global.status.success());
     let text = String::from_utf8_lossy(&global.stdout);
-    for s in ["drain", "latency", "pubsub", "reliable", "stream", "kombu"] {
+    for s in [
+        "drain", "latency", "pubsub", "reliable", "stream", "kombu", "load", "produce",
+    ] {
         assert!(text.contains(&format!("\n  {s} ")), "{s} missing:\n{text}");
     }
     assert!(!text.contains("not available"), "{text}");
@@ -676,6 +678,54 @@ fn kombu_drains_envelopes_with_ringq_and_kombus_consumer() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("kombu mode ÷ Kombu's consumer"), "{text}");
     assert!(text.contains("written natively (no script)"), "{text}");
+}
+
+/// `produce`: the load tester's producer and redis-benchmark each push every message (the
+/// list is checked), with rates, server CPU and the ratio target.
+#[test]
+fn produce_compares_the_load_producer_with_redis_benchmark() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("produce.json");
+    let out = run(&[
+        "produce",
+        "--messages",
+        "20000",
+        "--producers",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report = read_json(&json);
+    assert_eq!(report["scenario"], "produce");
+    let rows = report["clients"].as_array().expect("clients");
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["ringq-bench producer", "redis-benchmark -P 64"],
+        "both ran (redis-benchmark comes with Debian's redis-tools): {stderr}"
+    );
+    assert_eq!(rows[0]["messages"], 20_000, "exactly what the producer sent");
+    assert!(
+        rows[1]["messages"]
+            .as_u64()
+            .is_some_and(|m| (20_000..20_000 + 64 * 50).contains(&m)),
+        "redis-benchmark sends whole pipelines: {}",
+        rows[1]
+    );
+    for r in rows {
+        assert!(r["msgs_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+        assert!(
+            r["server_cpu_us_per_msg"].as_f64().is_some_and(|v| v > 0.0),
+            "{r}"
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ringq-bench's producer ÷ redis-benchmark's LPUSH rate"),
+        "{text}"
+    );
 }
 
 /// `load`: a 3-second list run at 2 000 msgs/s — one point a second, exactly the rate
