@@ -706,7 +706,10 @@ fn produce_compares_the_load_producer_with_redis_benchmark() {
         ["ringq-bench producer", "redis-benchmark -P 64"],
         "both ran (redis-benchmark comes with Debian's redis-tools): {stderr}"
     );
-    assert_eq!(rows[0]["messages"], 20_000, "exactly what the producer sent");
+    assert_eq!(
+        rows[0]["messages"], 20_000,
+        "exactly what the producer sent"
+    );
     assert!(
         rows[1]["messages"]
             .as_u64()

@@ -6,11 +6,13 @@
 //! and TRYAGAIN really reach the engine; a `CLUSTER FAILOVER` and a killed primary
 //! mid-drain; and the start-time refusals (a plain URL to a cluster node, a name whose
 //! keys span slots, a mode that does not run on a cluster yet). Each fault test checks
-//! that the fault happened mid-run, then counts delivered, duplicated and lost.
+//! that the fault happened mid-run, then counts delivered, duplicated and lost. Listen
+//! mode's cluster tests are in `cluster_listen.rs`, the at-least-once modes' in
+//! `cluster_acked.rs` and `cluster_controls.rs`.
 
 use std::time::{Duration, Instant};
 
-use ringq::{ErrorKind, Event, ListenConsumer, PopConsumer, Queue, ReliableConsumer};
+use ringq::{ErrorKind, PopConsumer, Queue, ReliableConsumer};
 use ringq_tests::{wait_until, ClusterGroup};
 
 mod support;
@@ -22,8 +24,6 @@ fn cluster() -> ClusterGroup {
 }
 
 on_redis_and_valkey!(
-    listen_mode_moves_a_channel_subscription_off_a_killed_node,
-    listen_mode_follows_a_shard_channel_to_its_new_owner,
     pop_mode_drains_queues_on_every_primary,
     a_frozen_primary_is_noticed_by_the_deadline_in_pop_mode,
     a_resharded_slot_loses_nothing_in_pop_mode,
@@ -290,127 +290,6 @@ fn a_killed_primary_resumes_at_its_replica_in_pop_mode(kind: Kind) {
         "every lost message was counted ({lost} lost, {} counted)",
         stats.possibly_lost
     );
-}
-
-/// The node (index) whose client list shows a subscriber of this engine.
-fn subscriber_node(g: &ClusterGroup) -> Option<usize> {
-    (0..g.nodes().len()).find(|&i| {
-        g.nodes()[i].is_running()
-            && g.nodes()[i]
-                .client()
-                .and_then(|mut c| c.client_list())
-                .is_ok_and(|l| {
-                    l.iter().any(|c| {
-                        c.is_subscriber() && c.get("name").is_some_and(|n| n.starts_with("ringq-"))
-                    })
-                })
-    })
-}
-
-/// Publishes `msg` on `channel` at a running primary until `seen` has `n` records
-/// (a subscription being restored may miss the first tries).
-fn publish_until(
-    g: &ClusterGroup,
-    channel: &str,
-    seen: &Recorder<(String, Option<String>, String)>,
-    n: usize,
-) -> bool {
-    wait_until(WAIT, || {
-        for node in g.nodes().iter().filter(|n| n.is_running()) {
-            if let Ok(mut c) = node.client() {
-                if c.publish(channel, "m").is_ok() {
-                    break;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        seen.len() >= n
-    })
-}
-
-/// A channel subscription lives on one primary (any: the cluster forwards every
-/// PUBLISH). SIGKILL of that node: a gap is reported and the subscription moves to
-/// another primary at once, without waiting for the failover; messages published at
-/// any node arrive again.
-fn listen_mode_moves_a_channel_subscription_off_a_killed_node(kind: Kind) {
-    let g = cluster_of(kind);
-    let seen = Recorder::<(String, Option<String>, String)>::default();
-    let running = builder(g.url())
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .start(
-            ListenConsumer::new().channel("news").pattern("new*"),
-            seen.clone(),
-        )
-        .unwrap();
-    assert!(publish_until(&g, "news", &seen, 2), "subscribed");
-    let node = subscriber_node(&g).expect("a node holds the subscription");
-    let at = Instant::now();
-    g.nodes()[node].kill().unwrap();
-    assert!(
-        wait_until(WAIT, || !seen.gaps().is_empty()),
-        "a gap was reported"
-    );
-    let before = seen.len();
-    assert!(publish_until(&g, "news", &seen, before + 2), "resumed");
-    let moved_to = subscriber_node(&g).expect("subscribed again");
-    assert_ne!(moved_to, node, "on another node");
-    println!(
-        "{kind:?} listen: resumed {:?} after the kill, on node {moved_to}",
-        at.elapsed()
-    );
-    let stats = running.shutdown().unwrap();
-    assert!(stats.gaps >= 1);
-    assert!(matches!(seen.gaps()[0], Event::Gap { .. }));
-}
-
-/// A shard channel is subscribed at its slot's owner. Its slot moves (the owner sends
-/// an unsolicited `sunsubscribe`): a gap is reported and the subscription follows the
-/// slot to its new owner, where SPUBLISH reaches it again.
-fn listen_mode_follows_a_shard_channel_to_its_new_owner(kind: Kind) {
-    let g = cluster_of(kind);
-    let ch = g.key_on(0, "sch").unwrap();
-    let slot = g.slot_of(&ch).unwrap();
-    let seen = Recorder::<(String, Option<String>, String)>::default();
-    let running = builder(g.url())
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .start(
-            ListenConsumer::new().shard_channel(ch.clone()),
-            seen.clone(),
-        )
-        .unwrap();
-    let spublish = |g: &ClusterGroup| {
-        g.client_for(&ch)
-            .and_then(|mut c| c.cmd(["SPUBLISH", ch.as_str(), "m"]))
-            .ok()
-            .and_then(|f| f.as_integer())
-            .unwrap_or(0)
-    };
-    assert!(
-        wait_until(WAIT, || spublish(&g) == 1),
-        "subscribed at node 0"
-    );
-    g.migrate_slot(slot, 0, 1).unwrap();
-    assert!(
-        wait_until(WAIT, || !seen.gaps().is_empty()),
-        "the moved slot opened a gap"
-    );
-    assert!(
-        wait_until(WAIT, || spublish(&g) == 1),
-        "subscribed again at the new owner"
-    );
-    assert_eq!(g.owner_of(&ch).unwrap(), 1);
-    let before = seen.len();
-    spublish(&g);
-    assert!(
-        wait_until(WAIT, || seen.len() > before),
-        "messages flow again"
-    );
-    let stats = running.shutdown().unwrap();
-    println!(
-        "{kind:?} shard channel: {} gaps, {} redirects",
-        stats.gaps, stats.redirects
-    );
-    assert!(stats.gaps >= 1);
 }
 
 /// SIGSTOP of a queue's primary mid-drain (its sockets stay open, nothing answers):

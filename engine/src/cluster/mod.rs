@@ -35,6 +35,12 @@ pub(crate) const MIN_GAP: Duration = Duration::from_millis(250);
 /// A refresh this often even when nothing asked for one.
 pub(crate) const PERIOD: Duration = Duration::from_secs(30);
 
+/// A refresh something asked for that found the view unchanged is followed by up to this
+/// many more, `MIN_GAP` × 1, 2, 4, 8 later: what asked (an unsolicited `sunsubscribe`, an
+/// UNBLOCKED, a lost connection) saw a change under way that the nodes asked may not
+/// know yet (a failover is gossiped in milliseconds, but a refresh can come first).
+const FOLLOW_UPS: u32 = 4;
+
 /// The route of a lane whose commands name no key (SUBSCRIBE, PSUBSCRIBE): any primary
 /// serves it.
 pub(crate) const ANY_NODE: u16 = u16::MAX;
@@ -264,23 +270,33 @@ impl Topology {
     }
 
     fn run(&self, rx: &mpsc::Receiver<()>, shared: &Signals) {
-        let poll = Duration::from_millis(250);
+        let poll = MIN_GAP;
         let mut last = Instant::now();
         let mut due = last + PERIOD;
         let mut wanted = false;
+        // Follow-ups of an asked-for refresh that changed nothing: how many so far, and
+        // when the next is due.
+        let (mut follow_ups, mut follow_at) = (FOLLOW_UPS, None::<Instant>);
         while !shared.stop.load(Ordering::Acquire) {
             match rx.recv_timeout(poll) {
-                Ok(()) => wanted = true,
+                Ok(()) => {
+                    wanted = true;
+                    follow_ups = 0;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             let now = Instant::now();
+            if follow_at.is_some_and(|t| now >= t) {
+                follow_at = None;
+                wanted = true;
+            }
             if !(wanted && now >= last + MIN_GAP || now >= due) {
                 continue;
             }
             // Every trigger that came in until now is answered by this refresh.
             while rx.try_recv().is_ok() {}
-            wanted = false;
+            let asked = std::mem::take(&mut wanted);
             let before = self.epoch();
             if let Err(e) = self.refresh() {
                 tracing::warn!("cluster topology refresh: {e}");
@@ -290,6 +306,11 @@ impl Topology {
             due = last + PERIOD;
             if self.epoch() != before {
                 shared.wake_all();
+                follow_ups = FOLLOW_UPS;
+                follow_at = None;
+            } else if asked && follow_ups < FOLLOW_UPS {
+                follow_at = Some(last + MIN_GAP * (1 << follow_ups));
+                follow_ups += 1;
             }
         }
     }

@@ -518,7 +518,7 @@ impl EngineBuilder {
         let nlanes = groups.len();
         self.check_prefetch(nlanes, nlanes, names.len(), K::SOURCES)?;
         // A slot group per lane, spread over the shards; the modes that settle on their
-        // sources' keys keep a Control per slot group (`Pipeline::CONTROL_PER_SLOT_GROUP`).
+        // sources' keys keep a Control per slot group (`Pipeline::CONTROL_PER_NODE`).
         let nshards = self.shards.min(nlanes).max(1);
         let mut lanes: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nshards];
         let mut routes: Vec<Vec<u16>> = vec![Vec::new(); nshards];

@@ -190,11 +190,12 @@ pub(crate) trait Pipeline: Send + 'static {
     /// When the Control connection opens.
     fn control(&self) -> ControlUse;
 
-    /// In a cluster, whether the shard keeps one Control per slot group (lane), on that
-    /// slot's node — the modes whose Control settles, recovers and sweeps on their
-    /// sources' keys — instead of one following the first lane. The pipeline then sends
-    /// each key's commands on [`Io::control_of_lane`] of the key's lane.
-    const CONTROL_PER_SLOT_GROUP: bool = false;
+    /// In a cluster, whether the shard keeps one Control per node its lanes' slots are
+    /// on — the modes whose Control settles, recovers and sweeps on their sources' keys —
+    /// instead of one following the first lane. The pipeline then sends each key's
+    /// commands on [`Io::control_of_lane`] of the key's lane, which follows the slot when
+    /// it moves to another node.
+    const CONTROL_PER_NODE: bool = false;
 
     /// Connection `conn` completed its handshake (the first time, or after a reconnect):
     /// re-issue, resubscribe, reclaim.

@@ -3,8 +3,8 @@
 //! the loop, reconnects, the stalled-connection drain — is the same as for one server.
 //!
 //! Each fetch connection has a *route*: the hash slot of its lane's sources (the engine
-//! puts only sources of one slot in a lane). A Control follows its slot group's route
-//! (the modes with one Control per slot group) or the shard's first lane.
+//! puts only sources of one slot in a lane). A Control follows a slot too: in the modes
+//! with a Control per node, one of its lanes' (`assign_controls`); else the first lane's.
 //!
 //! ASK (a legacy migration under way: the slot's keys already moved to the importing
 //! node) is followed without touching the map: the slot is noted in `Shard::asks`, and
@@ -19,12 +19,12 @@ use std::time::Instant;
 
 use ringq_resp::ServerErrorKind;
 
-use super::Shard;
+use super::{ControlSlot, Shard};
 use crate::backend::Backend;
 use crate::cluster::ANY_NODE;
 use crate::conn::{Failure, Phase, Role};
 use crate::error::Error;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{ControlUse, Pipeline};
 use crate::url::ResolvedAddr;
 
 impl<P: Pipeline, B: Backend> Shard<P, B> {
@@ -39,6 +39,99 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             .or(self.routes.first())
             .copied()
             .unwrap_or(0)
+    }
+
+    /// In a cluster, for the modes with a Control per node
+    /// (`Pipeline::CONTROL_PER_NODE`): maps each lane to the Control on the node that
+    /// owns its slot now — the Control already there when there is one (its slot moved
+    /// there, or it serves other lanes), else a new one, opened at once — and points each
+    /// Control at a slot of its lanes. A lane whose slot has no owner now keeps its
+    /// Control. A Control left without lanes stays open, idle.
+    pub(super) fn assign_controls(&mut self) {
+        if !P::CONTROL_PER_NODE {
+            return;
+        }
+        let Some(topology) = self.conn_cfg.cluster.clone() else {
+            return;
+        };
+        let view = topology.view();
+        let want = self.pipeline.control() == ControlUse::Always;
+        // Each node's Control: the first whose slot that node owns now.
+        let mut at: Vec<(String, usize)> = Vec::new();
+        for (c, ctl) in self.io.controls.iter().enumerate() {
+            if ctl.retired {
+                continue;
+            }
+            if let Some(n) = view.owner(ctl.route) {
+                if !at.iter().any(|(a, _)| *a == n.addr()) {
+                    at.push((n.addr(), c));
+                }
+            }
+        }
+        for (l, &slot) in self.routes.iter().enumerate() {
+            let Some(node) = view.owner(slot) else {
+                continue;
+            };
+            let c = match at.iter().find(|(a, _)| *a == node.addr()) {
+                Some(&(_, c)) => c,
+                None => {
+                    self.io.controls.push(ControlSlot {
+                        route: slot,
+                        id: None,
+                        want,
+                        retired: false,
+                    });
+                    let c = self.io.controls.len() - 1;
+                    at.push((node.addr(), c));
+                    c
+                }
+            };
+            self.io.lane_control[l] = c as u32;
+        }
+        // Each Control dials the node of (one of) its lanes' slots.
+        for (l, &c) in self.io.lane_control.iter().enumerate() {
+            if view.owner(self.routes[l]).is_some() {
+                self.io.controls[c as usize].route = self.routes[l];
+            }
+        }
+    }
+
+    /// Closes for good each Control no lane maps to any more (per-node mode), once
+    /// nothing is in flight on it: after a slot moved, a node's lanes may have needed two
+    /// Controls for a moment (one slot's move heard before the other's), and only one
+    /// stays. Checked on a topology change and with every stats merge (100 ms).
+    pub(super) fn retire_idle_controls(&mut self, now: Instant) {
+        if !P::CONTROL_PER_NODE || self.conn_cfg.cluster.is_none() || self.io.stopping {
+            return;
+        }
+        for c in 0..self.io.controls.len() {
+            let ctl = &self.io.controls[c];
+            if ctl.retired || self.io.lane_control.contains(&(c as u32)) {
+                continue;
+            }
+            if self.io.lane_control.is_empty() && c == 0 {
+                continue;
+            }
+            if let Some(id) = ctl.id {
+                let conn = &self.io.conns[id];
+                if conn.phase() == Phase::Ready && !conn.is_idle() {
+                    // Its replies first (settles: they are the pipeline's to match).
+                    continue;
+                }
+                match conn.phase() {
+                    Phase::Closing | Phase::Done => {}
+                    Phase::Idle | Phase::Resolving => self.io.conns[id].set_done(),
+                    _ => {
+                        tracing::debug!(conn = %conn.name(), "no lane needs this Control now; closing it");
+                        self.stop_conn(id);
+                        self.finish_close(id, now);
+                    }
+                }
+            }
+            let ctl = &mut self.io.controls[c];
+            ctl.retired = true;
+            ctl.want = false;
+        }
     }
 
     /// Dials connection `id`: the address found at start, or in a cluster the current
@@ -181,6 +274,8 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             return;
         }
         self.topology_seen = epoch;
+        self.assign_controls();
+        self.retire_idle_controls(now);
         let view = topology.view();
         // A migration that ended at the node an ASK named: that node is the owner now.
         let ended: Vec<u16> = self
@@ -212,6 +307,13 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             let Some(at) = c.target_addr() else {
                 continue;
             };
+            if let Some(ci) = self.io.control_index(id) {
+                // A Control no lane needs now stays where it is (idle) rather than
+                // following a slot that is no longer its lanes'.
+                if P::CONTROL_PER_NODE && !self.io.lane_control.contains(&(ci as u32)) {
+                    continue;
+                }
+            }
             let slot = self.route(id);
             let is_at = |n: &crate::cluster::Node| {
                 n.port == at.port() && n.host.parse::<IpAddr>().map_or(true, |ip| ip == at.ip())

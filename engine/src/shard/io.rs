@@ -37,11 +37,14 @@ pub(crate) struct Io<C> {
     /// How long a non-blocking command may take before its reply is overdue.
     pub(super) reply_timeout: Duration,
     /// The Control connections: at least one. In a cluster, the modes that settle on
-    /// their sources' keys have one per slot group (lane), on that slot's node; the
-    /// others one, following the first lane.
+    /// their sources' keys have one per node their lanes' slots are on (see
+    /// `Shard::assign_controls`); the others one, following the first lane.
     pub(super) controls: Vec<ControlSlot>,
     /// Each fetch lane's Control (an index into `controls`).
     pub(super) lane_control: Vec<u32>,
+    /// Set by the pipeline when something it read suggests the cluster's topology
+    /// changed: the shard asks for a refresh at the end of the turn.
+    pub(super) refresh_topology: bool,
     /// Events for the handler's `on_event`, delivered by the shard at the end of the turn.
     pub(super) events: Vec<Event>,
     /// Connections (id, generation) a pipeline found dead, to close as lost with the
@@ -154,8 +157,8 @@ impl<C: Copy + Debug> Io<C> {
         self.controls[0].want = true;
     }
 
-    /// The Control (an index below [`Io::controls`]) that serves fetch lane `lane`'s
-    /// sources: in a cluster, the one on their slot's node.
+    /// The Control that serves fetch lane `lane`'s sources: in a cluster, the one on
+    /// their slot's node now (it changes when the slot moves).
     pub(crate) fn control_of_lane(&self, lane: usize) -> usize {
         self.lane_control.get(lane).map_or(0, |&c| c as usize)
     }
@@ -180,12 +183,20 @@ impl<C: Copy + Debug> Io<C> {
         (conn.phase() == Phase::Ready).then_some(conn)
     }
 
-    /// Whether every Control connection is ready to carry commands.
+    /// Whether every Control that serves a lane (or the first, without lanes) is ready
+    /// to carry commands.
     pub(crate) fn all_controls_ready(&self) -> bool {
-        self.controls.iter().all(|c| {
-            c.id.and_then(|id| self.conns.get(id))
+        let ready = |c: usize| {
+            self.controls
+                .get(c)
+                .and_then(|c| c.id)
+                .and_then(|id| self.conns.get(id))
                 .is_some_and(|conn| conn.phase() == Phase::Ready)
-        })
+        };
+        if self.lane_control.is_empty() {
+            return ready(0);
+        }
+        self.lane_control.iter().all(|&c| ready(c as usize))
     }
 
     /// Closes connection `id` as lost with `e`, at the start of the next turn: a pipeline
@@ -196,6 +207,13 @@ impl<C: Copy + Debug> Io<C> {
         if let Some(c) = self.conns.get(id) {
             self.lose.push((id, c.gen(), e));
         }
+    }
+
+    /// In a cluster, asks for a topology refresh: what the pipeline read (a shard
+    /// channel ended without being asked) suggests a slot changed owner. Nothing happens
+    /// on one server.
+    pub(crate) fn refresh_topology(&mut self) {
+        self.refresh_topology = true;
     }
 
     /// Tells the handler's `on_event` of `e`, at the end of the turn.
@@ -273,10 +291,12 @@ impl FetchLane {
 /// One Control connection of a shard.
 #[derive(Debug, Clone)]
 pub(crate) struct ControlSlot {
-    /// In a cluster, the hash slot whose node it is on.
+    /// In a cluster, a hash slot of the node it is on (one of its lanes').
     pub(super) route: u16,
     /// Its connection, once opened.
     pub(super) id: Option<usize>,
     /// The pipeline (or a stop, or the depth sampler) asked for it to be opened.
     pub(super) want: bool,
+    /// Closed for good: no lane needed it any more (see `Shard::retire_idle_controls`).
+    pub(super) retired: bool,
 }

@@ -211,11 +211,15 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
             )
         })
         .collect();
-    let (controls, lane_control) = controls_for(
-        &spec.routes,
-        P::CONTROL_PER_SLOT_GROUP && spec.conn.cluster.is_some(),
-        spec.pipeline.control() == ControlUse::Always,
-    );
+    let want = spec.pipeline.control() == ControlUse::Always;
+    let first = spec.routes.first().copied().unwrap_or(0);
+    let controls = vec![ControlSlot {
+        route: first,
+        id: None,
+        want,
+        retired: false,
+    }];
+    let lane_control = vec![0; spec.routes.len()];
     let io = Io {
         shard: spec.index,
         conns,
@@ -229,6 +233,7 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         reply_timeout: spec.reply_timeout,
         controls,
         lane_control,
+        refresh_topology: false,
         events: Vec::new(),
         lose: Vec::new(),
     };
@@ -266,6 +271,7 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
         stop_began: None,
         depth: spec.depth.map(depth::Sampler::new),
     };
+    shard.assign_controls();
     // User code runs on this thread outside the handler's own guard (`every` callbacks,
     // `orderly_by` key functions): a panic there must stop the whole engine, not just this
     // shard, or its queues and budget claims would silently go unserved.
@@ -289,36 +295,6 @@ fn run_with<P: Pipeline, B: Backend>(spec: ShardSpec<P>, driver: B) -> Result<()
     }
     shard.publish_stats();
     result
-}
-
-/// The shard's Control connections and each lane's: one per distinct slot of `routes`
-/// when `per_group` (in lane order), else one following the first lane.
-fn controls_for(routes: &[u16], per_group: bool, want: bool) -> (Vec<ControlSlot>, Vec<u32>) {
-    let slot = |route| ControlSlot {
-        route,
-        id: None,
-        want,
-    };
-    if !per_group {
-        let first = routes.first().copied().unwrap_or(0);
-        return (vec![slot(first)], vec![0; routes.len()]);
-    }
-    let mut controls: Vec<ControlSlot> = Vec::new();
-    let mut lane_control = Vec::with_capacity(routes.len());
-    for &r in routes {
-        let c = match controls.iter().position(|c| c.route == r) {
-            Some(c) => c,
-            None => {
-                controls.push(slot(r));
-                controls.len() - 1
-            }
-        };
-        lane_control.push(c as u32);
-    }
-    if controls.is_empty() {
-        controls.push(slot(0));
-    }
-    (controls, lane_control)
 }
 
 /// Seeds connection `i`'s backoff jitter: different per shard, slot and process.
@@ -402,6 +378,11 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             let now = self.turn_started;
             self.take_resolved(now);
             self.follow_failover(now);
+            if std::mem::take(&mut self.io.refresh_topology) {
+                if let Some(t) = &self.conn_cfg.cluster {
+                    t.trigger();
+                }
+            }
             self.follow_topology(now);
             while let Some(ev) = self.io.timers.pop_due(now) {
                 self.on_timer(ev, now);

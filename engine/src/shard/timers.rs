@@ -33,6 +33,7 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
             }
             TimerEvent::PublishStats => {
                 self.publish_stats();
+                self.retire_idle_controls(now);
                 self.io
                     .timers
                     .add(now + STATS_PERIOD, TimerEvent::PublishStats);

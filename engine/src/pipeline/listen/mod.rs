@@ -475,6 +475,11 @@ impl Pipeline for ListenPipeline {
                         self.subs[s].spec
                     );
                     self.subs[s].state = State::Off;
+                    // In a cluster a shard channel ends so when its slot moved, or its
+                    // node stopped being the slot's primary (a failover: as a replica it
+                    // may still take the subscription, which then belongs at the new
+                    // primary): the topology is asked again, and the connection follows.
+                    io.refresh_topology();
                     let gap = self.lanes[lane].gap.get_or_insert_with(|| Gap {
                         since: SystemTime::now(),
                         cause: GapCause::Unsubscribed,

@@ -27,7 +27,7 @@ impl Pipeline for ReliablePipeline {
         ControlUse::Always
     }
 
-    const CONTROL_PER_SLOT_GROUP: bool = true;
+    const CONTROL_PER_NODE: bool = true;
 
     fn on_ready(&mut self, io: &mut Io<RelTag>, conn: usize, now: Instant) {
         let allow = io.reply_timeout();
