@@ -52,7 +52,7 @@ SCENARIOS
                (pipelined XREADGROUP, walking only the ids to XACK) — with the server's CPU
                per entry
   load         a broker load test: open-loop producers at --rate for --warmup + --duration
-               seconds while ringq consumes in --mode list|reliable|stream; one row a
+               seconds while ringq consumes in --mode list|reliable|stream|pubsub; one row a
                second (produced, consumed, backlog, end-to-end and produce latency, server
                CPU) and a summary (lost, extra, latency percentiles, CPU per message)
   produce      the load tester's LPUSH producer at full speed on --producers connections
@@ -236,8 +236,9 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
         Scenario::Load,
         "A broker load test at a fixed rate: --producers connections push --rate messages a \
          second in all (each sent at its intended time, stamped with it) for --warmup + \
-         --duration seconds into --queues lists or streams, while ringq consumes them in \
-         --mode (list: pop mode; reliable; stream: a consumer group). Prints one row a \
+         --duration seconds into --queues lists, streams or channels, while ringq consumes \
+         them in --mode (list: pop mode; reliable; stream: a consumer group; pubsub: listen \
+         mode on channels, published with PUBLISH). Prints one row a \
          second — produced, consumed, backlog (read from the server), end-to-end latency \
          (intended send time to the handler, by the second it was due in), produce latency \
          (the push's reply), the server's CPU — and a summary of the measured window: \
@@ -473,6 +474,9 @@ pub enum LoadMode {
     Reliable,
     /// Streams through a consumer group (acks).
     Stream,
+    /// Pub/sub channels, listen mode (PUBLISH; nothing is kept for a subscriber that
+    /// falls behind: the summary counts what it lost).
+    Pubsub,
 }
 
 impl LoadMode {
@@ -482,6 +486,7 @@ impl LoadMode {
             LoadMode::List => "list",
             LoadMode::Reliable => "reliable",
             LoadMode::Stream => "stream",
+            LoadMode::Pubsub => "pubsub",
         }
     }
 }

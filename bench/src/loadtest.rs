@@ -1,8 +1,10 @@
 //! The `load` scenario: a broker load test at a fixed rate. Open-loop producers
 //! (`--producers` connections, `--rate` messages a second in all, each message sent at
 //! its intended time and stamped with it) push for `--warmup` + `--duration` seconds
-//! into `--queues` lists (or streams) while ringq consumes them in `--mode` (`list`:
-//! pop mode; `reliable`; `stream`: a consumer group). Every second is reported: produced,
+//! into `--queues` lists (or streams, or channels) while ringq consumes them in `--mode`
+//! (`list`: pop mode; `reliable`; `stream`: a consumer group; `pubsub`: listen mode,
+//! published with PUBLISH — the backlog is always 0, and what the subscriber cannot take
+//! is lost, counted by sequence number). Every second is reported: produced,
 //! consumed, backlog (read from the server), end-to-end latency (intended send time →
 //! handler, by the second it was due in: coordinated-omission corrected), produce latency
 //! (the push's reply), and the server's CPU. The summary covers the measured window
@@ -88,7 +90,11 @@ fn kill_consumers(url: &str) -> Result<u64> {
 }
 
 fn names(mode: LoadMode, n: usize) -> Vec<String> {
-    let stem = if mode == LoadMode::Stream { "ls" } else { "lq" };
+    let stem = match mode {
+        LoadMode::Stream => "ls",
+        LoadMode::Pubsub => "lc",
+        LoadMode::List | LoadMode::Reliable => "lq",
+    };
     (0..n.max(1))
         .map(|i| format!("ringq-bench:{stem}{i}"))
         .collect()
@@ -99,6 +105,10 @@ fn keys_of(mode: LoadMode, queues: &[String]) -> Vec<String> {
     let k = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     let id = RELIABLE_ID.as_bytes();
     let mut out = Vec::new();
+    if mode == LoadMode::Pubsub {
+        // Channels are not keys.
+        return out;
+    }
     for q in queues {
         let qb = q.as_bytes();
         out.push(q.clone());
@@ -122,6 +132,10 @@ fn keys_of(mode: LoadMode, queues: &[String]) -> Vec<String> {
 
 /// Messages waiting (lists: queued; streams: not yet acked by the group).
 fn backlog(url: &str, mode: LoadMode, queues: &[String]) -> Result<u64> {
+    if mode == LoadMode::Pubsub {
+        // Pub/sub keeps nothing: what a subscriber cannot take is dropped, not queued.
+        return Ok(0);
+    }
     if mode == LoadMode::Stream {
         let mut n = 0;
         for q in queues {
@@ -338,10 +352,10 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
         mode.name(),
         cli.duration().as_secs_f64(),
         queues.len(),
-        if mode == LoadMode::Stream {
-            "stream(s)"
-        } else {
-            "queue(s)"
+        match mode {
+            LoadMode::Stream => "stream(s)",
+            LoadMode::Pubsub => "channel(s)",
+            LoadMode::List | LoadMode::Reliable => "queue(s)",
         },
         cli.shards,
         cli.connections,
@@ -360,9 +374,10 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
     // The backlog phase: messages already waiting when consuming starts (numbered after
     // the schedule's, stamped with the time they were pushed).
     let backlog = if cli.backlog > 0 {
-        if mode == LoadMode::Stream {
+        if matches!(mode, LoadMode::Stream | LoadMode::Pubsub) {
             return Err(Error::new(
-                "--backlog applies to --mode list and reliable for now",
+                "--backlog applies to --mode list and reliable for now (pub/sub keeps no \
+                 backlog)",
             ));
         }
         let per = cli.backlog.div_ceil(queues.len() as u64);
@@ -381,6 +396,10 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
     let mut spec = ChildSpec::base(cli, broker, &queues, ClientKind::Ringq);
     spec.reliable = mode == LoadMode::Reliable;
     spec.stream = mode == LoadMode::Stream;
+    if mode == LoadMode::Pubsub {
+        // Listen mode on every channel (`queues` names them).
+        spec.channel = queues.first().cloned();
+    }
     spec.expected = count + backlog;
     spec.latency = true;
     spec.series_origin_ns = Some(origin);
@@ -400,10 +419,10 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
             sample_every_second(&url, mode, &queues, origin, &kills, &stop, &samples);
         })
     };
-    let push = if mode == LoadMode::Stream {
-        Push::Xadd
-    } else {
-        Push::Lpush
+    let push = match mode {
+        LoadMode::Stream => Push::Xadd,
+        LoadMode::Pubsub => Push::Publish,
+        LoadMode::List | LoadMode::Reliable => Push::Lpush,
     };
     let pb = progress::bar(count, "producing");
     let mut produced = Vec::new();

@@ -52,7 +52,8 @@ pub struct ChildSpec {
     #[serde(default)]
     pub channel: Option<String>,
     /// `pubsub --cluster`: `queues` are sharded channels to `SSUBSCRIBE` to on a cluster
-    /// (`channel` is then the first of them).
+    /// (`channel` is then the first of them). Without it, a `channel` with `queues` (the
+    /// load scenario's pubsub mode) subscribes to each of `queues`.
     #[serde(default)]
     pub sharded: bool,
     /// ringq's backend (`io_uring`, `epoll`, `auto`).

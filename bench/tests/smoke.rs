@@ -892,6 +892,91 @@ fn load_goes_on_through_a_client_kill_and_reliable_loses_nothing() {
     );
 }
 
+/// `load --mode pubsub`: channels published with PUBLISH and consumed by listen mode —
+/// every message of a quiet run arrives (the summary counts by sequence number); then a
+/// CLIENT KILL of the subscriber mid-run: the run completes, the reconnect is counted,
+/// and what was published while it was away is counted as lost, never hidden.
+#[test]
+fn load_runs_on_pubsub_channels_and_counts_what_a_cut_loses() {
+    let dir = std::env::temp_dir().join(format!("ringq-bench-loadp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("load.json");
+    let out = run(&[
+        "load",
+        "--mode",
+        "pubsub",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--queues",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = read_json(&json);
+    assert_eq!(report["config"]["mode"], "pubsub");
+    let s = &report["summary"];
+    assert_eq!(
+        (
+            s["produced"].as_u64(),
+            s["consumed"].as_u64(),
+            s["lost"].as_u64()
+        ),
+        (Some(4000), Some(4000), Some(0)),
+        "{s}"
+    );
+    assert!(
+        report["series"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|p| p["backlog"] == 0)),
+        "pub/sub keeps no backlog"
+    );
+
+    let out = run(&[
+        "load",
+        "--mode",
+        "pubsub",
+        "--rate",
+        "3000",
+        "--duration",
+        "3",
+        "--warmup",
+        "0",
+        "--kill-consumers-at",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = &read_json(&json)["summary"];
+    assert_eq!(s["faults"].as_array().map(Vec::len), Some(1), "{s}");
+    assert!(s["reconnects"].as_u64().is_some_and(|n| n >= 1), "{s}");
+    let (produced, consumed, lost) = (
+        s["produced"].as_u64().unwrap(),
+        s["consumed"].as_u64().unwrap(),
+        s["lost"].as_u64().unwrap(),
+    );
+    assert_eq!(produced, 9000, "{s}");
+    assert_eq!(
+        consumed + lost,
+        produced,
+        "every message arrived or is counted lost: {s}"
+    );
+    assert!(consumed > 0 && consumed < produced + 1, "{s}");
+}
+
 /// `load --find-max` finds a rate in the right range: the consumer is held to one message
 /// a round trip (batch 1, pipeline 1), whose capacity a drain of the same configuration
 /// measures first; the highest rate holding p99 ≤ 50 ms is within [0.1, 1.5]× of it, and

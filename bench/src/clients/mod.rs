@@ -392,6 +392,11 @@ pub fn wait_subscribed(spec: &ChildSpec, give_up: impl Fn() -> bool) -> Result<(
             .iter()
             .map(|c| (cluster.node_url(c).to_owned(), "SHARDNUMSUB", c.clone()))
             .collect()
+    } else if !spec.queues.is_empty() {
+        spec.queues
+            .iter()
+            .map(|c| (spec.url.clone(), "NUMSUB", c.clone()))
+            .collect()
     } else {
         let channel = spec.channel.clone().unwrap_or_default();
         vec![(spec.url.clone(), "NUMSUB", channel)]

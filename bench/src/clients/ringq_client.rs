@@ -174,6 +174,11 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         spec.queues
             .iter()
             .fold(ListenConsumer::new(), |c, ch| c.shard_channel(ch.clone()))
+    } else if !spec.queues.is_empty() {
+        // The load scenario's channels.
+        spec.queues
+            .iter()
+            .fold(ListenConsumer::new(), |c, ch| c.channel(ch.clone()))
     } else {
         ListenConsumer::new().channel(spec.channel.clone().unwrap_or_default())
     };
@@ -188,6 +193,7 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     sink.ready();
     sink.stop_when_quiet();
     let stats = running.wait()?;
+    sink.set_reconnects(stats.reconnects);
     Ok((stats.gaps > 0).then(|| format!("{} gap(s) in the subscription", stats.gaps)))
 }
 
