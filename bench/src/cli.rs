@@ -52,7 +52,7 @@ SCENARIOS
                (pipelined XREADGROUP, walking only the ids to XACK) — with the server's CPU
                per entry
   load         a broker load test: open-loop producers at --rate for --warmup + --duration
-               seconds while ringq consumes in --mode list|reliable|stream|pubsub; one row a
+               seconds while ringq consumes in --mode list|reliable|stream|pubsub|kombu; one row a
                second (produced, consumed, backlog, end-to-end and produce latency, server
                CPU) and a summary (lost, extra, latency percentiles, CPU per message)
   produce      the load tester's LPUSH producer at full speed on --producers connections
@@ -238,7 +238,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
          second in all (each sent at its intended time, stamped with it) for --warmup + \
          --duration seconds into --queues lists, streams or channels, while ringq consumes \
          them in --mode (list: pop mode; reliable; stream: a consumer group; pubsub: listen \
-         mode on channels, published with PUBLISH). Prints one row a \
+         mode on channels, published with PUBLISH; kombu: Kombu envelopes, kombu mode). Prints one row a \
          second — produced, consumed, backlog (read from the server), end-to-end latency \
          (intended send time to the handler, by the second it was due in), produce latency \
          (the push's reply), the server's CPU — and a summary of the measured window: \
@@ -477,6 +477,9 @@ pub enum LoadMode {
     /// Pub/sub channels, listen mode (PUBLISH; nothing is kept for a subscriber that
     /// falls behind: the summary counts what it lost).
     Pubsub,
+    /// Kombu/Celery queues of Kombu envelopes, ringq's kombu mode (each batch recorded in
+    /// Kombu's unacked hash, acks removing the records).
+    Kombu,
 }
 
 impl LoadMode {
@@ -487,6 +490,7 @@ impl LoadMode {
             LoadMode::Reliable => "reliable",
             LoadMode::Stream => "stream",
             LoadMode::Pubsub => "pubsub",
+            LoadMode::Kombu => "kombu",
         }
     }
 }

@@ -59,10 +59,21 @@ struct Outcome {
 
 /// Every key a run may leave: the queue's step keys, Kombu's records, ringq's held hash.
 fn keys() -> Vec<String> {
-    let mut k: Vec<String> = ringq::kombu::STEPS
-        .iter()
-        .map(|&s| format!("{PREFIX}{}", ringq::kombu::queue_key(QUEUE, s)))
-        .collect();
+    keys_of(&[QUEUE])
+}
+
+/// Every key a run over the Kombu queues `queues` (named without the prefix) may leave:
+/// their step keys (each queue's four first), Kombu's records and lock, ringq's held
+/// hashes.
+pub fn keys_of(queues: &[&str]) -> Vec<String> {
+    let mut k: Vec<String> = Vec::new();
+    for q in queues {
+        k.extend(
+            ringq::kombu::STEPS
+                .iter()
+                .map(|&s| format!("{PREFIX}{}", ringq::kombu::queue_key(q, s))),
+        );
+    }
     for name in [
         "unacked",
         "unacked_index",
@@ -71,9 +82,11 @@ fn keys() -> Vec<String> {
     ] {
         k.push(format!("{PREFIX}{name}"));
     }
-    k.push(format!(
-        "{PREFIX}ringq.kombu.held.{RELIABLE_ID}:{PREFIX}{QUEUE}"
-    ));
+    for q in queues {
+        k.push(format!(
+            "{PREFIX}ringq.kombu.held.{RELIABLE_ID}:{PREFIX}{q}"
+        ));
+    }
     k
 }
 

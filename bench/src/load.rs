@@ -300,6 +300,9 @@ pub enum Push {
     Xadd,
     /// `SPUBLISH channel payload`: a sharded channel, sent to its slot's primary.
     Spublish,
+    /// `LPUSH queue <Kombu envelope of the payload>` (base64 body, the queue's name
+    /// without the bench's key prefix as the routing key), as Kombu's producer writes.
+    Kombu,
 }
 
 impl Push {
@@ -310,6 +313,7 @@ impl Push {
             Self::Publish => "PUBLISH",
             Self::Xadd => "XADD",
             Self::Spublish => "SPUBLISH",
+            Self::Kombu => "LPUSH",
         }
     }
 }
@@ -440,6 +444,18 @@ pub fn produce_paced(
                             .arg("payload")
                             .arg(&payload)
                             .finish(),
+                        Push::Kombu => {
+                            let rk = q.strip_prefix(crate::kombu::PREFIX).unwrap_or(q);
+                            let envelope =
+                                ringq::kombu::Outgoing::new(payload.clone(), "text/plain")
+                                    .routing_key(rk)
+                                    .encode();
+                            CommandWriter::new(&mut out, 3)
+                                .arg("LPUSH")
+                                .arg(q)
+                                .arg(&envelope)
+                                .finish();
+                        }
                         Push::Lpush | Push::Publish | Push::Spublish => {
                             CommandWriter::new(&mut out, 3)
                                 .arg(push.name())

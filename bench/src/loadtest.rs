@@ -4,7 +4,7 @@
 //! into `--queues` lists (or streams, or channels) while ringq consumes them in `--mode`
 //! (`list`: pop mode; `reliable`; `stream`: a consumer group; `pubsub`: listen mode,
 //! published with PUBLISH — the backlog is always 0, and what the subscriber cannot take
-//! is lost, counted by sequence number). Every second is reported: produced,
+//! is lost, counted by sequence number; `kombu`: Kombu envelopes, kombu mode). Every second is reported: produced,
 //! consumed, backlog (read from the server), end-to-end latency (intended send time →
 //! handler, by the second it was due in: coordinated-omission corrected), produce latency
 //! (the push's reply), and the server's CPU. The summary covers the measured window
@@ -93,6 +93,7 @@ fn names(mode: LoadMode, n: usize) -> Vec<String> {
     let stem = match mode {
         LoadMode::Stream => "ls",
         LoadMode::Pubsub => "lc",
+        LoadMode::Kombu => "lk",
         LoadMode::List | LoadMode::Reliable => "lq",
     };
     (0..n.max(1))
@@ -108,6 +109,10 @@ fn keys_of(mode: LoadMode, queues: &[String]) -> Vec<String> {
     if mode == LoadMode::Pubsub {
         // Channels are not keys.
         return out;
+    }
+    if mode == LoadMode::Kombu {
+        let names: Vec<&str> = queues.iter().map(|q| kombu_name(q)).collect();
+        return crate::kombu::keys_of(&names);
     }
     for q in queues {
         let qb = q.as_bytes();
@@ -128,6 +133,11 @@ fn keys_of(mode: LoadMode, queues: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// A Kombu queue's name: its key without the bench's key prefix.
+fn kombu_name(key: &str) -> &str {
+    key.strip_prefix(crate::kombu::PREFIX).unwrap_or(key)
 }
 
 /// Messages waiting (lists: queued; streams: not yet acked by the group).
@@ -355,7 +365,7 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
         match mode {
             LoadMode::Stream => "stream(s)",
             LoadMode::Pubsub => "channel(s)",
-            LoadMode::List | LoadMode::Reliable => "queue(s)",
+            LoadMode::List | LoadMode::Reliable | LoadMode::Kombu => "queue(s)",
         },
         cli.shards,
         cli.connections,
@@ -400,6 +410,11 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
         // Listen mode on every channel (`queues` names them).
         spec.channel = queues.first().cloned();
     }
+    if mode == LoadMode::Kombu {
+        // Kombu mode names its queues without the key prefix (it adds it).
+        spec.kombu = true;
+        spec.queues = queues.iter().map(|q| kombu_name(q).to_owned()).collect();
+    }
     spec.expected = count + backlog;
     spec.latency = true;
     spec.series_origin_ns = Some(origin);
@@ -422,6 +437,7 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
     let push = match mode {
         LoadMode::Stream => Push::Xadd,
         LoadMode::Pubsub => Push::Publish,
+        LoadMode::Kombu => Push::Kombu,
         LoadMode::List | LoadMode::Reliable => Push::Lpush,
     };
     let pb = progress::bar(count, "producing");

@@ -977,6 +977,52 @@ fn load_runs_on_pubsub_channels_and_counts_what_a_cut_loses() {
     assert!(consumed > 0 && consumed < produced + 1, "{s}");
 }
 
+/// `load --mode kombu`: Kombu envelopes (the stamp in the base64 body) consumed by kombu
+/// mode; a CLIENT KILL of the consumer mid-run loses nothing (its held records are
+/// restored), and the run leaves no key behind.
+#[test]
+fn load_runs_on_kombu_queues_and_a_kill_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("ringq-bench-loadkb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("load.json");
+    let out = run(&[
+        "load",
+        "--mode",
+        "kombu",
+        "--rate",
+        "3000",
+        "--duration",
+        "3",
+        "--warmup",
+        "0",
+        "--queues",
+        "2",
+        "--kill-consumers-at",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = read_json(&json);
+    assert_eq!(report["config"]["mode"], "kombu");
+    let s = &report["summary"];
+    assert_eq!(s["faults"].as_array().map(Vec::len), Some(1), "{s}");
+    assert!(s["reconnects"].as_u64().is_some_and(|n| n >= 1), "{s}");
+    assert_eq!(
+        (s["produced"].as_u64(), s["lost"].as_u64()),
+        (Some(9000), Some(0)),
+        "{s}"
+    );
+    assert!(
+        s["e2e_p99_us"].as_f64().is_some_and(|v| v > 0.0),
+        "latency read from the decoded bodies: {s}"
+    );
+}
+
 /// `load --find-max` finds a rate in the right range: the consumer is held to one message
 /// a round trip (batch 1, pipeline 1), whose capacity a drain of the same configuration
 /// measures first; the highest rate holding p99 ≤ 50 ms is within [0.1, 1.5]× of it, and

@@ -38,6 +38,27 @@ impl Handler for SinkHandler {
     }
 }
 
+/// Kombu mode in a load run: each envelope is decoded as an application would, and its
+/// body (which carries the send-time stamp) counted.
+#[derive(Clone)]
+struct KombuSinkHandler(Arc<Sink>);
+
+impl Handler for KombuSinkHandler {
+    fn handle(&mut self, msg: &Message<'_>) -> Outcome {
+        match ringq::kombu::Incoming::parse(msg.payload()) {
+            Ok(m) => {
+                self.0.consume([&m.body[..]]);
+                Outcome::Ack
+            }
+            Err(e) => {
+                self.0
+                    .fail(format!("a Kombu envelope did not decode: {}", e.0));
+                Outcome::Dead
+            }
+        }
+    }
+}
+
 /// `--tls`: trust the run's CA.
 fn with_tls(b: EngineBuilder, spec: &ChildSpec) -> EngineBuilder {
     match &spec.tls_ca {
@@ -102,8 +123,12 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         .shards(shards)
         .connections_per_shard(lanes.div_ceil(shards))
         .pin_cores(spec.pin_cores)
-        .client_name("ringq-bench")
-        .start(consumer, SinkHandler(sink.clone()))?;
+        .client_name("ringq-bench");
+    let running = if spec.kombu && spec.latency {
+        running.start(consumer, KombuSinkHandler(sink.clone()))?
+    } else {
+        running.start(consumer, SinkHandler(sink.clone()))?
+    };
     stop_when_done(spec, sink, &running)?;
     let scrapes = (spec.client == crate::cli::ClientKind::RingqMetrics)
         .then(|| scrape_every_100ms(&running))
