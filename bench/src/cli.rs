@@ -261,6 +261,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
             "pin_cores",
             "json",
             "csv",
+            "hdr_prefix",
             "kill_consumers_at",
             "find_max",
             "slo_p99_ms",
@@ -344,6 +345,12 @@ pub struct Cli {
     /// load: write the per-second series as CSV here.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+
+    /// load: write HdrHistogram interval logs, one interval a second, values in ns:
+    /// PATH.e2e.hlog (end-to-end latency, by the second each message was due in) and
+    /// PATH.produce.hlog (produce latency). With --find-max, the last passing run's.
+    #[arg(long, value_name = "PATH")]
+    pub hdr_prefix: Option<PathBuf>,
 
     /// kombu: messages the Python Kombu consumer drains (it takes about a thousandth of
     /// ringq's time per message, so fewer keep the run short; rates are compared).

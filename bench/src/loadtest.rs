@@ -419,6 +419,10 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
     spec.latency = true;
     spec.series_origin_ns = Some(origin);
     spec.series_warmup_ns = (warmup * 1e9) as u64;
+    spec.hdr_e2e = cli
+        .hdr_prefix
+        .as_deref()
+        .map(|p| crate::hlog::path(p, "e2e"));
     spec.deadline_secs = seconds + 60.0;
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -482,6 +486,9 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
     if let Some(note) = &outcome.report.note {
         eprintln!("ringq-bench: consumer: {note}");
     }
+    if let Some(prefix) = &cli.hdr_prefix {
+        write_produce_hlog(prefix, &produced, origin)?;
+    }
     let (series, mut summary) = merge(&produced, &outcome, &samples, warmup, count + backlog);
     if backlog > 0 {
         summary.backlog = Some(backlog);
@@ -499,6 +506,32 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
         series,
         summary,
     })
+}
+
+/// `--hdr-prefix`: the producers' per-second produce latencies, merged, as
+/// `PREFIX.produce.hlog`.
+fn write_produce_hlog(
+    prefix: &std::path::Path,
+    produced: &[load::Produced],
+    origin: u64,
+) -> Result<()> {
+    let mut seconds: Vec<hdrhistogram::Histogram<u64>> = Vec::new();
+    for p in produced {
+        for (t, (_, h)) in p.seconds.iter().enumerate() {
+            while seconds.len() <= t {
+                seconds.push(latency::new_histogram());
+            }
+            seconds[t]
+                .add(h)
+                .map_err(|e| Error::new(format!("merging produce histograms: {e:?}")))?;
+        }
+    }
+    crate::hlog::write(
+        &crate::hlog::path(prefix, "produce"),
+        "produce latency (intended send time to the push's reply), by the second it was due in",
+        crate::hlog::unix_time_of(origin),
+        &seconds,
+    )
 }
 
 /// Reads the backlog and the server's CPU at `origin + 1 s`, `+ 2 s`, … until `stop`.

@@ -33,6 +33,7 @@
 //!   list, reliable or stream mode, one row a second); `series`: the child's per-second
 //!   recorder.
 //! - `produce`: the load tester's producer at full speed against redis-benchmark.
+//! - `hlog`: HdrHistogram interval logs (`load --hdr-prefix`).
 //! - `report`: the one table renderer, the drain and latency rows and targets, the JSON
 //!   file; `plot`: the SVG percentile plot.
 //! - `progress`: progress bars on stderr (hidden when stderr is not a terminal).
@@ -47,6 +48,7 @@ mod clients;
 mod cluster;
 mod conn;
 mod error;
+mod hlog;
 mod kombu;
 mod latency;
 mod load;

@@ -94,6 +94,21 @@ impl ChildSeries {
         self.duplicates
     }
 
+    /// Writes the per-second end-to-end histograms as an HdrHistogram interval log
+    /// (`load --hdr-prefix`).
+    ///
+    /// # Errors
+    /// As [`crate::hlog::write`].
+    pub fn write_hlog(&self, path: &std::path::Path) -> crate::error::Result<()> {
+        crate::hlog::write(
+            path,
+            "end-to-end latency (intended send time to the handler), by the second each \
+             message was due in",
+            crate::hlog::unix_time_of(self.origin_ns),
+            &self.e2e,
+        )
+    }
+
     /// The per-second figures and the measured window's latency.
     pub fn report(&self) -> (Vec<ConsumerSecond>, LatencySummary) {
         let n = self.consumed.len().max(self.e2e.len());

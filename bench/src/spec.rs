@@ -77,6 +77,10 @@ pub struct ChildSpec {
     pub series_origin_ns: Option<u64>,
     #[serde(default)]
     pub series_warmup_ns: u64,
+    /// `load --hdr-prefix`: write the end-to-end histograms of each second here (an
+    /// HdrHistogram interval log).
+    #[serde(default)]
+    pub hdr_e2e: Option<std::path::PathBuf>,
     /// `--tls`: `url` is `rediss://`, and this PEM file holds the CA to trust.
     #[serde(default)]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -113,6 +117,7 @@ impl ChildSpec {
             deadline_secs: 60.0,
             channel: None,
             sharded: false,
+            hdr_e2e: None,
             reliable: false,
             stream: false,
             kombu: false,

@@ -892,6 +892,62 @@ fn load_goes_on_through_a_client_kill_and_reliable_loses_nothing() {
     );
 }
 
+/// `load --hdr-prefix`: HdrHistogram interval logs of the end-to-end and produce
+/// latencies, one interval a second, that the HdrHistogram library reads back with every
+/// message counted once.
+#[test]
+fn load_writes_hdrhistogram_interval_logs() {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("run");
+    let out = run(&[
+        "load",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--hdr-prefix",
+        prefix.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for what in ["e2e", "produce"] {
+        let path = dir.path().join(format!("run.{what}.hlog"));
+        let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (mut intervals, mut count, mut base) = (0, 0u64, false);
+        for entry in IntervalLogIterator::new(&text) {
+            match entry.expect("a well-formed log") {
+                LogEntry::BaseTime(_) => base = true,
+                LogEntry::StartTime(_) => {}
+                LogEntry::Interval(i) => {
+                    intervals += 1;
+                    assert_eq!(i.duration(), std::time::Duration::from_secs(1));
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(i.encoded_histogram())
+                        .unwrap();
+                    let h: hdrhistogram::Histogram<u64> =
+                        hdrhistogram::serialization::Deserializer::new()
+                            .deserialize(&mut &bytes[..])
+                            .unwrap();
+                    count += h.len();
+                }
+            }
+        }
+        assert!(base, "{what}: a BaseTime header");
+        assert!(
+            intervals >= 2,
+            "{what}: one interval a second ({intervals})"
+        );
+        assert_eq!(count, 4000, "{what}: every message in some second");
+    }
+}
+
 /// `load --mode pubsub`: channels published with PUBLISH and consumed by listen mode —
 /// every message of a quiet run arrives (the summary counts by sequence number); then a
 /// CLIENT KILL of the subscriber mid-run: the run completes, the reconnect is counted,

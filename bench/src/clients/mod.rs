@@ -97,6 +97,8 @@ pub struct Sink {
     histogram: Mutex<Histogram<u64>>,
     /// `load`: the per-second figures.
     series: Option<Mutex<crate::series::ChildSeries>>,
+    /// `load --hdr-prefix`: where the series' histograms go.
+    hdr_e2e: Option<std::path::PathBuf>,
     /// The engine's reconnects, when the client reports them.
     reconnects: Mutex<Option<u64>>,
     error: Mutex<Option<String>>,
@@ -133,6 +135,7 @@ impl Sink {
                     spec.expected,
                 ))
             }),
+            hdr_e2e: spec.hdr_e2e.clone(),
             reconnects: Mutex::new(None),
             error: Mutex::new(None),
             done: tokio::sync::Notify::new(),
@@ -348,11 +351,16 @@ impl Sink {
         } else {
             None
         };
-        let series = self.series.as_ref().map(|s| {
-            s.lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .report()
-        });
+        let series = match &self.series {
+            Some(s) => {
+                let s = s.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(path) = &self.hdr_e2e {
+                    s.write_hlog(path)?;
+                }
+                Some(s.report())
+            }
+            None => None,
+        };
         let note = match (lost, note) {
             (true, n) => Some(format!(
                 "{}lost {} of {} messages",
