@@ -51,6 +51,28 @@ struct Row {
     left: u64,
 }
 
+impl Row {
+    /// A row from a drain's (messages, seconds, client CPU seconds), the server's CPU
+    /// seconds over it, the `n` messages it was given, and what was `left`.
+    fn of(
+        name: &str,
+        (messages, seconds, cpu): (u64, f64, f64),
+        server: f64,
+        n: u64,
+        left: u64,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            messages,
+            seconds,
+            msgs_per_sec: messages as f64 / seconds.max(1e-9),
+            cpu_us_per_msg: cpu * 1e6 / messages.max(1) as f64,
+            server_cpu_us_per_msg: server.max(0.0) * 1e6 / n as f64,
+            left,
+        }
+    }
+}
+
 struct Outcome {
     name: &'static str,
     row: std::result::Result<Row, String>,
@@ -188,15 +210,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     results.push(Outcome {
         name: native_name,
         row: native
-            .map(|(messages, seconds, cpu)| Row {
-                name: native_name.to_owned(),
-                messages,
-                seconds,
-                msgs_per_sec: messages as f64 / seconds.max(1e-9),
-                cpu_us_per_msg: cpu * 1e6 / messages.max(1) as f64,
-                server_cpu_us_per_msg: (after - before).max(0.0) * 1e6 / n as f64,
-                left,
-            })
+            .map(|m| Row::of(native_name, m, after - before, n, left))
             .map_err(|e| e.to_string()),
         note: (left > 0).then(|| format!("{left} messages left queued")),
     });
@@ -209,15 +223,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     let left = load::total_len(&broker.url, &keys()[..4])?;
     results.push(Outcome {
         name: "python kombu",
-        row: python.map(|(messages, seconds, cpu)| Row {
-            name: "python kombu".to_owned(),
-            messages,
-            seconds,
-            msgs_per_sec: messages as f64 / seconds.max(1e-9),
-            cpu_us_per_msg: cpu * 1e6 / messages.max(1) as f64,
-            server_cpu_us_per_msg: (after - before).max(0.0) * 1e6 / pn as f64,
-            left,
-        }),
+        row: python.map(|m| Row::of("python kombu", m, after - before, pn, left)),
         note: (left > 0).then(|| format!("{left} messages left queued")),
     });
     let _ = load::delete(&broker.url, &keys());

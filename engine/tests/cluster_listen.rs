@@ -97,77 +97,65 @@ fn listen_mode_follows_a_shard_channel_to_its_new_owner(kind: Kind) {
     let g = cluster_of(kind);
     let ch = g.key_on(0, "sch").unwrap();
     let slot = g.slot_of(&ch).unwrap();
-    let (seen, running) = shard_listener(&g, &ch);
-    assert!(
-        wait_until(WAIT, || spublish(&g, &ch) == 1),
-        "subscribed at node 0"
-    );
-    g.migrate_slot(slot, 0, 1).unwrap();
-    assert!(
-        wait_until(WAIT, || !seen.gaps().is_empty()),
-        "the moved slot opened a gap"
-    );
-    assert!(
-        wait_until(WAIT, || spublish(&g, &ch) == 1),
-        "subscribed again at the new owner"
-    );
-    assert_eq!(g.owner_of(&ch).unwrap(), 1);
-    let before = seen.len();
-    spublish(&g, &ch);
-    assert!(
-        wait_until(WAIT, || seen.len() > before),
-        "messages flow again"
-    );
-    let stats = running.shutdown().unwrap();
-    println!(
-        "{kind:?} shard channel: {} gaps, {} redirects",
-        stats.gaps, stats.redirects
-    );
-    assert!(stats.gaps >= 1);
+    follows_its_shard_channel(kind, &g, &ch, "a reshard", WAIT, || {
+        g.migrate_slot(slot, 0, 1).unwrap();
+        1
+    });
 }
 
 /// A shard channel's primary fails over (`CLUSTER FAILOVER` on its replica): the
 /// subscription is lost at the old primary (it unsubscribes its shard channels, or the
 /// connection is closed), a gap is reported, and the channel is subscribed again at the
-/// promoted replica, where SPUBLISH reaches it.
+/// promoted replica, where SPUBLISH reaches it — well before the periodic topology
+/// refresh (30 s): the ended subscription asked for one at once (a replica may take
+/// SSUBSCRIBE again, so nothing else would).
 fn listen_mode_follows_a_shard_channel_through_a_failover(kind: Kind) {
     let g = cluster_of(kind);
     let ch = g.key_on(0, "fch").unwrap();
-    let (seen, running) = shard_listener(&g, &ch);
+    follows_its_shard_channel(kind, &g, &ch, "a failover", Duration::from_secs(20), || {
+        g.failover(0).unwrap()
+    });
+}
+
+/// A listen engine on shard channel `ch` (at node 0); `fault` moves its slot and names
+/// the new owner. Checks: a gap, the subscription at the new owner within `within`,
+/// messages flowing again.
+fn follows_its_shard_channel(
+    kind: Kind,
+    g: &ClusterGroup,
+    ch: &str,
+    what: &str,
+    within: Duration,
+    fault: impl FnOnce() -> usize,
+) {
+    let (seen, running) = shard_listener(g, ch);
     assert!(
-        wait_until(WAIT, || spublish(&g, &ch) == 1),
+        wait_until(WAIT, || spublish(g, ch) == 1),
         "subscribed at node 0"
     );
     let at = Instant::now();
-    let promoted = g.failover(0).unwrap();
-    assert_eq!(
-        g.owner_of(&ch).unwrap(),
-        promoted,
-        "the slot is the promoted node's"
-    );
+    let owner = fault();
+    assert_eq!(g.owner_of(ch).unwrap(), owner, "{what} moved the slot");
     assert!(
         wait_until(WAIT, || !seen.gaps().is_empty()),
-        "the failover opened a gap"
+        "{what} opened a gap"
     );
-    // Well before the periodic topology refresh (30 s): the ended subscription asked
-    // for one at once (a replica may take SSUBSCRIBE, so nothing else would).
     assert!(
-        wait_until(Duration::from_secs(20), || spublish(&g, &ch) == 1),
-        "subscribed again at the promoted replica, before the periodic refresh"
+        wait_until(within, || spublish(g, ch) == 1),
+        "subscribed again at the new owner after {what}"
     );
+    let resubscribed = at.elapsed();
     let before = seen.len();
-    spublish(&g, &ch);
+    spublish(g, ch);
     assert!(
         wait_until(WAIT, || seen.len() > before),
         "messages flow again"
     );
     let stats = running.shutdown().unwrap();
     println!(
-        "{kind:?} shard channel through a failover: resubscribed {:?} after it, {} gaps, \
-         {} redirects",
-        at.elapsed(),
-        stats.gaps,
-        stats.redirects
+        "{kind:?} shard channel through {what}: resubscribed {resubscribed:?} after it, {} \
+         gaps, {} redirects",
+        stats.gaps, stats.redirects
     );
     assert!(stats.gaps >= 1);
 }
