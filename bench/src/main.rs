@@ -30,8 +30,8 @@
 //!   message); `kombu`: Kombu envelopes drained by ringq's kombu and pop modes and by a
 //!   Python Kombu consumer.
 //! - `loadtest`: the `load` scenario (open-loop producers at a rate, a consumer child in
-//!   list, reliable or stream mode, one row a second); `series`: the child's per-second
-//!   recorder.
+//!   list, reliable, stream, pubsub or kombu mode, one row a second); `loadreport`: its
+//!   merged series, summary, table and CSV; `series`: the child's per-second recorder.
 //! - `produce`: the load tester's producer at full speed against redis-benchmark.
 //! - `hlog`: HdrHistogram interval logs (`load --hdr-prefix`).
 //! - `report`: the one table renderer, the drain and latency rows and targets, the JSON
@@ -52,6 +52,7 @@ mod hlog;
 mod kombu;
 mod latency;
 mod load;
+mod loadreport;
 mod loadtest;
 mod noise;
 mod plot;
