@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::load;
 use crate::noise::measured;
 use crate::progress;
-use crate::report::{join_notes, opt, ratio, verdict, write_file, Table};
+use crate::report::{join_notes, opt, ratio, verdict, write_clients_json, Table};
 use crate::server::{cpu_seconds_of, Broker};
 use crate::spec::{ChildSpec, RELIABLE_ID};
 
@@ -228,15 +228,8 @@ pub fn run(cli: &Cli) -> Result<()> {
     });
     let _ = load::delete(&broker.url, &keys());
     print!("{}", render(&title, &results));
-    if let Some(path) = &cli.json {
-        let json = serde_json::json!({
-            "scenario": "kombu",
-            "clients": results.iter().filter_map(|r| r.row.as_ref().ok()).collect::<Vec<_>>(),
-        });
-        write_file(path, &serde_json::to_string_pretty(&json)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let ok: Vec<&Row> = results.iter().filter_map(|r| r.row.as_ref().ok()).collect();
+    write_clients_json(cli.json.as_deref(), "kombu", &ok)
 }
 
 /// Pops in flight at once when the records are written natively.

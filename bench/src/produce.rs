@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::latency;
 use crate::load::{self, Push, Schedule};
 use crate::progress;
-use crate::report::{opt, target_line, write_file, Table};
+use crate::report::{opt, target_line, write_clients_json, Table};
 use crate::server::Broker;
 
 /// The list both producers push to (deleted before and after each).
@@ -75,15 +75,8 @@ pub fn run(cli: &Cli) -> Result<()> {
     );
     let rows = [ours, theirs];
     print!("{}", render(&title, &rows));
-    if let Some(path) = &cli.json {
-        let json = serde_json::json!({
-            "scenario": "produce",
-            "clients": rows.iter().filter_map(|r| r.as_ref().ok()).collect::<Vec<_>>(),
-        });
-        write_file(path, &serde_json::to_string_pretty(&json)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let ok: Vec<&Row> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
+    write_clients_json(cli.json.as_deref(), "produce", &ok)
 }
 
 /// Runs `push` (which returns its seconds) between two server CPU readings, and checks

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::load::{self, Push, Schedule};
 use crate::noise::measured_on;
 use crate::progress;
-use crate::report::{join_notes, opt, verdict, write_file, Table};
+use crate::report::{join_notes, opt, verdict, write_clients_json, Table};
 use crate::server::Broker;
 use crate::spec::ChildSpec;
 
@@ -241,20 +241,9 @@ pub fn run(cli: &Cli, cluster: bool) -> Result<()> {
     }
     let report = render(&title, &results);
     print!("{report}");
-    if let Some(path) = &cli.json {
-        #[derive(Serialize)]
-        struct Json<'a> {
-            scenario: &'a str,
-            clients: Vec<&'a Row>,
-        }
-        let json = Json {
-            scenario: if cluster { "pubsub-cluster" } else { "pubsub" },
-            clients: results.iter().filter_map(|r| r.row.as_ref().ok()).collect(),
-        };
-        write_file(path, &serde_json::to_string_pretty(&json)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let ok: Vec<&Row> = results.iter().filter_map(|r| r.row.as_ref().ok()).collect();
+    let scenario = if cluster { "pubsub-cluster" } else { "pubsub" };
+    write_clients_json(cli.json.as_deref(), scenario, &ok)
 }
 
 fn one_client(

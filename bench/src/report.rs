@@ -454,6 +454,26 @@ pub fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
     }
 }
 
+/// Writes `{"scenario": scenario, "clients": [...]}` (each client row serialized as it
+/// is) to `path` when there is one, and says so on stderr: the JSON of every
+/// per-client scenario.
+///
+/// # Errors
+/// A row that does not serialize, or a file that cannot be written.
+pub fn write_clients_json<T: serde::Serialize>(
+    path: Option<&Path>,
+    scenario: &str,
+    clients: &[&T],
+) -> Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let json = serde_json::json!({ "scenario": scenario, "clients": clients });
+    write_file(path, &serde_json::to_string_pretty(&json)?)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 /// Writes `text` to `path`, creating missing directories.
 ///
 /// # Errors
