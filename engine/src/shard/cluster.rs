@@ -119,7 +119,11 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
                     continue;
                 }
                 match conn.phase() {
-                    Phase::Closing | Phase::Done => {}
+                    Phase::Done => {}
+                    // Failed and closing (a failover cuts it): it must not dial again once
+                    // closed — it would come back at the new owner, retired and so never
+                    // reused nor retired again: an idle Control for good.
+                    Phase::Closing => self.io.conns[id].stop_after_close(),
                     Phase::Idle | Phase::Resolving => self.io.conns[id].set_done(),
                     _ => {
                         tracing::debug!(conn = %conn.name(), "no lane needs this Control now; closing it");
