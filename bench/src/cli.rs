@@ -367,8 +367,19 @@ pub struct Cli {
     pub queues: usize,
 
     /// Connections per client (drain, latency: each queue is served by one connection; at
-    /// most --queues are used).
-    #[arg(long, default_value_t = 1)]
+    /// most --queues are used). drain: a list (`1,100,1000,4000`) is the connections
+    /// sweep — the drain at each count, over at least as many queues, each client's
+    /// medians of --repeats runs with its system calls and completions per message.
+    #[arg(
+        long = "connections",
+        value_delimiter = ',',
+        default_value = "1",
+        value_name = "N"
+    )]
+    pub connection_counts: Vec<usize>,
+
+    /// The first of `--connections` (the only one outside a sweep).
+    #[arg(skip)]
     pub connections: usize,
 
     /// ringq shard threads (drain, latency; the other scenarios use one); the tokio-based
@@ -608,7 +619,10 @@ impl Cli {
     /// `--help` after a scenario name prints that scenario's help ([`Scenario::command`]).
     pub fn parse_args() -> Self {
         match Self::try_parse() {
-            Ok(cli) => cli,
+            Ok(mut cli) => {
+                cli.connections = cli.connection_counts.first().copied().unwrap_or(1);
+                cli
+            }
             Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
                 let named = std::env::args()
                     .skip(1)

@@ -47,6 +47,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod conn;
+mod connsweep;
 mod error;
 mod hlog;
 mod kombu;
@@ -100,6 +101,9 @@ fn dispatch(cli: &cli::Cli) -> error::Result<()> {
             .as_deref()
             .is_some_and(|u| u.starts_with("redis+cluster://"));
     match cli.scenario {
+        Scenario::Drain if cluster && cli.connection_counts.len() > 1 => Err(error::Error::new(
+            "the connections sweep runs on one server, not --cluster",
+        )),
         Scenario::Drain if cluster => cluster::run(cli),
         Scenario::Latency if cluster => Err(error::Error::new(
             "--cluster (or a redis+cluster:// URL) runs the drain, pubsub, reliable and \

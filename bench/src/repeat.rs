@@ -49,8 +49,8 @@ pub fn run(cli: &Cli, one: fn(&Cli) -> Result<()>) -> Result<()> {
              kombu (a load run is a series of seconds already)",
         ));
     }
-    if !cli.rates.is_empty() {
-        // A sweep repeats each rate itself and keeps the medians.
+    if !cli.rates.is_empty() || cli.connection_counts.len() > 1 {
+        // A sweep repeats each rate (connection count) itself and keeps the medians.
         return one(cli);
     }
     let n = cli.repeats;

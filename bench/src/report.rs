@@ -39,6 +39,15 @@ pub struct ClientRow {
     pub p999_us: Option<f64>,
     /// Latency maximum, µs.
     pub max_us: Option<f64>,
+    /// ringq: the engine's system calls per message (its own count: `io_uring_enter` on
+    /// io_uring; `epoll_wait`, `read`, `send`… on epoll). In the table and the connections
+    /// sweep's JSON, not in the contract's rows.
+    #[serde(skip)]
+    pub syscalls_per_msg: Option<f64>,
+    /// ringq: completions the engine's loop handled per message (CQEs on io_uring), as
+    /// `syscalls_per_msg`.
+    #[serde(skip)]
+    pub completions_per_msg: Option<f64>,
 }
 
 /// What happened to one client in a run.
@@ -167,6 +176,14 @@ impl ScenarioReport {
         if server_cpu {
             header.push("server CPU µs/msg");
         }
+        let io = self.results.iter().any(|r| {
+            r.outcome
+                .as_ref()
+                .is_ok_and(|row| row.syscalls_per_msg.is_some())
+        });
+        if io {
+            header.extend(["syscalls/msg", "completions/msg"]);
+        }
         if lat {
             header.extend(["p50 µs", "p99 µs", "p99.9 µs", "max µs", "p99 ÷ ping p99"]);
         }
@@ -205,6 +222,10 @@ impl ScenarioReport {
             ];
             if server_cpu {
                 cells.push(opt(row.server_cpu_us_per_msg, 3));
+            }
+            if io {
+                cells.push(opt(row.syscalls_per_msg, 4));
+                cells.push(opt(row.completions_per_msg, 4));
             }
             let comparable = r.kind != ClientKind::Ping;
             if lat {

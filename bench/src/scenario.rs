@@ -55,6 +55,28 @@ pub fn run(cli: &Cli) -> Result<()> {
         let _ = load::delete(&broker.url, &queues);
         return swept;
     }
+    if cli.connection_counts.len() > 1 {
+        if cli.scenario != Scenario::Drain {
+            return Err(Error::new(
+                "a list of --connections (the connections sweep) is for drain",
+            ));
+        }
+        let mut used: Vec<String> = Vec::new();
+        let swept = crate::connsweep::run(cli, |connections, nqueues| {
+            let mut c = cli.clone();
+            c.connections = connections;
+            c.queues = nqueues;
+            let queues: Vec<String> = (0..nqueues).map(|i| format!("ringq-bench:q{i}")).collect();
+            let r = drain(&c, &broker, &queues);
+            let _ = load::delete(&broker.url, &queues);
+            if queues.len() > used.len() {
+                used = queues;
+            }
+            r
+        });
+        let _ = load::delete(&broker.url, &used);
+        return swept;
+    }
     let report = match cli.scenario {
         Scenario::Latency => latency(cli, &broker, &queues, cli.rate),
         _ => drain(cli, &broker, &queues),
@@ -122,6 +144,8 @@ fn to_result_with(
                     p99_us: lat.as_ref().map(|l| l.p99_us),
                     p999_us: lat.as_ref().map(|l| l.p999_us),
                     max_us: lat.as_ref().map(|l| l.max_us),
+                    syscalls_per_msg: report.io.map(|(s, _)| s as f64 / messages.max(1) as f64),
+                    completions_per_msg: report.io.map(|(_, c)| c as f64 / messages.max(1) as f64),
                 }),
                 latency: lat,
                 note,

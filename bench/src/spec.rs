@@ -180,6 +180,10 @@ pub struct ChildReport {
     /// Connections the engine re-established (ringq only).
     #[serde(default)]
     pub reconnects: Option<u64>,
+    /// The engine's system calls and completions over the run (ringq only; see
+    /// `ringq::IoCounters`).
+    #[serde(default)]
+    pub io: Option<(u64, u64)>,
 }
 
 /// A latency histogram boiled down to what the report needs.

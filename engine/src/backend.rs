@@ -189,4 +189,23 @@ pub(crate) trait Backend {
 
     /// Operations started and not finally completed.
     fn in_flight(&self) -> usize;
+
+    /// The system calls this backend made and the completions it produced, so far.
+    fn counters(&self) -> IoCounters;
+}
+
+/// What a shard's I/O cost in the kernel's currency: the system calls its backend made
+/// (`io_uring_enter` on io_uring; `epoll_wait`, `read`, `send`, `epoll_ctl`… on epoll;
+/// socket set-up and `close` on both) and the completions the loop handled (CQEs on
+/// io_uring, finished operations and received chunks on epoll). Divided by messages, they
+/// say how much each backend leans on the kernel per message (see `ringq-bench drain`).
+/// The shard's other system calls (its wake-up eventfd's write from another thread,
+/// futexes of a dispatch channel) are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IoCounters {
+    /// System calls made by the backend.
+    pub syscalls: u64,
+    /// Completions handed to the loop.
+    pub completions: u64,
 }

@@ -93,7 +93,7 @@ mod tls;
 mod url;
 mod wake;
 
-pub use backend::IoBackend;
+pub use backend::{IoBackend, IoCounters};
 pub use cluster::cluster_node;
 pub use cluster::slot::key_slot;
 #[cfg(feature = "bench-support")]

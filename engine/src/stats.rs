@@ -55,6 +55,9 @@ pub(crate) struct ShardStats {
     /// Gauges stored every 100 ms: messages and payload bytes in flight now.
     pub in_flight: AtomicU64,
     pub in_flight_bytes: AtomicU64,
+    /// Stored every 100 ms and at the end: the backend's system calls and completions.
+    pub syscalls: AtomicU64,
+    pub completions: AtomicU64,
     /// Gauges stored every 100 ms: connections by [`ConnectionCounts`] slot (fetch ready,
     /// fetch not ready, control ready, control not ready).
     pub conns: [AtomicU64; 4],
@@ -109,6 +112,8 @@ impl ShardStats {
             stream_pending: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             in_flight_bytes: AtomicU64::new(0),
+            syscalls: AtomicU64::new(0),
+            completions: AtomicU64::new(0),
             conns: Default::default(),
             conn_errors: Default::default(),
             per_source: (0..sources).map(|_| AtomicU64::new(0)).collect(),
@@ -261,6 +266,10 @@ pub struct Stats {
     pub in_flight_bytes: u64,
     /// Connections by role and state, as last published (every 100 ms).
     pub connections: ConnectionCounts,
+    /// The shards' system calls and completions (see
+    /// [`IoCounters`](crate::IoCounters)), as last published (every 100 ms, and when a
+    /// shard ends).
+    pub io: crate::backend::IoCounters,
     /// Connection failures by the kind of their error (`ErrorKind::label`, count), every
     /// kind listed.
     pub connection_errors: Vec<(&'static str, u64)>,
@@ -399,6 +408,10 @@ impl Stats {
                 fetch_down: total(|s| &s.conns[1]),
                 control_ready: total(|s| &s.conns[2]),
                 control_down: total(|s| &s.conns[3]),
+            },
+            io: crate::backend::IoCounters {
+                syscalls: total(|s| &s.syscalls),
+                completions: total(|s| &s.completions),
             },
             connection_errors: crate::ErrorKind::ALL
                 .iter()

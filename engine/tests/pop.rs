@@ -1000,6 +1000,12 @@ fn the_backend_asked_for_is_the_one_that_runs() {
         let stats = running.wait().unwrap();
         assert_eq!((stats.messages, stats.backend), (10_000, backend));
         assert_eq!(rec.len(), 10_000);
+        // The backend counts its system calls and completions (published at the end).
+        assert!(
+            stats.io.syscalls > 0 && stats.io.completions > 0,
+            "{backend}: {:?}",
+            stats.io
+        );
     }
     let from_env = std::env::var("RINGQ_BACKEND")
         .ok()

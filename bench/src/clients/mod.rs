@@ -101,6 +101,8 @@ pub struct Sink {
     hdr_e2e: Option<std::path::PathBuf>,
     /// The engine's reconnects, when the client reports them.
     reconnects: Mutex<Option<u64>>,
+    /// The engine's system calls and completions (`Stats::io`), when it reports them.
+    io: Mutex<Option<ringq::IoCounters>>,
     error: Mutex<Option<String>>,
     /// Woken when the last message is counted, or on failure (async waiters).
     done: tokio::sync::Notify,
@@ -137,6 +139,7 @@ impl Sink {
             }),
             hdr_e2e: spec.hdr_e2e.clone(),
             reconnects: Mutex::new(None),
+            io: Mutex::new(None),
             error: Mutex::new(None),
             done: tokio::sync::Notify::new(),
             done_flag: (Mutex::new(false), Condvar::new()),
@@ -296,9 +299,10 @@ impl Sink {
         }
     }
 
-    /// Notes the engine's reconnects for the report.
-    pub fn set_reconnects(&self, n: u64) {
-        *self.reconnects.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
+    /// Notes the engine's reconnects, system calls and completions for the report.
+    pub fn set_engine(&self, stats: &ringq::Stats) {
+        *self.reconnects.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats.reconnects);
+        *self.io.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats.io);
     }
 
     /// Messages counted so far.
@@ -383,6 +387,11 @@ impl Sink {
                     .duplicates()
             }),
             reconnects: *self.reconnects.lock().unwrap_or_else(|p| p.into_inner()),
+            io: self
+                .io
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|io| (io.syscalls, io.completions)),
         })
     }
 }

@@ -145,7 +145,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         sink.stop_when_quiet();
     }
     let stats = running.wait()?;
-    sink.set_reconnects(stats.reconnects);
+    sink.set_engine(&stats);
     let mut notes = Vec::new();
     if stats.messages != sink.count() {
         notes.push(format!(
@@ -218,7 +218,7 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     sink.ready();
     sink.stop_when_quiet();
     let stats = running.wait()?;
-    sink.set_reconnects(stats.reconnects);
+    sink.set_engine(&stats);
     Ok((stats.gaps > 0).then(|| format!("{} gap(s) in the subscription", stats.gaps)))
 }
 

@@ -80,6 +80,7 @@ pub(crate) struct Epoll {
     resume: Vec<(u32, u32)>,
     events: Vec<libc::epoll_event>,
     spare: Vec<Box<[u8]>>,
+    counters: crate::backend::IoCounters,
 }
 
 impl Epoll {
@@ -104,6 +105,7 @@ impl Epoll {
             resume: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             spare: Vec::new(),
+            counters: crate::backend::IoCounters::default(),
         })
     }
 
@@ -142,6 +144,7 @@ impl Epoll {
             events: (interest | libc::EPOLLET) as u32,
             u64: fd as u64,
         };
+        self.counters.syscalls += 1;
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
         if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
             let e = io::Error::last_os_error();
@@ -239,6 +242,7 @@ impl Epoll {
                 return;
             }
             let rest = &buf[*sent..];
+            self.counters.syscalls += 1;
             // SAFETY: `rest` is a live slice of the send's own buffer for the call.
             let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
             if n > 0 {
@@ -274,6 +278,7 @@ impl Epoll {
             };
             let (token, kind) = (op.token, op.kind);
             let mut buf = self.buffer(RECV_LEN);
+            self.counters.syscalls += 1;
             // SAFETY: `buf` is a live, owned buffer of `buf.len()` bytes for the call.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             // Read before anything else can change it (the pushes below may allocate).
@@ -316,6 +321,7 @@ impl Epoll {
 
     fn progress_read(&mut self, idx: u32, fd: RawFd, len: usize) {
         let mut buf = self.buffer(len);
+        self.counters.syscalls += 1;
         // SAFETY: `buf` is a live, owned buffer of `buf.len()` bytes for the call.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         let errno = io::Error::last_os_error()
@@ -379,6 +385,7 @@ impl Epoll {
             }
         };
         let cap = self.events.len() as i32;
+        self.counters.syscalls += 1;
         // SAFETY: `events` has room for `cap` entries for the duration of the call.
         let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), cap, ms) };
         if n < 0 {
@@ -400,6 +407,8 @@ impl Backend for Epoll {
     type Data = EpollData;
 
     fn socket(&mut self, addr: &SockAddr) -> io::Result<RawFd> {
+        // The socket, and fcntl(2)'s get and set of its flags.
+        self.counters.syscalls += sys::socket_calls(addr) + 2;
         let fd = sys::stream_socket(addr)?;
         if let Err(e) = sys::set_nonblocking(fd) {
             sys::close(fd);
@@ -411,6 +420,7 @@ impl Backend for Epoll {
     fn connect(&mut self, token: u64, fd: RawFd, addr: SockAddr) -> Result<OpId, Error> {
         self.watch(fd)?;
         let (idx, id) = self.alloc(token, OpKind::Connect, fd, Work::Connect);
+        self.counters.syscalls += 1;
         // SAFETY: `addr` holds a valid sockaddr of `len` bytes for the call.
         let rc = unsafe { libc::connect(fd, addr.as_ptr(), addr.len()) };
         let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -477,11 +487,14 @@ impl Backend for Epoll {
     }
 
     fn shutdown(&mut self, fd: RawFd) {
+        self.counters.syscalls += 1;
         sys::shutdown(fd);
     }
 
     fn close(&mut self, fd: RawFd) {
+        self.counters.syscalls += 1;
         if self.fds.remove(&fd).is_some() {
+            self.counters.syscalls += 1;
             let mut ev = libc::epoll_event { events: 0, u64: 0 };
             // SAFETY: `ev` is valid for the call; a failure (already gone) is harmless.
             unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) };
@@ -498,6 +511,7 @@ impl Backend for Epoll {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion<EpollData>>) {
+        self.counters.completions += self.ready.len() as u64;
         out.append(&mut self.ready);
     }
 
@@ -513,6 +527,10 @@ impl Backend for Epoll {
 
     fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    fn counters(&self) -> crate::backend::IoCounters {
+        self.counters
     }
 }
 

@@ -180,6 +180,7 @@ pub(crate) struct Driver {
     cqes: Vec<(u64, i32, u32)>,
     spare_buffers: Vec<Box<[u8]>>,
     spare_small: Vec<Box<[u8]>>,
+    counters: crate::backend::IoCounters,
 }
 
 impl Driver {
@@ -210,6 +211,7 @@ impl Driver {
             cqes: Vec::with_capacity(256),
             spare_buffers: Vec::new(),
             spare_small: Vec::new(),
+            counters: crate::backend::IoCounters::default(),
         })
     }
 
@@ -266,6 +268,7 @@ impl Driver {
             return Ok(());
         }
         // The SQ is full: hand what is queued to the kernel and try once more.
+        self.counters.syscalls += 1;
         self.ring
             .submit()
             .map_err(|e| Error::io("io_uring_enter (submit)", e))?;
@@ -341,19 +344,26 @@ impl Backend for Driver {
     type Data = RecvData;
 
     fn socket(&mut self, addr: &SockAddr) -> io::Result<RawFd> {
+        self.counters.syscalls += sys::socket_calls(addr);
         sys::stream_socket(addr)
     }
 
     fn shutdown(&mut self, fd: RawFd) {
+        self.counters.syscalls += 1;
         sys::shutdown(fd);
     }
 
     fn close(&mut self, fd: RawFd) {
+        self.counters.syscalls += 1;
         sys::close(fd);
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    fn counters(&self) -> crate::backend::IoCounters {
+        self.counters
     }
 
     fn connect(&mut self, token: u64, fd: RawFd, addr: SockAddr) -> Result<OpId, Error> {
@@ -412,6 +422,7 @@ impl Backend for Driver {
     /// Submits every queued SQE and waits for at least one CQE or the timeout. The one
     /// system call of a loop turn.
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.counters.syscalls += 1;
         let res = match timeout {
             Some(t) => {
                 let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
@@ -436,6 +447,7 @@ impl Backend for Driver {
 
     /// Submits without waiting.
     fn submit(&mut self) -> Result<(), Error> {
+        self.counters.syscalls += 1;
         match self.ring.submit() {
             Ok(_) => Ok(()),
             Err(e)
@@ -458,6 +470,7 @@ impl Backend for Driver {
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
+        self.counters.completions += self.cqes.len() as u64;
         for i in 0..self.cqes.len() {
             let (ud, res, flags) = self.cqes[i];
             if let Some(c) = self.resolve(ud, res, flags) {

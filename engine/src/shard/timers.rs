@@ -73,6 +73,9 @@ impl<P: Pipeline, B: Backend> Shard<P, B> {
         let (n, bytes) = self.io.credits.in_flight();
         s.in_flight.store(n, Ordering::Relaxed);
         s.in_flight_bytes.store(bytes, Ordering::Relaxed);
+        let io = self.driver.counters();
+        s.syscalls.store(io.syscalls, Ordering::Relaxed);
+        s.completions.store(io.completions, Ordering::Relaxed);
         let mut conns = [0u64; 4];
         for (i, c) in self.io.conns.iter().enumerate() {
             if c.phase() == Phase::Done || c.retired() {
