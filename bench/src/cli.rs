@@ -145,12 +145,15 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
          process publishes --messages messages of --size bytes pipelined at full speed, then \
          --rate messages per second for --duration seconds stamped with their send time. \
          Reports received, lost, receive rate ÷ the publisher's, consumer CPU and server \
-         CPU (INFO cpu) per message, and p50/p99 latency at the fixed rate.",
+         CPU (INFO cpu) per message, and p50/p99 latency at the fixed rate. --connections N: \
+         fan-in over N channels, one subscriber connection each (a list is the connections \
+         sweep).",
         &[
             "url",
             "repeats",
             "messages",
             "size",
+            "connections",
             "rate",
             "duration",
             "clients",
@@ -263,6 +266,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
             "csv",
             "hdr_prefix",
             "kill_consumers_at",
+            "restart_server_at",
             "find_max",
             "slo_p99_ms",
             "backlog",
@@ -325,6 +329,14 @@ pub struct Cli {
     /// summary counts reconnects and what was lost or delivered twice.
     #[arg(long, value_delimiter = ',', value_name = "SECONDS")]
     pub kill_consumers_at: Vec<u64>,
+
+    /// load: at the end of each of these seconds, restart the embedded server (SIGTERM,
+    /// then started again on its port; it runs with `appendfsync always` for such a run,
+    /// so what it acknowledged survives). Producers and consumer reconnect; the summary
+    /// counts what was sent without a reply (unconfirmed) apart from what the server had
+    /// confirmed and never came back (lost).
+    #[arg(long, value_delimiter = ',', value_name = "SECONDS")]
+    pub restart_server_at: Vec<u64>,
 
     /// load: search for the highest rate whose end-to-end p99 stays within --slo-p99-ms
     /// in every measured second with nothing lost: doubling from --rate until it breaks

@@ -1,16 +1,39 @@
-//! `drain --connections N1,N2,…`: the connections sweep. The drain at each connection
-//! count (over at least as many queues, so every connection has one), `--repeats` times
-//! each, then one table: per count and client the median [min–max] msgs/s, consumer CPU
-//! per message, and — for ringq on each backend — the engine's own count of system calls
-//! and completions per message; and epoll's CPU per message over io_uring's, paired run
-//! by run. The question it answers: where, as connections grow, io_uring's fewer system
-//! calls start to pay (issue 26).
+//! `drain --connections N1,N2,…` and `pubsub --connections N1,N2,…`: the connections
+//! sweep. The scenario at each connection count (a drain over at least as many queues,
+//! so every connection has one; pub/sub fan-in over as many channels, one subscriber
+//! connection each), `--repeats` times each, then one table: per count and client the
+//! median [min–max] msgs/s, consumer CPU per message, and — for ringq on each backend —
+//! the engine's own count of system calls and completions per message; and epoll's CPU
+//! per message over io_uring's, paired run by run. The question it answers: where, as
+//! connections grow, io_uring's fewer system calls start to pay (issue 26).
 
 use serde_json::json;
 
 use crate::cli::Cli;
 use crate::error::{Error, Result};
-use crate::report::{write_file, ScenarioReport, Table};
+use crate::report::{write_file, ClientRow, Table};
+
+/// One client's figures in one run of a sweep.
+#[derive(Debug, Clone)]
+pub struct SweepRow {
+    pub name: String,
+    pub msgs_per_sec: f64,
+    pub cpu_us_per_msg: f64,
+    pub syscalls_per_msg: Option<f64>,
+    pub completions_per_msg: Option<f64>,
+}
+
+impl From<&ClientRow> for SweepRow {
+    fn from(r: &ClientRow) -> Self {
+        Self {
+            name: r.name.clone(),
+            msgs_per_sec: r.msgs_per_sec,
+            cpu_us_per_msg: r.cpu_us_per_msg,
+            syscalls_per_msg: r.syscalls_per_msg,
+            completions_per_msg: r.completions_per_msg,
+        }
+    }
+}
 
 /// One client's figures in one run: msgs/s, CPU µs/msg, syscalls/msg, completions/msg.
 type Figures = [Option<f64>; 4];
@@ -37,12 +60,16 @@ fn cell(s: Option<(f64, f64, f64)>, d: usize) -> String {
     })
 }
 
-/// Runs `one(connections, queues)` for each count, `--repeats` times, printing each run's
-/// table, then the sweep's.
+/// Runs `one(connections, queues)` for each count, `--repeats` times (each run prints its
+/// own table and returns its title and rows), then prints the sweep's table.
 ///
 /// # Errors
 /// A count of 0, a run that fails as a whole, an output file that cannot be written.
-pub fn run(cli: &Cli, mut one: impl FnMut(usize, usize) -> Result<ScenarioReport>) -> Result<()> {
+pub fn run(
+    cli: &Cli,
+    scenario: &str,
+    mut one: impl FnMut(usize, usize) -> Result<(String, Vec<SweepRow>)>,
+) -> Result<()> {
     let mut counts = cli.connection_counts.clone();
     counts.sort_unstable();
     counts.dedup();
@@ -57,11 +84,9 @@ pub fn run(cli: &Cli, mut one: impl FnMut(usize, usize) -> Result<ScenarioReport
         let queues = cli.queues.max(n);
         for r in 1..=repeats {
             eprintln!("ringq-bench: {n} connections, run {r} of {repeats}");
-            let report = one(n, queues)?;
-            print!("{}", report.render());
-            title = report.title.clone();
-            for res in &report.results {
-                let Ok(row) = &res.outcome else { continue };
+            let (t, rows) = one(n, queues)?;
+            title = t;
+            for row in &rows {
                 let f = [
                     Some(row.msgs_per_sec),
                     Some(row.cpu_us_per_msg),
@@ -86,8 +111,8 @@ pub fn run(cli: &Cli, mut one: impl FnMut(usize, usize) -> Result<ScenarioReport
     };
     let mut table = Table::new(
         format!(
-            "connections sweep, median [min–max] of {repeats} run(s) per count; ratios paired \
-             run by run: {}",
+            "{scenario} connections sweep, median [min–max] of {repeats} run(s) per count; \
+             ratios paired run by run: {}",
             title.rsplit("; ").next().unwrap_or_default()
         ),
         [
@@ -143,7 +168,7 @@ pub fn run(cli: &Cli, mut one: impl FnMut(usize, usize) -> Result<ScenarioReport
     print!("{}", table.render());
     if let Some(path) = &cli.json {
         let out = json!({
-            "scenario": "connections-sweep",
+            "scenario": format!("{scenario}-connections-sweep"),
             "repeats": repeats,
             "connections": counts,
             "points": json_points,

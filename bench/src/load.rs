@@ -1,29 +1,24 @@
 //! The parent's load generators, never part of a consumer's CPU figures:
-//! - [`fill`]: pre-fills queues for `drain` with pipelined multi-value LPUSH;
-//! - [`produce`]: the paced producer for `latency`, one LPUSH per message sent at its
-//!   intended time (an absolute sleep on `CLOCK_MONOTONIC` with 1 ns timer slack), or all
-//!   at once for every message already due when the producer falls behind.
-//!
-//! Both write from one thread and count the replies on another, so the writer never waits
-//! for a round trip.
+//! - [`fill`]: pre-fills queues for `drain` with pipelined multi-value LPUSH, writing
+//!   from one thread and counting the replies on another, so the writer never waits for a
+//!   round trip;
+//! - [`produce`] and [`produce_paced`]: the paced producer (in `crate::paced`);
+//! - what the scenarios read and clean up on the server (lengths, stream groups, keys).
 
 use std::thread;
 
 use bytes::BytesMut;
-use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use ringq_resp::{CommandWriter, Frame};
 
 use crate::conn::RawConn;
 use crate::error::{Error, Result};
-use crate::latency::{self, STAMP_LEN};
+pub use crate::paced::{produce, produce_paced, Produced, Push, Schedule};
 
 /// Values per LPUSH when filling.
 const FILL_VALUES_PER_COMMAND: u64 = 1000;
 /// Bytes of commands buffered before a write when filling.
 const FILL_WRITE_BYTES: usize = 1 << 20;
-/// Most messages the producer sends in one write when catching up.
-const PRODUCE_MAX_BURST: u64 = 1000;
 
 /// Counts `expected` replies on a reply-only connection; an error reply fails.
 fn count_replies(mut conn: RawConn, expected: u64) -> Result<()> {
@@ -276,213 +271,5 @@ pub fn publish_burst(
             .unwrap_or_else(|_| Err(Error::new("the reply reader panicked")));
         sent?;
         Ok((start.elapsed().as_secs_f64(), receivers?))
-    })
-}
-
-/// What the producer did.
-#[derive(Debug, Clone, Default)]
-pub struct Produced {
-    /// Largest delay between a message's intended and actual send time, in ns.
-    pub max_late_ns: u64,
-    /// Per second of intended send time from the schedule's start (the `load` scenario):
-    /// messages sent, and produce latency (reply − intended send time) of their replies.
-    pub seconds: Vec<(u64, Histogram<u64>)>,
-}
-
-/// The command a paced producer sends per message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Push {
-    /// `LPUSH queue payload`.
-    Lpush,
-    /// `PUBLISH channel payload`.
-    Publish,
-    /// `XADD stream * payload payload`.
-    Xadd,
-    /// `SPUBLISH channel payload`: a sharded channel, sent to its slot's primary.
-    Spublish,
-    /// `LPUSH queue <Kombu envelope of the payload>` (base64 body, the queue's name
-    /// without the bench's key prefix as the routing key), as Kombu's producer writes.
-    Kombu,
-}
-
-impl Push {
-    /// The command's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Lpush => "LPUSH",
-            Self::Publish => "PUBLISH",
-            Self::Xadd => "XADD",
-            Self::Spublish => "SPUBLISH",
-            Self::Kombu => "LPUSH",
-        }
-    }
-}
-
-/// A paced producer's schedule: message `i` of the whole run (over every producer) is due
-/// at `start_ns + i / rate`; this producer sends those with `i % stride == offset`.
-#[derive(Debug, Clone, Copy)]
-pub struct Schedule {
-    pub rate: u32,
-    /// Messages of the whole run.
-    pub count: u64,
-    pub start_ns: u64,
-    pub stride: u64,
-    pub offset: u64,
-    /// Keep per-second figures ([`Produced::seconds`]).
-    pub series: bool,
-}
-
-/// Sends `count` messages of `size` bytes (at least [`STAMP_LEN`]) at `rate` per second,
-/// round-robin over `queues`, each stamped with its intended send time.
-///
-/// # Errors
-/// Connection and server errors.
-pub fn produce(
-    url: &str,
-    queues: &[String],
-    rate: u32,
-    count: u64,
-    size: usize,
-    pb: &ProgressBar,
-) -> Result<Produced> {
-    produce_with(Push::Lpush, url, queues, rate, count, size, pb)
-}
-
-/// As [`produce`], with `push` (`PUBLISH` to channels, say) instead of LPUSH.
-///
-/// # Errors
-/// Connection and server errors.
-pub fn produce_with(
-    push: Push,
-    url: &str,
-    queues: &[String],
-    rate: u32,
-    count: u64,
-    size: usize,
-    pb: &ProgressBar,
-) -> Result<Produced> {
-    let schedule = Schedule {
-        rate,
-        count,
-        start_ns: latency::mono_ns() + 1_000_000,
-        stride: 1,
-        offset: 0,
-        series: false,
-    };
-    produce_paced(push, url, queues, schedule, size, pb)
-}
-
-/// One paced producer (see [`Schedule`]): each message sent at its intended time (an
-/// absolute sleep), or at once with every other message already due when it falls
-/// behind, stamped with that time; replies read on another thread.
-///
-/// # Errors
-/// Connection and server errors (an error reply fails the run).
-pub fn produce_paced(
-    push: Push,
-    url: &str,
-    queues: &[String],
-    sched: Schedule,
-    size: usize,
-    pb: &ProgressBar,
-) -> Result<Produced> {
-    let mut conn = RawConn::connect(url)?;
-    let reader = RawConn::from_stream(conn.try_clone_stream()?);
-    let interval_ns = 1e9 / f64::from(sched.rate.max(1));
-    let due = |i: u64| sched.start_ns + (i as f64 * interval_ns) as u64;
-    let mine = |k: u64| sched.offset + k * sched.stride;
-    let total = sched
-        .count
-        .saturating_sub(sched.offset)
-        .div_ceil(sched.stride.max(1));
-    let mut payload = vec![b'x'; size.max(STAMP_LEN)];
-    thread::scope(|s| {
-        let replies = s.spawn(move || -> Result<Vec<(u64, Histogram<u64>)>> {
-            let mut reader = reader;
-            let mut seconds: Vec<(u64, Histogram<u64>)> = Vec::new();
-            for k in 0..total {
-                let f = reader.read_frame()?;
-                if let Frame::SimpleError(m) | Frame::BulkError(m) = f {
-                    return Err(Error::new(format!(
-                        "the producer's command failed: {}",
-                        String::from_utf8_lossy(&m)
-                    )));
-                }
-                if sched.series {
-                    let intended = due(mine(k));
-                    let sec = (intended - sched.start_ns) / 1_000_000_000;
-                    while seconds.len() <= sec as usize {
-                        seconds.push((0, latency::new_histogram()));
-                    }
-                    let (n, h) = &mut seconds[sec as usize];
-                    *n += 1;
-                    latency::record(h, intended, latency::mono_ns());
-                }
-            }
-            Ok(seconds)
-        });
-        latency::tighten_timer_slack();
-        let mut out = BytesMut::with_capacity(64 * 1024);
-        let mut k = 0u64;
-        let mut max_late_ns = 0;
-        let sent = (|| -> Result<()> {
-            while k < total {
-                latency::sleep_until_ns(due(mine(k)));
-                let now = latency::mono_ns();
-                max_late_ns = max_late_ns.max(now.saturating_sub(due(mine(k))));
-                out.clear();
-                let burst_end = (k + PRODUCE_MAX_BURST).min(total);
-                while k < burst_end && due(mine(k)) <= now {
-                    let i = mine(k);
-                    latency::stamp(&mut payload, due(i), i);
-                    let q = &queues[(i % queues.len() as u64) as usize];
-                    match push {
-                        Push::Xadd => CommandWriter::new(&mut out, 5)
-                            .arg("XADD")
-                            .arg(q)
-                            .arg("*")
-                            .arg("payload")
-                            .arg(&payload)
-                            .finish(),
-                        Push::Kombu => {
-                            let rk = q.strip_prefix(crate::kombu::PREFIX).unwrap_or(q);
-                            let envelope =
-                                ringq::kombu::Outgoing::new(payload.clone(), "text/plain")
-                                    .routing_key(rk)
-                                    .encode();
-                            CommandWriter::new(&mut out, 3)
-                                .arg("LPUSH")
-                                .arg(q)
-                                .arg(&envelope)
-                                .finish();
-                        }
-                        Push::Lpush | Push::Publish | Push::Spublish => {
-                            CommandWriter::new(&mut out, 3)
-                                .arg(push.name())
-                                .arg(q)
-                                .arg(&payload)
-                                .finish();
-                        }
-                    }
-                    k += 1;
-                }
-                conn.write_all(&out)?;
-                if sched.offset == 0 && (k.is_multiple_of(256) || k == total) {
-                    pb.set_position(k * sched.stride);
-                }
-            }
-            Ok(())
-        })();
-        if sent.is_err() {
-            conn.shutdown();
-        }
-        let seconds = replies
-            .join()
-            .unwrap_or_else(|_| Err(Error::new("the reply reader panicked")));
-        sent?;
-        Ok(Produced {
-            max_late_ns,
-            seconds: seconds?,
-        })
     })
 }

@@ -69,8 +69,17 @@ pub(crate) fn write_produce_hlog(
 pub(crate) struct Summary {
     pub(crate) produced: u64,
     pub(crate) consumed: u64,
-    /// Produced and never consumed (0 unless something was lost).
+    /// Produced — confirmed by the server — and never consumed (0 unless something was
+    /// lost).
     pub(crate) lost: u64,
+    /// Sent without a success reply: the producer's connection broke first (a server
+    /// restart, a cut) or the server refused it (`-LOADING`). The server may or may not
+    /// have stored these, so they are not counted in `lost`.
+    pub(crate) unconfirmed: u64,
+    /// Of those, the ones never consumed (the server did not store them).
+    pub(crate) unconfirmed_missing: u64,
+    /// Producer connections that broke, and error replies.
+    pub(crate) producer_errors: u64,
     /// Later deliveries of messages already consumed (duplicates).
     pub(crate) extra: u64,
     /// Connections the consumer re-established.
@@ -137,13 +146,17 @@ pub(crate) fn merge(
         })
         .collect();
     let consumed = outcome.report.messages;
+    let (lost, unconfirmed, unconfirmed_missing) = losses(produced, outcome, count);
     let lat = outcome.report.window.clone();
     let produce = (!window.is_empty()).then(|| quantiles_us(&window));
     let cpu_total: f64 = samples.iter().map(|s| s.cpu_pct / 100.0).sum();
     let summary = Summary {
         produced: count,
         consumed,
-        lost: count.saturating_sub(consumed),
+        lost,
+        unconfirmed,
+        unconfirmed_missing,
+        producer_errors: produced.iter().map(|p| p.errors).sum(),
         extra: outcome.report.duplicates.unwrap_or(0),
         reconnects: outcome.report.reconnects,
         faults: samples
@@ -164,6 +177,36 @@ pub(crate) fn merge(
             .then(|| cpu_total * 1e6 / consumed.max(1) as f64),
     };
     (series, summary)
+}
+
+/// (lost, unconfirmed, unconfirmed and never consumed): from the consumer's list of the
+/// numbers it never got, when it sent one; else every message not consumed is counted
+/// lost, less the unconfirmed (an estimate).
+fn losses(
+    produced: &[load::Produced],
+    outcome: &child::ChildOutcome,
+    count: u64,
+) -> (u64, u64, u64) {
+    let mut unconfirmed: Vec<u64> = produced
+        .iter()
+        .flat_map(|p| p.unconfirmed.iter().copied())
+        .collect();
+    unconfirmed.sort_unstable();
+    let n = unconfirmed.len() as u64;
+    let Some(missing) = &outcome.report.missing else {
+        let not_consumed = count.saturating_sub(outcome.report.messages);
+        return (not_consumed.saturating_sub(n), n, not_consumed.min(n));
+    };
+    let total: u64 = missing.iter().map(|(a, b)| b - a).sum();
+    // Unconfirmed numbers that fall in a missing range.
+    let never = unconfirmed
+        .iter()
+        .filter(|&&i| {
+            let r = missing.partition_point(|(_, end)| *end <= i);
+            missing.get(r).is_some_and(|(start, _)| *start <= i)
+        })
+        .count() as u64;
+    (total - never, n, never)
 }
 
 pub(crate) fn opt(v: Option<f64>, digits: usize) -> String {
@@ -213,14 +256,19 @@ pub(crate) fn render(title: &str, series: &[Point], s: &Summary) -> String {
     }
     out.push_str(&format!(
         "\nSummary (messages due after the warm-up for latency): produced {}, consumed {}, \
-         lost {}, extra {}, reconnects {}; end-to-end p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} \
+         lost {}, unconfirmed {} ({} of them never consumed), producer errors {}, extra {}, \
+         reconnects {}; end-to-end p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} \
          µs; produce p99 {} µs; consumer CPU {:.3} µs/msg (the child's whole life, start \
          included), server CPU {} µs/msg (every second sampled)\n",
         s.produced,
         s.consumed,
         s.lost,
+        s.unconfirmed,
+        s.unconfirmed_missing,
+        s.producer_errors,
         s.extra,
-        s.reconnects.map_or_else(|| "–".to_owned(), |n| n.to_string()),
+        s.reconnects
+            .map_or_else(|| "–".to_owned(), |n| n.to_string()),
         s.e2e_p50_us,
         s.e2e_p99_us,
         s.e2e_p999_us,

@@ -163,7 +163,17 @@ pub fn run(cli: &Cli) -> Result<()> {
             "--tls applies to the drain and latency scenarios",
         ));
     }
-    let broker = Broker::open(cli.url.as_deref())?;
+    let broker = if cli.restart_server_at.is_empty() {
+        Broker::open(cli.url.as_deref())?
+    } else {
+        if cli.url.is_some() {
+            return Err(Error::new(
+                "--restart-server-at restarts the embedded server; it cannot restart one at \
+                 --url",
+            ));
+        }
+        Broker::open_durable(None)?
+    };
     if cli.mode == LoadMode::Reliable && broker.redis_version < (6, 2, 0) {
         return Err(Error::new(format!(
             "{} has no LMOVE/BLMOVE (Redis 6.2+): reliable mode needs them",
@@ -390,6 +400,7 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
     spec.latency = true;
     spec.series_origin_ns = Some(origin);
     spec.series_warmup_ns = (warmup * 1e9) as u64;
+    spec.series_end_ns = Some(origin + (seconds * 1e9) as u64);
     spec.hdr_e2e = cli
         .hdr_prefix
         .as_deref()
@@ -404,9 +415,13 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
             broker.url.clone(),
             queues.clone(),
         );
-        let kills: Vec<u64> = cli.kill_consumers_at.clone();
+        let faults = Faults {
+            kill_consumers_at: cli.kill_consumers_at.clone(),
+            restart_server_at: cli.restart_server_at.clone(),
+            server: broker.embedded(),
+        };
         thread::spawn(move || {
-            sample_every_second(&url, mode, &queues, origin, &kills, &stop, &samples);
+            sample_every_second(&url, mode, &queues, origin, &faults, &stop, &samples);
         })
     };
     let push = match mode {
@@ -479,13 +494,48 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
     })
 }
 
-/// Reads the backlog and the server's CPU at `origin + 1 s`, `+ 2 s`, … until `stop`.
+/// The faults a run injects, at the end of the seconds named.
+struct Faults {
+    kill_consumers_at: Vec<u64>,
+    restart_server_at: Vec<u64>,
+    /// The embedded server (restarts need it).
+    server: Option<Arc<ringq_tests::RedisServer>>,
+}
+
+impl Faults {
+    /// The faults due at the end of second `t`, done now; what happened, for the report.
+    fn inject(&self, url: &str, t: u64) -> Option<String> {
+        let mut done = Vec::new();
+        if self.kill_consumers_at.contains(&t) {
+            done.push(match kill_consumers(url) {
+                Ok(n) => format!("CLIENT KILL of the consumer's {n} connection(s)"),
+                Err(e) => format!("CLIENT KILL failed: {e}"),
+            });
+        }
+        if self.restart_server_at.contains(&t) {
+            let began = std::time::Instant::now();
+            done.push(match self.server.as_ref().map(|s| s.restart()) {
+                Some(Ok(())) => format!(
+                    "server restarted (SIGTERM, then started again on its append-only file) \
+                     in {} ms",
+                    began.elapsed().as_millis()
+                ),
+                Some(Err(e)) => format!("server restart failed: {e}"),
+                None => "no embedded server to restart".to_owned(),
+            });
+        }
+        (!done.is_empty()).then(|| done.join("; "))
+    }
+}
+
+/// Reads the backlog and the server's CPU at `origin + 1 s`, `+ 2 s`, … until `stop`,
+/// injecting the faults due.
 fn sample_every_second(
     url: &str,
     mode: LoadMode,
     queues: &[String],
     origin: u64,
-    kills: &[u64],
+    faults: &Faults,
     stop: &AtomicBool,
     samples: &Mutex<Vec<Sample>>,
 ) {
@@ -494,17 +544,19 @@ fn sample_every_second(
     for k in 1u64.. {
         latency::sleep_until_ns(origin + k * 1_000_000_000);
         let now_cpu = cpu_seconds_of(url).unwrap_or(cpu);
-        // Second k-1 ends now: a kill due at second k-1 happens at its end.
-        let fault = kills.contains(&(k - 1)).then(|| match kill_consumers(url) {
-            Ok(n) => format!("CLIENT KILL of the consumer's {n} connection(s)"),
-            Err(e) => format!("CLIENT KILL failed: {e}"),
-        });
+        // Second k-1 ends now: a fault due at second k-1 happens at its end.
+        let fault = faults.inject(url, k - 1);
         let s = Sample {
             backlog: backlog(url, mode, queues).unwrap_or(0),
             cpu_pct: (now_cpu - cpu).max(0.0) * 100.0,
             fault,
         };
-        cpu = now_cpu;
+        // A restarted server counts its CPU from 0 again.
+        cpu = if s.fault.as_deref().is_some_and(|f| f.contains("restarted")) {
+            cpu_seconds_of(url).unwrap_or(0.0)
+        } else {
+            now_cpu
+        };
         if let Ok(mut v) = samples.lock() {
             v.push(s);
         }

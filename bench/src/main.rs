@@ -56,6 +56,7 @@ mod load;
 mod loadreport;
 mod loadtest;
 mod noise;
+mod paced;
 mod plot;
 mod produce;
 mod progress;

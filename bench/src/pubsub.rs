@@ -53,6 +53,12 @@ struct Row {
     lost: u64,
     publisher_msgs_per_sec: f64,
     server_cpu_us_per_msg: Option<f64>,
+    /// ringq: the engine's system calls and completions per message received (the
+    /// table and the connections sweep; not in the JSON contract's rows).
+    #[serde(skip)]
+    syscalls_per_msg: Option<f64>,
+    #[serde(skip)]
+    completions_per_msg: Option<f64>,
 }
 
 struct Outcome {
@@ -68,8 +74,13 @@ enum Target {
 }
 
 impl Target {
-    fn label(&self) -> String {
+    fn label(&self, channels: usize) -> String {
         match self {
+            Self::One(b) if channels > 1 => format!(
+                "fan-in: one subscriber on {channels} channels over {channels} connections \
+                 (redis-rs: one connection), one publisher round-robin; {}",
+                b.label()
+            ),
             Self::One(b) => format!("one subscriber on one channel; {}", b.label()),
             Self::Cluster(c) => format!(
                 "one subscriber on sharded channels over {} primaries (SSUBSCRIBE; SPUBLISH \
@@ -87,6 +98,10 @@ impl Target {
     /// The channels subscribed to.
     fn channels(&self, cli: &Cli) -> Vec<String> {
         match self {
+            // Fan-in: a channel per subscriber connection.
+            Self::One(_) if cli.connections > 1 => (0..cli.connections)
+                .map(|i| format!("{CHANNEL}:{i}"))
+                .collect(),
             Self::One(_) => vec![CHANNEL.to_owned()],
             Self::Cluster(c) => c.names("ringq-bench:ch", cli.queues),
         }
@@ -95,6 +110,7 @@ impl Target {
     /// A subscriber child's spec for `kind` on `channels`.
     fn spec(&self, cli: &Cli, kind: ClientKind, channels: &[String]) -> ChildSpec {
         let mut spec = match self {
+            Self::One(b) if channels.len() > 1 => ChildSpec::base(cli, b, channels, kind),
             Self::One(b) => ChildSpec::base(cli, b, &[], kind),
             Self::Cluster(c) => {
                 let mut s = ChildSpec::for_url(cli, c.url(), channels, kind);
@@ -213,6 +229,39 @@ pub fn run(cli: &Cli, cluster: bool) -> Result<()> {
     } else {
         Target::One(Broker::open(cli.url.as_deref())?)
     };
+    if cli.connection_counts.len() > 1 {
+        if cluster {
+            return Err(Error::new(
+                "the connections sweep runs on one server, not --cluster",
+            ));
+        }
+        return crate::connsweep::run(cli, "pubsub", |connections, _| {
+            let mut c = cli.clone();
+            c.connections = connections;
+            let (title, results) = run_once(&c, &target);
+            let rows = results
+                .iter()
+                .filter_map(|r| r.row.as_ref().ok())
+                .map(|r| crate::connsweep::SweepRow {
+                    name: r.name.clone(),
+                    msgs_per_sec: r.msgs_per_sec,
+                    cpu_us_per_msg: r.cpu_us_per_msg,
+                    syscalls_per_msg: r.syscalls_per_msg,
+                    completions_per_msg: r.completions_per_msg,
+                })
+                .collect();
+            Ok((title, rows))
+        });
+    }
+    let (_, results) = run_once(cli, &target);
+    let ok: Vec<&Row> = results.iter().filter_map(|r| r.row.as_ref().ok()).collect();
+    let scenario = if cluster { "pubsub-cluster" } else { "pubsub" };
+    write_clients_json(cli.json.as_deref(), scenario, &ok)
+}
+
+/// One run of every client on `target`; prints its table and returns its title and
+/// results.
+fn run_once(cli: &Cli, target: &Target) -> (String, Vec<Outcome>) {
     let n = cli.messages.max(1);
     let rate = cli.rate.max(1);
     let count = ((f64::from(rate) * cli.duration().as_secs_f64()).round() as u64).max(1);
@@ -222,7 +271,7 @@ pub fn run(cli: &Cli, cluster: bool) -> Result<()> {
          {rate} msg/s for {:.1} s; {}",
         cli.size,
         cli.duration().as_secs_f64(),
-        target.label()
+        target.label(channels.len())
     );
     eprintln!("{title}");
     let mut results = Vec::new();
@@ -237,13 +286,10 @@ pub fn run(cli: &Cli, cluster: bool) -> Result<()> {
             );
             continue;
         }
-        results.push(one_client(cli, &target, &channels, kind, n, rate, count));
+        results.push(one_client(cli, target, &channels, kind, n, rate, count));
     }
-    let report = render(&title, &results);
-    print!("{report}");
-    let ok: Vec<&Row> = results.iter().filter_map(|r| r.row.as_ref().ok()).collect();
-    let scenario = if cluster { "pubsub-cluster" } else { "pubsub" };
-    write_clients_json(cli.json.as_deref(), scenario, &ok)
+    print!("{}", render(&title, &results));
+    (title, results)
 }
 
 fn one_client(
@@ -322,6 +368,8 @@ fn one_client(
         lost: n.saturating_sub(received),
         publisher_msgs_per_sec: n as f64 / published.0.max(1e-9),
         server_cpu_us_per_msg: server_cpu,
+        syscalls_per_msg: report.io.map(|(s, _)| s as f64 / received.max(1) as f64),
+        completions_per_msg: report.io.map(|(_, c)| c as f64 / received.max(1) as f64),
     };
     let note = [report.note, lat_note, noise, lat_noise]
         .into_iter()
@@ -345,6 +393,7 @@ fn render(title: &str, results: &[Outcome]) -> String {
             "÷ publisher",
             "CPU µs/msg",
             "server CPU µs/msg",
+            "syscalls/msg",
             "p50 µs",
             "p99 µs",
             "CPU ÷ redis-rs",
@@ -370,6 +419,7 @@ fn render(title: &str, results: &[Outcome]) -> String {
                 ),
                 format!("{:.3}", row.cpu_us_per_msg),
                 opt(row.server_cpu_us_per_msg, 3),
+                opt(row.syscalls_per_msg, 4),
                 opt(row.p50_us, 1),
                 opt(row.p99_us, 1),
                 opt(redis_cpu.map(|c| row.cpu_us_per_msg / c.max(1e-12)), 2),

@@ -58,11 +58,11 @@ pub fn run(cli: &Cli) -> Result<()> {
     if cli.connection_counts.len() > 1 {
         if cli.scenario != Scenario::Drain {
             return Err(Error::new(
-                "a list of --connections (the connections sweep) is for drain",
+                "a list of --connections (the connections sweep) is for drain and pubsub",
             ));
         }
         let mut used: Vec<String> = Vec::new();
-        let swept = crate::connsweep::run(cli, |connections, nqueues| {
+        let swept = crate::connsweep::run(cli, "drain", |connections, nqueues| {
             let mut c = cli.clone();
             c.connections = connections;
             c.queues = nqueues;
@@ -72,7 +72,15 @@ pub fn run(cli: &Cli) -> Result<()> {
             if queues.len() > used.len() {
                 used = queues;
             }
-            r
+            let r = r?;
+            print!("{}", r.render());
+            let rows = r
+                .results
+                .iter()
+                .filter_map(|res| res.outcome.as_ref().ok())
+                .map(crate::connsweep::SweepRow::from)
+                .collect();
+            Ok((r.title, rows))
         });
         let _ = load::delete(&broker.url, &used);
         return swept;

@@ -94,6 +94,41 @@ impl ChildSeries {
         self.duplicates
     }
 
+    /// The numbers in `0..expected` never delivered, as half-open ranges; `None` when
+    /// there are more than `cap` ranges (the report then falls back to counts).
+    pub fn missing(&self, expected: u64, cap: usize) -> Option<Vec<(u64, u64)>> {
+        let seen = |i: u64| {
+            self.seen
+                .get((i / 64) as usize)
+                .is_some_and(|w| w & (1 << (i % 64)) != 0)
+        };
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut i = 0;
+        while i < expected {
+            // Whole words seen: skip them.
+            if i % 64 == 0
+                && i + 64 <= expected
+                && self.seen.get((i / 64) as usize) == Some(&u64::MAX)
+            {
+                i += 64;
+                continue;
+            }
+            if !seen(i) {
+                match out.last_mut() {
+                    Some((_, end)) if *end == i => *end += 1,
+                    _ => {
+                        if out.len() == cap {
+                            return None;
+                        }
+                        out.push((i, i + 1));
+                    }
+                }
+            }
+            i += 1;
+        }
+        Some(out)
+    }
+
     /// Writes the per-second end-to-end histograms as an HdrHistogram interval log
     /// (`load --hdr-prefix`).
     ///

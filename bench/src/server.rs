@@ -3,6 +3,8 @@
 //! dir, started through the `ringq-tests` harness, which kills it when the run ends (even
 //! if ringq-bench itself is killed).
 
+use std::sync::Arc;
+
 use ringq_resp::Frame;
 use ringq_tests::{RedisServer, TestPki};
 
@@ -21,8 +23,8 @@ pub struct Broker {
     pub redis_version: (u32, u32, u32),
     /// `--tls`: where the measured clients connect with TLS.
     pub tls: Option<BrokerTls>,
-    /// The embedded server, stopped on drop.
-    embedded: Option<RedisServer>,
+    /// The embedded server, stopped on drop (shared with `load`'s fault injector).
+    embedded: Option<Arc<RedisServer>>,
     /// The throw-away CA and certificates of `--tls`, removed on drop.
     _pki: Option<TestPki>,
 }
@@ -50,6 +52,20 @@ impl Broker {
     /// # Errors
     /// As [`Broker::open`]; `tls` with a `--url` server.
     pub fn open_with(url: Option<&str>, tls: bool) -> Result<Self> {
+        Self::open_inner(url, tls, false)
+    }
+
+    /// As [`Broker::open`], the embedded server with its append-only file written and
+    /// fsynced on every write (`appendfsync always`), so it can be restarted mid-run
+    /// without losing what it acknowledged (`load --restart-server-at`).
+    ///
+    /// # Errors
+    /// As [`Broker::open`].
+    pub fn open_durable(url: Option<&str>) -> Result<Self> {
+        Self::open_inner(url, false, true)
+    }
+
+    fn open_inner(url: Option<&str>, tls: bool, durable: bool) -> Result<Self> {
         let pki = if tls {
             if url.is_some() {
                 return Err(Error::new(
@@ -65,13 +81,15 @@ impl Broker {
             Some(u) => (u.to_owned(), None),
             None => {
                 let mut b = RedisServer::builder()
-                    // Queues of a few million messages must fit; no eviction, no saving.
-                    .arg("--maxmemory", "0");
+                    // Queues of a few million messages must fit; no eviction, no saving
+                    // (unless a restart must keep the data).
+                    .arg("--maxmemory", "0")
+                    .aof_always(durable);
                 if let Some(p) = &pki {
                     b = b.tls(p, false);
                 }
                 let server = b.start()?;
-                (server.url(), Some(server))
+                (server.url(), Some(Arc::new(server)))
             }
         };
         let tls = match (&pki, &embedded) {
@@ -121,6 +139,11 @@ impl Broker {
     /// The embedded server's process id (None with `--url`).
     pub fn server_pid(&self) -> Option<u32> {
         self.embedded.as_ref()?.pid()
+    }
+
+    /// The embedded server, for a fault injector that restarts it (None with `--url`).
+    pub fn embedded(&self) -> Option<Arc<RedisServer>> {
+        self.embedded.clone()
     }
 
     /// Whether this is the embedded server.

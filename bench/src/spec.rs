@@ -77,6 +77,10 @@ pub struct ChildSpec {
     pub series_origin_ns: Option<u64>,
     #[serde(default)]
     pub series_warmup_ns: u64,
+    /// `load`: when the schedule's last message is due; a lossy run does not end for
+    /// quiet before then (a consumer cut off for a while mid-run comes back).
+    #[serde(default)]
+    pub series_end_ns: Option<u64>,
     /// `load --hdr-prefix`: write the end-to-end histograms of each second here (an
     /// HdrHistogram interval log).
     #[serde(default)]
@@ -123,6 +127,7 @@ impl ChildSpec {
             kombu: false,
             series_origin_ns: None,
             series_warmup_ns: 0,
+            series_end_ns: None,
             tls_ca: None,
             backend: match client {
                 ClientKind::RingqEpoll => "epoll".to_owned(),
@@ -184,6 +189,10 @@ pub struct ChildReport {
     /// `ringq::IoCounters`).
     #[serde(default)]
     pub io: Option<(u64, u64)>,
+    /// `load`: the message numbers never delivered, as half-open ranges (None when not
+    /// tracked, or too scattered to list).
+    #[serde(default)]
+    pub missing: Option<Vec<(u64, u64)>>,
 }
 
 /// A latency histogram boiled down to what the report needs.

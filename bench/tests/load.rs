@@ -166,6 +166,71 @@ fn load_goes_on_through_a_client_kill_and_reliable_loses_nothing() {
     );
 }
 
+/// `load --restart-server-at`: the embedded server (append-only file, fsync always) is
+/// restarted mid-run. The run goes on — producers and consumer reconnect — and in
+/// reliable and stream mode nothing the server confirmed is lost. The fault must really
+/// have hit the run: the producer saw its connection break and the consumer reconnected,
+/// and messages were produced after it.
+#[test]
+fn load_goes_on_through_a_server_restart_and_reliable_and_stream_lose_nothing() {
+    for mode in ["reliable", "stream"] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("load.json");
+        let out = run(&[
+            "load",
+            "--mode",
+            mode,
+            "--rate",
+            "2000",
+            "--duration",
+            "4",
+            "--warmup",
+            "0",
+            "--restart-server-at",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{mode}");
+        let report = read_json(&json);
+        let s = &report["summary"];
+        let fault = s["faults"][0].as_str().unwrap_or_default();
+        assert!(fault.contains("server restarted"), "{mode}: {s}");
+        assert!(
+            s["reconnects"].as_u64().is_some_and(|n| n >= 1),
+            "{mode}: {s}"
+        );
+        assert!(
+            s["producer_errors"].as_u64().is_some_and(|n| n >= 1),
+            "{mode}: the producer's connection broke: {s}"
+        );
+        let after: u64 = report["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["t"].as_u64().is_some_and(|t| t >= 2))
+            .map(|p| p["produced"].as_u64().unwrap())
+            .sum();
+        assert!(after > 0, "{mode}: produced after the restart: {report}");
+        assert_eq!(s["produced"].as_u64(), Some(8000), "{mode}");
+        assert_eq!(
+            s["lost"].as_u64(),
+            Some(0),
+            "{mode}: nothing confirmed was lost: {s}"
+        );
+        let (unconfirmed, never) = (
+            s["unconfirmed"].as_u64().unwrap(),
+            s["unconfirmed_missing"].as_u64().unwrap(),
+        );
+        assert!(never <= unconfirmed, "{mode}: {s}");
+        println!(
+            "{mode}: restart mid-run: {} consumed, 0 lost, {unconfirmed} unconfirmed ({never} \
+             never stored), {} duplicates, {} consumer reconnects",
+            s["consumed"], s["extra"], s["reconnects"]
+        );
+    }
+}
+
 /// `load --hdr-prefix`: HdrHistogram interval logs of the end-to-end and produce
 /// latencies, one interval a second, that the HdrHistogram library reads back with every
 /// message counted once.

@@ -120,7 +120,7 @@ fn connections_sweep_reports_syscalls_and_completions_per_count() {
         "{text}"
     );
     let report = read_json(&json);
-    assert_eq!(report["scenario"], "connections-sweep");
+    assert_eq!(report["scenario"], "drain-connections-sweep");
     assert_eq!(report["connections"], serde_json::json!([1, 3]));
     let points = report["points"].as_array().unwrap();
     let seen: Vec<(u64, &str)> = points
@@ -155,5 +155,75 @@ fn connections_sweep_reports_syscalls_and_completions_per_count() {
         }
         let ratio = p["epoll_cpu_ratio"]["median"].as_f64();
         assert_eq!(ratio.is_some(), p["name"] == "ringq-epoll", "{p}");
+    }
+}
+
+/// `pubsub --connections 3`: fan-in over three channels, one ringq subscriber connection
+/// each (redis-rs subscribes to all three on one), every message of the burst received;
+/// then `pubsub --connections 3,1`, the sweep: a point per count and client, with the
+/// engine's system calls and completions per message.
+#[test]
+fn pubsub_fans_in_over_many_connections_and_sweeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fanin.json");
+    let out = run(&[
+        "pubsub",
+        "--connections",
+        "3",
+        "--messages",
+        "6000",
+        "--rate",
+        "2000",
+        "--duration",
+        "1",
+        "--clients",
+        "ringq,redis-rs",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fan-in: one subscriber on 3 channels over 3 connections"),
+        "{text}"
+    );
+    let report = read_json(&json);
+    let clients = report["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2, "{report}");
+    for c in clients {
+        assert_eq!(
+            (c["messages"].as_u64(), c["lost"].as_u64()),
+            (Some(6000), Some(0)),
+            "{c}"
+        );
+    }
+    let json = dir.path().join("sweep.json");
+    let out = run(&[
+        "pubsub",
+        "--connections",
+        "3,1",
+        "--messages",
+        "3000",
+        "--rate",
+        "2000",
+        "--duration",
+        "1",
+        "--clients",
+        "ringq,ringq-epoll",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report = read_json(&json);
+    assert_eq!(report["scenario"], "pubsub-connections-sweep");
+    let points = report["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4, "{report}");
+    for p in points {
+        for f in ["msgs_per_sec", "syscalls_per_msg", "completions_per_msg"] {
+            assert!(
+                p[f]["median"].as_f64().is_some_and(|v| v > 0.0),
+                "{f} of {p}"
+            );
+        }
     }
 }

@@ -115,6 +115,8 @@ pub struct Sink {
     quiet: std::sync::atomic::AtomicBool,
     /// When the latest message was counted (lossy runs only).
     last_ns: AtomicU64,
+    /// No quiet end before this instant (`CLOCK_MONOTONIC` ns; `load`: the schedule's end).
+    quiet_from_ns: u64,
 }
 
 /// How long a pub/sub consumer waits without a message before it stops counting.
@@ -148,6 +150,7 @@ impl Sink {
             lossy: spec.channel.is_some() || spec.series_origin_ns.is_some(),
             quiet: std::sync::atomic::AtomicBool::new(false),
             last_ns: AtomicU64::new(0),
+            quiet_from_ns: spec.series_end_ns.unwrap_or(0),
         }
     }
 
@@ -160,8 +163,9 @@ impl Sink {
                 return;
             }
             let last = sink.last_ns.load(Ordering::Acquire);
-            let idle = latency::mono_ns().saturating_sub(last);
-            if last > 0 && idle >= QUIET.as_nanos() as u64 {
+            let now = latency::mono_ns();
+            let idle = now.saturating_sub(last);
+            if last > 0 && idle >= QUIET.as_nanos() as u64 && now >= sink.quiet_from_ns {
                 sink.quiet.store(true, Ordering::Release);
                 sink.end_ns.store(last, Ordering::Release);
                 sink.wake();
@@ -333,6 +337,8 @@ impl Sink {
     }
 
     fn report(&self, note: Option<String>) -> Result<ChildReport> {
+        /// Most ranges of undelivered numbers a report lists.
+        const MISSING_RANGES_CAP: usize = 100_000;
         if let Ok(Some(e)) = self.error.lock().map(|e| e.clone()) {
             return Err(Error::new(e));
         }
@@ -392,6 +398,11 @@ impl Sink {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .map(|io| (io.syscalls, io.completions)),
+            missing: self.series.as_ref().and_then(|s| {
+                s.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .missing(self.expected, MISSING_RANGES_CAP)
+            }),
         })
     }
 }

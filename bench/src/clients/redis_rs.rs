@@ -344,11 +344,16 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
         std::mem::forget(rt);
         return Ok(None);
     }
-    let channel = spec.channel.clone().unwrap_or_default();
+    // Fan-in over many channels (`--connections N`): every channel on its one connection.
+    let channels = if spec.queues.is_empty() {
+        vec![spec.channel.clone().unwrap_or_default()]
+    } else {
+        spec.queues.clone()
+    };
     rt.block_on(async {
         let client = client(spec)?;
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&channel).await?;
+        pubsub.subscribe(&channels).await?;
         sink.ready();
         sink.stop_when_quiet();
         let mut messages = pubsub.on_message();

@@ -207,9 +207,12 @@ pub fn listen(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
     } else {
         ListenConsumer::new().channel(spec.channel.clone().unwrap_or_default())
     };
+    // Fan-in (`pubsub --connections N` over N channels): the channels spread over N
+    // subscriber connections of the one shard.
     let running = EngineBuilder::new(&spec.url)
         .backend(backend(spec))
         .prefetch(65_536)
+        .connections_per_shard(spec.lanes())
         .pin_cores(spec.pin_cores)
         .client_name("ringq-bench")
         .start(consumer, SinkHandler(sink.clone()))?;
