@@ -54,12 +54,16 @@ if [[ ${RINGQ_BENCH_QUICK:-0} == 1 ]]; then
     criterion_args=(--warm-up-time 1 --measurement-time 1)
     batch_messages=100000 single_messages=20000 latency_secs=2 cluster_messages=300000
     load_secs=2 python_messages=1000 produce_messages=200000 repeats=${RINGQ_BENCH_REPEATS:-1}
+    connections_messages=200000 fanin_messages=20000
 else
     criterion_args=(--warm-up-time 1 --measurement-time 3)
     # The cluster drain runs at ~20M msgs/s here: 20M messages make a window of ~1 s.
     batch_messages=1000000 single_messages=200000 latency_secs=10 cluster_messages=20000000
     # The producer pushes ~2.6M msgs/s here: 5M make a window of ~2 s.
     load_secs=5 python_messages=5000 produce_messages=5000000 repeats=${RINGQ_BENCH_REPEATS:-3}
+    # Batch drains run at 10-22M msgs/s at 1-1000 connections: 25M make windows of 1.1-2.6 s;
+    # fan-in runs at ~2.4M msgs/s on one connection, ~200k over 1000: 2M make 0.8-10 s.
+    connections_messages=25000000 fanin_messages=2000000
 fi
 bench=target/release/ringq-bench
 url_args=()
@@ -138,6 +142,14 @@ scenarios() {
     step "${prefix}pubsub" scenario "$dir" pubsub pubsub "${url_args[@]}" \
         --messages "$batch_messages" --size 16 --rate 10000 --duration "$latency_secs" \
         --clients ringq,ringq-epoll,redis-rs
+    # io_uring against epoll as connections grow (the engine's syscalls and completions
+    # per message): a batch drain, and pub/sub fan-in over a channel per connection.
+    step "${prefix}connections-drain" scenario "$dir" connections-drain drain "${url_args[@]}" \
+        --repeats "$repeats" --pop batch --connections 1,100,1000 \
+        --messages "$connections_messages" --size 16 --clients ringq,ringq-epoll
+    step "${prefix}connections-pubsub" scenario "$dir" connections-pubsub pubsub "${url_args[@]}" \
+        --repeats "$repeats" --connections 1,1000 --messages "$fanin_messages" --size 16 \
+        --rate 10000 --duration 1 --clients ringq,ringq-epoll
     step "${prefix}reliable" scenario "$dir" reliable reliable "${url_args[@]}" --repeats "$repeats" \
         --messages "$batch_messages" --size 16 --clients ringq,redis-rs
     step "${prefix}stream" scenario "$dir" stream stream "${url_args[@]}" --repeats "$repeats" \
