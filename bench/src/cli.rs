@@ -267,6 +267,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
             "hdr_prefix",
             "kill_consumers_at",
             "restart_server_at",
+            "failover_at",
             "find_max",
             "slo_p99_ms",
             "backlog",
@@ -337,6 +338,14 @@ pub struct Cli {
     /// confirmed and never came back (lost).
     #[arg(long, value_delimiter = ',', value_name = "SECONDS")]
     pub restart_server_at: Vec<u64>,
+
+    /// load: run against an embedded master with a replica behind three sentinels, and at
+    /// the end of each of these seconds fail it over (SENTINEL FAILOVER). Producers and
+    /// consumer follow the sentinels to the new master; writes the old master confirmed
+    /// and had not replicated when it was demoted are counted lost (the broker lost
+    /// them: Redis replication is asynchronous).
+    #[arg(long, value_delimiter = ',', value_name = "SECONDS")]
+    pub failover_at: Vec<u64>,
 
     /// load: search for the highest rate whose end-to-end p99 stays within --slo-p99-ms
     /// in every measured second with nothing lost: doubling from --rate until it breaks

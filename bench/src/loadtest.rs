@@ -35,8 +35,15 @@ use ringq::envelope::keys;
 const START_SLACK_NS: u64 = 1_500_000_000;
 
 /// Kills every connection of the consumer child (`CLIENT KILL ID` of each client named
-/// `ringq-bench-…`); returns how many.
+/// `ringq-bench-…`, the producers' excepted); returns how many.
 fn kill_consumers(url: &str) -> Result<u64> {
+    kill_named(url, |n| {
+        n.starts_with("ringq-bench-") && n != crate::paced::PRODUCER_NAME
+    })
+}
+
+/// Kills every connection whose name passes `pick`; returns how many.
+fn kill_named(url: &str, pick: impl Fn(&str) -> bool) -> Result<u64> {
     let mut conn = crate::conn::RawConn::connect(url)?;
     let list = match conn.command_ok(["CLIENT", "LIST"])? {
         f @ (ringq_resp::Frame::BulkString(_) | ringq_resp::Frame::VerbatimString { .. }) => {
@@ -50,7 +57,7 @@ fn kill_consumers(url: &str) -> Result<u64> {
             line.split(' ')
                 .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
         };
-        if field("name").is_some_and(|n| n.starts_with("ringq-bench-")) {
+        if field("name").is_some_and(&pick) {
             if let Some(id) = field("id") {
                 let _ = conn.command(["CLIENT", "KILL", "ID", id])?;
                 killed += 1;
@@ -163,7 +170,15 @@ pub fn run(cli: &Cli) -> Result<()> {
             "--tls applies to the drain and latency scenarios",
         ));
     }
-    let broker = if cli.restart_server_at.is_empty() {
+    if !cli.failover_at.is_empty() && (cli.url.is_some() || !cli.restart_server_at.is_empty()) {
+        return Err(Error::new(
+            "--failover-at runs its own master, replica and sentinels: not with --url or \
+             --restart-server-at",
+        ));
+    }
+    let broker = if !cli.failover_at.is_empty() {
+        Broker::open_sentinel()?
+    } else if cli.restart_server_at.is_empty() {
         Broker::open(cli.url.as_deref())?
     } else {
         if cli.url.is_some() {
@@ -418,7 +433,9 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
         let faults = Faults {
             kill_consumers_at: cli.kill_consumers_at.clone(),
             restart_server_at: cli.restart_server_at.clone(),
+            failover_at: cli.failover_at.clone(),
             server: broker.embedded(),
+            sentinels: broker.sentinels(),
         };
         thread::spawn(move || {
             sample_every_second(&url, mode, &queues, origin, &faults, &stop, &samples);
@@ -498,8 +515,11 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
 struct Faults {
     kill_consumers_at: Vec<u64>,
     restart_server_at: Vec<u64>,
+    failover_at: Vec<u64>,
     /// The embedded server (restarts need it).
     server: Option<Arc<ringq_tests::RedisServer>>,
+    /// The embedded sentinel group (failovers need it).
+    sentinels: Option<Arc<ringq_tests::SentinelGroup>>,
 }
 
 impl Faults {
@@ -522,6 +542,32 @@ impl Faults {
                 ),
                 Some(Err(e)) => format!("server restart failed: {e}"),
                 None => "no embedded server to restart".to_owned(),
+            });
+        }
+        if self.failover_at.contains(&t) {
+            let began = std::time::Instant::now();
+            let before = self.sentinels.as_ref().and_then(|g| g.master_addr().ok());
+            done.push(match self.sentinels.as_ref().map(|g| g.failover()) {
+                Some(Ok(to)) => {
+                    // The producers follow as a sentinel-aware client does on
+                    // `+switch-master`: their connections to the old master are closed
+                    // (they connect again through the sentinels). What they wrote there
+                    // after the promotion is lost with the old master's data.
+                    let moved = before.map_or(0, |b| {
+                        kill_named(&format!("redis://{b}"), |n| {
+                            n == crate::paced::PRODUCER_NAME
+                        })
+                        .unwrap_or(0)
+                    });
+                    format!(
+                        "failover (SENTINEL FAILOVER): master {} → {to}, switched in {} ms; \
+                         {moved} producer connection(s) sent to the new master",
+                        before.map_or_else(|| "?".to_owned(), |a| a.to_string()),
+                        began.elapsed().as_millis()
+                    )
+                }
+                Some(Err(e)) => format!("failover failed: {e}"),
+                None => "no embedded sentinels to fail over".to_owned(),
             });
         }
         (!done.is_empty()).then(|| done.join("; "))
@@ -551,8 +597,13 @@ fn sample_every_second(
             cpu_pct: (now_cpu - cpu).max(0.0) * 100.0,
             fault,
         };
-        // A restarted server counts its CPU from 0 again.
-        cpu = if s.fault.as_deref().is_some_and(|f| f.contains("restarted")) {
+        // A restarted server counts its CPU from 0 again; after a failover the URL
+        // reaches another server.
+        cpu = if s
+            .fault
+            .as_deref()
+            .is_some_and(|f| f.contains("restarted") || f.contains("failover"))
+        {
             cpu_seconds_of(url).unwrap_or(0.0)
         } else {
             now_cpu

@@ -11,7 +11,9 @@
 //! message is sent twice.
 //! What it had sent without a reply is *unconfirmed* — the server may or may not have
 //! stored it — and a message the server refused (`-LOADING` while a restarted server
-//! reads its data) is unconfirmed too; [`Produced::unconfirmed`] lists their numbers so
+//! reads its data, `-READONLY` from a master a failover demoted: the producer then
+//! connects again, through the sentinels with a `redis+sentinel://` URL) is unconfirmed
+//! too; [`Produced::unconfirmed`] lists their numbers so
 //! the report can tell a message the server confirmed and lost from one it never took.
 
 use std::thread;
@@ -30,6 +32,15 @@ use crate::latency::{self, STAMP_LEN};
 const PRODUCE_MAX_BURST: u64 = 1000;
 /// How long a producer keeps trying to connect again after its connection broke.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// The producers' client name (`CLIENT SETNAME`), so a fault injector can find them.
+pub const PRODUCER_NAME: &str = "ringq-bench-producer";
+
+/// Connects to `url` and names the connection [`PRODUCER_NAME`].
+fn connect(url: &str) -> Result<RawConn> {
+    let mut c = RawConn::connect(url)?;
+    c.command_ok(["CLIENT", "SETNAME", PRODUCER_NAME])?;
+    Ok(c)
+}
 
 /// What the producer did.
 #[derive(Debug, Clone, Default)]
@@ -171,8 +182,14 @@ fn read_replies(mut reader: RawConn, sched: Schedule, from: u64, total: u64) -> 
         };
         let i = sched.number(r.answered_to);
         r.answered_to += 1;
-        if let Frame::SimpleError(_) | Frame::BulkError(_) = f {
+        if let Frame::SimpleError(m) | Frame::BulkError(m) = f {
             r.refused.push(i);
+            if m.starts_with(b"READONLY") {
+                // A master demoted by a failover: connect again (through the sentinels,
+                // to the new one).
+                reader.shutdown();
+                break;
+            }
             continue;
         }
         if sched.series {
@@ -193,7 +210,7 @@ fn read_replies(mut reader: RawConn, sched: Schedule, from: u64, total: u64) -> 
 fn reconnect(url: &str) -> Result<RawConn> {
     let until = Instant::now() + RECONNECT_FOR;
     loop {
-        match RawConn::connect(url) {
+        match connect(url) {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() >= until => {
                 return Err(e.context(format!(
@@ -252,7 +269,7 @@ pub fn produce_paced(
     let mut payload = vec![b'x'; size.max(STAMP_LEN)];
     let mut out = Produced::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut conn = RawConn::connect(url)?;
+    let mut conn = connect(url)?;
     latency::tighten_timer_slack();
     // This producer's next message to send.
     let mut k = 0u64;

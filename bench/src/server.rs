@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ringq_resp::Frame;
-use ringq_tests::{RedisServer, TestPki};
+use ringq_tests::{RedisServer, SentinelGroup, TestPki};
 
 use crate::conn::RawConn;
 use crate::error::{Error, Result};
@@ -25,6 +25,9 @@ pub struct Broker {
     pub tls: Option<BrokerTls>,
     /// The embedded server, stopped on drop (shared with `load`'s fault injector).
     embedded: Option<Arc<RedisServer>>,
+    /// `load --failover-at`: the embedded master, replica and sentinels (the URL is the
+    /// sentinels'), stopped on drop.
+    sentinels: Option<Arc<SentinelGroup>>,
     /// The throw-away CA and certificates of `--tls`, removed on drop.
     _pki: Option<TestPki>,
 }
@@ -63,6 +66,23 @@ impl Broker {
     /// As [`Broker::open`].
     pub fn open_durable(url: Option<&str>) -> Result<Self> {
         Self::open_inner(url, false, true)
+    }
+
+    /// An embedded master with one replica and three sentinels, reached through the
+    /// sentinels (`redis+sentinel://…/ringq-bench`), for `load --failover-at`.
+    ///
+    /// # Errors
+    /// As [`Broker::open`], or a group that does not settle.
+    pub fn open_sentinel() -> Result<Self> {
+        let group = SentinelGroup::start("ringq-bench", 1, 3)?;
+        let mut b = Self::open_inner(Some(&group.url()), false, false)?;
+        b.sentinels = Some(Arc::new(group));
+        Ok(b)
+    }
+
+    /// The embedded sentinel group of [`Broker::open_sentinel`].
+    pub fn sentinels(&self) -> Option<Arc<SentinelGroup>> {
+        self.sentinels.clone()
     }
 
     fn open_inner(url: Option<&str>, tls: bool, durable: bool) -> Result<Self> {
@@ -132,6 +152,7 @@ impl Broker {
             redis_version: triple,
             tls,
             embedded,
+            sentinels: None,
             _pki: pki,
         })
     }
@@ -154,6 +175,7 @@ impl Broker {
     /// "redis 7.0.15 (embedded)", "… (embedded, TLS)" or "… (--url)", for titles.
     pub fn label(&self) -> String {
         let place = match (self.is_embedded(), self.tls.is_some()) {
+            _ if self.sentinels.is_some() => "embedded, behind 3 sentinels with 1 replica",
             (true, true) => "embedded, TLS",
             (true, false) => "embedded",
             _ => "--url",
