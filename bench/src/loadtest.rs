@@ -27,45 +27,12 @@ use crate::load::{self, Push, Schedule};
 use crate::loadreport::{csv, merge, render, write_produce_hlog, Pick, Point, Sample, Summary};
 use crate::progress;
 use crate::report::{write_file, Table};
-use crate::server::{cpu_seconds_of, Broker};
+use crate::server::Broker;
 use crate::spec::{ChildSpec, RELIABLE_ID, STREAM_GROUP};
 use ringq::envelope::keys;
 
 /// How long the consumer child may take to start before the schedule begins.
 const START_SLACK_NS: u64 = 1_500_000_000;
-
-/// Kills every connection of the consumer child (`CLIENT KILL ID` of each client named
-/// `ringq-bench-…`, the producers' excepted); returns how many.
-fn kill_consumers(url: &str) -> Result<u64> {
-    kill_named(url, |n| {
-        n.starts_with("ringq-bench-") && n != crate::paced::PRODUCER_NAME
-    })
-}
-
-/// Kills every connection whose name passes `pick`; returns how many.
-fn kill_named(url: &str, pick: impl Fn(&str) -> bool) -> Result<u64> {
-    let mut conn = crate::conn::RawConn::connect(url)?;
-    let list = match conn.command_ok(["CLIENT", "LIST"])? {
-        f @ (ringq_resp::Frame::BulkString(_) | ringq_resp::Frame::VerbatimString { .. }) => {
-            String::from_utf8_lossy(f.as_bytes().map_or(&b""[..], |b| b)).into_owned()
-        }
-        f => return Err(Error::new(format!("unexpected CLIENT LIST reply: {f:?}"))),
-    };
-    let mut killed = 0;
-    for line in list.lines() {
-        let field = |k: &str| {
-            line.split(' ')
-                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-        };
-        if field("name").is_some_and(&pick) {
-            if let Some(id) = field("id") {
-                let _ = conn.command(["CLIENT", "KILL", "ID", id])?;
-                killed += 1;
-            }
-        }
-    }
-    Ok(killed)
-}
 
 fn names(mode: LoadMode, n: usize) -> Vec<String> {
     let stem = match mode {
@@ -119,7 +86,7 @@ fn kombu_name(key: &str) -> &str {
 }
 
 /// Messages waiting (lists: queued; streams: not yet acked by the group).
-fn backlog(url: &str, mode: LoadMode, queues: &[String]) -> Result<u64> {
+pub(crate) fn backlog(url: &str, mode: LoadMode, queues: &[String]) -> Result<u64> {
     if mode == LoadMode::Pubsub {
         // Pub/sub keeps nothing: what a subscriber cannot take is dropped, not queued.
         return Ok(0);
@@ -430,7 +397,7 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
             broker.url.clone(),
             queues.clone(),
         );
-        let faults = Faults {
+        let faults = crate::faults::Faults {
             kill_consumers_at: cli.kill_consumers_at.clone(),
             restart_server_at: cli.restart_server_at.clone(),
             failover_at: cli.failover_at.clone(),
@@ -438,7 +405,9 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
             sentinels: broker.sentinels(),
         };
         thread::spawn(move || {
-            sample_every_second(&url, mode, &queues, origin, &faults, &stop, &samples);
+            crate::faults::sample_every_second(
+                &url, mode, &queues, origin, &faults, &stop, &samples,
+            );
         })
     };
     let push = match mode {
@@ -509,110 +478,4 @@ fn run_once(cli: &Cli, broker: &Broker, rate: u32) -> Result<Run> {
         series,
         summary,
     })
-}
-
-/// The faults a run injects, at the end of the seconds named.
-struct Faults {
-    kill_consumers_at: Vec<u64>,
-    restart_server_at: Vec<u64>,
-    failover_at: Vec<u64>,
-    /// The embedded server (restarts need it).
-    server: Option<Arc<ringq_tests::RedisServer>>,
-    /// The embedded sentinel group (failovers need it).
-    sentinels: Option<Arc<ringq_tests::SentinelGroup>>,
-}
-
-impl Faults {
-    /// The faults due at the end of second `t`, done now; what happened, for the report.
-    fn inject(&self, url: &str, t: u64) -> Option<String> {
-        let mut done = Vec::new();
-        if self.kill_consumers_at.contains(&t) {
-            done.push(match kill_consumers(url) {
-                Ok(n) => format!("CLIENT KILL of the consumer's {n} connection(s)"),
-                Err(e) => format!("CLIENT KILL failed: {e}"),
-            });
-        }
-        if self.restart_server_at.contains(&t) {
-            let began = std::time::Instant::now();
-            done.push(match self.server.as_ref().map(|s| s.restart()) {
-                Some(Ok(())) => format!(
-                    "server restarted (SIGTERM, then started again on its append-only file) \
-                     in {} ms",
-                    began.elapsed().as_millis()
-                ),
-                Some(Err(e)) => format!("server restart failed: {e}"),
-                None => "no embedded server to restart".to_owned(),
-            });
-        }
-        if self.failover_at.contains(&t) {
-            let began = std::time::Instant::now();
-            let before = self.sentinels.as_ref().and_then(|g| g.master_addr().ok());
-            done.push(match self.sentinels.as_ref().map(|g| g.failover()) {
-                Some(Ok(to)) => {
-                    // The producers follow as a sentinel-aware client does on
-                    // `+switch-master`: their connections to the old master are closed
-                    // (they connect again through the sentinels). What they wrote there
-                    // after the promotion is lost with the old master's data.
-                    let moved = before.map_or(0, |b| {
-                        kill_named(&format!("redis://{b}"), |n| {
-                            n == crate::paced::PRODUCER_NAME
-                        })
-                        .unwrap_or(0)
-                    });
-                    format!(
-                        "failover (SENTINEL FAILOVER): master {} → {to}, switched in {} ms; \
-                         {moved} producer connection(s) sent to the new master",
-                        before.map_or_else(|| "?".to_owned(), |a| a.to_string()),
-                        began.elapsed().as_millis()
-                    )
-                }
-                Some(Err(e)) => format!("failover failed: {e}"),
-                None => "no embedded sentinels to fail over".to_owned(),
-            });
-        }
-        (!done.is_empty()).then(|| done.join("; "))
-    }
-}
-
-/// Reads the backlog and the server's CPU at `origin + 1 s`, `+ 2 s`, … until `stop`,
-/// injecting the faults due.
-fn sample_every_second(
-    url: &str,
-    mode: LoadMode,
-    queues: &[String],
-    origin: u64,
-    faults: &Faults,
-    stop: &AtomicBool,
-    samples: &Mutex<Vec<Sample>>,
-) {
-    latency::sleep_until_ns(origin);
-    let mut cpu = cpu_seconds_of(url).unwrap_or(0.0);
-    for k in 1u64.. {
-        latency::sleep_until_ns(origin + k * 1_000_000_000);
-        let now_cpu = cpu_seconds_of(url).unwrap_or(cpu);
-        // Second k-1 ends now: a fault due at second k-1 happens at its end.
-        let fault = faults.inject(url, k - 1);
-        let s = Sample {
-            backlog: backlog(url, mode, queues).unwrap_or(0),
-            cpu_pct: (now_cpu - cpu).max(0.0) * 100.0,
-            fault,
-        };
-        // A restarted server counts its CPU from 0 again; after a failover the URL
-        // reaches another server.
-        cpu = if s
-            .fault
-            .as_deref()
-            .is_some_and(|f| f.contains("restarted") || f.contains("failover"))
-        {
-            cpu_seconds_of(url).unwrap_or(0.0)
-        } else {
-            now_cpu
-        };
-        if let Ok(mut v) = samples.lock() {
-            v.push(s);
-        }
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
-    }
 }

@@ -49,6 +49,7 @@ mod cluster;
 mod conn;
 mod connsweep;
 mod error;
+mod faults;
 mod hlog;
 mod kombu;
 mod latency;
