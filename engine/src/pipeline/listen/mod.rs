@@ -30,6 +30,7 @@
 //! [`Conn::command_pushed`]: crate::conn::Conn
 
 mod config;
+mod confirm;
 mod push;
 mod watch;
 
@@ -445,50 +446,12 @@ impl Pipeline for ListenPipeline {
         match push::parse(frame)? {
             Push::Message(parts) => Ok(self.on_message(io, conn, frame, parts, out)),
             Push::Confirm { kind, name, on } => {
-                let Some(&s) = self.by_name[kind_slot(kind)].get(&frame[name]) else {
-                    return Ok(0);
-                };
-                if on {
-                    // The confirmation answers that subscription's command.
-                    io.conn_mut(conn).push_answered();
-                    self.subs[s].state = State::On;
-                    // The gap ends when the last of its lane's subscriptions is in force
-                    // again: reported now, not when the round's barrier PING is read
-                    // (which may wait behind messages while reading is paused).
-                    let lane = self.subs[s].lane;
-                    if self.lanes[lane].gap.is_some()
-                        && self.lanes[lane]
-                            .subs
-                            .iter()
-                            .all(|&x| self.subs[x].state == State::On)
-                    {
-                        self.close_gap(io, lane, true);
+                if let Some(&s) = self.by_name[kind_slot(kind)].get(&frame[name]) {
+                    if on {
+                        self.on_subscribed(io, conn, s);
+                    } else if !io.stopping() {
+                        self.on_unsolicited_unsubscribe(io, conn, s);
                     }
-                } else if !io.stopping() {
-                    // Nobody asked: subscribe again, and report the gap once restored.
-                    let lane = self.subs[s].lane;
-                    tracing::warn!(
-                        target: crate::handler::EVENT_TARGET,
-                        conn = %io.conn(conn).name(),
-                        "{} ended {} without being asked; subscribing again",
-                        io.conn(conn).peer(),
-                        self.subs[s].spec
-                    );
-                    self.subs[s].state = State::Off;
-                    // In a cluster a shard channel ends so when its slot moved, or its
-                    // node stopped being the slot's primary (a failover: as a replica it
-                    // may still take the subscription, which then belongs at the new
-                    // primary): the topology is asked again, and the connection follows.
-                    io.refresh_topology();
-                    let gap = self.lanes[lane].gap.get_or_insert_with(|| Gap {
-                        since: SystemTime::now(),
-                        cause: GapCause::Unsubscribed,
-                        subs: Vec::new(),
-                    });
-                    if !gap.subs.contains(&s) {
-                        gap.subs.push(s);
-                    }
-                    self.subscribe(io, conn, lane, Some(s));
                 }
                 Ok(0)
             }
