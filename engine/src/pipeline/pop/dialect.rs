@@ -34,6 +34,24 @@ pub(crate) struct Shape {
     pub single: bool,
 }
 
+/// One of two iterators (the queues a pop names), without boxing.
+#[derive(Clone)]
+pub(crate) enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Either::Left(a) => a.next(),
+            Either::Right(b) => b.next(),
+        }
+    }
+}
+
 /// One fetch to write: what it names and asks for.
 pub(crate) struct Fetch<'a, Q> {
     pub consumer: &'a PopConsumer,

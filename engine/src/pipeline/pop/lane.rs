@@ -7,30 +7,12 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use ringq_resp::CommandWriter;
 
-use super::dialect::{Dialect, Fetch};
+use super::dialect::{Dialect, Either, Fetch};
 use super::reply::{parse_pop_reply, PopReply};
 use super::{CarriesPop, PopCmd, PopPlan, PopTag, Scope, HOT_KEYS};
 use crate::conn::{Conn, Failure, Tag};
 use crate::credit::{Credits, Grant, SizeEstimate};
 use crate::handler::Message;
-
-/// One of two iterators (the queues a pop names), without boxing.
-#[derive(Clone)]
-enum Either<A, B> {
-    Left(A),
-    Right(B),
-}
-
-impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<T> {
-        match self {
-            Either::Left(a) => a.next(),
-            Either::Right(b) => b.next(),
-        }
-    }
-}
 
 /// The pop state of one connection.
 pub(crate) struct Lane {
