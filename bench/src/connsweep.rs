@@ -41,17 +41,7 @@ type Figures = [Option<f64>; 4];
 /// Median, min and max of what is there.
 fn spread(v: impl Iterator<Item = f64>) -> Option<(f64, f64, f64)> {
     let mut v: Vec<f64> = v.collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Some((median, v[0], v[n - 1]))
+    (!v.is_empty()).then(|| crate::repeat::spread(&mut v))
 }
 
 fn cell(s: Option<(f64, f64, f64)>, d: usize) -> String {

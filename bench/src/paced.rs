@@ -119,27 +119,13 @@ impl Schedule {
     }
 }
 
-/// Sends `count` messages of `size` bytes (at least [`STAMP_LEN`]) at `rate` per second,
-/// round-robin over `queues`, each stamped with its intended send time.
+/// Sends `count` messages of `size` bytes (at least [`STAMP_LEN`]) at `rate` per second
+/// with `push` (`LPUSH` to lists, `PUBLISH` to channels…), round-robin over `queues`, each
+/// stamped with its intended send time.
 ///
 /// # Errors
 /// As [`produce_paced`].
 pub fn produce(
-    url: &str,
-    queues: &[String],
-    rate: u32,
-    count: u64,
-    size: usize,
-    pb: &ProgressBar,
-) -> Result<Produced> {
-    produce_with(Push::Lpush, url, queues, rate, count, size, pb)
-}
-
-/// As [`produce`], with `push` (`PUBLISH` to channels, say) instead of LPUSH.
-///
-/// # Errors
-/// As [`produce_paced`].
-pub fn produce_with(
     push: Push,
     url: &str,
     queues: &[String],

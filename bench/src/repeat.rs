@@ -22,7 +22,7 @@ const FIELDS: [(&str, &str, usize); 5] = [
 ];
 
 /// Median, min and max of `v` (not empty).
-fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+pub(crate) fn spread(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     let median = if n % 2 == 1 {

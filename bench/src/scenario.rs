@@ -343,7 +343,15 @@ fn latency(cli: &Cli, broker: &Broker, queues: &[String], rate: u32) -> Result<S
         let mut late = 0;
         let (outcome, noise) = measured(broker, || {
             child::run(&spec, || {
-                let p = load::produce(&broker.url, queues, rate, count, size, &pb)?;
+                let p = load::produce(
+                    load::Push::Lpush,
+                    &broker.url,
+                    queues,
+                    rate,
+                    count,
+                    size,
+                    &pb,
+                )?;
                 late = p.max_late_ns;
                 Ok(())
             })

@@ -134,26 +134,8 @@ fn load_reports_one_point_a_second_and_loses_nothing() {
 /// nothing.
 #[test]
 fn load_goes_on_through_a_client_kill_and_reliable_loses_nothing() {
-    let dir = std::env::temp_dir().join(format!("ringq-bench-loadk-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("load.json");
-    let out = run(&[
-        "load",
-        "--mode",
-        "reliable",
-        "--rate",
-        "3000",
-        "--duration",
-        "3",
-        "--warmup",
-        "0",
-        "--kill-consumers-at",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
-    let s = &read_json(&json)["summary"];
+    let report = load_run("reliable", 3000, 3, &["--kill-consumers-at", "1"]);
+    let s = &report["summary"];
     assert_eq!(s["faults"].as_array().map(Vec::len), Some(1), "{s}");
     assert!(s["faults"][0]
         .as_str()
@@ -174,25 +156,7 @@ fn load_goes_on_through_a_client_kill_and_reliable_loses_nothing() {
 #[test]
 fn load_goes_on_through_a_server_restart_and_reliable_and_stream_lose_nothing() {
     for mode in ["reliable", "stream"] {
-        let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("load.json");
-        let out = run(&[
-            "load",
-            "--mode",
-            mode,
-            "--rate",
-            "2000",
-            "--duration",
-            "4",
-            "--warmup",
-            "0",
-            "--restart-server-at",
-            "1",
-            "--json",
-            json.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{mode}");
-        let report = read_json(&json);
+        let report = load_run(mode, 2000, 4, &["--restart-server-at", "1"]);
         let s = &report["summary"];
         let fault = s["faults"][0].as_str().unwrap_or_default();
         assert!(fault.contains("server restarted"), "{mode}: {s}");
@@ -239,25 +203,7 @@ fn load_goes_on_through_a_server_restart_and_reliable_and_stream_lose_nothing() 
 /// (the split-brain window Sentinel documents); the run prints it.
 #[test]
 fn load_follows_a_sentinel_failover_and_counts_what_was_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("load.json");
-    let out = run(&[
-        "load",
-        "--mode",
-        "reliable",
-        "--rate",
-        "2000",
-        "--duration",
-        "4",
-        "--warmup",
-        "0",
-        "--failover-at",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
-    let report = read_json(&json);
+    let report = load_run("reliable", 2000, 4, &["--failover-at", "1"]);
     let s = &report["summary"];
     let fault = s["faults"][0].as_str().unwrap_or_default();
     assert!(
@@ -361,30 +307,7 @@ fn load_writes_hdrhistogram_interval_logs() {
 /// and what was published while it was away is counted as lost, never hidden.
 #[test]
 fn load_runs_on_pubsub_channels_and_counts_what_a_cut_loses() {
-    let dir = std::env::temp_dir().join(format!("ringq-bench-loadp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("load.json");
-    let out = run(&[
-        "load",
-        "--mode",
-        "pubsub",
-        "--rate",
-        "2000",
-        "--duration",
-        "2",
-        "--warmup",
-        "0",
-        "--queues",
-        "3",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = read_json(&json);
+    let report = load_run("pubsub", 2000, 2, &["--queues", "3"]);
     assert_eq!(report["config"]["mode"], "pubsub");
     let s = &report["summary"];
     assert_eq!(
@@ -403,27 +326,8 @@ fn load_runs_on_pubsub_channels_and_counts_what_a_cut_loses() {
         "pub/sub keeps no backlog"
     );
 
-    let out = run(&[
-        "load",
-        "--mode",
-        "pubsub",
-        "--rate",
-        "3000",
-        "--duration",
-        "3",
-        "--warmup",
-        "0",
-        "--kill-consumers-at",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = &read_json(&json)["summary"];
+    let report = load_run("pubsub", 3000, 3, &["--kill-consumers-at", "1"]);
+    let s = &report["summary"];
     assert_eq!(s["faults"].as_array().map(Vec::len), Some(1), "{s}");
     assert!(s["reconnects"].as_u64().is_some_and(|n| n >= 1), "{s}");
     let (produced, consumed, lost) = (
@@ -445,32 +349,12 @@ fn load_runs_on_pubsub_channels_and_counts_what_a_cut_loses() {
 /// restored), and the run leaves no key behind.
 #[test]
 fn load_runs_on_kombu_queues_and_a_kill_loses_nothing() {
-    let dir = std::env::temp_dir().join(format!("ringq-bench-loadkb-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("load.json");
-    let out = run(&[
-        "load",
-        "--mode",
+    let report = load_run(
         "kombu",
-        "--rate",
-        "3000",
-        "--duration",
-        "3",
-        "--warmup",
-        "0",
-        "--queues",
-        "2",
-        "--kill-consumers-at",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        3000,
+        3,
+        &["--queues", "2", "--kill-consumers-at", "1"],
     );
-    let report = read_json(&json);
     assert_eq!(report["config"]["mode"], "kombu");
     let s = &report["summary"];
     assert_eq!(s["faults"].as_array().map(Vec::len), Some(1), "{s}");

@@ -80,3 +80,31 @@ pub fn client_rows(
 pub fn names(clients: &[(String, serde_json::Map<String, Value>)]) -> Vec<&str> {
     clients.iter().map(|(n, _)| n.as_str()).collect()
 }
+
+/// Runs `ringq-bench load --mode MODE --rate RATE --duration SECS --warmup 0 EXTRA…` with
+/// `--json` into a temporary directory, asserts it succeeded, and returns the report.
+pub fn load_run(mode: &str, rate: u32, secs: u32, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    let (rate, secs) = (rate.to_string(), secs.to_string());
+    let mut args = vec![
+        "load",
+        "--mode",
+        mode,
+        "--rate",
+        &rate,
+        "--duration",
+        &secs,
+        "--warmup",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["--json", json.to_str().unwrap()]);
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "load --mode {mode} {extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_json(&json)
+}
