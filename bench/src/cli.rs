@@ -107,6 +107,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
             "pop",
             "batch",
             "pipeline",
+            "parked_pops",
             "clients",
             "backend",
             "pin_cores",
@@ -130,6 +131,7 @@ const SCENARIO_HELP: [(Scenario, &str, &[&str]); 8] = [
             "pop",
             "batch",
             "pipeline",
+            "parked_pops",
             "rate",
             "rates",
             "duration",
@@ -421,6 +423,11 @@ pub struct Cli {
     /// uses the same).
     #[arg(long, default_value_t = 4)]
     pub pipeline: u32,
+
+    /// ringq (pop mode): blocking pops each connection keeps waiting on the server while
+    /// its queues are dry (`PopConsumer::parked_pops`; drain, latency).
+    #[arg(long, default_value_t = 1)]
+    pub parked_pops: u32,
 
     /// Messages per second (latency, and pubsub's latency phase).
     #[arg(long, default_value_t = 10_000)]

@@ -32,6 +32,9 @@ pub struct ChildSpec {
     pub batch: u32,
     /// Pops in flight per connection while there is backlog.
     pub pipeline: u32,
+    /// ringq pop mode: blocking pops parked per dry connection.
+    #[serde(default)]
+    pub parked_pops: u32,
     /// Connections (at most one per queue is used).
     pub connections: usize,
     /// Threads: ringq shards, tokio worker threads, tokio-uring runtimes.
@@ -112,6 +115,7 @@ impl ChildSpec {
             pop: cli.pop,
             batch: cli.batch.max(1),
             pipeline: cli.pipeline.max(1),
+            parked_pops: cli.parked_pops.max(1),
             connections: cli.connections,
             shards: cli.shards,
             pin_cores: cli.pin_cores,

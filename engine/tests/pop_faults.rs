@@ -514,3 +514,83 @@ fn replies_lost_in_flight_are_counted_never_silent() {
     let unique: HashSet<String> = log.snapshot().into_iter().collect();
     assert_eq!(unique.len() as u64, delivered, "no duplicates in pop mode");
 }
+
+/// The `qbuf=` of the one `ringq-s0-c0` connection: bytes of commands the server holds
+/// for it unprocessed (a pop queued behind a blocked one).
+fn queued_bytes(c: &mut ringq_tests::TestClient) -> u64 {
+    c.client_list()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.name == "ringq-s0-c0")
+        .and_then(|i| {
+            i.fields
+                .iter()
+                .find(|(k, _)| k == "qbuf")
+                .and_then(|(_, v)| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `PopConsumer::parked_pops(2)`: an idle connection keeps a second blocking pop queued
+/// on the server behind the blocked one (its `qbuf` is not empty; with the default one it
+/// is). Messages pushed one at a time while it waits arrive once each, in order; a stop
+/// ends both pops with `CLIENT UNBLOCK` (long before their 30 s block timeout); and a
+/// connection killed while idle reports both pops as possibly lossy.
+#[test]
+fn two_parked_pops_serve_in_order_stop_at_once_and_count_both_when_lost() {
+    let server = RedisServer::start().unwrap();
+    let mut c = server.client().unwrap();
+    let consumer = |parked: u32| {
+        PopConsumer::new(["parked"])
+            .pipeline(4)
+            .parked_pops(parked)
+            .block_timeout(Duration::from_secs(30))
+    };
+    // The default: one pop waits, nothing queued behind it.
+    let log = Log::default();
+    let one = start(EngineBuilder::new(server.url()), 1, 1, consumer(1), &log);
+    wait_blocked(&mut c, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(queued_bytes(&mut c), 0, "one parked pop by default");
+    one.shutdown().unwrap();
+
+    let running = start(EngineBuilder::new(server.url()), 1, 1, consumer(2), &log);
+    wait_blocked(&mut c, 1);
+    assert!(
+        wait_until(WAIT, || queued_bytes(&mut c) > 0),
+        "a second pop queued behind the blocked one"
+    );
+    let sent: Vec<String> = (0..200).map(|i| format!("p{i}")).collect();
+    for m in &sent {
+        c.lpush_many("parked", [m.clone()]).unwrap();
+    }
+    assert!(wait_until(WAIT, || log.len() >= 200));
+    assert_eq!(log.payloads(), sent, "each once, in push order");
+    wait_blocked(&mut c, 1);
+    let began = std::time::Instant::now();
+    running.shutdown().unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "both parked pops unblocked at the stop, not waited out"
+    );
+
+    let events = Events::default();
+    let running = EngineBuilder::new(server.url())
+        .pin_cores(false)
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .start(consumer(2), events.clone())
+        .unwrap();
+    wait_blocked(&mut c, 1);
+    assert!(wait_until(WAIT, || queued_bytes(&mut c) > 0));
+    assert_eq!(c.client_kill_by_name("ringq-s0-c0").unwrap(), 1);
+    assert!(wait_until(WAIT, || !events.events().is_empty()));
+    let stats = running.shutdown().unwrap();
+    assert_eq!(
+        events.events()[0],
+        Event::PossiblyLost {
+            connection: "ringq-s0-c0".into(),
+            commands: 2,
+            messages: stats.possibly_lost,
+        }
+    );
+}

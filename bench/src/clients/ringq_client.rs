@@ -108,6 +108,7 @@ pub fn run(spec: &ChildSpec, sink: &Arc<Sink>) -> Result<Option<String>> {
             .strategy(strategy)
             .batch(spec.batch)
             .pipeline(spec.pipeline)
+            .parked_pops(spec.parked_pops)
             .block_timeout(Duration::from_secs(1))
             .into()
     };

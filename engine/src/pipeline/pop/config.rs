@@ -114,6 +114,7 @@ pub struct PopConsumer {
     pub(crate) batch: u32,
     pub(crate) block_timeout: Duration,
     pub(crate) pipeline: u32,
+    pub(crate) parked: u32,
 }
 
 impl PopConsumer {
@@ -128,6 +129,7 @@ impl PopConsumer {
             batch: 128,
             block_timeout: Duration::from_secs(1),
             pipeline: 2,
+            parked: 1,
         }
     }
 
@@ -158,6 +160,28 @@ impl PopConsumer {
     /// How many non-blocking pops one connection keeps in flight while there is backlog.
     pub fn pipeline(mut self, depth: u32) -> Self {
         self.pipeline = depth.max(1);
+        self
+    }
+
+    /// How many blocking pops one connection keeps waiting on the server while its
+    /// queues are dry (default 1, at most [`PopConsumer::pipeline`]).
+    ///
+    /// With one, a message that arrives in the round trip after a wake-up (the reply
+    /// travelling back, the next pop travelling out) waits for it; with two, the next pop
+    /// is already queued behind the one a message woke. On one queue at 10k–50k msgs/s
+    /// this took ringq's p99 from about 1.6× redis-rs's (which keeps four waiting) to
+    /// 0.9–1.3× on the project's test machine (`docs/bench/2026-12-08-latency`).
+    ///
+    /// The cost is pop mode's at-most-once window: a connection lost while idle has this
+    /// many pops that may have taken messages (all counted in
+    /// [`Stats::possibly_lost`](crate::Stats::possibly_lost) and reported in
+    /// [`Event::PossiblyLost`](crate::Event::PossiblyLost)), and a stalled connection's
+    /// queued pops may still take messages after its server resumes, delivered only while
+    /// the engine still reads it. Not used under a message limit
+    /// ([`EngineBuilder::limit`](crate::EngineBuilder::limit): what is popped beyond it
+    /// goes back, and must not wait behind a parked pop).
+    pub fn parked_pops(mut self, n: u32) -> Self {
+        self.parked = n.max(1);
         self
     }
 

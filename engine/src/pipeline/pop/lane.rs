@@ -222,8 +222,15 @@ impl Lane {
         }
         // With backlog, fetches (even blocking ones, which then answer at once) are
         // pipelined; once the queues run dry, one blocking fetch goes out alone, so
-        // nothing waits behind a command that may block for the whole timeout.
-        let depth = if self.backlog { c.pipeline } else { 1 };
+        // nothing waits behind a command that may block for the whole timeout — or, in
+        // pop mode without a message limit, `PopConsumer::parked_pops` of them.
+        let depth = if self.backlog {
+            c.pipeline
+        } else if D::LEASES || plan.budget.is_some() {
+            1
+        } else {
+            c.parked.min(c.pipeline)
+        };
         if self.in_flight >= depth {
             return false;
         }
