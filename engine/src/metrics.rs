@@ -43,6 +43,7 @@
 //! | `ringq_topology_refreshes_total` | counter | `mode` | cluster |
 //! | `ringq_pubsub_gaps_total` | counter | `mode` | listen: times subscriptions were not in force |
 //! | `ringq_pubsub_dropped_total` | counter | `mode` | listen: messages dropped by the overflow policy |
+//! | `ringq_io_syscalls_total`, `ringq_io_completions_total` | counter | `mode` | all: the I/O backend's system calls and the completions its loop handled ([`Stats::io`](crate::Stats::io); published every 100 ms) |
 //! | `ringq_connection_errors_total` | counter | `mode`, `kind` (`connection_lost`, `timeout`, `server`, `protocol`, `auth`, `tls`, …) | all |
 //! | `ringq_connections` | gauge | `mode`, `role` (`fetch`, `control`), `state` (`ready`, `down`) | all (published every 100 ms) |
 //! | `ringq_inflight_messages`, `ringq_inflight_bytes` | gauge | `mode` | all (published every 100 ms) |
@@ -197,7 +198,7 @@ impl Collector {
                 ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 17] = [
             ("messages_acked", "Outcomes: acknowledged", s.acked),
             (
                 "messages_retried",
@@ -264,6 +265,16 @@ impl Collector {
                 "pubsub_dropped",
                 "Messages dropped by the subscriber's overflow policy",
                 s.dropped,
+            ),
+            (
+                "io_syscalls",
+                "System calls the I/O backend made (io_uring_enter; epoll_wait, read, send…)",
+                s.io.syscalls,
+            ),
+            (
+                "io_completions",
+                "Completions the I/O loop handled (CQEs on io_uring)",
+                s.io.completions,
             ),
         ];
         for (name, help, v) in counters {

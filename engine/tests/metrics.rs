@@ -108,6 +108,21 @@ fn reliable_counters_equal_what_happened() {
     let s = samples(&running);
     // Drained: at most the one message the lane's blocked wait holds credit for.
     assert!(get(&s, "ringq_inflight_messages{mode=reliable}") <= 1.0);
+    // The backend's system calls and completions: some of each, and at most what the
+    // engine's stats say a moment after the scrape (the same counters, still growing).
+    let io = running.stats().io;
+    let (sys, done) = (
+        get(&s, "ringq_io_syscalls_total{mode=reliable}"),
+        get(&s, "ringq_io_completions_total{mode=reliable}"),
+    );
+    assert!(
+        sys > 0.0 && done > 0.0,
+        "{sys} syscalls, {done} completions"
+    );
+    assert!(
+        sys <= io.syscalls as f64 && done <= io.completions as f64,
+        "the exposition ({sys}, {done}) is of the engine's counters ({io:?})"
+    );
     assert_eq!(
         get(
             &s,
