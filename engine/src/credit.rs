@@ -93,6 +93,11 @@ impl Credits {
         }
     }
 
+    /// `lane`'s reserve: the messages only it may hold (what its blocking pops draw on).
+    pub(crate) fn reserve(&self, lane: usize) -> u32 {
+        self.accounts.get(lane).map_or(0, |a| a.reserve)
+    }
+
     /// Grants up to `want` messages to `lane`'s next command, or `None` when it must wait.
     /// `estimate` is the payload size the lane expects per message. `None`: unknown yet
     /// (the lane has seen no message), so every message could be as large as a Redis

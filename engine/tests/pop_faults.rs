@@ -533,7 +533,7 @@ fn queued_bytes(c: &mut ringq_tests::TestClient) -> u64 {
 
 /// `PopConsumer::parked_pops(2)`: an idle connection keeps a second blocking pop queued
 /// on the server behind the blocked one (its `qbuf` is not empty; with the default one it
-/// is). Messages pushed one at a time while it waits arrive once each, in order; a stop
+/// is), also when the prefetch is below the batch (they share the lane's reserve). Messages pushed one at a time while it waits arrive once each, in order; a stop
 /// ends both pops with `CLIENT UNBLOCK` (long before their 30 s block timeout); and a
 /// connection killed while idle reports both pops as possibly lossy.
 #[test]
@@ -554,7 +554,15 @@ fn two_parked_pops_serve_in_order_stop_at_once_and_count_both_when_lost() {
     assert_eq!(queued_bytes(&mut c), 0, "one parked pop by default");
     one.shutdown().unwrap();
 
-    let running = start(EngineBuilder::new(server.url()), 1, 1, consumer(2), &log);
+    // A prefetch below the batch: the two parked pops share the lane's reserve, so the
+    // second gets a grant too.
+    let running = start(
+        EngineBuilder::new(server.url()).prefetch(8),
+        1,
+        1,
+        consumer(2),
+        &log,
+    );
     wait_blocked(&mut c, 1);
     assert!(
         wait_until(WAIT, || queued_bytes(&mut c) > 0),
@@ -567,6 +575,12 @@ fn two_parked_pops_serve_in_order_stop_at_once_and_count_both_when_lost() {
     assert!(wait_until(WAIT, || log.len() >= 200));
     assert_eq!(log.payloads(), sent, "each once, in push order");
     wait_blocked(&mut c, 1);
+    // Dry again, now with the messages' size known (a pop then asks for what the reserve
+    // holds): still two parked.
+    assert!(
+        wait_until(WAIT, || queued_bytes(&mut c) > 0),
+        "two parked pops once sizes are known"
+    );
     let began = std::time::Instant::now();
     running.shutdown().unwrap();
     assert!(

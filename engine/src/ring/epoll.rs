@@ -205,6 +205,7 @@ impl Epoll {
     fn progress_connect(&mut self, idx: u32, fd: RawFd) {
         let mut err: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        self.counters.syscalls += 1;
         // SAFETY: `err` and `len` are live for the call and `len` is err's size.
         let rc = unsafe {
             libc::getsockopt(
@@ -492,7 +493,8 @@ impl Backend for Epoll {
     }
 
     fn close(&mut self, fd: RawFd) {
-        self.counters.syscalls += 1;
+        // A connection that never got a socket (a failed lookup) closes -1: no call.
+        self.counters.syscalls += u64::from(fd >= 0);
         if self.fds.remove(&fd).is_some() {
             self.counters.syscalls += 1;
             let mut ev = libc::epoll_event { events: 0, u64: 0 };

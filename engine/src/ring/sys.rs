@@ -16,8 +16,6 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// A new stream socket for `addr`'s family, close-on-exec, with TCP_NODELAY and
-/// SO_KEEPALIVE on TCP.
 /// The system calls [`stream_socket`] makes for `addr`: `socket(2)`, and for TCP two
 /// `setsockopt(2)`s.
 pub(crate) fn socket_calls(addr: &SockAddr) -> u64 {
@@ -27,6 +25,8 @@ pub(crate) fn socket_calls(addr: &SockAddr) -> u64 {
     }
 }
 
+/// A new stream socket for `addr`'s family, close-on-exec, with TCP_NODELAY and
+/// SO_KEEPALIVE on TCP.
 pub(crate) fn stream_socket(addr: &SockAddr) -> io::Result<RawFd> {
     let family = addr.family();
     // SAFETY: plain syscall with constant arguments; returns a new fd or -1.

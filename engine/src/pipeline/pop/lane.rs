@@ -268,11 +268,16 @@ impl Lane {
             // so a first batch of large ones never goes through the script.
             !matches!(self.sizes.get(), Some(s) if s < super::dialect::LARGE),
         );
-        let want = if shape.counted && !shape.single {
+        let mut want = if shape.counted && !shape.single {
             c.batch
         } else {
             1
         };
+        if !self.backlog && shape.blocking && depth > 1 {
+            // Parked pops (`PopConsumer::parked_pops`) share the lane's reserve (all a
+            // blocking pop may draw on), so that each of them gets a grant.
+            want = want.min((credits.reserve(self.index) / depth).max(1));
+        }
         let Some(grant) = credits.grant_fetch(
             plan.budget.as_deref(),
             self.index,
