@@ -67,8 +67,9 @@ pub fn run(
         return Err(Error::new("--connections takes counts above 0"));
     }
     let repeats = cli.repeats.max(1);
-    // (count, client) → one Figures per run, in run order.
-    let mut points: Vec<(usize, String, Vec<Figures>)> = Vec::new();
+    // (count, client) → its Figures in each run, by repeat (None: it failed that run), so
+    // pairs stay of the same repeat.
+    let mut points: Vec<(usize, String, Vec<Option<Figures>>)> = Vec::new();
     let mut title = String::new();
     for &n in &counts {
         let queues = cli.queues.max(n);
@@ -83,13 +84,19 @@ pub fn run(
                     row.syscalls_per_msg,
                     row.completions_per_msg,
                 ];
-                match points
-                    .iter_mut()
-                    .find(|(c, name, _)| *c == n && *name == row.name)
+                let at = match points
+                    .iter()
+                    .position(|(c, name, _)| *c == n && *name == row.name)
                 {
-                    Some((_, _, v)) => v.push(f),
-                    None => points.push((n, row.name.clone(), vec![f])),
-                }
+                    Some(i) => i,
+                    None => {
+                        points.push((n, row.name.clone(), Vec::new()));
+                        points.len() - 1
+                    }
+                };
+                let v = &mut points[at].2;
+                v.resize(r - 1, None);
+                v.push(Some(f));
             }
         }
     }
@@ -119,7 +126,7 @@ pub fn run(
     );
     let mut json_points = Vec::new();
     for (n, name, v) in &points {
-        let col = |i: usize| spread(v.iter().filter_map(|f| f[i]));
+        let col = |i: usize| spread(v.iter().flatten().filter_map(|f| f[i]));
         // epoll's row carries the paired ratio to io_uring's run of the same repeat.
         let ratio = (name == "ringq-epoll")
             .then(|| figures(*n, "ringq"))
@@ -128,7 +135,7 @@ pub fn run(
                 spread(
                     v.iter()
                         .zip(&uring)
-                        .filter_map(|(e, u)| Some(e[1]? / u[1].filter(|u| *u > 0.0)?)),
+                        .filter_map(|(e, u)| Some((*e)?[1]? / (*u)?[1].filter(|u| *u > 0.0)?)),
                 )
             });
         table.row(vec![

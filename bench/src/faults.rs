@@ -122,13 +122,17 @@ pub(crate) fn sample_every_second(
 ) {
     latency::sleep_until_ns(origin);
     let mut cpu = cpu_seconds_of(url).unwrap_or(0.0);
+    let mut last_backlog = 0;
     for k in 1u64.. {
         latency::sleep_until_ns(origin + k * 1_000_000_000);
         let now_cpu = cpu_seconds_of(url).unwrap_or(cpu);
         // Second k-1 ends now: a fault due at second k-1 happens at its end.
         let fault = faults.inject(url, k - 1);
+        // Unreadable (a restarted server still loading its data, a failover under way):
+        // the last reading stands rather than a 0 that would look like a drain.
+        last_backlog = crate::loadtest::backlog(url, mode, queues).unwrap_or(last_backlog);
         let s = Sample {
-            backlog: crate::loadtest::backlog(url, mode, queues).unwrap_or(0),
+            backlog: last_backlog,
             cpu_pct: (now_cpu - cpu).max(0.0) * 100.0,
             fault,
         };
@@ -137,7 +141,7 @@ pub(crate) fn sample_every_second(
         cpu = if s
             .fault
             .as_deref()
-            .is_some_and(|f| f.contains("restarted") || f.contains("failover"))
+            .is_some_and(|f| f.contains("restarted (") || f.contains("switched in"))
         {
             cpu_seconds_of(url).unwrap_or(0.0)
         } else {

@@ -96,7 +96,10 @@ pub struct Schedule {
     pub start_ns: u64,
     pub stride: u64,
     pub offset: u64,
-    /// Keep per-second figures ([`Produced::seconds`]).
+    /// The load scenario's producer: keep per-second figures ([`Produced::seconds`]) and
+    /// go on through faults (reconnect; count what was refused or left unconfirmed).
+    /// Without it the first error reply or broken connection fails the run, as a
+    /// benchmark's producer must (a failed push would only show as a consumer timeout).
     pub series: bool,
 }
 
@@ -151,6 +154,10 @@ struct Replies {
     answered_to: u64,
     seconds: Vec<(u64, Histogram<u64>)>,
     refused: Vec<u64>,
+    /// The first error reply, verbatim.
+    first_error: Option<String>,
+    /// It stopped at a `-READONLY` (a demoted master), not at a broken connection.
+    readonly: bool,
 }
 
 /// Reads the replies of this producer's messages `from..` until `total` or until the
@@ -160,6 +167,8 @@ fn read_replies(mut reader: RawConn, sched: Schedule, from: u64, total: u64) -> 
         answered_to: from,
         seconds: Vec::new(),
         refused: Vec::new(),
+        first_error: None,
+        readonly: false,
     };
     while r.answered_to < total {
         let Ok(f) = reader.read_frame() else {
@@ -170,9 +179,12 @@ fn read_replies(mut reader: RawConn, sched: Schedule, from: u64, total: u64) -> 
         r.answered_to += 1;
         if let Frame::SimpleError(m) | Frame::BulkError(m) = f {
             r.refused.push(i);
-            if m.starts_with(b"READONLY") {
+            r.first_error
+                .get_or_insert_with(|| String::from_utf8_lossy(&m).into_owned());
+            if m.starts_with(b"READONLY") || !sched.series {
                 // A master demoted by a failover: connect again (through the sentinels,
-                // to the new one).
+                // to the new one). Outside a load run: stop at once.
+                r.readonly = m.starts_with(b"READONLY");
                 reader.shutdown();
                 break;
             }
@@ -302,15 +314,29 @@ pub fn produce_paced(
             out.seconds[t].0 += n;
             let _ = out.seconds[t].1.add(&h);
         }
+        if !sched.series && (!replies.refused.is_empty() || replies.answered_to < total) {
+            return Err(Error::new(match replies.first_error {
+                Some(e) => format!("the producer's {} failed: {e}", push.name()),
+                None => format!(
+                    "the producer's connection broke after {} of {total} replies",
+                    replies.answered_to
+                ),
+            }));
+        }
         out.errors += replies.refused.len() as u64;
         out.unconfirmed.extend(replies.refused);
         if replies.answered_to >= total {
             return Ok(out);
         }
-        // The connection broke: what was sent and not answered may or may not be stored.
-        out.errors += 1;
+        // The connection broke (or a demoted master refused, counted above): what was
+        // sent and not answered may or may not be stored.
+        out.errors += u64::from(!replies.readonly);
         out.unconfirmed
             .extend((replies.answered_to..k).map(|j| sched.number(j)));
+        if k >= total {
+            // Nothing left to send: no connection needed.
+            return Ok(out);
+        }
         conn = reconnect(url)?;
     }
 }
