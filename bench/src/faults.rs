@@ -58,9 +58,12 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
-    /// The faults due at the end of second `t`, done now; what happened, for the report.
-    fn inject(&self, url: &str, t: u64) -> Option<String> {
+    /// The faults due at the end of second `t`, done now: what happened, for the report,
+    /// and whether `url` now reaches another server process (a restart or a failover
+    /// succeeded: its CPU counter starts over).
+    fn inject(&self, url: &str, t: u64) -> (Option<String>, bool) {
         let mut done = Vec::new();
+        let mut new_server = false;
         if self.kill_consumers_at.contains(&t) {
             done.push(match kill_consumers(url) {
                 Ok(n) => format!("CLIENT KILL of the consumer's {n} connection(s)"),
@@ -70,11 +73,14 @@ impl Faults {
         if self.restart_server_at.contains(&t) {
             let began = std::time::Instant::now();
             done.push(match self.server.as_ref().map(|s| s.restart()) {
-                Some(Ok(())) => format!(
-                    "server restarted (SIGTERM, then started again on its append-only file) \
-                     in {} ms",
-                    began.elapsed().as_millis()
-                ),
+                Some(Ok(())) => {
+                    new_server = true;
+                    format!(
+                        "server restarted (SIGTERM, then started again on its append-only \
+                         file) in {} ms",
+                        began.elapsed().as_millis()
+                    )
+                }
                 Some(Err(e)) => format!("server restart failed: {e}"),
                 None => "no embedded server to restart".to_owned(),
             });
@@ -84,6 +90,7 @@ impl Faults {
             let before = self.sentinels.as_ref().and_then(|g| g.master_addr().ok());
             done.push(match self.sentinels.as_ref().map(|g| g.failover()) {
                 Some(Ok(to)) => {
+                    new_server = true;
                     // The producers follow as a sentinel-aware client does on
                     // `+switch-master`: their connections to the old master are closed
                     // (they connect again through the sentinels). What they wrote there
@@ -105,7 +112,7 @@ impl Faults {
                 None => "no embedded sentinels to fail over".to_owned(),
             });
         }
-        (!done.is_empty()).then(|| done.join("; "))
+        ((!done.is_empty()).then(|| done.join("; ")), new_server)
     }
 }
 
@@ -127,7 +134,7 @@ pub(crate) fn sample_every_second(
         latency::sleep_until_ns(origin + k * 1_000_000_000);
         let now_cpu = cpu_seconds_of(url).unwrap_or(cpu);
         // Second k-1 ends now: a fault due at second k-1 happens at its end.
-        let fault = faults.inject(url, k - 1);
+        let (fault, new_server) = faults.inject(url, k - 1);
         // Unreadable (a restarted server still loading its data, a failover under way):
         // the last reading stands rather than a 0 that would look like a drain.
         last_backlog = crate::loadtest::backlog(url, mode, queues).unwrap_or(last_backlog);
@@ -138,11 +145,7 @@ pub(crate) fn sample_every_second(
         };
         // A restarted server counts its CPU from 0 again; after a failover the URL
         // reaches another server.
-        cpu = if s
-            .fault
-            .as_deref()
-            .is_some_and(|f| f.contains("restarted (") || f.contains("switched in"))
-        {
+        cpu = if new_server {
             cpu_seconds_of(url).unwrap_or(0.0)
         } else {
             now_cpu

@@ -220,44 +220,12 @@ impl Lane {
         if self.order.is_empty() || !self.returns.is_empty() {
             return false;
         }
-        // With backlog, fetches (even blocking ones, which then answer at once) are
-        // pipelined; once the queues run dry, one blocking fetch goes out alone, so
-        // nothing waits behind a command that may block for the whole timeout — or, in
-        // pop mode without a message limit, `PopConsumer::parked_pops` of them.
-        let depth = if self.backlog {
-            c.pipeline
-        } else if D::LEASES || plan.budget.is_some() {
-            1
-        } else {
-            c.parked.min(c.pipeline)
-        };
+        let depth = self.depth(plan);
         if self.in_flight >= depth {
             return false;
         }
         if D::LEASES && self.tracking && !self.backlog && !self.recheck && self.keys(plan) > 1 {
-            if self.parked {
-                return false;
-            }
-            // EXISTS key…: tracks every key (a change to any is then invalidated to
-            // this connection), and says whether one filled since the last lease.
-            let n = self.keys(plan);
-            let keys = self
-                .order
-                .iter()
-                .flat_map(|&q| c.queues[q as usize].levels.iter().map(|(_, k)| k));
-            conn.command(
-                Tag::Pipe(C::from_pop(PopTag::Watch)),
-                now,
-                plan.timing().allow(None),
-                |buf: &mut BytesMut| {
-                    CommandWriter::new(buf, 1 + n)
-                        .arg("EXISTS")
-                        .args(keys)
-                        .finish();
-                },
-            );
-            self.in_flight += 1;
-            return true;
+            return !self.parked && self.watch(plan, conn, now);
         }
         let shape = plan.dialect.shape(
             c.strategy,
@@ -349,6 +317,52 @@ impl Lane {
             plan.dialect.framing(&fetch),
             |buf: &mut BytesMut| {
                 plan.dialect.write(buf, &fetch);
+            },
+        );
+        self.in_flight += 1;
+        true
+    }
+
+    /// How many fetches the lane keeps in flight now. With backlog, fetches (even
+    /// blocking ones, which then answer at once) are pipelined; once the queues run dry,
+    /// one blocking fetch goes out alone, so nothing waits behind a command that may
+    /// block for the whole timeout — or, in pop mode without a message limit,
+    /// `PopConsumer::parked_pops` of them.
+    fn depth<D: Dialect>(&self, plan: &PopPlan<D>) -> u32 {
+        let c = &plan.consumer;
+        if self.backlog {
+            c.pipeline
+        } else if D::LEASES || plan.budget.is_some() {
+            1
+        } else {
+            c.parked.min(c.pipeline)
+        }
+    }
+
+    /// Reliable mode, a dry lane over several keys: `EXISTS key…` tracks every key (a
+    /// change to any is then invalidated to this connection), and says whether one
+    /// filled since the last lease.
+    fn watch<C: CarriesPop, D: Dialect>(
+        &mut self,
+        plan: &PopPlan<D>,
+        conn: &mut Conn<C>,
+        now: Instant,
+    ) -> bool {
+        let c = &plan.consumer;
+        let n = self.keys(plan);
+        let keys = self
+            .order
+            .iter()
+            .flat_map(|&q| c.queues[q as usize].levels.iter().map(|(_, k)| k));
+        conn.command(
+            Tag::Pipe(C::from_pop(PopTag::Watch)),
+            now,
+            plan.timing().allow(None),
+            |buf: &mut BytesMut| {
+                CommandWriter::new(buf, 1 + n)
+                    .arg("EXISTS")
+                    .args(keys)
+                    .finish();
             },
         );
         self.in_flight += 1;
